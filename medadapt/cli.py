@@ -1,0 +1,118 @@
+"""The ``medadapt`` command line: thin ``main()`` wrappers over library functions.
+
+Every subcommand parses arguments, calls one library function and prints its
+result. A :class:`~medadapt.errors.MedAdaptError` becomes one line on stderr and
+exit status 2 (no traceback): the message already says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import MedAdaptError
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .foundation import list_backbones
+
+    rows = [(s.name, s.family, f"{s.image_size} px", s.weights) for s in list_backbones()]
+    print(_table(("backbone", "family", "input", "weights"), rows))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .segment import segment_file
+
+    points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
+    labels = [_label(v) for _, _, v in args.point] if args.point else None
+    result = segment_file(
+        args.image,
+        out=args.out,
+        boxes=args.box,
+        points=points,
+        point_labels=labels,
+        overlay=args.overlay,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        slice_index=args.slice,
+        axis=args.axis,
+        window=args.window,
+        multimask=args.multimask,
+        device=args.device,
+    )
+    for i, (area, score) in enumerate(zip(result.areas, result.scores)):
+        print(f"prompt {i + 1}: {area} pixels, predicted IoU {score:.3f}")
+    print(f"mask written to {result.out}" + (f"; overlay to {result.overlay}" if result.overlay else ""))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out, device=args.device)
+    return 0
+
+
+def _label(value: str) -> int:
+    if value not in ("0", "1"):
+        raise MedAdaptError(f"point label must be 1 (foreground) or 0 (background); got {value!r}")
+    return int(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="medadapt", description="Adapt SAM-family models to medical segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list backbones, their input size and where their weights come from")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("predict", help="segment one image from box / point prompts")
+    p.add_argument("image", help="PNG/JPEG/TIFF/NPY/DICOM image, or a NIfTI volume with --slice")
+    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                   help="box in pixel coordinates of the image; repeat for several objects")
+    p.add_argument("--point", nargs=3, action="append", metavar=("X", "Y", "LABEL"),
+                   help="click at (X, Y); LABEL 1 = foreground, 0 = background; repeatable")
+    p.add_argument("--out", required=True, help="output mask: .png, .nii or .nii.gz")
+    p.add_argument("--overlay", default=None, help="also write an overlay PNG here")
+    p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
+    p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
+    p.add_argument("--slice", type=int, default=None, help="slice index for a 3D volume")
+    p.add_argument("--axis", type=int, default=2, help="axis to slice a volume along (default 2)")
+    p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
+    p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="box-prompted segmentation of bundled real images, with Dice and overlays")
+    p.add_argument("--out", default="medadapt-demo", help="folder for the overlay PNGs (default ./medadapt-demo)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medadapt`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedAdaptError as exc:
+        print(f"medadapt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medadapt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

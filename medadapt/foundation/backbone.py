@@ -1,0 +1,138 @@
+"""One interface over every SAM-family model: encode an image, decode prompts.
+
+SAM, MedSAM, LiteMedSAM and Hugging Face SAM checkpoints all share the same
+split: a heavy image encoder run once per image, and a light prompt encoder +
+mask decoder run per prompt. :class:`Backbone` keeps that split explicit so the
+rest of medadapt (predictor, adapters, training) never needs to know which
+family it is talking to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .processor import SamProcessor
+
+
+@dataclass
+class BackboneInfo:
+    """What a backbone is and where its weights came from (shown by ``medadapt models``)."""
+
+    name: str
+    family: str  # "vit" (SAM/MedSAM ViT) or "tinyvit" (LiteMedSAM)
+    weights: str  # human-readable origin of the weights
+    fingerprint: str = ""  # of the base weights, so adapters can refuse foreign bases
+    extra: dict = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """A frozen-by-default SAM-family model: image encoder, prompt encoder, mask decoder.
+
+    The decoder batch is the prompt batch: ``N`` prompts on one image share one
+    image embedding (SAM's decoder repeats it internally), so encoding cost is
+    paid once per image whatever the number of prompts.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        processor: SamProcessor,
+        info: BackboneInfo,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.processor = processor
+        self.info = info
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.prompt_encoder.embed_dim)
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S preprocessed images -> B x C x s x s image embeddings."""
+        return self.image_encoder(pixel_values)
+
+    def encode_prompts(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the model-input frame -> (sparse N x T x C, dense N x C x s x s) embeddings."""
+        if boxes is not None and boxes.ndim == 2:
+            boxes = boxes[:, None, :]
+        return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the mask decoder for a batch of prompts.
+
+        ``image_embeddings`` is 1 x C x s x s (shared by all N prompts) or
+        N x C x s x s (one image per prompt, as in training batches).
+        Returns low-resolution logits N x K x m x m and predicted IoU N x K,
+        K = 3 with ``multimask`` else 1.
+        """
+        pe = self.prompt_encoder.get_dense_pe()
+        n = sparse.shape[0]
+        if image_embeddings.shape[0] == n and n > 1:
+            return self._decode_per_image(image_embeddings, pe, sparse, dense, multimask)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    def _decode_per_image(self, emb, pe, sparse, dense, multimask):
+        # SAM's MaskDecoder repeats one embedding per prompt; with one embedding
+        # per prompt we feed the already-batched tensor through predict_masks.
+        masks, iou = _predict_masks_per_image(self.mask_decoder, emb, pe, sparse, dense)
+        sl = slice(1, None) if multimask else slice(0, 1)
+        return masks[:, sl], iou[:, sl]
+
+
+def _predict_masks_per_image(decoder: nn.Module, emb, pe, sparse, dense):
+    """SAM's ``MaskDecoder.predict_masks`` for B images x B prompts (no repeat).
+
+    Mirrors the official computation step by step, except that the image
+    embedding is not repeated per prompt because each prompt has its own image.
+    """
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
+    tokens = torch.cat((output_tokens, sparse), dim=1)
+    src = emb + dense
+    pos_src = torch.repeat_interleave(pe, tokens.shape[0], dim=0)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
+    src = src.transpose(1, 2).view(b, c, h, w)
+    upscaled = decoder.output_upscaling(src)
+    hyper_in = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(decoder.num_mask_tokens)],
+        dim=1,
+    )
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)
+    return masks, iou_pred
+
+
+__all__ = ["Backbone", "BackboneInfo"]

@@ -1,0 +1,534 @@
+"""Read medical images as users have them; write label masks back.
+
+Every reader returns a plain numpy array so that any model's processor can
+take it from there: intensities are *not* rescaled (a CT slice stays in HU, a
+16-bit PNG keeps its full 0..65535 range) because the processor normalises
+later, and doing it twice silently changes what the model sees. The only
+intensity change is an optional clip: a CT window or an MR percentile clip.
+
+Orientation convention (one rule, used everywhere)
+--------------------------------------------------
+NIfTI volumes and DICOM series are reoriented to the closest canonical
+orientation with ``nibabel.as_closest_canonical`` (RAS+: array axis 0 runs
+toward the patient's Right, axis 1 toward Anterior, axis 2 toward Superior),
+so the same anatomy has the same array layout whatever the scanner wrote.
+A 2-D slice is ``np.take(volume, k, axis).T[::-1, ::-1]``: transposed, then
+flipped both ways. That is the radiological display: for ``axis=2`` (axial)
+anterior is at the top and the patient's right on the image's left, exactly
+as a DICOM viewer shows an axial CT; for ``axis=1`` (coronal) and ``axis=0``
+(sagittal) superior is at the top. :func:`load_image`, :func:`load_mask`,
+:func:`volume_slice` and :func:`save_mask` (2-D mask to NIfTI) all use this
+rule, so a label slice always lines up with its image slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medadapt.errors import MedAdaptError
+
+PathLike = str | os.PathLike[str]
+Window = str | tuple[float, float]
+
+#: CT windows as (level, width) in Hounsfield units.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "stroke": (40.0, 40.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (50.0, 400.0),
+    "soft_tissue": (50.0, 400.0),
+    "liver": (30.0, 150.0),
+    "bone": (400.0, 1800.0),
+}
+
+_NIFTI = (".nii", ".nii.gz")
+_DICOM = (".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", *_NIFTI, *_DICOM)
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".npy", *_NIFTI)
+SAVE_MASK_EXTENSIONS = (".png", *_NIFTI)
+
+
+# --------------------------------------------------------------------------- helpers
+def _suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def _existing(path: PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MedAdaptError(f"{what} not found: {p}")
+    return p
+
+
+def _format(path: Path, allowed: Sequence[str], what: str) -> str:
+    """The extension that picks the reader; files without one are sniffed for DICOM."""
+    ext = _suffix(path)
+    if ext in allowed:
+        return ext
+    if ext == "" and ".dcm" in allowed and path.is_file():
+        with path.open("rb") as fh:
+            if fh.read(132)[128:] == b"DICM":
+                return ".dcm"
+    kind = "a folder" if path.is_dir() else f"extension {ext or '(none)'!r}"
+    raise MedAdaptError(f"unsupported {what} {path}: {kind}; supported extensions: {', '.join(allowed)}")
+
+
+@contextlib.contextmanager
+def _reading(path: Path, kind: str) -> Iterator[None]:
+    """Turn whatever a third-party reader raises into a MedAdaptError naming the file."""
+    try:
+        yield
+    except MedAdaptError:
+        raise
+    except Exception as exc:  # pillow, nibabel, pydicom and numpy each raise their own types
+        raise MedAdaptError(
+            f"could not read {path} as {kind}: {exc}. Check that the file is complete and really is {kind}."
+        ) from exc
+
+
+def _slice_position(index: Any, n: int, where: str, arg: str = "slice_index") -> int:
+    """Validate a slice index against ``n`` slices; ``None`` is fine only when there is one."""
+    if index is None:
+        if n == 1:
+            return 0
+        raise MedAdaptError(f"{where} has {n} slices; pass {arg}=0..{n - 1} to pick one")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise MedAdaptError(f"{arg} must be an integer, got {index!r}")
+    if not 0 <= index < n:
+        raise MedAdaptError(f"{arg}={index} is out of range for {where}: valid range is 0..{n - 1}")
+    return int(index)
+
+
+def _check_axis(axis: Any) -> int:
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise MedAdaptError(f"axis must be 0, 1 or 2 (the volume axis to slice along), got {axis!r}")
+    return int(axis)
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """Canonical in-plane axes -> radiological display (see the module docstring). Self-inverse."""
+    return np.ascontiguousarray(plane.T[::-1, ::-1])
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_suffix(path))
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise MedAdaptError(f"could not write {path}: {exc}") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- readers
+def _read_pil(path: Path, slice_index: int | None, *, mask: bool) -> np.ndarray:
+    with _reading(path, "an image (PNG/JPEG/TIFF/BMP)"), Image.open(path) as im:
+        frames = getattr(im, "n_frames", 1)
+        im.seek(_slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path)))
+        im.load()
+        mode = im.mode
+        if mode in ("1", "LA", "La"):
+            return np.asarray(im.convert("L"))
+        if mode in ("L", "I", "F") or mode.startswith("I;16") or (mask and mode == "P"):
+            return np.asarray(im)  # palette indices are the labels of a palette mask
+        rgb = np.asarray(im.convert("RGB"))  # RGBA drops alpha; palette/CMYK/YCbCr -> RGB
+    gray = rgb[..., 0]
+    same = bool((rgb == gray[..., None]).all())
+    if mask and not same:
+        raise MedAdaptError(
+            f"mask {path} is a colour image; save masks as single-channel label images "
+            "(gray 0/255 or 0..K, or a palette PNG)"
+        )
+    return gray if same and (mask or mode in ("P", "PA")) else rgb
+
+
+def _read_npy(path: Path, slice_index: int | None) -> np.ndarray:
+    with _reading(path, "a .npy array"):
+        arr = np.load(path, allow_pickle=False)
+    if arr.ndim > 2 and not (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4)):
+        raise MedAdaptError(
+            f"{path} holds an array of shape {arr.shape}, not an HxW or HxWx3 image; "
+            "slice the volume yourself, e.g. volume_slice(np.load(path), k)"
+        )
+    _slice_position(slice_index, 1, str(path))
+    return arr
+
+
+def _rescale(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values (HU for CT) via RescaleSlope/RescaleIntercept."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _read_dicom(path: Path, slice_index: int | None) -> np.ndarray:
+    import pydicom
+
+    with _reading(path, "a DICOM file"):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    index = _slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path))
+    return _rescale(ds, pixels[index] if frames > 1 else pixels)
+
+
+def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One series -> (columns, rows, slices) array + RAS affine, i.e. what dcm2niix would write."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    slices = []
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        with _reading(f, "a DICOM file"):
+            try:
+                ds = pydicom.dcmread(f)
+            except InvalidDicomError:
+                continue  # not DICOM at all (a README, a thumbnail...)
+        if "PixelData" in ds:
+            slices.append((f, ds))
+    if not slices:
+        raise MedAdaptError(f"no DICOM images found in folder {folder}; point at the folder holding the series' files")
+    if len({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}) > 1:
+        raise MedAdaptError(f"folder {folder} holds more than one DICOM series; put each series in its own folder")
+    iop = [float(v) for v in slices[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
+    normal = np.cross(row_dir, col_dir)
+    positioned = all("ImagePositionPatient" in ds for _, ds in slices)
+    if positioned:
+        slices.sort(key=lambda s: float(np.dot([float(v) for v in s[1].ImagePositionPatient], normal)))
+    else:
+        slices.sort(key=lambda s: int(s[1].get("InstanceNumber", 0) or 0))
+    planes: list[np.ndarray] = []
+    for f, ds in slices:
+        with _reading(f, "a DICOM file"):
+            pixels = ds.pixel_array
+        if pixels.ndim != 2 or (planes and pixels.shape != planes[0].shape):
+            raise MedAdaptError(f"{f} has pixel shape {pixels.shape}; a series needs equal-size single-frame gray slices")
+        planes.append(_rescale(ds, pixels))
+    volume = np.stack(planes, axis=-1).transpose(1, 0, 2)  # (columns, rows, slices)
+    first = np.array([float(v) for v in slices[0][1].get("ImagePositionPatient", [0, 0, 0])])
+    if positioned and len(slices) > 1:
+        step = (np.array([float(v) for v in slices[-1][1].ImagePositionPatient]) - first) / (len(slices) - 1)
+    else:
+        step = normal * float(slices[0][1].get("SliceThickness", 1) or 1)
+    if not np.linalg.norm(step) > 0:
+        raise MedAdaptError(f"the DICOM slices in {folder} all share one position; is this one series?")
+    row_spacing, col_spacing = (float(v) for v in slices[0][1].get("PixelSpacing", [1, 1]))
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * col_spacing, col_dir * row_spacing, step, first
+    return volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
+
+
+def _slice_volume(volume: np.ndarray, slice_index: int | None, axis: int, path: Path) -> np.ndarray:
+    axis = _check_axis(axis)
+    where = f"{path} (volume of shape {volume.shape}, axis={axis})"
+    return volume_slice(volume, _slice_position(slice_index, volume.shape[axis], where), axis)
+
+
+# --------------------------------------------------------------------------- public API
+def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI file or a folder holding one DICOM series as ``(data, affine)``.
+
+    ``data`` is float32, reoriented to closest canonical (RAS+) so every volume
+    has the same axis meaning; ``affine`` (4x4, float64) maps its voxels to
+    scanner millimetres. A DICOM series is sorted along the slice normal by
+    ImagePositionPatient (InstanceNumber if positions are missing), rescaled to
+    modality units (HU), given its LPS->RAS affine and reoriented the same way,
+    so it matches its NIfTI conversion and slices along ``axis=2`` for axial scans.
+    """
+    import nibabel as nib
+
+    p = _existing(path, "volume")
+    if p.is_dir():
+        img = nib.Nifti1Image(*_read_dicom_series(p))
+    else:
+        if _suffix(p) not in _NIFTI:
+            raise MedAdaptError(
+                f"load_volume reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM series, "
+                f"not {p}; for a single 2-D file use load_image"
+            )
+        with _reading(p, "a NIfTI file"):
+            img = nib.squeeze_image(nib.load(p))
+            if img.ndim == 2:
+                img = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, None], img.affine, img.header)
+    if img.ndim != 3:
+        raise MedAdaptError(
+            f"{p} is {img.ndim}-D (shape {img.shape}); medadapt reads 3-D volumes - "
+            "extract one volume of a time series / multi-channel file first"
+        )
+    with _reading(p, "a DICOM series" if p.is_dir() else "a NIfTI file"):
+        canonical = nib.as_closest_canonical(img)
+        data = canonical.get_fdata(dtype=np.float32)
+    return data, np.asarray(canonical.affine, dtype=np.float64)
+
+
+def volume_slice(volume: np.ndarray, index: int, axis: int = 2) -> np.ndarray:
+    """The 2-D slice ``index`` along ``axis`` of a :func:`load_volume` array, in display
+    orientation (radiological; see the module docstring), identical to what
+    ``load_image(path, slice_index=index, axis=axis)`` returns for that file."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise MedAdaptError(f"volume_slice needs a 3-D volume, got shape {volume.shape}")
+    axis = _check_axis(axis)
+    where = f"volume of shape {volume.shape} along axis={axis}"
+    return _display(np.take(volume, _slice_position(index, volume.shape[axis], where, "index"), axis=axis))
+
+
+def load_image(
+    path: PathLike,
+    *,
+    slice_index: int | None = None,
+    axis: int = 2,
+    window: Window | None = None,
+    percentiles: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Load one 2-D image as float32 HxW (gray) or HxWx3 (RGB), ready for a model's processor.
+
+    Reads PNG (8/16-bit gray, RGB, RGBA -> alpha dropped, palette -> RGB or gray),
+    JPEG, TIFF/BMP, ``.npy`` (HxW or HxWx3), DICOM (one file, in modality units
+    via RescaleSlope/Intercept; ``slice_index`` picks a frame of a multi-frame
+    file), NIfTI and DICOM-series folders (``slice_index`` along ``axis`` of the
+    :func:`load_volume` array, displayed as :func:`volume_slice` does, so label
+    slices from :func:`load_mask` line up). Intensities are not rescaled; only
+    ``window`` (a :data:`WINDOW_PRESETS` name or (level, width) in HU, for CT)
+    or ``percentiles`` (low, high, for MR) clip them. The result passes
+    :func:`validate_image`.
+    """
+    if window is not None and percentiles is not None:
+        raise MedAdaptError("pass either window= (CT) or percentiles= (MR) to load_image, not both")
+    p = _existing(path, "image file")
+    fmt = "series" if p.is_dir() else _format(p, IMAGE_EXTENSIONS, "image file")
+    if fmt in (*_NIFTI, "series"):
+        array = _slice_volume(load_volume(p)[0], slice_index, axis, p)
+    elif fmt == ".npy":
+        array = _read_npy(p, slice_index)
+    elif fmt in _DICOM:
+        array = _read_dicom(p, slice_index)
+    else:
+        array = _read_pil(p, slice_index, mask=False)
+    array = validate_image(array, name=str(p))
+    if window is not None:
+        array = validate_image(apply_window(array, window), name=f"{p} (window {window!r})")
+    if percentiles is not None:
+        array = validate_image(clip_percentiles(array, *percentiles), name=f"{p} (percentiles {percentiles})")
+    return array
+
+
+def load_mask(path: PathLike, *, slice_index: int | None = None, axis: int = 2) -> np.ndarray:
+    """Load a 2-D label mask as int64 HxW, values kept as stored (a 0/255 PNG stays 0/255,
+    palette PNGs give their indices). NIfTI label volumes are sliced exactly like
+    :func:`load_image` slices the image, so the two line up pixel for pixel."""
+    p = _existing(path, "mask file")
+    if _suffix(p) in (".jpg", ".jpeg"):
+        raise MedAdaptError(f"mask {p} is a JPEG; JPEG is lossy and smears label edges - save masks as PNG")
+    fmt = _format(p, MASK_EXTENSIONS, "mask file")
+    if fmt in _NIFTI:
+        array = _slice_volume(load_volume(p)[0], slice_index, axis, p)
+    elif fmt == ".npy":
+        array = _read_npy(p, slice_index)
+    else:
+        array = _read_pil(p, slice_index, mask=True)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise MedAdaptError(f"mask {p} has shape {array.shape}; a mask must be a single-channel HxW label image")
+    return _labels(array, f"mask {p}")
+
+
+def _labels(mask: Any, name: str) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.size == 0:
+        raise MedAdaptError(f"{name} is empty (shape {arr.shape})")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise MedAdaptError(f"{name} has non-integer values; threshold it first (e.g. probs > 0.5) or pass integer labels")
+    if arr.dtype.kind not in "biuf":
+        raise MedAdaptError(f"{name} has dtype {arr.dtype}; expected bool or integer labels")
+    return arr.astype(np.int64)
+
+
+def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = None) -> Path:
+    """Write a bool or integer label mask as PNG or NIfTI, atomically; returns the path.
+
+    PNG holds a 2-D mask: bool -> 0/255 8-bit (visible in any viewer), labels
+    0..255 -> 8-bit, up to 65535 -> 16-bit. NIfTI holds a 3-D label map in the
+    :func:`load_volume` layout, or a 2-D mask as a one-slice volume (stored so
+    that :func:`load_mask` gives it back unchanged). With ``reference`` (a NIfTI
+    path) the map must have the reference's shape as :func:`load_volume` returns
+    it, and is saved with its canonical affine and header so it overlays the
+    original scan in any viewer.
+    """
+    p = Path(path).expanduser()
+    ext = _suffix(p)
+    if ext not in SAVE_MASK_EXTENSIONS:
+        raise MedAdaptError(
+            f"cannot save a mask as {p}: extension {ext or '(none)'!r}; "
+            f"supported extensions: {', '.join(SAVE_MASK_EXTENSIONS)}"
+        )
+    labels = _labels(mask, "mask")
+    is_bool = np.asarray(mask).dtype == bool
+    if ext == ".png":
+        if reference is not None:
+            raise MedAdaptError("reference= only applies to NIfTI output (.nii, .nii.gz), not PNG")
+        if labels.ndim > 2 and sum(s != 1 for s in labels.shape) == 2:
+            labels = labels.reshape([s for s in labels.shape if s != 1])  # 1xHxW, HxWx1 ...
+        if labels.ndim != 2:
+            raise MedAdaptError(f"PNG holds 2-D masks; got shape {labels.shape} - save volumes as .nii.gz")
+        if labels.min() < 0 or labels.max() > 65535:
+            raise MedAdaptError(f"PNG masks need labels in 0..65535; got {labels.min()}..{labels.max()} - use .nii.gz")
+        png = labels * 255 if is_bool else labels
+        png = png.astype(np.uint8 if png.max() <= 255 else np.uint16)
+        _atomic_write(p, lambda tmp: Image.fromarray(png).save(tmp, format="PNG"))
+        return p
+
+    import nibabel as nib
+
+    if labels.ndim not in (2, 3):
+        raise MedAdaptError(f"NIfTI masks must be 2-D or 3-D, got shape {labels.shape}")
+    data = _display(labels)[:, :, None] if labels.ndim == 2 else labels
+    lo, hi = int(data.min()), int(data.max())
+    dtype = next((t for t in (np.uint8, np.int16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
+    if dtype is None:
+        raise MedAdaptError(f"mask labels {lo}..{hi} do not fit a 32-bit NIfTI label map")
+    affine, header = np.eye(4), None
+    if reference is not None:
+        ref_path = _existing(reference, "reference NIfTI file")
+        with _reading(ref_path, "a NIfTI file"):
+            ref = nib.as_closest_canonical(nib.squeeze_image(nib.load(ref_path)))
+        if tuple(ref.shape[:3]) != data.shape:
+            raise MedAdaptError(
+                f"mask shape {data.shape} does not match reference {ref_path} (shape {ref.shape[:3]} as "
+                "load_volume returns it); build the label map on load_volume(reference)[0]"
+            )
+        affine, header = ref.affine, ref.header
+    img = nib.Nifti1Image(data.astype(dtype), affine, header)
+    img.set_data_dtype(dtype)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0
+    _atomic_write(p, lambda tmp: nib.save(img, tmp))
+    return p
+
+
+def _image_shape(arr: np.ndarray, name: str) -> np.ndarray:
+    """HxW / HxWx3 as is, HxWx1 squeezed, HxWx4 alpha dropped; anything else -> error."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        return arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3]
+    hint = ""
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4):
+        hint = "; it looks channel-first - use np.moveaxis(a, 0, -1)"
+    elif arr.ndim >= 3:
+        hint = "; for a volume pick one slice: load_image(path, slice_index=k) or volume_slice(volume, k)"
+    raise MedAdaptError(
+        f"{name} has shape {arr.shape}; expected a 2-D HxW grayscale or HxWx3 RGB image "
+        f"(HxWx1 and HxWx4 RGBA are accepted too){hint}"
+    )
+
+
+def validate_image(array: Any, name: str = "image") -> np.ndarray:
+    """Check a user-supplied image and return it as float32 HxW or HxWx3.
+
+    Catches, with a message saying what to fix, what otherwise fails deep in a
+    model or silently yields garbage: wrong shapes (volumes, channel-first),
+    complex or non-numeric data, NaN/inf, empty arrays and constant images
+    (usually a wrong slice or window).
+    """
+    arr = np.asarray(array)
+    if arr.dtype.kind == "c":
+        raise MedAdaptError(f"{name} is complex ({arr.dtype}); pass its magnitude (np.abs) or real part")
+    if arr.dtype.kind not in "biuf":
+        raise MedAdaptError(f"{name} has dtype {arr.dtype}; expected a numeric (bool, int or float) array")
+    if arr.size == 0:
+        raise MedAdaptError(f"{name} is empty (shape {arr.shape}); check how it was loaded or cropped")
+    out = _image_shape(arr, name).astype(np.float32)
+    n_nan, n_inf = int(np.isnan(out).sum()), int(np.isinf(out).sum())
+    if n_nan or n_inf:
+        found = " and ".join([f"{n_nan} NaN"] * bool(n_nan) + [f"{n_inf} infinite"] * bool(n_inf))
+        raise MedAdaptError(f"{name} contains {found} values; replace them first, e.g. with np.nan_to_num")
+    if out.min() == out.max():
+        raise MedAdaptError(
+            f"{name} is constant (all values = {out.flat[0]:g}); nothing to segment — check the window/slice"
+        )
+    return out
+
+
+def apply_window(array: np.ndarray, window: Window) -> np.ndarray:
+    """Clip to a CT window [level - width/2, level + width/2] (values stay in HU).
+
+    ``window`` is a :data:`WINDOW_PRESETS` name or a (level, width) pair; the
+    clip hides structures outside the tissue of interest so the model's own
+    rescaling spends its range where it matters.
+    """
+    if isinstance(window, str):
+        key = window.strip().lower().replace("-", "_").replace(" ", "_")
+        if key not in WINDOW_PRESETS:
+            raise MedAdaptError(
+                f"unknown window preset {window!r}; known presets: {', '.join(WINDOW_PRESETS)} "
+                "(or pass (level, width) in HU)"
+            )
+        level, width = WINDOW_PRESETS[key]
+    else:
+        try:
+            level, width = (float(v) for v in window)
+        except (TypeError, ValueError):
+            raise MedAdaptError(f"window must be a preset name or a (level, width) pair in HU, got {window!r}") from None
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise MedAdaptError(f"window width must be a positive number, got level={level}, width={width}")
+    return np.clip(np.asarray(array, dtype=np.float32), level - width / 2, level + width / 2)
+
+
+def clip_percentiles(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Clip to the [low, high] percentiles of the finite values: the MR counterpart of a
+    CT window, since MR intensities have no absolute scale and a few hot voxels
+    would otherwise squash the rest of the image after rescaling."""
+    if not 0 <= low < high <= 100:
+        raise MedAdaptError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
+    arr = np.asarray(array, dtype=np.float32)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        raise MedAdaptError("cannot clip percentiles: the image has no finite values")
+    lo, hi = np.percentile(finite, [low, high])
+    return np.clip(arr, lo, hi)
+
+
+def __getattr__(name: str) -> Any:
+    """``overlay`` and ``save_overlay`` live in :mod:`medadapt.overlay`; importable from here too."""
+    if name in ("overlay", "save_overlay"):
+        import importlib
+
+        return getattr(importlib.import_module("medadapt.overlay"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSIONS",
+    "SAVE_MASK_EXTENSIONS",
+    "WINDOW_PRESETS",
+    "apply_window",
+    "clip_percentiles",
+    "load_image",
+    "load_mask",
+    "load_volume",
+    "overlay",
+    "save_mask",
+    "save_overlay",
+    "validate_image",
+    "volume_slice",
+]

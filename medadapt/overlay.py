@@ -1,0 +1,115 @@
+"""Draw masks, boxes and points over an image: the quickest check that a
+segmentation (or a prompt) is where it should be. Pure numpy + PIL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from medadapt.errors import MedAdaptError
+from medadapt.imaging import PathLike, _atomic_write, _image_shape
+
+#: Mask colours (RGB), cycled; pure green/red are left to positive/negative points.
+COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240), (245, 130, 48),
+    (240, 50, 230), (210, 245, 60), (0, 128, 128), (230, 190, 255), (170, 110, 40),
+)
+POSITIVE, NEGATIVE = (0, 255, 0), (255, 0, 0)
+
+
+def _mask_stack(masks: Any, h: int, w: int) -> np.ndarray:
+    """N x H x W bool. A 2-D integer label map gives one mask per non-zero label."""
+    if masks is None:
+        return np.zeros((0, h, w), dtype=bool)
+    m = np.asarray(masks)
+    if m.ndim < 2 or m.shape[-2:] != (h, w):
+        raise MedAdaptError(f"masks have shape {m.shape}; expected HxW or NxHxW with HxW = {h}x{w} (the image's size)")
+    if m.ndim == 2 and m.dtype.kind in "iu":
+        return np.stack([m == v for v in np.unique(m) if v != 0] or [np.zeros((h, w), bool)])
+    m = m.reshape(-1, h, w)
+    return m if m.dtype == bool else m > 0
+
+
+def _outline(m: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask."""
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def _coords(value: Any, name: str, cols: int, hint: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.empty((0, 0))
+    arr = arr[None] if arr.ndim == 1 else arr
+    if arr.ndim != 2 or arr.shape[1] != cols or not np.isfinite(arr).all():
+        raise MedAdaptError(f"{name} must be {hint} in pixel coordinates; got {value!r}")
+    return arr
+
+
+def overlay(
+    image: np.ndarray,
+    masks: np.ndarray | None = None,
+    *,
+    alpha: float = 0.45,
+    boxes: Any = None,
+    points: Any = None,
+    point_labels: Any = None,
+) -> np.ndarray:
+    """An RGB uint8 HxWx3 picture: ``image`` min-max scaled to 0..255, each mask
+    (HxW or NxHxW; bool, or non-zero = inside; a 2-D integer label map gives one
+    mask per label) tinted with ``alpha`` in its own colour and outlined, boxes
+    (x0, y0, x1, y1) as rectangles in the matching mask colour, points (x, y)
+    as dots: green for label 1 (positive, the default), red for 0 (negative)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise MedAdaptError(f"alpha must be between 0 and 1, got {alpha}")
+    img = np.asarray(image)
+    if img.size == 0 or img.dtype.kind not in "biuf":
+        raise MedAdaptError(f"image must be a non-empty numeric array, got shape {img.shape} dtype {img.dtype}")
+    img = _image_shape(img, "image").astype(np.float64)
+    finite = np.isfinite(img)
+    lo, hi = (img[finite].min(), img[finite].max()) if finite.any() else (0.0, 0.0)
+    scaled = (np.where(finite, img, lo) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+    rgb = np.repeat(scaled[..., None], 3, axis=-1) if scaled.ndim == 2 else scaled
+    h, w = rgb.shape[:2]
+    for i, m in enumerate(_mask_stack(masks, h, w)):
+        color = np.array(COLORS[i % len(COLORS)], dtype=np.float64)
+        rgb[m] = (1 - alpha) * rgb[m] + alpha * color
+        rgb[_outline(m)] = color
+    picture = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    if boxes is not None:
+        width = max(1, round(min(h, w) / 200))
+        for i, (x0, y0, x1, y1) in enumerate(_coords(boxes, "boxes", 4, "[x0, y0, x1, y1] or an Nx4 array")):
+            shape = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+            draw.rectangle(shape, outline=COLORS[i % len(COLORS)], width=width)
+    if points is not None:
+        pts = _coords(points, "points", 2, "[x, y] or an Nx2 array")
+        labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).reshape(-1)
+        if len(labels) != len(pts):
+            raise MedAdaptError(f"point_labels has {len(labels)} entries but there are {len(pts)} points")
+        r = max(2, round(min(h, w) / 100))
+        for (x, y), label in zip(pts, labels):
+            fill = POSITIVE if label > 0 else NEGATIVE
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255))
+    return np.array(picture)
+
+
+def save_overlay(path: PathLike, image: np.ndarray, masks: np.ndarray | None = None, **kwargs: Any) -> Path:
+    """Write :func:`overlay` ``(image, masks, **kwargs)`` as a PNG (atomically); returns the path."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() != ".png":
+        raise MedAdaptError(f"save_overlay writes PNG files; give a path ending in .png, not {p}")
+    picture = overlay(image, masks, **kwargs)
+    _atomic_write(p, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+    return p
+
+
+__all__ = ["COLORS", "overlay", "save_overlay"]

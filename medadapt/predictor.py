@@ -1,0 +1,222 @@
+"""Promptable inference: ``Segmenter.set_image`` once, then ``predict`` many times.
+
+The image encoder is the expensive part of every SAM-family model (about 95%
+of the FLOPs of one box prompt on LiteMedSAM), so the embedding is computed
+once per ``set_image`` and every ``predict`` call only runs the prompt encoder
+and mask decoder, with all of its prompts in one decoder batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import MedAdaptError
+from .foundation import Backbone, ImageMeta, build_backbone
+from .foundation.processor import check_boxes, check_points
+
+ArrayLike = np.ndarray | Sequence
+
+
+@dataclass
+class Prediction:
+    """Masks for one image, at the image's original size.
+
+    Attributes:
+        masks: N x H x W bool, one mask per prompt (the best-scoring of the
+            three candidates when ``multimask=True``).
+        scores: N predicted IoU of each returned mask.
+        logits: N x m x m low-resolution logits of each returned mask; pass one
+            back as ``mask_input`` to refine it with more clicks.
+        all_masks / all_scores: N x 3 x H x W and N x 3, only with ``multimask``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    all_masks: np.ndarray | None = None
+    all_scores: np.ndarray | None = None
+    labels: list[str] = field(default_factory=list)
+    label_values: list[int] = field(default_factory=list)
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when present, else CPU."""
+    if device is not None:
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise MedAdaptError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Segmenter:
+    """Promptable segmentation with a (possibly adapted) SAM-family backbone.
+
+    Example::
+
+        seg = Segmenter.from_pretrained("litemedsam")
+        seg.set_image(image)                       # H x W or H x W x 3 array
+        out = seg.predict(boxes=[[30, 40, 120, 150]])
+        out.masks[0]                               # H x W bool
+    """
+
+    max_prompts_per_batch = 64  # bounds decoder memory; SAM repeats the embedding per prompt
+
+    def __init__(self, backbone: Backbone, device: str | torch.device | None = None) -> None:
+        self.backbone = backbone.to(pick_device(device)).eval()
+        self._embedding: torch.Tensor | None = None
+        self._meta: ImageMeta | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str = "litemedsam",
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+    ) -> "Segmenter":
+        """Build a segmenter from a registered backbone name (see ``medadapt models``).
+
+        ``checkpoint`` names local weights for backbones that need them
+        (``sam_vit_b``, ``medsam_vit_b``, ``sam_hf`` ...); nothing is downloaded.
+        """
+        if adapter is not None:
+            raise MedAdaptError("adapter checkpoints are not supported by this version of medadapt yet")
+        backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
+        return cls(backbone, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    # ------------------------------------------------------------------ image
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray | str | os.PathLike) -> None:
+        """Encode one image (array or path); later ``predict`` calls reuse the embedding."""
+        from .imaging import load_image, validate_image
+
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image)
+        arr = validate_image(image)
+        pixels, meta = self.backbone.processor.preprocess(arr)
+        self._embedding = self.backbone.encode(pixels.to(self.device))
+        self._meta = meta
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self._embedding, self._meta = None, None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the current image."""
+        return self._require_image()[1].original_size
+
+    def _require_image(self) -> tuple[torch.Tensor, ImageMeta]:
+        if self._embedding is None or self._meta is None:
+            raise MedAdaptError("no image set: call set_image(image) before predict()")
+        return self._embedding, self._meta
+
+    # ------------------------------------------------------------------ prompts
+    @torch.inference_mode()
+    def predict(
+        self,
+        boxes: ArrayLike | None = None,
+        points: ArrayLike | None = None,
+        point_labels: ArrayLike | None = None,
+        mask_input: ArrayLike | None = None,
+        multimask: bool = False,
+    ) -> Prediction:
+        """Segment the current image from prompts in original-image pixel coordinates.
+
+        Args:
+            boxes: N x 4 ``[x0, y0, x1, y1]``; N prompts decoded as one batch.
+            points: K x 2 ``[x, y]`` (one prompt; with one box they refine it) or
+                N x K x 2 (one point set per box / prompt).
+            point_labels: 1 foreground, 0 background; K or N x K. Default all 1.
+            mask_input: low-res logits from a previous ``Prediction.logits``
+                (m x m or N x m x m), or a binary mask at the image size.
+            multimask: ask the decoder for 3 candidates per prompt and return
+                the best by predicted IoU (helps with single ambiguous clicks).
+        """
+        embedding, meta = self._require_image()
+        proc = self.backbone.processor
+        box_t = pts = None
+        n = None
+        if boxes is not None:
+            b = check_boxes(boxes, meta.original_size)
+            box_t = proc.transform_boxes(b, meta)
+            n = b.shape[0]
+        if points is not None:
+            p, lab = check_points(points, point_labels, meta.original_size)
+            if n is not None and p.shape[0] != n:
+                if p.shape[0] != 1:
+                    raise MedAdaptError(
+                        f"got {n} boxes but {p.shape[0]} point sets; give one point set per box (N x K x 2)"
+                    )
+                p, lab = np.repeat(p, n, axis=0), np.repeat(lab, n, axis=0)
+            pts = (proc.transform_points(p, meta), torch.from_numpy(lab))
+            n = p.shape[0]
+        elif point_labels is not None:
+            raise MedAdaptError("point_labels given without points")
+        if n is None:
+            raise MedAdaptError("give at least one prompt: boxes=[[x0, y0, x1, y1]] or points=[[x, y]]")
+        masks_t = self._mask_prompt(mask_input, n, meta) if mask_input is not None else None
+
+        low, iou = [], []
+        step = self.max_prompts_per_batch
+        for s in range(0, n, step):
+            sl = slice(s, s + step)
+            sparse, dense = self.backbone.encode_prompts(
+                points=None if pts is None else (pts[0][sl].to(self.device), pts[1][sl].to(self.device)),
+                boxes=None if box_t is None else box_t[sl].to(self.device),
+                masks=None if masks_t is None else masks_t[sl].to(self.device),
+            )
+            lo, sc = self.backbone.decode(embedding, sparse, dense, multimask=multimask)
+            low.append(lo.float())
+            iou.append(sc.float())
+        return self._finish(torch.cat(low), torch.cat(iou), meta, multimask)
+
+    def _mask_prompt(self, mask_input: ArrayLike, n: int, meta: ImageMeta) -> torch.Tensor:
+        m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32))
+        size = self.backbone.processor.mask_size
+        if m.ndim == 2:
+            m = m[None]
+        if m.shape[-2:] == meta.original_size and meta.original_size != (size, size):
+            m = self.backbone.processor.mask_to_low_res(m.numpy(), meta)
+        elif m.ndim == 3 and m.shape[-2:] == (size, size):
+            m = m[:, None]
+        else:
+            raise MedAdaptError(
+                f"mask_input must be low-res logits ({size} x {size}, or N x {size} x {size}) "
+                f"or a mask of the image size {meta.original_size}; got shape {tuple(m.shape)}"
+            )
+        if m.shape[0] == 1 and n > 1:
+            m = m.expand(n, -1, -1, -1)
+        if m.shape[0] != n:
+            raise MedAdaptError(f"mask_input has {m.shape[0]} masks for {n} prompts")
+        return m
+
+    def _finish(self, low: torch.Tensor, iou: torch.Tensor, meta: ImageMeta, multimask: bool) -> Prediction:
+        proc = self.backbone.processor
+        best = iou.argmax(dim=1)
+        rows = torch.arange(low.shape[0], device=low.device)
+        low_best = low[rows, best]
+        full = proc.postprocess_logits(low_best, meta)
+        pred = Prediction(
+            masks=(full > 0).cpu().numpy(),
+            scores=iou[rows, best].cpu().numpy(),
+            logits=low_best.cpu().numpy(),
+        )
+        if multimask:
+            pred.all_masks = (proc.postprocess_logits(low, meta) > 0).cpu().numpy()
+            pred.all_scores = iou.cpu().numpy()
+        return pred
+
+
+__all__ = ["Segmenter", "Prediction", "pick_device"]

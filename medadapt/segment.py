@@ -1,0 +1,92 @@
+"""Verb-style helpers over :class:`~medadapt.Segmenter` for one-shot use.
+
+``segment_file`` is what ``medadapt predict`` runs: read an image (or a slice
+of a volume), prompt the model, write the mask and an optional overlay.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import MedAdaptError
+from .predictor import Segmenter
+
+
+@dataclass
+class SegmentFileResult:
+    out: Path
+    overlay: Path | None
+    areas: list[int]
+    scores: list[float]
+
+
+def masks_to_labels(masks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """N x H x W bool masks -> H x W label map 1..N; where masks overlap, the higher score wins."""
+    n = masks.shape[0]
+    order = np.argsort(scores) if scores is not None else np.arange(n)
+    labels = np.zeros(masks.shape[1:], dtype=np.uint16 if n > 255 else np.uint8)
+    for i in order:  # ascending score: the best is written last
+        labels[masks[i]] = i + 1
+    return labels
+
+
+def segment_from_box(image: np.ndarray, boxes: Sequence[Sequence[float]], *, model: str = "litemedsam",
+                     checkpoint: str | None = None, device: str | None = None) -> np.ndarray:
+    """N x H x W masks for boxes on one image, building the model on the fly."""
+    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, device=device)
+    seg.set_image(image)
+    return seg.predict(boxes=boxes).masks
+
+
+def segment_file(
+    image: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    boxes: Sequence[Sequence[float]] | None = None,
+    points: Sequence[Sequence[float]] | None = None,
+    point_labels: Sequence[int] | None = None,
+    overlay: str | os.PathLike | None = None,
+    model: str = "litemedsam",
+    checkpoint: str | None = None,
+    slice_index: int | None = None,
+    axis: int = 2,
+    window: str | None = None,
+    multimask: bool = False,
+    device: str | None = None,
+) -> SegmentFileResult:
+    """Segment one image file from prompts and write the mask (PNG or NIfTI).
+
+    One box (or points only) writes a 0/255 binary PNG / 0-1 NIfTI; several
+    boxes write a label map with value i for box i (1-based). Points given with
+    several boxes refine every box.
+    """
+    from .imaging import load_image, save_mask, save_overlay
+
+    out = Path(out)
+    if not (out.name.endswith(".png") or out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
+        raise MedAdaptError(f"--out must end in .png, .nii or .nii.gz; got {out}")
+    if not boxes and not points:
+        raise MedAdaptError("give at least one prompt: --box X0 Y0 X1 Y1 or --point X Y LABEL")
+    arr = load_image(image, slice_index=slice_index, axis=axis, window=window)
+    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, device=device)
+    seg.set_image(arr)
+    pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask)
+    if pred.masks.shape[0] == 1:
+        mask = pred.masks[0]
+        data = (mask * 255).astype(np.uint8) if out.suffix == ".png" else mask.astype(np.uint8)
+    else:
+        data = masks_to_labels(pred.masks, pred.scores)
+    save_mask(data, out)
+    ov = None
+    if overlay is not None:
+        ov = Path(overlay)
+        save_overlay(ov, arr, pred.masks, boxes=boxes, points=points, point_labels=point_labels)
+    return SegmentFileResult(out, ov, [int(m.sum()) for m in pred.masks], [float(s) for s in pred.scores])
+
+
+__all__ = ["segment_file", "segment_from_box", "masks_to_labels", "SegmentFileResult"]

@@ -1,0 +1,303 @@
+"""Readers, writers and checks of medadapt.imaging, on files built in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medadapt.errors import MedAdaptError
+from medadapt.imaging import (
+    WINDOW_PRESETS,
+    apply_window,
+    clip_percentiles,
+    load_image,
+    load_mask,
+    load_volume,
+    save_mask,
+    validate_image,
+    volume_slice,
+)
+from medadapt.overlay import overlay, save_overlay
+
+RNG = np.random.default_rng(0)
+
+
+def ramp(h: int = 12, w: int = 16) -> np.ndarray:
+    return np.arange(h * w, dtype=np.float64).reshape(h, w)
+
+
+# --------------------------------------------------------------------------- 2-D files
+def test_png_8bit_roundtrip(tmp_path: Path) -> None:
+    a = (ramp() % 256).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png")
+    assert out.dtype == np.float32 and out.shape == a.shape
+    np.testing.assert_array_equal(out, a)
+
+
+def test_png_16bit_keeps_full_range(tmp_path: Path) -> None:
+    a = np.array([[0, 40000, 65535], [1, 2, 3]], dtype=np.uint16)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    out = load_image(str(tmp_path / "a.png"))
+    assert out[0, 1] == 40000 and out.max() == 65535
+
+
+def test_png_rgb_rgba_and_palette(tmp_path: Path) -> None:
+    rgb = RNG.integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "rgb.png"), rgb)
+    rgba = np.concatenate([rgb, np.full((8, 9, 1), 7, np.uint8)], axis=-1)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    out = load_image(tmp_path / "rgba.png")
+    assert out.shape == (8, 9, 3)
+    np.testing.assert_array_equal(out, rgb)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pal.png")
+    assert load_image(tmp_path / "pal.png").shape == (8, 9, 3)
+
+
+def test_jpeg_and_tiff(tmp_path: Path) -> None:
+    a = (ramp() % 200).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.jpg", quality=95)
+    assert load_image(tmp_path / "a.jpg").shape == a.shape
+    f = ramp().astype(np.float32) - 50
+    Image.fromarray(f).save(tmp_path / "a.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "a.tif"), f)
+
+
+def test_npy_2d_and_rgb(tmp_path: Path) -> None:
+    for a in (ramp() - 1000, RNG.random((5, 6, 3))):
+        np.save(tmp_path / "a.npy", a)
+        np.testing.assert_allclose(load_image(tmp_path / "a.npy"), a.astype(np.float32))
+    np.save(tmp_path / "vol.npy", RNG.random((4, 5, 6)))
+    with pytest.raises(MedAdaptError, match="vol.npy"):
+        load_image(tmp_path / "vol.npy")
+
+
+def test_missing_unsupported_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(MedAdaptError, match="not found: .*nope.png"):
+        load_image(tmp_path / "nope.png")
+    (tmp_path / "a.xyz").write_bytes(b"x")
+    with pytest.raises(MedAdaptError, match=r"\.nii\.gz"):
+        load_image(tmp_path / "a.xyz")
+    (tmp_path / "bad.png").write_bytes(b"this is not a png at all" * 10)
+    with pytest.raises(MedAdaptError, match="bad.png"):
+        load_image(tmp_path / "bad.png")
+    (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
+    with pytest.raises(MedAdaptError, match="bad.nii.gz"):
+        load_image(tmp_path / "bad.nii.gz", slice_index=0)
+
+
+# --------------------------------------------------------------------------- NIfTI
+def _flipped_volume(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 7x9x5 volume whose first axis runs toward the patient's Left (x flipped)."""
+    data = RNG.normal(100, 30, (7, 9, 5)).astype(np.float32)
+    affine = np.diag([-0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [10, -20, 30]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path, data, affine
+
+
+def test_load_volume_reorients_to_ras(tmp_path: Path) -> None:
+    path, data, affine = _flipped_volume(tmp_path)
+    vol, aff = load_volume(path)
+    assert vol.dtype == np.float32 and vol.shape == data.shape
+    np.testing.assert_array_equal(vol, data[::-1])
+    assert np.all(np.diag(aff)[:3] > 0)
+    # the same world point: voxel (0, j, k) of the file is voxel (6, j, k) of the canonical array
+    np.testing.assert_allclose(aff @ [6, 2, 3, 1], affine @ [0, 2, 3, 1])
+
+
+def test_nifti_slices_agree_and_line_up_with_labels(tmp_path: Path) -> None:
+    path, data, affine = _flipped_volume(tmp_path)
+    nib.save(nib.Nifti1Image((data > 100).astype(np.uint8), affine), tmp_path / "label.nii.gz")
+    vol, _ = load_volume(path)
+    for axis in (0, 1, 2):
+        for k in (0, vol.shape[axis] - 1):
+            img = load_image(path, slice_index=k, axis=axis)
+            np.testing.assert_array_equal(img, volume_slice(vol, k, axis))
+            lab = load_mask(tmp_path / "label.nii.gz", slice_index=k, axis=axis)
+            assert lab.dtype == np.int64
+            np.testing.assert_array_equal(lab, (img > 100).astype(np.int64))
+    # axial display: rows run anterior -> posterior, columns patient right -> left
+    np.testing.assert_array_equal(volume_slice(vol, 1), vol[:, :, 1].T[::-1, ::-1])
+
+
+def test_nifti_slice_index_errors(tmp_path: Path) -> None:
+    path, _, _ = _flipped_volume(tmp_path)
+    with pytest.raises(MedAdaptError, match=r"slice_index=0\.\.4"):
+        load_image(path)
+    with pytest.raises(MedAdaptError, match=r"valid range is 0\.\.4"):
+        load_image(path, slice_index=5)
+    with pytest.raises(MedAdaptError, match=r"valid range is 0\.\.6"):
+        load_image(path, slice_index=-1, axis=0)
+    with pytest.raises(MedAdaptError, match="axis"):
+        load_image(path, slice_index=0, axis=3)
+    with pytest.raises(MedAdaptError, match=r"0\.\.4"):
+        volume_slice(load_volume(path)[0], 9)
+
+
+# --------------------------------------------------------------------------- DICOM
+def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.InstanceNumber, ds.Modality = series, instance, "CT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-10.0, -20.0, z]
+    ds.PixelSpacing = [0.5, 0.7]
+    ds.SliceThickness = 3
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_file_in_hu(tmp_path: Path) -> None:
+    px = np.array([[0, 512, 1000], [2000, 600, 700]], dtype=np.uint16)
+    _dicom(tmp_path / "a.dcm", px, 0.0, 1, generate_uid())
+    out = load_image(tmp_path / "a.dcm")
+    np.testing.assert_array_equal(out, px * 2.0 - 1024)
+    assert out[0, 1] == 0.0  # 512 * 2 - 1024: water
+    windowed = load_image(tmp_path / "a.dcm", window="brain")
+    assert windowed.min() == 0 and windowed.max() == 80
+
+
+def test_dicom_series_sorted_and_consistent(tmp_path: Path) -> None:
+    series = generate_uid()
+    planes = [RNG.integers(0, 3000, (6, 8)).astype(np.uint16) for _ in range(4)]
+    # written out of order; the file names say nothing about the position
+    for name, k in zip("dbac", range(4)):
+        _dicom(tmp_path / f"{name}.dcm", planes[k], z=3.0 * k, instance=k + 1, series=series)
+    (tmp_path / "README.txt").write_text("not dicom")
+    vol, aff = load_volume(tmp_path)
+    assert vol.shape == (8, 6, 4)  # RAS: columns, rows, slices inferior -> superior
+    for k in range(4):
+        # an axial slice is displayed as the DICOM viewer shows it
+        np.testing.assert_array_equal(volume_slice(vol, k), planes[k] * 2.0 - 1024)
+        np.testing.assert_array_equal(load_image(tmp_path, slice_index=k), volume_slice(vol, k))
+    np.testing.assert_allclose(np.abs(np.diag(aff)[:3]), [0.7, 0.5, 3.0])
+    np.testing.assert_allclose(aff[2, 3], 0.0)
+
+
+# --------------------------------------------------------------------------- intensity
+def test_window_presets_and_errors() -> None:
+    hu = np.array([[-2000.0, -600.0, 0.0], [40.0, 80.0, 3000.0]])
+    assert WINDOW_PRESETS["lung"] == (-600, 1500) and WINDOW_PRESETS["soft_tissue"] == WINDOW_PRESETS["abdomen"]
+    brain = apply_window(hu, "brain")
+    assert brain.dtype == np.float32 and brain.min() == 0 and brain.max() == 80
+    np.testing.assert_array_equal(apply_window(hu, (50, 100)), np.clip(hu, 0, 100))
+    with pytest.raises(MedAdaptError, match="known presets: .*lung"):
+        apply_window(hu, "kidney")
+    with pytest.raises(MedAdaptError, match="width"):
+        apply_window(hu, (40, 0))
+    with pytest.raises(MedAdaptError, match="level, width"):
+        apply_window(hu, (1, 2, 3))
+
+
+def test_clip_percentiles() -> None:
+    a = np.arange(1001, dtype=np.float64)
+    out = clip_percentiles(a, 1, 99)
+    assert out.min() == 10 and out.max() == 990
+    for low, high in ((-1, 50), (60, 50), (0, 101)):
+        with pytest.raises(MedAdaptError, match="0 <= low < high <= 100"):
+            clip_percentiles(a, low, high)
+
+
+# --------------------------------------------------------------------------- validate_image
+def test_validate_image_accepts_and_converts() -> None:
+    assert validate_image(np.arange(6).reshape(2, 3)).dtype == np.float32
+    assert validate_image(RNG.random((4, 5, 1))).shape == (4, 5)
+    assert validate_image(RNG.random((4, 5, 4))).shape == (4, 5, 3)
+    assert validate_image(np.eye(3, dtype=bool)).max() == 1
+
+
+@pytest.mark.parametrize(
+    ("array", "pattern"),
+    [
+        (np.zeros((2, 3, 4, 5)), "slice_index"),
+        (np.where(np.eye(4) > 0, np.nan, 1.0), "contains 4 NaN values"),
+        (np.full((4, 4), 7.0), r"is constant \(all values = 7\)"),
+        (np.zeros((0, 5)), "empty"),
+        (np.ones((3, 3)) * (1 + 1j), "complex"),
+        (np.ones((3, 6, 6)), "channel-first"),
+    ],
+)
+def test_validate_image_errors(array: np.ndarray, pattern: str) -> None:
+    with pytest.raises(MedAdaptError, match=pattern):
+        validate_image(array, name="scan")
+
+
+# --------------------------------------------------------------------------- masks
+def test_save_and_load_png_masks(tmp_path: Path) -> None:
+    m = np.zeros((5, 6), bool)
+    m[1:3, 2:5] = True
+    save_mask(m, tmp_path / "sub" / "bool.png")  # creates the folder
+    np.testing.assert_array_equal(load_mask(tmp_path / "sub" / "bool.png"), m * 255)
+    labels = np.arange(30).reshape(5, 6) * 11  # up to 319: needs 16 bits
+    save_mask(labels, tmp_path / "labels.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "labels.png"), labels)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+def test_save_mask_nifti_with_reference(tmp_path: Path) -> None:
+    path, _, _ = _flipped_volume(tmp_path)
+    vol, aff = load_volume(path)
+    labels = (vol > 100).astype(np.uint8) + (vol > 130)
+    out = save_mask(labels, tmp_path / "pred.nii.gz", reference=path)
+    back, back_aff = load_volume(out)
+    np.testing.assert_array_equal(back, labels)
+    np.testing.assert_allclose(back_aff, aff)
+    np.testing.assert_array_equal(load_mask(out, slice_index=2), volume_slice(labels, 2))
+    with pytest.raises(MedAdaptError, match="does not match reference"):
+        save_mask(labels[:, :, :2], tmp_path / "bad.nii.gz", reference=path)
+
+
+def test_save_mask_2d_nifti_roundtrip(tmp_path: Path) -> None:
+    m = RNG.integers(0, 3, (5, 7))
+    save_mask(m, tmp_path / "m.nii")
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.nii"), m)
+
+
+def test_save_mask_errors(tmp_path: Path) -> None:
+    with pytest.raises(MedAdaptError, match=r"supported extensions: \.png, \.nii, \.nii\.gz"):
+        save_mask(np.ones((3, 3), bool), tmp_path / "m.jpg")
+    with pytest.raises(MedAdaptError, match="non-integer"):
+        save_mask(np.full((3, 3), 0.5), tmp_path / "m.png")
+    (tmp_path / "m.jpg").write_bytes(b"x")
+    with pytest.raises(MedAdaptError, match="JPEG"):
+        load_mask(tmp_path / "m.jpg")
+
+
+# --------------------------------------------------------------------------- overlay
+def test_overlay(tmp_path: Path) -> None:
+    image = ramp(20, 30)
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 5:15] = True
+    base = overlay(image, None)
+    out = overlay(image, mask, boxes=[4, 4, 16, 16], points=[[25, 10], [27, 3]], point_labels=[1, 0])
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert base[0, 0].tolist() == [0, 0, 0] and base[-1, -1].tolist() == [255, 255, 255]
+    assert not np.array_equal(out[10, 10], base[10, 10])  # tinted
+    np.testing.assert_array_equal(out[18, 1], base[18, 1])  # untouched
+    assert out[10, 25, 1] > out[10, 25, 0]  # positive point: green
+    assert out[3, 27, 0] > out[3, 27, 1]  # negative point: red
+    stack = np.stack([mask, ~mask])
+    assert overlay(RNG.random((20, 30, 3)), stack).shape == (20, 30, 3)
+    with pytest.raises(MedAdaptError, match="masks have shape"):
+        overlay(image, np.zeros((10, 10), bool))
+    saved = save_overlay(tmp_path / "o.png", image, mask)
+    np.testing.assert_array_equal(np.asarray(Image.open(saved)), overlay(image, mask))

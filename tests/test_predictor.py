@@ -1,0 +1,125 @@
+"""Segmenter: set_image once, predict from boxes / points / masks, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medadapt import MedAdaptError, Segmenter
+from medadapt.demo import dice
+
+from conftest import disc_image
+
+
+def test_pretrained_litemedsam_segments_a_boxed_disc(litemedsam, disc):
+    image, mask = disc
+    litemedsam.set_image(image)
+    out = litemedsam.predict(boxes=[[75, 45, 165, 135]])
+    assert out.masks.shape == (1, 180, 240) and out.masks.dtype == bool
+    assert dice(out.masks[0], mask) > 0.9
+    assert out.scores.shape == (1,) and out.logits.shape == (1, 256, 256)
+
+
+def test_point_prompt_with_positive_and_negative_clicks(litemedsam, disc):
+    image, mask = disc
+    litemedsam.set_image(image)
+    out = litemedsam.predict(points=[[120, 90], [10, 10]], point_labels=[1, 0], multimask=True)
+    assert out.all_masks.shape == (1, 3, 180, 240) and out.all_scores.shape == (1, 3)
+    best = out.all_scores[0].argmax()
+    assert np.array_equal(out.masks[0], out.all_masks[0, best])
+    m = out.masks[0]
+    # LiteMedSAM was trained with box prompts; clicks give a rough mask around the positive one
+    assert m[90, 120] and not m[10, 10]
+    assert (m & mask).sum() / m.sum() > 0.6
+
+
+def test_logits_feed_back_as_mask_prompt(litemedsam, disc):
+    image, mask = disc
+    litemedsam.set_image(image)
+    first = litemedsam.predict(boxes=[[75, 45, 165, 135]])
+    again = litemedsam.predict(boxes=[[75, 45, 165, 135]], mask_input=first.logits)
+    assert dice(again.masks[0], mask) > 0.85
+    full = litemedsam.predict(points=[[120, 90]], mask_input=mask.astype(np.float32))
+    assert full.masks.shape == (1, 180, 240)
+
+
+def test_several_boxes_are_one_batch_and_match_single_predictions():
+    seg = Segmenter.from_pretrained("tiny_litemedsam", device="cpu")
+    image, _ = disc_image(seed=3)
+    seg.set_image(image)
+    boxes = [[10, 10, 100, 90], [75, 45, 165, 135], [120, 20, 230, 170]]
+    calls = []
+    handle = seg.backbone.mask_decoder.register_forward_hook(lambda *a: calls.append(1))
+    together = seg.predict(boxes=boxes)
+    handle.remove()
+    assert len(calls) == 1  # one decoder call for all three boxes
+    for i, b in enumerate(boxes):
+        alone = seg.predict(boxes=[b])
+        assert np.allclose(alone.logits[0], together.logits[i], atol=1e-4)
+
+
+def test_image_is_encoded_once_per_set_image(tiny_sam):
+    image, _ = disc_image(h=50, w=60, center=(25, 30), radius=10)
+    calls = []
+    tiny_sam.backbone.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    tiny_sam.set_image(image)
+    for _ in range(3):
+        tiny_sam.predict(boxes=[[5, 5, 40, 40]] * 16)
+    assert len(calls) == 1
+
+
+def test_per_image_decoding_matches_shared_embedding_decoding(tiny_sam):
+    b = tiny_sam.backbone
+    emb = torch.randn(1, 32, 4, 4)
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 2.0, 60.0, 30.0]])
+    sparse, dense = b.encode_prompts(boxes=boxes)
+    with torch.no_grad():
+        shared = b.decode(emb, sparse, dense, multimask=True)
+        per_image = b.decode(emb.expand(2, -1, -1, -1).contiguous(), sparse, dense, multimask=True)
+    assert torch.allclose(shared[0], per_image[0], atol=1e-5)
+    assert torch.allclose(shared[1], per_image[1], atol=1e-5)
+
+
+def test_predict_before_set_image(tiny_sam):
+    with pytest.raises(MedAdaptError, match="call set_image"):
+        tiny_sam.predict(boxes=[[1, 1, 5, 5]])
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((2, 3, 32, 32), np.float32), "2-D HxW"),
+        (np.full((32, 32), np.nan, np.float32), "NaN"),
+        (np.full((32, 32), 7.0, np.float32), "constant"),
+    ],
+)
+def test_bad_images_are_explained(tiny_sam, image, message):
+    with pytest.raises(MedAdaptError, match=message):
+        tiny_sam.set_image(image)
+
+
+def test_bad_prompts_are_explained(tiny_sam):
+    image, _ = disc_image(h=50, w=60, center=(25, 30), radius=10)
+    tiny_sam.set_image(image)
+    with pytest.raises(MedAdaptError, match="at least one prompt"):
+        tiny_sam.predict()
+    with pytest.raises(MedAdaptError, match="outside the image"):
+        tiny_sam.predict(boxes=[[100, 100, 120, 120]])
+    with pytest.raises(MedAdaptError, match="zero or negative area"):
+        tiny_sam.predict(boxes=[[10, 10, 5, 20]])
+    with pytest.raises(MedAdaptError, match="foreground"):
+        tiny_sam.predict(points=[[10, 10]], point_labels=[3])
+    with pytest.raises(MedAdaptError, match="one point set per box"):
+        tiny_sam.predict(boxes=[[1, 1, 9, 9], [2, 2, 9, 9], [3, 3, 9, 9]], points=[[[5, 5]], [[6, 6]]])
+    with pytest.raises(MedAdaptError, match="mask_input"):
+        tiny_sam.predict(boxes=[[1, 1, 9, 9]], mask_input=np.zeros((7, 7)))
+
+
+def test_image_path_is_accepted(tmp_path, tiny_sam):
+    from PIL import Image
+
+    image, _ = disc_image(h=50, w=60, center=(25, 30), radius=10)
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(tmp_path / "x.png")
+    tiny_sam.set_image(tmp_path / "x.png")
+    assert tiny_sam.image_size == (50, 60)
