@@ -54,6 +54,18 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _adapter_path(path: str | os.PathLike) -> str:
+    """A run folder (``RUN/adapter/``), an adapter folder, or the adapter file itself."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir() and not (p / "adapter.json").exists() and (p / "adapter" / "adapter.json").exists():
+        p = p / "adapter"
+    if not p.exists():
+        raise MedAdaptError(f"adapter not found: {p}")
+    return str(p)
+
+
 class Segmenter:
     """Promptable segmentation with a (possibly adapted) SAM-family backbone.
 
@@ -85,10 +97,14 @@ class Segmenter:
 
         ``checkpoint`` names local weights for backbones that need them
         (``sam_vit_b``, ``medsam_vit_b``, ``sam_hf`` ...); nothing is downloaded.
+        ``adapter`` is a run folder or adapter file written by medadapt; it is
+        refused if it was trained on another backbone or other base weights.
         """
-        if adapter is not None:
-            raise MedAdaptError("adapter checkpoints are not supported by this version of medadapt yet")
         backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
+        if adapter is not None:
+            from .adapters import load_adapter
+
+            backbone = load_adapter(backbone, _adapter_path(adapter)).eval()
         return cls(backbone, device=device)
 
     @property

@@ -1,0 +1,172 @@
+"""``apply(model, config)``: add adapters to a backbone and choose what trains.
+
+Everything not named stays frozen. LoRA goes through peft's injection into
+arbitrary ``nn.Module``s; spatial adapters wrap the encoder blocks' attention
+and MLP. The summary counts trainable and total parameters per part so a user
+sees at once what the run will update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import MedAdaptError
+from ..foundation import Backbone
+from .config import BASE_PARTS, AdapterConfig
+from .spatial import ParallelAdapted, SerialAdapted, SpatialAdapter, block_width
+from .targets import encoder_blocks, resolve_targets
+
+ADAPTER_MARKERS = ("lora_", ".adapter.")
+
+
+@dataclass
+class PartCount:
+    part: str
+    trainable: int
+    total: int
+
+
+@dataclass
+class AdapterSummary:
+    """Trainable / total parameters per part; ``str()`` prints a small table."""
+
+    rows: list[PartCount]
+
+    @property
+    def trainable(self) -> int:
+        return sum(r.trainable for r in self.rows)
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.rows)
+
+    def __str__(self) -> str:
+        lines = [f"{'part':<16}{'trainable':>14}{'total':>14}{'share':>9}"]
+        for r in self.rows + [PartCount("all", self.trainable, self.total)]:
+            share = 100.0 * r.trainable / r.total if r.total else 0.0
+            lines.append(f"{r.part:<16}{r.trainable:>14,}{r.total:>14,}{share:>8.2f}%")
+        return "\n".join(lines)
+
+
+def is_adapter_param(name: str) -> bool:
+    """True for parameters added by adapters (LoRA or spatial), not base weights."""
+    return any(m in name for m in ADAPTER_MARKERS)
+
+
+def add_lora(model: Backbone, config: AdapterConfig) -> list[str]:
+    """Inject LoRA into the configured linear layers with peft; returns their names."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    lc = config.lora
+    names = resolve_targets(model, model.info.family, lc.targets)
+    peft_cfg = PeftLoraConfig(
+        r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names, bias="none",
+    )
+    inject_adapter_in_model(peft_cfg, model)
+    return names
+
+
+def add_spatial(model: Backbone, config: AdapterConfig) -> list[str]:
+    """Wrap the chosen encoder blocks' attention and MLP with spatial adapters."""
+    sc = config.spatial
+    blocks = encoder_blocks(model, model.info.family)
+    chosen = range(len(blocks)) if sc.blocks is None else sc.blocks
+    bad = [i for i in chosen if not 0 <= i < len(blocks)]
+    if bad:
+        raise MedAdaptError(f"spatial.blocks {bad} out of range: this encoder has {len(blocks)} blocks (0..{len(blocks) - 1})")
+    done = []
+    for i in chosen:
+        name, block = blocks[i]
+        dim = block_width(block)
+        hidden = int(sc.bottleneck) if sc.bottleneck > 1 else max(1, round(dim * sc.bottleneck))
+        if "attention" in sc.positions:
+            block.attn = SerialAdapted(block.attn, SpatialAdapter(dim, hidden, sc.depthwise_conv))
+        if "mlp" in sc.positions:
+            block.mlp = ParallelAdapted(block.mlp, SpatialAdapter(dim, hidden, sc.depthwise_conv), sc.scale)
+        done.append(name)
+    return done
+
+
+def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSummary]:
+    """Adapt ``model`` in place: freeze it, add adapters, unfreeze ``config.train``.
+
+    Returns the model and a per-part parameter summary. An adapted model at
+    initialisation computes exactly what the base model computes (zero-initialised
+    LoRA B matrices and adapter up-projections).
+    """
+    if getattr(model, "adapter_config", None) is not None:
+        raise MedAdaptError("this model already has adapters; build a fresh backbone to apply another config")
+    model.requires_grad_(False)
+    if config.lora is not None:
+        add_lora(model, config)
+    if config.spatial is not None:
+        add_spatial(model, config)
+    for name, p in model.named_parameters():
+        p.requires_grad = is_adapter_param(name) or name.split(".", 1)[0] in config.train
+    model.adapter_config = config
+    return model, summarize(model)
+
+
+def summarize(model: nn.Module) -> AdapterSummary:
+    """Count trainable and total parameters per base part and for the adapters."""
+    rows = {p: PartCount(p, 0, 0) for p in (*BASE_PARTS, "adapters")}
+    for name, p in model.named_parameters():
+        part = "adapters" if is_adapter_param(name) else name.split(".", 1)[0]
+        row = rows.setdefault(part, PartCount(part, 0, 0))
+        row.total += p.numel()
+        row.trainable += p.numel() if p.requires_grad else 0
+    return AdapterSummary(list(rows.values()))
+
+
+def set_train_mode(model: nn.Module, training: bool = True) -> nn.Module:
+    """``model.train(training)``, but frozen normalisation layers stay in eval mode.
+
+    TinyViT has BatchNorm layers: in train mode their running statistics
+    would drift even though their weights are frozen, silently changing the
+    "frozen" base model. Modules without any trainable parameter in their
+    subtree keep eval mode.
+    """
+    model.train(training)
+    if training:
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA weights into the base linear layers and remove the LoRA modules.
+
+    For deployment: the merged model computes the same outputs (up to float
+    rounding) with plain ``nn.Linear`` layers and no peft dependency at run time.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            base = module.get_base_layer()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, base)
+    cfg = getattr(model, "adapter_config", None)
+    if cfg is not None and cfg.lora is not None:
+        model.lora_merged = True
+    return model
+
+
+@torch.no_grad()
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter checkpoint holds: every trainable parameter."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+__all__ = [
+    "AdapterSummary", "PartCount", "apply", "summarize", "set_train_mode", "merge_lora", "trainable_state",
+    "is_adapter_param", "add_lora", "add_spatial",
+]

@@ -1,0 +1,135 @@
+"""Adapter checkpoints: only what was trained, plus what it was trained on.
+
+A checkpoint is two files side by side:
+
+* ``adapter.safetensors``: every trainable tensor (LoRA matrices, spatial
+  adapters, the base parts trained outright);
+* ``adapter.json``: the adapter config, the backbone name and a fingerprint of
+  the base weights, plus free-form metadata (class names, label values...).
+
+Loading onto another backbone, or onto different base weights, is refused:
+LoRA deltas applied to the wrong base silently produce garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MedAdaptError
+from ..foundation import Backbone, build_backbone
+from .apply import apply, trainable_state
+from .config import AdapterConfig
+
+WEIGHTS_NAME = "adapter.safetensors"
+CONFIG_NAME = "adapter.json"
+FORMAT_VERSION = 1
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return p, p.with_suffix(".json")
+    if p.suffix == ".json":
+        return p.with_suffix(".safetensors"), p
+    return p / WEIGHTS_NAME, p / CONFIG_NAME
+
+
+def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the trainable tensors and the adapter description (atomically). Returns the weights path.
+
+    ``path`` is a folder (files ``adapter.safetensors`` + ``adapter.json`` in it)
+    or a ``.safetensors`` file name (the JSON goes beside it).
+    """
+    from safetensors.torch import save_file
+
+    config: AdapterConfig | None = getattr(model, "adapter_config", None)
+    if config is None:
+        raise MedAdaptError("this model has no adapter config: call medadapt.adapters.apply(model, config) first")
+    if getattr(model, "lora_merged", False):
+        raise MedAdaptError("LoRA was merged into the base weights; save the adapter before merge_lora()")
+    weights, desc = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format_version": FORMAT_VERSION,
+        "backbone": model.info.name,
+        "base_fingerprint": model.info.fingerprint,
+        "adapter": config.to_dict(),
+        "metadata": metadata or {},
+    }
+    for target, write in (
+        (weights, lambda tmp: save_file(trainable_state(model), str(tmp))),
+        (desc, lambda tmp: tmp.write_text(json.dumps(info, indent=2))),
+    ):
+        tmp = target.with_name(target.name + ".tmp")
+        write(tmp)
+        os.replace(tmp, target)
+    return weights
+
+
+def read_adapter_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON description of an adapter checkpoint (folder or file)."""
+    _, desc = _paths(path)
+    if not desc.is_file():
+        raise MedAdaptError(f"adapter description not found: {desc} (expected beside the .safetensors file)")
+    try:
+        return json.loads(desc.read_text())
+    except json.JSONDecodeError as exc:
+        raise MedAdaptError(f"adapter description {desc} is not valid JSON: {exc}") from None
+
+
+def load_adapter(model: Backbone, path: str | os.PathLike) -> Backbone:
+    """Apply a saved adapter to a freshly built backbone and load its tensors.
+
+    Refuses another backbone or other base weights (by fingerprint).
+    """
+    from safetensors.torch import load_file
+
+    weights, desc = _paths(path)
+    info = read_adapter_info(path)
+    if info.get("backbone") != model.info.name:
+        raise MedAdaptError(
+            f"adapter {desc} was trained on backbone {info.get('backbone')!r}, not {model.info.name!r}; "
+            f"use Segmenter.from_pretrained({info.get('backbone')!r}, adapter=...)"
+        )
+    if info.get("base_fingerprint") != model.info.fingerprint:
+        raise MedAdaptError(
+            f"adapter {desc} was trained on different {model.info.name} base weights "
+            f"(fingerprint {info.get('base_fingerprint')} vs {model.info.fingerprint}); load the same base checkpoint"
+        )
+    if not weights.is_file():
+        raise MedAdaptError(f"adapter weights not found: {weights}")
+    config = AdapterConfig.from_dict(info["adapter"])
+    apply(model, config)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as exc:
+        raise MedAdaptError(f"could not read adapter weights {weights}: {exc}") from None
+    expected = set(trainable_state(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise MedAdaptError(
+            f"adapter weights {weights} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for k, v in state.items():
+            if params[k].shape != v.shape:
+                raise MedAdaptError(f"adapter tensor {k} has shape {tuple(v.shape)}, model expects {tuple(params[k].shape)}")
+            params[k].copy_(v)
+    model.adapter_metadata = info.get("metadata", {})
+    return model
+
+
+def load_adapted(path: str | os.PathLike, backbone: str | None = None, checkpoint: str | None = None) -> Backbone:
+    """Build the base backbone named in the adapter description and load the adapter onto it."""
+    info = read_adapter_info(path)
+    name = backbone or info.get("backbone")
+    return load_adapter(build_backbone(name, checkpoint), path).eval()
+
+
+__all__ = ["save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]

@@ -1,0 +1,149 @@
+"""Adapters, for each encoder family and each adapter kind (one loop over all of them).
+
+Families: a tiny SAM ViT and the real pretrained LiteMedSAM (TinyViT).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medadapt import MedAdaptError, Segmenter
+from medadapt.adapters import (
+    AdapterConfig, LoraConfig, SpatialAdapterConfig, apply, load_adapter, merge_lora, save_adapter, set_train_mode,
+)
+from medadapt.foundation import build_backbone
+
+KINDS = {
+    "lora": lambda: AdapterConfig(lora=LoraConfig(rank=4, targets=["encoder_attention", "decoder_attention"]), train=[]),
+    "lora_mlp+decoder": lambda: AdapterConfig(lora=LoraConfig(rank=2, targets=["encoder_mlp"]), train=["mask_decoder"]),
+    "spatial+decoder": lambda: AdapterConfig(spatial=SpatialAdapterConfig(bottleneck=8), train=["mask_decoder"]),
+    "both": lambda: AdapterConfig(lora=LoraConfig(rank=4), spatial=SpatialAdapterConfig(blocks=[0, 1]), train=["prompt_encoder"]),
+}
+FAMILIES = {"vit": "tiny_sam_vit", "tinyvit": "litemedsam"}
+
+
+def inputs(backbone):
+    torch.manual_seed(0)
+    s = backbone.processor.image_size
+    return torch.randn(1, 3, s, s), torch.tensor([[s * 0.2, s * 0.25, s * 0.7, s * 0.8]])
+
+
+def forward(backbone, pixels, boxes):
+    emb = backbone.encode(pixels)
+    sparse, dense = backbone.encode_prompts(boxes=boxes)
+    return backbone.decode(emb, sparse, dense, multimask=True)[0]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    name = FAMILIES[request.param]
+    base = build_backbone(name)
+    pixels, boxes = inputs(base)
+    with torch.no_grad():
+        reference = forward(base, pixels, boxes)
+    return name, pixels, boxes, reference
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_adapter_lifecycle(family, kind, tmp_path):
+    name, pixels, boxes, reference = family
+    model, summary = apply(build_backbone(name), KINDS[kind]())
+    model.eval()
+
+    # 1. identical to the base model at initialisation
+    with torch.no_grad():
+        assert (forward(model, pixels, boxes) - reference).abs().max().item() == 0.0
+
+    # 2. one optimiser step changes only adapter and chosen parameters
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_train_mode(model, True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    target = (torch.rand_like(reference[:, :1]) > 0.5).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(model, pixels, boxes)[:, :1], target)
+    loss.backward()
+    opt.step()
+    model.eval()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed, "the step changed nothing"
+    assert changed <= trainable, f"frozen tensors changed: {sorted(changed - trainable)[:5]}"
+    assert summary.trainable == sum(model.state_dict()[n].numel() for n in trainable)
+
+    # 3. save then load gives identical outputs
+    with torch.no_grad():
+        trained = forward(model, pixels, boxes)
+    save_adapter(model, tmp_path / "adapter", metadata={"kind": kind})
+    loaded = load_adapter(build_backbone(name), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(forward(loaded, pixels, boxes), trained)
+    assert loaded.adapter_metadata == {"kind": kind}
+
+    # 4. merged LoRA equals unmerged
+    if model.adapter_config.lora is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)  # a non-trivial delta
+            unmerged = forward(model, pixels, boxes)
+            merge_lora(model)
+            assert not any("lora_" in n for n, _ in model.named_parameters())
+            merged = forward(model, pixels, boxes)
+        assert (merged - unmerged).abs().max().item() < 1e-5 * max(1.0, unmerged.abs().max().item())
+
+
+def test_summary_table_and_targets():
+    model, summary = apply(build_backbone("tiny_sam_vit"), AdapterConfig(lora=LoraConfig(rank=2), train=["mask_decoder"]))
+    text = str(summary)
+    for part in ("image_encoder", "prompt_encoder", "mask_decoder", "adapters", "all"):
+        assert part in text
+    rows = {r.part: r for r in summary.rows}
+    assert rows["image_encoder"].trainable == 0 and rows["prompt_encoder"].trainable == 0
+    assert rows["mask_decoder"].trainable == rows["mask_decoder"].total > 0
+    # qkv + proj in each of 2 blocks, rank 2: A (r x in) + B (out x r)
+    assert rows["adapters"].total == 2 * ((2 * 32 + 96 * 2) + (2 * 32 + 32 * 2))
+
+
+def test_user_patterns_and_bad_targets():
+    b = build_backbone("tiny_sam_vit")
+    apply(b, AdapterConfig(lora=LoraConfig(targets=[r"mask_decoder\.iou_prediction_head\.layers\.\d+"]), train=[]))
+    assert any("iou_prediction_head.layers.0.lora_A" in n for n, _ in b.named_parameters())
+    with pytest.raises(MedAdaptError, match="matches no linear layer"):
+        apply(build_backbone("tiny_sam_vit"), AdapterConfig(lora=LoraConfig(targets=["no_such_layer"])))
+    with pytest.raises(MedAdaptError, match="unknown parts"):
+        AdapterConfig(train=["decoder"])
+    with pytest.raises(MedAdaptError, match="unknown key"):
+        AdapterConfig.from_dict({"lora": {"rnak": 4}})
+    with pytest.raises(MedAdaptError, match="out of range"):
+        apply(build_backbone("tiny_sam_vit"), AdapterConfig(spatial=SpatialAdapterConfig(blocks=[5])))
+
+
+def test_foreign_backbone_or_base_weights_are_refused(tmp_path):
+    model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(lora=LoraConfig()))
+    save_adapter(model, tmp_path / "a")
+    with pytest.raises(MedAdaptError, match="trained on backbone 'tiny_sam_vit'"):
+        load_adapter(build_backbone("tiny_litemedsam"), tmp_path / "a")
+    from medadapt.foundation.builtins import build_sam
+
+    other = build_sam("tiny", "tiny_sam_vit", None, seed=1)  # same architecture, other weights
+    with pytest.raises(MedAdaptError, match="different tiny_sam_vit base weights"):
+        load_adapter(other, tmp_path / "a")
+
+
+def test_segmenter_loads_an_adapter(tmp_path):
+    model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(spatial=SpatialAdapterConfig()))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".adapter.up" in n:
+                p.normal_(0, 0.1)
+    save_adapter(model, tmp_path / "run" / "adapter")
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=tmp_path / "run", device="cpu")
+    base = Segmenter.from_pretrained("tiny_sam_vit", device="cpu")
+    image = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    seg.set_image(image)
+    base.set_image(image)
+    a, b = seg.predict(boxes=[[5, 5, 30, 30]]), base.predict(boxes=[[5, 5, 30, 30]])
+    assert not np.allclose(a.logits, b.logits)
+    with pytest.raises(MedAdaptError, match="adapter not found"):
+        Segmenter.from_pretrained("tiny_sam_vit", adapter=tmp_path / "nope")
