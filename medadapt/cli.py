@@ -51,7 +51,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=args.out, device=args.device)
+    run_demo(out_dir=args.out, device=args.device, finetune=not args.no_finetune, epochs=args.epochs)
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .training import finetune, load_config
+
+    config = load_config(args.config, args.overrides)
+    finetune(config, resume=args.resume)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate_run
+
+    report = evaluate_run(
+        args.run, data=args.data, split=args.split, modes=args.modes.split(","), out_dir=args.out,
+        device=args.device, limit=args.limit,
+    )
+    print(report.table())
     return 0
 
 
@@ -93,8 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="box-prompted segmentation of bundled real images, with Dice and overlays")
-    p.add_argument("--out", default="medadapt-demo", help="folder for the overlay PNGs (default ./medadapt-demo)")
+    p = sub.add_parser("finetune", help="fine-tune an adapted backbone from a YAML config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 data.labeled=labeled_7")
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="Dice and HD95 per case and class, automatic and prompted")
+    p.add_argument("run", help="run folder or adapter file written by `medadapt finetune`")
+    p.add_argument("--data", default=None, help="dataset folder or data YAML (default: the run's own data config)")
+    p.add_argument("--split", default="val", help="val, test or all (default val)")
+    p.add_argument("--modes", default="automatic,box,1-click", help="comma-separated: automatic, box, 1-click")
+    p.add_argument("--out", default=None, help="folder for evaluation.json/.csv (default: RUN/eval_SPLIT)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="box-prompted segmentation and few-label fine-tuning on bundled real images")
+    p.add_argument("--out", default="medadapt-demo", help="folder for overlays and the run (default ./medadapt-demo)")
+    p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
+    p.add_argument("--no-finetune", action="store_true", help="only the box-prompted part")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_demo)
     return parser

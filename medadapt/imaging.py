@@ -120,6 +120,15 @@ def _display(plane: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(plane.T[::-1, ::-1])
 
 
+def display_orientation(plane: np.ndarray) -> np.ndarray:
+    """Switch a 2-D plane between array order and display order (self-inverse).
+
+    ``volume_slice`` returns ``display_orientation(np.take(volume, k, axis))``;
+    applying it to a slice-wise prediction puts it back in the volume's order.
+    """
+    return _display(np.asarray(plane))
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write via a temp file in the same folder + os.replace: readers never see half a file."""
     tmp = None

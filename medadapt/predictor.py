@@ -147,8 +147,14 @@ class Segmenter:
         point_labels: ArrayLike | None = None,
         mask_input: ArrayLike | None = None,
         multimask: bool = False,
+        classes: Sequence[str | int] | None = None,
     ) -> Prediction:
         """Segment the current image from prompts in original-image pixel coordinates.
+
+        Without any prompt, a model adapted with learned class prompts segments
+        every class it learned (automatic mode; ``classes`` picks a subset by
+        name or label value) and returns C x H x W masks that do not overlap,
+        with ``labels`` and ``label_values``.
 
         Args:
             boxes: N x 4 ``[x0, y0, x1, y1]``; N prompts decoded as one batch.
@@ -181,7 +187,11 @@ class Segmenter:
         elif point_labels is not None:
             raise MedAdaptError("point_labels given without points")
         if n is None:
-            raise MedAdaptError("give at least one prompt: boxes=[[x0, y0, x1, y1]] or points=[[x, y]]")
+            if mask_input is None:
+                return self._predict_automatic(embedding, meta, classes)
+            raise MedAdaptError("mask_input needs a box or points to go with it")
+        if classes is not None:
+            raise MedAdaptError("classes= selects classes in automatic mode; do not combine it with boxes/points")
         masks_t = self._mask_prompt(mask_input, n, meta) if mask_input is not None else None
 
         low, iou = [], []
@@ -197,6 +207,87 @@ class Segmenter:
             low.append(lo.float())
             iou.append(sc.float())
         return self._finish(torch.cat(low), torch.cat(iou), meta, multimask)
+
+    # ------------------------------------------------------------------ automatic
+    @property
+    def classes(self) -> list[str]:
+        """Names of the classes the adapter learned (empty for a base model)."""
+        cfg = getattr(self.backbone, "adapter_config", None)
+        return list(cfg.automatic.class_names) if cfg is not None and cfg.automatic is not None else []
+
+    def _class_indices(self, classes: Sequence[str | int] | None) -> list[int]:
+        auto = self.backbone.adapter_config.automatic
+        if classes is None:
+            return list(range(len(auto.class_names)))
+        out = []
+        for c in classes:
+            if isinstance(c, str) and c in auto.class_names:
+                out.append(auto.class_names.index(c))
+            elif not isinstance(c, str) and int(c) in auto.label_values:
+                out.append(auto.label_values.index(int(c)))
+            else:
+                raise MedAdaptError(
+                    f"unknown class {c!r}; this adapter knows {auto.class_names} (label values {auto.label_values})"
+                )
+        return out
+
+    def _predict_automatic(self, embedding, meta: ImageMeta, classes) -> Prediction:
+        if not self.classes:
+            raise MedAdaptError(
+                "give at least one prompt: boxes=[[x0, y0, x1, y1]] or points=[[x, y]] "
+                "(prompt-free prediction needs an adapter trained with `medadapt finetune`)"
+            )
+        idx = self._class_indices(classes)
+        auto = self.backbone.adapter_config.automatic
+        ids = torch.tensor(idx, device=self.device)
+        sparse, dense = self.backbone.class_prompts_for(ids)
+        low, iou = self.backbone.decode(embedding, sparse, dense, multimask=False)
+        low, iou = low[:, 0].float(), iou[:, 0].float()
+        full = self.backbone.processor.postprocess_logits(low, meta)  # C x H x W
+        winner = full.argmax(dim=0)
+        fg = full.max(dim=0).values > 0
+        masks = torch.stack([(winner == k) & fg for k in range(len(idx))])
+        return Prediction(
+            masks=masks.cpu().numpy(), scores=iou.cpu().numpy(), logits=low.cpu().numpy(),
+            labels=[auto.class_names[i] for i in idx], label_values=[auto.label_values[i] for i in idx],
+        )
+
+    def predict_volume(
+        self, volume: np.ndarray, axis: int = 2, classes: Sequence[str | int] | None = None
+    ) -> np.ndarray:
+        """Automatic segmentation of a 3D volume, slice by slice along ``axis``.
+
+        ``volume`` is in the orientation of :func:`medadapt.imaging.load_volume`;
+        slices are shown to the model as ``volume_slice`` shows them (as in
+        training). Returns an integer label map of the volume's shape holding
+        the training data's label values (0 = background). Constant slices
+        (padding) are left as background.
+        """
+        vol = np.asarray(volume)
+        if vol.ndim != 3:
+            raise MedAdaptError(f"predict_volume needs a 3D array; got shape {vol.shape}")
+        if not -3 <= axis < 3:
+            raise MedAdaptError(f"axis must be 0, 1 or 2; got {axis}")
+        dtype = np.int16 if max(self.backbone.adapter_config.automatic.label_values, default=0) > 127 else np.uint8
+        out = np.zeros(vol.shape, dtype=dtype) if self.classes else None
+        if out is None:
+            self._predict_automatic(None, None, classes)  # raises the explanatory error
+        from .imaging import display_orientation, volume_slice
+
+        for k in range(vol.shape[axis]):
+            plane = volume_slice(vol, k, axis)  # the orientation training slices have
+            if not np.isfinite(plane).all() or plane.max() == plane.min():
+                continue
+            self.set_image(plane)
+            pred = self.predict(classes=classes)
+            lab = np.zeros(plane.shape, dtype=dtype)
+            for m, v in zip(pred.masks, pred.label_values):
+                lab[m] = v
+            index = [slice(None)] * 3
+            index[axis] = k
+            out[tuple(index)] = display_orientation(lab)
+        self.reset_image()
+        return out
 
     def _mask_prompt(self, mask_input: ArrayLike, n: int, meta: ImageMeta) -> torch.Tensor:
         m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32))

@@ -80,7 +80,7 @@ def test_installed_entry_point_prints_no_traceback(tmp_path):
 def test_demo_segments_bundled_images(tmp_path, capsys):
     from medadapt.demo import run_demo
 
-    rows = run_demo(out_dir=tmp_path / "demo", device="cpu")
+    rows = run_demo(out_dir=tmp_path / "demo", device="cpu", finetune=False)
     assert len(rows) >= 12
     assert np.mean([r["dice"] for r in rows]) > 0.8  # real pretrained weights on real images
     assert len(list((tmp_path / "demo").glob("*_overlay.png"))) == 10

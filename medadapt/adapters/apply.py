@@ -19,7 +19,7 @@ from .config import BASE_PARTS, AdapterConfig
 from .spatial import ParallelAdapted, SerialAdapted, SpatialAdapter, block_width
 from .targets import encoder_blocks, resolve_targets
 
-ADAPTER_MARKERS = ("lora_", ".adapter.")
+ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.")
 
 
 @dataclass
@@ -91,6 +91,16 @@ def add_spatial(model: Backbone, config: AdapterConfig) -> list[str]:
     return done
 
 
+def add_class_prompts(model: Backbone, config: AdapterConfig) -> None:
+    """Give the model learned prompt tokens for each target class (automatic mode)."""
+    from ..prompts.learned import ClassPromptTokens
+
+    a = config.automatic
+    tokens = ClassPromptTokens(len(a.class_names), model.embed_dim, a.tokens_per_class).to(model.device)
+    tokens.init_from_box(model.prompt_encoder, model.processor.image_size)
+    model.class_prompts = tokens
+
+
 def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSummary]:
     """Adapt ``model`` in place: freeze it, add adapters, unfreeze ``config.train``.
 
@@ -105,6 +115,8 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
         add_lora(model, config)
     if config.spatial is not None:
         add_spatial(model, config)
+    if config.automatic is not None:
+        add_class_prompts(model, config)
     for name, p in model.named_parameters():
         p.requires_grad = is_adapter_param(name) or name.split(".", 1)[0] in config.train
     model.adapter_config = config

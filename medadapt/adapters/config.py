@@ -8,9 +8,10 @@ own regular expressions instead.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..configuration import build_dataclass
 from ..errors import MedAdaptError
 
 BASE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -43,18 +44,42 @@ class SpatialAdapterConfig:
 
 
 @dataclass
+class AutomaticConfig:
+    """Learned per-class prompt tokens for prompt-free segmentation.
+
+    ``class_names`` / ``label_values`` name the target classes and their values
+    in the training labels, so predictions come back with the user's labels.
+    """
+
+    class_names: list[str] = field(default_factory=list)
+    label_values: list[int] = field(default_factory=list)
+    tokens_per_class: int = 2
+
+
+@dataclass
 class AdapterConfig:
     """Which adapters are added and which base parts are trained outright."""
 
     lora: LoraConfig | None = None
     spatial: SpatialAdapterConfig | None = None
     train: list[str] = field(default_factory=lambda: ["mask_decoder"])
+    automatic: AutomaticConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
-            self.lora = _build(LoraConfig, self.lora, "lora")
+            self.lora = build_dataclass(LoraConfig, self.lora, "lora")
         if isinstance(self.spatial, dict):
-            self.spatial = _build(SpatialAdapterConfig, self.spatial, "spatial")
+            self.spatial = build_dataclass(SpatialAdapterConfig, self.spatial, "spatial")
+        if isinstance(self.automatic, dict):
+            self.automatic = build_dataclass(AutomaticConfig, self.automatic, "automatic")
+        if self.automatic is not None:
+            a = self.automatic
+            if not a.class_names or len(a.class_names) != len(a.label_values):
+                raise MedAdaptError(
+                    f"automatic.class_names ({a.class_names}) and label_values ({a.label_values}) must be non-empty and of equal length"
+                )
+            if a.tokens_per_class < 1:
+                raise MedAdaptError(f"automatic.tokens_per_class must be >= 1; got {a.tokens_per_class}")
         unknown = [p for p in self.train if p not in BASE_PARTS]
         if unknown:
             raise MedAdaptError(f"adapter 'train' names unknown parts {unknown}; choose from {list(BASE_PARTS)}")
@@ -75,18 +100,10 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
         """Build from a plain dict (a YAML ``adapter:`` section), rejecting unknown keys."""
-        return _build(cls, dict(data or {}), "adapter")
+        return build_dataclass(cls, dict(data or {}), "adapter")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _build(cls, data: dict[str, Any], where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise MedAdaptError(f"unknown key(s) {unknown} in {where} config; allowed: {sorted(names)}")
-    return cls(**data)
-
-
-__all__ = ["AdapterConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]
+__all__ = ["AdapterConfig", "AutomaticConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]

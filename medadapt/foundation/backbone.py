@@ -74,6 +74,15 @@ class Backbone(nn.Module):
             boxes = boxes[:, None, :]
         return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
 
+    def class_prompts_for(self, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse/dense prompt embeddings for automatic mode: learned tokens of each class id."""
+        tokens = getattr(self, "class_prompts", None)
+        if tokens is None:
+            raise AttributeError("this model has no learned class prompts")
+        sparse = tokens(class_ids)
+        _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+        return sparse, dense.expand(sparse.shape[0], -1, -1, -1)
+
     def decode(
         self,
         image_embeddings: torch.Tensor,

@@ -1,0 +1,305 @@
+"""Finding a dataset's cases on disk, and splitting them by patient.
+
+Users already have their data in one of two layouts, so medadapt reads those
+as they are instead of asking for a conversion step:
+
+* ``nnunet`` (nnU-Net / Medical Segmentation Decathlon): ``imagesTr/`` +
+  ``labelsTr/`` (also ``imagesVal/labelsVal`` and ``imagesTs/labelsTs`` when
+  present), image files ``ID_0000.nii.gz`` or ``ID.nii.gz``, label files
+  ``ID.nii.gz``, an optional ``dataset.json`` naming the labels and splits.
+* ``folder``: ``images/`` + ``masks/`` (or ``labels/``) of 2-D files (PNG,
+  JPEG, TIFF, ...) paired by file stem; ``NAME_mask.png`` etc. also pair.
+
+Splits are by *patient*, never by file: two frames of one ACDC patient, or two
+HC18 images of one exam, in different splits would leak the answer into the
+validation score. Every mistake raises :class:`MedAdaptError` naming the key
+or file to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MedAdaptError
+from ..imaging import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from .config import SPLITS, DataConfig, read_dataset_json
+
+#: Extra nnU-Net image/label folder pairs read (when present) if ``images`` is not set.
+NNUNET_FOLDERS = (("imagesTr", "labelsTr"), ("imagesVal", "labelsVal"), ("imagesTs", "labelsTs"))
+#: Mask stems that pair with image ``NAME`` in the folder layout, tried in this order after ``NAME`` itself.
+MASK_SUFFIXES = ("_mask", "_seg", "_segmentation", "_label", "_gt")
+_LABEL_EXTENSIONS = (*MASK_EXTENSIONS, ".jpg", ".jpeg")  # found so that load_mask can explain why JPEG is refused
+_QUIET_EXTENSIONS = (".json", ".txt", ".md", ".csv", ".yaml", ".yml", ".pkl")
+_CHANNEL = re.compile(r"^(.+)_(\d{4})$")
+
+
+# --------------------------------------------------------------------------- discovery
+@dataclass
+class Case:
+    """One image (a volume or a 2-D file) and its label file, if any.
+
+    ``subset`` is the image folder it came from (``imagesTr``, ``imagesVal``...),
+    so a split can be named after the folder.
+    """
+
+    case_id: str
+    patient_id: str
+    image_path: Path
+    label_path: Path | None
+    subset: str = ""
+
+
+def detect_layout(config: DataConfig) -> str:
+    """``config.layout``, or for ``auto`` the layout the root folder looks like."""
+    root = Path(config.root).expanduser()
+    if not root.is_dir():
+        raise MedAdaptError(f"data.root {root} is not a folder; point it at the dataset folder")
+    if config.layout != "auto":
+        return config.layout
+    if (root / "imagesTr").is_dir() or (root / "dataset.json").is_file():
+        return "nnunet"
+    if (root / "images").is_dir() or config.images is not None:
+        return "folder"
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    raise MedAdaptError(
+        f"cannot tell the layout of {root}: expected imagesTr/ + labelsTr/ (nnU-Net/MSD) or images/ + masks/ "
+        f"(folder of 2-D files); found sub-folders {found}. Set data.layout and data.images/data.labels"
+    )
+
+
+def _folder_pairs(config: DataConfig, layout: str) -> list[tuple[Path, Path | None]]:
+    root = Path(config.root).expanduser()
+    if config.images is not None:
+        image_names = [config.images]
+    elif layout == "nnunet":
+        image_names = [i for i, _ in NNUNET_FOLDERS if i == "imagesTr" or (root / i).is_dir()]
+    else:
+        image_names = ["images"]
+    pairs: list[tuple[Path, Path | None]] = []
+    for name in image_names:
+        images = root / name
+        if not images.is_dir():
+            raise MedAdaptError(
+                f"image folder {images} not found (data.layout={layout}); set data.images to the folder holding the images"
+            )
+        if config.labels is not None:
+            labels: Path | None = root / config.labels
+            if not labels.is_dir():
+                raise MedAdaptError(f"label folder {labels} (data.labels) not found; fix data.labels")
+        else:
+            if layout == "nnunet":
+                guesses = [name.replace("images", "labels", 1) if name.startswith("images") else "labelsTr"]
+            else:
+                guesses = ["masks", "labels"]
+            labels = next((root / g for g in guesses if (root / g).is_dir()), None)
+            if labels is None and name not in ("imagesTs", "imagesVal"):
+                warnings.warn(
+                    f"no label folder ({' or '.join(guesses)}) next to {images}: its cases are unlabeled; "
+                    "set data.labels if the labels live elsewhere",
+                    stacklevel=3,
+                )
+        pairs.append((images, labels))
+    return pairs
+
+
+def _suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def _scan(folder: Path, extensions: tuple[str, ...], *, series: bool) -> dict[str, Path]:
+    """Files (and, for images, DICOM-series sub-folders) of ``folder`` by stem; hidden files ignored."""
+    found: dict[str, Path] = {}
+    ignored: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue  # macOS '._x.nii.gz' twins in MSD tarballs, .DS_Store...
+        if p.is_dir():
+            if not series:
+                ignored.append(p.name + "/")
+                continue
+            stem = p.name
+        elif _suffix(p) in extensions:
+            stem = p.name[: len(p.name) - len(_suffix(p))]
+        else:
+            if _suffix(p) not in _QUIET_EXTENSIONS:
+                ignored.append(p.name)
+            continue
+        if stem in found:
+            raise MedAdaptError(f"{found[stem]} and {p} have the same name stem {stem!r}; keep one of them")
+        found[stem] = p
+    if ignored:
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        warnings.warn(
+            f"ignored {len(ignored)} entries of {folder} that are not supported files: {ignored[:5]}{more} "
+            f"(supported: {', '.join(extensions)})",
+            stacklevel=4,
+        )
+    return found
+
+
+def _strip_channels(images: dict[str, Path], labels: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """nnU-Net names images ``ID_0000``; strip that channel suffix when the folder follows it.
+
+    Only when every file has a 4-digit suffix and every case has a ``_0000``
+    file, and the labels (if any) pair better with the stripped names - so that
+    MSD-style ``case_0001.nii.gz`` files keep their full id.
+    """
+    groups: dict[str, dict[str, Path]] = {}
+    for stem, path in images.items():
+        m = _CHANNEL.match(stem)
+        if m is None:
+            return images
+        groups.setdefault(m.group(1), {})[m.group(2)] = path
+    if not all("0000" in g for g in groups.values()):
+        return images
+    if labels and sum(s in labels for s in groups) < sum(s in labels for s in images):
+        return images
+    extra = sorted({c for g in groups.values() for c in g} - {"0000"})
+    if extra:
+        warnings.warn(
+            f"cases in {folder} have {len(extra) + 1} channels (_0000, _{', _'.join(extra)}); medadapt trains on "
+            "channel _0000 only",
+            stacklevel=4,
+        )
+    return {case_id: g["0000"] for case_id, g in groups.items()}
+
+
+def _label_for(stem: str, labels: dict[str, Path], layout: str) -> Path | None:
+    if stem in labels:
+        return labels[stem]
+    if layout == "folder":
+        return next((labels[stem + s] for s in MASK_SUFFIXES if stem + s in labels), None)
+    return None
+
+
+def _known_patients(config: DataConfig) -> set[str]:
+    """Ids named by the config's split lists and dataset.json's splits: these define patients."""
+    known = {e for key in SPLITS for e in (getattr(config, key) if isinstance(getattr(config, key), list) else [])}
+    splits = (read_dataset_json(config) or {}).get("splits") or {}
+    if isinstance(splits, dict):
+        known |= {e for v in splits.values() if isinstance(v, list) for e in v if isinstance(e, str)}
+    return known
+
+
+def patient_of(case_id: str, config: DataConfig, known: set[str] | None = None) -> str:
+    """The patient a case belongs to: ``case_pattern``'s first group, else the shortest
+    ``_``-separated prefix of the case id that a split names (``patient003`` for
+    ``patient003_frame01``), else the case id itself."""
+    if config.case_pattern is not None:
+        m = re.search(config.case_pattern, case_id)
+        if m is None or m.group(1) is None:
+            raise MedAdaptError(
+                f"data.case_pattern {config.case_pattern!r} does not match case {case_id!r}; "
+                "fix the pattern so its first group captures the patient id of every file"
+            )
+        return m.group(1)
+    known = _known_patients(config) if known is None else known
+    parts = case_id.split("_")
+    return next(("_".join(parts[:i]) for i in range(1, len(parts)) if "_".join(parts[:i]) in known), case_id)
+
+
+def discover_cases(config: DataConfig) -> list[Case]:
+    """Every case of the dataset, sorted by case id (deterministic on every machine)."""
+    layout = detect_layout(config)
+    known = _known_patients(config)
+    cases: dict[str, Case] = {}
+    for image_dir, label_dir in _folder_pairs(config, layout):
+        images = _scan(image_dir, IMAGE_EXTENSIONS, series=True)
+        labels = _scan(label_dir, _LABEL_EXTENSIONS, series=False) if label_dir is not None else {}
+        if not images:
+            raise MedAdaptError(
+                f"no images found in {image_dir}; supported: {', '.join(IMAGE_EXTENSIONS)} files or DICOM-series folders"
+            )
+        if layout == "nnunet":
+            images = _strip_channels(images, labels, image_dir)
+        used: set[Path] = set()
+        for case_id, path in images.items():
+            if case_id in cases:
+                raise MedAdaptError(
+                    f"case id {case_id!r} appears twice: {cases[case_id].image_path} and {path}; rename one of them"
+                )
+            label = _label_for(case_id, labels, layout)
+            if label is not None:
+                used.add(label)
+            cases[case_id] = Case(case_id, patient_of(case_id, config, known), path, label, image_dir.name)
+        orphans = sorted(p.name for p in labels.values() if p not in used)
+        if orphans:
+            warnings.warn(
+                f"{len(orphans)} label files in {label_dir} have no image in {image_dir}: {orphans[:5]}; they are unused",
+                stacklevel=2,
+            )
+    return [cases[k] for k in sorted(cases)]
+
+
+# --------------------------------------------------------------------------- splits
+def _matches(case: Case, entry: str) -> bool:
+    return case.case_id == entry or case.case_id.startswith(entry + "_") or case.patient_id == entry
+
+
+def _select(key: str, entries: list[str], cases: list[Case]) -> list[Case]:
+    unmatched = [e for e in entries if not any(_matches(c, e) for c in cases)]
+    if unmatched:
+        examples = ", ".join(repr(c.case_id) for c in cases[:3])
+        raise MedAdaptError(
+            f"data.{key}: no case matches {unmatched} (an entry matches a case id equal to it or starting with "
+            f"it + '_', or a patient id; case ids look like {examples})"
+        )
+    return [c for c in cases if any(_matches(c, e) for e in entries)]
+
+
+def _named(key: str, name: str, cases: list[Case], config: DataConfig) -> list[Case]:
+    splits = (read_dataset_json(config) or {}).get("splits") or {}
+    if isinstance(splits, dict) and name in splits:
+        entries = splits[name]
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise MedAdaptError(f"dataset.json splits[{name!r}] must be a list of case/patient ids")
+        return _select(f"{key} (dataset.json split {name!r})", entries, cases)
+    subsets = sorted({c.subset for c in cases})
+    if name in subsets:
+        return [c for c in cases if c.subset == name]
+    if name == "all":
+        return list(cases)
+    options = [*(sorted(splits) if isinstance(splits, dict) else []), *subsets, "all"]
+    raise MedAdaptError(f"data.{key}: unknown split {name!r}; choose a list of ids or one of {options}")
+
+
+def split_cases(config: DataConfig, cases: list[Case]) -> dict[str, list[Case]]:
+    """Cases of each split (``labeled``, ``unlabeled``, ``val``, ``test``), sorted by case id.
+
+    Raises if one patient is in two of labeled/val/test, if an unlabeled patient
+    is in val/test (training on evaluation images, even without their labels,
+    inflates the score), or if a labeled/val/test case has no label file.
+    """
+    out: dict[str, list[Case]] = {}
+    for key in ("labeled", "val", "test"):
+        spec = getattr(config, key)
+        out[key] = [] if spec is None else _named(key, spec, cases, config) if isinstance(spec, str) else _select(key, spec, cases)
+    patients = {key: {c.patient_id for c in out[key]} for key in out}
+    for a, b in (("labeled", "val"), ("labeled", "test"), ("val", "test")):
+        both = sorted(patients[a] & patients[b])
+        if both:
+            raise MedAdaptError(f"patients {both} are in both data.{a} and data.{b}; a patient must be in one split only")
+    spec = config.unlabeled
+    if isinstance(spec, str) and spec.startswith("rest:"):
+        taken = patients["labeled"] | patients["val"] | patients["test"]
+        unlabeled = [c for c in _named("unlabeled", spec[5:], cases, config) if c.patient_id not in taken]
+    else:
+        unlabeled = [] if spec is None else _named("unlabeled", spec, cases, config) if isinstance(spec, str) else _select("unlabeled", spec, cases)
+        both = sorted({c.patient_id for c in unlabeled} & (patients["val"] | patients["test"]))
+        if both:
+            raise MedAdaptError(
+                f"patients {both} are in data.unlabeled and in data.val/test; training on evaluation images leaks them "
+                "(use unlabeled: 'rest:<split>' to exclude them automatically)"
+            )
+    out["unlabeled"] = unlabeled[: config.limit_unlabeled] if config.limit_unlabeled else unlabeled
+    for key in ("labeled", "val", "test"):
+        missing = [c.case_id for c in out[key] if c.label_path is None]
+        if missing:
+            raise MedAdaptError(f"data.{key} cases {missing} have no label file; add their labels or move them to unlabeled")
+    return {key: out[key] for key in SPLITS}
+
+
+__all__ = ["Case", "MASK_SUFFIXES", "NNUNET_FOLDERS", "detect_layout", "discover_cases", "patient_of", "split_cases"]

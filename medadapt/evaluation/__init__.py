@@ -1,0 +1,21 @@
+"""Evaluation: per-case, per-class Dice and HD95 (via MONAI) and their reports.
+
+``metrics`` scores one prediction against one label map (2D or 3D); ``report``
+collects those scores per case, prompt mode and class and summarises them for
+the terminal, JSON and CSV. See :mod:`medadapt.evaluation.metrics` for the
+empty-mask conventions.
+"""
+
+from __future__ import annotations
+
+from .metrics import binary_dice, dice_per_class, hd95_per_class
+from .report import CSV_HEADER, CaseResult, EvaluationReport
+
+__all__ = [
+    "CSV_HEADER",
+    "CaseResult",
+    "EvaluationReport",
+    "binary_dice",
+    "dice_per_class",
+    "hd95_per_class",
+]

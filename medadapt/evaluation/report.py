@@ -1,0 +1,385 @@
+"""Collect per-case scores and summarise them per prompt mode and class.
+
+An evaluation run scores every case under several prompt modes (automatic,
+box, 1-click...), so the unit of storage is one :class:`CaseResult` per
+(case, mode, class). Everything else -- the summary, the terminal table, the
+JSON and CSV files -- is derived from that list, so the per-case numbers are
+always available to re-analyse later (significance tests, outlier hunting).
+
+HD95 is nan where it is undefined (a class empty in the prediction or the
+ground truth, see :mod:`medadapt.evaluation.metrics`). Summaries average HD95
+over the non-nan values only and report how many were excluded, so a model that
+misses a structure entirely is not rewarded silently: the exclusion count and
+its Dice of 0 both show it. Files store nan as JSON ``null`` / an empty CSV cell,
+because bare ``NaN`` is not valid JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MedAdaptError
+
+__all__ = ["CSV_HEADER", "CaseResult", "EvaluationReport"]
+
+#: Column order of :meth:`EvaluationReport.to_csv`.
+CSV_HEADER: tuple[str, ...] = ("case_id", "mode", "class", "value", "dice", "hd95")
+
+_FORMAT = "medadapt-evaluation"
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Scores of one class of one case under one prompt mode.
+
+    ``hd95`` may be nan (undefined, see the module docstring); ``dice`` must be a
+    number in [0, 1], which :func:`~medadapt.evaluation.metrics.dice_per_class`
+    always returns. Values are checked on construction so a bad row fails where
+    it is made, not later inside a mean.
+    """
+
+    case_id: str
+    mode: str
+    class_name: str
+    class_value: int
+    dice: float
+    hd95: float
+
+    def __post_init__(self) -> None:
+        for field in ("case_id", "mode", "class_name"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value:
+                raise MedAdaptError(f"CaseResult.{field} must be a non-empty string, got {value!r}.")
+        if isinstance(self.class_value, bool) or not isinstance(self.class_value, (int, np.integer)):
+            raise MedAdaptError(f"CaseResult.class_value must be an integer, got {self.class_value!r}.")
+        try:
+            dice = float(self.dice)
+            hd95 = float(self.hd95)
+        except (TypeError, ValueError) as exc:
+            raise MedAdaptError(
+                f"dice and hd95 must be numbers, got dice={self.dice!r}, hd95={self.hd95!r}."
+            ) from exc
+        if not (0.0 <= dice <= 1.0):  # also rejects nan
+            raise MedAdaptError(f"dice must be in [0, 1], got {self.dice!r} for case {self.case_id!r}.")
+        if not (math.isnan(hd95) or (math.isfinite(hd95) and hd95 >= 0.0)):
+            raise MedAdaptError(
+                f"hd95 must be a non-negative finite number or nan, got {self.hd95!r} "
+                f"for case {self.case_id!r}."
+            )
+        # Normalise numpy scalars so asdict()/json see plain Python types.
+        object.__setattr__(self, "class_value", int(self.class_value))
+        object.__setattr__(self, "dice", dice)
+        object.__setattr__(self, "hd95", hd95)
+
+    def to_row(self) -> dict[str, Any]:
+        """The file representation: keys of :data:`CSV_HEADER`, nan hd95 as ``None``."""
+        return {
+            "case_id": self.case_id,
+            "mode": self.mode,
+            "class": self.class_name,
+            "value": self.class_value,
+            "dice": self.dice,
+            "hd95": None if math.isnan(self.hd95) else self.hd95,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CaseResult:
+        """Inverse of :meth:`to_row`; missing keys raise :class:`MedAdaptError`."""
+        missing = [k for k in CSV_HEADER if k not in row]
+        if missing:
+            raise MedAdaptError(f"evaluation row is missing {missing}: {dict(row)!r}.")
+        hd95 = row["hd95"]
+        return cls(
+            case_id=str(row["case_id"]),
+            mode=str(row["mode"]),
+            class_name=str(row["class"]),
+            class_value=int(row["value"]),
+            dice=float(row["dice"]),
+            hd95=math.nan if hd95 is None or hd95 == "" else float(hd95),
+        )
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temp file in the target folder + ``os.replace``.
+
+    Readers (a dashboard polling results, a crashed run resumed) then see either
+    the old file or the complete new one, never half of it.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return target
+
+
+class EvaluationReport:
+    """Per-case results of an evaluation run, with summaries and file I/O.
+
+    Args:
+        results: initial results, in order.
+        hd95_unit: unit of the HD95 values, shown in the table and stored in JSON:
+            ``"mm"`` when spacing was passed to the metric, ``"px"``/``"vox"`` otherwise.
+
+    Results keep insertion order; summaries list modes and classes in the order
+    they were first added, so the table follows the order the run used.
+    """
+
+    def __init__(self, results: Iterable[CaseResult] = (), hd95_unit: str = "mm") -> None:
+        self.hd95_unit = str(hd95_unit)
+        self._results: list[CaseResult] = []
+        self._keys: set[tuple[str, str, int]] = set()
+        self._names: dict[int, str] = {}
+        for r in results:
+            self._append(r)
+
+    # -- building -------------------------------------------------------------
+
+    def _append(self, result: CaseResult) -> CaseResult:
+        if not isinstance(result, CaseResult):
+            raise MedAdaptError(f"expected a CaseResult, got {type(result).__name__}.")
+        key = (result.case_id, result.mode, result.class_value)
+        if key in self._keys:
+            # A duplicate would double-weight one case in every mean.
+            raise MedAdaptError(
+                f"case {result.case_id!r}, mode {result.mode!r}, class value {result.class_value} "
+                "is already in the report."
+            )
+        known = self._names.get(result.class_value)
+        if known is not None and known != result.class_name:
+            raise MedAdaptError(
+                f"class value {result.class_value} is named {known!r} elsewhere in the report, "
+                f"not {result.class_name!r}; use one name per label value."
+            )
+        self._names[result.class_value] = result.class_name
+        self._keys.add(key)
+        self._results.append(result)
+        return result
+
+    def add(
+        self,
+        case_id: str,
+        mode: str,
+        class_name: str,
+        class_value: int,
+        dice: float,
+        hd95: float,
+    ) -> CaseResult:
+        """Record one (case, mode, class) score and return it.
+
+        Raises:
+            MedAdaptError: invalid values, the same (case, mode, class value)
+                twice, or one class value under two names.
+        """
+        return self._append(CaseResult(case_id, mode, class_name, class_value, dice, hd95))
+
+    def add_case(
+        self,
+        case_id: str,
+        mode: str,
+        class_names: Mapping[int, str],
+        dice: Mapping[int, float],
+        hd95: Mapping[int, float],
+    ) -> list[CaseResult]:
+        """Record every class of one case, straight from the ``*_per_class`` dicts.
+
+        ``class_names`` maps label value -> name and decides which classes are
+        recorded; each must be present in ``dice`` and ``hd95``.
+        """
+        added = []
+        for value, name in class_names.items():
+            if value not in dice or value not in hd95:
+                raise MedAdaptError(f"no dice/hd95 score for class value {value} ({name!r}) of case {case_id!r}.")
+            added.append(self.add(case_id, mode, name, value, dice[value], hd95[value]))
+        return added
+
+    @property
+    def results(self) -> list[CaseResult]:
+        """A copy of the per-case results, in insertion order."""
+        return list(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __iter__(self) -> Iterator[CaseResult]:
+        return iter(list(self._results))
+
+    @property
+    def modes(self) -> list[str]:
+        """Prompt modes in first-seen order."""
+        return list(dict.fromkeys(r.mode for r in self._results))
+
+    # -- summarising ----------------------------------------------------------
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per (mode, class), then a ``"mean"`` row per mode.
+
+        Row keys: ``mode``, ``class``, ``value`` (``None`` on mean rows),
+        ``dice_mean``, ``dice_std`` (population std, ddof=0, so one case gives
+        0 rather than nan), ``hd95_mean`` (over non-nan values; nan if none),
+        ``n`` (cases), ``hd95_excluded`` (cases whose HD95 was nan).
+
+        The mean row is the unweighted mean of the per-class means, so a small
+        structure counts as much as a large one (the usual "mean Dice" in
+        papers). Its ``dice_std`` is the spread of those per-class means, its
+        ``hd95_mean`` averages the classes that have an HD95 mean, its ``n`` is
+        the number of distinct cases and ``hd95_excluded`` the total exclusions.
+        """
+        rows: list[dict[str, Any]] = []
+        for mode in self.modes:
+            in_mode = [r for r in self._results if r.mode == mode]
+            class_rows = []
+            for value in dict.fromkeys(r.class_value for r in in_mode):
+                group = [r for r in in_mode if r.class_value == value]
+                dice = np.array([r.dice for r in group], dtype=np.float64)
+                hd = np.array([r.hd95 for r in group], dtype=np.float64)
+                valid = hd[~np.isnan(hd)]
+                class_rows.append(
+                    {
+                        "mode": mode,
+                        "class": self._names[value],
+                        "value": value,
+                        "dice_mean": float(dice.mean()),
+                        "dice_std": float(dice.std()),
+                        "hd95_mean": float(valid.mean()) if valid.size else math.nan,
+                        "n": len(group),
+                        "hd95_excluded": int(hd.size - valid.size),
+                    }
+                )
+            rows.extend(class_rows)
+            class_dice = np.array([r["dice_mean"] for r in class_rows], dtype=np.float64)
+            class_hd = np.array([r["hd95_mean"] for r in class_rows], dtype=np.float64)
+            class_hd = class_hd[~np.isnan(class_hd)]
+            rows.append(
+                {
+                    "mode": mode,
+                    "class": "mean",
+                    "value": None,
+                    "dice_mean": float(class_dice.mean()),
+                    "dice_std": float(class_dice.std()),
+                    "hd95_mean": float(class_hd.mean()) if class_hd.size else math.nan,
+                    "n": len({r.case_id for r in in_mode}),
+                    "hd95_excluded": sum(r["hd95_excluded"] for r in class_rows),
+                }
+            )
+        return rows
+
+    def table(self) -> str:
+        """A plain-text table for the terminal: one line per summary row.
+
+        HD95 shows "n/a" when no case had a defined value; the "n/a" column
+        counts the cases left out of the HD95 mean.
+        """
+        header = ("mode", "class", "Dice (mean±std)", f"HD95 ({self.hd95_unit})", "HD95 n/a", "n")
+        body = [
+            (
+                row["mode"],
+                row["class"],
+                f"{row['dice_mean']:.4f} ± {row['dice_std']:.4f}",
+                "n/a" if math.isnan(row["hd95_mean"]) else f"{row['hd95_mean']:.2f}",
+                str(row["hd95_excluded"]),
+                str(row["n"]),
+            )
+            for row in self.summary()
+        ]
+        if not body:
+            return "(no evaluation results)"
+        widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+        # Text columns left-aligned, numbers right-aligned.
+        align = ["<", "<", ">", ">", ">", ">"]
+
+        def fmt(cells: tuple[str, ...]) -> str:
+            return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
+
+        lines = [fmt(header), "  ".join("-" * w for w in widths)]
+        previous_mode = None
+        for cells in body:
+            if previous_mode is not None and cells[0] != previous_mode:
+                lines.append("")  # blank line between modes
+            previous_mode = cells[0]
+            lines.append(fmt(cells))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    # -- files ----------------------------------------------------------------
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write per-case results (and the summary, for convenience) as JSON.
+
+        nan is stored as ``null``. Only ``cases`` is read back by
+        :meth:`from_json`; the summary is recomputed.
+        """
+        summary = [{k: _nan_to_none(v) for k, v in row.items()} for row in self.summary()]
+        doc = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "hd95_unit": self.hd95_unit,
+            "cases": [r.to_row() for r in self._results],
+            "summary": summary,
+        }
+        return _atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write one row per (case, mode, class) with header ``case_id,mode,class,value,dice,hd95``.
+
+        A nan HD95 is an empty cell, which spreadsheets and pandas read as missing.
+        """
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for r in self._results:
+            row = r.to_row()
+            writer.writerow(["" if row[k] is None else row[k] for k in CSV_HEADER])
+        return _atomic_write_text(path, buf.getvalue())
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> EvaluationReport:
+        """Read a report written by :meth:`to_json`.
+
+        Raises:
+            MedAdaptError: the file is missing, not JSON, or not an evaluation report.
+        """
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise MedAdaptError(f"evaluation report not found: {p}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MedAdaptError(f"cannot read evaluation report {p}: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("cases"), list):
+            raise MedAdaptError(f"{p} is not a medadapt evaluation report (written by to_json).")
+        if doc.get("version", _VERSION) > _VERSION:
+            raise MedAdaptError(
+                f"{p} has report format version {doc['version']}; this medadapt reads up to {_VERSION}."
+            )
+        try:
+            results = [CaseResult.from_row(row) for row in doc["cases"]]
+        except (TypeError, ValueError) as exc:  # MedAdaptError is a ValueError too
+            raise MedAdaptError(f"malformed evaluation report {p}: {exc}") from exc
+        return cls(results, hd95_unit=str(doc.get("hd95_unit", "mm")))

@@ -1,0 +1,28 @@
+"""Prompts for SAM-family models: one container, and the ways to make them.
+
+* :mod:`.types` -- :class:`Prompts`, N objects' boxes / clicks / mask prompts.
+* :mod:`.simulate` -- prompts from masks: simulated training prompts, corrective
+  clicks, prompts from a coarse prediction, the iterative-click loop.
+
+Each submodule declares its public names in ``__all__``; this package re-exports
+them, so adding a prompt source is one import line and one ``__all__`` entry.
+"""
+
+from __future__ import annotations
+
+from . import simulate, types
+from .simulate import (
+    box_from_mask,
+    corrective_click,
+    iterative_clicks,
+    nonempty,
+    prompts_from_prediction,
+    sample_points,
+    simulate_prompts,
+)
+from .types import PAD_LABEL, Prompts
+
+__all__ = [
+    *types.__all__,
+    *simulate.__all__,
+]

@@ -1,0 +1,129 @@
+"""The fine-tuning config: one YAML file, overridable with ``key=value`` on the command line.
+
+Sections map onto dataclasses (``data`` -> :class:`medadapt.data.DataConfig`,
+``adapter`` -> :class:`medadapt.adapters.AdapterConfig`, ``prompts`` and
+``train`` here), so a typo in a key is an error that names it rather than a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ..configuration import build_dataclass
+from ..errors import MedAdaptError
+
+
+@dataclass
+class PromptTrainingConfig:
+    """How prompts are made during training."""
+
+    automatic: bool = True  # learn per-class prompt tokens (prompt-free segmentation)
+    tokens_per_class: int = 2
+    prompted: list[str] = field(default_factory=lambda: ["box", "points"])  # simulated prompt modes; [] = none
+    box_jitter: float = 0.1
+    n_pos: int = 1
+    n_neg: int = 0
+    corrective_clicks: int = 1  # iterative refinement passes with a click in the error region
+    prompted_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run control."""
+
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto = bf16 autocast on CUDA, off on CPU; "bf16" / "off"
+    val_every: int = 1
+    cache_embeddings: str = "auto"  # auto = when the image encoder is frozen and unadapted
+    cache_dir: str | None = None  # also keep embeddings on disk here (keyed by content + backbone)
+    augment: bool = True  # flips / rotations / intensity, only when the encoder runs every step
+    tensorboard: bool = True
+    max_val_cases: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``medadapt finetune`` needs."""
+
+    data: dict[str, Any]
+    backbone: str = "litemedsam"
+    checkpoint: str | None = None
+    adapter: dict[str, Any] = field(default_factory=lambda: {"train": ["mask_decoder"]})
+    prompts: PromptTrainingConfig = field(default_factory=PromptTrainingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str = "runs/finetune"
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
+    """Validate a plain dict (parsed YAML) into a :class:`FinetuneConfig`."""
+    raw = copy.deepcopy(raw or {})
+    if "data" not in raw:
+        raise MedAdaptError("the config needs a 'data:' section (root, classes, labeled, val ...)")
+    raw["prompts"] = build_dataclass(PromptTrainingConfig, raw.get("prompts") or {}, "prompts")
+    raw["train"] = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
+    cfg = build_dataclass(FinetuneConfig, raw, "config")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
+        raise MedAdaptError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+    if not cfg.prompts.automatic and not cfg.prompts.prompted:
+        raise MedAdaptError("nothing to train: set prompts.automatic: true and/or prompts.prompted: [box, points]")
+    bad = [m for m in cfg.prompts.prompted if m not in ("box", "points", "box+points")]
+    if bad:
+        raise MedAdaptError(f"prompts.prompted has unknown modes {bad}; use box, points, box+points")
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, null...)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise MedAdaptError(f"override {item!r} is not key=value (e.g. train.epochs=5)")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise MedAdaptError(f"override {key}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate.
+
+    Relative paths (data root, output) are taken relative to the current
+    directory, as on the command line; ``${MEDADAPT_DATA}``-style environment
+    variables in them are expanded, so configs carry no machine-specific paths.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MedAdaptError(f"config not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MedAdaptError(f"config {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise MedAdaptError(f"config {p} must be a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+__all__ = ["FinetuneConfig", "PromptTrainingConfig", "TrainConfig", "config_from_dict", "load_config", "apply_overrides"]

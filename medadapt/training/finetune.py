@@ -1,0 +1,467 @@
+"""``train_sam``-style few-label fine-tuning of an adapted backbone.
+
+One call, :func:`finetune`, does the whole run: data by case, adapters, cached
+embeddings when the encoder is frozen, automatic (learned class tokens) and
+prompted (simulated boxes/clicks with corrective clicks) losses, AdamW with
+warm-up + cosine, validation by mean 3-D Dice per case, best-on-validation
+selection, an atomic checkpoint every epoch and ``resume``.
+
+The run folder holds ``adapter/`` (best on validation), ``checkpoints/last.pt``
+(to resume), ``config.yaml``, ``log.csv`` (+ ``tensorboard/``),
+``metrics.json`` and ``val_overlays.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from ..adapters import AdapterConfig, AutomaticConfig, apply, save_adapter, set_train_mode, trainable_state
+from ..errors import MedAdaptError
+from ..foundation import build_backbone
+from ..predictor import pick_device
+from .config import FinetuneConfig
+from .losses import automatic_loss, binary_mask_loss, labels_from_logits
+from .samples import EmbeddingCache, ModelSample, prepare, to_model_frame
+
+
+def seed_everything(seed: int) -> None:
+    """Fix Python, NumPy and torch seeds (deterministic data order and prompts)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to zero."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class Trainer:
+    """State of one fine-tuning run; :func:`finetune` drives it."""
+
+    def __init__(self, config: FinetuneConfig, run_dir: Path, log: Callable[[str], None] = print) -> None:
+        from ..data import DataConfig, SliceDataset, discover_cases, split_cases
+
+        self.cfg, self.run_dir, self.log = config, run_dir, log
+        tc = config.train
+        seed_everything(tc.seed)
+        self.device = pick_device(None if tc.device == "auto" else tc.device)
+        self.amp = (tc.amp == "bf16") or (tc.amp == "auto" and self.device.type == "cuda")
+
+        self.data_cfg = DataConfig.from_dict(config.data)
+        splits = split_cases(self.data_cfg, discover_cases(self.data_cfg))
+        if not splits.get("labeled"):
+            raise MedAdaptError("no labelled cases: set data.labeled to case/patient ids or a dataset.json split")
+        self.val_cases = splits.get("val") or []
+        if tc.max_val_cases:
+            self.val_cases = self.val_cases[: tc.max_val_cases]
+        train_ds = SliceDataset(splits["labeled"], self.data_cfg, keep=self.data_cfg.slice_filter)
+        self.class_names, self.label_values = list(train_ds.class_names), list(train_ds.label_values)
+        self.train_slices = [train_ds[i] for i in range(len(train_ds))]
+        self.skipped = list(train_ds.skipped)
+        self.val_slices = []
+        if self.val_cases:
+            val_ds = SliceDataset(self.val_cases, self.data_cfg, keep="all")
+            self.val_slices = [val_ds[i] for i in range(len(val_ds))]
+            self.skipped += list(val_ds.skipped)
+        if not self.train_slices:
+            raise MedAdaptError("the labelled cases contain no slice with a target class; check data.classes")
+
+        adapter = AdapterConfig.from_dict(config.adapter)
+        if config.prompts.automatic:
+            adapter.automatic = AutomaticConfig(self.class_names, self.label_values, config.prompts.tokens_per_class)
+        self.model = build_backbone(config.backbone, config.checkpoint).to(self.device)
+        self.model, self.summary = apply(self.model, adapter)
+        self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters()) and (
+            adapter.lora is None or not any("image_encoder" in n for n, p in self.model.named_parameters() if "lora_" in n)
+        ) and adapter.spatial is None
+        self.use_cache = tc.cache_embeddings == "on" or (tc.cache_embeddings == "auto" and self.encoder_frozen)
+        if self.use_cache and not self.encoder_frozen:
+            raise MedAdaptError("train.cache_embeddings: on needs a frozen, unadapted image encoder")
+
+        self.train_samples = prepare(self.model, self.train_slices)
+        self.val_samples = prepare(self.model, self.val_slices)
+        self.cache = EmbeddingCache(self.model, tc.cache_dir) if self.use_cache else None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train_samples) / (tc.batch_size * tc.grad_accum))
+        total = self.steps_per_epoch * tc.epochs
+        warm = int(round(tc.warmup_epochs * self.steps_per_epoch))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total, warm))
+        self.rng = np.random.default_rng(tc.seed)
+        self.epoch, self.best, self.best_epoch, self.history = 0, -1.0, -1, []
+
+    # ------------------------------------------------------------------ embeddings
+    def encode_all(self) -> None:
+        if self.cache is None:
+            return
+        from tqdm import tqdm
+
+        todo = self.train_samples + self.val_samples
+        with tqdm(total=len(todo), desc="encoding (cached once)", unit="slice", leave=False) as bar:
+            self.cache.fill(todo, progress=bar.update)
+
+    def embeddings(self, batch: list[ModelSample], pixels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache.get(batch, self.device)
+        return self.model.encode(pixels)
+
+    # ------------------------------------------------------------------ one step
+    def augmented(self, batch_idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and decoder-grid targets, with random flips/rotations/gamma when the encoder runs."""
+        proc = self.model.processor
+        pix, tgt = [], []
+        for i in batch_idx:
+            s = self.train_slices[i]
+            image, label = np.asarray(s.image, np.float32), np.asarray(s.label)
+            if self.cfg.train.augment:
+                k = int(self.rng.integers(4))
+                image, label = np.rot90(image, k, axes=(0, 1)), np.rot90(label, k)
+                if self.rng.random() < 0.5:
+                    image, label = image[:, ::-1], label[:, ::-1]
+                lo, hi = float(image.min()), float(image.max())
+                gamma = float(np.exp(self.rng.uniform(-0.3, 0.3)))
+                image = lo + (hi - lo) * ((image - lo) / max(hi - lo, 1e-8)) ** gamma
+            p, meta = proc.preprocess(np.ascontiguousarray(image))
+            pix.append(p[0])
+            tgt.append(to_model_frame(np.ascontiguousarray(label), meta, proc.image_size, proc.mask_size))
+        return torch.stack(pix).to(self.device), torch.stack(tgt).to(self.device)
+
+    def loss(self, batch_idx: list[int]) -> torch.Tensor:
+        batch = [self.train_samples[i] for i in batch_idx]
+        if self.cache is not None:
+            emb, target = self.embeddings(batch), torch.stack([s.target for s in batch]).to(self.device)
+        else:
+            pixels, target = self.augmented(batch_idx)
+            emb = self.embeddings(batch, pixels)
+        total = torch.zeros((), device=self.device)
+        c = len(self.class_names)
+        if self.cfg.prompts.automatic:
+            ids = torch.arange(c, device=self.device).repeat(len(batch))
+            sparse, dense = self.model.class_prompts_for(ids)
+            low, _ = self.model.decode(emb.repeat_interleave(c, dim=0), sparse, dense)
+            total = total + automatic_loss(low[:, 0].reshape(len(batch), c, *low.shape[-2:]), target)
+        if self.cfg.prompts.prompted:
+            total = total + self.cfg.prompts.prompted_weight * self.prompted_loss(emb, target)
+        return total
+
+    def prompted_loss(self, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Simulated box/point prompts for one present class per slice, then corrective clicks."""
+        from ..prompts.simulate import box_from_mask, corrective_click, sample_points
+
+        pc = self.cfg.prompts
+        proc = self.model.processor
+        scale = proc.image_size / proc.mask_size
+        rows, masks, boxes, points, labels = [], [], [], [], []
+        for b in range(target.shape[0]):
+            present = [int(v) for v in torch.unique(target[b]).tolist() if v > 0]
+            if not present:
+                continue
+            k = present[int(self.rng.integers(len(present)))]
+            m = (target[b] == k).cpu().numpy()
+            mode = pc.prompted[int(self.rng.integers(len(pc.prompted)))]
+            box = box_from_mask(m, jitter=pc.box_jitter, rng=self.rng) * scale if "box" in mode else None
+            if "points" in mode:
+                pts, lab = sample_points(m, pc.n_pos, pc.n_neg, self.rng)
+                pts = pts * scale
+            else:
+                pts, lab = np.zeros((0, 2), np.float32), np.zeros((0,), np.int64)
+            rows.append(b)
+            masks.append(m)
+            boxes.append(box)
+            points.append(pts)
+            labels.append(lab)
+        if not rows:
+            return torch.zeros((), device=self.device)
+        tgt = torch.from_numpy(np.stack(masks)).float().to(self.device)
+        total = torch.zeros((), device=self.device)
+        prev = None
+        for it in range(1 + pc.corrective_clicks):
+            low = self._decode_prompts(emb[rows], boxes, points, labels, prev)
+            total = total + binary_mask_loss(low, tgt)
+            if it == pc.corrective_clicks:
+                break
+            pred = (low.detach() > 0).cpu().numpy()
+            for j in range(len(rows)):
+                click = corrective_click(pred[j], masks[j], self.rng)
+                if click is not None:
+                    points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
+                    labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
+            prev = low.detach()[:, None]
+        return total / (1 + pc.corrective_clicks)
+
+    def _decode_prompts(self, emb, boxes, points, labels, prev) -> torch.Tensor:
+        """Decode prompts whose point counts differ: pad with SAM's 'not a point' (label -1)."""
+        n = len(boxes)
+        kmax = max(len(p) for p in points)
+        pts_t = lab_t = None
+        if kmax > 0:
+            pts = np.zeros((n, kmax, 2), np.float32)
+            lab = -np.ones((n, kmax), np.int64)
+            for j, (p, l) in enumerate(zip(points, labels)):
+                pts[j, : len(p)], lab[j, : len(l)] = p, l
+            pts_t, lab_t = torch.from_numpy(pts).to(self.device), torch.from_numpy(lab).to(self.device)
+        have_box = [b is not None for b in boxes]
+        if any(have_box) and not all(have_box):  # mixed batch: decode the two groups separately
+            m = self.model.processor.mask_size
+            out = torch.empty(n, m, m, device=self.device)
+            for group in (True, False):
+                idx = [j for j in range(n) if have_box[j] == group]
+                sub = self._decode_prompts(
+                    emb[idx], [boxes[j] for j in idx], [points[j] for j in idx], [labels[j] for j in idx],
+                    None if prev is None else prev[idx],
+                )
+                out[idx] = sub.to(out.dtype)
+            return out
+        box_t = torch.tensor(np.stack(boxes), dtype=torch.float32, device=self.device) if all(have_box) else None
+        sparse, dense = self.model.encode_prompts(
+            points=None if pts_t is None else (pts_t, lab_t), boxes=box_t, masks=prev
+        )
+        low, _ = self.model.decode(emb, sparse, dense)
+        return low[:, 0]
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, bar=None) -> float:
+        tc = self.cfg.train
+        set_train_mode(self.model, True)
+        if self.encoder_frozen:
+            self.model.image_encoder.eval()
+        order = self.rng.permutation(len(self.train_samples)).tolist()
+        losses = []
+        self.opt.zero_grad(set_to_none=True)
+        batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
+        for bi, idx in enumerate(batches):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = self.loss(idx)
+            (loss / tc.grad_accum).backward()
+            if (bi + 1) % tc.grad_accum == 0 or bi == len(batches) - 1:
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{self.best:.3f}" if self.best >= 0 else "-")
+        return float(np.mean(losses))
+
+    @torch.inference_mode()
+    def validate(self) -> dict:
+        """Automatic-mode mean 3-D Dice per case (slices stacked per case), per class."""
+        self.model.eval()
+        c = len(self.class_names)
+        stats: dict[str, np.ndarray] = {}
+        proc = self.model.processor
+        for i in range(0, len(self.val_samples), 8):
+            batch = self.val_samples[i : i + 8]
+            if self.cache is not None:
+                emb = self.cache.get(batch, self.device)
+            else:
+                emb = self.model.encode(torch.stack([s.pixels for s in batch]).to(self.device))
+            ids = torch.arange(c, device=self.device).repeat(len(batch))
+            sparse, dense = self.model.class_prompts_for(ids)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                low, _ = self.model.decode(emb.repeat_interleave(c, dim=0), sparse, dense)
+            low = low[:, 0].float().reshape(len(batch), c, *low.shape[-2:])
+            for s, lg in zip(batch, low):
+                pred = labels_from_logits(proc.postprocess_logits(lg, s.meta)).cpu().numpy()
+                st = stats.setdefault(s.case_id, np.zeros((c, 3)))
+                for k in range(c):
+                    p, t = pred == k + 1, s.label == k + 1
+                    st[k] += ((p & t).sum(), p.sum(), t.sum())
+        per_case = {
+            cid: [1.0 if st[k, 1] + st[k, 2] == 0 else 2 * st[k, 0] / (st[k, 1] + st[k, 2]) for k in range(c)]
+            for cid, st in stats.items()
+        }
+        per_class = np.mean(list(per_case.values()), axis=0) if per_case else np.zeros(c)
+        return {
+            "dice": float(np.mean(per_class)) if per_case else float("nan"),
+            "per_class": {n: float(v) for n, v in zip(self.class_names, per_class)},
+            "per_case": per_case,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_state(self) -> None:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+            "trainable": trainable_state(self.model), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "history": json.dumps(self.history),
+            "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_state(self) -> None:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise MedAdaptError(f"nothing to resume: {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise MedAdaptError(f"could not read {path}: {exc}") from None
+        params = dict(self.model.named_parameters())
+        missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(state["trainable"]))
+        if missing:
+            raise MedAdaptError(f"{path} does not match this config (missing {missing[:3]}); was the config changed?")
+        with torch.no_grad():
+            for k, v in state["trainable"].items():
+                params[k].copy_(v)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = json.loads(state["np_rng"])
+
+    def metadata(self) -> dict:
+        return {
+            "class_names": self.class_names, "label_values": self.label_values,
+            "axis": self.data_cfg.axis, "best_epoch": self.best_epoch, "val_dice": self.best,
+        }
+
+
+def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
+    run = Path(os.path.expandvars(config.output))
+    if config.name:
+        run = run / config.name
+    if (run / "checkpoints" / "last.pt").exists() and not resume:
+        raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_path = run / "config.yaml"
+    resolved = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    if resume and cfg_path.exists():
+        saved = yaml.safe_load(cfg_path.read_text())
+        now = config.to_dict()
+        keep = {k: v for k, v in saved.items() if k != "train"}
+        if keep != {k: v for k, v in now.items() if k != "train"}:
+            raise MedAdaptError(f"--resume with a different data/adapter/prompt config than {cfg_path}; use the same config")
+    cfg_path.write_text(resolved)
+    return run
+
+
+def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Fine-tune an adapted backbone as ``config`` says; returns the run folder."""
+    from tqdm import tqdm
+
+    run = _prepare_run_dir(config, resume)
+    t0 = time.perf_counter()
+    tr = Trainer(config, run, log)
+    log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
+        f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
+        + (f"; embeddings cached (encoder frozen)" if tr.use_cache else ""))
+    for path, reason in tr.skipped:
+        log(f"skipped {path}: {reason}")
+    log(str(tr.summary))
+    if resume:
+        tr.load_state()
+        log(f"resumed after epoch {tr.epoch} (best val Dice {tr.best:.4f} at epoch {tr.best_epoch})")
+    tr.encode_all()
+    writer = _tensorboard(run) if config.train.tensorboard else None
+    log_path = run / "log.csv"
+    new_log = not log_path.exists() or not resume
+    with open(log_path, "w" if new_log else "a", newline="") as fh, tqdm(
+        range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch"
+    ) as bar:
+        w = csv.writer(fh)
+        if new_log:
+            w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds"])
+        for epoch in bar:
+            loss = tr.train_epoch(bar)
+            tr.epoch = epoch + 1
+            row = {"epoch": tr.epoch, "loss": loss}
+            if tr.val_samples and config.prompts.automatic and (tr.epoch % config.train.val_every == 0 or tr.epoch == config.train.epochs):
+                val = tr.validate()
+                row.update(val_dice=val["dice"], per_class=val["per_class"])
+                if val["dice"] > tr.best:
+                    tr.best, tr.best_epoch = val["dice"], tr.epoch
+                    save_adapter(tr.model, run / "adapter", metadata=tr.metadata())
+            elif not tr.val_samples or not config.prompts.automatic:
+                save_adapter(tr.model, run / "adapter", metadata=tr.metadata())  # no validation: keep the last
+                tr.best_epoch = tr.epoch
+            tr.history.append(row)
+            pcs = row.get("per_class", {})
+            w.writerow([tr.epoch, f"{loss:.5f}", f"{row.get('val_dice', float('nan')):.5f}",
+                        *[f"{pcs.get(n, float('nan')):.5f}" for n in tr.class_names],
+                        f"{tr.sched.get_last_lr()[0]:.3e}", f"{time.perf_counter() - t0:.1f}"])
+            fh.flush()
+            if writer is not None:
+                writer.add_scalar("loss", loss, tr.epoch)
+                if "val_dice" in row:
+                    writer.add_scalar("val/dice", row["val_dice"], tr.epoch)
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_dice', float('nan')):.3f}", best=f"{tr.best:.3f}")
+            tr.save_state()
+    if writer is not None:
+        writer.close()
+    metrics = {
+        "best_epoch": tr.best_epoch, "best_val_dice": tr.best, "classes": tr.class_names,
+        "train_slices": len(tr.train_slices), "val_slices": len(tr.val_slices),
+        "val_cases": [c.case_id for c in tr.val_cases], "seconds": time.perf_counter() - t0,
+        "history": tr.history, "trainable_parameters": tr.summary.trainable,
+    }
+    _atomic_json(run / "metrics.json", metrics)
+    if tr.val_slices and config.prompts.automatic:
+        _overlay_grid(run, tr)
+    log(f"best validation Dice {tr.best:.4f} at epoch {tr.best_epoch}; run folder {run}")
+    return run
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _tensorboard(run: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: the CSV log remains
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
+
+
+def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
+    """A PNG grid of validation slices with the best model's automatic masks."""
+    from PIL import Image
+
+    from ..adapters import load_adapter
+    from ..overlay import overlay
+    from ..predictor import Segmenter
+
+    model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter")
+    seg = Segmenter(model, device=tr.device)
+    with_fg = [s for s in tr.val_slices if s.label is not None and s.label.any()]
+    step = max(1, len(with_fg) // n)
+    tiles = []
+    for s in with_fg[::step][:n]:
+        seg.set_image(s.image)
+        pred = seg.predict()
+        tiles.append(Image.fromarray(overlay(s.image, pred.masks)).resize((256, 256)))
+    if not tiles:
+        return
+    cols = 4
+    grid = Image.new("RGB", (256 * cols, 256 * math.ceil(len(tiles) / cols)))
+    for i, t in enumerate(tiles):
+        grid.paste(t, ((i % cols) * 256, (i // cols) * 256))
+    grid.save(run / "val_overlays.png")
+
+
+__all__ = ["finetune", "Trainer", "seed_everything", "lr_lambda"]

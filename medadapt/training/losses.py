@@ -1,0 +1,48 @@
+"""Segmentation losses on decoder logits.
+
+Automatic mode is trained with the rule used at inference: a pixel belongs to
+the class with the largest logit if that logit is positive, else to the
+background. That is a softmax over ``[0, l_1, ..., l_C]``, so cross-entropy on
+those logits trains exactly what prediction does; a soft Dice per class keeps
+small structures from being swamped by background pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per mask (N x m x m logits vs {0,1} targets), averaged."""
+    prob = torch.sigmoid(logits)
+    dims = tuple(range(1, prob.ndim))
+    inter = (prob * target).sum(dims)
+    return (1 - (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean()
+
+
+def binary_mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice for prompted masks (N x m x m)."""
+    return F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(logits, target)
+
+
+def automatic_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over ``[0, logits]`` + per-class soft Dice.
+
+    ``class_logits``: B x C x m x m; ``labels``: B x m x m with values 0..C.
+    """
+    b, c = class_logits.shape[:2]
+    full = torch.cat([torch.zeros_like(class_logits[:, :1]), class_logits], dim=1)
+    ce = F.cross_entropy(full, labels)
+    onehot = F.one_hot(labels, c + 1)[..., 1:].permute(0, 3, 1, 2).float()
+    dice = soft_dice_loss(class_logits.reshape(b * c, *class_logits.shape[2:]), onehot.reshape(b * c, *onehot.shape[2:]))
+    return ce + dice
+
+
+def labels_from_logits(class_logits: torch.Tensor) -> torch.Tensor:
+    """The inference rule: C x ... logits -> label map 0..C (0 where no logit is positive)."""
+    best = class_logits.max(dim=0)
+    return torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
+
+
+__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss", "labels_from_logits"]

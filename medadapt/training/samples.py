@@ -1,0 +1,111 @@
+"""Training samples in the model's frame, and the embedding cache.
+
+Each 2-D slice is preprocessed once by the backbone's processor (resize,
+normalise, pad) and its label map is moved to the decoder's low-resolution
+grid, so a training step touches only tensors. When the image encoder is
+frozen and unadapted, its output for a slice never changes: it is computed once
+and cached (in memory, and on disk if asked), keyed by the preprocessed image's
+content and the backbone's weight fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..foundation import Backbone, ImageMeta
+
+
+@dataclass
+class ModelSample:
+    """One slice ready for the model."""
+
+    pixels: torch.Tensor  # 3 x S x S float32, preprocessed and padded
+    target: torch.Tensor  # m x m int64 label map on the decoder grid (class k = k, background 0)
+    label: np.ndarray | None  # H x W label map at the original size (for evaluation)
+    meta: ImageMeta
+    case_id: str
+    index: int | None
+    key: str  # content hash of ``pixels``
+
+
+def to_model_frame(label: np.ndarray, meta: ImageMeta, image_size: int, mask_size: int) -> torch.Tensor:
+    """An H x W label map -> the decoder's m x m grid (nearest), padded like the image."""
+    t = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
+    t = F.interpolate(t, size=meta.input_size, mode="nearest")
+    t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]))
+    t = F.interpolate(t, size=(mask_size, mask_size), mode="nearest")
+    return t[0, 0].long()
+
+
+def prepare(backbone: Backbone, slices: Sequence) -> list[ModelSample]:
+    """Preprocess slices (objects with image, label, case_id, index) for ``backbone``."""
+    proc = backbone.processor
+    out = []
+    for s in slices:
+        pixels, meta = proc.preprocess(s.image)
+        pixels = pixels[0]
+        label = None if s.label is None else np.asarray(s.label)
+        target = (
+            to_model_frame(label, meta, proc.image_size, proc.mask_size)
+            if label is not None
+            else torch.zeros(proc.mask_size, proc.mask_size, dtype=torch.long)
+        )
+        key = hashlib.sha1(pixels.numpy().tobytes()).hexdigest()
+        out.append(ModelSample(pixels, target, label, meta, s.case_id, s.index, key))
+    return out
+
+
+class EmbeddingCache:
+    """Image embeddings of a frozen encoder, keyed by content hash + backbone fingerprint.
+
+    Kept in memory as float16 (half the memory; the decoder upcasts), and
+    optionally on disk as safetensors files so a second run skips encoding.
+    """
+
+    def __init__(self, backbone: Backbone, cache_dir: str | os.PathLike | None = None) -> None:
+        self.backbone = backbone
+        self.memory: dict[str, torch.Tensor] = {}
+        self.dir = Path(cache_dir) / backbone.info.fingerprint if cache_dir else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    @torch.inference_mode()
+    def fill(self, samples: Sequence[ModelSample], batch_size: int = 4, progress=None) -> None:
+        """Encode every sample not cached yet."""
+        from safetensors.torch import load_file, save_file
+
+        todo = []
+        for s in samples:
+            if s.key in self.memory:
+                continue
+            path = self.dir / f"{s.key}.safetensors" if self.dir else None
+            if path is not None and path.is_file():
+                self.memory[s.key] = load_file(str(path))["embedding"]
+            else:
+                todo.append(s)
+        device = self.backbone.device
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            emb = self.backbone.encode(torch.stack([s.pixels for s in chunk]).to(device)).half().cpu()
+            for s, e in zip(chunk, emb):
+                self.memory[s.key] = e.contiguous()
+                if self.dir is not None:
+                    tmp = self.dir / f"{s.key}.tmp"
+                    save_file({"embedding": self.memory[s.key]}, str(tmp))
+                    os.replace(tmp, self.dir / f"{s.key}.safetensors")
+            if progress is not None:
+                progress(len(chunk))
+
+    def get(self, samples: Sequence[ModelSample], device: torch.device) -> torch.Tensor:
+        return torch.stack([self.memory[s.key] for s in samples]).to(device).float()
+
+
+__all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_model_frame"]

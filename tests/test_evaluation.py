@@ -1,0 +1,306 @@
+"""Evaluation metrics (MONAI Dice/HD95 with our empty conventions) and reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from medadapt.errors import MedAdaptError
+from medadapt.evaluation import (
+    CSV_HEADER,
+    CaseResult,
+    EvaluationReport,
+    binary_dice,
+    dice_per_class,
+    hd95_per_class,
+)
+
+# --------------------------------------------------------------------------- Dice
+
+
+def _two_class_2d() -> tuple[np.ndarray, np.ndarray]:
+    """Class 1: pred 4 px inside an 8 px target (Dice 2*4/12). Class 2: 4 vs 4 px, 2 shared (Dice 0.5)."""
+    target = np.zeros((6, 6), dtype=np.uint8)
+    pred = np.zeros((6, 6), dtype=np.uint8)
+    target[0:2, 0:4] = 1
+    pred[0:2, 0:2] = 1
+    target[4:6, 4:6] = 2
+    pred[4:6, 3:5] = 2
+    return pred, target
+
+
+def test_dice_2d_two_classes_exact() -> None:
+    pred, target = _two_class_2d()
+    scores = dice_per_class(pred, target, [1, 2])
+    assert list(scores) == [1, 2]
+    assert scores[1] == pytest.approx(2 / 3)
+    assert scores[2] == pytest.approx(0.5)
+    assert all(isinstance(v, float) for v in scores.values())
+
+
+def test_dice_3d_two_classes_exact() -> None:
+    target = np.zeros((4, 4, 4), dtype=np.int32)
+    pred = np.zeros((4, 4, 4), dtype=np.int32)
+    target[0:2, 0:2, 0:2] = 1  # 8 voxels
+    pred[0:2, 0:2, 1:3] = 1  # 8 voxels, 4 shared -> 2*4/16
+    target[3, 3, 3] = 2  # 1 voxel
+    pred[3, 3, 2:4] = 2  # 2 voxels, 1 shared -> 2*1/3
+    scores = dice_per_class(pred, target, [1, 2])
+    assert scores[1] == pytest.approx(0.5)
+    assert scores[2] == pytest.approx(2 / 3)
+
+
+def test_dice_is_volumetric_not_slice_mean() -> None:
+    # Slice 0 perfect (4 vs 4), slice 1 misses a 1-voxel target: 3D Dice 2*4/9, slice mean would be 0.5.
+    target = np.zeros((2, 4, 4), dtype=np.int64)
+    pred = np.zeros_like(target)
+    target[0, 0:2, 0:2] = 1
+    pred[0, 0:2, 0:2] = 1
+    target[1, 3, 3] = 1
+    assert dice_per_class(pred, target, [1])[1] == pytest.approx(8 / 9)
+
+
+def test_dice_empty_conventions() -> None:
+    empty = np.zeros((5, 5), dtype=np.uint8)
+    blob = empty.copy()
+    blob[1:3, 1:3] = 1
+    assert dice_per_class(empty, empty, [1]) == {1: 1.0}  # both empty: correct absence
+    assert dice_per_class(blob, empty, [1]) == {1: 0.0}  # false positive on empty target
+    assert dice_per_class(empty, blob, [1]) == {1: 0.0}  # missed structure
+    # A class absent from both maps scores 1.0 next to a real class; never nan.
+    pred, target = _two_class_2d()
+    scores = dice_per_class(pred, target, [1, 2, 3])
+    assert scores[3] == 1.0
+    assert not any(math.isnan(v) for v in scores.values())
+
+
+def test_binary_dice() -> None:
+    pred, target = _two_class_2d()
+    # Foreground (labels merged): pred 4 + 4 px, target 8 + 4 px, shared 4 + 2 -> 2*6/20.
+    assert binary_dice(pred, target) == pytest.approx(0.6)
+    assert binary_dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+    assert binary_dice(np.ones((3, 3), bool), np.zeros((3, 3), bool)) == 0.0
+
+
+def test_float_label_maps_with_integral_values_are_accepted() -> None:
+    pred, target = _two_class_2d()
+    assert dice_per_class(pred.astype(np.float32), target.astype(np.float64), [1])[1] == pytest.approx(2 / 3)
+    with pytest.raises(MedAdaptError, match="non-integer"):
+        dice_per_class(pred * 0.5, target, [1])
+
+
+def test_shape_mismatch_names_both_shapes() -> None:
+    with pytest.raises(MedAdaptError, match=r"\(4, 5\).*\(4, 6\)"):
+        dice_per_class(np.zeros((4, 5), int), np.zeros((4, 6), int), [1])
+    with pytest.raises(MedAdaptError, match=r"\(2, 3, 3\).*\(3, 3\)"):
+        hd95_per_class(np.zeros((2, 3, 3), int), np.zeros((3, 3), int), [1])
+    with pytest.raises(MedAdaptError):
+        binary_dice(np.zeros((3, 3)), np.zeros((3, 4)))
+    assert issubclass(MedAdaptError, ValueError)
+
+
+def test_bad_class_values_and_dimensions() -> None:
+    a = np.zeros((4, 4), int)
+    with pytest.raises(MedAdaptError, match="empty"):
+        dice_per_class(a, a, [])
+    with pytest.raises(MedAdaptError, match="duplicates"):
+        dice_per_class(a, a, [1, 1])
+    with pytest.raises(MedAdaptError, match="2D"):
+        dice_per_class(np.zeros(4, int), np.zeros(4, int), [1])
+
+
+# --------------------------------------------------------------------------- HD95
+
+
+def _square(shape: tuple[int, int], top: int, left: int, size: int = 10) -> np.ndarray:
+    m = np.zeros(shape, dtype=np.uint8)
+    m[top : top + size, left : left + size] = 1
+    return m
+
+
+def test_hd95_shifted_squares_equals_shift_in_pixels() -> None:
+    target = _square((32, 32), 10, 10)
+    pred = _square((32, 32), 10, 13)  # 3 px to the right
+    assert hd95_per_class(pred, target, [1]) == {1: pytest.approx(3.0)}
+    pred_down = _square((32, 32), 13, 10)  # 3 px down
+    assert hd95_per_class(pred_down, target, [1])[1] == pytest.approx(3.0)
+
+
+def test_hd95_uses_spacing_per_axis_in_mm() -> None:
+    target = _square((32, 32), 10, 10)
+    # spacing (2.0, 1.0): axis 0 voxels are 2 mm, axis 1 voxels 1 mm.
+    across_cols = _square((32, 32), 10, 13)
+    across_rows = _square((32, 32), 13, 10)
+    assert hd95_per_class(across_cols, target, [1], spacing=(2.0, 1.0))[1] == pytest.approx(3.0)
+    assert hd95_per_class(across_rows, target, [1], spacing=(2.0, 1.0))[1] == pytest.approx(6.0)
+
+
+def test_hd95_3d_two_classes() -> None:
+    target = np.zeros((20, 20, 20), dtype=np.int16)
+    pred = np.zeros_like(target)
+    target[2:8, 2:8, 2:8] = 1
+    pred[4:10, 2:8, 2:8] = 1  # class 1 shifted 2 along axis 0
+    target[12:18, 12:18, 12:18] = 2
+    pred[12:18, 12:18, 12:18] = 2  # class 2 exact
+    out = hd95_per_class(pred, target, [1, 2], spacing=(3.0, 1.0, 1.0))
+    assert out[1] == pytest.approx(6.0)
+    assert out[2] == pytest.approx(0.0)
+
+
+def test_hd95_nan_when_either_mask_empty() -> None:
+    empty = np.zeros((16, 16), dtype=np.uint8)
+    square = _square((16, 16), 3, 3, size=5)
+    for pred, target in [(empty, square), (square, empty), (empty, empty)]:
+        assert math.isnan(hd95_per_class(pred, target, [1])[1])
+    # Mixed: a present class keeps its value next to an empty one.
+    out = hd95_per_class(square, square, [1, 2])
+    assert out[1] == pytest.approx(0.0)
+    assert math.isnan(out[2])
+
+
+def test_hd95_bad_spacing() -> None:
+    sq = _square((16, 16), 3, 3, size=5)
+    with pytest.raises(MedAdaptError, match="spacing has 3 values"):
+        hd95_per_class(sq, sq, [1], spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(MedAdaptError, match="positive"):
+        hd95_per_class(sq, sq, [1], spacing=(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _report() -> EvaluationReport:
+    rep = EvaluationReport(hd95_unit="mm")
+    # automatic: liver dice 0.8/0.6, hd 2/4; spleen dice 0.5/0.7, hd nan/6
+    rep.add("c1", "automatic", "liver", 1, 0.8, 2.0)
+    rep.add("c1", "automatic", "spleen", 2, 0.5, math.nan)
+    rep.add("c2", "automatic", "liver", 1, 0.6, 4.0)
+    rep.add("c2", "automatic", "spleen", 2, 0.7, 6.0)
+    # 1-click: liver only, one case, hd nan
+    rep.add("c1", "1-click", "liver", 1, 0.9, math.nan)
+    return rep
+
+
+def _row(summary: list[dict], mode: str, cls: str) -> dict:
+    (row,) = [r for r in summary if r["mode"] == mode and r["class"] == cls]
+    return row
+
+
+def test_summary_means_std_and_excluded_counts() -> None:
+    summary = _report().summary()
+    assert [(r["mode"], r["class"]) for r in summary] == [
+        ("automatic", "liver"),
+        ("automatic", "spleen"),
+        ("automatic", "mean"),
+        ("1-click", "liver"),
+        ("1-click", "mean"),
+    ]
+    liver = _row(summary, "automatic", "liver")
+    assert liver["value"] == 1
+    assert liver["dice_mean"] == pytest.approx(0.7)
+    assert liver["dice_std"] == pytest.approx(0.1)  # population std
+    assert liver["hd95_mean"] == pytest.approx(3.0)
+    assert (liver["n"], liver["hd95_excluded"]) == (2, 0)
+
+    spleen = _row(summary, "automatic", "spleen")
+    assert spleen["dice_mean"] == pytest.approx(0.6)
+    assert spleen["hd95_mean"] == pytest.approx(6.0)  # nan excluded, not averaged as 0
+    assert (spleen["n"], spleen["hd95_excluded"]) == (2, 1)
+
+    mean = _row(summary, "automatic", "mean")
+    assert mean["value"] is None
+    assert mean["dice_mean"] == pytest.approx(0.65)  # mean of class means 0.7 and 0.6
+    assert mean["dice_std"] == pytest.approx(0.05)
+    assert mean["hd95_mean"] == pytest.approx(4.5)  # mean of 3.0 and 6.0
+    assert (mean["n"], mean["hd95_excluded"]) == (2, 1)
+
+    click = _row(summary, "1-click", "liver")
+    assert click["dice_mean"] == pytest.approx(0.9)
+    assert click["dice_std"] == 0.0
+    assert math.isnan(click["hd95_mean"])
+    assert (click["n"], click["hd95_excluded"]) == (1, 1)
+    assert math.isnan(_row(summary, "1-click", "mean")["hd95_mean"])
+
+
+def test_table_lists_modes_classes_and_na() -> None:
+    text = _report().table()
+    for word in ("automatic", "1-click", "liver", "spleen", "mean", "HD95 (mm)", "n/a", "0.7000 ± 0.1000"):
+        assert word in text
+    assert EvaluationReport().table() == "(no evaluation results)"
+
+
+def test_add_case_from_metric_dicts() -> None:
+    pred, target = _two_class_2d()
+    rep = EvaluationReport(hd95_unit="px")
+    added = rep.add_case(
+        "img0",
+        "box",
+        {1: "liver", 2: "spleen"},
+        dice_per_class(pred, target, [1, 2]),
+        hd95_per_class(pred, target, [1, 2]),
+    )
+    assert [r.class_name for r in added] == ["liver", "spleen"]
+    assert rep.results[0].dice == pytest.approx(2 / 3)
+    assert len(rep) == 2
+
+
+def test_report_rejects_bad_rows() -> None:
+    rep = _report()
+    with pytest.raises(MedAdaptError, match="already"):
+        rep.add("c1", "automatic", "liver", 1, 0.5, 1.0)
+    with pytest.raises(MedAdaptError, match="named"):
+        rep.add("c3", "automatic", "kidney", 1, 0.5, 1.0)
+    with pytest.raises(MedAdaptError, match="dice"):
+        CaseResult("c", "box", "liver", 1, math.nan, 1.0)
+    with pytest.raises(MedAdaptError, match="hd95"):
+        CaseResult("c", "box", "liver", 1, 0.5, -1.0)
+
+
+def test_json_round_trip(tmp_path) -> None:
+    rep = _report()
+    path = rep.to_json(tmp_path / "nested" / "dir" / "eval.json")
+    assert path.is_file()
+    assert not [p for p in path.parent.iterdir() if p.name != "eval.json"]  # no temp file left
+    doc = json.loads(path.read_text())  # strict JSON: nan stored as null
+    assert doc["cases"][1]["hd95"] is None
+    back = EvaluationReport.from_json(path)
+    assert back.hd95_unit == "mm"
+    assert len(back) == len(rep)
+    for a, b in zip(rep.results, back.results):
+        assert (a.case_id, a.mode, a.class_name, a.class_value, a.dice) == (
+            b.case_id,
+            b.mode,
+            b.class_name,
+            b.class_value,
+            b.dice,
+        )
+        assert a.hd95 == b.hd95 or (math.isnan(a.hd95) and math.isnan(b.hd95))
+    assert back.table() == rep.table()
+
+
+def test_from_json_errors(tmp_path) -> None:
+    with pytest.raises(MedAdaptError, match="not found"):
+        EvaluationReport.from_json(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(MedAdaptError):
+        EvaluationReport.from_json(bad)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(MedAdaptError, match="not a medadapt evaluation report"):
+        EvaluationReport.from_json(other)
+
+
+def test_csv_header_and_rows(tmp_path) -> None:
+    rep = _report()
+    path = rep.to_csv(tmp_path / "out" / "eval.csv")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == CSV_HEADER == ("case_id", "mode", "class", "value", "dice", "hd95")
+    assert len(rows) == 1 + len(rep) == 6
+    assert rows[1] == ["c1", "automatic", "liver", "1", "0.8", "2.0"]
+    assert rows[2][-1] == ""  # nan hd95 -> empty cell
