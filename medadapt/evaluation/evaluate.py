@@ -86,26 +86,41 @@ def _interior_point(mask: np.ndarray) -> list[float]:
     return [float(x), float(y)]
 
 
-def _prompted_volume(seg, image_slices, label_slices, values, mode: str) -> np.ndarray:
-    """Per-class binary predictions from GT-derived prompts, slice by slice -> C x S x H x W."""
-    out = np.zeros((len(values), len(image_slices), *label_slices[0].shape), bool)
+def _predict_slices(seg, image_slices, label_slices, values, modes) -> dict[str, np.ndarray]:
+    """Every mode for every slice, encoding each slice once.
+
+    Automatic mode gives a label map; prompted modes give one binary map per
+    class (prompts from that class's ground truth on the slice), so they are
+    scored per class. Returns {mode: S x H x W labels} for automatic and
+    {mode: C x S x H x W bool} for prompted modes.
+    """
+    shape = (len(image_slices), *label_slices[0].shape)
+    out = {m: (np.zeros(shape, np.int64) if m == "automatic" else np.zeros((len(values), *shape), bool)) for m in modes}
     for z, (img, lab) in enumerate(zip(image_slices, label_slices)):
         present = [(k, v) for k, v in enumerate(values) if (lab == v).any()]
-        if not present or np.ptp(img) == 0:
+        needs_image = "automatic" in modes or present
+        if not needs_image or np.ptp(img) == 0:
             continue
         seg.set_image(img)
+        if "automatic" in modes:
+            p = seg.predict()
+            for m, v in zip(p.masks, values):
+                out["automatic"][z][m] = v
+        if not present:
+            continue
         masks = [lab == v for _, v in present]
-        if mode == "box":
+        if "box" in modes:
             boxes = []
             for m in masks:
                 ys, xs = np.nonzero(m)
-                boxes.append([float(xs.min()), float(ys.min()), float(max(xs.max(), xs.min() + 1)), float(max(ys.max(), ys.min() + 1))])
-            pred = seg.predict(boxes=boxes).masks
-        else:
+                boxes.append([float(xs.min()), float(ys.min()), float(max(xs.max(), xs.min() + 1)),
+                              float(max(ys.max(), ys.min() + 1))])
+            for (k, _), p in zip(present, seg.predict(boxes=boxes).masks):
+                out["box"][k, z] = p
+        if "1-click" in modes:
             pts = [[_interior_point(m)] for m in masks]
-            pred = seg.predict(points=pts, point_labels=[[1]] * len(pts)).masks
-        for (k, _), p in zip(present, pred):
-            out[k, z] = p
+            for (k, _), p in zip(present, seg.predict(points=pts, point_labels=[[1]] * len(pts)).masks):
+                out["1-click"][k, z] = p
     return out
 
 
@@ -122,7 +137,6 @@ def evaluate_run(
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``."""
     from ..adapters import read_adapter_info
     from ..data import load_volume_case
-    from ..imaging import volume_slice
     from ..predictor import Segmenter
 
     bad = [m for m in modes if m not in MODES]
@@ -137,7 +151,6 @@ def evaluate_run(
     if not names:
         raise MedAdaptError(f"adapter {adapter} has no class names in its metadata")
     values = list(range(1, len(names) + 1))  # labels are remapped to 1..C in class order by the data loader
-    axis = int(meta.get("axis", config.axis))
     report = EvaluationReport(hd95_unit="px")
     cases = _cases(config, split)[:limit]
     from tqdm import tqdm
@@ -146,31 +159,20 @@ def evaluate_run(
         volume, label = load_volume_case(case, config)
         if label is None:
             raise MedAdaptError(f"case {case.case_id} has no label file; evaluation needs labels")
-        if volume.ndim == 2 or (volume.ndim == 3 and volume.shape[-1] == 3 and label.ndim == 2):
-            image_slices, label_slices = [volume], [label]
-        else:
-            n = volume.shape[axis]
-            image_slices = [volume_slice(volume, z, axis) for z in range(n)]
-            label_slices = [volume_slice(label, z, axis) for z in range(n)]
-        gt = np.stack(label_slices)
+        # (N, H, W) stacks, slice k as training saw it; a 2-D case is N = 1
+        image_slices, label_slices = list(volume), list(label)
+        gt = np.asarray(label)
+        preds = _predict_slices(seg, image_slices, label_slices, values, modes)
         for mode in modes:
             if mode == "automatic":
-                pred = np.zeros_like(gt)
-                for z, img in enumerate(image_slices):
-                    if np.ptp(img) == 0:
-                        continue
-                    seg.set_image(img)
-                    p = seg.predict()
-                    for m, k in zip(p.masks, values):
-                        pred[z][m] = k
-                dice = dice_per_class(pred, gt, values)
-                hd = hd95_per_class(pred, gt, values)
+                dice = dice_per_class(preds[mode], gt, values)
+                hd = hd95_per_class(preds[mode], gt, values)
             else:
-                binary = _prompted_volume(seg, image_slices, label_slices, values, mode)
                 dice, hd = {}, {}
                 for k, v in enumerate(values):
-                    dice.update(dice_per_class(binary[k].astype(np.int64) * v, gt * (gt == v), [v]))
-                    hd.update(hd95_per_class(binary[k].astype(np.int64) * v, gt * (gt == v), [v]))
+                    pk, gk = preds[mode][k].astype(np.int64) * v, gt * (gt == v)
+                    dice.update(dice_per_class(pk, gk, [v]))
+                    hd.update(hd95_per_class(pk, gk, [v]))
             report.add_case(case.case_id, mode, dict(zip(values, names)), dice, hd)
     out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
     report.to_json(out / "evaluation.json")

@@ -52,12 +52,16 @@ class SamProcessor:
         normalization: ``"minmax"`` (to [0, 1]) or ``"imagenet"`` (0-255, then mean/std).
         keep_aspect: resize the longest side and pad (True) or stretch to a square (False).
         mask_size: side of the decoder's low-resolution logits (4x the embedding grid).
+        resize: image interpolation: ``"bilinear"`` (like OpenCV's INTER_LINEAR),
+            ``"area"`` (pixel averaging, like INTER_AREA) or ``"antialias"``
+            (bilinear with an antialiasing filter, like PIL).
     """
 
     image_size: int
     normalization: Literal["minmax", "imagenet"] = "minmax"
     keep_aspect: bool = True
     mask_size: int = 256
+    resize: Literal["bilinear", "area", "antialias"] = "bilinear"
 
     # ------------------------------------------------------------------ geometry
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -96,7 +100,7 @@ class SamProcessor:
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
         if self.normalization == "imagenet" and not _is_8bit(arr):
             x = _minmax(x) * 255.0
-        x = F.interpolate(x, size=meta.input_size, mode="bilinear", align_corners=False, antialias=True)
+        x = self._resize(x, meta.input_size)
         if self.normalization == "minmax":
             x = _minmax(x)
         else:
@@ -107,6 +111,14 @@ class SamProcessor:
         pad_w = self.image_size - meta.input_size[1]
         x = F.pad(x, (0, pad_w, 0, pad_h))
         return x.contiguous(), meta
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        if self.resize == "area" and size[0] <= x.shape[-2]:
+            return F.interpolate(x, size=size, mode="area")
+        aa = self.resize == "antialias"
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=aa)
 
     # ------------------------------------------------------------------ masks
     def postprocess_logits(self, low_res: torch.Tensor, meta: ImageMeta) -> torch.Tensor:

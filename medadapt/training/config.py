@@ -46,7 +46,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # auto = bf16 autocast on CUDA, off on CPU; "bf16" / "off"
+    amp: str = "auto"  # auto = bf16 autocast where it is fast (CUDA, CPUs with AMX); "bf16" / "off"
     val_every: int = 1
     cache_embeddings: str = "auto"  # auto = when the image encoder is frozen and unadapted
     cache_dir: str | None = None  # also keep embeddings on disk here (keyed by content + backbone)

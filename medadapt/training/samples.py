@@ -105,7 +105,7 @@ class EmbeddingCache:
                 progress(len(chunk))
 
     def get(self, samples: Sequence[ModelSample], device: torch.device) -> torch.Tensor:
-        return torch.stack([self.memory[s.key] for s in samples]).to(device).float()
+        return torch.stack([self.memory[s.key].float() for s in samples]).to(device)
 
 
 __all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_model_frame"]

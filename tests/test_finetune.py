@@ -1,0 +1,137 @@
+"""Few-label fine-tuning end to end on data the test makes: training, resume, evaluation, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from medadapt import MedAdaptError, Segmenter
+from medadapt.training import config_from_dict, finetune, load_config
+
+
+def make_disc_dataset(root, n=12, size=96, seed=0):
+    """A 2-D folder dataset: bright discs at random places on a noisy background, 0/255 masks."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        r = rng.integers(12, 24)
+        cy, cx = rng.integers(r + 2, size - r - 2, 2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        img = np.where(mask, 170, 70) + rng.normal(0, 12, (size, size))
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"{i:03d}.png")
+    return root
+
+
+def config(root, out, backbone="tiny_sam_vit", epochs=2, **train):
+    return {
+        "backbone": backbone,
+        "data": {"root": str(root), "layout": "folder", "classes": [1],
+                 "labeled": [f"{i:03d}" for i in range(8)], "val": [f"{i:03d}" for i in range(8, 12)]},
+        "adapter": {"train": ["mask_decoder"]},
+        "prompts": {"automatic": True, "prompted": ["box", "points"], "corrective_clicks": 1},
+        "train": {"epochs": epochs, "batch_size": 4, "lr": 1e-3, "tensorboard": False, **train},
+        "output": str(out), "name": "run",
+    }
+
+
+@pytest.fixture(scope="module")
+def discs(tmp_path_factory):
+    return make_disc_dataset(tmp_path_factory.mktemp("discs"))
+
+
+def test_finetune_pretrained_model_learns_automatic_segmentation(discs, tmp_path):
+    """Real LiteMedSAM, decoder + class tokens on cached embeddings: automatic Dice must rise."""
+    run = finetune(config_from_dict(config(discs, tmp_path, "litemedsam", epochs=6, lr=3e-4)), log=lambda m: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    first = metrics["history"][0]["val_dice"]
+    assert metrics["best_val_dice"] > 0.85, metrics["history"]
+    assert metrics["best_val_dice"] > first or first > 0.85
+    for name in ("adapter/adapter.safetensors", "adapter/adapter.json", "config.yaml", "log.csv",
+                 "checkpoints/last.pt", "val_overlays.png"):
+        assert (run / name).exists(), name
+    seg = Segmenter.from_pretrained("litemedsam", adapter=run, device="cpu")
+    img = np.asarray(Image.open(discs / "images" / "010.png"), dtype=np.float32)
+    seg.set_image(img)
+    out = seg.predict()
+    assert out.masks.shape == (1, 96, 96) and out.label_values == [1] and len(out.labels) == 1
+    assert seg.predict(classes=[1]).masks.shape == (1, 96, 96)
+    with pytest.raises(MedAdaptError, match="unknown class"):
+        seg.predict(classes=["liver"])
+    boxed = seg.predict(boxes=[[10, 10, 80, 80]])  # prompted mode still works through the adapted decoder
+    assert boxed.masks.shape == (1, 96, 96)
+
+
+def test_kill_then_resume_continues_from_the_last_checkpoint(discs, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(discs, tmp_path, epochs=40)))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "medadapt", "finetune", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    rows_before = len((tmp_path / "run" / "log.csv").read_text().strip().splitlines()) - 1
+    assert 1 <= rows_before < 40
+    with pytest.raises(MedAdaptError, match="--resume"):
+        finetune(load_config(cfg_path), log=lambda m: None)
+    run = finetune(load_config(cfg_path, ["train.epochs=40"]), resume=True, log=lambda m: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 40
+    rows = (run / "log.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 41))
+    with pytest.raises(MedAdaptError, match="different data/adapter/prompt config"):
+        finetune(load_config(cfg_path, ["adapter.train=[prompt_encoder]"]), resume=True, log=lambda m: None)
+
+
+def test_evaluate_writes_per_case_report(discs, tmp_path):
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    run = finetune(config_from_dict(config(discs, tmp_path, epochs=1)), log=lambda m: None)
+    report = evaluate_run(run, split="val")
+    modes = {r["mode"] for r in report.summary()}
+    assert modes == {"automatic", "box", "1-click"}
+    assert (run / "eval_val" / "evaluation.json").exists() and (run / "eval_val" / "evaluation.csv").exists()
+    assert len((run / "eval_val" / "evaluation.csv").read_text().strip().splitlines()) == 1 + 4 * 3
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path):
+    root = make_disc_dataset(tmp_path / "data", seed=1)
+    (root / "images" / "003.png").write_bytes(b"this is not a png")
+    with pytest.raises(MedAdaptError, match="003.png"):
+        finetune(config_from_dict(config(root, tmp_path / "a", epochs=1)), log=lambda m: None)
+    cfg = config(root, tmp_path / "b", epochs=1)
+    cfg["data"]["on_error"] = "skip"
+    messages = []
+    with pytest.warns(UserWarning, match="003.png"):
+        finetune(config_from_dict(cfg), log=messages.append)
+    assert any("skipped" in m and "003.png" in m for m in messages)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(MedAdaptError, match="lrr"):
+        config_from_dict({"data": {"root": "x", "classes": [1]}, "train": {"lrr": 1}})
+    with pytest.raises(MedAdaptError, match="data"):
+        config_from_dict({})
+    with pytest.raises(MedAdaptError, match="key=value"):
+        load_config(_write(tmp_path / "c.yaml", {"data": {"root": "x", "classes": [1]}}), ["epochs"])
+
+
+def _write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
