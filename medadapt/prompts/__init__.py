@@ -3,6 +3,7 @@
 * :mod:`.types` -- :class:`Prompts`, N objects' boxes / clicks / mask prompts.
 * :mod:`.simulate` -- prompts from masks: simulated training prompts, corrective
   clicks, prompts from a coarse prediction, the iterative-click loop.
+* :mod:`.learned` -- learned per-class prompt tokens (automatic mode).
 
 Each submodule declares its public names in ``__all__``; this package re-exports
 them, so adding a prompt source is one import line and one ``__all__`` entry.
@@ -10,7 +11,8 @@ them, so adding a prompt source is one import line and one ``__all__`` entry.
 
 from __future__ import annotations
 
-from . import simulate, types
+from . import learned, simulate, types
+from .learned import ClassPromptTokens
 from .simulate import (
     box_from_mask,
     corrective_click,
@@ -23,6 +25,7 @@ from .simulate import (
 from .types import PAD_LABEL, Prompts
 
 __all__ = [
+    *learned.__all__,
     *types.__all__,
     *simulate.__all__,
 ]
