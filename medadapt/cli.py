@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="box-prompted segmentation and few-label fine-tuning on bundled real images")
     p.add_argument("--out", default="medadapt-demo", help="folder for overlays and the run (default ./medadapt-demo)")
-    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (default 30)")
+    p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
     p.add_argument("--no-finetune", action="store_true", help="only the box-prompted part")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_demo)

@@ -130,7 +130,7 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
 
 
 def run_demo(out_dir: str | Path = "medadapt-demo", device: str | None = None, model: str = "litemedsam",
-             finetune: bool = True, epochs: int = 30) -> list[dict]:
+             finetune: bool = True, epochs: int = 20) -> list[dict]:
     """Box-prompted segmentation of every bundled structure, then the fine-tuning demo."""
     rows = run_prompted_demo(out_dir, device=device, model=model)
     if finetune:
