@@ -90,7 +90,7 @@ def test_adapter_lifecycle(family, kind, tmp_path):
             merge_lora(model)
             assert not any("lora_" in n for n, _ in model.named_parameters())
             merged = forward(model, pixels, boxes)
-        assert (merged - unmerged).abs().max().item() < 1e-5 * max(1.0, unmerged.abs().max().item())
+        assert (merged - unmerged).abs().max().item() < 1e-5
 
 
 def test_summary_table_and_targets():
