@@ -26,7 +26,7 @@ class ClassPromptTokens(nn.Module):
         return self.tokens.shape[0]
 
     @torch.no_grad()
-    def init_from_box(self, prompt_encoder: nn.Module, image_size: int, noise: float = 0.02, seed: int = 0) -> None:
+    def init_from_box(self, prompt_encoder: nn.Module, image_size: int, noise: float = 0.1, seed: int = 0) -> None:
         """Start every class from the whole-image box embedding plus a little class-specific noise."""
         box = torch.tensor([[[0.0, 0.0, image_size - 1.0, image_size - 1.0]]], device=self.tokens.device)
         sparse, _ = prompt_encoder(points=None, boxes=box, masks=None)  # 1 x 2 x D

@@ -26,6 +26,7 @@ class PromptTrainingConfig:
 
     automatic: bool = True  # learn per-class prompt tokens (prompt-free segmentation)
     tokens_per_class: int = 2
+    token_lr_scale: float = 100.0  # class tokens learn this many times faster than the rest (prompt tuning)
     prompted: list[str] = field(default_factory=lambda: ["box", "points"])  # simulated prompt modes; [] = none
     box_jitter: float = 0.1
     n_pos: int = 1

@@ -115,8 +115,14 @@ class Trainer:
         self.train_samples = prepare(self.model, self.train_slices)
         self.val_samples = prepare(self.model, self.val_slices)
         self.cache = EmbeddingCache(self.model, tc.cache_dir) if self.use_cache else None
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        # Prompt tokens sit at the scale of SAM's prompt embeddings (|x| ~ 0.4 per channel): at the
+        # decoder's learning rate Adam moves them ~lr per step, too slowly for classes to separate.
+        tokens = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("class_prompts.")]
+        others = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("class_prompts.")]
+        groups = [{"params": others}]
+        if tokens:
+            groups.append({"params": tokens, "lr": tc.lr * config.prompts.token_lr_scale, "weight_decay": 0.0})
+        self.opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.train_samples) / (tc.batch_size * tc.grad_accum))
         total = self.steps_per_epoch * tc.epochs
         warm = int(round(tc.warmup_epochs * self.steps_per_epoch))
