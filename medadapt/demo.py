@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .evaluation.metrics import binary_dice
 from .predictor import Segmenter
+from .prompts.simulate import box_from_mask
 
 
 @dataclass
@@ -47,19 +49,6 @@ def demo_cases(root: Path | None = None) -> list[DemoCase]:
         }
         cases.append(DemoCase(img, masks))
     return cases
-
-
-def box_of(mask: np.ndarray) -> list[float]:
-    """Tight [x0, y0, x1, y1] box of a binary mask."""
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
-
-
-def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice of two binary masks (1.0 when both are empty)."""
-    pred, target = pred.astype(bool), target.astype(bool)
-    total = pred.sum() + target.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, target).sum() / total)
 
 
 def demo_finetune_config(out_dir: Path, epochs: int = 20) -> dict:
@@ -106,7 +95,7 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
         scores = []
         for img, gt in zip(images, gts):
             seg.set_image(img)
-            scores.append(dice(seg.predict().masks[0], gt))
+            scores.append(binary_dice(seg.predict().masks[0], gt))
         return scores
 
     untrained, _ = apply(build_backbone("litemedsam"), AdapterConfig(
@@ -152,11 +141,11 @@ def run_prompted_demo(out_dir: str | Path = "medadapt-demo", device: str | None 
         image = load_image(case.image)
         names = list(case.masks)
         gts = [load_mask(case.masks[n]) > 0 for n in names]
-        boxes = [box_of(g) for g in gts]
+        boxes = [box_from_mask(g).tolist() for g in gts]
         seg.set_image(image)
         pred = seg.predict(boxes=boxes)  # all structures of the image in one decoder batch
         for name, gt, m in zip(names, gts, pred.masks):
-            rows.append({"image": case.image.name, "structure": name, "dice": dice(m, gt)})
+            rows.append({"image": case.image.name, "structure": name, "dice": binary_dice(m, gt)})
         save_overlay(out / f"{case.image.stem}_overlay.png", image, pred.masks, boxes=boxes)
     width = max(len(r["image"]) for r in rows)
     print("\nBox-prompted segmentation (prompts: tight boxes around the expert masks)\n")
@@ -168,4 +157,4 @@ def run_prompted_demo(out_dir: str | Path = "medadapt-demo", device: str | None 
     return rows
 
 
-__all__ = ["run_demo", "run_prompted_demo", "run_finetune_demo", "demo_finetune_config", "demo_cases", "demo_root", "box_of", "dice"]
+__all__ = ["run_demo", "run_prompted_demo", "run_finetune_demo", "demo_finetune_config", "demo_cases", "demo_root"]

@@ -231,12 +231,17 @@ class Segmenter:
                 )
         return out
 
-    def _predict_automatic(self, embedding, meta: ImageMeta, classes) -> Prediction:
+    def _require_classes(self) -> None:
         if not self.classes:
             raise MedAdaptError(
                 "give at least one prompt: boxes=[[x0, y0, x1, y1]] or points=[[x, y]] "
                 "(prompt-free prediction needs an adapter trained with `medadapt finetune`)"
             )
+
+    def _predict_automatic(self, embedding, meta: ImageMeta, classes) -> Prediction:
+        from .training.losses import labels_from_logits
+
+        self._require_classes()
         idx = self._class_indices(classes)
         auto = self.backbone.adapter_config.automatic
         ids = torch.tensor(idx, device=self.device)
@@ -244,9 +249,8 @@ class Segmenter:
         low, iou = self.backbone.decode(embedding, sparse, dense, multimask=False)
         low, iou = low[:, 0].float(), iou[:, 0].float()
         full = self.backbone.processor.postprocess_logits(low, meta)  # C x H x W
-        winner = full.argmax(dim=0)
-        fg = full.max(dim=0).values > 0
-        masks = torch.stack([(winner == k) & fg for k in range(len(idx))])
+        labels = labels_from_logits(full)  # the rule training optimises: best positive logit, else background
+        masks = torch.stack([labels == k + 1 for k in range(len(idx))])
         return Prediction(
             masks=masks.cpu().numpy(), scores=iou.cpu().numpy(), logits=low.cpu().numpy(),
             labels=[auto.class_names[i] for i in idx], label_values=[auto.label_values[i] for i in idx],
@@ -268,10 +272,9 @@ class Segmenter:
             raise MedAdaptError(f"predict_volume needs a 3D array; got shape {vol.shape}")
         if not -3 <= axis < 3:
             raise MedAdaptError(f"axis must be 0, 1 or 2; got {axis}")
-        dtype = np.int16 if max(self.backbone.adapter_config.automatic.label_values, default=0) > 127 else np.uint8
-        out = np.zeros(vol.shape, dtype=dtype) if self.classes else None
-        if out is None:
-            self._predict_automatic(None, None, classes)  # raises the explanatory error
+        self._require_classes()
+        dtype = np.int16 if max(self.backbone.adapter_config.automatic.label_values) > 127 else np.uint8
+        out = np.zeros(vol.shape, dtype=dtype)
         from .imaging import display_orientation, volume_slice
 
         for k in range(vol.shape[axis]):

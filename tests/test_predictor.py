@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medadapt import MedAdaptError, Segmenter
-from medadapt.demo import dice
+from medadapt.evaluation.metrics import binary_dice as dice
 
 from conftest import disc_image
 
@@ -123,3 +123,8 @@ def test_image_path_is_accepted(tmp_path, tiny_sam):
     Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(tmp_path / "x.png")
     tiny_sam.set_image(tmp_path / "x.png")
     assert tiny_sam.image_size == (50, 60)
+
+
+def test_prompt_free_prediction_needs_a_trained_adapter(tiny_sam):
+    with pytest.raises(MedAdaptError, match="prompt-free prediction needs an adapter"):
+        tiny_sam.predict_volume(np.random.default_rng(0).random((4, 32, 32)).astype(np.float32))

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from ..errors import MedAdaptError
+from ..prompts.simulate import prompts_from_prediction
 from .metrics import dice_per_class, hd95_per_class
 from .report import EvaluationReport
 
@@ -74,18 +75,6 @@ def _cases(config, split: str):
     return splits[split]
 
 
-def _interior_point(mask: np.ndarray) -> list[float]:
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum(mask, lab, range(1, n + 1))
-        mask = lab == (int(np.argmax(sizes)) + 1)
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return [float(x), float(y)]
-
-
 def _predict_slices(seg, image_slices, label_slices, values, modes) -> dict[str, np.ndarray]:
     """Every mode for every slice, encoding each slice once.
 
@@ -118,7 +107,8 @@ def _predict_slices(seg, image_slices, label_slices, values, modes) -> dict[str,
             for (k, _), p in zip(present, seg.predict(boxes=boxes).masks):
                 out["box"][k, z] = p
         if "1-click" in modes:
-            pts = [[_interior_point(m)] for m in masks]
+            # the most interior pixel of the largest component, as prompts_from_prediction picks it
+            pts = [prompts_from_prediction(m, min_size=1).points[0, :1] for m in masks]
             for (k, _), p in zip(present, seg.predict(points=pts, point_labels=[[1]] * len(pts)).masks):
                 out["1-click"][k, z] = p
     return out

@@ -105,9 +105,9 @@ class Trainer:
             adapter.automatic = AutomaticConfig(self.class_names, self.label_values, config.prompts.tokens_per_class)
         self.model = build_backbone(config.backbone, config.checkpoint).to(self.device)
         self.model, self.summary = apply(self.model, adapter)
-        self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters()) and (
-            adapter.lora is None or not any("image_encoder" in n for n, p in self.model.named_parameters() if "lora_" in n)
-        ) and adapter.spatial is None
+        # LoRA and spatial adapters inside the encoder are trainable encoder parameters, so this one
+        # test covers "frozen and unadapted": only then are cached embeddings the embeddings.
+        self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
         self.use_cache = tc.cache_embeddings == "on" or (tc.cache_embeddings == "auto" and self.encoder_frozen)
         if self.use_cache and not self.encoder_frozen:
             raise MedAdaptError("train.cache_embeddings: on needs a frozen, unadapted image encoder")
