@@ -38,7 +38,10 @@ MODES = {
 }
 
 
-def run_mode(name: str, device: str, steps: int, batch: int) -> dict:
+def run_mode(name: str, device: str, steps: int, batch: int, amp: bool = False, data: str | None = None) -> dict:
+    """Time one mode; ``amp`` = bf16 autocast as ``medadapt finetune`` uses it where bf16 is fast."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -53,15 +56,34 @@ def run_mode(name: str, device: str, steps: int, batch: int) -> dict:
     if not any(p.requires_grad for p in model.image_encoder.parameters()):
         model.image_encoder.eval()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, 256, 256, generator=g).to(device)
-    boxes = torch.tensor([[40.0, 50.0, 200.0, 210.0]] * batch, device=device)
-    target = (torch.rand(batch, 1, 256, 256, generator=g) > 0.5).float().to(device)
+    if data:  # real images (speed.py writes them; the same files feed the peer's trainer)
+        x, boxes, target = load_batch(data, batch, model)
+        x, boxes, target = x.to(device), boxes.to(device), target.to(device)
+    else:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, 256, 256, generator=g).to(device)
+        boxes = torch.tensor([[40.0, 50.0, 200.0, 210.0]] * batch, device=device)
+        target = (torch.rand(batch, 1, 256, 256, generator=g) > 0.5).float().to(device)
     with torch.no_grad():
         emb_cache = model.encode(x) if cached else None
+        if cached and amp:  # the trainer's cache hands bf16 embeddings to a bf16-autocast step
+            emb_cache = emb_cache.bfloat16()
+
+    def autocast():
+        if not amp:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
     def step():
         opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = forward()
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def forward():
         if cached:
             emb = emb_cache
         elif any(p.requires_grad for p in model.image_encoder.parameters()):
@@ -71,13 +93,9 @@ def run_mode(name: str, device: str, steps: int, batch: int) -> dict:
                 emb = model.encode(x)
         sparse, dense = model.encode_prompts(boxes=boxes)
         logits, _ = model.decode(emb, sparse, dense)
-        prob = torch.sigmoid(logits)
+        prob = torch.sigmoid(logits.float())
         dice = 1 - (2 * (prob * target).sum((1, 2, 3)) + 1) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
-        loss.backward()
-        opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        return F.binary_cross_entropy_with_logits(logits.float(), target) + dice.mean()
 
     step()
     if device.startswith("cuda"):
@@ -97,9 +115,25 @@ def run_mode(name: str, device: str, steps: int, batch: int) -> dict:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     return {
-        "mode": name, "step_s": statistics.median(times), "peak_mib": peak,
+        "mode": name, "amp": amp, "step_s": statistics.median(times), "peak_mib": peak,
         "trainable": summary.trainable, "total": summary.total, "checkpoint_bytes": size, "lora_bytes": lora_bytes,
     }
+
+
+def load_batch(folder: str, batch: int, model):
+    """The first ``batch`` samples of a folder of ``.npz`` files (image 256x256x3, mask, box)."""
+    import numpy as np
+    import torch
+
+    files = sorted(Path(folder).glob("*.npz"))[:batch]
+    xs, bs, ts = [], [], []
+    for f in files:
+        with np.load(f) as z:
+            pixels, _ = model.processor.preprocess(z["image"])
+            xs.append(pixels[0])
+            bs.append(torch.as_tensor(z["box"], dtype=torch.float32).reshape(4))
+            ts.append(torch.as_tensor(z["mask"] > 0, dtype=torch.float32)[None])
+    return torch.stack(xs), torch.stack(bs), torch.stack(ts)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -68,3 +70,17 @@ def write_result(name: str, payload: dict, markdown: str) -> Path:
         tmp.write_text(text)
         os.replace(tmp, path)
     return RESULTS / f"{name}.md"
+
+
+def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (``sync`` waits for a GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from medadapt import Segmenter
     from medadapt.imaging import load_image, load_mask
 
-    seg = Segmenter.from_pretrained("litemedsam", device="cpu")
+    seg = Segmenter.from_pretrained("litemedsam", device="cpu", precision="float32")
     net = mlt.build_lite_medsam()
     net.load_state_dict(torch.load(mlt.get_asset_path(), map_location="cpu", weights_only=True))
     net.eval()

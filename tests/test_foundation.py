@@ -70,7 +70,7 @@ def test_official_style_tiny_checkpoint_loads_and_matches_official_forward(tmp_p
     sam = official_tiny_sam()
     path = tmp_path / "sam_tiny.pth"
     torch.save(sam.state_dict(), path)  # official files are plain state dicts incl. pixel_mean/std
-    seg = Segmenter.from_pretrained("tiny_sam_vit", checkpoint=path, device="cpu")
+    seg = Segmenter.from_pretrained("tiny_sam_vit", checkpoint=path, device="cpu", precision="float32")
     for k, v in sam.state_dict().items():
         if k not in ("pixel_mean", "pixel_std"):
             assert torch.equal(seg.backbone.state_dict()[k], v), k

@@ -196,7 +196,7 @@ def test_segmenter_from_hf_folder_matches_transformers(hf_model, hf_folder) -> N
 
     from medadapt import Segmenter
 
-    seg = Segmenter.from_pretrained("sam_hf", checkpoint=hf_folder, device="cpu")
+    seg = Segmenter.from_pretrained("sam_hf", checkpoint=hf_folder, device="cpu", precision="float32")
     assert seg.backbone.processor.image_size == IMAGE_SIZE and seg.backbone.processor.mask_size == MASK_SIDE
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (96, 128, 3)).astype(np.float32)

@@ -110,6 +110,11 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
     """
     if getattr(model, "adapter_config", None) is not None:
         raise MedAdaptError("this model already has adapters; build a fresh backbone to apply another config")
+    if getattr(model, "inference_only", False):
+        raise MedAdaptError(
+            "this backbone was optimised for inference (BatchNorm folded, bf16); "
+            "build a fresh one with build_backbone(name) to train adapters"
+        )
     model.requires_grad_(False)
     if config.lora is not None:
         add_lora(model, config)

@@ -50,6 +50,10 @@ class Backbone(nn.Module):
         self.mask_decoder = mask_decoder
         self.processor = processor
         self.info = info
+        # set by foundation.inference.optimize_for_inference; None = as built (float32)
+        self.compute_dtype: torch.dtype | None = None
+        self.channels_last = False
+        self.inference_only = False
 
     @property
     def device(self) -> torch.device:
@@ -60,7 +64,14 @@ class Backbone(nn.Module):
         return int(self.prompt_encoder.embed_dim)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S preprocessed images -> B x C x s x s image embeddings."""
+        """B x 3 x S x S preprocessed images -> B x C x s x s image embeddings.
+
+        An optimised backbone returns them in its compute dtype (bf16), which
+        the decoder takes as is; the float32 model returns float32.
+        """
+        if self.compute_dtype is not None:
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            pixel_values = pixel_values.to(dtype=self.compute_dtype, memory_format=fmt)
         return self.image_encoder(pixel_values)
 
     def encode_prompts(
@@ -98,6 +109,9 @@ class Backbone(nn.Module):
         K = 3 with ``multimask`` else 1.
         """
         pe = self.prompt_encoder.get_dense_pe()
+        dtype = self.compute_dtype or _autocast_dtype(image_embeddings.device.type)
+        if dtype is not None:  # cast the (large) inputs once, not inside every layer
+            image_embeddings, pe, sparse, dense = (t.to(dtype) for t in (image_embeddings, pe, sparse, dense))
         n = sparse.shape[0]
         if image_embeddings.shape[0] == n and n > 1:
             return self._decode_per_image(image_embeddings, pe, sparse, dense, multimask)
@@ -115,6 +129,13 @@ class Backbone(nn.Module):
         masks, iou = _predict_masks_per_image(self.mask_decoder, emb, pe, sparse, dense)
         sl = slice(1, None) if multimask else slice(0, 1)
         return masks[:, sl], iou[:, sl]
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for ``device_type`` (training in bf16), else None."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 def _predict_masks_per_image(decoder: nn.Module, emb, pe, sparse, dense):

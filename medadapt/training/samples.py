@@ -104,8 +104,11 @@ class EmbeddingCache:
             if progress is not None:
                 progress(len(chunk))
 
-    def get(self, samples: Sequence[ModelSample], device: torch.device) -> torch.Tensor:
-        return torch.stack([self.memory[s.key].float() for s in samples]).to(device)
+    def get(
+        self, samples: Sequence[ModelSample], device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Stacked embeddings in ``dtype`` (bf16 when training under bf16 autocast: one cast, here)."""
+        return torch.stack([self.memory[s.key].to(dtype) for s in samples]).to(device)
 
 
 __all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_model_frame"]
