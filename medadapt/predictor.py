@@ -95,6 +95,8 @@ class Segmenter:
             optimize_for_inference(self.backbone, precision)
         self._embedding: torch.Tensor | None = None
         self._meta: ImageMeta | None = None
+        self._image: np.ndarray | None = None  # text prompts need the pixels, not only the embedding
+        self._text_model = None  # a medadapt.prompts.ClipTextModel, see set_text_model
 
     @classmethod
     def from_pretrained(
@@ -144,10 +146,11 @@ class Segmenter:
         pixels, meta = self.backbone.processor.preprocess(arr)
         self._embedding = self.backbone.encode(pixels.to(self.device))
         self._meta = meta
+        self._image = arr
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
-        self._embedding, self._meta = None, None
+        self._embedding, self._meta, self._image = None, None, None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -169,6 +172,7 @@ class Segmenter:
         mask_input: ArrayLike | None = None,
         multimask: bool = False,
         classes: Sequence[str | int] | None = None,
+        text: str | Sequence[str] | None = None,
     ) -> Prediction:
         """Segment the current image from prompts in original-image pixel coordinates.
 
@@ -186,7 +190,11 @@ class Segmenter:
                 (m x m or N x m x m), or a binary mask at the image size.
             multimask: ask the decoder for 3 candidates per prompt and return
                 the best by predicted IoU (helps with single ambiguous clicks).
+            text: zero-shot text prompt(s), e.g. ``"liver"``: one mask per text
+                from the CLIP model attached with :meth:`set_text_model`.
         """
+        if text is not None:
+            return self._predict_text(text, boxes, points, point_labels, mask_input, classes, multimask)
         embedding, meta = self._require_image()
         proc = self.backbone.processor
         box_t = pts = None
@@ -229,6 +237,34 @@ class Segmenter:
             iou.append(sc.float())
         return self._finish(torch.cat(low), torch.cat(iou), meta, multimask)
 
+    # ------------------------------------------------------------------ text
+    def set_text_model(self, clip, config=None) -> None:
+        """Attach a CLIP model so that ``predict(text=...)`` segments named structures zero-shot.
+
+        ``clip`` is anything :func:`medadapt.prompts.load_clip` accepts (its
+        result, an open_clip model, or e.g. ``"hf-hub:microsoft/BiomedCLIP-
+        PubMedBERT_256-vit_base_patch16_224"`` read from the local Hugging Face
+        cache); ``config`` a :class:`medadapt.prompts.TextPromptConfig`.
+        """
+        from .prompts.text import load_clip
+
+        self._text_model = load_clip(clip, device=self.device, config=config)
+
+    def _predict_text(self, text, boxes, points, point_labels, mask_input, classes, multimask) -> Prediction:
+        if any(v is not None for v in (boxes, points, point_labels, mask_input, classes)):
+            raise MedAdaptError("text= is a prompt of its own; do not combine it with boxes, points, mask_input or classes")
+        if self._text_model is None:
+            raise MedAdaptError(
+                "predict(text=...) needs a CLIP model: seg.set_text_model(medadapt.prompts.load_clip("
+                "'hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224')), read offline from the local "
+                "Hugging Face cache; learned text prompts come from an adapter trained with class names "
+                "(`medadapt finetune`) and are predicted with classes=[...] instead"
+            )
+        from .prompts.text import segment_from_text
+
+        self._require_image()
+        return segment_from_text(self, self._text_model, None, text, multimask=multimask)
+
     # ------------------------------------------------------------------ automatic
     @property
     def classes(self) -> list[str]:
@@ -266,14 +302,15 @@ class Segmenter:
         idx = self._class_indices(classes)
         auto = self.backbone.adapter_config.automatic
         ids = torch.tensor(idx, device=self.device)
-        sparse, dense = self.backbone.class_prompts_for(ids)
-        low, iou = self.backbone.decode(embedding, sparse, dense, multimask=False)
-        low, iou = low[:, 0].float(), iou[:, 0].float()
+        low = self.backbone.decode_classes(embedding, ids)[0].float()  # C x m x m, classes decoded jointly
         full = self.backbone.processor.postprocess_logits(low, meta)  # C x H x W
         labels = labels_from_logits(full)  # the rule training optimises: best positive logit, else background
         masks = torch.stack([labels == k + 1 for k in range(len(idx))])
+        prob = torch.sigmoid(full)
+        # score = mean foreground probability inside each returned mask (0 for an empty mask)
+        scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(masks)])
         return Prediction(
-            masks=masks.cpu().numpy(), scores=iou.cpu().numpy(), logits=low.cpu().numpy(),
+            masks=masks.cpu().numpy(), scores=scores.cpu().numpy(), logits=low.cpu().numpy(),
             labels=[auto.class_names[i] for i in idx], label_values=[auto.label_values[i] for i in idx],
         )
 

@@ -73,6 +73,20 @@ def test_finetune_pretrained_model_learns_automatic_segmentation(discs, tmp_path
     assert boxed.masks.shape == (1, 96, 96)
 
 
+def test_cached_views_add_augmented_samples(discs, tmp_path):
+    """train.cache_views: N augmented copies per labelled slice join the cached training set."""
+    from medadapt.training.finetune import Trainer
+
+    cfg = config_from_dict(config(discs, tmp_path, cache_views=2))
+    tr = Trainer(cfg, tmp_path, log=lambda m: None)
+    n = len(tr.train_slices)
+    assert len(tr.train_samples) == 3 * n
+    keys = {s.key for s in tr.train_samples}
+    assert len(keys) == 3 * n  # every view is a different image
+    for view in tr.train_samples[n:]:
+        assert (view.target > 0).any()  # the disc is still labelled after the transform
+
+
 def test_kill_then_resume_continues_from_the_last_checkpoint(discs, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(config(discs, tmp_path, epochs=40)))

@@ -98,7 +98,8 @@ def add_class_prompts(model: Backbone, config: AdapterConfig) -> None:
     a = config.automatic
     tokens = ClassPromptTokens(len(a.class_names), model.embed_dim, a.tokens_per_class).to(model.device)
     tokens.init_from_box(model.prompt_encoder, model.processor.image_size)
-    model.class_prompts = tokens
+    tokens.init_from_decoder(model.mask_decoder)
+    model.class_prompts = tokens.to(model.device)
 
 
 def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSummary]:

@@ -85,14 +85,22 @@ class Backbone(nn.Module):
             boxes = boxes[:, None, :]
         return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
 
-    def class_prompts_for(self, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse/dense prompt embeddings for automatic mode: learned tokens of each class id."""
-        tokens = getattr(self, "class_prompts", None)
-        if tokens is None:
+    def decode_classes(self, image_embeddings: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """Automatic mode: B image embeddings -> B x K low-res logits, one decoder pass per image.
+
+        The K classes' learned prompt tokens and mask tokens go through the
+        decoder together, so classes compete for pixels inside the decoder
+        (see :mod:`medadapt.prompts.learned`).
+        """
+        cp = getattr(self, "class_prompts", None)
+        if cp is None:
             raise AttributeError("this model has no learned class prompts")
-        sparse = tokens(class_ids)
         _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
-        return sparse, dense.expand(sparse.shape[0], -1, -1, -1)
+        pe = self.prompt_encoder.get_dense_pe()
+        dtype = self.compute_dtype or _autocast_dtype(image_embeddings.device.type)
+        if dtype is not None:
+            image_embeddings, pe, dense = (t.to(dtype) for t in (image_embeddings, pe, dense))
+        return _predict_class_masks(self.mask_decoder, cp, image_embeddings, pe, dense, class_ids, dtype)
 
     def decode(
         self,
@@ -136,6 +144,26 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+def _predict_class_masks(decoder: nn.Module, cp: nn.Module, emb, pe, dense, ids, dtype) -> torch.Tensor:
+    """SAM's decoder with the K classes' mask tokens as outputs and their prompt tokens as inputs."""
+    b, c, h, w = emb.shape
+    k = ids.numel()
+    out_tokens = torch.cat([decoder.iou_token.weight, cp.mask_tokens[ids]], dim=0)
+    prompts = cp.tokens[ids].reshape(-1, cp.tokens.shape[-1])
+    tokens = torch.cat([out_tokens, prompts], dim=0)
+    if dtype is not None:
+        tokens = tokens.to(dtype)
+    tokens = tokens.unsqueeze(0).expand(b, -1, -1)
+    src = emb + dense
+    pos = pe.expand(b, -1, -1, -1)
+    hs, src = decoder.transformer(src, pos, tokens)
+    mask_out = hs[:, 1 : 1 + k, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack([cp.hypernets[int(i)](mask_out[:, j, :]) for j, i in enumerate(ids.tolist())], dim=1)
+    _, cu, hu, wu = upscaled.shape
+    return (hyper @ upscaled.reshape(b, cu, hu * wu)).reshape(b, k, hu, wu)
 
 
 def _predict_masks_per_image(decoder: nn.Module, emb, pe, sparse, dense):

@@ -120,6 +120,8 @@ def optimize_for_inference(
     fold_batchnorm(backbone.image_encoder)
     backbone.image_encoder.to(dtype)
     backbone.mask_decoder.to(dtype)
+    if getattr(backbone, "class_prompts", None) is not None:
+        backbone.class_prompts.to(dtype)
     if channels_last:
         backbone.image_encoder.to(memory_format=torch.channels_last)
     backbone.compute_dtype = dtype

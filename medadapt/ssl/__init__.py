@@ -1,6 +1,25 @@
 """The weak-to-strong semi-supervised loop (mean teacher, promptable pseudo-labels).
 
-Not implemented yet: this package is reserved for it so that it never becomes a
-top-level ``ssl`` that would shadow the standard library. See the README's
-Status section.
+* :mod:`.config` -- :class:`SSLConfig`, the ``ssl:`` section of a fine-tuning config.
+* :mod:`.teacher` -- the EMA teacher.
+* :mod:`.pseudo` -- confident automatic labels, refined by re-prompting the decoder with boxes.
+* :mod:`.perturb` -- intensity, CutMix, bidirectional copy-paste (BCP), feature dropout.
+* :mod:`.loop` -- :class:`SemiSupervised`, the unsupervised loss the trainer adds.
+
+``medadapt finetune`` runs it when a config names ``data.unlabeled`` cases and
+has an ``ssl:`` section. (This is ``medadapt.ssl``; a top-level ``ssl`` would
+shadow the standard library.)
 """
+
+from __future__ import annotations
+
+from .config import SSLConfig
+from .loop import SemiSupervised, rampup
+from .perturb import box_masks, feature_dropout, intensity, paste, random_boxes
+from .pseudo import boxes_from_labels, confident_labels, drop_small_classes, refine_with_prompts
+from .teacher import EMATeacher
+
+__all__ = [
+    "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels", "confident_labels",
+    "drop_small_classes", "feature_dropout", "intensity", "paste", "rampup", "random_boxes", "refine_with_prompts",
+]

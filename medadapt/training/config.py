@@ -18,6 +18,7 @@ import yaml
 
 from ..configuration import build_dataclass
 from ..errors import MedAdaptError
+from ..ssl.config import SSLConfig
 
 
 @dataclass
@@ -26,7 +27,7 @@ class PromptTrainingConfig:
 
     automatic: bool = True  # learn per-class prompt tokens (prompt-free segmentation)
     tokens_per_class: int = 2
-    token_lr_scale: float = 100.0  # class tokens learn this many times faster than the rest (prompt tuning)
+    token_lr_scale: float = 10.0  # class prompt/mask tokens learn this many times faster than the rest
     prompted: list[str] = field(default_factory=lambda: ["box", "points"])  # simulated prompt modes; [] = none
     box_jitter: float = 0.1
     n_pos: int = 1
@@ -52,6 +53,7 @@ class TrainConfig:
     cache_embeddings: str = "auto"  # auto = when the image encoder is frozen and unadapted
     cache_dir: str | None = None  # also keep embeddings on disk here (keyed by content + backbone)
     augment: bool = True  # flips / rotations / intensity, only when the encoder runs every step
+    cache_views: int = 0  # with cached embeddings: this many augmented copies of each labelled slice, encoded once
     tensorboard: bool = True
     max_val_cases: int | None = None
 
@@ -66,6 +68,7 @@ class FinetuneConfig:
     adapter: dict[str, Any] = field(default_factory=lambda: {"train": ["mask_decoder"]})
     prompts: PromptTrainingConfig = field(default_factory=PromptTrainingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ssl: SSLConfig | None = None  # semi-supervised loop on data.unlabeled (medadapt.ssl)
     output: str = "runs/finetune"
     name: str | None = None
 
@@ -80,11 +83,17 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
         raise MedAdaptError("the config needs a 'data:' section (root, classes, labeled, val ...)")
     raw["prompts"] = build_dataclass(PromptTrainingConfig, raw.get("prompts") or {}, "prompts")
     raw["train"] = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
+    if raw.get("ssl") is not None:
+        raw["ssl"] = build_dataclass(SSLConfig, raw["ssl"] if isinstance(raw["ssl"], dict) else {}, "ssl")
     cfg = build_dataclass(FinetuneConfig, raw, "config")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
         raise MedAdaptError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
     if not cfg.prompts.automatic and not cfg.prompts.prompted:
         raise MedAdaptError("nothing to train: set prompts.automatic: true and/or prompts.prompted: [box, points]")
+    if cfg.ssl is not None and not cfg.prompts.automatic:
+        raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
+    if cfg.ssl is not None and not cfg.data.get("unlabeled"):
+        raise MedAdaptError("ssl: needs unlabelled cases; set data.unlabeled (ids, a split name, or 'rest:train')")
     bad = [m for m in cfg.prompts.prompted if m not in ("box", "points", "box+points")]
     if bad:
         raise MedAdaptError(f"prompts.prompted has unknown modes {bad}; use box, points, box+points")

@@ -84,6 +84,17 @@ class Trainer:
             self.skipped += list(val_ds.skipped)
         if not self.train_slices:
             raise MedAdaptError("the labelled cases contain no slice with a target class; check data.classes")
+        self.unlabeled_slices = []
+        if config.ssl is not None:
+            from dataclasses import replace
+
+            # labels of unlabelled cases are never read, even where the files exist (ACDC's train split)
+            cases = [replace(c, label_path=None) for c in splits.get("unlabeled") or []]
+            if not cases:
+                raise MedAdaptError("ssl: data.unlabeled selects no case; check the ids or split name")
+            un_ds = SliceDataset(cases, self.data_cfg, keep="all")
+            self.unlabeled_slices = [un_ds[i] for i in range(len(un_ds))]
+            self.skipped += list(un_ds.skipped)
 
         adapter = AdapterConfig.from_dict(config.adapter)
         if config.prompts.automatic:
@@ -98,12 +109,17 @@ class Trainer:
             raise MedAdaptError("train.cache_embeddings: on needs a frozen, unadapted image encoder")
 
         self.train_samples = prepare(self.model, self.train_slices)
+        if self.use_cache and tc.cache_views > 0:
+            self.train_samples += prepare(self.model, _views(self.train_slices, tc.cache_views, tc.seed))
         self.val_samples = prepare(self.model, self.val_slices)
-        self.cache = EmbeddingCache(self.model, tc.cache_dir) if self.use_cache else None
+        precision = "bfloat16" if self.amp else "float32"
+        self.cache = EmbeddingCache(self.model, tc.cache_dir, precision) if self.use_cache else None
+        self.unlabeled_samples = prepare(self.model, self.unlabeled_slices)
         # Prompt tokens sit at the scale of SAM's prompt embeddings (|x| ~ 0.4 per channel): at the
         # decoder's learning rate Adam moves them ~lr per step, too slowly for classes to separate.
-        tokens = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("class_prompts.")]
-        others = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("class_prompts.")]
+        is_token = lambda n: n in ("class_prompts.tokens", "class_prompts.mask_tokens")  # noqa: E731
+        tokens = [p for n, p in self.model.named_parameters() if p.requires_grad and is_token(n)]
+        others = [p for n, p in self.model.named_parameters() if p.requires_grad and not is_token(n)]
         groups = [{"params": others}]
         if tokens:
             groups.append({"params": tokens, "lr": tc.lr * config.prompts.token_lr_scale, "weight_decay": 0.0})
@@ -114,6 +130,12 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total, warm))
         self.rng = np.random.default_rng(tc.seed)
         self.epoch, self.best, self.best_epoch, self.history = 0, -1.0, -1, []
+        self.step_in_epoch = 0
+        self.ssl = None
+        if config.ssl is not None:
+            from ..ssl import SemiSupervised
+
+            self.ssl = SemiSupervised(self, config.ssl, self.unlabeled_samples)
 
     # ------------------------------------------------------------------ embeddings
     def encode_all(self) -> None:
@@ -121,7 +143,7 @@ class Trainer:
             return
         from tqdm import tqdm
 
-        todo = self.train_samples + self.val_samples
+        todo = self.train_samples + self.val_samples + self.unlabeled_samples
         with tqdm(total=len(todo), desc="encoding (cached once)", unit="slice", leave=False) as bar:
             self.cache.fill(todo, progress=bar.update)
 
@@ -161,12 +183,13 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         c = len(self.class_names)
         if self.cfg.prompts.automatic:
-            ids = torch.arange(c, device=self.device).repeat(len(batch))
-            sparse, dense = self.model.class_prompts_for(ids)
-            low, _ = self.model.decode(emb.repeat_interleave(c, dim=0), sparse, dense)
-            total = total + automatic_loss(low[:, 0].reshape(len(batch), c, *low.shape[-2:]), target)
+            low = self.model.decode_classes(emb, torch.arange(c, device=self.device))
+            total = total + automatic_loss(low.float(), target)
         if self.cfg.prompts.prompted:
             total = total + self.cfg.prompts.prompted_weight * self.prompted_loss(emb, target)
+        if self.ssl is not None:
+            total = total + (self.ssl.loss(emb, target) if self.cache is not None
+                             else self.ssl.loss(None, target, labeled_pixels=pixels))
         return total
 
     def prompted_loss(self, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -255,6 +278,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
         for bi, idx in enumerate(batches):
+            self.step_in_epoch = bi
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.loss(idx)
             (loss / tc.grad_accum).backward()
@@ -262,10 +286,15 @@ class Trainer:
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{self.best:.3f}" if self.best >= 0 else "-")
-        return float(np.mean(losses))
+                if self.ssl is not None:
+                    self.ssl.after_step()
+            losses.append(loss.detach())  # kept on the device: no host sync inside the step
+            if bar is not None and (bi % 10 == 9 or bi == len(batches) - 1):
+                extra = {"pass": f"{self.ssl.pass_rate():.2f}"} if self.ssl is not None else {}
+                bar.set_postfix(loss=f"{float(torch.stack(losses).mean()):.4f}",
+                                val=f"{self.best:.3f}" if self.best >= 0 else "-", **extra)
+        self.last_pass_rate = self.ssl.pass_rate(reset=True) if self.ssl is not None else None
+        return float(torch.stack(losses).mean())
 
     @torch.inference_mode()
     def validate(self) -> dict:
@@ -280,11 +309,8 @@ class Trainer:
                 emb = self.cache.get(batch, self.device, torch.bfloat16 if self.amp else torch.float32)
             else:
                 emb = self.model.encode(torch.stack([s.pixels for s in batch]).to(self.device))
-            ids = torch.arange(c, device=self.device).repeat(len(batch))
-            sparse, dense = self.model.class_prompts_for(ids)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                low, _ = self.model.decode(emb.repeat_interleave(c, dim=0), sparse, dense)
-            low = low[:, 0].float().reshape(len(batch), c, *low.shape[-2:])
+                low = self.model.decode_classes(emb, torch.arange(c, device=self.device)).float()
             for s, lg in zip(batch, low):
                 pred = labels_from_logits(proc.postprocess_logits(lg, s.meta)).cpu().numpy()
                 st = stats.setdefault(s.case_id, np.zeros((c, 3)))
@@ -296,11 +322,14 @@ class Trainer:
             for cid, st in stats.items()
         }
         per_class = np.mean(list(per_case.values()), axis=0) if per_case else np.zeros(c)
-        return {
+        out = {
             "dice": float(np.mean(per_class)) if per_case else float("nan"),
             "per_class": {n: float(v) for n, v in zip(self.class_names, per_class)},
             "per_case": per_case,
         }
+        if self.ssl is not None:  # how good the pseudo-labels would be, measured where labels exist
+            out["pseudo_dice"] = self.ssl.pseudo_label_dice(self.val_samples)
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def save_state(self) -> None:
@@ -312,6 +341,8 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "history": json.dumps(self.history),
             "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state),
         }
+        if self.ssl is not None and self.ssl.teacher is not None:
+            state["teacher"] = self.ssl.teacher.state_dict()
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -335,6 +366,10 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.history = json.loads(state["history"])
+        if self.ssl is not None and self.ssl.teacher is not None:
+            if "teacher" not in state:
+                raise MedAdaptError(f"{path} has no teacher state: it was not a semi-supervised run")
+            self.ssl.teacher.load_state_dict(state["teacher"])
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = json.loads(state["np_rng"])
 
@@ -343,6 +378,21 @@ class Trainer:
             "class_names": self.class_names, "label_values": self.label_values,
             "axis": self.data_cfg.axis, "best_epoch": self.best_epoch, "val_dice": self.best,
         }
+
+
+def _views(slices: list, n: int, seed: int) -> list:
+    """``n`` augmented copies of each labelled slice (for the embedding cache), seeded."""
+    from dataclasses import replace
+
+    from .augment import random_view
+
+    rng = np.random.default_rng(seed + 7919)
+    out = []
+    for v in range(n):
+        for s in slices:
+            image, label = random_view(s.image, s.label, rng)
+            out.append(replace(s, image=image, label=label))
+    return out
 
 
 def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
@@ -371,6 +421,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
     run = _prepare_run_dir(config, resume)
     t0 = time.perf_counter()
     tr = Trainer(config, run, log)
+    if tr.ssl is not None:
+        log(f"semi-supervised: {len(tr.unlabeled_slices)} unlabelled slices, teacher {config.ssl.teacher}")
     log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
         f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
         + (f"; embeddings cached (encoder frozen)" if tr.use_cache else ""))
@@ -389,7 +441,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
     ) as bar:
         w = csv.writer(fh)
         if new_log:
-            w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds"])
+            w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds"]
+                       + (["pass_rate", "pseudo_dice"] if tr.ssl is not None else []))
         for epoch in bar:
             loss = tr.train_epoch(bar)
             tr.epoch = epoch + 1
@@ -397,6 +450,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
             if tr.val_samples and config.prompts.automatic and (tr.epoch % config.train.val_every == 0 or tr.epoch == config.train.epochs):
                 val = tr.validate()
                 row.update(val_dice=val["dice"], per_class=val["per_class"])
+                if "pseudo_dice" in val:
+                    row["pseudo_dice"] = val["pseudo_dice"]
                 if val["dice"] > tr.best:
                     tr.best, tr.best_epoch = val["dice"], tr.epoch
                     save_adapter(tr.model, run / "adapter", metadata=tr.metadata())
@@ -407,13 +462,18 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
             pcs = row.get("per_class", {})
             w.writerow([tr.epoch, f"{loss:.5f}", f"{row.get('val_dice', float('nan')):.5f}",
                         *[f"{pcs.get(n, float('nan')):.5f}" for n in tr.class_names],
-                        f"{tr.sched.get_last_lr()[0]:.3e}", f"{time.perf_counter() - t0:.1f}"])
+                        f"{tr.sched.get_last_lr()[0]:.3e}", f"{time.perf_counter() - t0:.1f}"]
+                       + ([f"{tr.last_pass_rate:.4f}", f"{row.get('pseudo_dice', float('nan')):.5f}"]
+                          if tr.ssl is not None else []))
             fh.flush()
             if writer is not None:
                 writer.add_scalar("loss", loss, tr.epoch)
                 if "val_dice" in row:
                     writer.add_scalar("val/dice", row["val_dice"], tr.epoch)
-            bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_dice', float('nan')):.3f}", best=f"{tr.best:.3f}")
+            extra = {} if tr.ssl is None else {"pass": f"{tr.last_pass_rate:.2f}",
+                                               "pseudo": f"{row.get('pseudo_dice', float('nan')):.3f}"}
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_dice', float('nan')):.3f}",
+                            best=f"{tr.best:.3f}", **extra)
             tr.save_state()
     if writer is not None:
         writer.close()

@@ -26,17 +26,29 @@ def binary_mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(logits, target)
 
 
-def automatic_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def automatic_loss(
+    class_logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy over ``[0, logits]`` + per-class soft Dice.
 
     ``class_logits``: B x C x m x m; ``labels``: B x m x m with values 0..C.
+    ``weight`` (B x m x m in [0, 1], optional) counts each pixel that much:
+    pseudo-labels use it to leave out pixels below the confidence threshold.
     """
     b, c = class_logits.shape[:2]
     full = torch.cat([torch.zeros_like(class_logits[:, :1]), class_logits], dim=1)
-    ce = F.cross_entropy(full, labels)
     onehot = F.one_hot(labels, c + 1)[..., 1:].permute(0, 3, 1, 2).float()
-    dice = soft_dice_loss(class_logits.reshape(b * c, *class_logits.shape[2:]), onehot.reshape(b * c, *onehot.shape[2:]))
-    return ce + dice
+    if weight is None:
+        ce = F.cross_entropy(full, labels)
+        prob_logits, target = class_logits, onehot
+        return ce + soft_dice_loss(prob_logits.reshape(b * c, -1), target.reshape(b * c, -1))
+    w = weight.float()
+    ce = (F.cross_entropy(full, labels, reduction="none") * w).sum() / w.sum().clamp(min=1.0)
+    prob = torch.sigmoid(class_logits) * w[:, None]
+    target = onehot * w[:, None]
+    inter = (prob * target).sum((2, 3))
+    dice = 1 - (2 * inter + 1.0) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1.0)
+    return ce + dice.mean()
 
 
 def labels_from_logits(class_logits: torch.Tensor) -> torch.Tensor:

@@ -68,12 +68,25 @@ class EmbeddingCache:
 
     Kept in memory as float16 (half the memory; the decoder upcasts), and
     optionally on disk as safetensors files so a second run skips encoding.
+    Embeddings computed in bf16 live in their own folder (``<fingerprint>-bfloat16``).
     """
 
-    def __init__(self, backbone: Backbone, cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, cache_dir: str | os.PathLike | None = None, precision: str = "float32"
+    ) -> None:
+        # The encoder is frozen, so a private copy optimised for inference (folded BatchNorm,
+        # bf16 where fast: ~3x faster on the reference CPU) computes the embeddings exactly as
+        # Segmenter.from_pretrained(precision=...) will at inference time.
+        import copy
+
+        from ..foundation import optimize_for_inference, resolve_precision
+
+        dtype = resolve_precision(precision, backbone.device)
+        self.encoder = optimize_for_inference(copy.deepcopy(backbone), precision)
         self.backbone = backbone
         self.memory: dict[str, torch.Tensor] = {}
-        self.dir = Path(cache_dir) / backbone.info.fingerprint if cache_dir else None
+        tag = "" if dtype == torch.float32 else f"-{str(dtype).replace('torch.', '')}"
+        self.dir = Path(cache_dir) / f"{backbone.info.fingerprint}{tag}" if cache_dir else None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -94,7 +107,7 @@ class EmbeddingCache:
         device = self.backbone.device
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            emb = self.backbone.encode(torch.stack([s.pixels for s in chunk]).to(device)).half().cpu()
+            emb = self.encoder.encode(torch.stack([s.pixels for s in chunk]).to(device)).half().cpu()
             for s, e in zip(chunk, emb):
                 self.memory[s.key] = e.contiguous()
                 if self.dir is not None:

@@ -1,0 +1,56 @@
+"""The ``ssl:`` section of a fine-tuning config: every weight and threshold of the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import MedAdaptError
+
+
+@dataclass
+class SSLConfig:
+    """Weak-to-strong semi-supervised training on the config's ``data.unlabeled`` cases.
+
+    Teacher: ``ema`` (mean teacher, an exponential moving average of the
+    student) or ``student`` (FixMatch style: the student itself, without
+    gradients, on the weak view). Pseudo-labels are the teacher's automatic
+    prediction, refined by prompting the decoder with a box around each
+    class's coarse mask (``refine``); pixels where the refined and coarse
+    masks disagree, or whose confidence is under ``threshold``, do not count.
+    """
+
+    teacher: str = "ema"  # ema | student
+    ema_decay: float = 0.99
+    threshold: float = 0.9  # softmax confidence over [background, classes]
+    adaptive_threshold: bool = False  # per class: threshold x (class mean confidence / best class's)
+    refine: bool = True  # re-prompt the decoder with boxes from the coarse pseudo-label
+    min_component: int = 20  # pixels on the decoder grid; smaller class masks are dropped
+    unlabeled_batch_size: int = 8
+    weight: float = 1.0  # unsupervised loss weight after ramp-up (mixed strong view)
+    feature_weight: float = 0.5  # weight of the feature-perturbation stream (UniMatch)
+    rampup_epochs: float = 5.0  # sigmoid ramp-up of both weights
+    feature_dropout: float = 0.5  # channel dropout on the image embedding (feature stream)
+    cutmix: float = 0.5  # probability of CutMix between two unlabelled images
+    copy_paste: float = 0.5  # probability of bidirectional copy-paste with a labelled image (BCP)
+    mix_area: tuple[float, float] = (0.25, 0.5)  # share of the image a pasted box covers
+    intensity: float = 0.3  # strength of gamma / contrast / noise / blur when the encoder runs
+
+    def __post_init__(self) -> None:
+        if self.teacher not in ("ema", "student"):
+            raise MedAdaptError(f"ssl.teacher must be 'ema' or 'student'; got {self.teacher!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise MedAdaptError(f"ssl.ema_decay must be in [0, 1); got {self.ema_decay}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise MedAdaptError(f"ssl.threshold must be in [0, 1); got {self.threshold}")
+        for key in ("cutmix", "copy_paste", "feature_dropout"):
+            v = getattr(self, key)
+            if not 0.0 <= v <= 1.0:
+                raise MedAdaptError(f"ssl.{key} is a probability in [0, 1]; got {v}")
+        lo, hi = self.mix_area = tuple(float(v) for v in self.mix_area)
+        if not 0.0 < lo <= hi < 1.0:
+            raise MedAdaptError(f"ssl.mix_area must be [lo, hi] with 0 < lo <= hi < 1; got {self.mix_area}")
+        if self.unlabeled_batch_size < 1:
+            raise MedAdaptError("ssl.unlabeled_batch_size must be >= 1")
+
+
+__all__ = ["SSLConfig"]

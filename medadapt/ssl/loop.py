@@ -1,0 +1,156 @@
+"""One semi-supervised step: teacher on the weak view, student on strong views of unlabelled slices.
+
+:class:`SemiSupervised` plugs into :class:`medadapt.training.Trainer`: the
+trainer adds :meth:`SemiSupervised.loss` to its supervised loss and calls
+:meth:`SemiSupervised.after_step` after each optimiser step. It works both
+when embeddings are cached (frozen encoder: the strong views are mixes and
+channel dropout of embeddings, so no encoder pass is needed - the CPU path)
+and when the encoder runs (adapters in the encoder: intensity perturbation and
+CutMix/copy-paste of pixels, then the encoder - the GPU path).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..training.losses import automatic_loss
+from .config import SSLConfig
+from .perturb import feature_dropout, intensity, paste, random_boxes
+from .pseudo import confident_labels, drop_small_classes, refine_with_prompts
+from .teacher import EMATeacher
+
+
+def rampup(progress_epochs: float, length: float) -> float:
+    """The usual sigmoid ramp-up exp(-5 (1 - t)^2) over ``length`` epochs (1 after it)."""
+    if length <= 0:
+        return 1.0
+    t = min(max(progress_epochs / length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+class SemiSupervised:
+    """State of the semi-supervised part of a run: unlabelled samples, teacher, statistics."""
+
+    def __init__(self, trainer, config: SSLConfig, unlabeled: list) -> None:
+        self.tr, self.cfg, self.samples = trainer, config, unlabeled
+        self.num_classes = len(trainer.class_names)
+        self.teacher = EMATeacher(trainer.model, config.ema_decay) if config.teacher == "ema" else None
+        self.gen = torch.Generator().manual_seed(trainer.cfg.train.seed + 104729)
+        self.order: list[int] = []
+        self.stats = torch.zeros(2, device=trainer.device)  # passed pixels, all pixels (this epoch)
+
+    # ------------------------------------------------------------------ data
+    def next_batch(self) -> list:
+        n = self.cfg.unlabeled_batch_size
+        if len(self.order) < n:
+            self.order += self.tr.rng.permutation(len(self.samples)).tolist()
+        idx, self.order = self.order[:n], self.order[n:]
+        return [self.samples[i] for i in idx]
+
+    def teacher_model(self):
+        return self.teacher.model if self.teacher is not None else self.tr.model
+
+    # ------------------------------------------------------------------ pseudo-labels
+    @torch.no_grad()
+    def pseudo_labels(self, embeddings: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's labels on the weak view and the mask of pixels that count."""
+        model = model or self.teacher_model()
+        was_training = model.training
+        model.eval()
+        ids = torch.arange(self.num_classes, device=embeddings.device)
+        logits = model.decode_classes(embeddings, ids).float()
+        labels, passed = confident_labels(logits, self.cfg.threshold, self.cfg.adaptive_threshold)
+        passed = drop_small_classes(labels, passed, self.num_classes, self.cfg.min_component)
+        if self.cfg.refine:
+            passed = refine_with_prompts(model, embeddings, labels, passed, self.num_classes)
+        model.train(was_training)
+        return labels, passed
+
+    # ------------------------------------------------------------------ the loss
+    def loss(self, labeled_emb: torch.Tensor | None, labeled_target: torch.Tensor,
+             labeled_pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted unsupervised loss for one unlabelled batch (ramped up with the epoch)."""
+        tr, cfg = self.tr, self.cfg
+        progress = tr.epoch + tr.step_in_epoch / max(1, tr.steps_per_epoch)
+        w = rampup(progress, cfg.rampup_epochs)
+        batch = self.next_batch()
+        ids = torch.arange(self.num_classes, device=tr.device)
+        if tr.cache is not None:
+            weak = tr.embeddings(batch)
+            labels, passed = self.pseudo_labels(weak)
+            strong, lab_s, pass_s = self._mix(weak, labels, passed, labeled_emb, labeled_target)
+            feat_in = weak
+        else:  # the encoder runs: perturb pixels, then encode (GPU path)
+            pixels = torch.stack([s.pixels for s in batch]).to(tr.device)
+            with torch.no_grad():
+                teacher = self.teacher_model()
+                labels, passed = self.pseudo_labels(teacher.encode(pixels), teacher)
+            strong_px = intensity(pixels, cfg.intensity, self.gen)
+            strong_px, lab_s, pass_s = self._mix(strong_px, labels, passed, labeled_pixels, labeled_target)
+            strong = tr.model.encode(strong_px)
+            feat_in = tr.model.encode(pixels)
+        weight_s = pass_s.float()
+        total = cfg.weight * automatic_loss(tr.model.decode_classes(strong, ids).float(), lab_s, weight_s)
+        if cfg.feature_weight > 0:
+            fp = tr.model.decode_classes(feature_dropout(feat_in, cfg.feature_dropout), ids).float()
+            total = total + cfg.feature_weight * automatic_loss(fp, labels, passed.float())
+        self.stats += torch.stack([passed.sum(), torch.tensor(passed.numel(), device=passed.device)]).float()
+        return w * total
+
+    def _mix(self, x, labels, passed, labeled_x, labeled_target):
+        """CutMix among unlabelled items and bidirectional copy-paste with labelled ones (on x's grid)."""
+        cfg, b = self.cfg, x.shape[0]
+        if cfg.cutmix > 0 and b > 1 and self.tr.rng.random() < cfg.cutmix:
+            perm = torch.roll(torch.arange(b, device=x.device), 1)
+            boxes = random_boxes(b, cfg.mix_area, self.gen, x.device)
+            x = paste(x, x[perm], boxes)
+            labels, passed = paste(labels, labels[perm], boxes), paste(passed, passed[perm], boxes)
+        if cfg.copy_paste > 0 and labeled_x is not None and self.tr.rng.random() < cfg.copy_paste:
+            k = min(b, labeled_x.shape[0])
+            lx, lt = labeled_x[:k].to(x.dtype), labeled_target[:k]
+            ones = torch.ones_like(passed[:k])
+            boxes = random_boxes(k, cfg.mix_area, self.gen, x.device)
+            inward = paste(x[:k], lx, boxes)  # labelled foreground into unlabelled background
+            outward = paste(lx, x[:k], boxes)  # and the other way round (BCP)
+            x = torch.cat([inward, outward, x[k:]])
+            labels = torch.cat([paste(labels[:k], lt, boxes), paste(lt, labels[:k], boxes), labels[k:]])
+            passed = torch.cat([paste(passed[:k], ones, boxes), paste(ones, passed[:k], boxes), passed[k:]])
+        return x, labels, passed
+
+    # ------------------------------------------------------------------ bookkeeping
+    def after_step(self) -> None:
+        if self.teacher is not None:
+            self.teacher.update()
+
+    def pass_rate(self, reset: bool = False) -> float:
+        """Share of unlabelled pixels that passed the threshold so far this epoch (syncs once)."""
+        passed, total = self.stats.tolist()
+        if reset:
+            self.stats.zero_()
+        return passed / total if total else float("nan")
+
+    @torch.no_grad()
+    def pseudo_label_dice(self, samples: list) -> float:
+        """Mean per-class Dice of the teacher's counted pseudo-labels against labelled slices."""
+        tr = self.tr
+        inter = np.zeros(self.num_classes)
+        sums = np.zeros(self.num_classes)
+        for i in range(0, len(samples), 8):
+            batch = samples[i : i + 8]
+            emb = tr.embeddings(batch) if tr.cache is not None else self.teacher_model().encode(
+                torch.stack([s.pixels for s in batch]).to(tr.device))
+            labels, passed = self.pseudo_labels(emb)
+            pred = torch.where(passed, labels, torch.zeros_like(labels))
+            tgt = torch.stack([s.target for s in batch]).to(tr.device)
+            for k in range(self.num_classes):
+                p, t = pred == k + 1, tgt == k + 1
+                inter[k] += float((p & t).sum())
+                sums[k] += float(p.sum() + t.sum())
+        present = sums > 0
+        return float(np.mean(2 * inter[present] / sums[present])) if present.any() else float("nan")
+
+
+__all__ = ["SemiSupervised", "rampup"]
