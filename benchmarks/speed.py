@@ -238,14 +238,13 @@ def write_training_data(images, folder: Path, batch: int) -> None:
     """The first ``batch`` images as 256 x 256 ``.npz`` samples both trainers read."""
     from medadapt.foundation import build_backbone
     from medadapt.prompts import box_from_mask
+    from medadapt.training.samples import to_model_frame
 
-    proc = build_backbone("tiny_litemedsam").processor
+    proc = build_backbone("litemedsam").processor
     for i, (image, mask) in enumerate(images[:batch]):
         x, meta = proc.preprocess(image)
         sq = (x[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        m = torch.nn.functional.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None],
-                                            size=meta.resized_size)[0, 0]
-        m = torch.nn.functional.pad(m, (0, 256 - m.shape[1], 0, 256 - m.shape[0])).numpy() > 0.5
+        m = to_model_frame(mask.astype(np.uint8), meta, 256, 256).numpy() > 0
         np.savez(folder / f"{i:03d}.npz", image=sq, mask=m.astype(np.uint8),
                  box=np.asarray(box_from_mask(m), dtype=np.float32))
 
