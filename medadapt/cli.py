@@ -41,9 +41,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         window=args.window,
         multimask=args.multimask,
         device=args.device,
+        text=args.text,
+        clip=args.clip,
+        clip_weights=args.clip_weights,
+        adapter=args.adapter,
     )
-    for i, (area, score) in enumerate(zip(result.areas, result.scores)):
-        print(f"prompt {i + 1}: {area} pixels, predicted IoU {score:.3f}")
+    kind = "text" if args.text else "class"
+    names = [f"{kind} {t!r}" for t in result.labels] or [f"prompt {i + 1}" for i in range(len(result.areas))]
+    for name, area, score in zip(names, result.areas, result.scores):
+        print(f"{name}: {area} pixels, predicted IoU {score:.3f}")
     print(f"mask written to {result.out}" + (f"; overlay to {result.overlay}" if result.overlay else ""))
     return 0
 
@@ -109,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=int, default=2, help="axis to slice a volume along (default 2)")
     p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
     p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
+    p.add_argument("--adapter", default=None, metavar="RUN",
+                   help="run folder or adapter file from `medadapt finetune`; with no prompt, segments every "
+                        "learned class")
+    p.add_argument("--text", action="append", default=None, metavar="NAME",
+                   help="segment a named structure: with --adapter of a model trained with learned text "
+                        "prompts, or zero-shot with --clip; repeat for several")
+    p.add_argument("--clip", default=None, metavar="NAME_OR_PATH",
+                   help="CLIP model for --text, read offline: hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-"
+                        "vit_base_patch16_224 from the Hugging Face cache, a model folder, or an open_clip name")
+    p.add_argument("--clip-weights", default=None, metavar="FILE",
+                   help="weights file when --clip is an open_clip architecture name")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.set_defaults(func=_cmd_predict)
 

@@ -190,8 +190,11 @@ class Segmenter:
                 (m x m or N x m x m), or a binary mask at the image size.
             multimask: ask the decoder for 3 candidates per prompt and return
                 the best by predicted IoU (helps with single ambiguous clicks).
-            text: zero-shot text prompt(s), e.g. ``"liver"``: one mask per text
-                from the CLIP model attached with :meth:`set_text_model`.
+            text: text prompt(s), e.g. ``"left ventricle"``: one mask per text. With
+                an adapter trained with learned text prompts (``prompts.text``), a
+                text selects the learned class it names, in any phrasing;
+                with a CLIP model attached by :meth:`set_text_model` (which takes
+                precedence), structures are segmented zero-shot.
         """
         if text is not None:
             return self._predict_text(text, boxes, points, point_labels, mask_input, classes, multimask)
@@ -253,17 +256,38 @@ class Segmenter:
     def _predict_text(self, text, boxes, points, point_labels, mask_input, classes, multimask) -> Prediction:
         if any(v is not None for v in (boxes, points, point_labels, mask_input, classes)):
             raise MedAdaptError("text= is a prompt of its own; do not combine it with boxes, points, mask_input or classes")
+        if self._text_model is None and getattr(self.backbone, "text_head", None) is not None:
+            return self._predict_learned_text(text)
         if self._text_model is None:
             raise MedAdaptError(
-                "predict(text=...) needs a CLIP model: seg.set_text_model(medadapt.prompts.load_clip("
-                "'hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224')), read offline from the local "
-                "Hugging Face cache; learned text prompts come from an adapter trained with class names "
-                "(`medadapt finetune`) and are predicted with classes=[...] instead"
+                "predict(text=...) needs learned text prompts (an adapter fine-tuned with prompts.text, see "
+                "`medadapt finetune`) or a CLIP model for zero-shot text: seg.set_text_model(medadapt.prompts."
+                "load_clip('hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224')), read offline "
+                "from the local Hugging Face cache; a learned class can also be asked for with classes=[...]"
             )
         from .prompts.text import segment_from_text
 
         self._require_image()
         return segment_from_text(self, self._text_model, None, text, multimask=multimask)
+
+    def _predict_learned_text(self, text) -> Prediction:
+        """Texts -> weights over the learned classes -> the automatic masks those weights select."""
+        from .prompts.text.learned import match_text_to_classes
+        from .prompts.text.saliency import _texts
+
+        texts = _texts(text)
+        match = match_text_to_classes(self.backbone, texts)
+        embedding, meta = self._require_image()
+        auto = self._predict_automatic(embedding, meta, None)  # every class, decoded jointly
+        share = np.einsum("tc,chw->thw", match.weights, auto.masks.astype(np.float32))
+        masks = share >= 0.5
+        logits = np.einsum("tc,chw->thw", match.weights, auto.logits)
+        names = self.backbone.adapter_config.automatic.class_names
+        values = self.backbone.adapter_config.automatic.label_values
+        return Prediction(
+            masks=masks, scores=match.weights.max(axis=1).astype(np.float32), logits=logits.astype(np.float32),
+            labels=texts, label_values=[values[names.index(c)] for c in match.classes],
+        )
 
     # ------------------------------------------------------------------ automatic
     @property

@@ -7,7 +7,7 @@ of a volume), prompt the model, write the mask and an optional overlay.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +23,7 @@ class SegmentFileResult:
     overlay: Path | None
     areas: list[int]
     scores: list[float]
+    labels: list[str] = field(default_factory=list)  # the texts, for text prompts
 
 
 def masks_to_labels(masks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
@@ -58,25 +59,66 @@ def segment_file(
     window: str | None = None,
     multimask: bool = False,
     device: str | None = None,
+    text: str | Sequence[str] | None = None,
+    clip: str | None = None,
+    clip_weights: str | None = None,
+    adapter: str | os.PathLike | None = None,
 ) -> SegmentFileResult:
     """Segment one image file from prompts and write the mask (PNG or NIfTI).
 
     One box (or points only) writes a 0/255 binary PNG / 0-1 NIfTI; several
     boxes write a label map with value i for box i (1-based). Points given with
     several boxes refine every box.
+
+    ``text`` segments named structures zero-shot instead (value i for text i
+    when there are several); ``clip`` names the CLIP model, read offline (see
+    :func:`medadapt.prompts.load_clip`), ``clip_weights`` its weights file when
+    ``clip`` is an open_clip architecture name. ``adapter`` (a run folder or
+    adapter file from ``medadapt finetune``) adapts the model: prompts go
+    through the adapted decoder, no prompt at all segments every learned class
+    (a label map with the training data's label values), and ``text`` without
+    ``clip`` uses the adapter's learned text prompts.
     """
     from .imaging import load_image, save_mask, save_overlay
 
     out = Path(out)
     if not (out.name.endswith(".png") or out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
         raise MedAdaptError(f"--out must end in .png, .nii or .nii.gz; got {out}")
-    if not boxes and not points:
-        raise MedAdaptError("give at least one prompt: --box X0 Y0 X1 Y1 or --point X Y LABEL")
+    texts = [text] if isinstance(text, str) else list(text or [])
+    clip_model = None
+    if texts:
+        if boxes or points:
+            raise MedAdaptError("give either --text or --box/--point prompts, not both")
+        if clip is None and adapter is None:
+            raise MedAdaptError(
+                "--text needs learned text prompts (--adapter RUN of a model fine-tuned with prompts.text) or a "
+                "CLIP model for zero-shot text: add --clip hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
+                "(read from the local Hugging Face cache), --clip FOLDER, or --clip ARCH --clip-weights FILE"
+            )
+        if clip is not None:
+            from .prompts.text import load_clip
+
+            clip_model = load_clip(clip, weights=clip_weights, device=device)  # before the image: fail fast
+    elif not boxes and not points and adapter is None:
+        raise MedAdaptError(
+            "give at least one prompt: --box X0 Y0 X1 Y1, --point X Y LABEL or --text NAME with --clip "
+            "(or --adapter RUN for automatic segmentation)"
+        )
+    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     arr = load_image(image, slice_index=slice_index, axis=axis, window=window)
-    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, device=device)
     seg.set_image(arr)
-    pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask)
-    if pred.masks.shape[0] == 1:
+    if clip_model is not None:
+        seg.set_text_model(clip_model)
+    automatic = not texts and not boxes and not points
+    if texts:
+        pred = seg.predict(text=texts, multimask=multimask)
+    else:
+        pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask)
+    if automatic:  # learned classes do not overlap: write their label values
+        data = np.zeros(arr.shape[:2], dtype=np.uint16 if max(pred.label_values, default=0) > 255 else np.uint8)
+        for m, v in zip(pred.masks, pred.label_values):
+            data[m] = v
+    elif pred.masks.shape[0] == 1:
         mask = pred.masks[0]
         data = (mask * 255).astype(np.uint8) if out.suffix == ".png" else mask.astype(np.uint8)
     else:
@@ -86,7 +128,9 @@ def segment_file(
     if overlay is not None:
         ov = Path(overlay)
         save_overlay(ov, arr, pred.masks, boxes=boxes, points=points, point_labels=point_labels)
-    return SegmentFileResult(out, ov, [int(m.sum()) for m in pred.masks], [float(s) for s in pred.scores])
+    return SegmentFileResult(
+        out, ov, [int(m.sum()) for m in pred.masks], [float(s) for s in pred.scores], list(pred.labels or [])
+    )
 
 
 __all__ = ["segment_file", "segment_from_box", "masks_to_labels", "SegmentFileResult"]

@@ -19,7 +19,7 @@ from .config import BASE_PARTS, AdapterConfig
 from .spatial import ParallelAdapted, SerialAdapted, SpatialAdapter, block_width
 from .targets import encoder_blocks, resolve_targets
 
-ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.")
+ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.", "text_head.")
 
 
 @dataclass
@@ -123,6 +123,11 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
         add_spatial(model, config)
     if config.automatic is not None:
         add_class_prompts(model, config)
+    if config.text is not None and config.text.embed_dim > 0:  # a trained head being loaded
+        from ..prompts.text.learned import add_text_head
+
+        model.adapter_config = config  # add_text_head reads the class names from it
+        add_text_head(model, config.text)
     for name, p in model.named_parameters():
         p.requires_grad = is_adapter_param(name) or name.split(".", 1)[0] in config.train
     model.adapter_config = config

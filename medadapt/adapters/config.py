@@ -57,6 +57,42 @@ class AutomaticConfig:
 
 
 @dataclass
+class LearnedTextConfig:
+    """Learned text prompts (see :mod:`medadapt.prompts.text.learned`): texts select learned classes.
+
+    ``aliases`` adds names per class to the training phrases (e.g. the
+    abbreviations the data's own documentation uses); ``templates`` put every
+    name in context; a text less similar than ``min_similarity`` (cosine, in
+    the encoder's space) to every training phrase is refused. ``embed_dim`` is
+    filled in from the encoder when the head is trained.
+    """
+
+    encoder: str = "all-MiniLM-L6-v2"
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    templates: list[str] = field(default_factory=lambda: ["{}", "the {}", "{} in a medical image", "segment the {}"])
+    min_similarity: float = 0.55
+    steps: int = 300
+    embed_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        self.templates = list(self.templates)
+        if not self.templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in self.templates):
+            raise MedAdaptError(f"text.templates must be strings with exactly one '{{}}', e.g. 'the {{}}'; got {self.templates!r}")
+        if not isinstance(self.aliases, dict) or any(
+            not isinstance(v, (list, tuple)) or not all(isinstance(a, str) and a.strip() for a in v)
+            for v in self.aliases.values()
+        ):
+            raise MedAdaptError("text.aliases maps a class name to a list of other names, e.g. {'left ventricle': ['LV']}")
+        self.aliases = {str(k): list(v) for k, v in self.aliases.items()}
+        if not -1.0 <= float(self.min_similarity) < 1.0:
+            raise MedAdaptError(f"text.min_similarity is a cosine similarity in [-1, 1); got {self.min_similarity}")
+        if int(self.steps) < 1:
+            raise MedAdaptError(f"text.steps must be >= 1; got {self.steps}")
+
+
+@dataclass
 class AdapterConfig:
     """Which adapters are added and which base parts are trained outright."""
 
@@ -64,6 +100,7 @@ class AdapterConfig:
     spatial: SpatialAdapterConfig | None = None
     train: list[str] = field(default_factory=lambda: ["mask_decoder"])
     automatic: AutomaticConfig | None = None
+    text: LearnedTextConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -72,6 +109,10 @@ class AdapterConfig:
             self.spatial = build_dataclass(SpatialAdapterConfig, self.spatial, "spatial")
         if isinstance(self.automatic, dict):
             self.automatic = build_dataclass(AutomaticConfig, self.automatic, "automatic")
+        if isinstance(self.text, dict):
+            self.text = build_dataclass(LearnedTextConfig, self.text, "text")
+        if self.text is not None and self.automatic is None:
+            raise MedAdaptError("learned text prompts (text:) select learned classes; they need automatic mode")
         if self.automatic is not None:
             a = self.automatic
             if not a.class_names or len(a.class_names) != len(a.label_values):
@@ -106,4 +147,4 @@ class AdapterConfig:
         return asdict(self)
 
 
-__all__ = ["AdapterConfig", "AutomaticConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]
+__all__ = ["AdapterConfig", "AutomaticConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from ..configuration import build_dataclass
+from ..adapters.config import LearnedTextConfig
 from ..errors import MedAdaptError
 from ..ssl.config import SSLConfig
 
@@ -34,6 +35,13 @@ class PromptTrainingConfig:
     n_neg: int = 0
     corrective_clicks: int = 1  # iterative refinement passes with a click in the error region
     prompted_weight: float = 1.0
+    # learned text prompts: texts select the learned classes (adapters.LearnedTextConfig keys:
+    # encoder, aliases, templates, min_similarity, steps); {} for the defaults, None for none
+    text: LearnedTextConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text, dict):
+            self.text = build_dataclass(LearnedTextConfig, self.text, "prompts.text")
 
 
 @dataclass
@@ -92,6 +100,8 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
         raise MedAdaptError("nothing to train: set prompts.automatic: true and/or prompts.prompted: [box, points]")
     if cfg.ssl is not None and not cfg.prompts.automatic:
         raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
+    if cfg.prompts.text is not None and not cfg.prompts.automatic:
+        raise MedAdaptError("prompts.text selects learned classes; set prompts.automatic: true")
     if cfg.ssl is not None and not cfg.data.get("unlabeled"):
         raise MedAdaptError("ssl: needs unlabelled cases; set data.unlabeled (ids, a split name, or 'rest:train')")
     bad = [m for m in cfg.prompts.prompted if m not in ("box", "points", "box+points")]

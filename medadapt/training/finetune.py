@@ -13,6 +13,7 @@ The run folder holds ``adapter/`` (best on validation), ``checkpoints/last.pt``
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -101,6 +102,11 @@ class Trainer:
             adapter.automatic = AutomaticConfig(self.class_names, self.label_values, config.prompts.tokens_per_class)
         self.model = build_backbone(config.backbone, config.checkpoint).to(self.device)
         self.model, self.summary = apply(self.model, adapter)
+        self.text_fit = None
+        if config.prompts.text is not None:  # fitted once on the class names; the images do not enter it
+            from ..prompts.text.learned import train_text_prompts
+
+            self.text_fit = train_text_prompts(self.model, copy.deepcopy(config.prompts.text))
         # LoRA and spatial adapters inside the encoder are trainable encoder parameters, so this one
         # test covers "frozen and unadapted": only then are cached embeddings the embeddings.
         self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
@@ -118,8 +124,9 @@ class Trainer:
         # Prompt tokens sit at the scale of SAM's prompt embeddings (|x| ~ 0.4 per channel): at the
         # decoder's learning rate Adam moves them ~lr per step, too slowly for classes to separate.
         is_token = lambda n: n in ("class_prompts.tokens", "class_prompts.mask_tokens")  # noqa: E731
-        tokens = [p for n, p in self.model.named_parameters() if p.requires_grad and is_token(n)]
-        others = [p for n, p in self.model.named_parameters() if p.requires_grad and not is_token(n)]
+        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("text_head.")]
+        tokens = [p for n, p in trained if is_token(n)]
+        others = [p for n, p in trained if not is_token(n)]
         groups = [{"params": others}]
         if tokens:
             groups.append({"params": tokens, "lr": tc.lr * config.prompts.token_lr_scale, "weight_decay": 0.0})

