@@ -74,10 +74,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=args.modes.split(","), out_dir=args.out,
-        device=args.device, limit=args.limit,
+        device=args.device, limit=args.limit, texts=dict(_text_target(t) for t in args.text or []),
     )
     print(report.table())
     return 0
+
+
+def _text_target(value: str) -> tuple[str, str]:
+    text, sep, cls = value.rpartition("=")
+    if not sep or not text.strip() or not cls.strip():
+        raise MedAdaptError(f"--text takes TEXT=CLASS, e.g. 'LV cavity=left ventricle'; got {value!r}")
+    return text.strip(), cls.strip()
 
 
 def _label(value: str) -> int:
@@ -142,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="automatic,box,1-click", help="comma-separated: automatic, box, 1-click")
     p.add_argument("--out", default=None, help="folder for evaluation.json/.csv (default: RUN/eval_SPLIT)")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    p.add_argument("--text", action="append", default=None, metavar="TEXT=CLASS",
+                   help="also score a learned text prompt against the class it names, e.g. 'LV cavity=left "
+                        "ventricle'; repeatable")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -140,6 +140,14 @@ def test_finetune_trains_the_text_head_with_the_adapter(tiny_encoder, tmp_path):
     seg.set_image(disc_image(64, 64, (32, 32), 12)[0])
     assert np.array_equal(seg.predict(text=name).masks[0], seg.predict().masks[0])
 
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    report = evaluate_run(run, split="val", modes=["automatic"], texts={"round thing": name}, out_dir=tmp_path / "ev")
+    rows = {r["mode"]: r["dice_mean"] for r in report.summary() if r["class"] == name}
+    assert rows["text:round thing"] == rows["automatic"]  # one class: every text selects it
+    with pytest.raises(MedAdaptError, match="does not have"):
+        evaluate_run(run, split="val", modes=["automatic"], texts={"x": "liver"}, out_dir=tmp_path / "ev")
+
 
 @pytest.fixture(scope="module")
 def minilm():

@@ -11,6 +11,10 @@ Modes:
 
 The prompted modes use the ground truth to make prompts and are reported as
 such, never as automatic results.
+
+``texts`` adds one mode per text (``text:LV cavity``) for adapters with learned
+text prompts: the text's mask on every slice, scored against the class the
+caller says it names. No ground truth enters the prediction.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def _cases(config, split: str):
     return splits[split]
 
 
-def _predict_slices(seg, image_slices, label_slices, values, modes) -> dict[str, np.ndarray]:
+def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) -> dict[str, np.ndarray]:
     """Every mode for every slice, encoding each slice once.
 
     Automatic mode gives a label map; prompted modes give one binary map per
@@ -85,12 +89,16 @@ def _predict_slices(seg, image_slices, label_slices, values, modes) -> dict[str,
     """
     shape = (len(image_slices), *label_slices[0].shape)
     out = {m: (np.zeros(shape, np.int64) if m == "automatic" else np.zeros((len(values), *shape), bool)) for m in modes}
+    out.update({f"text:{t}": np.zeros(shape, bool) for t in texts})
     for z, (img, lab) in enumerate(zip(image_slices, label_slices)):
         present = [(k, v) for k, v in enumerate(values) if (lab == v).any()]
-        needs_image = "automatic" in modes or present
+        needs_image = "automatic" in modes or texts or present
         if not needs_image or np.ptp(img) == 0:
             continue
         seg.set_image(img)
+        if texts:
+            for t, m in zip(texts, seg.predict(text=list(texts)).masks):
+                out[f"text:{t}"][z] = m
         if "automatic" in modes:
             p = seg.predict()
             for m, v in zip(p.masks, values):
@@ -123,8 +131,13 @@ def evaluate_run(
     out_dir: str | os.PathLike | None = None,
     device: str | None = None,
     limit: int | None = None,
+    texts: dict[str, str] | None = None,
 ) -> EvaluationReport:
-    """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``."""
+    """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
+
+    ``texts`` maps a text prompt to the class name it should find, e.g.
+    ``{"LV cavity": "left ventricle"}`` (needs an adapter with learned text prompts).
+    """
     from ..adapters import read_adapter_info
     from ..data import load_volume_case
     from ..predictor import Segmenter
@@ -141,6 +154,10 @@ def evaluate_run(
     if not names:
         raise MedAdaptError(f"adapter {adapter} has no class names in its metadata")
     values = list(range(1, len(names) + 1))  # labels are remapped to 1..C in class order by the data loader
+    texts = dict(texts or {})
+    wrong = {t: c for t, c in texts.items() if c not in names}
+    if wrong:
+        raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
     report = EvaluationReport(hd95_unit="px")
     cases = _cases(config, split)[:limit]
     from tqdm import tqdm
@@ -152,7 +169,7 @@ def evaluate_run(
         # (N, H, W) stacks, slice k as training saw it; a 2-D case is N = 1
         image_slices, label_slices = list(volume), list(label)
         gt = np.asarray(label)
-        preds = _predict_slices(seg, image_slices, label_slices, values, modes)
+        preds = _predict_slices(seg, image_slices, label_slices, values, modes, tuple(texts))
         for mode in modes:
             if mode == "automatic":
                 dice = dice_per_class(preds[mode], gt, values)
@@ -164,6 +181,10 @@ def evaluate_run(
                     dice.update(dice_per_class(pk, gk, [v]))
                     hd.update(hd95_per_class(pk, gk, [v]))
             report.add_case(case.case_id, mode, dict(zip(values, names)), dice, hd)
+        for t, c in texts.items():
+            v = values[names.index(c)]
+            pk, gk = preds[f"text:{t}"].astype(np.int64) * v, gt * (gt == v)
+            report.add_case(case.case_id, f"text:{t}", {v: c}, dice_per_class(pk, gk, [v]), hd95_per_class(pk, gk, [v]))
     out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
     report.to_json(out / "evaluation.json")
     report.to_csv(out / "evaluation.csv")
