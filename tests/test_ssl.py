@@ -106,3 +106,83 @@ def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
     assert 0.0 <= float(rows[-1]["pass_rate"]) <= 1.0
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert "teacher" in state  # the EMA teacher is checkpointed with the student
+
+
+def _tiny_automatic_model():
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.foundation import build_backbone
+
+    model = build_backbone("tiny_sam_vit")
+    apply(model, AdapterConfig(automatic=AutomaticConfig(["a", "b"], [1, 2])))
+    return model.eval()
+
+
+def test_refinement_agree_filters_and_replace_takes_the_box_answer():
+    """agree keeps the labels and only drops pixels; replace labels a class with the decoder's box answer."""
+    from medadapt.ssl import boxes_from_labels, refine_with_prompts
+
+    torch.manual_seed(0)
+    model = _tiny_automatic_model()
+    s = model.processor.image_size // 16
+    emb = torch.randn(2, model.embed_dim, s, s)
+    m = model.processor.mask_size
+    labels = torch.zeros(2, m, m, dtype=torch.long)
+    labels[:, m // 4 : m // 2, m // 4 : m // 2] = 1
+    labels[0, m // 2 : 3 * m // 4, m // 2 : 3 * m // 4] = 2
+    passed = torch.ones_like(labels, dtype=torch.bool)
+    with torch.no_grad():
+        same, kept = refine_with_prompts(model, emb, labels, passed, 2, "agree")
+        assert torch.equal(same, labels) and not (kept & ~passed).any()
+        # the refined map, computed here from the same box prompts
+        boxes, present = boxes_from_labels(labels, 2)
+        sparse, dense = model.encode_prompts(boxes=boxes.reshape(4, 4) * (model.processor.image_size / m))
+        low = model.decode(emb.repeat_interleave(2, dim=0), sparse, dense)[0][:, 0].reshape(2, 2, m, m)
+        low = torch.where(present[:, :, None, None], low, torch.full_like(low, -1e4))
+        refined = torch.where(low.max(1).values > 0, low.max(1).indices + 1, 0)
+        assert torch.equal(kept, passed & (refined == labels))
+        new, ok = refine_with_prompts(model, emb, labels, passed, 2, "replace", min_iou=1e-6)
+    fg = ok & (new > 0)
+    assert torch.equal(new[fg], refined[fg])  # counted foreground is the box answer
+    assert not (new[1] == 2).any()  # a class absent from the coarse labels never appears
+    assert torch.equal(ok | (new > 0), ok)  # every labelled pixel counts
+
+
+def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
+    """refine_decoder: pretrained keeps a frozen copy of the decoder as it was before training."""
+    import numpy as np
+    from PIL import Image
+
+    from medadapt.training.finetune import Trainer
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for i in range(6):
+        cy, cx = rng.integers(20, 44, 2)
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 100
+        Image.fromarray((np.where(m, 200, 50) + rng.normal(0, 5, (64, 64))).clip(0, 255).astype(np.uint8)).save(
+            root / "images" / f"{i}.png")
+        Image.fromarray((m * 255).astype(np.uint8)).save(root / "masks" / f"{i}.png")
+    cfg = config_from_dict({
+        "backbone": "tiny_sam_vit",
+        "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ["0", "1"], "val": ["2"],
+                 "unlabeled": ["3", "4", "5"]},
+        "prompts": {"automatic": True, "prompted": []},
+        "train": {"epochs": 1, "batch_size": 2, "lr": 1e-2, "tensorboard": False},
+        "ssl": {"unlabeled_batch_size": 2, "threshold": 0.0, "rampup_epochs": 0, "refine": "replace",
+                "refine_decoder": "pretrained"},
+        "output": str(tmp_path), "name": "run",
+    })
+    tr = Trainer(cfg, tmp_path / "run", log=lambda m: None)
+    before = {k: v.clone() for k, v in tr.model.mask_decoder.state_dict().items()}
+    tr.encode_all()
+    tr.train_epoch()
+    after_model = tr.model.mask_decoder.state_dict()
+    refiner = tr.ssl.refiner.state_dict()
+    assert any(not torch.equal(after_model[k], before[k]) for k in before)  # the decoder trained
+    assert all(torch.equal(refiner[k], before[k]) for k in before)  # the refiner did not move
+    assert not any(p.requires_grad for p in tr.ssl.refiner.parameters())
+    with pytest.raises(MedAdaptError, match="refine_decoder"):
+        config_from_dict({**cfg.to_dict(), "ssl": {"refine_decoder": "mine"}})

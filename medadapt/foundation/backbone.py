@@ -108,22 +108,25 @@ class Backbone(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         multimask: bool = False,
+        mask_decoder: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the mask decoder for a batch of prompts.
 
         ``image_embeddings`` is 1 x C x s x s (shared by all N prompts) or
         N x C x s x s (one image per prompt, as in training batches).
         Returns low-resolution logits N x K x m x m and predicted IoU N x K,
-        K = 3 with ``multimask`` else 1.
+        K = 3 with ``multimask`` else 1. ``mask_decoder`` runs another decoder
+        of the same architecture (e.g. the frozen pretrained one) instead.
         """
+        decoder = mask_decoder if mask_decoder is not None else self.mask_decoder
         pe = self.prompt_encoder.get_dense_pe()
         dtype = self.compute_dtype or _autocast_dtype(image_embeddings.device.type)
         if dtype is not None:  # cast the (large) inputs once, not inside every layer
             image_embeddings, pe, sparse, dense = (t.to(dtype) for t in (image_embeddings, pe, sparse, dense))
         n = sparse.shape[0]
         if image_embeddings.shape[0] == n and n > 1:
-            return self._decode_per_image(image_embeddings, pe, sparse, dense, multimask)
-        return self.mask_decoder(
+            return self._decode_per_image(image_embeddings, pe, sparse, dense, multimask, decoder)
+        return decoder(
             image_embeddings=image_embeddings,
             image_pe=pe,
             sparse_prompt_embeddings=sparse,
@@ -131,10 +134,10 @@ class Backbone(nn.Module):
             multimask_output=multimask,
         )
 
-    def _decode_per_image(self, emb, pe, sparse, dense, multimask):
+    def _decode_per_image(self, emb, pe, sparse, dense, multimask, decoder):
         # SAM's MaskDecoder repeats one embedding per prompt; with one embedding
         # per prompt we feed the already-batched tensor through predict_masks.
-        masks, iou = _predict_masks_per_image(self.mask_decoder, emb, pe, sparse, dense)
+        masks, iou = _predict_masks_per_image(decoder, emb, pe, sparse, dense)
         sl = slice(1, None) if multimask else slice(0, 1)
         return masks[:, sl], iou[:, sl]
 

@@ -23,7 +23,9 @@ class SSLConfig:
     ema_decay: float = 0.99
     threshold: float = 0.9  # softmax confidence over [background, classes]
     adaptive_threshold: bool = False  # per class: threshold x (class mean confidence / best class's)
-    refine: bool = True  # re-prompt the decoder with boxes from the coarse pseudo-label
+    refine: str = "agree"  # re-prompt the decoder with boxes from the coarse pseudo-label: agree | replace | none
+    refine_decoder: str = "teacher"  # which decoder answers the boxes: teacher | pretrained (frozen at the start)
+    refine_iou: float = 0.5  # replace: a class's refined mask is used when its IoU with the coarse mask is this high
     min_component: int = 20  # pixels on the decoder grid; smaller class masks are dropped
     unlabeled_batch_size: int = 8
     weight: float = 1.0  # unsupervised loss weight after ramp-up (mixed strong view)
@@ -49,6 +51,14 @@ class SSLConfig:
         lo, hi = self.mix_area = tuple(float(v) for v in self.mix_area)
         if not 0.0 < lo <= hi < 1.0:
             raise MedAdaptError(f"ssl.mix_area must be [lo, hi] with 0 < lo <= hi < 1; got {self.mix_area}")
+        if self.refine is True or self.refine is False:  # the earlier boolean form
+            self.refine = "agree" if self.refine else "none"
+        if self.refine not in ("agree", "replace", "none"):
+            raise MedAdaptError(f"ssl.refine must be agree, replace or none; got {self.refine!r}")
+        if self.refine_decoder not in ("teacher", "pretrained"):
+            raise MedAdaptError(f"ssl.refine_decoder must be teacher or pretrained; got {self.refine_decoder!r}")
+        if not 0.0 < self.refine_iou <= 1.0:
+            raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
         if self.unlabeled_batch_size < 1:
             raise MedAdaptError("ssl.unlabeled_batch_size must be >= 1")
 

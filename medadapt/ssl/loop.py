@@ -11,6 +11,7 @@ CutMix/copy-paste of pixels, then the encoder - the GPU path).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -38,6 +39,10 @@ class SemiSupervised:
         self.tr, self.cfg, self.samples = trainer, config, unlabeled
         self.num_classes = len(trainer.class_names)
         self.teacher = EMATeacher(trainer.model, config.ema_decay) if config.teacher == "ema" else None
+        # the pretrained decoder, frozen before training moves it, answers the refinement boxes
+        self.refiner = None
+        if config.refine != "none" and config.refine_decoder == "pretrained":
+            self.refiner = copy.deepcopy(trainer.model.mask_decoder).requires_grad_(False).eval()
         self.gen = torch.Generator().manual_seed(trainer.cfg.train.seed + 104729)
         self.order: list[int] = []
         self.stats = torch.zeros(2, device=trainer.device)  # passed pixels, all pixels (this epoch)
@@ -64,8 +69,9 @@ class SemiSupervised:
         logits = model.decode_classes(embeddings, ids).float()
         labels, passed = confident_labels(logits, self.cfg.threshold, self.cfg.adaptive_threshold)
         passed = drop_small_classes(labels, passed, self.num_classes, self.cfg.min_component)
-        if self.cfg.refine:
-            passed = refine_with_prompts(model, embeddings, labels, passed, self.num_classes)
+        if self.cfg.refine != "none":
+            labels, passed = refine_with_prompts(model, embeddings, labels, passed, self.num_classes,
+                                                 self.cfg.refine, self.cfg.refine_iou, self.refiner)
         model.train(was_training)
         return labels, passed
 

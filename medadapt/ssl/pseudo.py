@@ -62,29 +62,55 @@ def boxes_from_labels(labels: torch.Tensor, num_classes: int) -> tuple[torch.Ten
 
 @torch.no_grad()
 def refine_with_prompts(
-    model, embeddings: torch.Tensor, labels: torch.Tensor, passed: torch.Tensor, num_classes: int
-) -> torch.Tensor:
-    """Prompt the decoder with a box around each class's coarse mask; keep pixels where both agree.
+    model, embeddings: torch.Tensor, labels: torch.Tensor, passed: torch.Tensor, num_classes: int,
+    mode: str = "agree", min_iou: float = 0.5, mask_decoder: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt the decoder with a box around each class's coarse mask; a second opinion on the pseudo-label.
 
     The box-prompted decoder is what SAM-family models do best (Dice ~0.93
-    on ventricles with tight boxes), so its mask is a second opinion on the
-    coarse automatic one. A pixel keeps counting only where the refined label
-    map (best positive refined logit among present classes, else background)
-    equals the coarse label. Returns the updated pass mask.
+    on ventricles with tight boxes). The refined label map is the best
+    positive refined logit among the classes present, else background.
+    ``mask_decoder`` prompts another decoder than the model's own, e.g. the
+    frozen pretrained one, whose box answers adaptation has not moved.
+
+    * ``"agree"``: labels stay; a pixel keeps counting only where the refined
+      label equals the coarse one.
+    * ``"replace"``: where a class's refined mask overlaps its coarse mask
+      (IoU >= ``min_iou``), the refined mask *is* the pseudo-label of that
+      class, boundary included (the idea behind SAM-refined pseudo-labels in
+      SSS and MedCLIP-SAMv2); a class whose two masks disagree stops counting
+      in both; elsewhere the coarse background and its confidence stay.
+
+    Returns the (labels, passed) pair.
     """
     b, c = labels.shape[0], num_classes
     boxes, present = boxes_from_labels(labels, c)
     scale = model.processor.image_size / labels.shape[-1]
     emb = embeddings.repeat_interleave(c, dim=0)
     sparse, dense = model.encode_prompts(boxes=boxes.reshape(b * c, 4) * scale)
-    low, _ = model.decode(emb, sparse, dense)
+    low, _ = model.decode(emb, sparse, dense, mask_decoder=mask_decoder)
     low = low[:, 0].float().reshape(b, c, *low.shape[-2:])
     if low.shape[-2:] != labels.shape[-2:]:
         low = F.interpolate(low, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     low = torch.where(present[:, :, None, None], low, torch.full_like(low, -1e4))
     best = low.max(dim=1)
     refined = torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
-    return passed & (refined == labels)
+    if mode == "agree":
+        return labels, passed & (refined == labels)
+    ks = torch.arange(1, c + 1, device=labels.device)[None, :, None, None]
+    coarse_k, ref_k = labels[:, None] == ks, refined[:, None] == ks  # B x C x m x m
+    inter = (coarse_k & ref_k).sum((2, 3)).float()
+    union = (coarse_k | ref_k).sum((2, 3)).float().clamp(min=1.0)
+    good = present & (inter / union >= min_iou)  # B x C
+    keep = ref_k & good[:, :, None, None]
+    bad_pix = ((coarse_k | ref_k) & ~good[:, :, None, None]).any(dim=1)
+    fg = keep.any(dim=1)
+    new_labels = torch.where(fg, refined, torch.zeros_like(labels))
+    new_passed = torch.where(fg, torch.ones_like(passed), passed & (labels == 0)) & ~(bad_pix & ~fg)
+    # pixels the coarse mask gave a good class but the refined mask left out become counted background
+    trimmed = (coarse_k & good[:, :, None, None]).any(dim=1) & ~fg
+    new_passed = new_passed | trimmed
+    return new_labels, new_passed
 
 
 __all__ = ["boxes_from_labels", "confident_labels", "drop_small_classes", "refine_with_prompts"]
