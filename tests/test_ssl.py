@@ -71,26 +71,30 @@ def test_config_errors():
         config_from_dict({**base, "data": {**base["data"], "unlabeled": ["b"]}, "ssl": {"treshold": 0.5}})
 
 
-def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
-    """A tiny run on the tiny random ViT: the loop runs end to end, logs pass rate and pseudo-label Dice."""
-    import csv
-
-    import numpy as np
+def _discs(root, n):
+    """n 64 x 64 images of a bright disc on a dark background, with 0/255 masks."""
     from PIL import Image
 
-    from medadapt.training import finetune
-
-    root = tmp_path / "d"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
-    for i in range(8):
+    for i in range(n):
         cy, cx = rng.integers(20, 44, 2)
         m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 100
         Image.fromarray((np.where(m, 200, 50) + rng.normal(0, 5, (64, 64))).clip(0, 255).astype(np.uint8)).save(
             root / "images" / f"{i}.png")
         Image.fromarray((m * 255).astype(np.uint8)).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
+    """A tiny run on the tiny random ViT: the loop runs end to end, logs pass rate and pseudo-label Dice."""
+    import csv
+
+    from medadapt.training import finetune
+
+    root = _discs(tmp_path / "d", 8)
     cfg = config_from_dict({
         "backbone": "tiny_sam_vit",
         "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ["0", "1"], "val": ["2", "3"],
@@ -149,22 +153,9 @@ def test_refinement_agree_filters_and_replace_takes_the_box_answer():
 
 def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
     """refine_decoder: pretrained keeps a frozen copy of the decoder as it was before training."""
-    import numpy as np
-    from PIL import Image
-
     from medadapt.training.finetune import Trainer
 
-    root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:64, :64]
-    for i in range(6):
-        cy, cx = rng.integers(20, 44, 2)
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 100
-        Image.fromarray((np.where(m, 200, 50) + rng.normal(0, 5, (64, 64))).clip(0, 255).astype(np.uint8)).save(
-            root / "images" / f"{i}.png")
-        Image.fromarray((m * 255).astype(np.uint8)).save(root / "masks" / f"{i}.png")
+    root = _discs(tmp_path / "d", 6)
     cfg = config_from_dict({
         "backbone": "tiny_sam_vit",
         "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ["0", "1"], "val": ["2"],
