@@ -177,3 +177,60 @@ def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
     assert not any(p.requires_grad for p in tr.ssl.refiner.parameters())
     with pytest.raises(MedAdaptError, match="refine_decoder"):
         config_from_dict({**cfg.to_dict(), "ssl": {"refine_decoder": "mine"}})
+
+
+def _stars(root, n, size=128, seed=0):
+    """Bright star-shaped blobs (3-6 arms) of varying size and contrast on a noisy background."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        img = rng.normal(70, 12, (size, size))
+        r0, arms, depth, phase = rng.uniform(16, 30), rng.integers(3, 7), rng.uniform(0.25, 0.45), rng.uniform(0, 6.3)
+        cy, cx = rng.uniform(r0 * 1.5 + 2, size - r0 * 1.5 - 2, 2)
+        m = np.hypot(yy - cy, xx - cx) <= r0 * (1 + depth * np.sin(arms * np.arctan2(yy - cy, xx - cx) + phase))
+        img[m] += rng.uniform(50, 110)
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
+        Image.fromarray((m * 255).astype(np.uint8)).save(root / "masks" / f"{i:03d}.png")
+    return root
+
+
+def test_semi_supervised_beats_supervised_only_on_synthetic_stars(tmp_path):
+    """The mechanism, checked in CI: 2 labelled images + 30 unlabelled beat the 2 labelled alone.
+
+    Real LiteMedSAM, decoder + class prompts on cached embeddings, same labels,
+    schedule and seed; compared on the mean validation Dice of the last three
+    epochs (single epochs of the supervised run swing by several points).
+    Measured when written (seeds 0 / 1, 1 thread): supervised 0.873 / 0.840,
+    semi-supervised 0.889 / 0.885.
+    """
+    import json
+
+    from medadapt.training import finetune
+
+    root = _stars(tmp_path / "stars", 40)
+    ids = [f"{i:03d}" for i in range(40)]
+
+    def run(name, ssl):
+        cfg = {
+            "backbone": "litemedsam",
+            "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ids[:2], "val": ids[2:10],
+                     **({"unlabeled": ids[10:]} if ssl else {})},
+            "prompts": {"automatic": True, "prompted": ["box"], "corrective_clicks": 0, "prompted_weight": 0.5},
+            "train": {"epochs": 8, "batch_size": 2, "lr": 3e-4, "warmup_epochs": 1, "cache_views": 4, "seed": 0,
+                      "tensorboard": False, "cache_dir": str(tmp_path / "cache")},
+            "output": str(tmp_path / "runs"), "name": name,
+        }
+        if ssl:
+            cfg["ssl"] = ssl
+        history = json.loads((finetune(config_from_dict(cfg), log=lambda m: None) / "metrics.json").read_text())
+        return float(np.mean([h["val_dice"] for h in history["history"][-3:]]))
+
+    supervised = run("sup", None)
+    semi = run("ssl", {"unlabeled_batch_size": 4, "rampup_epochs": 2, "threshold": 0.8, "ema_decay": 0.9,
+                       "refine": "agree"})
+    assert supervised > 0.6  # the supervised run learned the task; the comparison is meaningful
+    assert semi > supervised, (semi, supervised)
