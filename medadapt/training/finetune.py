@@ -443,6 +443,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
     writer = _tensorboard(run) if config.train.tensorboard else None
     log_path = run / "log.csv"
     new_log = not log_path.exists() or not resume
+    if not new_log:
+        _truncate_log(log_path, tr.epoch)  # a kill between the log row and the checkpoint left a row ahead
     with open(log_path, "w" if new_log else "a", newline="") as fh, tqdm(
         range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch"
     ) as bar:
@@ -495,6 +497,16 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
         _overlay_grid(run, tr)
     log(f"best validation Dice {tr.best:.4f} at epoch {tr.best_epoch}; run folder {run}")
     return run
+
+
+def _truncate_log(path: Path, epoch: int) -> None:
+    """Keep the header and the rows of epochs up to ``epoch`` (the checkpoint's), atomically."""
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= epoch]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def _atomic_json(path: Path, data: dict) -> None:
