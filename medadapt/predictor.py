@@ -275,9 +275,9 @@ class Segmenter:
     def _predict_learned_text(self, text) -> Prediction:
         """Texts -> weights over the learned classes -> the automatic masks those weights select."""
         from .prompts.text.learned import match_text_to_classes
-        from .prompts.text.saliency import _texts
+        from .prompts.text.config import as_texts
 
-        texts = _texts(text)
+        texts = as_texts(text)
         match = match_text_to_classes(self.backbone, texts)
         embedding, meta = self._require_image()
         auto = self._predict_automatic(embedding, meta, None)  # every class, decoded jointly

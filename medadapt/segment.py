@@ -23,7 +23,7 @@ class SegmentFileResult:
     overlay: Path | None
     areas: list[int]
     scores: list[float]
-    labels: list[str] = field(default_factory=list)  # the texts, for text prompts
+    labels: list[str] = field(default_factory=list)  # the texts (text prompts) or class names (automatic)
 
 
 def masks_to_labels(masks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:

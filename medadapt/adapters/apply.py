@@ -126,8 +126,7 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
     if config.text is not None and config.text.embed_dim > 0:  # a trained head being loaded
         from ..prompts.text.learned import add_text_head
 
-        model.adapter_config = config  # add_text_head reads the class names from it
-        add_text_head(model, config.text)
+        add_text_head(model, config.text, config.automatic.class_names)
     for name, p in model.named_parameters():
         p.requires_grad = is_adapter_param(name) or name.split(".", 1)[0] in config.train
     model.adapter_config = config

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..configuration import build_dataclass
+from ..configuration import build_dataclass, check_phrase_map, check_templates
 from ..errors import MedAdaptError
 
 BASE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -75,17 +75,8 @@ class LearnedTextConfig:
     embed_dim: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.templates, str):
-            self.templates = [self.templates]
-        self.templates = list(self.templates)
-        if not self.templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in self.templates):
-            raise MedAdaptError(f"text.templates must be strings with exactly one '{{}}', e.g. 'the {{}}'; got {self.templates!r}")
-        if not isinstance(self.aliases, dict) or any(
-            not isinstance(v, (list, tuple)) or not all(isinstance(a, str) and a.strip() for a in v)
-            for v in self.aliases.values()
-        ):
-            raise MedAdaptError("text.aliases maps a class name to a list of other names, e.g. {'left ventricle': ['LV']}")
-        self.aliases = {str(k): list(v) for k, v in self.aliases.items()}
+        self.templates = list(check_templates(self.templates, "text.templates"))
+        self.aliases = check_phrase_map(self.aliases, "text.aliases", "{'left ventricle': ['LV']}")
         if not -1.0 <= float(self.min_similarity) < 1.0:
             raise MedAdaptError(f"text.min_similarity is a cosine similarity in [-1, 1); got {self.min_similarity}")
         if int(self.steps) < 1:

@@ -6,6 +6,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ...configuration import check_phrase_map, check_templates
 from ...errors import MedAdaptError
 
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -81,18 +82,8 @@ class TextPromptConfig:
     fusion: str = "union"
 
     def __post_init__(self) -> None:
-        if isinstance(self.templates, str):
-            self.templates = (self.templates,)
-        self.templates = tuple(self.templates)
-        if not self.templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in self.templates):
-            raise MedAdaptError(
-                f"templates must be strings with exactly one '{{}}' where the text goes, e.g. 'a CT of the {{}}.'; "
-                f"got {list(self.templates)!r}"
-            )
-        if not isinstance(self.synonyms, dict) or any(
-            not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v) for v in self.synonyms.values()
-        ):
-            raise MedAdaptError("synonyms must map a text to a list of phrasings, e.g. {'liver': ['hepatic tissue']}")
+        self.templates = check_templates(self.templates, "templates")
+        self.synonyms = check_phrase_map(self.synonyms, "synonyms", "{'liver': ['hepatic tissue']}")
         self.saliency = _methods(self.saliency)
         if isinstance(self.threshold, str):
             if self.threshold != "otsu":
@@ -130,6 +121,15 @@ def _methods(saliency: str | Sequence[str]) -> tuple[str, ...]:
         raise MedAdaptError(f"saliency must be one or more of {SALIENCY_METHODS}; got {saliency!r}")
     return methods
 
+
+def as_texts(text: str | Sequence[str]) -> list[str]:
+    """One text or a list of them as a list of distinct, non-empty strings (else a clear error)."""
+    names = [text] if isinstance(text, str) else list(text) if text is not None else []
+    if not names or any(not isinstance(t, str) or not t.strip() for t in names):
+        raise MedAdaptError(f"text must be a non-empty string or a list of them, e.g. 'liver'; got {text!r}")
+    if len(set(names)) != len(names):
+        raise MedAdaptError(f"texts must be distinct; got {names}")
+    return names
 
 
 __all__ = ["BIOMEDCLIP", "DEFAULT_TEMPLATES", "TextPromptConfig"]

@@ -182,12 +182,10 @@ def fit_text_head(
     return {"loss": float(loss.detach()), "accuracy": acc}
 
 
-def add_text_head(model: "Backbone", config: "LearnedTextConfig") -> TextClassHead:
+def add_text_head(model: "Backbone", config: "LearnedTextConfig", class_names: Sequence[str]) -> TextClassHead:
     """Give an automatic-mode model an (untrained) text head of the configured shape."""
-    auto = model.adapter_config.automatic if getattr(model, "adapter_config", None) is not None else None
-    names = auto.class_names if auto is not None else []
-    phrases, _ = training_phrases(names, config.aliases, config.templates)
-    head = TextClassHead(config.embed_dim, len(names), len(phrases)).to(model.device)
+    phrases, _ = training_phrases(class_names, config.aliases, config.templates)
+    head = TextClassHead(config.embed_dim, len(class_names), len(phrases)).to(model.device)
     model.text_head = head
     return head
 
@@ -211,7 +209,7 @@ def train_text_prompts(
                             f"{cfg.automatic.class_names}")
     encoder = encoder or load_sentence_encoder(config.encoder)
     config.embed_dim = encoder.dim
-    head = add_text_head(model, config)
+    head = add_text_head(model, config, cfg.automatic.class_names)
     phrases, labels = training_phrases(cfg.automatic.class_names, config.aliases, config.templates)
     stats = fit_text_head(head, encoder.embed(phrases), labels, steps=config.steps)
     head.requires_grad_(True)

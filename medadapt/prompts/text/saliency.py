@@ -14,7 +14,7 @@ from ...errors import MedAdaptError
 from ..simulate import box_from_mask
 from ..types import PAD_LABEL, Prompts
 from .clip import ClipTextModel
-from .config import TextPromptConfig, _methods
+from .config import TextPromptConfig, _methods, as_texts
 
 
 @dataclass
@@ -197,15 +197,6 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, np.clip(maps, 0, None) / np.where(peak > 0, peak, 1), 0.0).astype(np.float32)
 
 
-def _texts(text: str | Sequence[str]) -> list[str]:
-    names = [text] if isinstance(text, str) else list(text) if text is not None else []
-    if not names or any(not isinstance(t, str) or not t.strip() for t in names):
-        raise MedAdaptError(f"text must be a non-empty string or a list of them, e.g. 'liver'; got {text!r}")
-    if len(set(names)) != len(names):
-        raise MedAdaptError(f"texts must be distinct; got {names}")
-    return names
-
-
 def text_saliency(
     clip: ClipTextModel,
     image: np.ndarray,
@@ -220,7 +211,7 @@ def text_saliency(
     ``config.contrast``, each map shows where its text beats the others.
     """
     cfg = config or clip.config
-    names = _texts(texts)
+    names = as_texts(texts)
     size = tuple(np.asarray(image).shape[:2])
     tower = _tower(clip.model)
     # Segmenter.predict runs in inference mode, where no gradient can be taken.

@@ -10,8 +10,8 @@ import numpy as np
 from ...errors import MedAdaptError
 from ..types import PAD_LABEL, Prompts
 from .clip import ClipTextModel
-from .config import TextPromptConfig
-from .saliency import _texts, prompts_from_saliency, text_saliency
+from .config import TextPromptConfig, as_texts
+from .saliency import prompts_from_saliency, text_saliency
 
 if TYPE_CHECKING:  # imported lazily at run time: the predictor imports this package's siblings
     from ...predictor import Prediction, Segmenter
@@ -111,7 +111,7 @@ def segment_from_text(
     from ...predictor import Prediction
 
     cfg = config or clip.config
-    names = _texts(text)
+    names = as_texts(text)
     if image is not None:
         segmenter.set_image(image)
     arr = getattr(segmenter, "_image", None)
