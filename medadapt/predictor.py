@@ -77,7 +77,10 @@ class Segmenter:
         out.masks[0]                               # H x W bool
     """
 
-    max_prompts_per_batch = 64  # bounds decoder memory; SAM repeats the embedding per prompt
+    # Prompts decoded together. SAM's decoder repeats the image embedding per prompt, so a large
+    # batch streams a large tensor: on the 2-core CPU 16 prompts at once cost 70 ms each against
+    # 40-45 ms in groups of 2-8 (benchmarks/speed.py); a GPU wants large batches.
+    max_prompts_per_batch: int | None = None  # None: 4 on CPU, 64 on GPU
 
     def __init__(
         self,
@@ -229,7 +232,7 @@ class Segmenter:
         masks_t = self._mask_prompt(mask_input, n, meta) if mask_input is not None else None
 
         low, iou = [], []
-        step = self.max_prompts_per_batch
+        step = self.max_prompts_per_batch or (4 if self.device.type == "cpu" else 64)
         for s in range(0, n, step):
             sl = slice(s, s + step)
             sparse, dense = self.backbone.encode_prompts(

@@ -88,22 +88,28 @@ def _discs(root, n):
     return root
 
 
+def _tiny_raw(tmp_path, n: int, unlabeled: list[str], train: dict, ssl: dict, val=("2",)) -> dict:
+    """A tiny-ViT semi-supervised config on n disc images: labelled 0 and 1, the given val and unlabelled."""
+    root = _discs(tmp_path / "d", n)
+    return {
+        "backbone": "tiny_sam_vit",
+        "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ["0", "1"], "val": list(val),
+                 "unlabeled": unlabeled},
+        "prompts": {"automatic": True, "prompted": []},
+        "train": {"batch_size": 2, "tensorboard": False, **train},
+        "ssl": {"unlabeled_batch_size": 2, "rampup_epochs": 0, **ssl},
+        "output": str(tmp_path), "name": "run",
+    }
+
+
 def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
     """A tiny run on the tiny random ViT: the loop runs end to end, logs pass rate and pseudo-label Dice."""
     import csv
 
     from medadapt.training import finetune
 
-    root = _discs(tmp_path / "d", 8)
-    cfg = config_from_dict({
-        "backbone": "tiny_sam_vit",
-        "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ["0", "1"], "val": ["2", "3"],
-                 "unlabeled": ["4", "5", "6", "7"]},
-        "prompts": {"automatic": True, "prompted": []},
-        "train": {"epochs": 2, "batch_size": 2, "tensorboard": False},
-        "ssl": {"unlabeled_batch_size": 2, "threshold": 0.5, "rampup_epochs": 0},
-        "output": str(tmp_path), "name": "run",
-    })
+    cfg = config_from_dict(_tiny_raw(tmp_path, 8, ["4", "5", "6", "7"], {"epochs": 2}, {"threshold": 0.5},
+                                     val=("2", "3")))
     run = finetune(cfg, log=lambda m: None)
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert len(rows) == 2 and "pass_rate" in rows[0] and "pseudo_dice" in rows[0]
@@ -155,17 +161,8 @@ def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
     """refine_decoder: pretrained keeps a frozen copy of the decoder as it was before training."""
     from medadapt.training.finetune import Trainer
 
-    root = _discs(tmp_path / "d", 6)
-    cfg = config_from_dict({
-        "backbone": "tiny_sam_vit",
-        "data": {"root": str(root), "layout": "folder", "classes": [1], "labeled": ["0", "1"], "val": ["2"],
-                 "unlabeled": ["3", "4", "5"]},
-        "prompts": {"automatic": True, "prompted": []},
-        "train": {"epochs": 1, "batch_size": 2, "lr": 1e-2, "tensorboard": False},
-        "ssl": {"unlabeled_batch_size": 2, "threshold": 0.0, "rampup_epochs": 0, "refine": "replace",
-                "refine_decoder": "pretrained"},
-        "output": str(tmp_path), "name": "run",
-    })
+    cfg = config_from_dict(_tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1, "lr": 1e-2},
+                                     {"threshold": 0.0, "refine": "replace", "refine_decoder": "pretrained"}))
     tr = Trainer(cfg, tmp_path / "run", log=lambda m: None)
     before = {k: v.clone() for k, v in tr.model.mask_decoder.state_dict().items()}
     tr.encode_all()
@@ -178,3 +175,69 @@ def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
     with pytest.raises(MedAdaptError, match="refine_decoder"):
         config_from_dict({**cfg.to_dict(), "ssl": {"refine_decoder": "mine"}})
 
+
+
+def test_case_stream_reads_a_few_cases_at_a_time_and_reshuffles(tmp_path):
+    """Every case once per pass, at most ``cases_per_chunk`` cases read per refill, a new order each pass."""
+    from medadapt.data import CaseStream, DataConfig, discover_cases, split_cases
+
+    root = _discs(tmp_path / "d", 6)
+    (root / "images" / "5.png").write_bytes(b"not a png")  # an unreadable case is skipped, by name
+    cfg = DataConfig.from_dict({"root": str(root), "layout": "folder", "classes": [1],
+                                "unlabeled": [str(i) for i in range(6)], "on_error": "skip"})
+    cases = split_cases(cfg, discover_cases(cfg))["unlabeled"]
+    reads = []
+    stream = CaseStream(cases, cfg, np.random.default_rng(0), cases_per_chunk=2,
+                        prepare=lambda sl: reads.append(len({s.case_id for s in sl})) or sl)
+    with pytest.warns(UserWarning, match="skipping case"):
+        first = [s.case_id for s in stream.take(5)]
+    assert sorted(first) == ["0", "1", "2", "3", "4"]  # one pass: each readable case once
+    assert max(reads) <= 2 and stream.passes == 0
+    assert [p for p, _ in stream.skipped] and "5.png" in stream.skipped[0][0]
+    second = [s.case_id for s in stream.take(10)]  # no second warning: the bad case left the stream
+    assert stream.passes >= 1 and sorted(second[:5]) == sorted(first) and second[:5] != first
+    assert len(stream) == 5
+
+
+def test_streamed_unlabelled_cases_train_and_stay_out_of_memory(tmp_path):
+    """ssl.stream: the run trains; unlabelled embeddings go to disk, not into the in-memory cache."""
+    import csv
+
+    from medadapt.training import finetune
+    from medadapt.training.finetune import Trainer
+
+    raw = _tiny_raw(tmp_path, 8, ["4", "5", "6", "7"], {"epochs": 3, "cache_dir": str(tmp_path / "cache")},
+                    {"threshold": 0.5, "stream": True, "stream_cases": 2}, val=("2", "3"))
+    run = finetune(config_from_dict(raw), log=lambda m: None)
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 3 and all(0.0 <= float(r["pass_rate"]) <= 1.0 for r in rows)
+
+    tr = Trainer(config_from_dict({**raw, "name": "probe"}), tmp_path / "probe", log=lambda m: None)
+    tr.encode_all()
+    assert tr.unlabeled_slices == [] and len(tr.cache.memory) == len(tr.train_samples) + len(tr.val_samples)
+    batch = tr.ssl.next_batch()
+    emb = tr.embeddings(batch)
+    assert emb.shape[0] == 2 and all(s.key not in tr.cache.memory for s in batch)
+    assert all((tr.cache.dir / f"{s.key}.safetensors").is_file() for s in batch)
+    with pytest.raises(MedAdaptError, match="stream_cases"):
+        config_from_dict({**raw, "ssl": {"stream": True, "stream_cases": 0}})
+
+
+def test_supervised_warm_up_then_the_teacher_starts_from_the_student(tmp_path):
+    """ssl.start_epoch: no unlabelled pixel is counted before it; the teacher copies the student meanwhile."""
+    import csv
+
+    from medadapt.training import finetune
+
+    student = torch.nn.Linear(2, 2)
+    teacher = EMATeacher(student, decay=0.99)
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update(0.0)
+    assert torch.equal(teacher.model.weight, student.weight)
+
+    cfg = config_from_dict(_tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 3},
+                                     {"threshold": 0.5, "start_epoch": 2}))
+    rows = list(csv.DictReader(open(finetune(cfg, log=lambda m: None) / "log.csv")))
+    rates = [float(r["pass_rate"]) for r in rows]
+    assert np.isnan(rates[0]) and np.isnan(rates[1]) and 0.0 <= rates[2] <= 1.0

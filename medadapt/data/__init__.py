@@ -5,6 +5,7 @@
     splits = split_cases(config, discover_cases(config))  # by patient: no leakage between splits
     train = SliceDataset(splits["labeled"], config)                          # slices with a target class
     unlabeled = SliceDataset(splits["unlabeled"], config, keep="all", with_labels=False)
+    stream = CaseStream(splits["unlabeled"], config, rng)                    # or a few cases at a time
     image, label = load_volume_case(splits["val"][0], config)                 # (N, H, W) for 3-D metrics
 
 Images and labels are read with :mod:`medadapt.imaging`, so training slices
@@ -23,10 +24,11 @@ from .datasets import (
     remap_labels,
     to_canonical,
 )
+from .stream import CaseStream
 
 __all__ = [
     "FOREGROUND", "LAYOUTS", "MASK_SUFFIXES", "SPLITS",
-    "Case", "DataConfig", "Slice2D", "SliceDataset",
+    "Case", "CaseStream", "DataConfig", "Slice2D", "SliceDataset",
     "case_spacing", "detect_layout", "discover_cases", "label_table", "load_slices", "load_volume_case",
     "patient_of", "prepare_slice", "read_dataset_json", "remap_labels", "resolve_classes", "split_cases",
     "to_canonical",

@@ -17,6 +17,10 @@ class SSLConfig:
     prediction, refined by prompting the decoder with a box around each
     class's coarse mask (``refine``); pixels where the refined and coarse
     masks disagree, or whose confidence is under ``threshold``, do not count.
+
+    With ``stream``, unlabelled cases are read ``stream_cases`` at a time
+    (:class:`medadapt.data.CaseStream`) and their embeddings are cached on
+    disk only, so the unlabelled set may be far larger than memory.
     """
 
     teacher: str = "ema"  # ema | student
@@ -30,12 +34,15 @@ class SSLConfig:
     unlabeled_batch_size: int = 8
     weight: float = 1.0  # unsupervised loss weight after ramp-up (mixed strong view)
     feature_weight: float = 0.5  # weight of the feature-perturbation stream (UniMatch)
-    rampup_epochs: float = 5.0  # sigmoid ramp-up of both weights
+    start_epoch: float = 0.0  # supervised-only warm-up; the teacher starts as the warmed-up student
+    rampup_epochs: float = 5.0  # sigmoid ramp-up of both weights, from start_epoch
     feature_dropout: float = 0.5  # channel dropout on the image embedding (feature stream)
     cutmix: float = 0.5  # probability of CutMix between two unlabelled images
     copy_paste: float = 0.5  # probability of bidirectional copy-paste with a labelled image (BCP)
     mix_area: tuple[float, float] = (0.25, 0.5)  # share of the image a pasted box covers
     intensity: float = 0.3  # strength of gamma / contrast / noise / blur when the encoder runs
+    stream: bool = False  # read unlabelled cases a few at a time (data larger than memory)
+    stream_cases: int = 8  # cases held in memory at once when streaming
 
     def __post_init__(self) -> None:
         if self.teacher not in ("ema", "student"):
@@ -59,6 +66,12 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.refine_decoder must be teacher or pretrained; got {self.refine_decoder!r}")
         if not 0.0 < self.refine_iou <= 1.0:
             raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
+        if not isinstance(self.stream, bool):
+            raise MedAdaptError(f"ssl.stream must be true or false; got {self.stream!r}")
+        if self.start_epoch < 0:
+            raise MedAdaptError(f"ssl.start_epoch must be >= 0; got {self.start_epoch}")
+        if self.stream_cases < 1:
+            raise MedAdaptError(f"ssl.stream_cases must be >= 1; got {self.stream_cases}")
         if self.unlabeled_batch_size < 1:
             raise MedAdaptError("ssl.unlabeled_batch_size must be >= 1")
 

@@ -35,7 +35,8 @@ def rampup(progress_epochs: float, length: float) -> float:
 class SemiSupervised:
     """State of the semi-supervised part of a run: unlabelled samples, teacher, statistics."""
 
-    def __init__(self, trainer, config: SSLConfig, unlabeled: list) -> None:
+    def __init__(self, trainer, config: SSLConfig, unlabeled) -> None:
+        """``unlabeled``: prepared samples in memory, or a :class:`medadapt.data.CaseStream` of them."""
         self.tr, self.cfg, self.samples = trainer, config, unlabeled
         self.num_classes = len(trainer.class_names)
         self.teacher = EMATeacher(trainer.model, config.ema_decay) if config.teacher == "ema" else None
@@ -50,6 +51,8 @@ class SemiSupervised:
     # ------------------------------------------------------------------ data
     def next_batch(self) -> list:
         n = self.cfg.unlabeled_batch_size
+        if hasattr(self.samples, "take"):  # streamed: the stream shuffles and reads cases as needed
+            return self.samples.take(n)
         if len(self.order) < n:
             self.order += self.tr.rng.permutation(len(self.samples)).tolist()
         idx, self.order = self.order[:n], self.order[n:]
@@ -80,8 +83,10 @@ class SemiSupervised:
              labeled_pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted unsupervised loss for one unlabelled batch (ramped up with the epoch)."""
         tr, cfg = self.tr, self.cfg
-        progress = tr.epoch + tr.step_in_epoch / max(1, tr.steps_per_epoch)
-        w = rampup(progress, cfg.rampup_epochs)
+        progress = self.progress()
+        if progress < cfg.start_epoch:  # supervised warm-up: a teacher that finds nothing teaches nothing
+            return torch.zeros((), device=tr.device)
+        w = rampup(progress - cfg.start_epoch, cfg.rampup_epochs)
         batch = self.next_batch()
         ids = torch.arange(self.num_classes, device=tr.device)
         if tr.cache is not None:
@@ -127,9 +132,14 @@ class SemiSupervised:
         return x, labels, passed
 
     # ------------------------------------------------------------------ bookkeeping
+    def progress(self) -> float:
+        """Epochs done so far, fractional."""
+        return self.tr.epoch + self.tr.step_in_epoch / max(1, self.tr.steps_per_epoch)
+
     def after_step(self) -> None:
         if self.teacher is not None:
-            self.teacher.update()
+            # during the warm-up the teacher is the student, so the loop starts from the warmed-up model
+            self.teacher.update(0.0 if self.progress() < self.cfg.start_epoch else None)
 
     def pass_rate(self, reset: bool = False) -> float:
         """Share of unlabelled pixels that passed the threshold so far this epoch (syncs once)."""

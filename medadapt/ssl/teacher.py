@@ -25,11 +25,12 @@ class EMATeacher:
         self.pairs = [(params[n], p) for n, p in student.named_parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, decay: float | None = None) -> None:
+        """One EMA step (``decay`` overrides the configured one; 0 copies the student)."""
         if not self.pairs:
             return
         teacher, student = zip(*self.pairs)
-        torch._foreach_lerp_(list(teacher), list(student), 1.0 - self.decay)
+        torch._foreach_lerp_(list(teacher), list(student), 1.0 - (self.decay if decay is None else decay))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {str(i): t.detach().cpu() for i, (t, _) in enumerate(self.pairs)}

@@ -85,17 +85,18 @@ class Trainer:
             self.skipped += list(val_ds.skipped)
         if not self.train_slices:
             raise MedAdaptError("the labelled cases contain no slice with a target class; check data.classes")
-        self.unlabeled_slices = []
+        self.unlabeled_slices, self.unlabeled_cases = [], []
         if config.ssl is not None:
             from dataclasses import replace
 
             # labels of unlabelled cases are never read, even where the files exist (ACDC's train split)
-            cases = [replace(c, label_path=None) for c in splits.get("unlabeled") or []]
-            if not cases:
+            self.unlabeled_cases = [replace(c, label_path=None) for c in splits.get("unlabeled") or []]
+            if not self.unlabeled_cases:
                 raise MedAdaptError("ssl: data.unlabeled selects no case; check the ids or split name")
-            un_ds = SliceDataset(cases, self.data_cfg, keep="all")
-            self.unlabeled_slices = [un_ds[i] for i in range(len(un_ds))]
-            self.skipped += list(un_ds.skipped)
+            if not config.ssl.stream:  # streamed cases are read by SemiSupervised, a few at a time
+                un_ds = SliceDataset(self.unlabeled_cases, self.data_cfg, keep="all")
+                self.unlabeled_slices = [un_ds[i] for i in range(len(un_ds))]
+                self.skipped += list(un_ds.skipped)
 
         adapter = AdapterConfig.from_dict(config.adapter)
         if config.prompts.automatic:
@@ -142,7 +143,13 @@ class Trainer:
         if config.ssl is not None:
             from ..ssl import SemiSupervised
 
-            self.ssl = SemiSupervised(self, config.ssl, self.unlabeled_samples)
+            unlabeled = self.unlabeled_samples
+            if config.ssl.stream:
+                from ..data import CaseStream
+
+                unlabeled = CaseStream(self.unlabeled_cases, self.data_cfg, np.random.default_rng(tc.seed + 15485863),
+                                       config.ssl.stream_cases, prepare=lambda sl: prepare(self.model, sl))
+            self.ssl = SemiSupervised(self, config.ssl, unlabeled)
 
     # ------------------------------------------------------------------ embeddings
     def encode_all(self) -> None:
@@ -429,10 +436,12 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
     t0 = time.perf_counter()
     tr = Trainer(config, run, log)
     if tr.ssl is not None:
-        log(f"semi-supervised: {len(tr.unlabeled_slices)} unlabelled slices, teacher {config.ssl.teacher}")
+        what = (f"{len(tr.unlabeled_cases)} unlabelled cases, streamed {config.ssl.stream_cases} at a time"
+                if config.ssl.stream else f"{len(tr.unlabeled_slices)} unlabelled slices")
+        log(f"semi-supervised: {what}, teacher {config.ssl.teacher}")
     log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
         f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
-        + (f"; embeddings cached (encoder frozen)" if tr.use_cache else ""))
+        + ("; embeddings cached (encoder frozen)" if tr.use_cache else ""))
     for path, reason in tr.skipped:
         log(f"skipped {path}: {reason}")
     log(str(tr.summary))

@@ -92,36 +92,63 @@ class EmbeddingCache:
 
     @torch.inference_mode()
     def fill(self, samples: Sequence[ModelSample], batch_size: int = 4, progress=None) -> None:
-        """Encode every sample not cached yet."""
-        from safetensors.torch import load_file, save_file
-
+        """Encode every sample not cached yet, and hold all of them in memory."""
         todo = []
         for s in samples:
             if s.key in self.memory:
                 continue
-            path = self.dir / f"{s.key}.safetensors" if self.dir else None
-            if path is not None and path.is_file():
-                self.memory[s.key] = load_file(str(path))["embedding"]
+            e = self._read(s)
+            if e is not None:
+                self.memory[s.key] = e
             else:
                 todo.append(s)
-        device = self.backbone.device
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            emb = self.encoder.encode(torch.stack([s.pixels for s in chunk]).to(device)).half().cpu()
-            for s, e in zip(chunk, emb):
-                self.memory[s.key] = e.contiguous()
-                if self.dir is not None:
-                    tmp = self.dir / f"{s.key}.tmp"
-                    save_file({"embedding": self.memory[s.key]}, str(tmp))
-                    os.replace(tmp, self.dir / f"{s.key}.safetensors")
+            for s, e in zip(chunk, self._encode(chunk)):
+                self.memory[s.key] = e
             if progress is not None:
                 progress(len(chunk))
+
+    def _read(self, s: ModelSample) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        path = self.dir / f"{s.key}.safetensors" if self.dir else None
+        return load_file(str(path))["embedding"] if path is not None and path.is_file() else None
+
+    @torch.inference_mode()
+    def _encode(self, chunk: Sequence[ModelSample]) -> list[torch.Tensor]:
+        """Encode now, write each embedding to disk (atomically) if the cache has a folder."""
+        from safetensors.torch import save_file
+
+        emb = self.encoder.encode(torch.stack([s.pixels for s in chunk]).to(self.backbone.device)).half().cpu()
+        out = [e.contiguous() for e in emb]
+        if self.dir is not None:
+            for s, e in zip(chunk, out):
+                tmp = self.dir / f"{s.key}.{os.getpid()}.tmp"  # two runs may fill one cache at once
+                save_file({"embedding": e}, str(tmp))
+                os.replace(tmp, self.dir / f"{s.key}.safetensors")
+        return out
 
     def get(
         self, samples: Sequence[ModelSample], device: torch.device, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """Stacked embeddings in ``dtype`` (bf16 when training under bf16 autocast: one cast, here)."""
-        return torch.stack([self.memory[s.key].to(dtype) for s in samples]).to(device)
+        """Stacked embeddings in ``dtype`` (bf16 when training under bf16 autocast: one cast, here).
+
+        Samples that :meth:`fill` never saw (streamed unlabelled slices) are
+        read from disk or encoded now, and not kept in memory: streamed data
+        may be far larger than memory.
+        """
+        out: list[torch.Tensor | None] = [self.memory.get(s.key) for s in samples]
+        missing = [i for i, e in enumerate(out) if e is None]
+        if missing:
+            out_missing = [self._read(samples[i]) for i in missing]
+            todo = [i for i, e in zip(missing, out_missing) if e is None]
+            for i, e in zip(missing, out_missing):
+                out[i] = e
+            if todo:
+                for i, e in zip(todo, self._encode([samples[i] for i in todo])):
+                    out[i] = e
+        return torch.stack([e.to(dtype) for e in out]).to(device)
 
 
 __all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_model_frame"]

@@ -1,0 +1,59 @@
+"""Where an HC18 run's automatic mode fails: its worst validation images, overlaid.
+
+    .venv/bin/python benchmarks/hc18_worst_cases.py runs/hc18_10labeled [--exams 100-129] [--n 6]
+
+Prints the lowest per-image Dice values and writes a grid to
+``benchmarks/results/<run>_worst_val.png``: blue = predicted, yellow = the
+part of the ground truth that the prediction misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, data_root  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--exams", default="100-129", help="exam number range, inclusive")
+    ap.add_argument("--n", type=int, default=6)
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+
+    from medadapt import Segmenter
+    from medadapt.imaging import load_image, load_mask
+    from medadapt.overlay import overlay
+
+    lo, hi = (int(v) for v in args.exams.split("-"))
+    root = data_root(args.data_root) / "hc18"
+    seg = Segmenter.from_pretrained("litemedsam", adapter=args.run)
+    files = sorted(p for p in (root / "images").glob("*.png") if lo <= int(p.name.split("_")[0]) <= hi)
+    res = []
+    for f in files:
+        img, gt = load_image(f), load_mask(root / "masks" / f.name) > 0
+        seg.set_image(img)
+        m = seg.predict().masks[0]
+        res.append((2 * (m & gt).sum() / max(1, m.sum() + gt.sum()), f.name, m, gt, img))
+    res.sort(key=lambda r: r[0])
+    print("lowest Dice:", ", ".join(f"{n} {d:.3f}" for d, n, *_ in res[: 2 * args.n]))
+    cols, w, h = 3, 320, 216
+    grid = Image.new("RGB", (cols * w, h * -(-args.n // cols)))
+    for i, (_, _, m, gt, img) in enumerate(res[: args.n]):
+        tile = Image.fromarray(overlay(img, np.stack([m, gt & ~m]))).resize((w, h))
+        grid.paste(tile, ((i % cols) * w, (i // cols) * h))
+    out = RESULTS / f"{Path(args.run).name}_worst_val.png"
+    grid.save(out)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

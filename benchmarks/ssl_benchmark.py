@@ -1,0 +1,87 @@
+"""Semi-supervised vs supervised-only, same labels, schedule and seed.
+
+    .venv/bin/python benchmarks/ssl_benchmark.py configs/acdc_3labeled_ssl.yaml --seeds 0 1 [key=value ...]
+
+For each seed it trains the config as given (semi-supervised) and its twin
+with ``ssl=null`` (supervised-only), both with ``train.seed`` set, in
+``OUTPUT/NAME_ssl_s{seed}`` and ``OUTPUT/NAME_sup_s{seed}``. A run folder
+that already has ``metrics.json`` is read, not trained again, so the arms can
+be trained separately (e.g. in parallel, or one per session) and summarised
+here. The table gives automatic-mode mean 3-D Dice on the config's val split
+at the best epoch (selected on that same split, the only held-out one here)
+and at the last epoch (no selection), per class, and the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import write_result  # noqa: E402
+
+
+def arm_runs(config: str, seed: int, overrides: list[str]) -> dict[str, tuple[list[str], str]]:
+    from medadapt.training import load_config
+
+    base = load_config(config, overrides).name or Path(config).stem
+    common = [*overrides, f"train.seed={seed}"]
+    return {"supervised": ([*common, "ssl=null", f"name={base}_sup_s{seed}"], f"{base}_sup_s{seed}"),
+            "semi-supervised": ([*common, f"name={base}_ssl_s{seed}"], f"{base}_ssl_s{seed}")}
+
+
+def summarise(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    hist = [h for h in m["history"] if "val_dice" in h]
+    best = max(hist, key=lambda h: h["val_dice"])
+    last = hist[-1]
+    return {"best_epoch": best["epoch"], "best": best["val_dice"], "best_per_class": best["per_class"],
+            "last_epoch": last["epoch"], "last": last["val_dice"], "last_per_class": last["per_class"],
+            "pseudo_dice_last": last.get("pseudo_dice"), "seconds": m["seconds"], "run": str(run)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--result", default=None)
+    args = ap.parse_args(argv)
+
+    from medadapt.training import finetune, load_config
+
+    rows, out = [], {"config": args.config, "overrides": args.overrides, "seeds": {}}
+    for seed in args.seeds:
+        res = {}
+        for arm, (ov, name) in arm_runs(args.config, seed, args.overrides).items():
+            cfg = load_config(args.config, ov)
+            run = Path(cfg.output) / name
+            if not (run / "metrics.json").is_file():
+                finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
+            res[arm] = summarise(run)
+        out["seeds"][seed] = res
+        s, u = res["supervised"], res["semi-supervised"]
+        classes = list(s["best_per_class"])
+        for arm, r in res.items():
+            rows.append(f"| {seed} | {arm} | {r['best']:.3f} (epoch {r['best_epoch']}) | "
+                        + " | ".join(f"{r['best_per_class'][c]:.3f}" for c in classes)
+                        + f" | {r['last']:.3f} | {r['seconds'] / 60:.0f} min |")
+        rows.append(f"| {seed} | **difference** | **{u['best'] - s['best']:+.3f}** | "
+                    + " | ".join(f"{u['best_per_class'][c] - s['best_per_class'][c]:+.3f}" for c in classes)
+                    + f" | **{u['last'] - s['last']:+.3f}** | |")
+    classes = list(next(iter(out["seeds"].values()))["supervised"]["best_per_class"])
+    md = (f"Config `{args.config}` {' '.join(args.overrides)}; automatic mode, mean 3-D Dice per case on the val "
+          "split; best epoch selected on that split; last epoch without selection. Wall times include the "
+          "one-off encoding of uncached slices.\n\n"
+          f"| seed | arm | best | {' | '.join(classes)} | last epoch | wall |\n"
+          f"|---|---|---|{'---|' * len(classes)}---|---|\n" + "\n".join(rows) + "\n")
+    name = args.result or f"ssl_{Path(args.config).stem}"
+    path = write_result(name, out, md)
+    print(md)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
