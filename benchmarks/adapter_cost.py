@@ -38,8 +38,10 @@ MODES = {
 }
 
 
-def run_mode(name: str, device: str, steps: int, batch: int, amp: bool = False, data: str | None = None) -> dict:
-    """Time one mode; ``amp`` = bf16 autocast as ``medadapt finetune`` uses it where bf16 is fast."""
+def run_mode(name: str, device: str, steps: int, batch: int, amp: bool = False, data: str | None = None,
+             min_seconds: float = 5.0) -> dict:
+    """Time one mode (median of at least ``steps`` steps and ``min_seconds``); ``amp`` = bf16 autocast
+    as ``medadapt finetune`` uses it where bf16 is fast."""
     import contextlib
 
     import torch
@@ -101,7 +103,7 @@ def run_mode(name: str, device: str, steps: int, batch: int, amp: bool = False, 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(steps):
+    while len(times) < steps or sum(times) < min_seconds:  # fast modes: enough steps for a stable median
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, default=8, help="bundled HC18 images for the mask-agreement check")
-    ap.add_argument("--steps", type=int, default=3, help="training steps timed per mode")
+    ap.add_argument("--steps", type=int, default=3, help="training steps timed per mode (at least 5 s of them)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32 (default: bf16 autocast where fast)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["sam", "train"])

@@ -241,3 +241,4 @@ def test_supervised_warm_up_then_the_teacher_starts_from_the_student(tmp_path):
     rows = list(csv.DictReader(open(finetune(cfg, log=lambda m: None) / "log.csv")))
     rates = [float(r["pass_rate"]) for r in rows]
     assert np.isnan(rates[0]) and np.isnan(rates[1]) and 0.0 <= rates[2] <= 1.0
+
