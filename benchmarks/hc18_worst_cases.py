@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from medadapt import Segmenter
+    from medadapt.evaluation.metrics import binary_dice
     from medadapt.imaging import load_image, load_mask
     from medadapt.overlay import overlay
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         img, gt = load_image(f), load_mask(root / "masks" / f.name) > 0
         seg.set_image(img)
         m = seg.predict().masks[0]
-        res.append((2 * (m & gt).sum() / max(1, m.sum() + gt.sum()), f.name, m, gt, img))
+        res.append((binary_dice(m, gt), f.name, m, gt, img))
     res.sort(key=lambda r: r[0])
     print("lowest Dice:", ", ".join(f"{n} {d:.3f}" for d, n, *_ in res[: 2 * args.n]))
     cols, w, h = 3, 320, 216

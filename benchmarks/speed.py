@@ -169,7 +169,6 @@ def litemedsam_rows(images, repeats: int, device: str) -> tuple[list[dict], dict
         agree += [dice(a, b) for a, b in zip(mf, me)]
         exact.set_image((sq.astype(np.float32) + rng.uniform(-0.5, 0.5, sq.shape)).clip(0, 255))
         floor += [dice(a, b) for a, b in zip(exact.predict(boxes=bxs).masks, me)]
-        exact.set_image(sq)
         mp = predict_array(net, sq, box=bxs[0], device=device) > 0
         vs_peer.append(dice(me[0], mp))
     quality = {

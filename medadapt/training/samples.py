@@ -138,16 +138,11 @@ class EmbeddingCache:
         read from disk or encoded now, and not kept in memory: streamed data
         may be far larger than memory.
         """
-        out: list[torch.Tensor | None] = [self.memory.get(s.key) for s in samples]
-        missing = [i for i, e in enumerate(out) if e is None]
-        if missing:
-            out_missing = [self._read(samples[i]) for i in missing]
-            todo = [i for i, e in zip(missing, out_missing) if e is None]
-            for i, e in zip(missing, out_missing):
+        out = [self.memory[s.key] if s.key in self.memory else self._read(s) for s in samples]
+        todo = [i for i, e in enumerate(out) if e is None]
+        if todo:
+            for i, e in zip(todo, self._encode([samples[i] for i in todo])):
                 out[i] = e
-            if todo:
-                for i, e in zip(todo, self._encode([samples[i] for i in todo])):
-                    out[i] = e
         return torch.stack([e.to(dtype) for e in out]).to(device)
 
 
