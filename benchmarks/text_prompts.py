@@ -33,16 +33,6 @@ TEXTS = ["left ventricle=left ventricle", "LV cavity=left ventricle", "left vent
 SEEN = {"left ventricle"}
 
 
-def _pairs(items: list[str]) -> list[tuple[str, str]]:
-    out = []
-    for item in items:
-        a, sep, b = item.rpartition("=")
-        if not sep:
-            raise SystemExit(f"expected A=B, got {item!r}")
-        out.append((a.strip(), b.strip()))
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -53,14 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from medadapt.adapters import LearnedTextConfig, load_adapted, read_adapter_info, save_adapter
+    from medadapt.cli import split_pair
     from medadapt.evaluation.evaluate import evaluate_run
     from medadapt.prompts.text.learned import train_text_prompts
 
     run = Path(args.run)
     aliases: dict[str, list[str]] = {}
-    for cls, alias in _pairs(args.alias or ALIASES):
+    for cls, alias in (split_pair(a, "--alias", "CLASS=ALIAS") for a in args.alias or ALIASES):
         aliases.setdefault(cls, []).append(alias)
-    texts = dict(_pairs(args.text or TEXTS))
+    texts = dict(split_pair(t) for t in args.text or TEXTS)
     t0 = time.perf_counter()
     info = read_adapter_info(run / "adapter")
     model = load_adapted(run / "adapter")

@@ -74,17 +74,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=args.modes.split(","), out_dir=args.out,
-        device=args.device, limit=args.limit, texts=dict(_text_target(t) for t in args.text or []),
+        device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
     )
     print(report.table())
     return 0
 
 
-def _text_target(value: str) -> tuple[str, str]:
-    text, sep, cls = value.rpartition("=")
-    if not sep or not text.strip() or not cls.strip():
-        raise MedAdaptError(f"--text takes TEXT=CLASS, e.g. 'LV cavity=left ventricle'; got {value!r}")
-    return text.strip(), cls.strip()
+def split_pair(
+    value: str, option: str = "--text", example: str = "TEXT=CLASS, e.g. 'LV cavity=left ventricle'"
+) -> tuple[str, str]:
+    """``'A=B'`` -> ``('A', 'B')``, split at the last ``=`` so the left side may contain one."""
+    left, sep, right = value.rpartition("=")
+    if not sep or not left.strip() or not right.strip():
+        raise MedAdaptError(f"{option} takes {example}; got {value!r}")
+    return left.strip(), right.strip()
 
 
 def _label(value: str) -> int:

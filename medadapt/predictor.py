@@ -9,7 +9,7 @@ and mask decoder, with all of its prompts in one decoder batch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -42,6 +42,12 @@ class Prediction:
     all_scores: np.ndarray | None = None
     labels: list[str] = field(default_factory=list)
     label_values: list[int] = field(default_factory=list)
+
+
+def _copy_prediction(p: Prediction) -> Prediction:
+    """A copy whose arrays the caller may modify without touching the original."""
+    return replace(p, masks=p.masks.copy(), scores=p.scores.copy(), logits=p.logits.copy(),
+                   labels=list(p.labels), label_values=list(p.label_values))
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -100,6 +106,7 @@ class Segmenter:
         self._meta: ImageMeta | None = None
         self._image: np.ndarray | None = None  # text prompts need the pixels, not only the embedding
         self._text_model = None  # a medadapt.prompts.ClipTextModel, see set_text_model
+        self._auto_cache: Prediction | None = None  # the all-class automatic answer for the current image
 
     @classmethod
     def from_pretrained(
@@ -152,10 +159,12 @@ class Segmenter:
         self._embedding = self.backbone.encode(pixels.to(self.device))
         self._meta = meta
         self._image = arr
+        self._auto_cache = None
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self._embedding, self._meta, self._image = None, None, None
+        self._auto_cache = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -328,6 +337,9 @@ class Segmenter:
         from .training.losses import labels_from_logits
 
         self._require_classes()
+        if classes is None and self._auto_cache is not None:
+            # predict() and predict(text=...) on one image share the joint all-class decode
+            return _copy_prediction(self._auto_cache)
         idx = self._class_indices(classes)
         auto = self.backbone.adapter_config.automatic
         ids = torch.tensor(idx, device=self.device)
@@ -338,10 +350,13 @@ class Segmenter:
         prob = torch.sigmoid(full)
         # score = mean foreground probability inside each returned mask (0 for an empty mask)
         scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(masks)])
-        return Prediction(
+        pred = Prediction(
             masks=masks.cpu().numpy(), scores=scores.cpu().numpy(), logits=low.cpu().numpy(),
             labels=[auto.class_names[i] for i in idx], label_values=[auto.label_values[i] for i in idx],
         )
+        if classes is None:
+            self._auto_cache = _copy_prediction(pred)
+        return pred
 
     def predict_volume(
         self, volume: np.ndarray, axis: int = 2, classes: Sequence[str | int] | None = None

@@ -105,6 +105,26 @@ def test_learned_text_selects_the_automatic_mask_and_survives_save_and_load(tiny
         again.predict(text="LV", boxes=[[0, 0, 10, 10]])
 
 
+def test_automatic_and_text_predictions_on_one_image_decode_once(tiny_encoder):
+    model = adapted()
+    train_text_prompts(model, LearnedTextConfig(encoder=str(tiny_encoder), aliases=ACDC_ALIASES, min_similarity=-1.0))
+    seg = Segmenter(model, device="cpu")
+    calls = []
+    model.mask_decoder.transformer.register_forward_hook(lambda *a: calls.append(1))
+    image = disc_image()[0]
+    seg.set_image(image)
+    first = seg.predict()
+    first.masks[:] = False  # the caller's copy; the cached answer must not change with it
+    text = seg.predict(text="left ventricle")
+    again = seg.predict()
+    assert len(calls) == 1 and again.masks.any()
+    assert np.array_equal(text.masks[0], again.masks[2])
+    seg.predict(classes=["myocardium"])  # a subset is decoded on its own (classes attend to each other)
+    seg.set_image(image[::-1].copy())  # a new image forgets the answer
+    seg.predict()
+    assert len(calls) == 3
+
+
 def test_cli_predicts_learned_text_and_automatic_labels(tiny_encoder, tmp_path, capsys):
     from PIL import Image
 
