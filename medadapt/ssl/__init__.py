@@ -16,10 +16,14 @@ from __future__ import annotations
 from .config import SSLConfig
 from .loop import SemiSupervised, rampup
 from .perturb import box_masks, feature_dropout, intensity, paste, random_boxes
-from .pseudo import boxes_from_labels, confident_labels, drop_small_classes, refine_with_prompts
+from .pseudo import (
+    boxes_from_labels, boxes_of_masks, confident_labels, drop_small_classes, largest_components, pad_boxes,
+    refine_with_prompts,
+)
 from .teacher import EMATeacher
 
 __all__ = [
-    "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels", "confident_labels",
-    "drop_small_classes", "feature_dropout", "intensity", "paste", "rampup", "random_boxes", "refine_with_prompts",
+    "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels", "boxes_of_masks",
+    "confident_labels", "drop_small_classes", "feature_dropout", "intensity", "largest_components", "pad_boxes",
+    "paste", "rampup", "random_boxes", "refine_with_prompts",
 ]

@@ -30,6 +30,8 @@ class SSLConfig:
     refine: str = "agree"  # re-prompt the decoder with boxes from the coarse pseudo-label: agree | replace | none
     refine_decoder: str = "teacher"  # which decoder answers the boxes: teacher | pretrained (frozen at the start)
     refine_iou: float = 0.5  # replace: a class's refined mask is used when its IoU with the coarse mask is this high
+    refine_margin: float = 0.0  # each side of a refinement box moves out by this share of the box's width / height
+    refine_box: str = "largest"  # the box is drawn around: largest (connected component of the class) | all (pixels)
     min_component: int = 20  # pixels on the decoder grid; smaller class masks are dropped
     unlabeled_batch_size: int = 8
     weight: float = 1.0  # unsupervised loss weight after ramp-up (mixed strong view)
@@ -64,6 +66,10 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.refine must be agree, replace or none; got {self.refine!r}")
         if self.refine_decoder not in ("teacher", "pretrained"):
             raise MedAdaptError(f"ssl.refine_decoder must be teacher or pretrained; got {self.refine_decoder!r}")
+        if self.refine_box not in ("largest", "all"):
+            raise MedAdaptError(f"ssl.refine_box must be largest or all; got {self.refine_box!r}")
+        if not 0.0 <= self.refine_margin <= 0.5:
+            raise MedAdaptError(f"ssl.refine_margin is a share of the box per side in [0, 0.5]; got {self.refine_margin}")
         if not 0.0 < self.refine_iou <= 1.0:
             raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
         if not isinstance(self.stream, bool):

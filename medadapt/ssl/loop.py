@@ -74,7 +74,9 @@ class SemiSupervised:
         passed = drop_small_classes(labels, passed, self.num_classes, self.cfg.min_component)
         if self.cfg.refine != "none":
             labels, passed = refine_with_prompts(model, embeddings, labels, passed, self.num_classes,
-                                                 self.cfg.refine, self.cfg.refine_iou, self.refiner)
+                                                 self.cfg.refine, self.cfg.refine_iou, self.refiner,
+                                                 margin=self.cfg.refine_margin,
+                                                 largest=self.cfg.refine_box == "largest")
         model.train(was_training)
         return labels, passed
 
