@@ -29,6 +29,20 @@ def data_root(arg: str | None = None) -> Path:
     return root
 
 
+def hc18_images(data_root_arg: str | None, exams: str) -> tuple[Path, list[Path]]:
+    """HC18's folder and its images whose exam number lies in ``exams`` ("100-129", inclusive)."""
+    lo, hi = (int(v) for v in exams.split("-"))
+    root = data_root(data_root_arg) / "hc18"
+    return root, sorted(p for p in (root / "images").glob("*.png") if lo <= int(p.name.split("_")[0]) <= hi)
+
+
+def add_run_arguments(ap, exams: str = "100-129") -> None:
+    """The arguments of the scripts that look at one HC18 run: RUN, --data-root, --exams."""
+    ap.add_argument("run")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--exams", default=exams, help="exam number range, inclusive")
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()

@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, data_root  # noqa: E402
+from benchmarks.common import RESULTS, add_run_arguments, hc18_images  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--exams", default="100-129", help="exam number range, inclusive")
+    add_run_arguments(ap)
     ap.add_argument("--n", type=int, default=6)
     args = ap.parse_args(argv)
 
@@ -34,10 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     from medadapt.imaging import load_image, load_mask
     from medadapt.overlay import overlay
 
-    lo, hi = (int(v) for v in args.exams.split("-"))
-    root = data_root(args.data_root) / "hc18"
+    root, files = hc18_images(args.data_root, args.exams)
     seg = Segmenter.from_pretrained("litemedsam", adapter=args.run)
-    files = sorted(p for p in (root / "images").glob("*.png") if lo <= int(p.name.split("_")[0]) <= hi)
     res = []
     for f in files:
         img, gt = load_image(f), load_mask(root / "masks" / f.name) > 0

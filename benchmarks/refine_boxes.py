@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/refine_boxes.py runs/hc18_10labeled [--exams 100-129] [--margins 0 0.05 0.1]
 
 For each validation image of HC18: the run's automatic mask, then the frozen
-pretrained LiteMedSAM's answer to a box around that mask, loosened by each
+pretrained LiteMedSAM's answer to a box around that mask (all its pixels, or
+its largest connected component: ``ssl.refine_box``), loosened by each
 margin (a share of the box's width / height per side; ``ssl.refine_margin``).
 This is the refinement step of the semi-supervised loop's ``refine: replace``
 measured in isolation, on labelled images: it says which margin gives the
@@ -20,15 +21,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import data_root, write_result  # noqa: E402
+from benchmarks.common import add_run_arguments, hc18_images, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--exams", default="100-129", help="exam number range, inclusive")
-    ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.225])
+    add_run_arguments(ap)
+    ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--result", default=None)
     args = ap.parse_args(argv)
@@ -39,17 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     from medadapt.evaluation.metrics import binary_dice
     from medadapt.imaging import load_image, load_mask
     from medadapt.prompts import box_from_mask
-    from medadapt.ssl import pad_boxes
+    from medadapt.ssl import boxes_from_labels, pad_boxes
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lo, hi = (int(v) for v in args.exams.split("-"))
-    root = data_root(args.data_root) / "hc18"
+    root, files = hc18_images(args.data_root, args.exams)
     auto = Segmenter.from_pretrained("litemedsam", adapter=args.run)
     pre = Segmenter.from_pretrained("litemedsam")
-    files = sorted(p for p in (root / "images").glob("*.png") if lo <= int(p.name.split("_")[0]) <= hi)
+    kinds = {"all its pixels": False, "its largest component": True}
     rows: dict[str, list[float]] = {"automatic mask": [], "ground-truth box": []}
-    rows.update({f"box around it, margin {m:g}": [] for m in args.margins})
+    rows.update({f"box around {k}, margin {m:g}": [] for k in kinds for m in args.margins})
     for f in files:
         img, gt = load_image(f), load_mask(root / "masks" / f.name) > 0
         auto.set_image(img)
@@ -57,14 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         m = auto.predict().masks[0]
         rows["automatic mask"].append(binary_dice(m, gt))
         rows["ground-truth box"].append(binary_dice(pre.predict(boxes=[box_from_mask(gt)]).masks[0], gt))
-        if not m.any():
-            for mg in args.margins:
-                rows[f"box around it, margin {mg:g}"].append(0.0)
-            continue
-        box = torch.tensor([box_from_mask(m)], dtype=torch.float32)
-        boxes = torch.cat([pad_boxes(box, mg, img.shape[:2]) for mg in args.margins]).tolist()
-        for mg, mm in zip(args.margins, pre.predict(boxes=boxes).masks):
-            rows[f"box around it, margin {mg:g}"].append(binary_dice(mm, gt))
+        for kind, largest in kinds.items():
+            if not m.any():
+                for mg in args.margins:
+                    rows[f"box around {kind}, margin {mg:g}"].append(0.0)
+                continue
+            box, _ = boxes_from_labels(torch.from_numpy(m)[None].long(), 1, largest=largest)  # 1 x 1 x 4
+            boxes = torch.cat([pad_boxes(box[0], mg, img.shape[:2]) for mg in args.margins]).tolist()
+            for mg, mm in zip(args.margins, pre.predict(boxes=boxes).masks):
+                rows[f"box around {kind}, margin {mg:g}"].append(binary_dice(mm, gt))
     summary = {k: float(np.mean(v)) for k, v in rows.items()}
     md = (f"HC18 exams {args.exams} ({len(files)} images); automatic masks of `{Path(args.run).name}`; boxes answered "
           "by the frozen pretrained LiteMedSAM. Mean Dice per image.\n\n| pseudo-label | Dice |\n|---|---|\n"
