@@ -8,6 +8,9 @@
     stream = CaseStream(splits["unlabeled"], config, rng)                    # or a few cases at a time
     image, label = load_volume_case(splits["val"][0], config)                 # (N, H, W) for 3-D metrics
 
+:mod:`medadapt.data.synthetic` writes a small task with a known answer and a
+domain shift, on which the tests check that semi-supervised training helps.
+
 Images and labels are read with :mod:`medadapt.imaging`, so training slices
 are oriented exactly as ``load_image`` gives them at inference time.
 """
