@@ -57,6 +57,8 @@ def test_predict_several_boxes_writes_a_label_map_to_nifti(disc_png, tmp_path):
         (["predict", "{img}", "--point", "5", "5", "2", "--out", "{tmp}/m.png"], "0 (background)"),
         (["predict", "{img}", "--box", "1", "1", "5", "5", "--out", "{tmp}/m.jpg"], ".png, .nii or .nii.gz"),
         (["predict", "{img}", "--out", "{tmp}/m.png"], "at least one prompt"),
+        (["evaluate", "{tmp}", "--text", "LV cavity"], "--text takes TEXT=CLASS"),
+        (["evaluate", "{tmp}", "--text", "LV cavity= "], "--text takes TEXT=CLASS"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(disc_png, tmp_path, capsys, args, message):
@@ -65,6 +67,12 @@ def test_user_errors_exit_2_with_one_line(disc_png, tmp_path, capsys, args, mess
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("medadapt: error:") and message in err and "\n" not in err
+
+
+def test_text_class_pairs_split_at_the_last_equals_sign():
+    from medadapt.cli import split_pair
+
+    assert split_pair(" a=b = left ventricle ") == ("a=b", "left ventricle")
 
 
 def test_installed_entry_point_prints_no_traceback(tmp_path):
