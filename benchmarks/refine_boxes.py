@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         m = auto.predict().masks[0]
         rows["automatic mask"].append(binary_dice(m, gt))
         rows["ground-truth box"].append(binary_dice(pre.predict(boxes=[box_from_mask(gt)]).masks[0], gt))
+        if not m.any():  # no box to draw: every refinement scores 0
+            for key in rows:
+                if key.startswith("box around"):
+                    rows[key].append(0.0)
+            continue
         for kind, largest in kinds.items():
-            if not m.any():
-                for mg in args.margins:
-                    rows[f"box around {kind}, margin {mg:g}"].append(0.0)
-                continue
             box, _ = boxes_from_labels(torch.from_numpy(m)[None].long(), 1, largest=largest)  # 1 x 1 x 4
             boxes = torch.cat([pad_boxes(box[0], mg, img.shape[:2]) for mg in args.margins]).tolist()
             for mg, mm in zip(args.margins, pre.predict(boxes=boxes).masks):

@@ -203,6 +203,8 @@ def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
         config_from_dict({**cfg.to_dict(), "ssl": {"refine_decoder": "mine"}})
     with pytest.raises(MedAdaptError, match="refine_margin"):
         config_from_dict({**cfg.to_dict(), "ssl": {"refine_margin": 0.8}})
+    with pytest.raises(MedAdaptError, match="refine_box"):
+        config_from_dict({**cfg.to_dict(), "ssl": {"refine_box": "confident"}})
 
 
 
