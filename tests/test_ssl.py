@@ -144,6 +144,16 @@ def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert "teacher" in state  # the EMA teacher is checkpointed with the student
 
+    # The saved config round-trips through YAML (tuples come back as lists): resuming it must be accepted,
+    # and a changed setting must be refused by name.
+    raw = _tiny_raw(tmp_path / "again", 8, ["4", "5", "6", "7"], {"epochs": 3}, {"threshold": 0.5}, val=("2", "3"))
+    raw["data"]["root"], raw["output"] = cfg.data["root"], cfg.output
+    finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    assert len(list(csv.DictReader(open(run / "log.csv")))) == 3
+    raw["ssl"]["threshold"] = 0.6
+    with pytest.raises(MedAdaptError, match=r"changed: ssl\.threshold\)"):
+        finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+
 
 def _tiny_automatic_model():
     from medadapt.adapters import AdapterConfig, AutomaticConfig, apply

@@ -21,7 +21,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -409,6 +409,16 @@ def _views(slices: list, n: int, seed: int) -> list:
     return out
 
 
+def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, so a refused resume says what to put back."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += _changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == now else [prefix.rstrip(".")]
+
+
 def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
     run = Path(os.path.expandvars(config.output))
     if config.name:
@@ -420,10 +430,16 @@ def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
     resolved = yaml.safe_dump(config.to_dict(), sort_keys=False)
     if resume and cfg_path.exists():
         saved = yaml.safe_load(cfg_path.read_text())
-        now = config.to_dict()
-        keep = {k: v for k, v in saved.items() if k != "train"}
-        if keep != {k: v for k, v in now.items() if k != "train"}:
-            raise MedAdaptError(f"--resume with a different data/adapter/prompt config than {cfg_path}; use the same config")
+        # Compare after the same YAML round trip, so tuples and lists match.
+        changed = _changed_keys(
+            {k: v for k, v in saved.items() if k != "train"},
+            {k: v for k, v in yaml.safe_load(resolved).items() if k != "train"},
+        )
+        if changed:
+            raise MedAdaptError(
+                f"--resume with a different data/adapter/prompt config than {cfg_path} "
+                f"(changed: {', '.join(changed)}); use the same config"
+            )
     cfg_path.write_text(resolved)
     return run
 
