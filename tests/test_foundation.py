@@ -147,3 +147,52 @@ def test_fingerprint_tracks_weights(tmp_path):
     b = build_backbone("tiny_sam_vit", checkpoint=str(path))
     assert a.info.fingerprint and a.info.fingerprint != b.info.fingerprint
     assert build_backbone("tiny_sam_vit").info.fingerprint == a.info.fingerprint
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_decode_matches_the_official_mask_decoder_for_several_prompts(multimask):
+    """medadapt's decoder path (token-major transformer inputs, matrix-form upscaling) computes SAM's function."""
+    sam = official_tiny_sam(seed=2)
+    bb = build_backbone("tiny_sam_vit")
+    bb.load_state_dict({k: v for k, v in sam.state_dict().items() if k not in ("pixel_mean", "pixel_std")})
+    torch.manual_seed(0)
+    emb = torch.randn(1, *sam.image_encoder(torch.zeros(1, 3, 64, 64)).shape[1:])
+    boxes = torch.tensor([[4.0, 6.0, 40.0, 30.0], [10.0, 2.0, 60.0, 50.0], [0.0, 0.0, 63.0, 63.0]])
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
+        ref, ref_iou = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                        multimask_output=multimask)
+        low, iou = bb.decode(emb, *bb.encode_prompts(boxes=boxes), multimask=multimask)
+        per_image, _ = bb.decode(emb.expand(3, -1, -1, -1), sparse, dense, multimask=multimask)
+    assert low.shape == ref.shape == (3, 3 if multimask else 1, 16, 16)
+    torch.testing.assert_close(low, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(per_image, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="give 1 or 3"):
+        bb.decode(emb.expand(2, -1, -1, -1), sparse, dense)
+
+
+def test_matrix_form_upscaling_equals_the_module_in_value_and_gradient():
+    """upscale_masks replaces ConvTranspose2d (k=2, s=2) by per-pixel linear maps; it must be the same function."""
+    from medadapt.foundation.upscaling import upscale_masks
+
+    up = build_backbone("tiny_sam_vit").mask_decoder.output_upscaling.requires_grad_(True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in up.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    c, h, w = up[0].in_channels, 5, 7
+    tokens = torch.randn(2, h * w, c, requires_grad=True)
+    hyper = torch.randn(2, 3, up[3].out_channels, requires_grad=True)
+    fast = upscale_masks(up, tokens, h, w, hyper)
+    module_out = up(tokens.transpose(1, 2).reshape(2, c, h, w))
+    ref = (hyper @ module_out.flatten(2)).reshape(2, 3, 4 * h, 4 * w)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    weight = torch.randn_like(ref)
+    wrt = [tokens, hyper, *up.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * weight).sum(), wrt), torch.autograd.grad((ref * weight).sum(), wrt)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # any other upscaling module (here with an extra layer) takes the module path and gives its own answer
+    other = torch.nn.Sequential(*up, torch.nn.Identity())
+    torch.testing.assert_close(upscale_masks(other, tokens, h, w, hyper), ref)

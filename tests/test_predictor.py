@@ -50,7 +50,7 @@ def test_several_boxes_are_one_batch_and_match_single_predictions():
     seg.set_image(image)
     boxes = [[10, 10, 100, 90], [75, 45, 165, 135], [120, 20, 230, 170]]
     calls = []
-    handle = seg.backbone.mask_decoder.register_forward_hook(lambda *a: calls.append(1))
+    handle = seg.backbone.mask_decoder.transformer.register_forward_hook(lambda *a: calls.append(1))
     together = seg.predict(boxes=boxes)
     handle.remove()
     assert len(calls) == 1  # one decoder call for all three boxes
