@@ -8,12 +8,16 @@ then runs ``medadapt evaluate`` on that same val split and writes
 ``benchmarks/results/NAME.md/.json``: mean 3-D Dice per case for each class and
 mode, wall times, the machine. The val split is the only held-out split these
 data have here (the ACDC test patients are not in ../shared/data), so the
-numbers are validation numbers and are reported as such.
+numbers are validation numbers and are reported as such. A run folder that
+already has ``metrics.json`` (a finished ``medadapt finetune``) is evaluated, not
+trained again; its training time is then read from that file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,11 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     from medadapt.training import finetune, load_config
 
     cfg = load_config(args.config, args.overrides)
+    run = Path(os.path.expandvars(cfg.output)) / (cfg.name or "")
+    if (run / "metrics.json").is_file():
+        t_train = json.loads((run / "metrics.json").read_text())["seconds"]
+    else:
+        t0 = time.perf_counter()
+        run = finetune(cfg, resume=args.resume)
+        t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run = finetune(cfg, resume=args.resume)
-    t_train = time.perf_counter() - t0
     report = evaluate_run(run, split="val", modes=args.modes.split(","))
-    t_eval = time.perf_counter() - t0 - t_train
+    t_eval = time.perf_counter() - t0
     summary = report.summary()
     name = args.result or f"finetune_{cfg.name or Path(args.config).stem}"
     md = (
