@@ -35,12 +35,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
 
+    import yaml
+
     from medadapt.evaluation.evaluate import evaluate_run
+    from medadapt.training.finetune import changed_keys
     from medadapt.training import finetune, load_config
 
     cfg = load_config(args.config, args.overrides)
     run = Path(os.path.expandvars(cfg.output)) / (cfg.name or "")
     if (run / "metrics.json").is_file():
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        changed = changed_keys(saved, yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        if changed:
+            raise SystemExit(f"{run} is a finished run of another config (changed: {', '.join(changed)}); "
+                             "pass the overrides it was trained with, or another name=")
         t_train = json.loads((run / "metrics.json").read_text())["seconds"]
     else:
         t0 = time.perf_counter()
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Config `{args.config}` {' '.join(args.overrides)}; backbone {cfg.backbone}; adapter {cfg.adapter}; "
         f"{cfg.train.epochs} epochs; best epoch selected on the val split, evaluated on the same val split "
         f"(mean 3-D Dice per case; HD95 in pixels).\n\n"
-        f"Training {t_train / 60:.1f} min, evaluation {t_eval / 60:.1f} min.\n\n" + report.table() + "\n"
+        f"Training {t_train / 60:.1f} min (the run's last `medadapt finetune` session: a resumed run's "
+        f"earlier sessions are not counted), evaluation {t_eval / 60:.1f} min.\n\n" + report.table() + "\n"
     )
     path = write_result(name, {"config": cfg.to_dict(), "summary": summary, "train_s": t_train, "eval_s": t_eval,
                                "run": str(run)}, "```\n" + report.table() + "\n```\n\n" + md)

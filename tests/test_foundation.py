@@ -196,3 +196,9 @@ def test_matrix_form_upscaling_equals_the_module_in_value_and_gradient():
     # any other upscaling module (here with an extra layer) takes the module path and gives its own answer
     other = torch.nn.Sequential(*up, torch.nn.Identity())
     torch.testing.assert_close(upscale_masks(other, tokens, h, w, hyper), ref)
+    # so does a module someone hooks (their hook must see the call)
+    seen = []
+    handle = up[3].register_forward_hook(lambda *a: seen.append(1))
+    torch.testing.assert_close(upscale_masks(up, tokens, h, w, hyper), ref)
+    handle.remove()
+    assert seen == [1]

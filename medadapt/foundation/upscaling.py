@@ -28,6 +28,8 @@ def _is_plain_upscaling(up: nn.Module) -> bool:
     """True if ``up`` is SAM's ConvT(2, 2) -> LayerNorm2d -> GELU -> ConvT(2, 2) -> GELU, untouched."""
     if not isinstance(up, nn.Sequential) or len(up) != 5:
         return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in up.modules()):
+        return False  # someone watches these modules (e.g. feature extraction): run them
     c1, ln, a1, c2, a2 = up
     for conv in (c1, c2):
         if type(conv) is not nn.ConvTranspose2d or conv.bias is None:

@@ -409,12 +409,12 @@ def _views(slices: list, n: int, seed: int) -> list:
     return out
 
 
-def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
+def changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ, so a refused resume says what to put back."""
     if isinstance(saved, dict) and isinstance(now, dict):
         out: list[str] = []
         for key in sorted(set(saved) | set(now), key=str):
-            out += _changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
+            out += changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
         return out
     return [] if saved == now else [prefix.rstrip(".")]
 
@@ -431,7 +431,7 @@ def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
     if resume and cfg_path.exists():
         saved = yaml.safe_load(cfg_path.read_text())
         # Compare after the same YAML round trip, so tuples and lists match.
-        changed = _changed_keys(
+        changed = changed_keys(
             {k: v for k, v in saved.items() if k != "train"},
             {k: v for k, v in yaml.safe_load(resolved).items() if k != "train"},
         )
@@ -574,4 +574,4 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     grid.save(run / "val_overlays.png")
 
 
-__all__ = ["finetune", "Trainer", "seed_everything", "lr_lambda"]
+__all__ = ["finetune", "Trainer", "seed_everything", "lr_lambda", "changed_keys"]
