@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,17 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
 
-    import yaml
-
     from medadapt.evaluation.evaluate import evaluate_run
-    from medadapt.training.finetune import changed_keys
     from medadapt.training import finetune, load_config
+    from medadapt.training.finetune import config_changes, run_folder
 
     cfg = load_config(args.config, args.overrides)
-    run = Path(os.path.expandvars(cfg.output)) / (cfg.name or "")
+    run = run_folder(cfg)
     if (run / "metrics.json").is_file():
-        saved = yaml.safe_load((run / "config.yaml").read_text())
-        changed = changed_keys(saved, yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        changed = config_changes(cfg, run)
         if changed:
             raise SystemExit(f"{run} is a finished run of another config (changed: {', '.join(changed)}); "
                              "pass the overrides it was trained with, or another name=")

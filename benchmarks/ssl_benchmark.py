@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result  # noqa: E402
 
 
-def arm_runs(config: str, seed: int, overrides: list[str]) -> dict[str, tuple[list[str], str]]:
+def arm_runs(config: str, seed: int, overrides: list[str]) -> dict[str, list[str]]:
+    """The overrides of each arm: the same seed, and run names ``NAME_sup_sSEED`` / ``NAME_ssl_sSEED``."""
     from medadapt.training import load_config
 
     base = load_config(config, overrides).name or Path(config).stem
     common = [*overrides, f"train.seed={seed}"]
-    return {"supervised": ([*common, "ssl=null", f"name={base}_sup_s{seed}"], f"{base}_sup_s{seed}"),
-            "semi-supervised": ([*common, f"name={base}_ssl_s{seed}"], f"{base}_ssl_s{seed}")}
+    return {"supervised": [*common, "ssl=null", f"name={base}_sup_s{seed}"],
+            "semi-supervised": [*common, f"name={base}_ssl_s{seed}"]}
 
 
 def summarise(run: Path) -> dict:
@@ -51,13 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from medadapt.training import finetune, load_config
+    from medadapt.training.finetune import run_folder
 
     rows, out = [], {"config": args.config, "overrides": args.overrides, "seeds": {}}
     for seed in args.seeds:
         res = {}
-        for arm, (ov, name) in arm_runs(args.config, seed, args.overrides).items():
+        for arm, ov in arm_runs(args.config, seed, args.overrides).items():
             cfg = load_config(args.config, ov)
-            run = Path(cfg.output) / name
+            run = run_folder(cfg)
             if not (run / "metrics.json").is_file():
                 finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
             res[arm] = summarise(run)

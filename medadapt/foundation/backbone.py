@@ -153,7 +153,7 @@ def _token_major(x: torch.Tensor) -> torch.Tensor:
 
 def _predict_class_masks(decoder: nn.Module, cp: nn.Module, emb, pe, dense, ids, dtype) -> torch.Tensor:
     """SAM's decoder with the K classes' mask tokens as outputs and their prompt tokens as inputs."""
-    b, c, h, w = emb.shape
+    b, _, h, w = emb.shape
     k = ids.numel()
     out_tokens = torch.cat([decoder.iou_token.weight, cp.mask_tokens[ids]], dim=0)
     prompts = cp.tokens[ids].reshape(-1, cp.tokens.shape[-1])
@@ -179,7 +179,7 @@ def _predict_masks_per_image(decoder: nn.Module, emb, pe, sparse, dense):
     tokens = torch.cat((output_tokens, sparse), dim=1)
     src = _token_major(emb + dense)
     pos_src = _token_major(pe).expand(tokens.shape[0], -1, -1, -1)
-    b, c, h, w = src.shape
+    h, w = src.shape[-2:]
     hs, src = decoder.transformer(src, pos_src, tokens)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]

@@ -409,38 +409,48 @@ def _views(slices: list, n: int, seed: int) -> list:
     return out
 
 
-def changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, so a refused resume says what to put back."""
+def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, so a refusal says what to put back."""
     if isinstance(saved, dict) and isinstance(now, dict):
         out: list[str] = []
         for key in sorted(set(saved) | set(now), key=str):
-            out += changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
+            out += _changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
         return out
     return [] if saved == now else [prefix.rstrip(".")]
 
 
-def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
+def run_folder(config: FinetuneConfig) -> Path:
+    """Where ``finetune(config)`` writes: ``output/name`` (``$VARS`` expanded), or ``output`` without a name."""
     run = Path(os.path.expandvars(config.output))
-    if config.name:
-        run = run / config.name
+    return run / config.name if config.name else run
+
+
+def config_changes(config: FinetuneConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys where ``config`` differs from the one saved in ``run/config.yaml`` (top-level ``ignore`` skipped).
+
+    Both sides go through the same YAML round trip, so a tuple in memory
+    equals the list it was saved as.
+    """
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
+                         {k: v for k, v in now.items() if k not in ignore})
+
+
+def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
+    run = run_folder(config)
     if (run / "checkpoints" / "last.pt").exists() and not resume:
         raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
     run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "config.yaml"
-    resolved = yaml.safe_dump(config.to_dict(), sort_keys=False)
     if resume and cfg_path.exists():
-        saved = yaml.safe_load(cfg_path.read_text())
-        # Compare after the same YAML round trip, so tuples and lists match.
-        changed = changed_keys(
-            {k: v for k, v in saved.items() if k != "train"},
-            {k: v for k, v in yaml.safe_load(resolved).items() if k != "train"},
-        )
+        changed = config_changes(config, run, ignore=("train",))
         if changed:
             raise MedAdaptError(
                 f"--resume with a different data/adapter/prompt config than {cfg_path} "
                 f"(changed: {', '.join(changed)}); use the same config"
             )
-    cfg_path.write_text(resolved)
+    cfg_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return run
 
 
@@ -574,4 +584,4 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     grid.save(run / "val_overlays.png")
 
 
-__all__ = ["finetune", "Trainer", "seed_everything", "lr_lambda", "changed_keys"]
+__all__ = ["finetune", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes"]
