@@ -45,6 +45,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         clip=args.clip,
         clip_weights=args.clip_weights,
         adapter=args.adapter,
+        refine=args.refine,
     )
     kind = "text" if args.text else "class"
     names = [f"{kind} {t!r}" for t in result.labels] or [f"prompt {i + 1}" for i in range(len(result.areas))]
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, metavar="RUN",
                    help="run folder or adapter file from `medadapt finetune`; with no prompt, segments every "
                         "learned class")
+    p.add_argument("--refine", action="store_true",
+                   help="with --adapter and no prompt: re-prompt each class with a box around its own largest "
+                        "component (self-prompting; no ground truth needed)")
     p.add_argument("--text", action="append", default=None, metavar="NAME",
                    help="segment a named structure: with --adapter of a model trained with learned text "
                         "prompts, or zero-shot with --clip; repeat for several")
@@ -149,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or adapter file written by `medadapt finetune`")
     p.add_argument("--data", default=None, help="dataset folder or data YAML (default: the run's own data config)")
     p.add_argument("--split", default="val", help="val, test or all (default val)")
-    p.add_argument("--modes", default="automatic,box,1-click", help="comma-separated: automatic, box, 1-click")
+    p.add_argument("--modes", default="automatic,self-prompted,box,1-click",
+                   help="comma-separated: automatic, self-prompted (automatic refined by boxes from itself), "
+                        "box, 1-click (default: all)")
     p.add_argument("--out", default=None, help="folder for evaluation.json/.csv (default: RUN/eval_SPLIT)")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.add_argument("--text", action="append", default=None, metavar="TEXT=CLASS",

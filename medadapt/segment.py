@@ -63,6 +63,7 @@ def segment_file(
     clip: str | None = None,
     clip_weights: str | None = None,
     adapter: str | os.PathLike | None = None,
+    refine: bool = False,
 ) -> SegmentFileResult:
     """Segment one image file from prompts and write the mask (PNG or NIfTI).
 
@@ -77,7 +78,8 @@ def segment_file(
     adapter file from ``medadapt finetune``) adapts the model: prompts go
     through the adapted decoder, no prompt at all segments every learned class
     (a label map with the training data's label values), and ``text`` without
-    ``clip`` uses the adapter's learned text prompts.
+    ``clip`` uses the adapter's learned text prompts. ``refine`` self-prompts
+    that automatic answer (see :meth:`Segmenter.predict`).
     """
     from .imaging import load_image, save_mask, save_overlay
 
@@ -104,6 +106,9 @@ def segment_file(
             "give at least one prompt: --box X0 Y0 X1 Y1, --point X Y LABEL or --text NAME with --clip "
             "(or --adapter RUN for automatic segmentation)"
         )
+    if refine and (texts or boxes or points or adapter is None):
+        raise MedAdaptError("--refine refines automatic segmentation: use it with --adapter RUN and no --box, "
+                            "--point or --text")
     seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     arr = load_image(image, slice_index=slice_index, axis=axis, window=window)
     seg.set_image(arr)
@@ -113,7 +118,8 @@ def segment_file(
     if texts:
         pred = seg.predict(text=texts, multimask=multimask)
     else:
-        pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask)
+        pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask,
+                           refine=refine)
     if automatic:  # learned classes do not overlap: write their label values
         data = np.zeros(arr.shape[:2], dtype=np.uint16 if max(pred.label_values, default=0) > 255 else np.uint8)
         for m, v in zip(pred.masks, pred.label_values):

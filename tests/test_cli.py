@@ -57,6 +57,7 @@ def test_predict_several_boxes_writes_a_label_map_to_nifti(disc_png, tmp_path):
         (["predict", "{img}", "--point", "5", "5", "2", "--out", "{tmp}/m.png"], "0 (background)"),
         (["predict", "{img}", "--box", "1", "1", "5", "5", "--out", "{tmp}/m.jpg"], ".png, .nii or .nii.gz"),
         (["predict", "{img}", "--out", "{tmp}/m.png"], "at least one prompt"),
+        (["predict", "{img}", "--box", "1", "1", "5", "5", "--refine", "--out", "{tmp}/m.png"], "--refine refines"),
         (["evaluate", "{tmp}", "--text", "LV cavity"], "--text takes TEXT=CLASS"),
         (["evaluate", "{tmp}", "--text", "LV cavity= "], "--text takes TEXT=CLASS"),
     ],

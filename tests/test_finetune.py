@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -67,10 +66,17 @@ def test_finetune_pretrained_model_learns_automatic_segmentation(discs, tmp_path
     out = seg.predict()
     assert out.masks.shape == (1, 96, 96) and out.label_values == [1] and len(out.labels) == 1
     assert seg.predict(classes=[1]).masks.shape == (1, 96, 96)
+    truth = np.asarray(Image.open(discs / "masks" / "010.png")) > 0
+    refined = seg.predict(refine=True)  # self-prompted: a box around its own mask, through the adapted decoder
+    assert refined.masks.shape == (1, 96, 96) and refined.label_values == [1]
+    assert 2 * (refined.masks[0] & truth).sum() / (refined.masks[0].sum() + truth.sum()) > 0.85
     with pytest.raises(MedAdaptError, match="unknown class"):
         seg.predict(classes=["liver"])
     boxed = seg.predict(boxes=[[10, 10, 80, 80]])  # prompted mode still works through the adapted decoder
     assert boxed.masks.shape == (1, 96, 96)
+    labels = seg.predict_volume(np.stack([img, img], axis=2), axis=2, refine=True) == 1
+    both = np.stack([truth, truth], axis=2)  # the same orientation as the volume
+    assert 2 * (labels & both).sum() / (labels.sum() + both.sum()) > 0.85
 
 
 def test_cached_views_add_augmented_samples(discs, tmp_path):
@@ -131,9 +137,9 @@ def test_evaluate_writes_per_case_report(discs, tmp_path):
     run = finetune(config_from_dict(config(discs, tmp_path, epochs=1)), log=lambda m: None)
     report = evaluate_run(run, split="val")
     modes = {r["mode"] for r in report.summary()}
-    assert modes == {"automatic", "box", "1-click"}
+    assert modes == {"automatic", "self-prompted", "box", "1-click"}
     assert (run / "eval_val" / "evaluation.json").exists() and (run / "eval_val" / "evaluation.csv").exists()
-    assert len((run / "eval_val" / "evaluation.csv").read_text().strip().splitlines()) == 1 + 4 * 3
+    assert len((run / "eval_val" / "evaluation.csv").read_text().strip().splitlines()) == 1 + 4 * 4
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):

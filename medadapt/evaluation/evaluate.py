@@ -4,6 +4,9 @@ Modes:
 
 * ``automatic``: no prompts at all (learned class tokens); volumes are
   segmented slice by slice and scored in 3-D.
+* ``self-prompted``: automatic, then each class re-prompted with a box around
+  its own largest component (:func:`medadapt.prompts.refine_automatic`); no
+  ground truth enters, so this is an automatic result too.
 * ``box``: each class on each slice where it is present is prompted with the
   tight box of its ground truth (an upper bound on what a user's box gives).
 * ``1-click``: one positive click at the most interior point of the largest
@@ -31,7 +34,8 @@ from ..prompts.simulate import prompts_from_prediction
 from .metrics import dice_per_class, hd95_per_class
 from .report import EvaluationReport
 
-MODES = ("automatic", "box", "1-click")
+MODES = ("automatic", "self-prompted", "box", "1-click")
+LABEL_MODES = ("automatic", "self-prompted")  # modes that give one label map per slice, not one mask per class
 
 
 def _run_paths(run: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -82,27 +86,28 @@ def _cases(config, split: str):
 def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) -> dict[str, np.ndarray]:
     """Every mode for every slice, encoding each slice once.
 
-    Automatic mode gives a label map; prompted modes give one binary map per
+    Automatic modes give a label map; prompted modes give one binary map per
     class (prompts from that class's ground truth on the slice), so they are
-    scored per class. Returns {mode: S x H x W labels} for automatic and
+    scored per class. Returns {mode: S x H x W labels} for automatic modes and
     {mode: C x S x H x W bool} for prompted modes.
     """
     shape = (len(image_slices), *label_slices[0].shape)
-    out = {m: (np.zeros(shape, np.int64) if m == "automatic" else np.zeros((len(values), *shape), bool)) for m in modes}
+    out = {m: (np.zeros(shape, np.int64) if m in LABEL_MODES else np.zeros((len(values), *shape), bool)) for m in modes}
     out.update({f"text:{t}": np.zeros(shape, bool) for t in texts})
     for z, (img, lab) in enumerate(zip(image_slices, label_slices)):
         present = [(k, v) for k, v in enumerate(values) if (lab == v).any()]
-        needs_image = "automatic" in modes or texts or present
+        needs_image = any(m in modes for m in LABEL_MODES) or texts or present
         if not needs_image or np.ptp(img) == 0:
             continue
         seg.set_image(img)
         if texts:
             for t, m in zip(texts, seg.predict(text=list(texts)).masks):
                 out[f"text:{t}"][z] = m
-        if "automatic" in modes:
-            p = seg.predict()
-            for m, v in zip(p.masks, values):
-                out["automatic"][z][m] = v
+        for mode in LABEL_MODES:
+            if mode in modes:  # the second reuses the first's decode (Segmenter caches it per image)
+                p = seg.predict(refine=mode == "self-prompted")
+                for m, v in zip(p.masks, values):
+                    out[mode][z][m] = v
         if not present:
             continue
         masks = [lab == v for _, v in present]
@@ -171,7 +176,7 @@ def evaluate_run(
         gt = np.asarray(label)
         preds = _predict_slices(seg, image_slices, label_slices, values, modes, tuple(texts))
         for mode in modes:
-            if mode == "automatic":
+            if mode in LABEL_MODES:
                 dice = dice_per_class(preds[mode], gt, values)
                 hd = hd95_per_class(preds[mode], gt, values)
             else:
@@ -191,4 +196,4 @@ def evaluate_run(
     return report
 
 
-__all__ = ["evaluate_run", "MODES"]
+__all__ = ["evaluate_run", "LABEL_MODES", "MODES"]

@@ -4,6 +4,8 @@
 * :mod:`.simulate` -- prompts from masks: simulated training prompts, corrective
   clicks, prompts from a coarse prediction, the iterative-click loop.
 * :mod:`.learned` -- learned per-class prompt tokens (automatic mode).
+* :mod:`.refine` -- self-prompting: automatic masks refined by box prompts
+  drawn from themselves.
 * :mod:`.text` -- zero-shot text prompts: CLIP saliency -> boxes and clicks
   (BiomedCLIP read offline from the Hugging Face cache).
 
@@ -13,8 +15,9 @@ them, so adding a prompt source is one import line and one ``__all__`` entry.
 
 from __future__ import annotations
 
-from . import learned, simulate, text, types
+from . import learned, refine, simulate, text, types
 from .learned import ClassPromptTokens
+from .refine import largest_component, loose_box, refine_automatic
 from .simulate import (
     box_from_mask,
     corrective_click,
@@ -39,6 +42,7 @@ from .types import PAD_LABEL, Prompts
 
 __all__ = [
     *learned.__all__,
+    *refine.__all__,
     *types.__all__,
     *simulate.__all__,
     *text.__all__,

@@ -1,0 +1,106 @@
+"""Self-prompting: an automatic prediction refined by box prompts drawn from itself.
+
+Why: a decoder adapted with learned class tokens on a few labels finds a
+structure better than it outlines it (stray specks, ragged borders), while the
+same decoder answers a box prompt with the boundaries SAM-family models are
+good at. So each class's automatic mask is turned into a box around its
+largest connected component, the decoder answers that box, and the answer
+replaces the class's automatic logits where the two agree. No ground truth
+enters: this is still automatic segmentation, one extra decoder pass per class.
+
+Measured (``benchmarks/self_prompt.py``): on ACDC validation, mean 3-D Dice of
+a semi-supervised 3-patient model 0.738 -> 0.789; on HC18 validation a
+5-label model 0.725 -> 0.767.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..errors import MedAdaptError
+from .simulate import box_from_mask
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a 2-D bool mask (the mask itself when it has at most one)."""
+    comps, n = ndimage.label(mask, structure=_EIGHT)
+    if n <= 1:
+        return np.asarray(mask, dtype=bool)
+    sizes = np.bincount(comps.ravel(), minlength=n + 1)[1:]
+    return comps == 1 + int(np.argmax(sizes))
+
+
+def loose_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """The tight box of a non-empty mask, each side moved out by ``margin`` x its extent, inside the image.
+
+    A one-pixel-wide mask still gives a box of positive area, so the decoder
+    accepts it.
+    """
+    h, w = mask.shape
+    x0, y0, x1, y1 = box_from_mask(mask).astype(np.float64)
+    x1, y1 = max(x1, x0 + 1.0), max(y1, y0 + 1.0)
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    box = np.array([max(0.0, x0 - dx), max(0.0, y0 - dy), min(w - 1.0, x1 + dx), min(h - 1.0, y1 + dy)])
+    if box[2] <= box[0]:  # a mask in the last column of a 1-pixel-wide image has no room to grow
+        box[0] = box[2] - 1.0
+    if box[3] <= box[1]:
+        box[1] = box[3] - 1.0
+    return box.astype(np.float32)
+
+
+def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0.0):
+    """Refine an automatic :class:`~medadapt.predictor.Prediction` of ``seg``'s current image by self-prompting.
+
+    For each class present, the decoder of ``seg`` answers a box around the
+    class's largest component (loosened by ``margin`` of its size per side).
+    Where that answer overlaps the component with IoU >= ``min_iou``, its
+    logits replace the class's; otherwise (the box answer is about something
+    else) the automatic logits stay. Classes are then resolved by the rule
+    automatic mode uses (the best positive logit, else background); a class
+    absent from the automatic answer stays absent. Scores are recomputed as
+    mean foreground probability inside each returned mask.
+
+    On ACDC and HC18 validation, margin 0 was best with the adapted decoder
+    (``benchmarks/self_prompt.py``); the frozen pretrained decoder preferred
+    5-10% on HC18, which this function does not use.
+    """
+    from dataclasses import replace
+
+    from ..training.losses import labels_from_logits
+
+    if not 0.0 <= min_iou <= 1.0:
+        raise MedAdaptError(f"min_iou must be in [0, 1]; got {min_iou!r}")
+    if not (np.isfinite(margin) and margin >= 0.0):
+        raise MedAdaptError(f"margin must be a finite number >= 0 (0.05 = 5% per side); got {margin!r}")
+    _, meta = seg._require_image()
+    masks = np.asarray(prediction.masks, dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != tuple(meta.original_size):
+        raise MedAdaptError(
+            f"prediction masks must be C x H x W for the current image {tuple(meta.original_size)}; got {masks.shape}"
+        )
+    present = [k for k in range(masks.shape[0]) if masks[k].any()]
+    logits = np.array(prediction.logits, dtype=np.float32, copy=True)
+    if present:
+        parts = [largest_component(masks[k]) for k in present]
+        answer = seg.predict(boxes=np.stack([loose_box(p, margin) for p in parts]))
+        for j, (k, part) in enumerate(zip(present, parts)):
+            inter = np.logical_and(answer.masks[j], part).sum()
+            union = np.logical_or(answer.masks[j], part).sum()
+            if union and inter / union >= min_iou:
+                logits[k] = answer.logits[j]
+    full = seg.backbone.processor.postprocess_logits(torch.from_numpy(logits).to(seg.device), meta).float()
+    absent = torch.tensor([k not in present for k in range(masks.shape[0])], device=full.device)
+    full = torch.where(absent[:, None, None], torch.full_like(full, -1e4), full)
+    labels = labels_from_logits(full)
+    new = torch.stack([labels == k + 1 for k in range(masks.shape[0])])
+    prob = torch.sigmoid(full)
+    scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(new)])
+    return replace(prediction, masks=new.cpu().numpy(), scores=scores.cpu().numpy(), logits=logits,
+                   labels=list(prediction.labels), label_values=list(prediction.label_values))
+
+
+__all__ = ["largest_component", "loose_box", "refine_automatic"]
