@@ -8,9 +8,11 @@ largest connected component, the decoder answers that box, and the answer
 replaces the class's automatic logits where the two agree. No ground truth
 enters: this is still automatic segmentation, one extra decoder pass per class.
 
-Measured (``benchmarks/self_prompt.py``): on ACDC validation, mean 3-D Dice of
-a semi-supervised 3-patient model 0.738 -> 0.789; on HC18 validation a
-5-label model 0.725 -> 0.767.
+Measured (``benchmarks/self_prompt.py``, ``benchmarks/results/self_prompt.md``):
+on ACDC validation, mean 3-D Dice of a 3-patient decoder-only model 0.675 ->
+0.744 and of a semi-supervised one 0.738 -> 0.789; on HC18 validation a
+10-label model 0.702 -> 0.775. It helps least where the decoder's box answers
+are weak (an encoder-LoRA model: +2.1).
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0
     absent from the automatic answer stays absent. Scores are recomputed as
     mean foreground probability inside each returned mask.
 
-    On ACDC and HC18 validation, margin 0 was best with the adapted decoder
-    (``benchmarks/self_prompt.py``); the frozen pretrained decoder preferred
-    5-10% on HC18, which this function does not use.
+    With the adapted decoder, margin 0 was best on ACDC and HC18 validation
+    (exploratory runs; 5% and 10% lost 1 and 3 points on ACDC); the frozen
+    pretrained decoder preferred 5-10% on HC18, which this function does not use.
     """
     from dataclasses import replace
 
