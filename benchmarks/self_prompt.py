@@ -48,13 +48,15 @@ def main(argv: list[str] | None = None) -> None:
         per_run[run] = {"summary": summary, "seconds": seconds}
         by_mode = {m: [r for r in summary if r["mode"] == m] for m in MODES}
         classes = [r["class"] for r in by_mode["automatic"] if r["value"] is not None]
+        means = {}
         for m in MODES:
             dice = {r["class"]: r["dice_mean"] for r in by_mode[m] if r["value"] is not None}
             mean = next(r for r in by_mode[m] if r["value"] is None)
+            means[m] = mean["dice_mean"]
             rows.append(f"| `{Path(run).name}` | {m} | " + ", ".join(f"{c} {dice[c]:.3f}" for c in classes)
                         + f" | **{mean['dice_mean']:.3f}** | {mean['hd95_mean']:.1f} |")
-        gain = [next(r for r in by_mode[m] if r["value"] is None)["dice_mean"] for m in MODES]
-        rows.append(f"| `{Path(run).name}` | difference | | **{100 * (gain[1] - gain[0]):+.1f} points** | |")
+        gain = means["self-prompted"] - means["automatic"]
+        rows.append(f"| `{Path(run).name}` | difference | | **{100 * gain:+.1f} points** | |")
         print(rows[-3], rows[-2], rows[-1], f"({seconds / 60:.1f} min)", sep="\n", flush=True)
     md = ("Each run's val split; mean Dice per case (3-D for volumes), classes averaged; HD95 in pixels. "
           "`self-prompted`: the run's automatic masks re-prompted as boxes around their largest component "

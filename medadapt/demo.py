@@ -93,22 +93,24 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
     gts = [load_mask(demo_root() / "hc18" / "masks" / p.name) > 0 for p in held]
     images = [load_image(p) for p in held]
 
-    def automatic_dice(seg: Segmenter, refine: bool = False) -> list[float]:
-        scores = []
+    def automatic_dice(seg: Segmenter, refine: tuple[bool, ...] = (False,)) -> list[list[float]]:
+        """Dice per held-aside image for each refine setting, encoding each image once."""
+        scores: list[list[float]] = [[] for _ in refine]
         for img, gt in zip(images, gts):
             seg.set_image(img)
-            scores.append(binary_dice(seg.predict(refine=refine).masks[0], gt))
+            for row, r in zip(scores, refine):
+                row.append(binary_dice(seg.predict(refine=r).masks[0], gt))
         return scores
 
     untrained, _ = apply(build_backbone("litemedsam"), AdapterConfig(
         automatic=AutomaticConfig(["fetal head"], [1], cfg.prompts.tokens_per_class)))
-    before = automatic_dice(Segmenter(untrained, device=device))
+    (before,) = automatic_dice(Segmenter(untrained, device=device))
     print(f"\nFine-tuning LiteMedSAM (decoder + class tokens) on 12 labelled HC18 images "
           f"(4 for validation), {epochs} epochs ...")
     finetune(cfg, log=lambda msg: None)
     tuned = Segmenter.from_pretrained("litemedsam", adapter=run, device=device)
-    after = automatic_dice(tuned)
-    refined = automatic_dice(tuned, refine=True)  # still no prompts from anyone: boxes drawn from its own masks
+    # self-prompted: still no prompts from anyone, boxes drawn from the tuned model's own masks
+    after, refined = automatic_dice(tuned, refine=(False, True))
     for p, img in zip(held, images):
         tuned.set_image(img)
         save_overlay(out / f"{p.stem}_automatic.png", img, tuned.predict().masks)

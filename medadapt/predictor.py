@@ -50,6 +50,22 @@ def _copy_prediction(p: Prediction) -> Prediction:
                    labels=list(p.labels), label_values=list(p.label_values))
 
 
+def class_masks(full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """C x H x W class logits -> (C x H x W masks that do not overlap, C scores): automatic mode's answer.
+
+    Each pixel goes to the class with the best positive logit, else to
+    background (the rule training optimises); a class's score is the mean
+    foreground probability inside its mask (0 for an empty mask).
+    """
+    from .training.losses import labels_from_logits
+
+    labels = labels_from_logits(full)
+    masks = torch.stack([labels == k + 1 for k in range(full.shape[0])])
+    prob = torch.sigmoid(full)
+    scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(masks)])
+    return masks, scores
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The given device, else CUDA when present, else CPU."""
     if device is not None:
@@ -349,8 +365,6 @@ class Segmenter:
             )
 
     def _predict_automatic(self, embedding, meta: ImageMeta, classes) -> Prediction:
-        from .training.losses import labels_from_logits
-
         self._require_classes()
         if classes is None and self._auto_cache is not None:
             # predict() and predict(text=...) on one image share the joint all-class decode
@@ -359,12 +373,7 @@ class Segmenter:
         auto = self.backbone.adapter_config.automatic
         ids = torch.tensor(idx, device=self.device)
         low = self.backbone.decode_classes(embedding, ids)[0].float()  # C x m x m, classes decoded jointly
-        full = self.backbone.processor.postprocess_logits(low, meta)  # C x H x W
-        labels = labels_from_logits(full)  # the rule training optimises: best positive logit, else background
-        masks = torch.stack([labels == k + 1 for k in range(len(idx))])
-        prob = torch.sigmoid(full)
-        # score = mean foreground probability inside each returned mask (0 for an empty mask)
-        scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(masks)])
+        masks, scores = class_masks(self.backbone.processor.postprocess_logits(low, meta))
         pred = Prediction(
             masks=masks.cpu().numpy(), scores=scores.cpu().numpy(), logits=low.cpu().numpy(),
             labels=[auto.class_names[i] for i in idx], label_values=[auto.label_values[i] for i in idx],
@@ -447,4 +456,4 @@ class Segmenter:
         return pred
 
 
-__all__ = ["Segmenter", "Prediction", "pick_device"]
+__all__ = ["Segmenter", "Prediction", "class_masks", "pick_device"]

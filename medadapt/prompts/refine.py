@@ -17,6 +17,8 @@ are weak (an encoder-LoRA model: +2.1).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -70,9 +72,7 @@ def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0
     (exploratory runs; 5% and 10% lost 1 and 3 points on ACDC); the frozen
     pretrained decoder preferred 5-10% on HC18, which this function does not use.
     """
-    from dataclasses import replace
-
-    from ..training.losses import labels_from_logits
+    from ..predictor import class_masks
 
     if not 0.0 <= min_iou <= 1.0:
         raise MedAdaptError(f"min_iou must be in [0, 1]; got {min_iou!r}")
@@ -96,11 +96,7 @@ def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0
                 logits[k] = answer.logits[j]
     full = seg.backbone.processor.postprocess_logits(torch.from_numpy(logits).to(seg.device), meta).float()
     absent = torch.tensor([k not in present for k in range(masks.shape[0])], device=full.device)
-    full = torch.where(absent[:, None, None], torch.full_like(full, -1e4), full)
-    labels = labels_from_logits(full)
-    new = torch.stack([labels == k + 1 for k in range(masks.shape[0])])
-    prob = torch.sigmoid(full)
-    scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(new)])
+    new, scores = class_masks(torch.where(absent[:, None, None], torch.full_like(full, -1e4), full))
     return replace(prediction, masks=new.cpu().numpy(), scores=scores.cpu().numpy(), logits=logits,
                    labels=list(prediction.labels), label_values=list(prediction.label_values))
 
