@@ -11,7 +11,7 @@ import torch
 
 from medadapt import MedAdaptError, Segmenter
 from medadapt.adapters import (
-    AdapterConfig, LoraConfig, SpatialAdapterConfig, apply, load_adapter, merge_lora, save_adapter, set_train_mode,
+    AdapterConfig, ContextAdapterConfig, LoraConfig, SpatialAdapterConfig, apply, load_adapter, merge_lora, save_adapter, set_train_mode,
 )
 from medadapt.foundation import build_backbone
 
@@ -20,6 +20,10 @@ KINDS = {
     "lora_mlp+decoder": lambda: AdapterConfig(lora=LoraConfig(rank=2, targets=["encoder_mlp"]), train=["mask_decoder"]),
     "spatial+decoder": lambda: AdapterConfig(spatial=SpatialAdapterConfig(bottleneck=8), train=["mask_decoder"]),
     "both": lambda: AdapterConfig(lora=LoraConfig(rank=4), spatial=SpatialAdapterConfig(blocks=[0, 1]), train=["prompt_encoder"]),
+    "context": lambda: AdapterConfig(context=ContextAdapterConfig(hidden=8, dilations=[1, 2]), train=[]),
+    "context+lora+decoder": lambda: AdapterConfig(
+        context=ContextAdapterConfig(hidden=4, dilations=[1]), lora=LoraConfig(rank=2), train=["mask_decoder"]
+    ),
 }
 FAMILIES = {"vit": "tiny_sam_vit", "tinyvit": "litemedsam"}
 
@@ -147,3 +151,60 @@ def test_segmenter_loads_an_adapter(tmp_path):
     assert not np.allclose(a.logits, b.logits)
     with pytest.raises(MedAdaptError, match="adapter not found"):
         Segmenter.from_pretrained("tiny_sam_vit", adapter=tmp_path / "nope")
+
+
+def test_context_adapter_sees_as_far_as_its_dilations_and_no_further():
+    """One changed embedding pixel moves the adapter's output over exactly its receptive field."""
+    from medadapt.adapters.context import ContextAdapter
+
+    torch.manual_seed(0)
+    adapter = ContextAdapter(16, 8, [1, 2, 4]).eval()
+    torch.nn.init.normal_(adapter.up.weight, std=0.1)  # trained: no longer the identity
+    assert adapter.receptive_field == 15
+    x = torch.randn(1, 16, 32, 32)
+    y = x.clone()
+    y[0, :, 16, 16] += 1.0
+    with torch.no_grad():
+        moved = (adapter(y) - adapter(x)).abs().amax(dim=(0, 1)) > 1e-6
+    rows, cols = torch.nonzero(moved, as_tuple=True)
+    assert (rows.min().item(), rows.max().item()) == (16 - 7, 16 + 7)
+    assert (cols.min().item(), cols.max().item()) == (16 - 7, 16 + 7)
+
+
+def test_context_adapter_is_skipped_by_another_decoder_and_survives_inference_optimisation():
+    """The frozen pretrained decoder (semi-supervised refinement) reads the embedding as the encoder made it."""
+    import copy
+
+    from medadapt.foundation.inference import optimize_for_inference
+
+    base = build_backbone("tiny_sam_vit")
+    pretrained = copy.deepcopy(base.mask_decoder)
+    model, _ = apply(base, AdapterConfig(context=ContextAdapterConfig(hidden=4, dilations=[1, 2]), train=[]))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.context_adapter.up.weight, std=0.5)
+    pixels, boxes = inputs(model)
+    with torch.no_grad():
+        emb = model.encode(pixels)
+        sparse, dense = model.encode_prompts(boxes=boxes)
+        own = model.decode(emb, sparse, dense)[0]
+        other = model.decode(emb, sparse, dense, mask_decoder=pretrained)[0]
+        plain = build_backbone("tiny_sam_vit")
+        reference = plain.decode(emb, sparse, dense)[0]
+    assert torch.equal(other, reference)
+    assert (own - reference).abs().max().item() > 1e-3
+    optimize_for_inference(model, precision="bf16")
+    assert model.context_adapter.up.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        fast = model.decode(model.encode(pixels), *model.encode_prompts(boxes=boxes))[0].float()
+    assert torch.isfinite(fast).all() and (fast > 0).eq(own > 0).float().mean().item() > 0.9
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"hidden": 0}, "context.hidden"),
+    ({"dilations": []}, "context.dilations"),
+    ({"dilations": [1, 0]}, "context.dilations"),
+    ({"width": 8}, "width"),
+])
+def test_context_adapter_config_errors_name_the_key(bad, match):
+    with pytest.raises(MedAdaptError, match=match):
+        AdapterConfig.from_dict({"context": bad})

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -77,6 +78,27 @@ def test_finetune_pretrained_model_learns_automatic_segmentation(discs, tmp_path
     labels = seg.predict_volume(np.stack([img, img], axis=2), axis=2, refine=True) == 1
     both = np.stack([truth, truth], axis=2)  # the same orientation as the volume
     assert 2 * (labels & both).sum() / (labels.sum() + both.sum()) > 0.85
+
+
+def test_context_adapter_trains_on_cached_embeddings_and_reloads(discs, tmp_path):
+    """The context adapter sits after the encoder: the run still caches embeddings, and the adapter trains and reloads."""
+    cfg = config(discs, tmp_path, epochs=2)
+    cfg["adapter"]["context"] = {"hidden": 8, "dilations": [1, 2]}
+    messages = []
+    run = finetune(config_from_dict(cfg), log=messages.append)
+    assert any("embeddings cached" in m for m in messages), messages[:3]
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=run, device="cpu")
+    up = seg.backbone.context_adapter.up.weight
+    assert up.abs().max().item() > 0, "the zero-initialised projection never trained"
+    img = np.asarray(Image.open(discs / "images" / "010.png"), dtype=np.float32)
+    seg.set_image(img)
+    adapted = seg.predict()
+    assert adapted.masks.shape == (1, 96, 96)
+    assert json.loads((run / "adapter" / "adapter.json").read_text())["adapter"]["context"]["dilations"] == [1, 2]
+    with torch.no_grad():
+        up.zero_()  # the adapter switched off: the predictor must not be reading the embedding without it
+    seg.set_image(img)
+    assert np.abs(seg.predict().logits - adapted.logits).max() > 1e-4
 
 
 def test_cached_views_add_augmented_samples(discs, tmp_path):

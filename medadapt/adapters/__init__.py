@@ -1,4 +1,4 @@
-"""Adapters around frozen backbones: LoRA (through peft) and spatial bottleneck adapters.
+"""Adapters around frozen backbones: LoRA (through peft), spatial bottleneck adapters, a context adapter.
 
     from medadapt.adapters import AdapterConfig, LoraConfig, apply
     model, summary = apply(backbone, AdapterConfig(lora=LoraConfig(rank=4), train=["mask_decoder"]))
@@ -6,12 +6,12 @@
 """
 
 from .apply import AdapterSummary, apply, merge_lora, set_train_mode, summarize, trainable_state
-from .config import AdapterConfig, AutomaticConfig, LearnedTextConfig, LoraConfig, SpatialAdapterConfig
+from .config import AdapterConfig, AutomaticConfig, ContextAdapterConfig, LearnedTextConfig, LoraConfig, SpatialAdapterConfig
 from .io import load_adapted, load_adapter, read_adapter_info, save_adapter
 from .targets import TARGETS, resolve_targets
 
 __all__ = [
-    "AdapterConfig", "AdapterSummary", "AutomaticConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "TARGETS",
+    "AdapterConfig", "AdapterSummary", "AutomaticConfig", "ContextAdapterConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "TARGETS",
     "apply", "load_adapted", "load_adapter", "merge_lora", "read_adapter_info", "resolve_targets",
     "save_adapter", "set_train_mode", "summarize", "trainable_state",
 ]

@@ -19,7 +19,7 @@ from .config import BASE_PARTS, AdapterConfig
 from .spatial import ParallelAdapted, SerialAdapted, SpatialAdapter, block_width
 from .targets import encoder_blocks, resolve_targets
 
-ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.", "text_head.")
+ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.", "text_head.", "context_adapter.")
 
 
 @dataclass
@@ -91,6 +91,14 @@ def add_spatial(model: Backbone, config: AdapterConfig) -> list[str]:
     return done
 
 
+def add_context(model: Backbone, config: AdapterConfig) -> None:
+    """Put a context adapter between the encoder's embedding and the decoder."""
+    from .context import ContextAdapter
+
+    c = config.context
+    model.context_adapter = ContextAdapter(model.embed_dim, int(c.hidden), [int(d) for d in c.dilations]).to(model.device)
+
+
 def add_class_prompts(model: Backbone, config: AdapterConfig) -> None:
     """Give the model learned prompt tokens for each target class (automatic mode)."""
     from ..prompts.learned import ClassPromptTokens
@@ -121,6 +129,8 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
         add_lora(model, config)
     if config.spatial is not None:
         add_spatial(model, config)
+    if config.context is not None:
+        add_context(model, config)
     if config.automatic is not None:
         add_class_prompts(model, config)
     if config.text is not None and config.text.embed_dim > 0:  # a trained head being loaded
@@ -190,5 +200,5 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "AdapterSummary", "PartCount", "apply", "summarize", "set_train_mode", "merge_lora", "trainable_state",
-    "is_adapter_param", "add_lora", "add_spatial",
+    "is_adapter_param", "add_lora", "add_spatial", "add_context",
 ]

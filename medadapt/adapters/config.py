@@ -44,6 +44,18 @@ class SpatialAdapterConfig:
 
 
 @dataclass
+class ContextAdapterConfig:
+    """A residual dilated-convolution adapter on the image embedding (see :mod:`medadapt.adapters.context`).
+
+    It trains on cached embeddings, so it adds spatial capacity without
+    running the encoder per step (CPU-friendly).
+    """
+
+    hidden: int = 64  # bottleneck channels
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+
+@dataclass
 class AutomaticConfig:
     """Learned per-class prompt tokens for prompt-free segmentation.
 
@@ -89,6 +101,7 @@ class AdapterConfig:
 
     lora: LoraConfig | None = None
     spatial: SpatialAdapterConfig | None = None
+    context: ContextAdapterConfig | None = None
     train: list[str] = field(default_factory=lambda: ["mask_decoder"])
     automatic: AutomaticConfig | None = None
     text: LearnedTextConfig | None = None
@@ -98,6 +111,8 @@ class AdapterConfig:
             self.lora = build_dataclass(LoraConfig, self.lora, "lora")
         if isinstance(self.spatial, dict):
             self.spatial = build_dataclass(SpatialAdapterConfig, self.spatial, "spatial")
+        if isinstance(self.context, dict):
+            self.context = build_dataclass(ContextAdapterConfig, self.context, "context")
         if isinstance(self.automatic, dict):
             self.automatic = build_dataclass(AutomaticConfig, self.automatic, "automatic")
         if isinstance(self.text, dict):
@@ -129,6 +144,12 @@ class AdapterConfig:
             if self.spatial.bottleneck <= 0:
                 raise MedAdaptError(f"spatial.bottleneck must be > 0; got {self.spatial.bottleneck}")
 
+        if self.context is not None:
+            if int(self.context.hidden) < 1:
+                raise MedAdaptError(f"context.hidden must be >= 1; got {self.context.hidden}")
+            if not self.context.dilations or any(int(d) < 1 for d in self.context.dilations):
+                raise MedAdaptError(f"context.dilations must be a non-empty list of integers >= 1; got {self.context.dilations}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
         """Build from a plain dict (a YAML ``adapter:`` section), rejecting unknown keys."""
@@ -138,4 +159,4 @@ class AdapterConfig:
         return asdict(self)
 
 
-__all__ = ["AdapterConfig", "AutomaticConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]
+__all__ = ["AdapterConfig", "AutomaticConfig", "ContextAdapterConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]

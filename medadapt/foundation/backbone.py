@@ -86,6 +86,17 @@ class Backbone(nn.Module):
             boxes = boxes[:, None, :]
         return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
 
+    def adapt_embedding(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """The embedding the model's own decoder reads: through the context adapter when there is one.
+
+        Applied at decode time, not in :meth:`encode`, so cached encoder
+        outputs stay valid while the adapter trains.
+        """
+        adapter = getattr(self, "context_adapter", None)
+        if adapter is None:
+            return image_embeddings
+        return adapter(image_embeddings.to(adapter.up.weight.dtype))
+
     def decode_classes(self, image_embeddings: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
         """Automatic mode: B image embeddings -> B x K low-res logits, one decoder pass per image.
 
@@ -96,6 +107,7 @@ class Backbone(nn.Module):
         cp = getattr(self, "class_prompts", None)
         if cp is None:
             raise AttributeError("this model has no learned class prompts")
+        image_embeddings = self.adapt_embedding(image_embeddings)
         _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
         pe = self.prompt_encoder.get_dense_pe()
         dtype = self.compute_dtype or _autocast_dtype(image_embeddings.device.type)
@@ -119,7 +131,10 @@ class Backbone(nn.Module):
         K = 3 with ``multimask`` else 1. ``mask_decoder`` runs another decoder
         of the same architecture (e.g. the frozen pretrained one) instead.
         """
-        decoder = mask_decoder if mask_decoder is not None else self.mask_decoder
+        if mask_decoder is None:  # another decoder (e.g. the pretrained one) reads the embedding as encoded
+            decoder, image_embeddings = self.mask_decoder, self.adapt_embedding(image_embeddings)
+        else:
+            decoder = mask_decoder
         pe = self.prompt_encoder.get_dense_pe()
         dtype = self.compute_dtype or _autocast_dtype(image_embeddings.device.type)
         if dtype is not None:  # cast the (large) inputs once, not inside every layer

@@ -122,6 +122,8 @@ def optimize_for_inference(
     fold_batchnorm(backbone.image_encoder)
     backbone.image_encoder.to(dtype)
     backbone.mask_decoder.to(dtype)
+    if getattr(backbone, "context_adapter", None) is not None:
+        backbone.context_adapter.to(dtype)
     if getattr(backbone, "class_prompts", None) is not None:
         backbone.class_prompts.to(dtype)
     if channels_last:
