@@ -129,9 +129,10 @@ class Backbone(nn.Module):
         N x C x s x s (one image per prompt, as in training batches).
         Returns low-resolution logits N x K x m x m and predicted IoU N x K,
         K = 3 with ``multimask`` else 1. ``mask_decoder`` runs another decoder
-        of the same architecture (e.g. the frozen pretrained one) instead.
+        of the same architecture (e.g. the frozen pretrained one) instead; it
+        reads the embedding as encoded, without this model's context adapter.
         """
-        if mask_decoder is None:  # another decoder (e.g. the pretrained one) reads the embedding as encoded
+        if mask_decoder is None:
             decoder, image_embeddings = self.mask_decoder, self.adapt_embedding(image_embeddings)
         else:
             decoder = mask_decoder
