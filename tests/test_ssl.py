@@ -194,6 +194,40 @@ def test_refinement_agree_filters_and_replace_takes_the_box_answer():
     assert torch.equal(ok | (new > 0), ok)  # every labelled pixel counts
 
 
+def test_refinement_iterations_ask_again_with_boxes_around_the_answers(tmp_path):
+    """refine_iterations=2: the counted foreground is the answer to boxes drawn around the first answer."""
+    from medadapt.ssl import boxes_of_masks, largest_components, pad_boxes, refine_with_prompts
+
+    torch.manual_seed(1)
+    model = _tiny_automatic_model()
+    s, m = model.processor.image_size // 16, model.processor.mask_size
+    emb = torch.randn(2, model.embed_dim, s, s)
+    labels = torch.zeros(2, m, m, dtype=torch.long)
+    labels[:, m // 4 : m // 2, m // 4 : m // 2] = 1
+    passed = torch.ones_like(labels, dtype=torch.bool)
+    scale = model.processor.image_size / m
+
+    def answer(boxes):
+        sparse, dense = model.encode_prompts(boxes=boxes.reshape(-1, 4) * scale)
+        return model.decode(emb.repeat_interleave(2, dim=0), sparse, dense)[0][:, 0].reshape(2, 2, m, m)
+
+    with torch.no_grad():
+        boxes, present = boxes_of_masks(largest_components(labels[:, None] == torch.tensor([1, 2])[None, :, None, None]))
+        first = answer(pad_boxes(boxes, 0.1, (m, m)))
+        again, found = boxes_of_masks(largest_components(first > 0))
+        assert found[:, 0].all()  # the first answers are not empty, so the second pass is exercised
+        second = torch.where(found[:, :, None, None], answer(pad_boxes(again, 0.1, (m, m))), first)
+        second = torch.where(present[:, :, None, None], second, torch.full_like(second, -1e4))
+        expected = torch.where(second.max(1).values > 0, second.max(1).indices + 1, 0)
+        one, _ = refine_with_prompts(model, emb, labels, passed, 2, "replace", min_iou=1e-6, margin=0.1)
+        two, ok = refine_with_prompts(model, emb, labels, passed, 2, "replace", min_iou=1e-6, margin=0.1, iterations=2)
+    fg = ok & (two > 0)
+    assert fg.any() and torch.equal(two[fg], expected[fg])
+    assert not torch.equal(one, two)  # the second pass changed the pseudo-label
+    with pytest.raises(MedAdaptError, match="refine_iterations"):
+        config_from_dict(_tiny_raw(tmp_path, 4, ["2", "3"], {}, {"refine_iterations": 0}))
+
+
 def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
     """refine_decoder: pretrained keeps a frozen copy of the decoder as it was before training."""
     from medadapt.training.finetune import Trainer

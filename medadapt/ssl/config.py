@@ -32,6 +32,7 @@ class SSLConfig:
     refine_iou: float = 0.5  # replace: a class's refined mask is used when its IoU with the coarse mask is this high
     refine_margin: float = 0.0  # each side of a refinement box moves out by this share of the box's width / height
     refine_box: str = "largest"  # the box is drawn around: largest (connected component of the class) | all (pixels)
+    refine_iterations: int = 1  # >1: a new box around each answer, asked again (grows boxes around partial masks)
     min_component: int = 20  # pixels on the decoder grid; smaller class masks are dropped
     unlabeled_batch_size: int = 8
     weight: float = 1.0  # unsupervised loss weight after ramp-up (mixed strong view)
@@ -70,6 +71,10 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.refine_box must be largest or all; got {self.refine_box!r}")
         if not 0.0 <= self.refine_margin <= 0.5:
             raise MedAdaptError(f"ssl.refine_margin is a share of the box per side in [0, 0.5]; got {self.refine_margin}")
+        if isinstance(self.refine_iterations, bool) or not isinstance(self.refine_iterations, int) \
+                or not 1 <= self.refine_iterations <= 10:
+            raise MedAdaptError(f"ssl.refine_iterations is a whole number of decoder passes in 1..10; "
+                                f"got {self.refine_iterations!r}")
         if not 0.0 < self.refine_iou <= 1.0:
             raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
         if not isinstance(self.stream, bool):

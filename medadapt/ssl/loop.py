@@ -76,7 +76,8 @@ class SemiSupervised:
             labels, passed = refine_with_prompts(model, embeddings, labels, passed, self.num_classes,
                                                  self.cfg.refine, self.cfg.refine_iou, self.refiner,
                                                  margin=self.cfg.refine_margin,
-                                                 largest=self.cfg.refine_box == "largest")
+                                                 largest=self.cfg.refine_box == "largest",
+                                                 iterations=self.cfg.refine_iterations)
         model.train(was_training)
         return labels, passed
 

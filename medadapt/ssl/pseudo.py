@@ -113,11 +113,23 @@ def pad_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torc
     return torch.minimum((boxes + margin * wh * sign).clamp(min=0.0), hi)
 
 
+def _box_answers(model, embeddings: torch.Tensor, boxes: torch.Tensor, mask_decoder, size) -> torch.Tensor:
+    """B x C x 4 boxes on the label grid -> the decoder's mask logits B x C x H x W, one box per class."""
+    b, c = boxes.shape[:2]
+    scale = model.processor.image_size / size[-1]
+    sparse, dense = model.encode_prompts(boxes=boxes.reshape(b * c, 4) * scale)
+    low, _ = model.decode(embeddings.repeat_interleave(c, dim=0), sparse, dense, mask_decoder=mask_decoder)
+    low = low[:, 0].float().reshape(b, c, *low.shape[-2:])
+    if low.shape[-2:] != tuple(size):
+        low = F.interpolate(low, size=tuple(size), mode="bilinear", align_corners=False)
+    return low
+
+
 @torch.no_grad()
 def refine_with_prompts(
     model, embeddings: torch.Tensor, labels: torch.Tensor, passed: torch.Tensor, num_classes: int,
     mode: str = "agree", min_iou: float = 0.5, mask_decoder: torch.nn.Module | None = None, margin: float = 0.0,
-    largest: bool = True,
+    largest: bool = True, iterations: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt the decoder with a box around each class's coarse mask; a second opinion on the pseudo-label.
 
@@ -135,6 +147,12 @@ def refine_with_prompts(
     HC18 validation, boxes around a 10-label model's automatic masks (0.702)
     give 0.758; around the largest component 0.778; with a 5% margin 0.805
     (``benchmarks/results/refine_boxes_hc18_10labeled.md``).
+    ``iterations`` > 1 draws the box again around each class's answer (its
+    largest component, loosened by ``margin``) and asks again: a box around a
+    partial mask gives an answer larger than the mask, whose box is closer to
+    the structure's. On HC18 validation, with the frozen pretrained decoder
+    and a 5% margin, boxes around two 5-label models' automatic masks (0.753 /
+    0.766) give 0.819 / 0.821 after one pass and 0.835 / 0.831 after three.
 
     * ``"agree"``: labels stay; a pixel keeps counting only where the refined
       label equals the coarse one.
@@ -146,7 +164,7 @@ def refine_with_prompts(
 
     Returns the (labels, passed) pair.
     """
-    b, c = labels.shape[0], num_classes
+    c = num_classes
     ks = torch.arange(1, c + 1, device=labels.device)[None, :, None, None]
     coarse_k = labels[:, None] == ks  # B x C x m x m
     # boxes around every pixel of the component, not only the confident ones: on HC18 validation images
@@ -154,13 +172,13 @@ def refine_with_prompts(
     region = largest_components(coarse_k) if largest else coarse_k
     boxes, present = boxes_of_masks(region)
     boxes = pad_boxes(boxes, margin, labels.shape[-2:])
-    scale = model.processor.image_size / labels.shape[-1]
-    emb = embeddings.repeat_interleave(c, dim=0)
-    sparse, dense = model.encode_prompts(boxes=boxes.reshape(b * c, 4) * scale)
-    low, _ = model.decode(emb, sparse, dense, mask_decoder=mask_decoder)
-    low = low[:, 0].float().reshape(b, c, *low.shape[-2:])
-    if low.shape[-2:] != labels.shape[-2:]:
-        low = F.interpolate(low, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    low = _box_answers(model, embeddings, boxes, mask_decoder, labels.shape[-2:])
+    for _ in range(iterations - 1):
+        answer = low > 0
+        again, found = boxes_of_masks(largest_components(answer) if largest else answer)
+        again = _box_answers(model, embeddings, pad_boxes(again, margin, labels.shape[-2:]), mask_decoder,
+                             labels.shape[-2:])
+        low = torch.where(found[:, :, None, None], again, low)  # an empty answer keeps the last one
     low = torch.where(present[:, :, None, None], low, torch.full_like(low, -1e4))
     best = low.max(dim=1)
     refined = torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
