@@ -318,6 +318,25 @@ def test_supervised_warm_up_then_the_teacher_starts_from_the_student(tmp_path):
     assert np.isnan(rates[0]) and np.isnan(rates[1]) and 0.0 <= rates[2] <= 1.0
 
 
+def test_warm_up_teacher_copies_the_student_or_averages_it(tmp_path):
+    """ssl.warmup_ema_decay: 0 copies the student at every warm-up step; > 0 averages its recent steps."""
+    from medadapt.training.finetune import Trainer
+
+    for decay in (0.0, 0.5):
+        raw = _tiny_raw(tmp_path / str(decay), 6, ["3", "4", "5"], {"epochs": 2, "lr": 1e-2, "batch_size": 1},
+                        {"threshold": 0.5, "start_epoch": 2, "warmup_ema_decay": decay})
+        tr = Trainer(config_from_dict(raw), tmp_path / str(decay) / "run", log=lambda m: None)
+        start = [t.clone() for t, _ in tr.ssl.teacher.pairs]
+        tr.encode_all()
+        tr.train_epoch()
+        assert tr.steps_per_epoch >= 2  # an average of several steps differs from the last one
+        same = all(torch.equal(t, p) for t, p in tr.ssl.teacher.pairs)
+        moved = any(not torch.equal(t, t0) for (t, _), t0 in zip(tr.ssl.teacher.pairs, start))
+        assert moved and same == (decay == 0.0)
+    with pytest.raises(MedAdaptError, match="warmup_ema_decay"):
+        config_from_dict({**raw, "ssl": {"warmup_ema_decay": 1.0}})
+
+
 
 def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):
     """The mechanism, end to end, with the real LiteMedSAM: unlabelled images of the shifted domain help.

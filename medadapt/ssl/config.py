@@ -38,6 +38,7 @@ class SSLConfig:
     weight: float = 1.0  # unsupervised loss weight after ramp-up (mixed strong view)
     feature_weight: float = 0.5  # weight of the feature-perturbation stream (UniMatch)
     start_epoch: float = 0.0  # supervised-only warm-up; the teacher starts as the warmed-up student
+    warmup_ema_decay: float = 0.0  # during the warm-up the teacher tracks the student with this decay (0: copies it)
     rampup_epochs: float = 5.0  # sigmoid ramp-up of both weights, from start_epoch
     feature_dropout: float = 0.5  # channel dropout on the image embedding (feature stream)
     cutmix: float = 0.5  # probability of CutMix between two unlabelled images
@@ -52,6 +53,8 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.teacher must be 'ema' or 'student'; got {self.teacher!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise MedAdaptError(f"ssl.ema_decay must be in [0, 1); got {self.ema_decay}")
+        if not 0.0 <= self.warmup_ema_decay < 1.0:
+            raise MedAdaptError(f"ssl.warmup_ema_decay must be in [0, 1); got {self.warmup_ema_decay}")
         if not 0.0 <= self.threshold < 1.0:
             raise MedAdaptError(f"ssl.threshold must be in [0, 1); got {self.threshold}")
         for key in ("cutmix", "copy_paste", "feature_dropout"):

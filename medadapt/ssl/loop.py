@@ -141,8 +141,10 @@ class SemiSupervised:
 
     def after_step(self) -> None:
         if self.teacher is not None:
-            # during the warm-up the teacher is the student, so the loop starts from the warmed-up model
-            self.teacher.update(0.0 if self.progress() < self.cfg.start_epoch else None)
+            # during the warm-up the teacher is the student (or, with warmup_ema_decay, an average of its
+            # recent steps, which a noisy last warm-up epoch does not set alone), so the loop starts warmed up
+            warm = self.progress() < self.cfg.start_epoch
+            self.teacher.update(self.cfg.warmup_ema_decay if warm else None)
 
     def pass_rate(self, reset: bool = False) -> float:
         """Share of unlabelled pixels that passed the threshold so far this epoch (syncs once)."""
