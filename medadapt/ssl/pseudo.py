@@ -113,16 +113,22 @@ def pad_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torc
     return torch.minimum((boxes + margin * wh * sign).clamp(min=0.0), hi)
 
 
-def _box_answers(model, embeddings: torch.Tensor, boxes: torch.Tensor, mask_decoder, size) -> torch.Tensor:
-    """B x C x 4 boxes on the label grid -> the decoder's mask logits B x C x H x W, one box per class."""
-    b, c = boxes.shape[:2]
+def _box_answers(
+    model, embeddings: torch.Tensor, masks: torch.Tensor, margin: float, mask_decoder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x C x H x W masks -> the decoder's logits B x C x H x W for a box around each (loosened by
+    ``margin``), and B x C present (an empty mask is asked with the whole grid)."""
+    b, c = masks.shape[:2]
+    size = masks.shape[-2:]
+    boxes, present = boxes_of_masks(masks)
+    boxes = pad_boxes(boxes, margin, size)
     scale = model.processor.image_size / size[-1]
     sparse, dense = model.encode_prompts(boxes=boxes.reshape(b * c, 4) * scale)
     low, _ = model.decode(embeddings.repeat_interleave(c, dim=0), sparse, dense, mask_decoder=mask_decoder)
     low = low[:, 0].float().reshape(b, c, *low.shape[-2:])
-    if low.shape[-2:] != tuple(size):
-        low = F.interpolate(low, size=tuple(size), mode="bilinear", align_corners=False)
-    return low
+    if low.shape[-2:] != size:
+        low = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+    return low, present
 
 
 @torch.no_grad()
@@ -170,14 +176,11 @@ def refine_with_prompts(
     # boxes around every pixel of the component, not only the confident ones: on HC18 validation images
     # the pretrained decoder answers those boxes better (Dice 0.73 against 0.71 from confident pixels)
     region = largest_components(coarse_k) if largest else coarse_k
-    boxes, present = boxes_of_masks(region)
-    boxes = pad_boxes(boxes, margin, labels.shape[-2:])
-    low = _box_answers(model, embeddings, boxes, mask_decoder, labels.shape[-2:])
+    low, present = _box_answers(model, embeddings, region, margin, mask_decoder)
     for _ in range(iterations - 1):
         answer = low > 0
-        again, found = boxes_of_masks(largest_components(answer) if largest else answer)
-        again = _box_answers(model, embeddings, pad_boxes(again, margin, labels.shape[-2:]), mask_decoder,
-                             labels.shape[-2:])
+        again, found = _box_answers(model, embeddings, largest_components(answer) if largest else answer,
+                                    margin, mask_decoder)
         low = torch.where(found[:, :, None, None], again, low)  # an empty answer keeps the last one
     low = torch.where(present[:, :, None, None], low, torch.full_like(low, -1e4))
     best = low.max(dim=1)
