@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from medadapt.errors import MedAdaptError
 from medadapt.ssl import (
@@ -336,6 +337,63 @@ def test_warm_up_teacher_copies_the_student_or_averages_it(tmp_path):
     with pytest.raises(MedAdaptError, match="warmup_ema_decay"):
         config_from_dict({**raw, "ssl": {"warmup_ema_decay": 1.0}})
 
+
+class _HostReads(TorchDispatchMode):
+    """Records the aten ops that make a GPU step wait: reading a value on the host (``item``, ``bool``,
+    ``tolist`` all end in ``_local_scalar_dense``), an output whose shape depends on the values, and a tensor
+    made from host data (``torch.tensor``: ``lift_fresh``), which on a GPU is a copy that waits for the queue.
+    The same ops run on the CPU, so a CPU test sees them."""
+
+    VALUE_READS = {"_local_scalar_dense", "equal", "is_nonzero", "nonzero", "nonzero_static", "masked_select",
+                   "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave", "lift_fresh"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        bool_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] or []) if t is not None)
+        if name in self.VALUE_READS or bool_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("encoder_runs", [False, True], ids=["cached-embeddings", "encoder-runs"])
+def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, encoder_runs):
+    """No host synchronisation inside the step: the loss, its backward and the teacher update, on both paths
+    (cached embeddings; and the encoder running, with pixel perturbations), with every stage switched on."""
+    from medadapt.training.finetune import Trainer
+
+    with _HostReads() as probe:  # the probe itself catches a host read and a tensor from host data
+        float(torch.ones(2).sum())
+        torch.tensor([1.0, 2.0])
+        torch.ones(4)[torch.ones(4) > 0]
+    assert probe.seen == ["_local_scalar_dense", "lift_fresh", "index"]
+
+    ssl = {"threshold": 0.5, "refine": "replace", "refine_decoder": "pretrained", "refine_iterations": 2,
+           "refine_margin": 0.05, "cutmix": 1.0, "copy_paste": 1.0, "adaptive_threshold": True}
+    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
+    if encoder_runs:
+        raw["adapter"] = {"lora": {"rank": 2}}
+    tr = Trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    assert (tr.cache is None) == encoder_runs
+    if tr.cache is not None:
+        tr.encode_all()
+    batch = [tr.train_samples[0], tr.train_samples[1]]
+    target = torch.stack([s.target for s in batch])
+    labeled = {"labeled_emb": tr.embeddings(batch)} if not encoder_runs else {}
+    if encoder_runs:
+        labeled["labeled_pixels"], target = tr.augmented([0, 1])
+    unlabeled = tr.ssl.next_batch()  # reading the batch in is data loading, not the step
+    tr.ssl.next_batch = lambda: unlabeled
+    with _HostReads() as probe:
+        loss = tr.ssl.loss(labeled.get("labeled_emb"), target, labeled_pixels=labeled.get("labeled_pixels"))
+        loss.backward()
+        tr.ssl.after_step()
+    assert probe.seen == []
+    assert loss.requires_grad and float(loss) > 0  # it computed something to learn from
 
 
 def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):

@@ -44,9 +44,11 @@ class SemiSupervised:
         self.refiner = None
         if config.refine != "none" and config.refine_decoder == "pretrained":
             self.refiner = copy.deepcopy(trainer.model.mask_decoder).requires_grad_(False).eval()
-        self.gen = torch.Generator().manual_seed(trainer.cfg.train.seed + 104729)
+        # on the step's device, so random boxes and noise need no copy from the host
+        self.gen = torch.Generator(device=trainer.device).manual_seed(trainer.cfg.train.seed + 104729)
         self.order: list[int] = []
-        self.stats = torch.zeros(2, device=trainer.device)  # passed pixels, all pixels (this epoch)
+        self.passed = torch.zeros((), device=trainer.device)  # passed pixels this epoch, kept on the device
+        self.pixels = 0  # all pixels this epoch: known from shapes, so no tensor is made for it
 
     # ------------------------------------------------------------------ data
     def next_batch(self) -> list:
@@ -111,7 +113,8 @@ class SemiSupervised:
         if cfg.feature_weight > 0:
             fp = tr.model.decode_classes(feature_dropout(feat_in, cfg.feature_dropout), ids).float()
             total = total + cfg.feature_weight * automatic_loss(fp, labels, passed.float())
-        self.stats += torch.stack([passed.sum(), torch.tensor(passed.numel(), device=passed.device)]).float()
+        self.passed += passed.sum()
+        self.pixels += passed.numel()
         return w * total
 
     def _mix(self, x, labels, passed, labeled_x, labeled_target):
@@ -148,9 +151,10 @@ class SemiSupervised:
 
     def pass_rate(self, reset: bool = False) -> float:
         """Share of unlabelled pixels that passed the threshold so far this epoch (syncs once)."""
-        passed, total = self.stats.tolist()
+        passed, total = float(self.passed), self.pixels
         if reset:
-            self.stats.zero_()
+            self.passed.zero_()
+            self.pixels = 0
         return passed / total if total else float("nan")
 
     @torch.no_grad()

@@ -12,8 +12,13 @@ import torch.nn.functional as F
 
 
 def random_boxes(n: int, area: tuple[float, float], generator: torch.Generator, device) -> torch.Tensor:
-    """n boxes ``[y0, x0, y1, x1]`` in [0, 1] covering a share of the image drawn from ``area``."""
-    r = torch.rand(n, 4, generator=generator, device="cpu").to(device)
+    """n boxes ``[y0, x0, y1, x1]`` in [0, 1] covering a share of the image drawn from ``area``.
+
+    The numbers are drawn on the generator's device: a generator on the
+    step's device (as :class:`medadapt.ssl.SemiSupervised` makes it) means no
+    host-to-device copy, which on a GPU would wait for the queued work.
+    """
+    r = torch.rand(n, 4, generator=generator, device=generator.device).to(device)
     share = area[0] + (area[1] - area[0]) * r[:, 0]
     aspect = torch.exp((r[:, 1] - 0.5) * 0.8)  # between ~0.67 and ~1.5
     h = (share * aspect).sqrt().clamp(max=0.95)
@@ -52,7 +57,7 @@ def intensity(pixels: torch.Tensor, strength: float, generator: torch.Generator)
     if strength <= 0:
         return pixels
     b = pixels.shape[0]
-    r = torch.rand(b, 4, generator=generator).to(pixels.device)
+    r = torch.rand(b, 4, generator=generator, device=generator.device).to(pixels.device)
     lo = pixels.amin((1, 2, 3), keepdim=True)
     hi = pixels.amax((1, 2, 3), keepdim=True)
     x = (pixels - lo) / (hi - lo).clamp(min=1e-6)
@@ -61,9 +66,9 @@ def intensity(pixels: torch.Tensor, strength: float, generator: torch.Generator)
     contrast = (1 + (r[:, 1] - 0.5) * 2 * strength)[:, None, None, None]
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean
-    noise = torch.randn(pixels.shape, generator=generator).to(pixels.device)
+    noise = torch.randn(pixels.shape, generator=generator, device=generator.device).to(pixels.device)
     x = x + noise * (0.05 * strength * r[:, 2])[:, None, None, None]
-    k = torch.tensor([1.0, 2.0, 1.0], device=pixels.device) / 4
+    k = 0.5 - 0.25 * (torch.arange(3, device=pixels.device) - 1).abs()  # [1, 2, 1] / 4, made on the device
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None]).expand(3, 1, 3, 3), groups=3)
     blur = (r[:, 3] < 0.5 * strength / 0.3).float()[:, None, None, None].clamp(max=1)
     x = blur * blurred + (1 - blur) * x

@@ -26,7 +26,7 @@ def confident_labels(
     conf, labels = full.softmax(dim=1).max(dim=1)
     c1 = full.shape[1]
     if adaptive:
-        onehot = F.one_hot(labels, c1).float()  # B x m x m x (C+1)
+        onehot = (labels[..., None] == torch.arange(c1, device=labels.device)).float()  # B x m x m x (C+1)
         mean = (onehot * conf[..., None]).sum((0, 1, 2)) / onehot.sum((0, 1, 2)).clamp(min=1.0)
         thr = threshold * mean / mean.max().clamp(min=1e-6)
         passed = conf >= thr[labels]
@@ -68,7 +68,7 @@ def largest_components(masks: torch.Tensor, grid: int = 64, iterations: int | No
     ids = ids.reshape(b * c, gh * gw).long()
     weight = (F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x).reshape(b * c, gh * gw)  # set pixels per cell
     sizes = torch.zeros(b * c, gh * gw + 1, device=masks.device).scatter_add_(1, ids, weight)
-    sizes[:, 0] = 0.0
+    sizes[:, 0].zero_()  # (not "= 0.0": that makes a tensor from a host number first)
     best = sizes.argmax(dim=1, keepdim=True)
     keep = (ids == best) & (best > 0)
     keep = keep.reshape(b * c, gh, gw).repeat_interleave(f, 1).repeat_interleave(f, 2)[:, :h, :w]
@@ -99,7 +99,8 @@ def boxes_of_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x1 = torch.where(cols, xs, -1).amax(-1)
     present = rows.any(-1)
     boxes = torch.stack([x0, y0, x1, y1], dim=-1).float()
-    full = torch.tensor([0.0, 0.0, m_w - 1.0, m_h - 1.0], device=masks.device)
+    full = torch.stack([torch.zeros_like(x0), torch.zeros_like(y0), torch.full_like(x1, m_w - 1),
+                        torch.full_like(y1, m_h - 1)], dim=-1).float()  # made on the device, not copied there
     return torch.where(present[..., None], boxes, full), present
 
 
@@ -107,10 +108,12 @@ def pad_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torc
     """Move each side of ``[x0, y0, x1, y1]`` boxes out by ``margin`` x the box's width / height, inside an H x W grid."""
     if margin <= 0:
         return boxes
-    wh = torch.cat([boxes[..., 2:] - boxes[..., :2]] * 2, dim=-1)
-    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device)
-    hi = torch.tensor([size[1] - 1.0, size[0] - 1.0], device=boxes.device).repeat(2)
-    return torch.minimum((boxes + margin * wh * sign).clamp(min=0.0), hi)
+    wh = boxes[..., 2:] - boxes[..., :2]
+    lo_corner = (boxes[..., :2] - margin * wh).clamp(min=0.0)
+    hi_corner = boxes[..., 2:] + margin * wh
+    hi_corner = torch.stack([hi_corner[..., 0].clamp(max=size[1] - 1.0), hi_corner[..., 1].clamp(max=size[0] - 1.0)],
+                            dim=-1)
+    return torch.cat([lo_corner, hi_corner], dim=-1)
 
 
 def _box_answers(

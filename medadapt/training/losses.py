@@ -37,7 +37,7 @@ def automatic_loss(
     """
     b, c = class_logits.shape[:2]
     full = torch.cat([torch.zeros_like(class_logits[:, :1]), class_logits], dim=1)
-    onehot = F.one_hot(labels, c + 1)[..., 1:].permute(0, 3, 1, 2).float()
+    onehot = one_hot(labels, c)
     if weight is None:
         ce = F.cross_entropy(full, labels)
         prob_logits, target = class_logits, onehot
@@ -51,10 +51,21 @@ def automatic_loss(
     return ce + dice.mean()
 
 
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """B x H x W labels 0..C -> B x C x H x W float masks of classes 1..C (background dropped).
+
+    A comparison rather than ``F.one_hot``, which reads the labels' minimum and
+    maximum back to the host on CPU to check them: a step built on this never
+    waits for a value.
+    """
+    ks = torch.arange(1, num_classes + 1, device=labels.device)
+    return (labels[:, None] == ks[None, :, None, None]).float()
+
+
 def labels_from_logits(class_logits: torch.Tensor) -> torch.Tensor:
     """The inference rule: C x ... logits -> label map 0..C (0 where no logit is positive)."""
     best = class_logits.max(dim=0)
     return torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
 
 
-__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss", "labels_from_logits"]
+__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss", "labels_from_logits", "one_hot"]
