@@ -143,7 +143,10 @@ class EmbeddingCache:
         if todo:
             for i, e in zip(todo, self._encode([samples[i] for i in todo])):
                 out[i] = e
-        return torch.stack([e.to(dtype) for e in out]).to(device)
+        batch = torch.stack([e.to(dtype) for e in out])
+        if device.type == "cuda":  # from pinned memory the copy is queued, so the host does not wait for the GPU
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
 
 
 __all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_model_frame"]
