@@ -373,7 +373,7 @@ def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, enco
     assert probe.seen == ["_local_scalar_dense", "lift_fresh", "index"]
 
     ssl = {"threshold": 0.5, "refine": "replace", "refine_decoder": "pretrained", "refine_iterations": 2,
-           "refine_margin": 0.05, "cutmix": 1.0, "copy_paste": 1.0, "adaptive_threshold": True}
+           "refine_margin": 0.05, "cutmix": 1.0, "copy_paste": 1.0, "adaptive_threshold": True, "geometric": 1.0}
     raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
     if encoder_runs:
         raw["adapter"] = {"lora": {"rank": 2}}
@@ -393,7 +393,56 @@ def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, enco
         loss.backward()
         tr.ssl.after_step()
     assert probe.seen == []
-    assert loss.requires_grad and float(loss) > 0  # it computed something to learn from
+    assert loss.requires_grad and float(loss.detach()) > 0  # it computed something to learn from
+
+
+@pytest.mark.parametrize("encoder_runs", [False, True], ids=["cached-embeddings", "encoder-runs"])
+def test_a_turned_strong_view_comes_with_its_pseudo_label_turned(tmp_path, encoder_runs):
+    """ssl.geometric: the student's view is turned / flipped, and the teacher's pseudo-label with it. With cached
+    embeddings the view is the encoder's answer to the turned image (encoded once, geometric_views per slice),
+    which is not the turned embedding; when the encoder runs, the pixels are turned before it."""
+    from medadapt.ssl import dihedral_each
+    from medadapt.training.finetune import Trainer
+    from medadapt.training.samples import view_sample
+
+    ssl = {"threshold": 0.5, "geometric": 1.0, "geometric_views": 2, "cutmix": 0.0, "copy_paste": 0.0,
+           "intensity": 0.0}
+    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
+    if encoder_runs:
+        raw["adapter"] = {"lora": {"rank": 2}}
+    tr = Trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    tr.encode_all()
+    if not encoder_runs:  # every unlabelled slice's two views are encoded up front
+        assert len(tr.ssl.cached_views()) == 2 * len(tr.unlabeled_samples)
+        assert all(v.key in tr.cache.memory for v in tr.ssl.cached_views())
+    seen = {}
+    draw, mix = tr.ssl.draw_views, tr.ssl._mix
+    tr.ssl.draw_views = lambda batch: seen.setdefault("ks", draw(batch))
+    tr.ssl._mix = lambda x, labels, passed, *rest: seen.setdefault("mixed", (x, labels, passed)) and mix(
+        x, labels, passed, *rest)
+    unlabeled = tr.ssl.next_batch()
+    tr.ssl.next_batch = lambda: unlabeled
+    if encoder_runs:
+        pixels, target = tr.augmented([0, 1])
+        tr.ssl.loss(None, target, labeled_pixels=pixels)
+    else:
+        batch = tr.train_samples[:2]
+        tr.ssl.loss(tr.embeddings(batch), torch.stack([s.target for s in batch]))
+    ks, (x, labels, passed) = seen["ks"], seen["mixed"]
+    assert all(k in tr.ssl.allowed_views(s) for s, k in zip(unlabeled, ks)) and all(ks)
+    pixels = torch.stack([s.pixels for s in unlabeled])
+    if encoder_runs:
+        weak = tr.ssl.teacher_model().encode(pixels)
+        assert torch.equal(x, dihedral_each(pixels, ks))
+    else:
+        weak = tr.embeddings(unlabeled)
+        assert torch.equal(x, tr.embeddings([view_sample(s, k) for s, k in zip(unlabeled, ks)]))
+        assert not torch.allclose(x, dihedral_each(weak, ks), atol=1e-3)  # the encoder is no symmetry
+    want_labels, want_passed = tr.ssl.pseudo_labels(weak)
+    assert torch.equal(labels, dihedral_each(want_labels, ks)) and torch.equal(passed, dihedral_each(want_passed, ks))
+    assert not torch.equal(labels, want_labels)  # (the turned pseudo-labels differ from the unturned ones)
+    with pytest.raises(MedAdaptError, match="geometric_views"):
+        config_from_dict({**raw, "ssl": {"geometric_views": 8}})
 
 
 def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):

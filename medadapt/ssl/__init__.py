@@ -4,6 +4,7 @@
 * :mod:`.teacher` -- the EMA teacher.
 * :mod:`.pseudo` -- confident automatic labels, refined by re-prompting the decoder with boxes.
 * :mod:`.perturb` -- intensity, CutMix, bidirectional copy-paste (BCP), feature dropout.
+* :mod:`.geometry` -- the 8 flips and quarter turns of the model's frame, for images, labels, boxes, points.
 * :mod:`.loop` -- :class:`SemiSupervised`, the unsupervised loss the trainer adds.
 
 ``medadapt finetune`` runs it when a config names ``data.unlabeled`` cases and
@@ -14,6 +15,7 @@ shadow the standard library.)
 from __future__ import annotations
 
 from .config import SSLConfig
+from .geometry import dihedral, dihedral_boxes, dihedral_each, dihedral_points
 from .loop import SemiSupervised, rampup
 from .perturb import box_masks, feature_dropout, intensity, paste, random_boxes
 from .pseudo import (
@@ -24,6 +26,7 @@ from .teacher import EMATeacher
 
 __all__ = [
     "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels", "boxes_of_masks",
-    "confident_labels", "drop_small_classes", "feature_dropout", "intensity", "largest_components", "pad_boxes",
+    "confident_labels", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points", "drop_small_classes",
+    "feature_dropout", "intensity", "largest_components", "pad_boxes",
     "paste", "rampup", "random_boxes", "refine_with_prompts",
 ]

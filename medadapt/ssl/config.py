@@ -45,6 +45,8 @@ class SSLConfig:
     copy_paste: float = 0.5  # probability of bidirectional copy-paste with a labelled image (BCP)
     mix_area: tuple[float, float] = (0.25, 0.5)  # share of the image a pasted box covers
     intensity: float = 0.3  # strength of gamma / contrast / noise / blur when the encoder runs
+    geometric: float = 0.0  # probability that a strong view is turned / flipped (its pseudo-label with it)
+    geometric_views: int = 2  # cached embeddings: turned copies of each unlabelled slice encoded (1..7)
     stream: bool = False  # read unlabelled cases a few at a time (data larger than memory)
     stream_cases: int = 8  # cases held in memory at once when streaming
 
@@ -57,7 +59,7 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.warmup_ema_decay must be in [0, 1); got {self.warmup_ema_decay}")
         if not 0.0 <= self.threshold < 1.0:
             raise MedAdaptError(f"ssl.threshold must be in [0, 1); got {self.threshold}")
-        for key in ("cutmix", "copy_paste", "feature_dropout"):
+        for key in ("cutmix", "copy_paste", "feature_dropout", "geometric"):
             v = getattr(self, key)
             if not 0.0 <= v <= 1.0:
                 raise MedAdaptError(f"ssl.{key} is a probability in [0, 1]; got {v}")
@@ -80,6 +82,10 @@ class SSLConfig:
                                 f"got {self.refine_iterations!r}")
         if not 0.0 < self.refine_iou <= 1.0:
             raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
+        if isinstance(self.geometric_views, bool) or not isinstance(self.geometric_views, int) \
+                or not 1 <= self.geometric_views <= 7:
+            raise MedAdaptError(f"ssl.geometric_views is how many of the 7 turned / flipped copies of each "
+                                f"unlabelled slice are encoded, 1..7; got {self.geometric_views!r}")
         if not isinstance(self.stream, bool):
             raise MedAdaptError(f"ssl.stream must be true or false; got {self.stream!r}")
         if self.start_epoch < 0:

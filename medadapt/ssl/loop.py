@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from ..training.losses import automatic_loss
+from ..training.samples import to_device, view_sample
 from .config import SSLConfig
+from .geometry import NUM_VIEWS, dihedral_each
 from .perturb import feature_dropout, intensity, paste, random_boxes
 from .pseudo import confident_labels, drop_small_classes, refine_with_prompts
 from .teacher import EMATeacher
@@ -97,15 +99,21 @@ class SemiSupervised:
         if tr.cache is not None:
             weak = tr.embeddings(batch)
             labels, passed = self.pseudo_labels(weak)
-            strong, lab_s, pass_s = self._mix(weak, labels, passed, labeled_emb, labeled_target)
+            ks = self.draw_views(batch)
+            # a turned view's embedding is the encoder's answer to the turned image (cached), not a turned embedding
+            strong = tr.embeddings([view_sample(s, k) for s, k in zip(batch, ks)]) if any(ks) else weak
+            lab_v, pass_v = dihedral_each(labels, ks), dihedral_each(passed, ks)
+            strong, lab_s, pass_s = self._mix(strong, lab_v, pass_v, labeled_emb, labeled_target)
             feat_in = weak
         else:  # the encoder runs: perturb pixels, then encode (GPU path)
-            pixels = torch.stack([s.pixels for s in batch]).to(tr.device)
+            pixels = to_device(torch.stack([s.pixels for s in batch]), tr.device)
             with torch.no_grad():
                 teacher = self.teacher_model()
                 labels, passed = self.pseudo_labels(teacher.encode(pixels), teacher)
-            strong_px = intensity(pixels, cfg.intensity, self.gen)
-            strong_px, lab_s, pass_s = self._mix(strong_px, labels, passed, labeled_pixels, labeled_target)
+            ks = self.draw_views(batch)
+            strong_px = dihedral_each(intensity(pixels, cfg.intensity, self.gen), ks)
+            lab_v, pass_v = dihedral_each(labels, ks), dihedral_each(passed, ks)
+            strong_px, lab_s, pass_s = self._mix(strong_px, lab_v, pass_v, labeled_pixels, labeled_target)
             strong = tr.model.encode(strong_px)
             feat_in = tr.model.encode(pixels)
         weight_s = pass_s.float()
@@ -116,6 +124,32 @@ class SemiSupervised:
         self.passed += passed.sum()
         self.pixels += passed.numel()
         return w * total
+
+    def allowed_views(self, sample) -> list[int]:
+        """The turned / flipped views a sample's strong view may take: all 7 when the encoder runs; with
+        cached embeddings ``geometric_views`` of them, fixed per sample by its content key (so they are
+        encoded once, and a streamed sample gets the same ones on every pass)."""
+        if self.tr.cache is None:
+            return list(range(1, NUM_VIEWS))
+        rng = np.random.default_rng([int(sample.key[:12], 16), self.tr.cfg.train.seed])
+        return sorted(rng.choice(np.arange(1, NUM_VIEWS), self.cfg.geometric_views, replace=False).tolist())
+
+    def draw_views(self, batch: list) -> list[int]:
+        """One view per item: with probability ``geometric`` one of its allowed views, else 0 (unturned)."""
+        if self.cfg.geometric <= 0:  # draws nothing, so runs without geometric views keep their random stream
+            return [0] * len(batch)
+        turn = self.tr.rng.random(len(batch)) < self.cfg.geometric
+        out = []
+        for s, t in zip(batch, turn):
+            allowed = self.allowed_views(s)
+            out.append(allowed[int(self.tr.rng.integers(len(allowed)))] if t else 0)
+        return out
+
+    def cached_views(self) -> list:
+        """The turned copies of the unlabelled samples in memory, for the trainer to encode up front."""
+        if self.tr.cache is None or self.cfg.geometric <= 0 or hasattr(self.samples, "take"):
+            return []
+        return [view_sample(s, k) for s in self.samples for k in self.allowed_views(s)]
 
     def _mix(self, x, labels, passed, labeled_x, labeled_target):
         """CutMix among unlabelled items and bidirectional copy-paste with labelled ones (on x's grid)."""
@@ -166,7 +200,7 @@ class SemiSupervised:
         for i in range(0, len(samples), 8):
             batch = samples[i : i + 8]
             emb = tr.embeddings(batch) if tr.cache is not None else self.teacher_model().encode(
-                torch.stack([s.pixels for s in batch]).to(tr.device))
+                to_device(torch.stack([s.pixels for s in batch]), tr.device))
             labels, passed = self.pseudo_labels(emb)
             pred = torch.where(passed, labels, torch.zeros_like(labels))
             tgt = torch.stack([s.target for s in batch]).to(tr.device)

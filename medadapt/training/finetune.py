@@ -158,6 +158,8 @@ class Trainer:
         from tqdm import tqdm
 
         todo = self.train_samples + self.val_samples + self.unlabeled_samples
+        if self.ssl is not None:
+            todo += self.ssl.cached_views()
         with tqdm(total=len(todo), desc="encoding (cached once)", unit="slice", leave=False) as bar:
             self.cache.fill(todo, progress=bar.update)
 

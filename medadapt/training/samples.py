@@ -143,10 +143,31 @@ class EmbeddingCache:
         if todo:
             for i, e in zip(todo, self._encode([samples[i] for i in todo])):
                 out[i] = e
-        batch = torch.stack([e.to(dtype) for e in out])
-        if device.type == "cuda":  # from pinned memory the copy is queued, so the host does not wait for the GPU
-            return batch.pin_memory().to(device, non_blocking=True)
-        return batch.to(device)
+        return to_device(torch.stack([e.to(dtype) for e in out]), device)
 
 
-__all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_model_frame"]
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU from pinned memory, so the copy is queued and the host does not
+    wait for the GPU's queued work (a plain copy from pageable memory would)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def view_sample(sample: ModelSample, k: int) -> ModelSample:
+    """``sample`` turned / flipped into view ``k`` of :mod:`medadapt.ssl.geometry` (0: the sample itself).
+
+    Pixels and target move together; the key names the view, so the
+    embedding cache encodes each view once and keeps it apart.
+    """
+    if k == 0:
+        return sample
+    from dataclasses import replace
+
+    from ..ssl.geometry import dihedral
+
+    return replace(sample, pixels=dihedral(sample.pixels, k).contiguous(), target=dihedral(sample.target, k).contiguous(),
+                   label=None, key=f"{sample.key}-view{k}")
+
+
+__all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_device", "to_model_frame", "view_sample"]
