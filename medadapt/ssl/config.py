@@ -76,16 +76,11 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.refine_box must be largest or all; got {self.refine_box!r}")
         if not 0.0 <= self.refine_margin <= 0.5:
             raise MedAdaptError(f"ssl.refine_margin is a share of the box per side in [0, 0.5]; got {self.refine_margin}")
-        if isinstance(self.refine_iterations, bool) or not isinstance(self.refine_iterations, int) \
-                or not 1 <= self.refine_iterations <= 10:
-            raise MedAdaptError(f"ssl.refine_iterations is a whole number of decoder passes in 1..10; "
-                                f"got {self.refine_iterations!r}")
+        _check_whole(self.refine_iterations, 1, 10, "ssl.refine_iterations is a whole number of decoder passes in 1..10")
         if not 0.0 < self.refine_iou <= 1.0:
             raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
-        if isinstance(self.geometric_views, bool) or not isinstance(self.geometric_views, int) \
-                or not 1 <= self.geometric_views <= 7:
-            raise MedAdaptError(f"ssl.geometric_views is how many of the 7 turned / flipped copies of each "
-                                f"unlabelled slice are encoded, 1..7; got {self.geometric_views!r}")
+        _check_whole(self.geometric_views, 1, 7, "ssl.geometric_views is how many of the 7 turned / flipped copies "
+                     "of each unlabelled slice are encoded, 1..7")
         if not isinstance(self.stream, bool):
             raise MedAdaptError(f"ssl.stream must be true or false; got {self.stream!r}")
         if self.start_epoch < 0:
@@ -94,6 +89,12 @@ class SSLConfig:
             raise MedAdaptError(f"ssl.stream_cases must be >= 1; got {self.stream_cases}")
         if self.unlabeled_batch_size < 1:
             raise MedAdaptError("ssl.unlabeled_batch_size must be >= 1")
+
+
+def _check_whole(value, lo: int, hi: int, what: str) -> None:
+    """A whole number in lo..hi (YAML's true / false are not numbers here), else an error saying ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise MedAdaptError(f"{what}; got {value!r}")
 
 
 __all__ = ["SSLConfig"]
