@@ -33,7 +33,7 @@ from ..foundation import bf16_is_fast, build_backbone
 from ..predictor import pick_device
 from .config import FinetuneConfig
 from .losses import automatic_loss, binary_mask_loss, labels_from_logits
-from .samples import EmbeddingCache, ModelSample, prepare, to_model_frame
+from .samples import EmbeddingCache, ModelSample, prepare, to_device, to_model_frame
 
 
 def seed_everything(seed: int) -> None:
@@ -187,12 +187,12 @@ class Trainer:
             p, meta = proc.preprocess(np.ascontiguousarray(image))
             pix.append(p[0])
             tgt.append(to_model_frame(np.ascontiguousarray(label), meta, proc.image_size, proc.mask_size))
-        return torch.stack(pix).to(self.device), torch.stack(tgt).to(self.device)
+        return to_device(torch.stack(pix), self.device), to_device(torch.stack(tgt), self.device)
 
     def loss(self, batch_idx: list[int]) -> torch.Tensor:
         batch = [self.train_samples[i] for i in batch_idx]
         if self.cache is not None:
-            emb, target = self.embeddings(batch), torch.stack([s.target for s in batch]).to(self.device)
+            emb, target = self.embeddings(batch), to_device(torch.stack([s.target for s in batch]), self.device)
         else:
             pixels, target = self.augmented(batch_idx)
             emb = self.embeddings(batch, pixels)
