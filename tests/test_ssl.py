@@ -401,9 +401,8 @@ def test_a_turned_strong_view_comes_with_its_pseudo_label_turned(tmp_path, encod
     """ssl.geometric: the student's view is turned / flipped, and the teacher's pseudo-label with it. With cached
     embeddings the view is the encoder's answer to the turned image (encoded once, geometric_views per slice),
     which is not the turned embedding; when the encoder runs, the pixels are turned before it."""
-    from medadapt.ssl import dihedral_each
+    from medadapt.ssl.geometry import dihedral_each, view_sample
     from medadapt.training.finetune import Trainer
-    from medadapt.training.samples import view_sample
 
     ssl = {"threshold": 0.5, "geometric": 1.0, "geometric_views": 2, "cutmix": 0.0, "copy_paste": 0.0,
            "intensity": 0.0}

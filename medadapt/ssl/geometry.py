@@ -14,9 +14,12 @@ identity.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
+
+from ..training.samples import ModelSample
 
 NUM_VIEWS = 8
 
@@ -60,4 +63,13 @@ def dihedral_boxes(boxes: torch.Tensor, k: int, size: int) -> torch.Tensor:
     return torch.cat([corners.amin(dim=-2), corners.amax(dim=-2)], dim=-1)
 
 
-__all__ = ["NUM_VIEWS", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points"]
+def view_sample(sample: ModelSample, k: int) -> ModelSample:
+    """``sample`` in view ``k`` (0: the sample itself): pixels and target move together, and the key names
+    the view, so the embedding cache encodes each view once and keeps it apart."""
+    if k == 0:
+        return sample
+    return replace(sample, pixels=dihedral(sample.pixels, k).contiguous(), target=dihedral(sample.target, k).contiguous(),
+                   label=None, key=f"{sample.key}-view{k}")
+
+
+__all__ = ["NUM_VIEWS", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points", "view_sample"]

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..training.losses import automatic_loss
-from ..training.samples import to_device, view_sample
+from ..training.samples import to_device
 from .config import SSLConfig
-from .geometry import NUM_VIEWS, dihedral_each
+from .geometry import NUM_VIEWS, dihedral_each, view_sample
 from .perturb import feature_dropout, intensity, paste, random_boxes
 from .pseudo import confident_labels, drop_small_classes, refine_with_prompts
 from .teacher import EMATeacher

@@ -154,20 +154,4 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def view_sample(sample: ModelSample, k: int) -> ModelSample:
-    """``sample`` turned / flipped into view ``k`` of :mod:`medadapt.ssl.geometry` (0: the sample itself).
-
-    Pixels and target move together; the key names the view, so the
-    embedding cache encodes each view once and keeps it apart.
-    """
-    if k == 0:
-        return sample
-    from dataclasses import replace
-
-    from ..ssl.geometry import dihedral
-
-    return replace(sample, pixels=dihedral(sample.pixels, k).contiguous(), target=dihedral(sample.target, k).contiguous(),
-                   label=None, key=f"{sample.key}-view{k}")
-
-
-__all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_device", "to_model_frame", "view_sample"]
+__all__ = ["ModelSample", "EmbeddingCache", "prepare", "to_device", "to_model_frame"]
