@@ -360,12 +360,26 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _one_step_trainer(tmp_path, ssl: dict, encoder_runs: bool):
+    """A tiny trainer for one semi-supervised step (LoRA in the encoder when it runs), cache filled, and the
+    unlabelled batch it will get, read in now: reading data is not the step."""
+    from medadapt.training.finetune import Trainer
+
+    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
+    if encoder_runs:
+        raw["adapter"] = {"lora": {"rank": 2}}
+    tr = Trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    assert (tr.cache is None) == encoder_runs
+    tr.encode_all()
+    unlabeled = tr.ssl.next_batch()
+    tr.ssl.next_batch = lambda: unlabeled
+    return tr, unlabeled, raw
+
+
 @pytest.mark.parametrize("encoder_runs", [False, True], ids=["cached-embeddings", "encoder-runs"])
 def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, encoder_runs):
     """No host synchronisation inside the step: the loss, its backward and the teacher update, on both paths
     (cached embeddings; and the encoder running, with pixel perturbations), with every stage switched on."""
-    from medadapt.training.finetune import Trainer
-
     with _HostReads() as probe:  # the probe itself catches a host read and a tensor from host data
         float(torch.ones(2).sum())
         torch.tensor([1.0, 2.0])
@@ -374,20 +388,12 @@ def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, enco
 
     ssl = {"threshold": 0.5, "refine": "replace", "refine_decoder": "pretrained", "refine_iterations": 2,
            "refine_margin": 0.05, "cutmix": 1.0, "copy_paste": 1.0, "adaptive_threshold": True, "geometric": 1.0}
-    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
-    if encoder_runs:
-        raw["adapter"] = {"lora": {"rank": 2}}
-    tr = Trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
-    assert (tr.cache is None) == encoder_runs
-    if tr.cache is not None:
-        tr.encode_all()
+    tr, _, _ = _one_step_trainer(tmp_path, ssl, encoder_runs)
     batch = [tr.train_samples[0], tr.train_samples[1]]
     target = torch.stack([s.target for s in batch])
     labeled = {"labeled_emb": tr.embeddings(batch)} if not encoder_runs else {}
     if encoder_runs:
         labeled["labeled_pixels"], target = tr.augmented([0, 1])
-    unlabeled = tr.ssl.next_batch()  # reading the batch in is data loading, not the step
-    tr.ssl.next_batch = lambda: unlabeled
     with _HostReads() as probe:
         loss = tr.ssl.loss(labeled.get("labeled_emb"), target, labeled_pixels=labeled.get("labeled_pixels"))
         loss.backward()
@@ -402,15 +408,10 @@ def test_a_turned_strong_view_comes_with_its_pseudo_label_turned(tmp_path, encod
     embeddings the view is the encoder's answer to the turned image (encoded once, geometric_views per slice),
     which is not the turned embedding; when the encoder runs, the pixels are turned before it."""
     from medadapt.ssl.geometry import dihedral_each, view_sample
-    from medadapt.training.finetune import Trainer
 
     ssl = {"threshold": 0.5, "geometric": 1.0, "geometric_views": 2, "cutmix": 0.0, "copy_paste": 0.0,
            "intensity": 0.0}
-    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
-    if encoder_runs:
-        raw["adapter"] = {"lora": {"rank": 2}}
-    tr = Trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
-    tr.encode_all()
+    tr, unlabeled, raw = _one_step_trainer(tmp_path, ssl, encoder_runs)
     if not encoder_runs:  # every unlabelled slice's two views are encoded up front
         assert len(tr.ssl.cached_views()) == 2 * len(tr.unlabeled_samples)
         assert all(v.key in tr.cache.memory for v in tr.ssl.cached_views())
@@ -419,8 +420,6 @@ def test_a_turned_strong_view_comes_with_its_pseudo_label_turned(tmp_path, encod
     tr.ssl.draw_views = lambda batch: seen.setdefault("ks", draw(batch))
     tr.ssl._mix = lambda x, labels, passed, *rest: seen.setdefault("mixed", (x, labels, passed)) and mix(
         x, labels, passed, *rest)
-    unlabeled = tr.ssl.next_batch()
-    tr.ssl.next_batch = lambda: unlabeled
     if encoder_runs:
         pixels, target = tr.augmented([0, 1])
         tr.ssl.loss(None, target, labeled_pixels=pixels)
