@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..training.losses import class_masks
+
 
 def confident_labels(
     class_logits: torch.Tensor, threshold: float, adaptive: bool = False
@@ -39,7 +41,7 @@ def drop_small_classes(labels: torch.Tensor, passed: torch.Tensor, num_classes: 
     """Pixels of a class whose mask in that image is smaller than ``min_pixels`` stop counting."""
     if min_pixels <= 0:
         return passed
-    onehot = labels[:, None] == torch.arange(1, num_classes + 1, device=labels.device)[None, :, None, None]
+    onehot = class_masks(labels, num_classes)
     small = onehot.sum((2, 3)) < min_pixels  # B x C
     small_pix = (onehot & small[:, :, None, None]).any(dim=1)
     return passed & ~small_pix
@@ -83,7 +85,7 @@ def boxes_from_labels(
     With ``largest``, the box of each class's largest connected component
     (:func:`largest_components`) instead of all its pixels.
     """
-    onehot = labels[:, None] == torch.arange(1, num_classes + 1, device=labels.device)[None, :, None, None]
+    onehot = class_masks(labels, num_classes)
     return boxes_of_masks(largest_components(onehot) if largest else onehot)
 
 
@@ -174,8 +176,7 @@ def refine_with_prompts(
     Returns the (labels, passed) pair.
     """
     c = num_classes
-    ks = torch.arange(1, c + 1, device=labels.device)[None, :, None, None]
-    coarse_k = labels[:, None] == ks  # B x C x m x m
+    coarse_k = class_masks(labels, c)  # B x C x m x m
     # boxes around every pixel of the component, not only the confident ones: on HC18 validation images
     # the pretrained decoder answers those boxes better (Dice 0.73 against 0.71 from confident pixels)
     region = largest_components(coarse_k) if largest else coarse_k
@@ -190,7 +191,7 @@ def refine_with_prompts(
     refined = torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
     if mode == "agree":
         return labels, passed & (refined == labels)
-    ref_k = refined[:, None] == ks
+    ref_k = class_masks(refined, c)
     inter = (region & ref_k).sum((2, 3)).float()  # specks outside the component do not veto a good answer
     union = (region | ref_k).sum((2, 3)).float().clamp(min=1.0)
     good = present & (inter / union >= min_iou)  # B x C

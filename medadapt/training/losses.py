@@ -37,7 +37,7 @@ def automatic_loss(
     """
     b, c = class_logits.shape[:2]
     full = torch.cat([torch.zeros_like(class_logits[:, :1]), class_logits], dim=1)
-    onehot = one_hot(labels, c)
+    onehot = class_masks(labels, c).float()
     if weight is None:
         ce = F.cross_entropy(full, labels)
         prob_logits, target = class_logits, onehot
@@ -51,15 +51,15 @@ def automatic_loss(
     return ce + dice.mean()
 
 
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """B x H x W labels 0..C -> B x C x H x W float masks of classes 1..C (background dropped).
+def class_masks(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """B x H x W labels 0..C -> B x C x H x W bool masks of classes 1..C (background dropped).
 
     A comparison rather than ``F.one_hot``, which reads the labels' minimum and
     maximum back to the host on CPU to check them: a step built on this never
     waits for a value.
     """
     ks = torch.arange(1, num_classes + 1, device=labels.device)
-    return (labels[:, None] == ks[None, :, None, None]).float()
+    return labels[:, None] == ks[None, :, None, None]
 
 
 def labels_from_logits(class_logits: torch.Tensor) -> torch.Tensor:
@@ -68,4 +68,4 @@ def labels_from_logits(class_logits: torch.Tensor) -> torch.Tensor:
     return torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
 
 
-__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss", "labels_from_logits", "one_hot"]
+__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss", "labels_from_logits", "class_masks"]
