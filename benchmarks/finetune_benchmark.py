@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from medadapt.evaluation.evaluate import evaluate_run
-    from medadapt.training import finetune, load_config
-    from medadapt.training.finetune import config_changes, run_folder
+    from medadapt.recipes import finetune, load_config
+    from medadapt.training.trainer import config_changes, run_folder
 
     cfg = load_config(args.config, args.overrides)
     run = run_folder(cfg)

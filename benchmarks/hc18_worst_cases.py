@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from medadapt import Segmenter
     from medadapt.evaluation.metrics import binary_dice
-    from medadapt.imaging import load_image, load_mask
-    from medadapt.overlay import overlay
+    from medadapt.io.imaging import load_image, load_mask
+    from medadapt.io.overlay import overlay
 
     root, files = hc18_images(args.data_root, args.exams)
     seg = Segmenter.from_pretrained("litemedsam", adapter=args.run)

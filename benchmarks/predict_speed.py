@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medadapt import Segmenter
     from medadapt.demo import demo_root
-    from medadapt.imaging import load_image
+    from medadapt.io.imaging import load_image
 
     seg = Segmenter.from_pretrained(args.model)
     image = load_image(demo_root() / "hc18" / "images" / "100_HC.png")

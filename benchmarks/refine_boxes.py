@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from medadapt import Segmenter
     from medadapt.evaluation.metrics import binary_dice
-    from medadapt.imaging import load_image, load_mask
-    from medadapt.prompts import box_from_mask
-    from medadapt.ssl import boxes_from_labels, pad_boxes
+    from medadapt.io.imaging import load_image, load_mask
+    from medadapt.prompts import box_from_mask, pad_boxes
+    from medadapt.ssl import boxes_from_labels
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -62,7 +62,7 @@ def count_flops(fn) -> float:
 def benchmark_images(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Bundled HC18 images (CC BY 4.0) with their head masks; the same for every tool."""
     from medadapt.demo import demo_root
-    from medadapt.imaging import load_image, load_mask
+    from medadapt.io.imaging import load_image, load_mask
 
     root = demo_root() / "hc18"
     names = sorted(p.name for p in (root / "images").glob("*.png"))[:n]
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_mode(args.train_mode, args.device, args.steps, args.batch, args.amp, args.data)))
         return
 
-    from medadapt.foundation import bf16_is_fast
+    from medadapt.inference.optimize import bf16_is_fast
 
     t0 = time.perf_counter()
     dev = args.device

@@ -25,7 +25,7 @@ from benchmarks.common import write_result  # noqa: E402
 
 def arm_runs(config: str, seed: int, overrides: list[str]) -> dict[str, list[str]]:
     """The overrides of each arm: the same seed, and run names ``NAME_sup_sSEED`` / ``NAME_ssl_sSEED``."""
-    from medadapt.training import load_config
+    from medadapt.recipes import load_config
 
     base = load_config(config, overrides).name or Path(config).stem
     common = [*overrides, f"train.seed={seed}"]
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--result", default=None)
     args = ap.parse_args(argv)
 
-    from medadapt.training import finetune, load_config
-    from medadapt.training.finetune import run_folder
+    from medadapt.recipes import finetune, load_config
+    from medadapt.training.trainer import run_folder
 
     rows, out = [], {"config": args.config, "overrides": args.overrides, "seeds": {}}
     for seed in args.seeds:

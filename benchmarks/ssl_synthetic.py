@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from medadapt.data.synthetic import shifted_ellipses, shifted_ellipses_config
-    from medadapt.training import config_from_dict, finetune
+    from medadapt.recipes import config_from_dict, finetune
     from medadapt.training.config import apply_overrides
 
     if args.threads:

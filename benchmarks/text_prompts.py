@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/text_prompts.py runs/acdc_3labeled [--alias "left ventricle=LV" ...]
         [--text "LV cavity=left ventricle" ...] [--result NAME]
 
-Fits the run's text head with :func:`medadapt.prompts.text.learned.train_text_prompts`
+Fits the run's text head with :func:`medadapt.training.train_text_prompts`
 (the function ``medadapt finetune`` calls when the config has ``prompts.text``;
 the fit reads only the class names, aliases and templates, never images, so
 fitting it after training gives the head training would have given), saves the
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from medadapt.adapters import LearnedTextConfig, load_adapted, read_adapter_info, save_adapter
     from medadapt.cli import split_pair
     from medadapt.evaluation.evaluate import evaluate_run
-    from medadapt.prompts.text.learned import train_text_prompts
+    from medadapt.training import train_text_prompts
 
     run = Path(args.run)
     aliases: dict[str, list[str]] = {}

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medadapt.data import DataConfig, SliceDataset, discover_cases, load_volume_case, split_cases
     from medadapt.evaluation.metrics import dice_per_class
-    from medadapt.training import load_config
+    from medadapt.recipes import load_config
 
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(args.seed)

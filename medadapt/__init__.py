@@ -12,8 +12,8 @@ spatial adapters), ``prompts`` (prompt types, simulation, text), ``ssl``
 (semi-supervised loop).
 """
 
-from .errors import MedAdaptError
-from .predictor import Prediction, Segmenter
+from .core.errors import MedAdaptError
+from .inference.predictor import Prediction, Segmenter
 
 __version__ = "0.1.0"
 

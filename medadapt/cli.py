@@ -1,7 +1,7 @@
 """The ``medadapt`` command line: thin ``main()`` wrappers over library functions.
 
 Every subcommand parses arguments, calls one library function and prints its
-result. A :class:`~medadapt.errors.MedAdaptError` becomes one line on stderr and
+result. A :class:`~medadapt.core.errors.MedAdaptError` becomes one line on stderr and
 exit status 2 (no traceback): the message already says what to fix.
 """
 
@@ -11,20 +11,21 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import MedAdaptError
+from .core.errors import MedAdaptError
+from .demo import run_demo
+from .evaluation.evaluate import evaluate_run
+from .foundation import list_backbones
+from .inference.segment import segment_file
+from .recipes import finetune, load_config
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .foundation import list_backbones
-
     rows = [(s.name, s.family, f"{s.image_size} px", s.weights) for s in list_backbones()]
     print(_table(("backbone", "family", "input", "weights"), rows))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .segment import segment_file
-
     points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
     labels = [_label(v) for _, _, v in args.point] if args.point else None
     result = segment_file(
@@ -56,23 +57,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     run_demo(out_dir=args.out, device=args.device, finetune=not args.no_finetune, epochs=args.epochs)
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .training import finetune, load_config
-
     config = load_config(args.config, args.overrides)
     finetune(config, resume=args.resume)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.evaluate import evaluate_run
-
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=args.modes.split(","), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),

@@ -22,9 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .adapters import AdapterConfig, AutomaticConfig, apply
 from .evaluation.metrics import binary_dice
-from .predictor import Segmenter
+from .foundation import build_backbone
+from .inference.predictor import Segmenter
+from .io.imaging import load_image, load_mask
+from .io.overlay import save_overlay
 from .prompts.simulate import box_from_mask
+from .recipes import config_from_dict, finetune
 
 
 @dataclass
@@ -76,11 +81,6 @@ def demo_finetune_config(out_dir: Path, epochs: int = 20) -> dict:
 def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, device: str | None = None) -> dict:
     """Fine-tune on the bundled HC18 images; automatic Dice on held-aside exams before and after."""
     import shutil
-
-    from .adapters import AdapterConfig, AutomaticConfig, apply
-    from .foundation import build_backbone
-    from .imaging import load_image, load_mask, save_overlay
-    from .training import config_from_dict, finetune
 
     out = Path(out_dir)
     run = out / "finetune"
@@ -135,8 +135,6 @@ def run_demo(out_dir: str | Path = "medadapt-demo", device: str | None = None, m
 
 def run_prompted_demo(out_dir: str | Path = "medadapt-demo", device: str | None = None, model: str = "litemedsam") -> list[dict]:
     """Segment every bundled structure from its box, print Dice, write overlays; return the rows."""
-    from .imaging import load_image, load_mask, save_overlay
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

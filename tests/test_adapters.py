@@ -11,7 +11,15 @@ import torch
 
 from medadapt import MedAdaptError, Segmenter
 from medadapt.adapters import (
-    AdapterConfig, ContextAdapterConfig, LoraConfig, SpatialAdapterConfig, apply, load_adapter, merge_lora, save_adapter, set_train_mode,
+    AdapterConfig,
+    ContextAdapterConfig,
+    LoraConfig,
+    SpatialAdapterConfig,
+    apply,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+    set_train_mode,
 )
 from medadapt.foundation import build_backbone
 
@@ -155,7 +163,7 @@ def test_segmenter_loads_an_adapter(tmp_path):
 
 def test_context_adapter_sees_as_far_as_its_dilations_and_no_further():
     """One changed embedding pixel moves the adapter's output over exactly its receptive field."""
-    from medadapt.adapters.context import ContextAdapter
+    from medadapt.foundation.context import ContextAdapter
 
     torch.manual_seed(0)
     adapter = ContextAdapter(16, 8, [1, 2, 4]).eval()
@@ -175,7 +183,7 @@ def test_context_adapter_is_skipped_by_another_decoder_and_survives_inference_op
     """The frozen pretrained decoder (semi-supervised refinement) reads the embedding as the encoder made it."""
     import copy
 
-    from medadapt.foundation.inference import optimize_for_inference
+    from medadapt.inference.optimize import optimize_for_inference
 
     base = build_backbone("tiny_sam_vit")
     pretrained = copy.deepcopy(base.mask_decoder)

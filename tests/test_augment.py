@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import disc_image
 
 from medadapt.training.augment import random_view
-from conftest import disc_image
 
 
 def test_random_view_moves_image_and_label_together():

@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import disc_image
 from PIL import Image
 
 from medadapt.cli import main
-from medadapt.imaging import load_mask
-
-from conftest import disc_image
+from medadapt.io.imaging import load_mask
 
 
 @pytest.fixture()

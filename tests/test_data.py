@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medadapt.core.errors import MedAdaptError
 from medadapt.data import (
     DataConfig,
     SliceDataset,
@@ -24,8 +25,7 @@ from medadapt.data import (
     split_cases,
     to_canonical,
 )
-from medadapt.errors import MedAdaptError
-from medadapt.imaging import load_image, load_volume
+from medadapt.io.imaging import load_image, load_volume
 
 SHAPE = (12, 10, 5)  # x, y, z as stored
 AFFINE = np.diag([-1.5, 2.0, 3.0, 1.0])  # LAS: reorientation flips axis 0, so alignment is really tested

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from medadapt.errors import MedAdaptError
+from medadapt.core.errors import MedAdaptError
 from medadapt.evaluation import (
     CSV_HEADER,
     CaseResult,

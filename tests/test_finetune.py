@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from medadapt import MedAdaptError, Segmenter
-from medadapt.training import config_from_dict, finetune, load_config
+from medadapt.recipes import config_from_dict, finetune, load_config
 
 
 def make_disc_dataset(root, n=12, size=96, seed=0):
@@ -103,10 +103,10 @@ def test_context_adapter_trains_on_cached_embeddings_and_reloads(discs, tmp_path
 
 def test_cached_views_add_augmented_samples(discs, tmp_path):
     """train.cache_views: N augmented copies per labelled slice join the cached training set."""
-    from medadapt.training.finetune import Trainer
+    from medadapt.recipes import build_trainer
 
     cfg = config_from_dict(config(discs, tmp_path, cache_views=2))
-    tr = Trainer(cfg, tmp_path, log=lambda m: None)
+    tr = build_trainer(cfg, tmp_path, log=lambda m: None)
     n = len(tr.train_slices)
     assert len(tr.train_samples) == 3 * n
     keys = {s.key for s in tr.train_samples}
@@ -143,7 +143,7 @@ def test_kill_then_resume_continues_from_the_last_checkpoint(discs, tmp_path):
 
 def test_resume_drops_log_rows_ahead_of_the_checkpoint(tmp_path):
     """A kill after an epoch's log row but before its checkpoint must not leave that epoch twice in log.csv."""
-    from medadapt.training.finetune import _truncate_log
+    from medadapt.training.trainer import _truncate_log
 
     log = tmp_path / "log.csv"
     log.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.2\n")

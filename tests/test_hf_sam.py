@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import SamConfig, SamModel
 
-from medadapt.errors import MedAdaptError
+from medadapt.core.errors import MedAdaptError
 from medadapt.foundation.hf_sam import convert_hf_sam_state_dict, load_hf_sam, sam_modules_from_hf_config
 
 IMAGE_SIZE = 128  # 8x8 image embedding, 32x32 low-res masks

@@ -1,4 +1,4 @@
-"""Readers, writers and checks of medadapt.imaging, on files built in tmp_path."""
+"""Readers, writers and checks of medadapt.io.imaging, on files built in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medadapt.errors import MedAdaptError
-from medadapt.imaging import (
+from medadapt.core.errors import MedAdaptError
+from medadapt.io.imaging import (
     WINDOW_PRESETS,
     apply_window,
     clip_percentiles,
@@ -24,7 +24,7 @@ from medadapt.imaging import (
     validate_image,
     volume_slice,
 )
-from medadapt.overlay import overlay, save_overlay
+from medadapt.io.overlay import overlay, save_overlay
 
 RNG = np.random.default_rng(0)
 

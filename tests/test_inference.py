@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from medadapt import Segmenter
-from medadapt.errors import MedAdaptError
-from medadapt.foundation import build_backbone, optimize_for_inference, resolve_precision
-from medadapt.foundation.inference import fold_batchnorm
+from medadapt.core.errors import MedAdaptError
+from medadapt.foundation import build_backbone
+from medadapt.inference.optimize import fold_batchnorm, optimize_for_inference, resolve_precision
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

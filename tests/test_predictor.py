@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import disc_image
 
 from medadapt import MedAdaptError, Segmenter
 from medadapt.evaluation.metrics import binary_dice as dice
-
-from conftest import disc_image
 
 
 def test_pretrained_litemedsam_segments_a_boxed_disc(litemedsam, disc):

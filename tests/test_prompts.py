@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medadapt.errors import MedAdaptError
+from medadapt.core.errors import MedAdaptError
 from medadapt.prompts import (
     PAD_LABEL,
     Prompts,

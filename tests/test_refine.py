@@ -7,8 +7,10 @@ import pytest
 
 from medadapt import MedAdaptError
 from medadapt.evaluation.metrics import binary_dice as dice
-from medadapt.predictor import Prediction
-from medadapt.prompts import largest_component, loose_box, refine_automatic
+from medadapt.inference import refine_automatic
+from medadapt.inference.predictor import Prediction
+from medadapt.prompts import largest_component
+from medadapt.prompts import mask_box as loose_box
 
 H, W = 180, 240
 

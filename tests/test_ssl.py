@@ -7,12 +7,19 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from medadapt.errors import MedAdaptError
+from medadapt.core.errors import MedAdaptError
+from medadapt.prompts import largest_components, pad_boxes
+from medadapt.recipes import config_from_dict
 from medadapt.ssl import (
-    EMATeacher, box_masks, boxes_from_labels, confident_labels, drop_small_classes, largest_components, pad_boxes,
-    paste, rampup,
+    EMATeacher,
+    box_masks,
+    boxes_from_labels,
+    confident_labels,
+    drop_small_classes,
+    paste,
+    rampup,
 )
-from medadapt.training import config_from_dict
+from medadapt.training import LabeledBatch
 
 
 def test_confident_labels_follow_the_inference_rule_and_threshold():
@@ -134,7 +141,7 @@ def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
     """A tiny run on the tiny random ViT: the loop runs end to end, logs pass rate and pseudo-label Dice."""
     import csv
 
-    from medadapt.training import finetune
+    from medadapt.recipes import finetune
 
     cfg = config_from_dict(_tiny_raw(tmp_path, 8, ["4", "5", "6", "7"], {"epochs": 2}, {"threshold": 0.5},
                                      val=("2", "3")))
@@ -143,7 +150,7 @@ def test_one_semi_supervised_step_runs_and_counts_pixels(tmp_path):
     assert len(rows) == 2 and "pass_rate" in rows[0] and "pseudo_dice" in rows[0]
     assert 0.0 <= float(rows[-1]["pass_rate"]) <= 1.0
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert "teacher" in state  # the EMA teacher is checkpointed with the student
+    assert "teacher" in state["extensions"]["ssl"]  # the EMA teacher is checkpointed with the student
 
     # The saved config round-trips through YAML (tuples come back as lists): resuming it must be accepted,
     # and a changed setting must be refused by name.
@@ -197,7 +204,8 @@ def test_refinement_agree_filters_and_replace_takes_the_box_answer():
 
 def test_refinement_iterations_ask_again_with_boxes_around_the_answers(tmp_path):
     """refine_iterations=2: the counted foreground is the answer to boxes drawn around the first answer."""
-    from medadapt.ssl import boxes_of_masks, largest_components, pad_boxes, refine_with_prompts
+    from medadapt.prompts import boxes_of_masks
+    from medadapt.ssl import refine_with_prompts
 
     torch.manual_seed(1)
     model = _tiny_automatic_model()
@@ -231,19 +239,20 @@ def test_refinement_iterations_ask_again_with_boxes_around_the_answers(tmp_path)
 
 def test_pretrained_refiner_is_frozen_while_the_decoder_trains(tmp_path):
     """refine_decoder: pretrained keeps a frozen copy of the decoder as it was before training."""
-    from medadapt.training.finetune import Trainer
+    from medadapt.recipes import build_trainer
 
     cfg = config_from_dict(_tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1, "lr": 1e-2},
                                      {"threshold": 0.0, "refine": "replace", "refine_decoder": "pretrained"}))
-    tr = Trainer(cfg, tmp_path / "run", log=lambda m: None)
+    tr = build_trainer(cfg, tmp_path / "run", log=lambda m: None)
+    ssl = tr.extensions[0]
     before = {k: v.clone() for k, v in tr.model.mask_decoder.state_dict().items()}
     tr.encode_all()
     tr.train_epoch()
     after_model = tr.model.mask_decoder.state_dict()
-    refiner = tr.ssl.refiner.state_dict()
+    refiner = ssl.refiner.state_dict()
     assert any(not torch.equal(after_model[k], before[k]) for k in before)  # the decoder trained
     assert all(torch.equal(refiner[k], before[k]) for k in before)  # the refiner did not move
-    assert not any(p.requires_grad for p in tr.ssl.refiner.parameters())
+    assert not any(p.requires_grad for p in ssl.refiner.parameters())
     with pytest.raises(MedAdaptError, match="refine_decoder"):
         config_from_dict({**cfg.to_dict(), "ssl": {"refine_decoder": "mine"}})
     with pytest.raises(MedAdaptError, match="refine_margin"):
@@ -279,8 +288,7 @@ def test_streamed_unlabelled_cases_train_and_stay_out_of_memory(tmp_path):
     """ssl.stream: the run trains; unlabelled embeddings go to disk, not into the in-memory cache."""
     import csv
 
-    from medadapt.training import finetune
-    from medadapt.training.finetune import Trainer
+    from medadapt.recipes import build_trainer, finetune
 
     raw = _tiny_raw(tmp_path, 8, ["4", "5", "6", "7"], {"epochs": 3, "cache_dir": str(tmp_path / "cache")},
                     {"threshold": 0.5, "stream": True, "stream_cases": 2}, val=("2", "3"))
@@ -288,10 +296,12 @@ def test_streamed_unlabelled_cases_train_and_stay_out_of_memory(tmp_path):
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert len(rows) == 3 and all(0.0 <= float(r["pass_rate"]) <= 1.0 for r in rows)
 
-    tr = Trainer(config_from_dict({**raw, "name": "probe"}), tmp_path / "probe", log=lambda m: None)
+    tr = build_trainer(config_from_dict({**raw, "name": "probe"}), tmp_path / "probe", log=lambda m: None)
+
+    ssl = tr.extensions[0]
     tr.encode_all()
-    assert tr.unlabeled_slices == [] and len(tr.cache.memory) == len(tr.train_samples) + len(tr.val_samples)
-    batch = tr.ssl.next_batch()
+    assert ssl.samples_to_encode() == [] and len(tr.cache.memory) == len(tr.train_samples) + len(tr.val_samples)
+    batch = ssl.next_batch()
     emb = tr.embeddings(batch)
     assert emb.shape[0] == 2 and all(s.key not in tr.cache.memory for s in batch)
     assert all((tr.cache.dir / f"{s.key}.safetensors").is_file() for s in batch)
@@ -303,7 +313,7 @@ def test_supervised_warm_up_then_the_teacher_starts_from_the_student(tmp_path):
     """ssl.start_epoch: no unlabelled pixel is counted before it; the teacher copies the student meanwhile."""
     import csv
 
-    from medadapt.training import finetune
+    from medadapt.recipes import finetune
 
     student = torch.nn.Linear(2, 2)
     teacher = EMATeacher(student, decay=0.99)
@@ -321,18 +331,19 @@ def test_supervised_warm_up_then_the_teacher_starts_from_the_student(tmp_path):
 
 def test_warm_up_teacher_copies_the_student_or_averages_it(tmp_path):
     """ssl.warmup_ema_decay: 0 copies the student at every warm-up step; > 0 averages its recent steps."""
-    from medadapt.training.finetune import Trainer
+    from medadapt.recipes import build_trainer
 
     for decay in (0.0, 0.5):
         raw = _tiny_raw(tmp_path / str(decay), 6, ["3", "4", "5"], {"epochs": 2, "lr": 1e-2, "batch_size": 1},
                         {"threshold": 0.5, "start_epoch": 2, "warmup_ema_decay": decay})
-        tr = Trainer(config_from_dict(raw), tmp_path / str(decay) / "run", log=lambda m: None)
-        start = [t.clone() for t, _ in tr.ssl.teacher.pairs]
+        tr = build_trainer(config_from_dict(raw), tmp_path / str(decay) / "run", log=lambda m: None)
+        ssl = tr.extensions[0]
+        start = [t.clone() for t, _ in ssl.teacher.pairs]
         tr.encode_all()
         tr.train_epoch()
         assert tr.steps_per_epoch >= 2  # an average of several steps differs from the last one
-        same = all(torch.equal(t, p) for t, p in tr.ssl.teacher.pairs)
-        moved = any(not torch.equal(t, t0) for (t, _), t0 in zip(tr.ssl.teacher.pairs, start))
+        same = all(torch.equal(t, p) for t, p in ssl.teacher.pairs)
+        moved = any(not torch.equal(t, t0) for (t, _), t0 in zip(ssl.teacher.pairs, start))
         assert moved and same == (decay == 0.0)
     with pytest.raises(MedAdaptError, match="warmup_ema_decay"):
         config_from_dict({**raw, "ssl": {"warmup_ema_decay": 1.0}})
@@ -363,16 +374,17 @@ class _HostReads(TorchDispatchMode):
 def _one_step_trainer(tmp_path, ssl: dict, encoder_runs: bool):
     """A tiny trainer for one semi-supervised step (LoRA in the encoder when it runs), cache filled, and the
     unlabelled batch it will get, read in now: reading data is not the step."""
-    from medadapt.training.finetune import Trainer
+    from medadapt.recipes import build_trainer
 
     raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1}, ssl)
     if encoder_runs:
         raw["adapter"] = {"lora": {"rank": 2}}
-    tr = Trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    tr = build_trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    ext = tr.extensions[0]
     assert (tr.cache is None) == encoder_runs
     tr.encode_all()
-    unlabeled = tr.ssl.next_batch()
-    tr.ssl.next_batch = lambda: unlabeled
+    unlabeled = ext.next_batch()
+    ext.next_batch = lambda: unlabeled
     return tr, unlabeled, raw
 
 
@@ -389,15 +401,16 @@ def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, enco
     ssl = {"threshold": 0.5, "refine": "replace", "refine_decoder": "pretrained", "refine_iterations": 2,
            "refine_margin": 0.05, "cutmix": 1.0, "copy_paste": 1.0, "adaptive_threshold": True, "geometric": 1.0}
     tr, _, _ = _one_step_trainer(tmp_path, ssl, encoder_runs)
+    ext = tr.extensions[0]
     batch = [tr.train_samples[0], tr.train_samples[1]]
     target = torch.stack([s.target for s in batch])
     labeled = {"labeled_emb": tr.embeddings(batch)} if not encoder_runs else {}
     if encoder_runs:
         labeled["labeled_pixels"], target = tr.augmented([0, 1])
     with _HostReads() as probe:
-        loss = tr.ssl.loss(labeled.get("labeled_emb"), target, labeled_pixels=labeled.get("labeled_pixels"))
+        loss = ext.loss(LabeledBatch(target, embeddings=labeled.get("labeled_emb"), pixels=labeled.get("labeled_pixels")))
         loss.backward()
-        tr.ssl.after_step()
+        ext.after_step()
     assert probe.seen == []
     assert loss.requires_grad and float(loss.detach()) > 0  # it computed something to learn from
 
@@ -412,31 +425,32 @@ def test_a_turned_strong_view_comes_with_its_pseudo_label_turned(tmp_path, encod
     ssl = {"threshold": 0.5, "geometric": 1.0, "geometric_views": 2, "cutmix": 0.0, "copy_paste": 0.0,
            "intensity": 0.0}
     tr, unlabeled, raw = _one_step_trainer(tmp_path, ssl, encoder_runs)
+    ext = tr.extensions[0]
     if not encoder_runs:  # every unlabelled slice's two views are encoded up front
-        assert len(tr.ssl.cached_views()) == 2 * len(tr.unlabeled_samples)
-        assert all(v.key in tr.cache.memory for v in tr.ssl.cached_views())
+        assert len(ext.cached_views()) == 2 * len(ext.samples)
+        assert all(v.key in tr.cache.memory for v in ext.cached_views())
     seen = {}
-    draw, mix = tr.ssl.draw_views, tr.ssl._mix
-    tr.ssl.draw_views = lambda batch: seen.setdefault("ks", draw(batch))
-    tr.ssl._mix = lambda x, labels, passed, *rest: seen.setdefault("mixed", (x, labels, passed)) and mix(
+    draw, mix = ext.draw_views, ext._mix
+    ext.draw_views = lambda batch: seen.setdefault("ks", draw(batch))
+    ext._mix = lambda x, labels, passed, *rest: seen.setdefault("mixed", (x, labels, passed)) and mix(
         x, labels, passed, *rest)
     if encoder_runs:
         pixels, target = tr.augmented([0, 1])
-        tr.ssl.loss(None, target, labeled_pixels=pixels)
+        ext.loss(LabeledBatch(target, pixels=pixels))
     else:
         batch = tr.train_samples[:2]
-        tr.ssl.loss(tr.embeddings(batch), torch.stack([s.target for s in batch]))
+        ext.loss(LabeledBatch(torch.stack([s.target for s in batch]), embeddings=tr.embeddings(batch)))
     ks, (x, labels, passed) = seen["ks"], seen["mixed"]
-    assert all(k in tr.ssl.allowed_views(s) for s, k in zip(unlabeled, ks)) and all(ks)
+    assert all(k in ext.allowed_views(s) for s, k in zip(unlabeled, ks)) and all(ks)
     pixels = torch.stack([s.pixels for s in unlabeled])
     if encoder_runs:
-        weak = tr.ssl.teacher_model().encode(pixels)
+        weak = ext.teacher_model().encode(pixels)
         assert torch.equal(x, dihedral_each(pixels, ks))
     else:
         weak = tr.embeddings(unlabeled)
         assert torch.equal(x, tr.embeddings([view_sample(s, k) for s, k in zip(unlabeled, ks)]))
         assert not torch.allclose(x, dihedral_each(weak, ks), atol=1e-3)  # the encoder is no symmetry
-    want_labels, want_passed = tr.ssl.pseudo_labels(weak)
+    want_labels, want_passed = ext.pseudo_labels(weak)
     assert torch.equal(labels, dihedral_each(want_labels, ks)) and torch.equal(passed, dihedral_each(want_passed, ks))
     assert not torch.equal(labels, want_labels)  # (the turned pseudo-labels differ from the unturned ones)
     with pytest.raises(MedAdaptError, match="geometric_views"):
@@ -456,7 +470,7 @@ def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):
     import csv
 
     from medadapt.data.synthetic import shifted_ellipses, shifted_ellipses_config
-    from medadapt.training import finetune
+    from medadapt.recipes import finetune
 
     root = shifted_ellipses(tmp_path / "data")
     result = {}

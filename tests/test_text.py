@@ -19,10 +19,12 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import disc_image
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from medadapt import MedAdaptError, Prediction, Segmenter
 from medadapt.cli import main
+from medadapt.inference import segment_from_text
 from medadapt.prompts import (
     BIOMEDCLIP,
     ClipTextModel,
@@ -30,11 +32,8 @@ from medadapt.prompts import (
     TextPromptConfig,
     load_clip,
     prompts_from_saliency,
-    segment_from_text,
     text_saliency,
 )
-
-from conftest import disc_image
 
 NAMES = ("circle", "square")
 # Brightness differs as well as shape, so that a two-layer ViT trained from

@@ -10,19 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import disc_image
 
 from medadapt import MedAdaptError, Segmenter
 from medadapt.adapters import AdapterConfig, AutomaticConfig, LearnedTextConfig, apply, save_adapter
 from medadapt.cli import main
 from medadapt.foundation import build_backbone
-from medadapt.prompts.text.learned import (
-    load_sentence_encoder,
-    match_text_to_classes,
-    train_text_prompts,
-    training_phrases,
-)
-
-from conftest import disc_image
+from medadapt.inference import match_text_to_classes
+from medadapt.prompts.text.learned import load_sentence_encoder, training_phrases
+from medadapt.training import train_text_prompts
 
 ACDC = ["right ventricle", "myocardium", "left ventricle"]
 ACDC_ALIASES = {"right ventricle": ["RV"], "myocardium": ["MYO"], "left ventricle": ["LV"]}
@@ -148,7 +144,7 @@ def test_cli_predicts_learned_text_and_automatic_labels(tiny_encoder, tmp_path, 
 def test_finetune_trains_the_text_head_with_the_adapter(tiny_encoder, tmp_path):
     from test_finetune import config, make_disc_dataset
 
-    from medadapt.training import config_from_dict, finetune
+    from medadapt.recipes import config_from_dict, finetune
 
     root = make_disc_dataset(tmp_path / "data", n=6, size=64)
     cfg = config(root, tmp_path / "runs", epochs=1)

@@ -5,13 +5,20 @@
     print(summary)
 """
 
-from .apply import AdapterSummary, apply, merge_lora, set_train_mode, summarize, trainable_state
-from .config import AdapterConfig, AutomaticConfig, ContextAdapterConfig, LearnedTextConfig, LoraConfig, SpatialAdapterConfig
+from .apply import AdapterSummary, add_text_head, apply, merge_lora, set_train_mode, summarize, trainable_state
+from .config import (
+    AdapterConfig,
+    AutomaticConfig,
+    ContextAdapterConfig,
+    LearnedTextConfig,
+    LoraConfig,
+    SpatialAdapterConfig,
+)
 from .io import load_adapted, load_adapter, read_adapter_info, save_adapter
 from .targets import TARGETS, resolve_targets
 
 __all__ = [
     "AdapterConfig", "AdapterSummary", "AutomaticConfig", "ContextAdapterConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "TARGETS",
-    "apply", "load_adapted", "load_adapter", "merge_lora", "read_adapter_info", "resolve_targets",
+    "add_text_head", "apply", "load_adapted", "load_adapter", "merge_lora", "read_adapter_info", "resolve_targets",
     "save_adapter", "set_train_mode", "summarize", "trainable_state",
 ]

@@ -9,13 +9,18 @@ sees at once what the run will update.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 from ..foundation import Backbone
-from .config import BASE_PARTS, AdapterConfig
+from ..foundation.class_tokens import ClassPromptTokens
+from ..foundation.context import ContextAdapter
+from ..foundation.text_head import TextClassHead
+from ..prompts.text.learned import training_phrases
+from .config import BASE_PARTS, AdapterConfig, LearnedTextConfig
 from .spatial import ParallelAdapted, SerialAdapted, SpatialAdapter, block_width
 from .targets import encoder_blocks, resolve_targets
 
@@ -93,21 +98,25 @@ def add_spatial(model: Backbone, config: AdapterConfig) -> list[str]:
 
 def add_context(model: Backbone, config: AdapterConfig) -> None:
     """Put a context adapter between the encoder's embedding and the decoder."""
-    from .context import ContextAdapter
-
     c = config.context
     model.context_adapter = ContextAdapter(model.embed_dim, int(c.hidden), [int(d) for d in c.dilations]).to(model.device)
 
 
 def add_class_prompts(model: Backbone, config: AdapterConfig) -> None:
     """Give the model learned prompt tokens for each target class (automatic mode)."""
-    from ..prompts.learned import ClassPromptTokens
-
     a = config.automatic
     tokens = ClassPromptTokens(len(a.class_names), model.embed_dim, a.tokens_per_class).to(model.device)
     tokens.init_from_box(model.prompt_encoder, model.processor.image_size)
     tokens.init_from_decoder(model.mask_decoder)
     model.class_prompts = tokens.to(model.device)
+
+
+def add_text_head(model: Backbone, config: LearnedTextConfig, class_names: Sequence[str]) -> TextClassHead:
+    """Give an automatic-mode model an (untrained) text head of the configured shape."""
+    phrases, _ = training_phrases(class_names, config.aliases, config.templates)
+    head = TextClassHead(config.embed_dim, len(class_names), len(phrases)).to(model.device)
+    model.text_head = head
+    return head
 
 
 def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSummary]:
@@ -117,9 +126,9 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
     initialisation computes exactly what the base model computes (zero-initialised
     LoRA B matrices and adapter up-projections).
     """
-    if getattr(model, "adapter_config", None) is not None:
+    if model.adapter_config is not None:
         raise MedAdaptError("this model already has adapters; build a fresh backbone to apply another config")
-    if getattr(model, "inference_only", False):
+    if model.inference_only:
         raise MedAdaptError(
             "this backbone was optimised for inference (BatchNorm folded, bf16); "
             "build a fresh one with build_backbone(name) to train adapters"
@@ -134,8 +143,6 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
     if config.automatic is not None:
         add_class_prompts(model, config)
     if config.text is not None and config.text.embed_dim > 0:  # a trained head being loaded
-        from ..prompts.text.learned import add_text_head
-
         add_text_head(model, config.text, config.automatic.class_names)
     for name, p in model.named_parameters():
         p.requires_grad = is_adapter_param(name) or name.split(".", 1)[0] in config.train
@@ -186,7 +193,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, base)
-    cfg = getattr(model, "adapter_config", None)
+    cfg = getattr(model, "adapter_config", None)  # any module may be merged, not only a Backbone
     if cfg is not None and cfg.lora is not None:
         model.lora_merged = True
     return model
@@ -200,5 +207,5 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "AdapterSummary", "PartCount", "apply", "summarize", "set_train_mode", "merge_lora", "trainable_state",
-    "is_adapter_param", "add_lora", "add_spatial", "add_context",
+    "is_adapter_param", "add_lora", "add_spatial", "add_context", "add_class_prompts", "add_text_head",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..configuration import build_dataclass, check_phrase_map, check_templates
-from ..errors import MedAdaptError
+from ..core.config import build_dataclass, check_phrase_map, check_templates
+from ..core.errors import MedAdaptError
 
 BASE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write
 from ..foundation import Backbone, build_backbone
 from .apply import apply, trainable_state
 from .config import AdapterConfig
@@ -47,10 +48,10 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
     """
     from safetensors.torch import save_file
 
-    config: AdapterConfig | None = getattr(model, "adapter_config", None)
+    config: AdapterConfig | None = model.adapter_config
     if config is None:
         raise MedAdaptError("this model has no adapter config: call medadapt.adapters.apply(model, config) first")
-    if getattr(model, "lora_merged", False):
+    if model.lora_merged:
         raise MedAdaptError("LoRA was merged into the base weights; save the adapter before merge_lora()")
     weights, desc = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -63,11 +64,9 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
     }
     for target, write in (
         (weights, lambda tmp: save_file(trainable_state(model), str(tmp))),
-        (desc, lambda tmp: tmp.write_text(json.dumps(info, indent=2))),
+        (desc, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2))),
     ):
-        tmp = target.with_name(target.name + ".tmp")
-        write(tmp)
-        os.replace(tmp, target)
+        atomic_write(target, write)
     return weights
 
 

@@ -13,7 +13,7 @@ import re
 
 from torch import nn
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 
 _DECODER_ATTENTION = r"mask_decoder\.transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)\.(q_proj|k_proj|v_proj|out_proj)"
 

@@ -11,7 +11,7 @@
 :mod:`medadapt.data.synthetic` writes a small task with a known answer and a
 domain shift, on which the tests check that semi-supervised training helps.
 
-Images and labels are read with :mod:`medadapt.imaging`, so training slices
+Images and labels are read with :mod:`medadapt.io.imaging`, so training slices
 are oriented exactly as ``load_image`` gives them at inference time.
 """
 

@@ -23,8 +23,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MedAdaptError
-from ..imaging import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from ..core.errors import MedAdaptError
+from ..io.imaging import IMAGE_EXTENSIONS, MASK_EXTENSIONS
 from .config import SPLITS, DataConfig, read_dataset_json
 
 #: Extra nnU-Net image/label folder pairs read (when present) if ``images`` is not set.

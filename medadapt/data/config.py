@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import MedAdaptError
-from ..imaging import Window
+from ..core.errors import MedAdaptError
+from ..io.imaging import Window
 
 LAYOUTS = ("auto", "nnunet", "folder")
 SPLITS = ("labeled", "unlabeled", "val", "test")
@@ -43,7 +43,7 @@ class DataConfig:
     first regex group (searched in the case id) is the patient id.
     ``limit_unlabeled`` keeps the first N unlabeled cases (CPU-sized runs).
     ``window`` (CT preset or [level, width]) / ``percentiles`` ([low, high],
-    MR) clip each slice as :func:`medadapt.imaging.load_image` would.
+    MR) clip each slice as :func:`medadapt.io.imaging.load_image` would.
     ``on_error``: ``stop`` raises on an unreadable case naming the file;
     ``skip`` warns and records it in ``SliceDataset.skipped``. ``slice_filter``
     ``labeled`` trains on slices holding a target class (at least

@@ -1,6 +1,6 @@
 """Cases -> 2-D training samples, and whole volumes for 3-D evaluation.
 
-Images and labels are read with :mod:`medadapt.imaging` only, so a training
+Images and labels are read with :mod:`medadapt.io.imaging` only, so a training
 slice is exactly what ``load_image(path, slice_index=k, axis=axis)`` gives at
 inference time and its label is sliced by the same rule (closest-canonical
 volume, radiological display): they cannot drift apart.
@@ -9,7 +9,7 @@ Stacked volumes (:func:`load_volume_case`) are ``(N, H, W)``: axis 0 is the
 slice index along ``config.axis`` and ``stack[k]`` is slice ``k`` as
 :func:`load_slices` returns it. So slice-wise predictions are simply
 ``np.stack(preds)``; :func:`to_canonical` turns such a stack back into the
-:func:`~medadapt.imaging.load_volume` layout, for
+:func:`~medadapt.io.imaging.load_volume` layout, for
 ``save_mask(..., reference=image_path)``.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import MedAdaptError
-from ..imaging import apply_window, clip_percentiles, load_image, load_mask, load_volume, validate_image
+from ..core.errors import MedAdaptError
+from ..io.imaging import apply_window, clip_percentiles, load_image, load_mask, load_volume, validate_image
 from .cases import Case
 from .config import DataConfig, resolve_classes
 
@@ -68,7 +68,7 @@ def _stack(volume: np.ndarray, axis: int) -> np.ndarray:
 
 
 def to_canonical(stack: np.ndarray, axis: int) -> np.ndarray:
-    """Inverse of the ``(N, H, W)`` stacking: back to the :func:`~medadapt.imaging.load_volume`
+    """Inverse of the ``(N, H, W)`` stacking: back to the :func:`~medadapt.io.imaging.load_volume`
     array layout, so a stack of slice predictions can be saved with
     ``save_mask(to_canonical(pred, config.axis), out, reference=case.image_path)``."""
     stack = np.asarray(stack)

@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 from .cases import Case
 from .config import DataConfig
+from .datasets import SliceDataset
 
 
 class CaseStream:
@@ -48,8 +49,6 @@ class CaseStream:
         self._buffer: list = []
 
     def _refill(self) -> None:
-        from .datasets import SliceDataset
-
         for _ in range(len(self.cases) + 1):  # every case may be skipped; stop after one full pass
             if not self._queue:
                 if self.chunks_read:

@@ -29,7 +29,10 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from ..errors import MedAdaptError
+from ..adapters import read_adapter_info
+from ..core.errors import MedAdaptError
+from ..data import DataConfig, discover_cases, load_volume_case, split_cases
+from ..inference.predictor import Segmenter
 from ..prompts.simulate import prompts_from_prediction
 from .metrics import dice_per_class, hd95_per_class
 from .report import EvaluationReport
@@ -52,8 +55,6 @@ def _run_paths(run: str | os.PathLike) -> tuple[Path, Path | None]:
 
 
 def _data_config(data: str | os.PathLike | None, run_dir: Path | None, split: str):
-    from ..data import DataConfig
-
     base = {}
     if run_dir is not None and (run_dir / "config.yaml").exists():
         base = dict(yaml.safe_load((run_dir / "config.yaml").read_text())["data"])
@@ -72,8 +73,6 @@ def _data_config(data: str | os.PathLike | None, run_dir: Path | None, split: st
 
 
 def _cases(config, split: str):
-    from ..data import discover_cases, split_cases
-
     cases = discover_cases(config)
     if split == "all":
         return cases
@@ -143,10 +142,6 @@ def evaluate_run(
     ``texts`` maps a text prompt to the class name it should find, e.g.
     ``{"LV cavity": "left ventricle"}`` (needs an adapter with learned text prompts).
     """
-    from ..adapters import read_adapter_info
-    from ..data import load_volume_case
-    from ..predictor import Segmenter
-
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise MedAdaptError(f"unknown evaluation mode(s) {bad}; choose from {list(MODES)}")

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 
 __all__ = ["binary_dice", "dice_per_class", "hd95_per_class"]
 

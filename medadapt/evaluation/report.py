@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write_text
 
 __all__ = ["CSV_HEADER", "CaseResult", "EvaluationReport"]
 
@@ -113,28 +113,6 @@ class CaseResult:
 
 def _nan_to_none(x: float) -> float | None:
     return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temp file in the target folder + ``os.replace``.
-
-    Readers (a dashboard polling results, a crashed run resumed) then see either
-    the old file or the complete new one, never half of it.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
 
 
 class EvaluationReport:
@@ -343,7 +321,7 @@ class EvaluationReport:
             "cases": [r.to_row() for r in self._results],
             "summary": summary,
         }
-        return _atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write one row per (case, mode, class) with header ``case_id,mode,class,value,dice,hd95``.
@@ -356,7 +334,7 @@ class EvaluationReport:
         for r in self._results:
             row = r.to_row()
             writer.writerow(["" if row[k] is None else row[k] for k in CSV_HEADER])
-        return _atomic_write_text(path, buf.getvalue())
+        return atomic_write_text(path, buf.getvalue())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> EvaluationReport:

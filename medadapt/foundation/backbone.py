@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .class_tokens import ClassPromptTokens
+from .context import ContextAdapter
 from .processor import SamProcessor
+from .text_head import TextClassHead
 from .upscaling import upscale_masks
 
 
@@ -51,10 +54,17 @@ class Backbone(nn.Module):
         self.mask_decoder = mask_decoder
         self.processor = processor
         self.info = info
-        # set by foundation.inference.optimize_for_inference; None = as built (float32)
+        # set by medadapt.inference.optimize_for_inference; None = as built (float32)
         self.compute_dtype: torch.dtype | None = None
         self.channels_last = False
         self.inference_only = False
+        # The heads that ride on the model, added by medadapt.adapters.apply (None: not present):
+        self.class_prompts: ClassPromptTokens | None = None  # automatic mode's learned class tokens
+        self.context_adapter: ContextAdapter | None = None  # mixes the cached embedding before decoding
+        self.text_head: TextClassHead | None = None  # learned text prompts
+        self._text_encoder = None  # the text head's sentence encoder, loaded on first use
+        self.adapter_config = None  # the medadapt.adapters.AdapterConfig applied, if any
+        self.lora_merged = False  # LoRA folded into the base weights (medadapt.adapters.merge_lora)
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +102,7 @@ class Backbone(nn.Module):
         Applied at decode time, not in :meth:`encode`, so cached encoder
         outputs stay valid while the adapter trains.
         """
-        adapter = getattr(self, "context_adapter", None)
+        adapter = self.context_adapter
         if adapter is None:
             return image_embeddings
         return adapter(image_embeddings.to(adapter.up.weight.dtype))
@@ -104,7 +114,7 @@ class Backbone(nn.Module):
         decoder together, so classes compete for pixels inside the decoder
         (see :mod:`medadapt.prompts.learned`).
         """
-        cp = getattr(self, "class_prompts", None)
+        cp = self.class_prompts
         if cp is None:
             raise AttributeError("this model has no learned class prompts")
         image_embeddings = self.adapt_embedding(image_embeddings)

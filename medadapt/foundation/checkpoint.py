@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 

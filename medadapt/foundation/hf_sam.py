@@ -52,7 +52,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 from transformers import SamConfig
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 
 _PREFIXES = ("image_encoder", "prompt_encoder", "mask_decoder")
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}

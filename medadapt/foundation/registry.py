@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 from .backbone import Backbone
 
 Builder = Callable[[Optional[str]], Backbone]
@@ -41,13 +41,11 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> None:
 
 def list_backbones() -> list[BackboneSpec]:
     """All registered backbones, in registration order."""
-    _ensure_builtins()
     return list(_REGISTRY.values())
 
 
 def get_spec(name: str) -> BackboneSpec:
     """The spec of a registered backbone, or an error listing the known names."""
-    _ensure_builtins()
     if name not in _REGISTRY:
         raise MedAdaptError(f"unknown backbone {name!r}; known backbones: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
@@ -68,10 +66,6 @@ def build_backbone(name: str, checkpoint: str | None = None) -> Backbone:
     model = spec.builder(checkpoint)
     model.requires_grad_(False)
     return model.eval()
-
-
-def _ensure_builtins() -> None:
-    from . import builtins  # noqa: F401  (registers on first import)
 
 
 __all__ = ["BackboneSpec", "register_backbone", "list_backbones", "get_spec", "build_backbone"]

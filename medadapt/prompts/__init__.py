@@ -1,23 +1,22 @@
 """Prompts for SAM-family models: one container, and the ways to make them.
 
 * :mod:`.types` -- :class:`Prompts`, N objects' boxes / clicks / mask prompts.
+* :mod:`.regions` -- boxes (with a margin) and the largest component of masks,
+  in torch, for every caller.
 * :mod:`.simulate` -- prompts from masks: simulated training prompts, corrective
   clicks, prompts from a coarse prediction, the iterative-click loop.
-* :mod:`.learned` -- learned per-class prompt tokens (automatic mode).
-* :mod:`.refine` -- self-prompting: automatic masks refined by box prompts
-  drawn from themselves.
-* :mod:`.text` -- zero-shot text prompts: CLIP saliency -> boxes and clicks
-  (BiomedCLIP read offline from the Hugging Face cache).
+* :mod:`.text` -- text: CLIP models read offline and their saliency turned
+  into boxes and clicks (zero-shot), and the sentence encoder of learned text
+  prompts.
 
-Each submodule declares its public names in ``__all__``; this package re-exports
-them, so adding a prompt source is one import line and one ``__all__`` entry.
+This layer knows no model: learned class tokens are part of the model
+(:mod:`medadapt.foundation.class_tokens`), and running prompts through a
+decoder is inference (:mod:`medadapt.inference`).
 """
 
 from __future__ import annotations
 
-from . import learned, refine, simulate, text, types
-from .learned import ClassPromptTokens
-from .refine import largest_component, loose_box, refine_automatic
+from .regions import boxes_of_masks, largest_component, largest_components, mask_box, pad_boxes
 from .simulate import (
     box_from_mask,
     corrective_click,
@@ -35,15 +34,13 @@ from .text import (
     hf_cache_dir,
     load_clip,
     prompts_from_saliency,
-    segment_from_text,
     text_saliency,
 )
 from .types import PAD_LABEL, Prompts
 
 __all__ = [
-    *learned.__all__,
-    *refine.__all__,
-    *types.__all__,
-    *simulate.__all__,
-    *text.__all__,
+    "BIOMEDCLIP", "box_from_mask", "boxes_of_masks", "ClipTextModel", "corrective_click",
+    "DEFAULT_TEMPLATES", "hf_cache_dir", "iterative_clicks", "largest_component", "largest_components", "load_clip",
+    "mask_box", "nonempty", "pad_boxes", "PAD_LABEL", "Prompts", "prompts_from_prediction", "prompts_from_saliency",
+    "sample_points", "simulate_prompts", "text_saliency", "TextPromptConfig",
 ]

@@ -25,9 +25,11 @@ import numbers
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
+from .regions import boxes_of_masks
 from .types import PAD_LABEL, Prompts
 
 # Clicks closer than this many pixels to the object's edge are avoided when the
@@ -90,11 +92,8 @@ def _choose(region: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+    box, present = boxes_of_masks(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)))
+    return tuple(int(v) for v in box.tolist()) if bool(present) else None
 
 
 def _positives(mask: np.ndarray, n: int, rng: np.random.Generator, exclude: np.ndarray | None = None) -> np.ndarray:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import MedAdaptError
+from ..core.errors import MedAdaptError
 
 IndexLike = int | slice | Sequence[int] | Sequence[bool] | np.ndarray
 

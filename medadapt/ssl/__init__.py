@@ -19,14 +19,16 @@ from .geometry import dihedral, dihedral_boxes, dihedral_each, dihedral_points
 from .loop import SemiSupervised, rampup
 from .perturb import box_masks, feature_dropout, intensity, paste, random_boxes
 from .pseudo import (
-    boxes_from_labels, boxes_of_masks, confident_labels, drop_small_classes, largest_components, pad_boxes,
+    boxes_from_labels,
+    confident_labels,
+    drop_small_classes,
     refine_with_prompts,
 )
 from .teacher import EMATeacher
 
 __all__ = [
-    "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels", "boxes_of_masks",
+    "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels",
     "confident_labels", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points", "drop_small_classes",
-    "feature_dropout", "intensity", "largest_components", "pad_boxes",
+    "feature_dropout", "intensity",
     "paste", "rampup", "random_boxes", "refine_with_prompts",
 ]

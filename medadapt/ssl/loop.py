@@ -1,8 +1,10 @@
 """One semi-supervised step: teacher on the weak view, student on strong views of unlabelled slices.
 
-:class:`SemiSupervised` plugs into :class:`medadapt.training.Trainer`: the
-trainer adds :meth:`SemiSupervised.loss` to its supervised loss and calls
-:meth:`SemiSupervised.after_step` after each optimiser step. It works both
+:class:`SemiSupervised` is a :class:`medadapt.training.TrainingExtension`:
+built from the run's :class:`~medadapt.training.TrainingContext`, it reads its
+unlabelled cases, and the trainer adds :meth:`SemiSupervised.loss` to its
+supervised loss and calls :meth:`SemiSupervised.after_step` after each
+optimiser step. It works both
 when embeddings are cached (frozen encoder: the strong views are mixes and
 channel dropout of embeddings, so no encoder pass is needed - the CPU path)
 and when the encoder runs (adapters in the encoder: intensity perturbation and
@@ -13,10 +15,14 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from ..core.errors import MedAdaptError
+from ..data import CaseStream, SliceDataset
+from ..training.extension import LabeledBatch, TrainingContext
 from ..training.losses import automatic_loss
 from ..training.samples import to_device
 from .config import SSLConfig
@@ -37,33 +43,55 @@ def rampup(progress_epochs: float, length: float) -> float:
 class SemiSupervised:
     """State of the semi-supervised part of a run: unlabelled samples, teacher, statistics."""
 
-    def __init__(self, trainer, config: SSLConfig, unlabeled) -> None:
-        """``unlabeled``: prepared samples in memory, or a :class:`medadapt.data.CaseStream` of them."""
-        self.tr, self.cfg, self.samples = trainer, config, unlabeled
-        self.num_classes = len(trainer.class_names)
-        self.teacher = EMATeacher(trainer.model, config.ema_decay) if config.teacher == "ema" else None
+    name = "ssl"
+    log_columns = {"pass_rate": ".4f", "pseudo_dice": ".5f"}
+
+    def __init__(self, context: TrainingContext, config: SSLConfig) -> None:
+        """Read the run's ``unlabeled`` cases (in memory, or streamed a few cases at a time) and set up the teacher."""
+        self.ctx, self.cfg = context, config
+        self.num_classes = len(context.class_names)
+        self.samples = self._unlabeled(context, config)
+        self.teacher = EMATeacher(context.model, config.ema_decay) if config.teacher == "ema" else None
         # the pretrained decoder, frozen before training moves it, answers the refinement boxes
         self.refiner = None
         if config.refine != "none" and config.refine_decoder == "pretrained":
-            self.refiner = copy.deepcopy(trainer.model.mask_decoder).requires_grad_(False).eval()
+            self.refiner = copy.deepcopy(context.model.mask_decoder).requires_grad_(False).eval()
         # on the step's device, so random boxes and noise need no copy from the host
-        self.gen = torch.Generator(device=trainer.device).manual_seed(trainer.cfg.train.seed + 104729)
+        self.gen = torch.Generator(device=context.device).manual_seed(context.seed + 104729)
         self.order: list[int] = []
-        self.passed = torch.zeros((), device=trainer.device)  # passed pixels this epoch, kept on the device
+        self.passed = torch.zeros((), device=context.device)  # passed pixels this epoch, kept on the device
         self.pixels = 0  # all pixels this epoch: known from shapes, so no tensor is made for it
 
     # ------------------------------------------------------------------ data
+    @staticmethod
+    def _unlabeled(ctx: TrainingContext, cfg: SSLConfig):
+        """Prepared unlabelled samples in memory, or a :class:`medadapt.data.CaseStream` of them."""
+        # labels of unlabelled cases are never read, even where the files exist (ACDC's train split)
+        cases = [replace(c, label_path=None) for c in ctx.splits.get("unlabeled") or []]
+        if not cases:
+            raise MedAdaptError("ssl: data.unlabeled selects no case; check the ids or split name")
+        if cfg.stream:  # read a few cases at a time
+            ctx.log(f"semi-supervised: {len(cases)} unlabelled cases, streamed {cfg.stream_cases} at a time, "
+                    f"teacher {cfg.teacher}")
+            return CaseStream(cases, ctx.data_config, np.random.default_rng(ctx.seed + 15485863), cfg.stream_cases,
+                              prepare=ctx.prepare)
+        ds = SliceDataset(cases, ctx.data_config, keep="all")
+        for path, reason in ds.skipped:
+            ctx.log(f"skipped {path}: {reason}")
+        ctx.log(f"semi-supervised: {len(ds)} unlabelled slices, teacher {cfg.teacher}")
+        return ctx.prepare([ds[i] for i in range(len(ds))])
+
     def next_batch(self) -> list:
         n = self.cfg.unlabeled_batch_size
         if hasattr(self.samples, "take"):  # streamed: the stream shuffles and reads cases as needed
             return self.samples.take(n)
         if len(self.order) < n:
-            self.order += self.tr.rng.permutation(len(self.samples)).tolist()
+            self.order += self.ctx.rng.permutation(len(self.samples)).tolist()
         idx, self.order = self.order[:n], self.order[n:]
         return [self.samples[i] for i in idx]
 
     def teacher_model(self):
-        return self.teacher.model if self.teacher is not None else self.tr.model
+        return self.teacher.model if self.teacher is not None else self.ctx.model
 
     # ------------------------------------------------------------------ pseudo-labels
     @torch.no_grad()
@@ -86,27 +114,27 @@ class SemiSupervised:
         return labels, passed
 
     # ------------------------------------------------------------------ the loss
-    def loss(self, labeled_emb: torch.Tensor | None, labeled_target: torch.Tensor,
-             labeled_pixels: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, labeled: LabeledBatch) -> torch.Tensor:
         """Weighted unsupervised loss for one unlabelled batch (ramped up with the epoch)."""
-        tr, cfg = self.tr, self.cfg
-        progress = self.progress()
+        ctx, cfg = self.ctx, self.cfg
+        labeled_emb, labeled_target, labeled_pixels = labeled.embeddings, labeled.target, labeled.pixels
+        progress = ctx.progress()
         if progress < cfg.start_epoch:  # supervised warm-up: a teacher that finds nothing teaches nothing
-            return torch.zeros((), device=tr.device)
+            return torch.zeros((), device=ctx.device)
         w = rampup(progress - cfg.start_epoch, cfg.rampup_epochs)
         batch = self.next_batch()
-        ids = torch.arange(self.num_classes, device=tr.device)
-        if tr.cache is not None:
-            weak = tr.embeddings(batch)
+        ids = torch.arange(self.num_classes, device=ctx.device)
+        if ctx.cache is not None:
+            weak = ctx.embeddings(batch)
             labels, passed = self.pseudo_labels(weak)
             ks = self.draw_views(batch)
             # a turned view's embedding is the encoder's answer to the turned image (cached), not a turned embedding
-            strong = tr.embeddings([view_sample(s, k) for s, k in zip(batch, ks)]) if any(ks) else weak
+            strong = ctx.embeddings([view_sample(s, k) for s, k in zip(batch, ks)]) if any(ks) else weak
             lab_v, pass_v = dihedral_each(labels, ks), dihedral_each(passed, ks)
             strong, lab_s, pass_s = self._mix(strong, lab_v, pass_v, labeled_emb, labeled_target)
             feat_in = weak
         else:  # the encoder runs: perturb pixels, then encode (GPU path)
-            pixels = to_device(torch.stack([s.pixels for s in batch]), tr.device)
+            pixels = to_device(torch.stack([s.pixels for s in batch]), ctx.device)
             with torch.no_grad():
                 teacher = self.teacher_model()
                 labels, passed = self.pseudo_labels(teacher.encode(pixels), teacher)
@@ -114,12 +142,12 @@ class SemiSupervised:
             strong_px = dihedral_each(intensity(pixels, cfg.intensity, self.gen), ks)
             lab_v, pass_v = dihedral_each(labels, ks), dihedral_each(passed, ks)
             strong_px, lab_s, pass_s = self._mix(strong_px, lab_v, pass_v, labeled_pixels, labeled_target)
-            strong = tr.model.encode(strong_px)
-            feat_in = tr.model.encode(pixels)
+            strong = ctx.model.encode(strong_px)
+            feat_in = ctx.model.encode(pixels)
         weight_s = pass_s.float()
-        total = cfg.weight * automatic_loss(tr.model.decode_classes(strong, ids).float(), lab_s, weight_s)
+        total = cfg.weight * automatic_loss(ctx.model.decode_classes(strong, ids).float(), lab_s, weight_s)
         if cfg.feature_weight > 0:
-            fp = tr.model.decode_classes(feature_dropout(feat_in, cfg.feature_dropout), ids).float()
+            fp = ctx.model.decode_classes(feature_dropout(feat_in, cfg.feature_dropout), ids).float()
             total = total + cfg.feature_weight * automatic_loss(fp, labels, passed.float())
         self.passed += passed.sum()
         self.pixels += passed.numel()
@@ -129,37 +157,43 @@ class SemiSupervised:
         """The turned / flipped views a sample's strong view may take: all 7 when the encoder runs; with
         cached embeddings ``geometric_views`` of them, fixed per sample by its content key (so they are
         encoded once, and a streamed sample gets the same ones on every pass)."""
-        if self.tr.cache is None:
+        if self.ctx.cache is None:
             return list(range(1, NUM_VIEWS))
-        rng = np.random.default_rng([int(sample.key[:12], 16), self.tr.cfg.train.seed])
+        rng = np.random.default_rng([int(sample.key[:12], 16), self.ctx.seed])
         return sorted(rng.choice(np.arange(1, NUM_VIEWS), self.cfg.geometric_views, replace=False).tolist())
 
     def draw_views(self, batch: list) -> list[int]:
         """One view per item: with probability ``geometric`` one of its allowed views, else 0 (unturned)."""
         if self.cfg.geometric <= 0:  # draws nothing, so runs without geometric views keep their random stream
             return [0] * len(batch)
-        turn = self.tr.rng.random(len(batch)) < self.cfg.geometric
+        turn = self.ctx.rng.random(len(batch)) < self.cfg.geometric
         out = []
         for s, t in zip(batch, turn):
             allowed = self.allowed_views(s)
-            out.append(allowed[int(self.tr.rng.integers(len(allowed)))] if t else 0)
+            out.append(allowed[int(self.ctx.rng.integers(len(allowed)))] if t else 0)
         return out
 
     def cached_views(self) -> list:
         """The turned copies of the unlabelled samples in memory, for the trainer to encode up front."""
-        if self.tr.cache is None or self.cfg.geometric <= 0 or hasattr(self.samples, "take"):
+        if self.ctx.cache is None or self.cfg.geometric <= 0 or hasattr(self.samples, "take"):
             return []
         return [view_sample(s, k) for s in self.samples for k in self.allowed_views(s)]
+
+    def samples_to_encode(self) -> list:
+        """The unlabelled samples in memory and their turned copies (nothing when streamed: read as needed)."""
+        if hasattr(self.samples, "take"):
+            return []
+        return list(self.samples) + self.cached_views()
 
     def _mix(self, x, labels, passed, labeled_x, labeled_target):
         """CutMix among unlabelled items and bidirectional copy-paste with labelled ones (on x's grid)."""
         cfg, b = self.cfg, x.shape[0]
-        if cfg.cutmix > 0 and b > 1 and self.tr.rng.random() < cfg.cutmix:
+        if cfg.cutmix > 0 and b > 1 and self.ctx.rng.random() < cfg.cutmix:
             perm = torch.roll(torch.arange(b, device=x.device), 1)
             boxes = random_boxes(b, cfg.mix_area, self.gen, x.device)
             x = paste(x, x[perm], boxes)
             labels, passed = paste(labels, labels[perm], boxes), paste(passed, passed[perm], boxes)
-        if cfg.copy_paste > 0 and labeled_x is not None and self.tr.rng.random() < cfg.copy_paste:
+        if cfg.copy_paste > 0 and labeled_x is not None and self.ctx.rng.random() < cfg.copy_paste:
             k = min(b, labeled_x.shape[0])
             lx, lt = labeled_x[:k].to(x.dtype), labeled_target[:k]
             ones = torch.ones_like(passed[:k])
@@ -172,15 +206,11 @@ class SemiSupervised:
         return x, labels, passed
 
     # ------------------------------------------------------------------ bookkeeping
-    def progress(self) -> float:
-        """Epochs done so far, fractional."""
-        return self.tr.epoch + self.tr.step_in_epoch / max(1, self.tr.steps_per_epoch)
-
     def after_step(self) -> None:
         if self.teacher is not None:
             # during the warm-up the teacher is the student (or, with warmup_ema_decay, an average of its
             # recent steps, which a noisy last warm-up epoch does not set alone), so the loop starts warmed up
-            warm = self.progress() < self.cfg.start_epoch
+            warm = self.ctx.progress() < self.cfg.start_epoch
             self.teacher.update(self.cfg.warmup_ema_decay if warm else None)
 
     def pass_rate(self, reset: bool = False) -> float:
@@ -191,19 +221,38 @@ class SemiSupervised:
             self.pixels = 0
         return passed / total if total else float("nan")
 
+    def progress(self) -> dict[str, str]:
+        return {"pass_rate": f"{self.pass_rate():.2f}"}
+
+    def end_epoch(self) -> dict[str, float]:
+        return {"pass_rate": self.pass_rate(reset=True)}
+
+    def validate(self, samples: list) -> dict[str, float]:
+        """How good the pseudo-labels would be, measured where labels exist."""
+        return {"pseudo_dice": self.pseudo_label_dice(samples)}
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.teacher.state_dict()} if self.teacher is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.teacher is not None:
+            if "teacher" not in state:
+                raise MedAdaptError("the checkpoint has no teacher state: it was not written with ssl.teacher: ema")
+            self.teacher.load_state_dict(state["teacher"])
+
     @torch.no_grad()
     def pseudo_label_dice(self, samples: list) -> float:
         """Mean per-class Dice of the teacher's counted pseudo-labels against labelled slices."""
-        tr = self.tr
+        ctx = self.ctx
         inter = np.zeros(self.num_classes)
         sums = np.zeros(self.num_classes)
         for i in range(0, len(samples), 8):
             batch = samples[i : i + 8]
-            emb = tr.embeddings(batch) if tr.cache is not None else self.teacher_model().encode(
-                to_device(torch.stack([s.pixels for s in batch]), tr.device))
+            emb = ctx.embeddings(batch) if ctx.cache is not None else self.teacher_model().encode(
+                to_device(torch.stack([s.pixels for s in batch]), ctx.device))
             labels, passed = self.pseudo_labels(emb)
             pred = torch.where(passed, labels, torch.zeros_like(labels))
-            tgt = torch.stack([s.target for s in batch]).to(tr.device)
+            tgt = torch.stack([s.target for s in batch]).to(ctx.device)
             for k in range(self.num_classes):
                 p, t = pred == k + 1, tgt == k + 1
                 inter[k] += float((p & t).sum())

@@ -6,12 +6,11 @@ synchronisation, so a GPU step never waits for the CPU.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ..training.losses import class_masks
+from ..foundation.decoding import label_masks
+from ..prompts.regions import boxes_of_masks, largest_components, pad_boxes
 
 
 def confident_labels(
@@ -41,40 +40,10 @@ def drop_small_classes(labels: torch.Tensor, passed: torch.Tensor, num_classes: 
     """Pixels of a class whose mask in that image is smaller than ``min_pixels`` stop counting."""
     if min_pixels <= 0:
         return passed
-    onehot = class_masks(labels, num_classes)
+    onehot = label_masks(labels, num_classes)
     small = onehot.sum((2, 3)) < min_pixels  # B x C
     small_pix = (onehot & small[:, :, None, None]).any(dim=1)
     return passed & ~small_pix
-
-
-def largest_components(masks: torch.Tensor, grid: int = 64, iterations: int | None = None) -> torch.Tensor:
-    """B x C x H x W bool -> each map's largest 8-connected component (same shape), in tensor ops only.
-
-    Connectivity is found on a grid of at most ``grid`` cells per side (a cell
-    is set when any of its pixels is), by spreading the largest cell index
-    through set cells ``iterations`` times (default: the grid's height plus
-    width, enough for any component that is not a long spiral). The answer is
-    the mask's pixels inside the cells of the component with the most set
-    pixels. No host synchronisation, so a GPU step does not wait for it.
-    Why it matters: an automatic mask with a few stray specks gives a box
-    around the whole image, and a box prompt that size segments nothing useful.
-    """
-    b, c, h, w = masks.shape
-    f = max(1, math.ceil(max(h, w) / grid))
-    x = masks.reshape(b * c, 1, h, w).float()
-    cells = F.max_pool2d(x, f, ceil_mode=True) if f > 1 else x  # BC x 1 x gh x gw
-    gh, gw = cells.shape[-2:]
-    ids = torch.arange(1, gh * gw + 1, device=masks.device, dtype=torch.float32).reshape(1, 1, gh, gw) * cells
-    for _ in range(iterations if iterations is not None else gh + gw):
-        ids = F.max_pool2d(ids, 3, stride=1, padding=1) * cells
-    ids = ids.reshape(b * c, gh * gw).long()
-    weight = (F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x).reshape(b * c, gh * gw)  # set pixels per cell
-    sizes = torch.zeros(b * c, gh * gw + 1, device=masks.device).scatter_add_(1, ids, weight)
-    sizes[:, 0].zero_()  # (not "= 0.0": that makes a tensor from a host number first)
-    best = sizes.argmax(dim=1, keepdim=True)
-    keep = (ids == best) & (best > 0)
-    keep = keep.reshape(b * c, gh, gw).repeat_interleave(f, 1).repeat_interleave(f, 2)[:, :h, :w]
-    return keep.reshape(b, c, h, w) & masks
 
 
 def boxes_from_labels(
@@ -85,37 +54,8 @@ def boxes_from_labels(
     With ``largest``, the box of each class's largest connected component
     (:func:`largest_components`) instead of all its pixels.
     """
-    onehot = class_masks(labels, num_classes)
+    onehot = label_masks(labels, num_classes)
     return boxes_of_masks(largest_components(onehot) if largest else onehot)
-
-
-def boxes_of_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """B x C x H x W bool -> tight boxes B x C x 4 (the whole grid where a mask is empty), and B x C present."""
-    m_h, m_w = masks.shape[-2:]
-    rows, cols = masks.any(dim=3), masks.any(dim=2)  # B x C x H, B x C x W
-    ys = torch.arange(m_h, device=masks.device)
-    xs = torch.arange(m_w, device=masks.device)
-    y0 = torch.where(rows, ys, m_h).amin(-1)
-    y1 = torch.where(rows, ys, -1).amax(-1)
-    x0 = torch.where(cols, xs, m_w).amin(-1)
-    x1 = torch.where(cols, xs, -1).amax(-1)
-    present = rows.any(-1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=-1).float()
-    full = torch.stack([torch.zeros_like(x0), torch.zeros_like(y0), torch.full_like(x1, m_w - 1),
-                        torch.full_like(y1, m_h - 1)], dim=-1).float()  # made on the device, not copied there
-    return torch.where(present[..., None], boxes, full), present
-
-
-def pad_boxes(boxes: torch.Tensor, margin: float, size: tuple[int, int]) -> torch.Tensor:
-    """Move each side of ``[x0, y0, x1, y1]`` boxes out by ``margin`` x the box's width / height, inside an H x W grid."""
-    if margin <= 0:
-        return boxes
-    wh = boxes[..., 2:] - boxes[..., :2]
-    lo_corner = (boxes[..., :2] - margin * wh).clamp(min=0.0)
-    hi_corner = boxes[..., 2:] + margin * wh
-    hi_corner = torch.stack([hi_corner[..., 0].clamp(max=size[1] - 1.0), hi_corner[..., 1].clamp(max=size[0] - 1.0)],
-                            dim=-1)
-    return torch.cat([lo_corner, hi_corner], dim=-1)
 
 
 def _box_answers(
@@ -176,7 +116,7 @@ def refine_with_prompts(
     Returns the (labels, passed) pair.
     """
     c = num_classes
-    coarse_k = class_masks(labels, c)  # B x C x m x m
+    coarse_k = label_masks(labels, c)  # B x C x m x m
     # boxes around every pixel of the component, not only the confident ones: on HC18 validation images
     # the pretrained decoder answers those boxes better (Dice 0.73 against 0.71 from confident pixels)
     region = largest_components(coarse_k) if largest else coarse_k
@@ -191,7 +131,7 @@ def refine_with_prompts(
     refined = torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
     if mode == "agree":
         return labels, passed & (refined == labels)
-    ref_k = class_masks(refined, c)
+    ref_k = label_masks(refined, c)
     inter = (region & ref_k).sum((2, 3)).float()  # specks outside the component do not veto a good answer
     union = (region | ref_k).sum((2, 3)).float().clamp(min=1.0)
     good = present & (inter / union >= min_iou)  # B x C
@@ -207,6 +147,6 @@ def refine_with_prompts(
 
 
 __all__ = [
-    "boxes_from_labels", "boxes_of_masks", "confident_labels", "drop_small_classes", "largest_components", "pad_boxes",
+    "boxes_from_labels", "confident_labels", "drop_small_classes",
     "refine_with_prompts",
 ]

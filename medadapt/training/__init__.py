@@ -1,6 +1,18 @@
-"""Few-label fine-tuning: config, samples, losses and the training loop."""
+"""Few-label fine-tuning: the trainer's config, samples, losses, the loop and its extension points.
 
-from .config import FinetuneConfig, PromptTrainingConfig, TrainConfig, config_from_dict, load_config
-from .finetune import Trainer, finetune
+:func:`train` runs a :class:`TrainingConfig`; parts that add a loss of their
+own (the semi-supervised loop) plug in as :class:`TrainingExtension`\\ s built
+from a :class:`TrainingContext`. The full recipe with every section, and
+``finetune``, are in :mod:`medadapt.recipes`.
+"""
 
-__all__ = ["FinetuneConfig", "PromptTrainingConfig", "TrainConfig", "Trainer", "config_from_dict", "finetune", "load_config"]
+from .config import PromptTrainingConfig, TrainConfig, TrainingConfig, apply_overrides, build_config, read_config
+from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
+from .text_prompts import fit_text_head, train_text_prompts
+from .trainer import Trainer, config_changes, run_folder, train
+
+__all__ = [
+    "ExtensionFactory", "LabeledBatch", "PromptTrainingConfig", "TrainConfig", "Trainer", "TrainingConfig",
+    "TrainingContext", "TrainingExtension", "apply_overrides", "build_config", "config_changes", "fit_text_head",
+    "read_config", "run_folder", "train", "train_text_prompts",
+]

@@ -1,9 +1,10 @@
-"""The fine-tuning config: one YAML file, overridable with ``key=value`` on the command line.
+"""The trainer's part of a fine-tuning config, and reading configs with ``key=value`` overrides.
 
 Sections map onto dataclasses (``data`` -> :class:`medadapt.data.DataConfig`,
 ``adapter`` -> :class:`medadapt.adapters.AdapterConfig`, ``prompts`` and
 ``train`` here), so a typo in a key is an error that names it rather than a
-silently ignored setting.
+silently ignored setting. The full recipe, with the sections of the parts that
+plug into the trainer (``ssl:``), is :class:`medadapt.recipes.FinetuneConfig`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
-from ..configuration import build_dataclass
 from ..adapters.config import LearnedTextConfig
-from ..errors import MedAdaptError
-from ..ssl.config import SSLConfig
+from ..core.config import build_dataclass
+from ..core.errors import MedAdaptError
+
+C = TypeVar("C", bound="TrainingConfig")
 
 
 @dataclass
@@ -67,8 +69,8 @@ class TrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Everything ``medadapt finetune`` needs."""
+class TrainingConfig:
+    """Everything the trainer reads: data, model, adapters, prompts, optimisation, where to write."""
 
     data: dict[str, Any]
     backbone: str = "litemedsam"
@@ -76,7 +78,6 @@ class FinetuneConfig:
     adapter: dict[str, Any] = field(default_factory=lambda: {"train": ["mask_decoder"]})
     prompts: PromptTrainingConfig = field(default_factory=PromptTrainingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    ssl: SSLConfig | None = None  # semi-supervised loop on data.unlabeled (medadapt.ssl)
     output: str = "runs/finetune"
     name: str | None = None
 
@@ -84,26 +85,24 @@ class FinetuneConfig:
         return asdict(self)
 
 
-def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
-    """Validate a plain dict (parsed YAML) into a :class:`FinetuneConfig`."""
+def build_config(cls: type[C], raw: dict[str, Any]) -> C:
+    """Validate a plain dict (parsed YAML, sections of ``cls`` other than the trainer's already built) into ``cls``.
+
+    ``cls`` is :class:`TrainingConfig` or a subclass that adds sections; the
+    trainer's own sections (``prompts``, ``train``) are built and checked here.
+    """
     raw = copy.deepcopy(raw or {})
     if "data" not in raw:
         raise MedAdaptError("the config needs a 'data:' section (root, classes, labeled, val ...)")
     raw["prompts"] = build_dataclass(PromptTrainingConfig, raw.get("prompts") or {}, "prompts")
     raw["train"] = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
-    if raw.get("ssl") is not None:
-        raw["ssl"] = build_dataclass(SSLConfig, raw["ssl"] if isinstance(raw["ssl"], dict) else {}, "ssl")
-    cfg = build_dataclass(FinetuneConfig, raw, "config")
+    cfg = build_dataclass(cls, raw, "config")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
         raise MedAdaptError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
     if not cfg.prompts.automatic and not cfg.prompts.prompted:
         raise MedAdaptError("nothing to train: set prompts.automatic: true and/or prompts.prompted: [box, points]")
-    if cfg.ssl is not None and not cfg.prompts.automatic:
-        raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
     if cfg.prompts.text is not None and not cfg.prompts.automatic:
         raise MedAdaptError("prompts.text selects learned classes; set prompts.automatic: true")
-    if cfg.ssl is not None and not cfg.data.get("unlabeled"):
-        raise MedAdaptError("ssl: needs unlabelled cases; set data.unlabeled (ids, a split name, or 'rest:train')")
     bad = [m for m in cfg.prompts.prompted if m not in ("box", "points", "box+points")]
     if bad:
         raise MedAdaptError(f"prompts.prompted has unknown modes {bad}; use box, points, box+points")
@@ -127,8 +126,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> FinetuneConfig:
-    """Read a YAML config, apply ``key=value`` overrides, validate.
+def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a YAML config and apply ``key=value`` overrides: the raw dict, not yet validated.
 
     Relative paths (data root, output) are taken relative to the current
     directory, as on the command line; ``${MEDADAPT_DATA}``-style environment
@@ -143,7 +142,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Finet
         raise MedAdaptError(f"config {p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise MedAdaptError(f"config {p} must be a mapping of sections")
-    return config_from_dict(apply_overrides(raw, overrides))
+    return apply_overrides(raw, overrides)
 
 
-__all__ = ["FinetuneConfig", "PromptTrainingConfig", "TrainConfig", "config_from_dict", "load_config", "apply_overrides"]
+__all__ = ["PromptTrainingConfig", "TrainConfig", "TrainingConfig", "apply_overrides", "build_config", "read_config"]

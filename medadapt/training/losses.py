@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..foundation.decoding import label_masks
+
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - soft Dice per mask (N x m x m logits vs {0,1} targets), averaged."""
@@ -37,7 +39,7 @@ def automatic_loss(
     """
     b, c = class_logits.shape[:2]
     full = torch.cat([torch.zeros_like(class_logits[:, :1]), class_logits], dim=1)
-    onehot = class_masks(labels, c).float()
+    onehot = label_masks(labels, c).float()
     if weight is None:
         ce = F.cross_entropy(full, labels)
         prob_logits, target = class_logits, onehot
@@ -51,21 +53,4 @@ def automatic_loss(
     return ce + dice.mean()
 
 
-def class_masks(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """B x H x W labels 0..C -> B x C x H x W bool masks of classes 1..C (background dropped).
-
-    A comparison rather than ``F.one_hot``, which reads the labels' minimum and
-    maximum back to the host on CPU to check them: a step built on this never
-    waits for a value.
-    """
-    ks = torch.arange(1, num_classes + 1, device=labels.device)
-    return labels[:, None] == ks[None, :, None, None]
-
-
-def labels_from_logits(class_logits: torch.Tensor) -> torch.Tensor:
-    """The inference rule: C x ... logits -> label map 0..C (0 where no logit is positive)."""
-    best = class_logits.max(dim=0)
-    return torch.where(best.values > 0, best.indices + 1, torch.zeros_like(best.indices))
-
-
-__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss", "labels_from_logits", "class_masks"]
+__all__ = ["soft_dice_loss", "binary_mask_loss", "automatic_loss"]

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.files import atomic_write
 from ..foundation import Backbone, ImageMeta
+from ..inference.optimize import optimize_for_inference, resolve_precision
 
 
 @dataclass
@@ -79,8 +81,6 @@ class EmbeddingCache:
         # Segmenter.from_pretrained(precision=...) will at inference time.
         import copy
 
-        from ..foundation import optimize_for_inference, resolve_precision
-
         dtype = resolve_precision(precision, backbone.device)
         self.encoder = optimize_for_inference(copy.deepcopy(backbone), precision)
         self.backbone = backbone
@@ -124,9 +124,8 @@ class EmbeddingCache:
         out = [e.contiguous() for e in emb]
         if self.dir is not None:
             for s, e in zip(chunk, out):
-                tmp = self.dir / f"{s.key}.{os.getpid()}.tmp"  # two runs may fill one cache at once
-                save_file({"embedding": e}, str(tmp))
-                os.replace(tmp, self.dir / f"{s.key}.safetensors")
+                # a unique temporary name per write: two runs may fill one cache at once
+                atomic_write(self.dir / f"{s.key}.safetensors", lambda tmp, e=e: save_file({"embedding": e}, tmp))
         return out
 
     def get(

@@ -12,8 +12,9 @@ on its own:
 2. :func:`prompts_from_saliency` -- threshold, connected components, one box
    per component plus clicks at its saliency peaks (and optional background
    clicks), as a :class:`~medadapt.prompts.types.Prompts`;
-3. :func:`segment_from_text` -- decode those prompts with a
-   :class:`~medadapt.Segmenter` and fuse the masks into one mask per text.
+3. :func:`medadapt.inference.segment_from_text` -- decode those prompts with a
+   :class:`~medadapt.Segmenter` and fuse the masks into one mask per text
+   (in the inference layer, since it runs the model).
 
 A saliency map is coarse (one value per 16 x 16 patch for a ViT-B/16), which
 is exactly why it only *places* the prompts and SAM draws the boundary.
@@ -24,15 +25,19 @@ any already-built open_clip model works too, which is how the tests use a
 small model trained in seconds.
 
 Modules: :mod:`.config` (:class:`TextPromptConfig`), :mod:`.clip` (offline
-loading), :mod:`.saliency` (steps 1 and 2), :mod:`.zero_shot` (step 3).
+loading), :mod:`.saliency` (steps 1 and 2), :mod:`.learned` (the sentence
+encoder of learned text prompts).
 """
 
 from __future__ import annotations
 
-from . import clip, config, saliency, zero_shot
 from .clip import ClipTextModel, hf_cache_dir, load_clip
 from .config import BIOMEDCLIP, DEFAULT_TEMPLATES, TextPromptConfig
+from .learned import MINILM, SentenceEncoder, load_sentence_encoder, training_phrases
 from .saliency import prompts_from_saliency, text_saliency
-from .zero_shot import segment_from_text
 
-__all__ = [*config.__all__, *clip.__all__, *saliency.__all__, *zero_shot.__all__]
+__all__ = [
+    "BIOMEDCLIP", "ClipTextModel", "DEFAULT_TEMPLATES", "hf_cache_dir", "load_clip",
+    "load_sentence_encoder", "MINILM", "prompts_from_saliency", "SentenceEncoder", "text_saliency",
+    "TextPromptConfig", "training_phrases",
+]

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import MedAdaptError
+from ...core.device import pick_device
+from ...core.errors import MedAdaptError
+from ...io.imaging import validate_image
 from .config import BIOMEDCLIP, BIOMEDCLIP_TEXT, TextPromptConfig
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's default normalisation
@@ -72,8 +74,6 @@ class ClipTextModel:
         bottom/right to a square before resizing, so shapes are not distorted
         and :func:`text_saliency` can map the patch grid back exactly.
         """
-        from ...imaging import validate_image
-
         arr = validate_image(image)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -301,8 +301,6 @@ def load_clip(
     Nothing is downloaded: a missing file raises :class:`MedAdaptError` naming
     the folders searched and the files to put there.
     """
-    from ...predictor import pick_device
-
     dev = pick_device(device)
     if isinstance(name_or_path, ClipTextModel):
         clip = name_or_path.to(dev)

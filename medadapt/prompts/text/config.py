@@ -6,8 +6,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ...configuration import check_phrase_map, check_templates
-from ...errors import MedAdaptError
+from ...core.config import check_phrase_map, check_templates
+from ...core.errors import MedAdaptError
 
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 # The text tower BiomedCLIP's open_clip_config.json names; its config.json and

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ...errors import MedAdaptError
+from ...core.errors import MedAdaptError
 from ..simulate import box_from_mask
 from ..types import PAD_LABEL, Prompts
 from .clip import ClipTextModel

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ...errors import MedAdaptError
-from ..types import PAD_LABEL, Prompts
-from .clip import ClipTextModel
-from .config import TextPromptConfig, as_texts
-from .saliency import prompts_from_saliency, text_saliency
-
-if TYPE_CHECKING:  # imported lazily at run time: the predictor imports this package's siblings
-    from ...predictor import Prediction, Segmenter
+from ..core.errors import MedAdaptError
+from ..prompts.text.clip import ClipTextModel
+from ..prompts.text.config import TextPromptConfig, as_texts
+from ..prompts.text.saliency import prompts_from_saliency, text_saliency
+from ..prompts.types import PAD_LABEL, Prompts
+from .prediction import Prediction
 
 _SHIFTS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]  # quarter-box shifts of candidate boxes
 _EMPTY_LOGIT = -20.0  # low-res logit of "no object" where a text found nothing
@@ -56,7 +54,7 @@ def _pick(pred: "Prediction", box: np.ndarray, saliency: np.ndarray) -> int:
 
 
 def _decode(
-    segmenter: "Segmenter", kind: str, one: Prompts, saliency: np.ndarray, cfg: TextPromptConfig, multimask: bool
+    segmenter, kind: str, one: Prompts, saliency: np.ndarray, cfg: TextPromptConfig, multimask: bool
 ) -> "Prediction | None":
     """Decode one component with one prompt kind; for boxes, the best-fitting candidate box.
 
@@ -65,8 +63,6 @@ def _decode(
     size in the eight directions: a saliency peak need not sit at the centre of
     the structure, so neither need the box that fits it.
     """
-    from ...predictor import Prediction
-
     kwargs: dict[str, Any] = {}
     if "points" in kind and one.points is not None:
         valid = one.point_labels[0] != PAD_LABEL
@@ -90,7 +86,7 @@ def _decode(
 
 
 def segment_from_text(
-    segmenter: "Segmenter",
+    segmenter,
     clip: ClipTextModel,
     image: np.ndarray | str | os.PathLike | None,
     text: str | Sequence[str],
@@ -108,8 +104,6 @@ def segment_from_text(
     the decoded masks (0 where the text found nothing) and ``logits`` = the
     fused low-resolution logits (max for union, median for vote).
     """
-    from ...predictor import Prediction
-
     cfg = config or clip.config
     names = as_texts(text)
     if image is not None:

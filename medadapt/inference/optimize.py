@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..errors import MedAdaptError
+from ..adapters.apply import merge_lora
+from ..core.errors import MedAdaptError
 
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -113,18 +114,16 @@ def optimize_for_inference(
     device = next(backbone.parameters()).device
     dtype = resolve_precision(precision, device)
     backbone.eval()
-    if getattr(backbone, "adapter_config", None) is not None and backbone.adapter_config.lora is not None:
-        from ..adapters.apply import merge_lora
-
+    if backbone.adapter_config is not None and backbone.adapter_config.lora is not None:
         merge_lora(backbone)
     for p in backbone.parameters():
         p.requires_grad_(False)
     fold_batchnorm(backbone.image_encoder)
     backbone.image_encoder.to(dtype)
     backbone.mask_decoder.to(dtype)
-    if getattr(backbone, "context_adapter", None) is not None:
+    if backbone.context_adapter is not None:
         backbone.context_adapter.to(dtype)
-    if getattr(backbone, "class_prompts", None) is not None:
+    if backbone.class_prompts is not None:
         backbone.class_prompts.to(dtype)
     if channels_last:
         backbone.image_encoder.to(memory_format=torch.channels_last)

@@ -9,71 +9,27 @@ and mask decoder, with all of its prompts in one decoder batch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .errors import MedAdaptError
-from .foundation import Backbone, ImageMeta, build_backbone
-from .foundation.processor import check_boxes, check_points
+from ..adapters import load_adapter
+from ..core.device import pick_device
+from ..core.errors import MedAdaptError
+from ..foundation import Backbone, ImageMeta, build_backbone
+from ..foundation.decoding import masks_from_logits
+from ..foundation.processor import check_boxes, check_points
+from ..io.imaging import display_orientation, load_image, validate_image, volume_slice
+from ..prompts.text import load_clip
+from ..prompts.text.config import as_texts
+from .learned_text import match_text_to_classes
+from .optimize import optimize_for_inference
+from .prediction import Prediction, _copy_prediction
+from .refine import refine_automatic
+from .text import segment_from_text
 
 ArrayLike = np.ndarray | Sequence
-
-
-@dataclass
-class Prediction:
-    """Masks for one image, at the image's original size.
-
-    Attributes:
-        masks: N x H x W bool, one mask per prompt (the best-scoring of the
-            three candidates when ``multimask=True``).
-        scores: N predicted IoU of each returned mask.
-        logits: N x m x m low-resolution logits of each returned mask; pass one
-            back as ``mask_input`` to refine it with more clicks.
-        all_masks / all_scores: N x 3 x H x W and N x 3, only with ``multimask``.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
-    all_masks: np.ndarray | None = None
-    all_scores: np.ndarray | None = None
-    labels: list[str] = field(default_factory=list)
-    label_values: list[int] = field(default_factory=list)
-
-
-def _copy_prediction(p: Prediction) -> Prediction:
-    """A copy whose arrays the caller may modify without touching the original."""
-    return replace(p, masks=p.masks.copy(), scores=p.scores.copy(), logits=p.logits.copy(),
-                   labels=list(p.labels), label_values=list(p.label_values))
-
-
-def class_masks(full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """C x H x W class logits -> (C x H x W masks that do not overlap, C scores): automatic mode's answer.
-
-    Each pixel goes to the class with the best positive logit, else to
-    background (the rule training optimises); a class's score is the mean
-    foreground probability inside its mask (0 for an empty mask).
-    """
-    from .training.losses import labels_from_logits
-
-    labels = labels_from_logits(full)
-    masks = torch.stack([labels == k + 1 for k in range(full.shape[0])])
-    prob = torch.sigmoid(full)
-    scores = torch.stack([prob[k][m].mean() if m.any() else prob.new_zeros(()) for k, m in enumerate(masks)])
-    return masks, scores
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
-    if device is not None:
-        try:
-            return torch.device(device)
-        except RuntimeError as exc:
-            raise MedAdaptError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _adapter_path(path: str | os.PathLike) -> str:
@@ -115,8 +71,6 @@ class Segmenter:
         optimises it for inference in place (see :meth:`from_pretrained`)."""
         self.backbone = backbone.to(pick_device(device)).eval()
         if precision is not None:
-            from .foundation import optimize_for_inference
-
             optimize_for_inference(self.backbone, precision)
         self._embedding: torch.Tensor | None = None
         self._meta: ImageMeta | None = None
@@ -153,8 +107,6 @@ class Segmenter:
         """
         backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
         if adapter is not None:
-            from .adapters import load_adapter
-
             backbone = load_adapter(backbone, _adapter_path(adapter)).eval()
         return cls(backbone, device=device, precision=precision)
 
@@ -166,8 +118,6 @@ class Segmenter:
     @torch.inference_mode()
     def set_image(self, image: np.ndarray | str | os.PathLike) -> None:
         """Encode one image (array or path); later ``predict`` calls reuse the embedding."""
-        from .imaging import load_image, validate_image
-
         if isinstance(image, (str, os.PathLike)):
             image = load_image(image)
         arr = validate_image(image)
@@ -262,8 +212,6 @@ class Segmenter:
             if mask_input is None:
                 pred = self._predict_automatic(embedding, meta, classes)
                 if refine:
-                    from .prompts.refine import refine_automatic
-
                     pred = refine_automatic(self, pred)
                 return pred
             raise MedAdaptError("mask_input needs a box or points to go with it")
@@ -294,14 +242,12 @@ class Segmenter:
         PubMedBERT_256-vit_base_patch16_224"`` read from the local Hugging Face
         cache); ``config`` a :class:`medadapt.prompts.TextPromptConfig`.
         """
-        from .prompts.text import load_clip
-
         self._text_model = load_clip(clip, device=self.device, config=config)
 
     def _predict_text(self, text, boxes, points, point_labels, mask_input, classes, multimask) -> Prediction:
         if any(v is not None for v in (boxes, points, point_labels, mask_input, classes)):
             raise MedAdaptError("text= is a prompt of its own; do not combine it with boxes, points, mask_input or classes")
-        if self._text_model is None and getattr(self.backbone, "text_head", None) is not None:
+        if self._text_model is None and self.backbone.text_head is not None:
             return self._predict_learned_text(text)
         if self._text_model is None:
             raise MedAdaptError(
@@ -310,16 +256,11 @@ class Segmenter:
                 "load_clip('hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224')), read offline "
                 "from the local Hugging Face cache; a learned class can also be asked for with classes=[...]"
             )
-        from .prompts.text import segment_from_text
-
         self._require_image()
         return segment_from_text(self, self._text_model, None, text, multimask=multimask)
 
     def _predict_learned_text(self, text) -> Prediction:
         """Texts -> weights over the learned classes -> the automatic masks those weights select."""
-        from .prompts.text.learned import match_text_to_classes
-        from .prompts.text.config import as_texts
-
         texts = as_texts(text)
         match = match_text_to_classes(self.backbone, texts)
         embedding, meta = self._require_image()
@@ -338,7 +279,7 @@ class Segmenter:
     @property
     def classes(self) -> list[str]:
         """Names of the classes the adapter learned (empty for a base model)."""
-        cfg = getattr(self.backbone, "adapter_config", None)
+        cfg = self.backbone.adapter_config
         return list(cfg.automatic.class_names) if cfg is not None and cfg.automatic is not None else []
 
     def _class_indices(self, classes: Sequence[str | int] | None) -> list[int]:
@@ -373,7 +314,7 @@ class Segmenter:
         auto = self.backbone.adapter_config.automatic
         ids = torch.tensor(idx, device=self.device)
         low = self.backbone.decode_classes(embedding, ids)[0].float()  # C x m x m, classes decoded jointly
-        masks, scores = class_masks(self.backbone.processor.postprocess_logits(low, meta))
+        masks, scores = masks_from_logits(self.backbone.processor.postprocess_logits(low, meta))
         pred = Prediction(
             masks=masks.cpu().numpy(), scores=scores.cpu().numpy(), logits=low.cpu().numpy(),
             labels=[auto.class_names[i] for i in idx], label_values=[auto.label_values[i] for i in idx],
@@ -387,7 +328,7 @@ class Segmenter:
     ) -> np.ndarray:
         """Automatic segmentation of a 3D volume, slice by slice along ``axis``.
 
-        ``volume`` is in the orientation of :func:`medadapt.imaging.load_volume`;
+        ``volume`` is in the orientation of :func:`medadapt.io.imaging.load_volume`;
         slices are shown to the model as ``volume_slice`` shows them (as in
         training). Returns an integer label map of the volume's shape holding
         the training data's label values (0 = background). Constant slices
@@ -402,8 +343,6 @@ class Segmenter:
         self._require_classes()
         dtype = np.int16 if max(self.backbone.adapter_config.automatic.label_values) > 127 else np.uint8
         out = np.zeros(vol.shape, dtype=dtype)
-        from .imaging import display_orientation, volume_slice
-
         for k in range(vol.shape[axis]):
             plane = volume_slice(vol, k, axis)  # the orientation training slices have
             if not np.isfinite(plane).all() or plane.max() == plane.min():
@@ -456,4 +395,4 @@ class Segmenter:
         return pred
 
 
-__all__ = ["Segmenter", "Prediction", "class_masks", "pick_device"]
+__all__ = ["Segmenter", "Prediction"]

@@ -1,6 +1,6 @@
 """``train_sam``-style few-label fine-tuning of an adapted backbone.
 
-One call, :func:`finetune`, does the whole run: data by case, adapters, cached
+One call, :func:`train`, does the whole run: data by case, adapters, cached
 embeddings when the encoder is frozen, automatic (learned class tokens) and
 prompted (simulated boxes/clicks with corrective clicks) losses, AdamW with
 warm-up + cosine, validation by mean 3-D Dice per case, best-on-validation
@@ -20,20 +20,41 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import yaml
+from PIL import Image
+from tqdm import tqdm
 
-from ..adapters import AdapterConfig, AutomaticConfig, apply, save_adapter, set_train_mode, trainable_state
-from ..errors import MedAdaptError
-from ..foundation import bf16_is_fast, build_backbone
-from ..predictor import pick_device
-from .config import FinetuneConfig
-from .losses import automatic_loss, binary_mask_loss, labels_from_logits
+from ..adapters import (
+    AdapterConfig,
+    AutomaticConfig,
+    apply,
+    load_adapter,
+    save_adapter,
+    set_train_mode,
+    trainable_state,
+)
+from ..core.device import pick_device
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write, atomic_write_json, atomic_write_text
+from ..data import DataConfig, SliceDataset, discover_cases, split_cases
+from ..foundation import build_backbone
+from ..foundation.decoding import labels_from_logits
+from ..inference.optimize import bf16_is_fast
+from ..inference.predictor import Segmenter
+from ..io.overlay import overlay
+from ..prompts.simulate import box_from_mask, corrective_click, sample_points
+from .augment import random_view
+from .config import TrainingConfig
+from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
+from .losses import automatic_loss, binary_mask_loss
 from .samples import EmbeddingCache, ModelSample, prepare, to_device, to_model_frame
+from .text_prompts import train_text_prompts
 
 
 def seed_everything(seed: int) -> None:
@@ -56,11 +77,16 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 class Trainer:
-    """State of one fine-tuning run; :func:`finetune` drives it."""
+    """State of one fine-tuning run; :func:`train` drives it.
 
-    def __init__(self, config: FinetuneConfig, run_dir: Path, log: Callable[[str], None] = print) -> None:
-        from ..data import DataConfig, SliceDataset, discover_cases, split_cases
+    ``extensions`` are factories called with the run's :class:`TrainingContext`
+    once the model and optimiser exist; each returns a
+    :class:`TrainingExtension` (e.g. the semi-supervised loop) whose loss the
+    trainer adds to its own, and which it calls at fixed points of the loop.
+    """
 
+    def __init__(self, config: TrainingConfig, run_dir: Path, log: Callable[[str], None] = print,
+                 extensions: Sequence[ExtensionFactory] = ()) -> None:
         self.cfg, self.run_dir, self.log = config, run_dir, log
         tc = config.train
         seed_everything(tc.seed)
@@ -85,18 +111,7 @@ class Trainer:
             self.skipped += list(val_ds.skipped)
         if not self.train_slices:
             raise MedAdaptError("the labelled cases contain no slice with a target class; check data.classes")
-        self.unlabeled_slices, self.unlabeled_cases = [], []
-        if config.ssl is not None:
-            from dataclasses import replace
-
-            # labels of unlabelled cases are never read, even where the files exist (ACDC's train split)
-            self.unlabeled_cases = [replace(c, label_path=None) for c in splits.get("unlabeled") or []]
-            if not self.unlabeled_cases:
-                raise MedAdaptError("ssl: data.unlabeled selects no case; check the ids or split name")
-            if not config.ssl.stream:  # streamed cases are read by SemiSupervised, a few at a time
-                un_ds = SliceDataset(self.unlabeled_cases, self.data_cfg, keep="all")
-                self.unlabeled_slices = [un_ds[i] for i in range(len(un_ds))]
-                self.skipped += list(un_ds.skipped)
+        self.splits = splits
 
         adapter = AdapterConfig.from_dict(config.adapter)
         if config.prompts.automatic:
@@ -105,8 +120,6 @@ class Trainer:
         self.model, self.summary = apply(self.model, adapter)
         self.text_fit = None
         if config.prompts.text is not None:  # fitted once on the class names; the images do not enter it
-            from ..prompts.text.learned import train_text_prompts
-
             self.text_fit = train_text_prompts(self.model, copy.deepcopy(config.prompts.text))
         # LoRA and spatial adapters inside the encoder are trainable encoder parameters, so this one
         # test covers "frozen and unadapted": only then are cached embeddings the embeddings.
@@ -121,7 +134,6 @@ class Trainer:
         self.val_samples = prepare(self.model, self.val_slices)
         precision = "bfloat16" if self.amp else "float32"
         self.cache = EmbeddingCache(self.model, tc.cache_dir, precision) if self.use_cache else None
-        self.unlabeled_samples = prepare(self.model, self.unlabeled_slices)
         # Prompt tokens sit at the scale of SAM's prompt embeddings (|x| ~ 0.4 per channel): at the
         # decoder's learning rate Adam moves them ~lr per step, too slowly for classes to separate.
         is_token = lambda n: n in ("class_prompts.tokens", "class_prompts.mask_tokens")  # noqa: E731
@@ -139,27 +151,25 @@ class Trainer:
         self.rng = np.random.default_rng(tc.seed)
         self.epoch, self.best, self.best_epoch, self.history = 0, -1.0, -1, []
         self.step_in_epoch = 0
-        self.ssl = None
-        if config.ssl is not None:
-            from ..ssl import SemiSupervised
+        self.epoch_stats: dict[str, float] = {}
+        self.context = TrainingContext(
+            model=self.model, device=self.device, seed=tc.seed, class_names=self.class_names,
+            data_config=self.data_cfg, splits=splits, rng=self.rng, cache=self.cache, embeddings=self.embeddings,
+            prepare=lambda slices: prepare(self.model, slices), progress=self.progress, log=log,
+        )
+        self.extensions: list[TrainingExtension] = [make(self.context) for make in extensions]
 
-            unlabeled = self.unlabeled_samples
-            if config.ssl.stream:
-                from ..data import CaseStream
-
-                unlabeled = CaseStream(self.unlabeled_cases, self.data_cfg, np.random.default_rng(tc.seed + 15485863),
-                                       config.ssl.stream_cases, prepare=lambda sl: prepare(self.model, sl))
-            self.ssl = SemiSupervised(self, config.ssl, unlabeled)
+    def progress(self) -> float:
+        """Epochs done so far, fractional."""
+        return self.epoch + self.step_in_epoch / max(1, self.steps_per_epoch)
 
     # ------------------------------------------------------------------ embeddings
     def encode_all(self) -> None:
         if self.cache is None:
             return
-        from tqdm import tqdm
-
-        todo = self.train_samples + self.val_samples + self.unlabeled_samples
-        if self.ssl is not None:
-            todo += self.ssl.cached_views()
+        todo = self.train_samples + self.val_samples
+        for ext in self.extensions:
+            todo += ext.samples_to_encode()
         with tqdm(total=len(todo), desc="encoding (cached once)", unit="slice", leave=False) as bar:
             self.cache.fill(todo, progress=bar.update)
 
@@ -203,15 +213,15 @@ class Trainer:
             total = total + automatic_loss(low.float(), target)
         if self.cfg.prompts.prompted:
             total = total + self.cfg.prompts.prompted_weight * self.prompted_loss(emb, target)
-        if self.ssl is not None:
-            total = total + (self.ssl.loss(emb, target) if self.cache is not None
-                             else self.ssl.loss(None, target, labeled_pixels=pixels))
+        if self.extensions:
+            labeled = (LabeledBatch(target, embeddings=emb) if self.cache is not None
+                       else LabeledBatch(target, pixels=pixels))
+            for ext in self.extensions:
+                total = total + ext.loss(labeled)
         return total
 
     def prompted_loss(self, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Simulated box/point prompts for one present class per slice, then corrective clicks."""
-        from ..prompts.simulate import box_from_mask, corrective_click, sample_points
-
         pc = self.cfg.prompts
         proc = self.model.processor
         scale = proc.image_size / proc.mask_size
@@ -302,14 +312,15 @@ class Trainer:
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
-                if self.ssl is not None:
-                    self.ssl.after_step()
+                for ext in self.extensions:
+                    ext.after_step()
             losses.append(loss.detach())  # kept on the device: no host sync inside the step
-            if bar is not None and (bi % 10 == 9 or bi == len(batches) - 1):
-                extra = {"pass": f"{self.ssl.pass_rate():.2f}"} if self.ssl is not None else {}
+            if bar is not None and _interactive(bar) and bi % 10 == 9 and bi < len(batches) - 1:
+                # mid-epoch news only where the bar redraws in place (a terminal), not as extra log lines
+                extra = {k: v for ext in self.extensions for k, v in ext.progress().items()}
                 bar.set_postfix(loss=f"{float(torch.stack(losses).mean()):.4f}",
                                 val=f"{self.best:.3f}" if self.best >= 0 else "-", **extra)
-        self.last_pass_rate = self.ssl.pass_rate(reset=True) if self.ssl is not None else None
+        self.epoch_stats = {k: v for ext in self.extensions for k, v in ext.end_epoch().items()}
         return float(torch.stack(losses).mean())
 
     @torch.inference_mode()
@@ -343,8 +354,7 @@ class Trainer:
             "per_class": {n: float(v) for n, v in zip(self.class_names, per_class)},
             "per_case": per_case,
         }
-        if self.ssl is not None:  # how good the pseudo-labels would be, measured where labels exist
-            out["pseudo_dice"] = self.ssl.pseudo_label_dice(self.val_samples)
+        out["extensions"] = {k: v for ext in self.extensions for k, v in ext.validate(self.val_samples).items()}
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -357,11 +367,9 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "history": json.dumps(self.history),
             "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state),
         }
-        if self.ssl is not None and self.ssl.teacher is not None:
-            state["teacher"] = self.ssl.teacher.state_dict()
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        if self.extensions:
+            state["extensions"] = {ext.name: ext.state_dict() for ext in self.extensions}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -382,10 +390,11 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.history = json.loads(state["history"])
-        if self.ssl is not None and self.ssl.teacher is not None:
-            if "teacher" not in state:
-                raise MedAdaptError(f"{path} has no teacher state: it was not a semi-supervised run")
-            self.ssl.teacher.load_state_dict(state["teacher"])
+        saved = state.get("extensions", {})
+        for ext in self.extensions:
+            if ext.name not in saved:
+                raise MedAdaptError(f"{path} has no {ext.name} state: it was written by a run without {ext.name}")
+            ext.load_state_dict(saved[ext.name])
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = json.loads(state["np_rng"])
 
@@ -398,10 +407,6 @@ class Trainer:
 
 def _views(slices: list, n: int, seed: int) -> list:
     """``n`` augmented copies of each labelled slice (for the embedding cache), seeded."""
-    from dataclasses import replace
-
-    from .augment import random_view
-
     rng = np.random.default_rng(seed + 7919)
     out = []
     for v in range(n):
@@ -421,13 +426,13 @@ def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if saved == now else [prefix.rstrip(".")]
 
 
-def run_folder(config: FinetuneConfig) -> Path:
+def run_folder(config: TrainingConfig) -> Path:
     """Where ``finetune(config)`` writes: ``output/name`` (``$VARS`` expanded), or ``output`` without a name."""
     run = Path(os.path.expandvars(config.output))
     return run / config.name if config.name else run
 
 
-def config_changes(config: FinetuneConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys where ``config`` differs from the one saved in ``run/config.yaml`` (top-level ``ignore`` skipped).
 
     Both sides go through the same YAML round trip, so a tuple in memory
@@ -439,7 +444,7 @@ def config_changes(config: FinetuneConfig, run: Path, ignore: tuple[str, ...] = 
                          {k: v for k, v in now.items() if k not in ignore})
 
 
-def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
+def _prepare_run_dir(config: TrainingConfig, resume: bool) -> Path:
     run = run_folder(config)
     if (run / "checkpoints" / "last.pt").exists() and not resume:
         raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
@@ -456,17 +461,16 @@ def _prepare_run_dir(config: FinetuneConfig, resume: bool) -> Path:
     return run
 
 
-def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Fine-tune an adapted backbone as ``config`` says; returns the run folder."""
-    from tqdm import tqdm
+def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = (), resume: bool = False,
+          log: Callable[[str], None] = print) -> Path:
+    """Fine-tune an adapted backbone as ``config`` says, with ``extensions`` plugged in; returns the run folder.
 
+    :func:`medadapt.recipes.finetune` calls this with the extensions a full
+    config names (the semi-supervised loop for an ``ssl:`` section).
+    """
     run = _prepare_run_dir(config, resume)
     t0 = time.perf_counter()
-    tr = Trainer(config, run, log)
-    if tr.ssl is not None:
-        what = (f"{len(tr.unlabeled_cases)} unlabelled cases, streamed {config.ssl.stream_cases} at a time"
-                if config.ssl.stream else f"{len(tr.unlabeled_slices)} unlabelled slices")
-        log(f"semi-supervised: {what}, teacher {config.ssl.teacher}")
+    tr = Trainer(config, run, log, extensions)
     log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
         f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
         + ("; embeddings cached (encoder frozen)" if tr.use_cache else ""))
@@ -486,9 +490,9 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
         range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch"
     ) as bar:
         w = csv.writer(fh)
+        columns = {k: f for ext in tr.extensions for k, f in ext.log_columns.items()}
         if new_log:
-            w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds"]
-                       + (["pass_rate", "pseudo_dice"] if tr.ssl is not None else []))
+            w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds", *columns])
         for epoch in bar:
             loss = tr.train_epoch(bar)
             tr.epoch = epoch + 1
@@ -496,8 +500,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
             if tr.val_samples and config.prompts.automatic and (tr.epoch % config.train.val_every == 0 or tr.epoch == config.train.epochs):
                 val = tr.validate()
                 row.update(val_dice=val["dice"], per_class=val["per_class"])
-                if "pseudo_dice" in val:
-                    row["pseudo_dice"] = val["pseudo_dice"]
+                row.update(val["extensions"])
                 if val["dice"] > tr.best:
                     tr.best, tr.best_epoch = val["dice"], tr.epoch
                     save_adapter(tr.model, run / "adapter", metadata=tr.metadata())
@@ -506,20 +509,20 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
                 tr.best_epoch = tr.epoch
             tr.history.append(row)
             pcs = row.get("per_class", {})
+            stats = {**tr.epoch_stats, **row}
             w.writerow([tr.epoch, f"{loss:.5f}", f"{row.get('val_dice', float('nan')):.5f}",
                         *[f"{pcs.get(n, float('nan')):.5f}" for n in tr.class_names],
-                        f"{tr.sched.get_last_lr()[0]:.3e}", f"{time.perf_counter() - t0:.1f}"]
-                       + ([f"{tr.last_pass_rate:.4f}", f"{row.get('pseudo_dice', float('nan')):.5f}"]
-                          if tr.ssl is not None else []))
+                        f"{tr.sched.get_last_lr()[0]:.3e}", f"{time.perf_counter() - t0:.1f}",
+                        *[format(stats.get(k, float("nan")), f) for k, f in columns.items()]])
             fh.flush()
             if writer is not None:
                 writer.add_scalar("loss", loss, tr.epoch)
                 if "val_dice" in row:
                     writer.add_scalar("val/dice", row["val_dice"], tr.epoch)
-            extra = {} if tr.ssl is None else {"pass": f"{tr.last_pass_rate:.2f}",
-                                               "pseudo": f"{row.get('pseudo_dice', float('nan')):.3f}"}
+            extra = {k: format(stats.get(k, float("nan")), ".3f") for k in columns}
+            # shown with the bar's next update (one line per epoch where output is a log file)
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_dice', float('nan')):.3f}",
-                            best=f"{tr.best:.3f}", **extra)
+                            best=f"{tr.best:.3f}", **extra, refresh=False)
             tr.save_state()
     if writer is not None:
         writer.close()
@@ -529,11 +532,17 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
         "val_cases": [c.case_id for c in tr.val_cases], "seconds": time.perf_counter() - t0,
         "history": tr.history, "trainable_parameters": tr.summary.trainable,
     }
-    _atomic_json(run / "metrics.json", metrics)
+    atomic_write_json(run / "metrics.json", metrics, default=float)
     if tr.val_slices and config.prompts.automatic:
         _overlay_grid(run, tr)
     log(f"best validation Dice {tr.best:.4f} at epoch {tr.best_epoch}; run folder {run}")
     return run
+
+
+def _interactive(bar) -> bool:
+    """Whether the progress bar redraws in place (a terminal) rather than appending lines (a log file)."""
+    fp = getattr(bar, "fp", None)
+    return bool(fp is not None and hasattr(fp, "isatty") and fp.isatty())
 
 
 def _truncate_log(path: Path, epoch: int) -> None:
@@ -541,15 +550,7 @@ def _truncate_log(path: Path, epoch: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= epoch]
     if len(keep) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+        atomic_write_text(path, "".join(keep))
 
 
 def _tensorboard(run: Path):
@@ -562,12 +563,6 @@ def _tensorboard(run: Path):
 
 def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     """A PNG grid of validation slices with the best model's automatic masks."""
-    from PIL import Image
-
-    from ..adapters import load_adapter
-    from ..overlay import overlay
-    from ..predictor import Segmenter
-
     model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter")
     seg = Segmenter(model, device=tr.device)
     with_fg = [s for s in tr.val_slices if s.label is not None and s.label.any()]
@@ -586,4 +581,4 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     grid.save(run / "val_overlays.png")
 
 
-__all__ = ["finetune", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes"]
+__all__ = ["train", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes"]

@@ -13,7 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MedAdaptError
+from ..core.errors import MedAdaptError
+from ..io.imaging import load_image, save_mask
+from ..io.overlay import save_overlay
+from ..prompts.text import load_clip
 from .predictor import Segmenter
 
 
@@ -81,8 +84,6 @@ def segment_file(
     ``clip`` uses the adapter's learned text prompts. ``refine`` self-prompts
     that automatic answer (see :meth:`Segmenter.predict`).
     """
-    from .imaging import load_image, save_mask, save_overlay
-
     out = Path(out)
     if not (out.name.endswith(".png") or out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
         raise MedAdaptError(f"--out must end in .png, .nii or .nii.gz; got {out}")
@@ -98,8 +99,6 @@ def segment_file(
                 "(read from the local Hugging Face cache), --clip FOLDER, or --clip ARCH --clip-weights FILE"
             )
         if clip is not None:
-            from .prompts.text import load_clip
-
             clip_model = load_clip(clip, weights=clip_weights, device=device)  # before the image: fail fast
     elif not boxes and not points and adapter is None:
         raise MedAdaptError(

@@ -21,43 +21,14 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from ..errors import MedAdaptError
-from .simulate import box_from_mask
-
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a 2-D bool mask (the mask itself when it has at most one)."""
-    comps, n = ndimage.label(mask, structure=_EIGHT)
-    if n <= 1:
-        return np.asarray(mask, dtype=bool)
-    sizes = np.bincount(comps.ravel(), minlength=n + 1)[1:]
-    return comps == 1 + int(np.argmax(sizes))
-
-
-def loose_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """The tight box of a non-empty mask, each side moved out by ``margin`` x its extent, inside the image.
-
-    A one-pixel-wide mask still gives a box of positive area, so the decoder
-    accepts it.
-    """
-    h, w = mask.shape
-    x0, y0, x1, y1 = box_from_mask(mask).astype(np.float64)
-    x1, y1 = max(x1, x0 + 1.0), max(y1, y0 + 1.0)
-    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
-    box = np.array([max(0.0, x0 - dx), max(0.0, y0 - dy), min(w - 1.0, x1 + dx), min(h - 1.0, y1 + dy)])
-    if box[2] <= box[0]:  # a mask in the last column of a 1-pixel-wide image has no room to grow
-        box[0] = box[2] - 1.0
-    if box[3] <= box[1]:
-        box[1] = box[3] - 1.0
-    return box.astype(np.float32)
+from ..core.errors import MedAdaptError
+from ..foundation.decoding import masks_from_logits
+from ..prompts.regions import largest_component, mask_box
 
 
 def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0.0):
-    """Refine an automatic :class:`~medadapt.predictor.Prediction` of ``seg``'s current image by self-prompting.
+    """Refine an automatic :class:`~medadapt.inference.predictor.Prediction` of ``seg``'s current image by self-prompting.
 
     For each class present, the decoder of ``seg`` answers a box around the
     class's largest component (loosened by ``margin`` of its size per side).
@@ -72,8 +43,6 @@ def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0
     (exploratory runs; 5% and 10% lost 1 and 3 points on ACDC); the frozen
     pretrained decoder preferred 5-10% on HC18, which this function does not use.
     """
-    from ..predictor import class_masks
-
     if not 0.0 <= min_iou <= 1.0:
         raise MedAdaptError(f"min_iou must be in [0, 1]; got {min_iou!r}")
     if not (np.isfinite(margin) and margin >= 0.0):
@@ -88,7 +57,7 @@ def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0
     logits = np.array(prediction.logits, dtype=np.float32, copy=True)
     if present:
         parts = [largest_component(masks[k]) for k in present]
-        answer = seg.predict(boxes=np.stack([loose_box(p, margin) for p in parts]))
+        answer = seg.predict(boxes=np.stack([mask_box(p, margin) for p in parts]))
         for j, (k, part) in enumerate(zip(present, parts)):
             inter = np.logical_and(answer.masks[j], part).sum()
             union = np.logical_or(answer.masks[j], part).sum()
@@ -96,9 +65,9 @@ def refine_automatic(seg, prediction, *, min_iou: float = 0.5, margin: float = 0
                 logits[k] = answer.logits[j]
     full = seg.backbone.processor.postprocess_logits(torch.from_numpy(logits).to(seg.device), meta).float()
     absent = torch.tensor([k not in present for k in range(masks.shape[0])], device=full.device)
-    new, scores = class_masks(torch.where(absent[:, None, None], torch.full_like(full, -1e4), full))
+    new, scores = masks_from_logits(torch.where(absent[:, None, None], torch.full_like(full, -1e4), full))
     return replace(prediction, masks=new.cpu().numpy(), scores=scores.cpu().numpy(), logits=logits,
                    labels=list(prediction.labels), label_values=list(prediction.label_values))
 
 
-__all__ = ["largest_component", "loose_box", "refine_automatic"]
+__all__ = ["refine_automatic"]

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from medadapt.errors import MedAdaptError
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write
 
 PathLike = str | os.PathLike[str]
 Window = str | tuple[float, float]
@@ -127,23 +127,6 @@ def display_orientation(plane: np.ndarray) -> np.ndarray:
     applying it to a slice-wise prediction puts it back in the volume's order.
     """
     return _display(np.asarray(plane))
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_suffix(path))
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise MedAdaptError(f"could not write {path}: {exc}") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- readers
@@ -403,7 +386,7 @@ def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = 
             raise MedAdaptError(f"PNG masks need labels in 0..65535; got {labels.min()}..{labels.max()} - use .nii.gz")
         png = labels * 255 if is_bool else labels
         png = png.astype(np.uint8 if png.max() <= 255 else np.uint16)
-        _atomic_write(p, lambda tmp: Image.fromarray(png).save(tmp, format="PNG"))
+        atomic_write(p, lambda tmp: Image.fromarray(png).save(tmp, format="PNG"))
         return p
 
     import nibabel as nib
@@ -429,11 +412,11 @@ def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = 
     img = nib.Nifti1Image(data.astype(dtype), affine, header)
     img.set_data_dtype(dtype)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
-    _atomic_write(p, lambda tmp: nib.save(img, tmp))
+    atomic_write(p, lambda tmp: nib.save(img, tmp))
     return p
 
 
-def _image_shape(arr: np.ndarray, name: str) -> np.ndarray:
+def image_shape(arr: np.ndarray, name: str) -> np.ndarray:
     """HxW / HxWx3 as is, HxWx1 squeezed, HxWx4 alpha dropped; anything else -> error."""
     if arr.ndim == 2:
         return arr
@@ -465,7 +448,7 @@ def validate_image(array: Any, name: str = "image") -> np.ndarray:
         raise MedAdaptError(f"{name} has dtype {arr.dtype}; expected a numeric (bool, int or float) array")
     if arr.size == 0:
         raise MedAdaptError(f"{name} is empty (shape {arr.shape}); check how it was loaded or cropped")
-    out = _image_shape(arr, name).astype(np.float32)
+    out = image_shape(arr, name).astype(np.float32)
     n_nan, n_inf = int(np.isnan(out).sum()), int(np.isinf(out).sum())
     if n_nan or n_inf:
         found = " and ".join([f"{n_nan} NaN"] * bool(n_nan) + [f"{n_inf} infinite"] * bool(n_inf))
@@ -516,15 +499,6 @@ def clip_percentiles(array: np.ndarray, low: float = 0.5, high: float = 99.5) ->
     return np.clip(arr, lo, hi)
 
 
-def __getattr__(name: str) -> Any:
-    """``overlay`` and ``save_overlay`` live in :mod:`medadapt.overlay`; importable from here too."""
-    if name in ("overlay", "save_overlay"):
-        import importlib
-
-        return getattr(importlib.import_module("medadapt.overlay"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
@@ -535,9 +509,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "load_volume",
-    "overlay",
     "save_mask",
-    "save_overlay",
     "validate_image",
     "volume_slice",
 ]

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from medadapt.errors import MedAdaptError
-from medadapt.imaging import PathLike, _atomic_write, _image_shape
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write
+from .imaging import PathLike, image_shape
 
 #: Mask colours (RGB), cycled; pure green/red are left to positive/negative points.
 COLORS: tuple[tuple[int, int, int], ...] = (
@@ -73,7 +74,7 @@ def overlay(
     img = np.asarray(image)
     if img.size == 0 or img.dtype.kind not in "biuf":
         raise MedAdaptError(f"image must be a non-empty numeric array, got shape {img.shape} dtype {img.dtype}")
-    img = _image_shape(img, "image").astype(np.float64)
+    img = image_shape(img, "image").astype(np.float64)
     finite = np.isfinite(img)
     lo, hi = (img[finite].min(), img[finite].max()) if finite.any() else (0.0, 0.0)
     scaled = (np.where(finite, img, lo) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
@@ -108,7 +109,7 @@ def save_overlay(path: PathLike, image: np.ndarray, masks: np.ndarray | None = N
     if p.suffix.lower() != ".png":
         raise MedAdaptError(f"save_overlay writes PNG files; give a path ending in .png, not {p}")
     picture = overlay(image, masks, **kwargs)
-    _atomic_write(p, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+    atomic_write(p, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
     return p
 
 

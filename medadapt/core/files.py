@@ -1,0 +1,65 @@
+"""Atomic file writes: readers see the old file or the complete new one, never half of it.
+
+Every file medadapt writes (masks, overlays, adapters, checkpoints, logs,
+reports, cached embeddings) goes through :func:`atomic_write`, so a run killed
+mid-write leaves nothing corrupt behind and can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import MedAdaptError
+
+
+def _suffix(path: Path) -> str:
+    """The suffix a writer may dispatch on (``.nii.gz`` counts as one)."""
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
+
+    The temporary file keeps ``path``'s suffix (writers such as PIL and
+    nibabel choose the format from it) and is unique per call, so two
+    processes may write the same target at once; it is removed if ``write``
+    fails. A failure to write raises :class:`MedAdaptError` naming the file.
+    """
+    target = Path(path)
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_suffix(target) or ".tmp")
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise MedAdaptError(f"could not write {target}: {exc}") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, **kwargs: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (``kwargs`` go to :func:`json.dumps`)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, **kwargs))
+
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]

@@ -1,0 +1,22 @@
+"""Inference: the :class:`Segmenter` (``set_image`` once, ``predict`` many times) and what runs on top of it.
+
+* :mod:`.predictor` -- :class:`Segmenter`: promptable, automatic, text and volume prediction;
+* :mod:`.prediction` -- :class:`Prediction`, what ``predict`` returns;
+* :mod:`.optimize` -- inference optimisation (folded BatchNorm, merged LoRA, bf16, channels-last);
+* :mod:`.refine` -- self-prompting: automatic masks refined by boxes drawn from themselves;
+* :mod:`.text` -- zero-shot text: CLIP saliency -> prompts -> the promptable decoder;
+* :mod:`.learned_text` -- learned text prompts: texts -> weights over the learned classes;
+* :mod:`.segment` -- one-shot verbs (``segment_file``, ``segment_from_box``).
+"""
+
+from .learned_text import TextClassMatch, match_text_to_classes
+from .optimize import bf16_is_fast, optimize_for_inference, resolve_precision
+from .prediction import Prediction
+from .predictor import Segmenter
+from .refine import refine_automatic
+from .text import segment_from_text
+
+__all__ = [
+    "Prediction", "Segmenter", "TextClassMatch", "bf16_is_fast", "match_text_to_classes", "optimize_for_inference",
+    "refine_automatic", "resolve_precision", "segment_from_text",
+]

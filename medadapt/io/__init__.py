@@ -1,0 +1,22 @@
+"""Reading and writing medical images (:mod:`.imaging`) and drawing masks over them (:mod:`.overlay`)."""
+
+from .imaging import (
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    SAVE_MASK_EXTENSIONS,
+    WINDOW_PRESETS,
+    apply_window,
+    clip_percentiles,
+    load_image,
+    load_mask,
+    load_volume,
+    save_mask,
+    validate_image,
+    volume_slice,
+)
+from .overlay import overlay, save_overlay
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "SAVE_MASK_EXTENSIONS", "WINDOW_PRESETS", "apply_window", "clip_percentiles",
+    "load_image", "load_mask", "load_volume", "overlay", "save_mask", "save_overlay", "validate_image", "volume_slice",
+]

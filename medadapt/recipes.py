@@ -1,0 +1,70 @@
+"""A recipe is a config file: every section of a fine-tuning run, and :func:`finetune` to run it.
+
+:class:`FinetuneConfig` is the trainer's :class:`~medadapt.training.TrainingConfig`
+plus the sections of the parts that plug into the trainer: ``ssl:`` (the
+semi-supervised loop, :mod:`medadapt.ssl`). This module sits above both, so
+neither the trainer nor the loop needs to know about the other beyond the
+extension interface (:mod:`medadapt.training.extension`).
+
+A run's saved ``config.yaml`` is itself a complete recipe: ``medadapt finetune
+RUN/config.yaml`` runs it again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .core.config import build_dataclass
+from .core.errors import MedAdaptError
+from .ssl import SemiSupervised, SSLConfig
+from .training import ExtensionFactory, Trainer, TrainingConfig, build_config, read_config, train
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    """Everything ``medadapt finetune`` needs (see ``docs/configuration.md``)."""
+
+    ssl: SSLConfig | None = None  # semi-supervised loop on data.unlabeled (medadapt.ssl)
+
+
+def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
+    """Validate a plain dict (parsed YAML) into a :class:`FinetuneConfig`."""
+    raw = dict(raw or {})
+    if raw.get("ssl") is not None:
+        raw["ssl"] = build_dataclass(SSLConfig, raw["ssl"] if isinstance(raw["ssl"], dict) else {}, "ssl")
+    cfg = build_config(FinetuneConfig, raw)
+    if cfg.ssl is not None and not cfg.prompts.automatic:
+        raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
+    if cfg.ssl is not None and not cfg.data.get("unlabeled"):
+        raise MedAdaptError("ssl: needs unlabelled cases; set data.unlabeled (ids, a split name, or 'rest:train')")
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """Read a YAML recipe, apply ``key=value`` overrides (``train.epochs=5``, ``ssl=null``), validate."""
+    return config_from_dict(read_config(path, overrides))
+
+
+def extensions_for(config: FinetuneConfig) -> list[ExtensionFactory]:
+    """The trainer extensions a config's sections ask for."""
+    out: list[ExtensionFactory] = []
+    if config.ssl is not None:
+        ssl = config.ssl
+        out.append(lambda context: SemiSupervised(context, ssl))
+    return out
+
+
+def build_trainer(config: FinetuneConfig, run_dir: str | os.PathLike, log: Callable[[str], None] = print) -> Trainer:
+    """A :class:`~medadapt.training.Trainer` for ``config`` with its extensions, without running it."""
+    return Trainer(config, Path(run_dir), log, extensions_for(config))
+
+
+def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Fine-tune as ``config`` says (semi-supervised when it has an ``ssl:`` section); returns the run folder."""
+    return train(config, extensions=extensions_for(config), resume=resume, log=log)
+
+
+__all__ = ["FinetuneConfig", "build_trainer", "config_from_dict", "extensions_for", "finetune", "load_config"]
