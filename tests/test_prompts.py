@@ -210,9 +210,9 @@ def test_simulate_prompts_mixed_and_split():
     p = simulate_prompts(m, np.random.default_rng(1), mode="mixed")
     hb, hp = p.has_box, p.has_points
     assert hb.any() and hp.any() and np.all(hb ^ hp)  # each object got exactly one kind
-    with pytest.raises(MedAdaptError, match="split_by_kind"):
+    with pytest.raises(MedAdaptError, match="decode_groups"):
         p.to_torch()
-    groups = p.split_by_kind()
+    groups = p.decode_groups()
     assert sorted(np.concatenate([g[0] for g in groups]).tolist()) == list(range(12))
     for idx, g in groups:
         t = g.to_torch()
@@ -417,3 +417,43 @@ def test_prompts_feed_sam_prompt_encoder():
         sparse, dense = enc(**p.to_torch("cpu"))
     assert sparse.shape == (2, 2 + 2, 32) and dense.shape == (2, 32, 16, 16)
     assert torch.isfinite(sparse).all()
+
+
+def test_decode_groups_split_by_box_and_drop_padding_columns():
+    nan = [np.nan] * 4
+    p = Prompts(
+        boxes=[[0, 0, 5, 5], nan, [1, 1, 4, 4], nan],
+        points=[[[1, 1], [0, 0], [0, 0]], [[2, 2], [3, 3], [0, 0]], [[0, 0], [0, 0], [0, 0]], [[4, 4], [0, 0], [0, 0]]],
+        point_labels=[[1, -1, -1], [1, 0, -1], [-1, -1, -1], [0, -1, -1]],
+    )
+    (boxed_idx, boxed), (free_idx, free) = p.decode_groups()
+    assert boxed_idx.tolist() == [0, 2] and free_idx.tolist() == [1, 3]
+    assert boxed.boxes.shape == (2, 4) and boxed.points.shape == (2, 1, 2)  # one real click column among the boxed
+    assert boxed.point_labels.tolist() == [[1], [-1]]
+    assert free.boxes is None and free.point_labels.tolist() == [[1, 0], [0, -1]]
+    assert all(t.is_contiguous() for t in (free.to_torch()["points"][0], boxed.to_torch()["boxes"]))
+    only_boxes = Prompts(boxes=[[0, 0, 5, 5]], points=[[[0, 0]]], point_labels=[[-1]]).decode_groups()
+    assert len(only_boxes) == 1 and only_boxes[0][1].points is None  # no real click: no points tensor at all
+    with pytest.raises(MedAdaptError, match=r"objects \[1\] have no box, no click"):
+        Prompts(boxes=[[0, 0, 5, 5], nan], points=[[[1, 1]], [[0, 0]]], point_labels=[[1], [-1]]).decode_groups()
+
+
+def test_backbone_decodes_a_mixed_batch_in_the_prompts_order():
+    """decode_prompts answers each object as its own group's call does, in the order given."""
+    import torch
+
+    from medadapt.foundation import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone("tiny_sam_vit")
+    s = model.processor.image_size
+    with torch.no_grad():
+        emb = model.encode(torch.randn(1, 3, s, s))
+        p = Prompts(boxes=[[2, 3, 20, 30], [np.nan] * 4, [5, 5, 40, 44]], points=[[[9, 9]], [[30, 12]], [[6, 7]]],
+                    point_labels=[[1], [1], [0]])
+        low, iou = model.decode_prompts(emb, p)
+        assert low.shape[0] == 3 and iou.shape[0] == 3
+        for idx, group in p.decode_groups():
+            sparse, dense = model.encode_prompts(**group.to_torch())
+            want, _ = model.decode(emb, sparse, dense)
+            assert torch.equal(low[torch.as_tensor(idx)], want.float())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..prompts.types import Prompts
 from .class_tokens import ClassPromptTokens
 from .context import ContextAdapter
 from .processor import SamProcessor
@@ -124,6 +125,35 @@ class Backbone(nn.Module):
         if dtype is not None:
             image_embeddings, pe, dense = (t.to(dtype) for t in (image_embeddings, pe, dense))
         return _predict_class_masks(self.mask_decoder, cp, image_embeddings, pe, dense, class_ids, dtype)
+
+    def decode_prompts(
+        self, image_embeddings: torch.Tensor, prompts: Prompts, multimask: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode a :class:`~medadapt.prompts.Prompts` given in the model input frame.
+
+        ``image_embeddings`` is 1 x C x s x s (one image, N prompts) or N x C x
+        s x s (one image per prompt). Objects with a box and objects without one
+        go through the decoder in separate calls (:meth:`Prompts.decode_groups`);
+        their answers come back in the prompts' order. Returns low-resolution
+        logits N x K x m x m and predicted IoU N x K as :meth:`decode` does.
+        """
+        device = image_embeddings.device
+        groups = prompts.decode_groups()
+        if len(groups) == 1:
+            sparse, dense = self.encode_prompts(**groups[0][1].to_torch(device))
+            return self.decode(image_embeddings, sparse, dense, multimask=multimask)
+        n, per_prompt = len(prompts), image_embeddings.shape[0] > 1
+        low = iou = None
+        for idx, group in groups:
+            emb = image_embeddings[torch.as_tensor(idx, device=device)] if per_prompt else image_embeddings
+            sparse, dense = self.encode_prompts(**group.to_torch(device))
+            lo, sc = self.decode(emb, sparse, dense, multimask=multimask)
+            if low is None:
+                low = torch.empty(n, *lo.shape[1:], device=device)
+                iou = torch.empty(n, *sc.shape[1:], device=device)
+            rows = torch.as_tensor(idx, device=device)
+            low[rows], iou[rows] = lo.to(low.dtype), sc.to(iou.dtype)
+        return low, iou
 
     def decode(
         self,

@@ -22,7 +22,7 @@ and two intensity policies:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import MedAdaptError
+from ..prompts.types import Prompts
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -88,6 +89,14 @@ class SamProcessor:
         """Boxes ``[x0, y0, x1, y1]`` in original pixels -> model input frame."""
         b = torch.as_tensor(np.asarray(boxes, dtype=np.float32))
         return self.transform_points(b.reshape(-1, 2, 2), meta).reshape(b.shape)
+
+    def transform_prompts(self, prompts: Prompts, meta: ImageMeta) -> Prompts:
+        """:class:`~medadapt.prompts.Prompts` in original pixels -> the model input frame (mask prompts unchanged)."""
+        return replace(
+            prompts,
+            boxes=None if prompts.boxes is None else self.transform_boxes(prompts.boxes, meta).numpy(),
+            points=None if prompts.points is None else self.transform_points(prompts.points, meta).numpy(),
+        )
 
     # ------------------------------------------------------------------ images
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, ImageMeta]:

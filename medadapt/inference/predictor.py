@@ -23,6 +23,7 @@ from ..foundation.processor import check_boxes, check_points
 from ..io.imaging import display_orientation, load_image, validate_image, volume_slice
 from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
+from ..prompts.types import Prompts
 from .learned_text import match_text_to_classes
 from .optimize import optimize_for_inference
 from .prediction import Prediction, _copy_prediction
@@ -189,12 +190,10 @@ class Segmenter:
         if text is not None:
             return self._predict_text(text, boxes, points, point_labels, mask_input, classes, multimask)
         embedding, meta = self._require_image()
-        proc = self.backbone.processor
-        box_t = pts = None
+        b = p = lab = None
         n = None
         if boxes is not None:
             b = check_boxes(boxes, meta.original_size)
-            box_t = proc.transform_boxes(b, meta)
             n = b.shape[0]
         if points is not None:
             p, lab = check_points(points, point_labels, meta.original_size)
@@ -204,7 +203,6 @@ class Segmenter:
                         f"got {n} boxes but {p.shape[0]} point sets; give one point set per box (N x K x 2)"
                     )
                 p, lab = np.repeat(p, n, axis=0), np.repeat(lab, n, axis=0)
-            pts = (proc.transform_points(p, meta), torch.from_numpy(lab))
             n = p.shape[0]
         elif point_labels is not None:
             raise MedAdaptError("point_labels given without points")
@@ -217,18 +215,24 @@ class Segmenter:
             raise MedAdaptError("mask_input needs a box or points to go with it")
         if classes is not None:
             raise MedAdaptError("classes= selects classes in automatic mode; do not combine it with boxes/points")
-        masks_t = self._mask_prompt(mask_input, n, meta) if mask_input is not None else None
+        masks = self._mask_prompt(mask_input, n, meta)[:, 0].numpy() if mask_input is not None else None
+        return self.predict_prompts(Prompts(boxes=b, points=p, point_labels=lab, masks=masks), multimask=multimask)
 
+    @torch.inference_mode()
+    def predict_prompts(self, prompts: Prompts, multimask: bool = False) -> Prediction:
+        """Decode a :class:`~medadapt.prompts.Prompts` (original-image pixels) on the current image.
+
+        What :meth:`predict` does once it has checked its arguments; prompt
+        sources that already hold a :class:`Prompts` (simulated prompts,
+        text saliency) call it directly. Prompts go through the decoder in
+        batches of :attr:`max_prompts_per_batch`.
+        """
+        embedding, meta = self._require_image()
+        framed = self.backbone.processor.transform_prompts(prompts, meta)
         low, iou = [], []
         step = self.max_prompts_per_batch or (4 if self.device.type == "cpu" else 64)
-        for s in range(0, n, step):
-            sl = slice(s, s + step)
-            sparse, dense = self.backbone.encode_prompts(
-                points=None if pts is None else (pts[0][sl].to(self.device), pts[1][sl].to(self.device)),
-                boxes=None if box_t is None else box_t[sl].to(self.device),
-                masks=None if masks_t is None else masks_t[sl].to(self.device),
-            )
-            lo, sc = self.backbone.decode(embedding, sparse, dense, multimask=multimask)
+        for s in range(0, len(framed), step):
+            lo, sc = self.backbone.decode_prompts(embedding, framed.select(slice(s, s + step)), multimask=multimask)
             low.append(lo.float())
             iou.append(sc.float())
         return self._finish(torch.cat(low), torch.cat(iou), meta, multimask)

@@ -279,7 +279,7 @@ def simulate_prompts(
     In ``"mixed"`` mode, objects that drew "points" get a NaN box row and
     objects that drew "box" get all-padding point rows; if every object drew
     the same kind the other field is None. Decode a truly mixed result group by
-    group with :meth:`Prompts.split_by_kind`, since SAM's prompt encoder cannot
+    group with :meth:`Prompts.decode_groups`, since SAM's prompt encoder cannot
     give boxes to only some objects of a call.
 
     Every mask must have foreground (a prompt for nothing teaches the model

@@ -1,5 +1,9 @@
 """The one container every prompt source fills and every decoder call reads.
 
+``Segmenter.predict`` turns its arguments into a :class:`Prompts`, the trainer
+builds one for its simulated prompts, and both decode it with
+:meth:`medadapt.foundation.Backbone.decode_prompts`.
+
 Simulated prompts (training), corrective clicks (iterative training and
 evaluation), prompts derived from a coarse prediction (semi-supervised loop)
 and, later, learned or text prompts all end up as a :class:`Prompts`: N objects
@@ -22,7 +26,7 @@ Conventions (shared with :mod:`medadapt.prompts.simulate`):
 * a box row of NaN means "this object has no box". Only
   :func:`~medadapt.prompts.simulate.simulate_prompts` with ``mode="mixed"``
   produces such rows, because SAM's prompt encoder takes one box tensor for the
-  whole batch; :meth:`Prompts.split_by_kind` cuts a mixed batch into groups
+  whole batch; :meth:`Prompts.decode_groups` cuts a mixed batch into groups
   that can each be decoded in one call.
 """
 
@@ -32,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..core.errors import MedAdaptError
 
@@ -236,38 +241,35 @@ class Prompts:
             point_labels=np.concatenate([self.point_labels, lab], axis=1),  # validated on construction
         )
 
-    def split_by_kind(self) -> list[tuple[np.ndarray, Prompts]]:
-        """Cut the batch into groups that SAM can decode in one call each.
+    def decode_groups(self) -> list[tuple[np.ndarray, Prompts]]:
+        """Cut the batch into the fewest groups SAM can decode in one call each: with a box, and without.
 
-        SAM's prompt encoder takes one box tensor and one point tensor for the
-        whole batch, so objects with a box and objects without one cannot share
-        a call. Returns ``(indices, prompts)`` pairs for the non-empty groups
-        among box-only, points-only and box+points (in that order); within a
-        group, absent kinds are None. Objects with no box, no click and no mask
-        raise, since the decoder would have nothing to segment.
+        SAM's prompt encoder takes one box tensor for the whole batch; point
+        sets of different lengths share one tensor padded with ``-1`` (which
+        the encoder embeds as "not a point"). Within a group, point columns
+        that are padding for every object are dropped, and a group with no
+        real click gets no points at all. Returns ``(indices, prompts)`` for
+        the non-empty groups, boxed objects first. Objects with no box, no
+        click and no mask prompt raise, since the decoder would have nothing to
+        segment.
         """
-        hb, hp = self.has_box, self.has_points
-        has_mask = np.full(len(self), self.masks is not None)
-        empty = np.flatnonzero(~hb & ~hp & ~has_mask)
+        hb = self.has_box
+        empty = np.flatnonzero(~hb & ~self.has_points & (self.masks is None))
         if empty.size:
             raise MedAdaptError(f"objects {empty.tolist()} have no box, no click and no mask prompt")
         groups = []
-        for want_box, want_pts in ((True, False), (False, True), (True, True), (False, False)):
-            idx = np.flatnonzero((hb == want_box) & (hp == want_pts))
+        for want_box in (True, False):
+            idx = np.flatnonzero(hb == want_box)
             if idx.size == 0:
                 continue
             sub = self.select(idx)
-            groups.append(
-                (
-                    idx,
-                    Prompts(
-                        boxes=sub.boxes if want_box else None,
-                        points=sub.points if want_pts else None,
-                        point_labels=sub.point_labels if want_pts else None,
-                        masks=sub.masks,
-                    ),
-                )
-            )
+            points = labels = None
+            if sub.points is not None:
+                keep = (sub.point_labels != PAD_LABEL).any(axis=0)
+                if keep.any():
+                    points, labels = sub.points[:, keep], sub.point_labels[:, keep]
+            groups.append((idx, Prompts(boxes=sub.boxes if want_box else None, points=points,
+                                        point_labels=labels, masks=sub.masks)))
         return groups
 
     def to_torch(self, device: Any = "cpu") -> dict[str, Any]:
@@ -277,26 +279,25 @@ class Prompts:
         None, "boxes": N x 4 float32 or None, "masks": N x 1 x h x w float32 or
         None}`` so that ``backbone.encode_prompts(**p.to_torch(dev))`` works once
         the coordinates are on the model-input grid (see :meth:`scale`).
-        Batches with NaN "no box" rows must go through :meth:`split_by_kind`
+        Batches with NaN "no box" rows must go through :meth:`decode_groups`
         first: a NaN box would silently poison the decoder's output.
         """
-        import torch
-
         if self.boxes is not None and not self.has_box.all():
             raise MedAdaptError(
                 "these prompts mix objects with and without boxes (NaN box rows); "
-                "decode each group from Prompts.split_by_kind() separately"
+                "decode each group from Prompts.decode_groups() separately"
             )
         points = None
         if self.points is not None:
             points = (
-                torch.as_tensor(self.points, dtype=torch.float32, device=device),
-                torch.as_tensor(self.point_labels, dtype=torch.int64, device=device),
+                torch.as_tensor(self.points, dtype=torch.float32, device=device).contiguous(),
+                torch.as_tensor(self.point_labels, dtype=torch.int64, device=device).contiguous(),
             )
-        boxes = None if self.boxes is None else torch.as_tensor(self.boxes, dtype=torch.float32, device=device)
+        # contiguous: a strided view (e.g. after selecting point columns) takes other kernels, other rounding
+        boxes = None if self.boxes is None else torch.as_tensor(self.boxes, dtype=torch.float32, device=device).contiguous()
         masks = None
         if self.masks is not None:
-            masks = torch.as_tensor(self.masks, dtype=torch.float32, device=device)[:, None]
+            masks = torch.as_tensor(self.masks, dtype=torch.float32, device=device)[:, None].contiguous()
         return {"points": points, "boxes": boxes, "masks": masks}
 
 

@@ -49,6 +49,7 @@ from ..inference.optimize import bf16_is_fast
 from ..inference.predictor import Segmenter
 from ..io.overlay import overlay
 from ..prompts.simulate import box_from_mask, corrective_click, sample_points
+from ..prompts.types import PAD_LABEL, Prompts
 from .augment import random_view
 from .config import TrainingConfig
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
@@ -264,33 +265,19 @@ class Trainer:
         return total / (1 + pc.corrective_clicks)
 
     def _decode_prompts(self, emb, boxes, points, labels, prev) -> torch.Tensor:
-        """Decode prompts whose point counts differ: pad with SAM's 'not a point' (label -1)."""
+        """Decode one simulated prompt per row (box or None, clicks, previous logits) as one :class:`Prompts`."""
         n = len(boxes)
         kmax = max(len(p) for p in points)
-        pts_t = lab_t = None
-        if kmax > 0:
+        pts = lab = None
+        if kmax > 0:  # click sets of different lengths, padded with SAM's 'not a point' (label -1)
             pts = np.zeros((n, kmax, 2), np.float32)
-            lab = -np.ones((n, kmax), np.int64)
+            lab = np.full((n, kmax), PAD_LABEL, np.int64)
             for j, (p, l) in enumerate(zip(points, labels)):
                 pts[j, : len(p)], lab[j, : len(l)] = p, l
-            pts_t, lab_t = torch.from_numpy(pts).to(self.device), torch.from_numpy(lab).to(self.device)
-        have_box = [b is not None for b in boxes]
-        if any(have_box) and not all(have_box):  # mixed batch: decode the two groups separately
-            m = self.model.processor.mask_size
-            out = torch.empty(n, m, m, device=self.device)
-            for group in (True, False):
-                idx = [j for j in range(n) if have_box[j] == group]
-                sub = self._decode_prompts(
-                    emb[idx], [boxes[j] for j in idx], [points[j] for j in idx], [labels[j] for j in idx],
-                    None if prev is None else prev[idx],
-                )
-                out[idx] = sub.to(out.dtype)
-            return out
-        box_t = torch.tensor(np.stack(boxes), dtype=torch.float32, device=self.device) if all(have_box) else None
-        sparse, dense = self.model.encode_prompts(
-            points=None if pts_t is None else (pts_t, lab_t), boxes=box_t, masks=prev
-        )
-        low, _ = self.model.decode(emb, sparse, dense)
+        box = np.stack([np.full(4, np.nan, np.float32) if b is None else b for b in boxes]).astype(np.float32)
+        prompts = Prompts(boxes=None if np.isnan(box).all() else box, points=pts, point_labels=lab,
+                          masks=None if prev is None else prev[:, 0].float().cpu().numpy())
+        low, _ = self.model.decode_prompts(emb, prompts)
         return low[:, 0]
 
     # ------------------------------------------------------------------ epochs
