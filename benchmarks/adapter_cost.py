@@ -9,7 +9,8 @@ Modes (batch 4, 256 px, one box per image, BCE + Dice loss, AdamW):
 
 Each mode runs in its own process so that peak memory (max RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU) is its own. Step time is the
-median of ``--steps`` steps after one warm-up step.
+median of ``--steps`` steps after one warm-up step. Written to
+``benchmarks/results/speed/adapter_cost_<device>/``.
 
     .venv/bin/python benchmarks/adapter_cost.py [--device cuda]
 """
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['checkpoint_bytes'] / 2**20:.2f} MiB | {r['lora_bytes'] / 2**10:.0f} KiB | "
             f"{r['step_s']:.2f} s | {r['peak_mib']:.0f} MiB |\n"
         )
-    path = write_result(f"adapter_cost_{args.device.split(':')[0]}", {"rows": rows, "batch": args.batch}, md)
+    path = write_result("speed", f"adapter_cost_{args.device.split(':')[0]}", {"rows": rows, "batch": args.batch}, md)
     print(md)
     print(f"written to {path}")
 

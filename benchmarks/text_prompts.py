@@ -1,7 +1,7 @@
 """Learned text prompts on a fine-tuned run: texts (seen and unseen phrasings) against automatic mode.
 
     .venv/bin/python benchmarks/text_prompts.py runs/acdc_3labeled [--alias "left ventricle=LV" ...]
-        [--text "LV cavity=left ventricle" ...] [--result NAME]
+        [--text "LV cavity=left ventricle" ...] [--result DATASET/EXPERIMENT]
 
 Fits the run's text head with :func:`medadapt.training.train_text_prompts`
 (the function ``medadapt finetune`` calls when the config has ``prompts.text``;
@@ -9,7 +9,8 @@ the fit reads only the class names, aliases and templates, never images, so
 fitting it after training gives the head training would have given), saves the
 adapter with it to ``RUN/adapter_text/``, then runs ``medadapt evaluate`` on
 the run's validation split in automatic mode plus one mode per text. Writes
-``benchmarks/results/NAME.md/.json``: mean 3-D Dice per case of each text
+``benchmarks/results/DATASET/text_prompts/`` (DATASET: the first part of the
+run's name, ``acdc_3labeled`` -> ``acdc``): mean 3-D Dice per case of each text
 next to automatic mode for the class it names.
 
 The defaults are the ACDC protocol of issue #7: training names = the dataset's
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_result, write_result  # noqa: E402
 
 ALIASES = ["right ventricle=RV", "myocardium=MYO", "left ventricle=LV"]
 TEXTS = ["left ventricle=left ventricle", "LV cavity=left ventricle", "left ventricular blood pool=left ventricle",
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--alias", action="append", default=None, help="CLASS=ALIAS added to the training names")
     ap.add_argument("--text", action="append", default=None, help="TEXT=CLASS scored against CLASS")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--result", default=None)
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: DATASET/text_prompts)")
     args = ap.parse_args(argv)
 
     from medadapt.adapters import LearnedTextConfig, load_adapted, read_adapter_info, save_adapter
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         "| text | in training | class | automatic Dice | text Dice | difference (points) |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n"
     )
-    name = args.result or f"text_prompts_{run.name}"
-    path = write_result(name, {"run": str(run), "aliases": aliases, "fit": fit, "texts": data,
+    dataset, experiment = parse_result(args.result) if args.result else (run.name.partition("_")[0], "text_prompts")
+    path = write_result(dataset, experiment, {"run": str(run), "aliases": aliases, "fit": fit, "texts": data,
                                "summary": summary, "fit_s": t_fit, "eval_s": t_eval}, md)
     print(md)
     print(f"written to {path}")

@@ -1,11 +1,14 @@
 """From-scratch baseline: a MONAI 2-D UNet trained on the same labelled slices.
 
-    .venv/bin/python benchmarks/unet_baseline.py configs/acdc_3labeled.yaml [key=value ...] [--iterations 3000]
+    .venv/bin/python benchmarks/unet_baseline.py configs/acdc/3labeled.yaml [key=value ...] [--iterations 3000]
+        [--result DATASET/EXPERIMENT]
 
 Same data config, same labelled cases, same validation cases and the same
 metric (mean 3-D Dice per case via medadapt.evaluation) as the fine-tuned
 model; the UNet sees 256 x 256 resized slices with flips/rotations, Dice+CE
 loss, Adam. The last iteration is evaluated (no selection on validation).
+Written to ``benchmarks/results/DATASET/unet_baseline/`` (DATASET: the first
+part of the config's name, ``acdc_3labeled`` -> ``acdc``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_result, write_result  # noqa: E402
 
 SIZE = 256
 
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: DATASET/unet_baseline)")
     args = ap.parse_args(argv)
 
     from monai.losses import DiceCELoss
@@ -105,8 +109,10 @@ def main(argv: list[str] | None = None) -> None:
         "| class | Dice |\n|---|---|\n" + "".join(f"| {n} | {v:.4f} |\n" for n, v in per_class.items())
         + f"| **mean** | **{mean:.4f}** |\n\nTraining {t_train / 60:.1f} min.\n"
     )
-    path = write_result(f"unet_baseline_{cfg.name}", {"per_class": per_class, "mean": mean, "train_s": t_train,
-                                                      "iterations": args.iterations}, md)
+    dataset, experiment = (parse_result(args.result) if args.result
+                           else ((cfg.name or Path(args.config).stem).partition("_")[0], "unet_baseline"))
+    path = write_result(dataset, experiment, {"per_class": per_class, "mean": mean, "train_s": t_train,
+                                              "iterations": args.iterations}, md)
     print(md)
     print(f"written to {path}")
 
