@@ -5,7 +5,7 @@
 For each finished run folder: ``medadapt evaluate`` on the run's own val split
 with the modes ``automatic`` and ``self-prompted`` (each class's automatic mask
 -> a box around its largest component -> the adapted decoder's answer, kept
-where it agrees with the mask; :func:`medadapt.prompts.refine_automatic`).
+where it agrees with the mask; :func:`medadapt.inference.refine_automatic`).
 Both are automatic results: no ground truth makes a prompt. Mean 3-D Dice per
 case (per image for 2-D data) and HD95 in pixels, per class. Evaluation
 reports land in ``RUN/eval_val_self_prompt/``. The runs' best epochs were

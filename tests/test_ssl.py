@@ -464,7 +464,7 @@ def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):
     and 8 validation images of a shifted domain; same labels, schedule and
     seed in both arms. Measured with 1 thread on seeds 0-2: supervised-only
     0.82 against semi-supervised 0.95-0.97 (mean of the last 3 epochs;
-    ``benchmarks/results/ssl_synthetic_1thread.md``), so a 5-point margin
+    ``benchmarks/results/synthetic/ssl_domain_shift/summary.md``), so a 5-point margin
     leaves room for run-to-run variation between thread counts.
     """
     import csv

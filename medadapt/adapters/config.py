@@ -45,7 +45,7 @@ class SpatialAdapterConfig:
 
 @dataclass
 class ContextAdapterConfig:
-    """A residual dilated-convolution adapter on the image embedding (see :mod:`medadapt.adapters.context`).
+    """A residual dilated-convolution adapter on the image embedding (see :mod:`medadapt.foundation.context`).
 
     It trains on cached embeddings, so it adds spatial capacity without
     running the encoder per step (CPU-friendly).

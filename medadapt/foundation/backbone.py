@@ -113,7 +113,7 @@ class Backbone(nn.Module):
 
         The K classes' learned prompt tokens and mask tokens go through the
         decoder together, so classes compete for pixels inside the decoder
-        (see :mod:`medadapt.prompts.learned`).
+        (see :mod:`medadapt.foundation.class_tokens`).
         """
         cp = self.class_prompts
         if cp is None:

@@ -180,9 +180,9 @@ class Segmenter:
             refine: automatic mode only: re-prompt each class with a box around
                 its largest component and keep the decoder's answer where it
                 agrees with the automatic mask (self-prompting, no ground truth;
-                see :func:`medadapt.prompts.refine_automatic`). One more decoder
+                see :func:`medadapt.inference.refine_automatic`). One more decoder
                 pass; on ACDC and HC18 validation it added 4-7 Dice points to
-                decoder-only models (benchmarks/results/self_prompt.md).
+                decoder-only models (benchmarks/results/acdc/self_prompting/summary.md).
         """
         if refine and any(v is not None for v in (boxes, points, point_labels, mask_input, text)):
             raise MedAdaptError("refine=True refines automatic mode; do not combine it with boxes, points, "

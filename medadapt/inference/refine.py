@@ -8,7 +8,7 @@ largest connected component, the decoder answers that box, and the answer
 replaces the class's automatic logits where the two agree. No ground truth
 enters: this is still automatic segmentation, one extra decoder pass per class.
 
-Measured (``benchmarks/self_prompt.py``, ``benchmarks/results/self_prompt.md``):
+Measured (``benchmarks/self_prompt.py``, ``benchmarks/results/acdc/self_prompting/summary.md``):
 on ACDC validation, mean 3-D Dice of a 3-patient decoder-only model 0.675 ->
 0.744 and of a semi-supervised one 0.738 -> 0.789; on HC18 validation a
 10-label model 0.702 -> 0.775. It helps least where the decoder's box answers

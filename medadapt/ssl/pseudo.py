@@ -97,7 +97,7 @@ def refine_with_prompts(
     :mod:`medadapt.data.synthetic` the refined Dice fell to 0 that way). On
     HC18 validation, boxes around a 10-label model's automatic masks (0.702)
     give 0.758; around the largest component 0.778; with a 5% margin 0.805
-    (``benchmarks/results/refine_boxes_hc18_10labeled.md``).
+    (``benchmarks/results/hc18/box_refinement_10labeled/summary.md``).
     ``iterations`` > 1 draws the box again around each class's answer (its
     largest component, loosened by ``margin``) and asks again: a box around a
     partial mask gives an answer larger than the mask, whose box is closer to
