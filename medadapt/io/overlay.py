@@ -3,11 +3,12 @@ segmentation (or a prompt) is where it should be. Pure numpy + PIL."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
@@ -81,7 +82,7 @@ def overlay(
     rgb = np.repeat(scaled[..., None], 3, axis=-1) if scaled.ndim == 2 else scaled
     h, w = rgb.shape[:2]
     for i, m in enumerate(_mask_stack(masks, h, w)):
-        color = np.array(COLORS[i % len(COLORS)], dtype=np.float64)
+        color = np.array(mask_color(i), dtype=np.float64)
         rgb[m] = (1 - alpha) * rgb[m] + alpha * color
         rgb[_outline(m)] = color
     picture = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
@@ -90,7 +91,7 @@ def overlay(
         width = max(1, round(min(h, w) / 200))
         for i, (x0, y0, x1, y1) in enumerate(_coords(boxes, "boxes", 4, "[x0, y0, x1, y1] or an Nx4 array")):
             shape = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
-            draw.rectangle(shape, outline=COLORS[i % len(COLORS)], width=width)
+            draw.rectangle(shape, outline=mask_color(i), width=width)
     if points is not None:
         pts = _coords(points, "points", 2, "[x, y] or an Nx2 array")
         labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).reshape(-1)
@@ -100,6 +101,50 @@ def overlay(
         for (x, y), label in zip(pts, labels):
             fill = POSITIVE if label > 0 else NEGATIVE
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255))
+    return np.array(picture)
+
+
+def mask_color(i: int) -> tuple[int, int, int]:
+    """The colour :func:`overlay` gives mask ``i`` (0-based, in the order the masks are passed)."""
+    return COLORS[i % len(COLORS)]
+
+
+#: Legend background and text colours: neither is a mask colour, so a swatch is never confused with them.
+LEGEND_BACKGROUND, LEGEND_TEXT = (0, 0, 0), (255, 255, 255)
+
+
+def legend(names: Sequence[str], width: int, *, row_height: int = 24) -> np.ndarray:
+    """An RGB uint8 strip ``H x width x 3`` naming the mask colours of :func:`overlay`.
+
+    Entry ``i`` is a square swatch filled with :func:`mask_color` ``(i)`` followed by
+    ``names[i]`` in white on black, so pass the class names in the order their
+    masks were passed to ``overlay``. Entries run left to right and wrap onto new
+    rows of ``row_height`` pixels when ``width`` is used up.
+    """
+    if width < row_height:
+        raise MedAdaptError(f"legend width must be at least row_height ({row_height} px), got {width}")
+    if row_height < 8:
+        raise MedAdaptError(f"legend row_height must be at least 8 px, got {row_height}")
+    pad, swatch = 4, row_height - 8
+    try:
+        font = ImageFont.load_default(size=max(8, round(row_height * 0.55)))
+    except TypeError:  # Pillow < 10.1: the fixed-size bitmap font
+        font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries, x, y = [], pad, 0
+    for i, name in enumerate(names):
+        text = str(name)
+        size = swatch + pad + int(np.ceil(probe.textlength(text, font=font))) + 3 * pad
+        if x > pad and x + size > width:  # wrap (an entry wider than the strip gets a row of its own)
+            x, y = pad, y + row_height
+        entries.append((x, y, mask_color(i), text))
+        x += size
+    picture = Image.new("RGB", (width, y + row_height if entries else row_height), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    for x, y, color, text in entries:
+        top = y + (row_height - swatch) // 2
+        draw.rectangle([x, top, x + swatch - 1, top + swatch - 1], fill=color)
+        draw.text((x + swatch + pad, y + row_height // 2), text, fill=LEGEND_TEXT, font=font, anchor="lm")
     return np.array(picture)
 
 
@@ -113,4 +158,4 @@ def save_overlay(path: PathLike, image: np.ndarray, masks: np.ndarray | None = N
     return p
 
 
-__all__ = ["COLORS", "overlay", "save_overlay"]
+__all__ = ["COLORS", "legend", "mask_color", "overlay", "save_overlay"]

@@ -549,22 +549,29 @@ def _tensorboard(run: Path):
 
 
 def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
-    """A PNG grid of validation slices with the best model's automatic masks."""
+    """A PNG grid of validation slices with the best model's automatic masks, and a legend
+    strip below it naming each class in the colour :func:`~medadapt.io.overlay.overlay` gives it."""
+    from ..io.overlay import legend
+
     model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter")
     seg = Segmenter(model, device=tr.device)
     with_fg = [s for s in tr.val_slices if s.label is not None and s.label.any()]
     step = max(1, len(with_fg) // n)
-    tiles = []
+    tiles, names = [], list(tr.class_names)
     for s in with_fg[::step][:n]:
         seg.set_image(s.image)
         pred = seg.predict()
+        names = list(pred.labels) or names  # mask i of the prediction is class names[i], drawn in colour i
         tiles.append(Image.fromarray(overlay(s.image, pred.masks)).resize((256, 256)))
     if not tiles:
         return
     cols = 4
-    grid = Image.new("RGB", (256 * cols, 256 * math.ceil(len(tiles) / cols)))
+    rows = math.ceil(len(tiles) / cols)
+    key = Image.fromarray(legend(names, 256 * cols))
+    grid = Image.new("RGB", (256 * cols, 256 * rows + key.height))
     for i, t in enumerate(tiles):
         grid.paste(t, ((i % cols) * 256, (i // cols) * 256))
+    grid.paste(key, (0, 256 * rows))
     grid.save(run / "val_overlays.png")
 
 
