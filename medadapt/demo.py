@@ -59,7 +59,7 @@ def demo_cases(root: Path | None = None) -> list[DemoCase]:
 
 
 def demo_finetune_config(out_dir: Path, epochs: int = 20) -> dict:
-    """The fine-tuning part of the demo as a config dict (the same schema as configs/*.yaml)."""
+    """The fine-tuning part of the demo as a config dict (the same schema as configs/<dataset>/*.yaml)."""
     root = demo_root() / "hc18"
     return {
         "backbone": "litemedsam",

@@ -80,7 +80,7 @@ def ids(cases) -> list[str]:
 
 
 # --------------------------------------------------------------------------- config
-def test_from_dict_rejects_unknown_and_bad_values(tmp_path: Path) -> None:
+def test_from_dict_rejects_unknown_and_bad_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MedAdaptError, match=r"unknown key.*'classses'.*allowed keys.*'classes'"):
         DataConfig.from_dict({"root": str(tmp_path), "classses": [1]})
     with pytest.raises(MedAdaptError, match="needs classes"):
@@ -97,6 +97,8 @@ def test_from_dict_rejects_unknown_and_bad_values(tmp_path: Path) -> None:
         DataConfig.from_dict({"root": str(tmp_path), "classes": [1], "on_error": "ignore"})
     c = DataConfig.from_dict({"root": str(tmp_path), "classes": "foreground", "window": [40, 80]})
     assert c.classes == ["foreground"] and c.window_arg == (40.0, 80.0)
+    monkeypatch.setenv("MEDADAPT_TEST_DATA", str(tmp_path))
+    assert DataConfig.from_dict({"root": "${MEDADAPT_TEST_DATA}/acdc", "classes": [1]}).root == f"{tmp_path}/acdc"
 
 
 # --------------------------------------------------------------------------- nnU-Net discovery and splits
@@ -283,3 +285,126 @@ def test_corrupt_image_stop_or_skip(tmp_path: Path, nnunet: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the good cases load without any warning
         SliceDataset([x for x in cases if x.case_id != "pat2_frame01"], skip)
+
+
+# --------------------------------------------------------------------------- selection by range / pattern / every
+def build_exams(root: Path, exams: list[str], *, twins: tuple[str, ...] = ()) -> Path:
+    """A folder dataset of exams ``NNN_HC.png`` (``NNN_2HC.png`` too for ``twins``), 0/255 masks, RGB images."""
+    rng = np.random.default_rng(2)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for exam in exams:
+        for stem in [f"{exam}_HC", *([f"{exam}_2HC"] if exam in twins else [])]:
+            mask = np.zeros((16, 16), np.uint8)
+            mask[4:12, 4:12] = 255
+            image = np.stack([mask // 2 + rng.integers(0, 40, mask.shape, dtype=np.uint8)] * 3, axis=-1)
+            Image.fromarray(image).save(root / "images" / f"{stem}.png")
+            Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    return root
+
+
+def exam_split(root: Path, **kw) -> dict[str, list[str]]:
+    c = DataConfig.from_dict({"root": str(root), "classes": [1], "case_pattern": r"^(\d+)_", **kw})
+    return {k: ids(v) for k, v in split_cases(c, discover_cases(c)).items()}
+
+
+def test_selection_by_range_pattern_exclude_and_every(tmp_path: Path) -> None:
+    root = build_exams(tmp_path, [f"{i:03d}" for i in range(12)], twins=("001", "010"))
+    s = exam_split(root, labeled={"range": ["000", "002"]}, unlabeled={"range": ["003", "009"]},
+                   val={"range": ["10", "11"]})  # numbers compare as numbers: '10' is exam '010'
+    assert s["labeled"] == ["000_HC", "001_2HC", "001_HC", "002_HC"]  # a patient's every image
+    assert s["unlabeled"] == [f"{i:03d}_HC" for i in range(3, 10)]
+    assert s["val"] == ["010_2HC", "010_HC", "011_HC"]
+    s = exam_split(root, labeled=["000"], unlabeled={"split": "all", "exclude": ["000", "011"], "every": 3})
+    assert s["unlabeled"] == ["001_2HC", "001_HC", "004_HC", "007_HC", "010_2HC", "010_HC"]  # every 3rd patient
+    s = exam_split(root, labeled={"pattern": r"00[02]_HC"}, val={"pattern": r"01\d"})  # whole case or patient id
+    assert s["labeled"] == ["000_HC", "002_HC"] and s["val"] == ["010_2HC", "010_HC", "011_HC"]
+    s = exam_split(root, labeled={"split": ["000", "001", "002", "003"], "every": 2}, unlabeled="rest:all",
+                   limit_unlabeled=2)
+    assert s["labeled"] == ["000_HC", "002_HC"] and s["unlabeled"] == ["001_2HC", "001_HC"]
+    s = exam_split(root, labeled=["000"], unlabeled={"split": "rest:all", "range": ["001", "003"]})
+    assert s["unlabeled"] == ["001_2HC", "001_HC", "002_HC", "003_HC"]
+
+
+def test_selection_every_k_counts_patients_in_numeric_order(tmp_path: Path) -> None:
+    root = build_exams(tmp_path, ["p1", "p2", "p9", "p10", "p11"])  # no case_pattern: the case id is the patient
+
+    def patients(spec) -> set[str]:
+        c = DataConfig.from_dict({"root": str(root), "classes": [1], "labeled": spec})
+        return {x.patient_id for x in split_cases(c, discover_cases(c))["labeled"]}
+
+    # p1 < p2 < p9 < p10 < p11, not the text order p1, p10, p11, p2, p9
+    assert patients({"every": 2}) == {"p1_HC", "p9_HC", "p11_HC"}
+    assert patients({"range": ["p2", "p10"]}) == {"p2_HC", "p9_HC", "p10_HC"}  # 'p10_HC' is within 'p10'
+
+
+def test_selection_on_dataset_json_splits(nnunet: Path) -> None:
+    c = cfg(nnunet, labeled={"split": "train", "exclude": "labeled_1"}, unlabeled={"split": "train", "every": 2},
+            val={"split": "val", "pattern": r".*_frame01"})
+    splits = split_cases(c, discover_cases(c))
+    assert ids(splits["labeled"]) == ["pat2_frame01", "pat2_frame02"]
+    assert ids(splits["unlabeled"]) == ["pat1_frame01", "pat1_frame02"]
+    assert ids(splits["val"]) == ["pat3_frame01"]
+
+
+def test_selection_errors_are_one_line_and_name_the_key(tmp_path: Path, nnunet: Path) -> None:
+    def bad(match: str, **kw) -> None:
+        with pytest.raises(MedAdaptError, match=match) as err:
+            c = DataConfig.from_dict({"root": str(nnunet), "classes": ["lv"], **kw})
+            split_cases(c, discover_cases(c))
+        assert "\n" not in str(err.value)
+
+    bad(r"unknown key\(s\) \['evry', 'ranges'\] in data.unlabeled.*'every'", unlabeled={"ranges": ["a", "b"], "evry": 2})
+    bad(r"data.labeled is an empty selection", labeled={})
+    bad(r"data.labeled.range must be \[first, last\]", labeled={"range": ["pat1"]})
+    bad(r"data.labeled.range.*quote them", labeled={"range": [1, 2]})
+    bad(r"data.labeled.range: first id 'pat3' sorts after last id 'pat1'", labeled={"range": ["pat3", "pat1"]})
+    bad(r"data.val.pattern '\(' is not a valid regex", val={"pattern": "("})
+    bad(r"data.labeled.every must be an integer >= 1", labeled={"every": 0})
+    bad(r"data.labeled.every must be an integer >= 1", labeled={"every": True})
+    bad(r"data.labeled.exclude must be split names or ids", labeled={"exclude": []})
+    bad(r"data.val.*'rest:<split>' is only for data.unlabeled", val={"split": "rest:train"})
+    bad(r"data.labeled.split must be a split name or a list of ids", labeled={"split": {"range": ["a", "b"]}})
+    bad(r"data.labeled: the selection .* keeps no case \(split 'all': 6 cases; range: 0\)",
+        labeled={"range": ["zz1", "zz2"]})
+    bad(r"data.labeled.exclude: no case matches \['pat7'\]", labeled={"exclude": ["pat7"]})
+    bad(r"unknown split 'trian'", labeled={"split": "trian"})
+    bad(r"patients \['pat1'\] are in both data.labeled and data.val", labeled={"range": ["pat1", "pat2"]},
+        val={"pattern": "pat1_.*"})
+
+
+def test_selection_round_trips_through_to_dict(tmp_path: Path) -> None:
+    spec = {"every": 4, "exclude": "labeled_7", "split": "train"}
+    c = DataConfig.from_dict({"root": str(tmp_path), "classes": [1], "unlabeled": spec})
+    assert c.unlabeled == {"split": "train", "exclude": ["labeled_7"], "every": 4}  # checked, in the order applied
+    assert DataConfig.from_dict(c.to_dict()) == c
+
+
+# --------------------------------------------------------------------------- classes named in the folder layout
+def test_folder_classes_by_name_list_or_mapping(tmp_path: Path) -> None:
+    """A new user's RGB images with 0/255 masks: `classes: [polyp]` or `{polyp: 1}` without a dataset.json."""
+    root = build_exams(tmp_path, ["000", "001"])
+    base = {"root": str(root), "layout": "folder", "labeled": ["000_HC"]}
+    for classes in (["polyp"], {"polyp": 1}, {1: "polyp"}, {"polyp": 255}):
+        c = DataConfig.from_dict({**base, "classes": classes})
+        assert [n for n, _ in resolve_classes(c)] == ["polyp"]
+        ds = SliceDataset(split_cases(c, discover_cases(c))["labeled"], c)
+        assert ds.class_names == ["polyp"] and ds[0].image.shape == (16, 16, 3)
+        assert ds[0].label.sum() == 64 and set(np.unique(ds[0].label)) == {0, 1}  # 255 -> target 1
+    assert resolve_classes(DataConfig(root=str(root), classes=["polyp", "adenoma"])) == [("polyp", 1), ("adenoma", 2)]
+    assert resolve_classes(DataConfig(root=str(root), classes={"polyp": 2, "adenoma": 1})) == [
+        ("polyp", 2), ("adenoma", 1)]
+    with pytest.raises(MedAdaptError, match="mapping must give each class name a label value"):
+        DataConfig(root=str(root), classes={"polyp": "big"})
+    with pytest.raises(MedAdaptError, match="background"):
+        resolve_classes(DataConfig(root=str(root), classes={"polyp": 0}))
+    with pytest.raises(MedAdaptError, match="value 1 twice"):
+        resolve_classes(DataConfig(root=str(root), classes=["polyp", 1]))
+
+
+def test_class_mapping_with_dataset_json(nnunet: Path) -> None:
+    assert resolve_classes(cfg(nnunet, classes={"LV cavity": 3, "RV": 1})) == [("LV cavity", 3), ("RV", 1)]
+    with pytest.raises(MedAdaptError, match="value 7 is not in dataset.json"):
+        resolve_classes(cfg(nnunet, classes={"aorta": 7}))
+    with pytest.raises(MedAdaptError, match=r"unknown class 'aorta'.*\{aorta: VALUE\}"):
+        resolve_classes(cfg(nnunet, classes=["aorta"]))  # with dataset.json labels a name must be one of them

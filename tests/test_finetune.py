@@ -189,3 +189,46 @@ def test_config_errors_name_the_key(tmp_path):
 def _write(path, data):
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_saved_config_is_a_complete_recipe(discs, tmp_path):
+    """run/config.yaml after a tiny run loads back into the same FinetuneConfig: it is the recipe, complete."""
+    raw = config(discs, tmp_path, epochs=1)
+    raw["data"].update(classes={"disc": 1}, labeled={"range": ["000", "005"]},
+                       unlabeled={"range": ["006", "007"], "every": 1}, val={"pattern": r"0(08|09|10|11)"})
+    raw["adapter"]["context"] = {"hidden": 8, "dilations": [1, 2]}
+    raw["prompts"]["prompted"] = []
+    raw["ssl"] = {"unlabeled_batch_size": 2, "start_epoch": 0, "rampup_epochs": 0, "refine_iterations": 2}
+    cfg = config_from_dict(raw)
+    run = finetune(cfg, log=lambda m: None)
+    again = load_config(run / "config.yaml")
+    assert again == cfg
+    assert again.data["labeled"] == {"range": ["000", "005"]} and again.ssl.mix_area == cfg.ssl.mix_area
+
+
+def test_shipped_recipes_load_and_twins_differ_only_by_the_loop():
+    """Every configs/<dataset>/<recipe>.yaml is a valid recipe; a *_supervised.yaml twin is its *_ssl.yaml
+    without the ssl section (and so without unlabelled data), so the two runs differ only by the loop."""
+    from pathlib import Path
+
+    from medadapt.adapters import AdapterConfig
+    from medadapt.data import DataConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(root.glob("*/*.yaml"))
+    assert recipes and not list(root.glob("*.yaml")), "recipes live in configs/<dataset>/<recipe>.yaml"
+    for path in recipes:
+        cfg = load_config(path)
+        DataConfig.from_dict(cfg.data)
+        AdapterConfig.from_dict(cfg.adapter)
+        assert cfg.name and cfg.name.startswith(path.parent.name + "_"), path
+    twins = sorted(root.glob("*/*_supervised.yaml"))
+    assert twins
+    for path in twins:
+        sup = load_config(path).to_dict()
+        ssl = load_config(path.with_name(path.name.replace("_supervised", "_ssl"))).to_dict()
+        assert sup["ssl"] is None and ssl["ssl"] is not None
+        ssl["data"].pop("unlabeled")
+        for d in (sup, ssl):
+            d.pop("ssl"), d.pop("name")
+        assert sup == ssl, path

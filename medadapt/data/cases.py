@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..core.errors import MedAdaptError
 from ..io.imaging import IMAGE_EXTENSIONS, MASK_EXTENSIONS
-from .config import SPLITS, DataConfig, read_dataset_json
+from .config import SPLITS, DataConfig, natural_key, read_dataset_json
 
 #: Extra nnU-Net image/label folder pairs read (when present) if ``images`` is not set.
 NNUNET_FOLDERS = (("imagesTr", "labelsTr"), ("imagesVal", "labelsVal"), ("imagesTs", "labelsTs"))
@@ -175,9 +175,18 @@ def _label_for(stem: str, labels: dict[str, Path], layout: str) -> Path | None:
     return None
 
 
+def _listed_ids(spec: object) -> list[str]:
+    """The ids a split spec lists: a list's entries, a selection's ``split`` list and ``exclude`` entries."""
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict):
+        return [*_listed_ids(spec.get("split")), *spec.get("exclude", [])]
+    return []
+
+
 def _known_patients(config: DataConfig) -> set[str]:
     """Ids named by the config's split lists and dataset.json's splits: these define patients."""
-    known = {e for key in SPLITS for e in (getattr(config, key) if isinstance(getattr(config, key), list) else [])}
+    known = {e for key in SPLITS for e in _listed_ids(getattr(config, key))}
     splits = (read_dataset_json(config) or {}).get("splits") or {}
     if isinstance(splits, dict):
         known |= {e for v in splits.values() if isinstance(v, list) for e in v if isinstance(e, str)}
@@ -266,34 +275,92 @@ def _named(key: str, name: str, cases: list[Case], config: DataConfig) -> list[C
     raise MedAdaptError(f"data.{key}: unknown split {name!r}; choose a list of ids or one of {options}")
 
 
+def _in_range(patient: str, first: str, last: str) -> bool:
+    """``first <= patient <= last`` with digit runs compared as numbers; ``last_...`` counts as ``last``."""
+    key = natural_key(patient)
+    return natural_key(first) <= key and (key <= natural_key(last) or patient.startswith(last + "_"))
+
+
+def _excluded(key: str, entries: list[str], cases: list[Case], config: DataConfig) -> set[str]:
+    """Patients of ``exclude``'s entries: each a dataset.json split or image folder name, else an id."""
+    splits = (read_dataset_json(config) or {}).get("splits") or {}
+    subsets = {c.subset for c in cases}
+    out: set[str] = set()
+    for entry in entries:
+        if (isinstance(splits, dict) and entry in splits) or entry in subsets:
+            out |= {c.patient_id for c in _named(f"{key}.exclude", entry, cases, config)}
+        else:
+            out |= {c.patient_id for c in _select(f"{key}.exclude", [entry], cases)}
+    return out
+
+
+def _selected(key: str, spec: dict, cases: list[Case], config: DataConfig, taken: set[str]) -> list[Case]:
+    """A selection mapping's cases: ``split``, then ``range``, ``pattern``, ``exclude``, ``every`` in turn."""
+    picked = _spec_cases(key, spec.get("split", "all"), cases, config, taken)
+    steps = [f"split {spec.get('split', 'all')!r}: {len(picked)} cases"]
+    if "range" in spec:
+        first, last = spec["range"]
+        picked = [c for c in picked if _in_range(c.patient_id, first, last)]
+        steps.append(f"range: {len(picked)}")
+    if "pattern" in spec:
+        rx = re.compile(spec["pattern"])
+        picked = [c for c in picked if rx.fullmatch(c.case_id) or rx.fullmatch(c.patient_id)]
+        steps.append(f"pattern: {len(picked)}")
+    if "exclude" in spec:
+        drop = _excluded(key, spec["exclude"], cases, config)
+        picked = [c for c in picked if c.patient_id not in drop]
+        steps.append(f"exclude: {len(picked)}")
+    if "every" in spec:
+        patients = sorted({c.patient_id for c in picked}, key=natural_key)
+        keep = set(patients[:: spec["every"]])
+        picked = [c for c in picked if c.patient_id in keep]
+    if not picked:
+        examples = ", ".join(repr(c.patient_id) for c in cases[:3])
+        raise MedAdaptError(
+            f"data.{key}: the selection {spec} keeps no case ({'; '.join(steps)}); patient ids look like {examples}"
+        )
+    return picked
+
+
+def _spec_cases(key: str, spec: object, cases: list[Case], config: DataConfig, taken: set[str]) -> list[Case]:
+    """The cases a split spec names (``taken``: patients of labeled/val/test, for ``rest:``)."""
+    if spec is None:
+        return []
+    if isinstance(spec, dict):
+        return _selected(key, spec, cases, config, taken)
+    if isinstance(spec, list):
+        return _select(key, spec, cases)
+    if spec.startswith("rest:"):
+        return [c for c in _named(key, spec[5:], cases, config) if c.patient_id not in taken]
+    return _named(key, spec, cases, config)
+
+
 def split_cases(config: DataConfig, cases: list[Case]) -> dict[str, list[Case]]:
     """Cases of each split (``labeled``, ``unlabeled``, ``val``, ``test``), sorted by case id.
 
-    Raises if one patient is in two of labeled/val/test, if an unlabeled patient
-    is in val/test (training on evaluation images, even without their labels,
-    inflates the score), or if a labeled/val/test case has no label file.
+    A split is a list of ids, a split name, or a selection mapping
+    (``split``/``range``/``pattern``/``exclude``/``every``; see
+    :class:`~medadapt.data.DataConfig`). Raises if one patient is in two of
+    labeled/val/test, if an unlabeled patient is in val/test (training on
+    evaluation images, even without their labels, inflates the score), or if a
+    labeled/val/test case has no label file.
     """
     out: dict[str, list[Case]] = {}
     for key in ("labeled", "val", "test"):
-        spec = getattr(config, key)
-        out[key] = [] if spec is None else _named(key, spec, cases, config) if isinstance(spec, str) else _select(key, spec, cases)
+        out[key] = _spec_cases(key, getattr(config, key), cases, config, set())
     patients = {key: {c.patient_id for c in out[key]} for key in out}
     for a, b in (("labeled", "val"), ("labeled", "test"), ("val", "test")):
         both = sorted(patients[a] & patients[b])
         if both:
             raise MedAdaptError(f"patients {both} are in both data.{a} and data.{b}; a patient must be in one split only")
-    spec = config.unlabeled
-    if isinstance(spec, str) and spec.startswith("rest:"):
-        taken = patients["labeled"] | patients["val"] | patients["test"]
-        unlabeled = [c for c in _named("unlabeled", spec[5:], cases, config) if c.patient_id not in taken]
-    else:
-        unlabeled = [] if spec is None else _named("unlabeled", spec, cases, config) if isinstance(spec, str) else _select("unlabeled", spec, cases)
-        both = sorted({c.patient_id for c in unlabeled} & (patients["val"] | patients["test"]))
-        if both:
-            raise MedAdaptError(
-                f"patients {both} are in data.unlabeled and in data.val/test; training on evaluation images leaks them "
-                "(use unlabeled: 'rest:<split>' to exclude them automatically)"
-            )
+    taken = patients["labeled"] | patients["val"] | patients["test"]
+    unlabeled = _spec_cases("unlabeled", config.unlabeled, cases, config, taken)
+    both = sorted({c.patient_id for c in unlabeled} & (patients["val"] | patients["test"]))
+    if both:
+        raise MedAdaptError(
+            f"patients {both} are in data.unlabeled and in data.val/test; training on evaluation images leaks them "
+            "(use unlabeled: 'rest:<split>' to exclude them automatically)"
+        )
     out["unlabeled"] = unlabeled[: config.limit_unlabeled] if config.limit_unlabeled else unlabeled
     for key in ("labeled", "val", "test"):
         missing = [c.case_id for c in out[key] if c.label_path is None]

@@ -24,7 +24,10 @@ ON_ERROR = ("stop", "skip")
 SLICE_FILTERS = ("labeled", "all")
 FOREGROUND = "foreground"
 
-SplitSpec = list[str] | str | None
+#: Keys of a split selection mapping (``labeled: {range: ["000", "004"]}``), applied in this order.
+SELECTION_KEYS = ("split", "range", "pattern", "exclude", "every")
+
+SplitSpec = list[str] | str | dict[str, Any] | None
 
 
 # --------------------------------------------------------------------------- config
@@ -32,26 +35,68 @@ SplitSpec = list[str] | str | None
 class DataConfig:
     """Where a dataset lives and how to turn it into 2-D training samples (a YAML ``data:`` section).
 
-    ``classes`` picks the target classes by ``dataset.json`` name or by label
-    value; target ``k`` (1-based, in this order) becomes label ``k`` and all
-    else 0. ``"foreground"`` (or ``1``) on binary masks means "the object":
-    2-D masks saved as 0/255 count 255 as 1, so HC18-style masks work as shipped.
-    Split specs (``labeled``, ``unlabeled``, ``val``, ``test``) are a list of
-    case/patient ids, a ``dataset.json["splits"]`` key, an image folder name
-    (``"imagesVal"``), ``"all"``, or for ``unlabeled`` ``"rest:<split>"``
-    (that split minus every patient of labeled/val/test). ``case_pattern``'s
-    first regex group (searched in the case id) is the patient id.
+    Layout: ``layout`` is ``nnunet`` (``imagesTr/labelsTr``, also
+    ``imagesVal/labelsVal`` and ``imagesTs/labelsTs``), ``folder`` (``images/``
+    with ``masks/`` or ``labels/``, 2-D files paired by name stem) or ``auto``;
+    ``images`` / ``labels`` name other sub-folders of ``root``, whose
+    ``${VARIABLES}`` are expanded. ``axis`` is the volume axis slices are
+    taken along.
+
+    Classes: ``classes`` picks the target classes, in order; target ``k``
+    (1-based) becomes label ``k`` and every other value 0. It is a list of
+    ``dataset.json`` class names or label values (``[left ventricle, 2]``);
+    without ``dataset.json`` labels, a name is the label value of its position
+    in the list (``[polyp]`` is value 1, ``[a, b]`` values 1 and 2). A mapping
+    names the values itself: ``{polyp: 1}`` (name -> label value; ``{1: polyp}``
+    is read the same way). ``"foreground"`` means the only object label of a
+    binary dataset (value 1 without ``dataset.json``).
+
+    Mask values: label volumes and 2-D masks are read as stored integers. A
+    2-D mask holding exactly the values 0 and 255 counts 255 as value 1 when the
+    only class is value 1 (``[1]``, ``[foreground]``, ``[polyp]``,
+    ``{polyp: 1}``), so 0/255 PNG masks work as saved; ``{polyp: 255}`` reads
+    the 255 directly. Any other value is its own label: a mask whose edges were
+    smoothed to 1..254 only counts its exact class values, so re-threshold such
+    masks to 0/255 (or 0..K) first. JPEG masks are refused (lossy compression
+    changes label values at every edge), as are colour masks; non-integer
+    values in a label volume are an error.
+
+    Splits: ``labeled``, ``unlabeled``, ``val``, ``test`` each take
+
+    * a list of ids: a case id, a case-id prefix before ``_``
+      (``patient003`` for ``patient003_frame01``), or a patient id;
+    * a name: a ``dataset.json["splits"]`` key, an image folder name
+      (``"imagesVal"``), ``"all"``, or for ``unlabeled`` ``"rest:<split>"``
+      (that split minus every patient of labeled/val/test);
+    * a selection mapping, whose filters apply in this order:
+      ``split`` (a list or name as above; default ``all``), ``range:
+      [first, last]`` (patient ids from first to last inclusive, numbers
+      compared as numbers, so ``["9", "10"]`` and ``["009", "010"]`` both
+      work), ``pattern`` (a regex that must match a whole case id or patient
+      id), ``exclude`` (split names or ids whose patients are removed),
+      ``every: k`` (every k-th patient, from the first, in id order). E.g.
+      ``labeled: {range: ["000", "004"]}``, ``unlabeled: {split: train,
+      exclude: [labeled_7], every: 4}``. A selection that keeps no case is an
+      error; unknown keys are named.
+
+    Ids are text: quote numbers in YAML (``'010'``). A split never shares a
+    patient with another (labeled/val/test), and unlabeled never with
+    val/test. ``case_pattern``'s first regex group (searched in the case id)
+    is the patient id, e.g. ``'^(\\d+)_'`` for ``010_HC`` / ``010_2HC``.
     ``limit_unlabeled`` keeps the first N unlabeled cases (CPU-sized runs).
-    ``window`` (CT preset or [level, width]) / ``percentiles`` ([low, high],
-    MR) clip each slice as :func:`medadapt.io.imaging.load_image` would.
-    ``on_error``: ``stop`` raises on an unreadable case naming the file;
-    ``skip`` warns and records it in ``SliceDataset.skipped``. ``slice_filter``
-    ``labeled`` trains on slices holding a target class (at least
-    ``min_foreground`` pixels of them), ``all`` on every non-constant slice.
+
+    Intensities: ``window`` (CT preset or [level, width]) / ``percentiles``
+    ([low, high], MR) clip each slice as :func:`medadapt.io.imaging.load_image`
+    would. Reading: ``on_error`` ``stop`` raises on an unreadable case naming
+    the file; ``skip`` warns and records it in ``SliceDataset.skipped``.
+    ``slice_filter`` ``labeled`` trains on slices holding a target class (at
+    least ``min_foreground`` pixels of them), ``all`` on every non-constant
+    slice. See ``docs/data.md`` for the layouts and ``docs/configuration.md``
+    for every key.
     """
 
     root: str
-    classes: list[str | int]
+    classes: list[str | int] | dict[str, int]
     layout: str = "auto"
     images: str | None = None
     labels: str | None = None
@@ -71,15 +116,18 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.root, (str, os.PathLike)) or not str(self.root):
             raise MedAdaptError(f"data.root must be the dataset folder (a path), got {self.root!r}")
-        self.root = str(self.root)
+        self.root = os.path.expandvars(str(self.root))  # ${MEDADAPT_DATA}/acdc: recipes carry no machine paths
         if isinstance(self.classes, (str, int)) and not isinstance(self.classes, bool):
             self.classes = [self.classes]  # `classes: foreground` in YAML
-        if not isinstance(self.classes, (list, tuple)) or not self.classes:
+        if isinstance(self.classes, dict) and self.classes:
+            self.classes = _class_mapping(self.classes)
+        elif not isinstance(self.classes, (list, tuple)) or not self.classes:
             raise MedAdaptError(
-                "data.classes must be a non-empty list of class names (from dataset.json) or label values, "
-                f"e.g. [left ventricle] or [1, 2]; got {self.classes!r}"
+                "data.classes must be a non-empty list of class names or label values, or a mapping of "
+                f"names to label values, e.g. [left ventricle], [1, 2] or {{polyp: 1}}; got {self.classes!r}"
             )
-        self.classes = list(self.classes)
+        else:
+            self.classes = list(self.classes)
         _choice("layout", self.layout, LAYOUTS)
         _choice("on_error", self.on_error, ON_ERROR)
         _choice("slice_filter", self.slice_filter, SLICE_FILTERS)
@@ -155,19 +203,88 @@ def _numbers(key: str, value: Any, n: int) -> tuple[float, ...]:
     return out
 
 
+def _class_mapping(mapping: dict[Any, Any]) -> dict[str, int]:
+    """``{name: value}`` (or the ``{value: name}`` spelling of MSD's dataset.json) as ``{name: value}``."""
+    out: dict[str, int] = {}
+    for a, b in mapping.items():
+        name, value = (b, a) if _is_label_value(a) and isinstance(b, str) else (a, b)
+        if not isinstance(name, str) or not name.strip() or not _is_label_value(value):
+            raise MedAdaptError(
+                f"data.classes mapping must give each class name a label value, e.g. {{polyp: 1}}; got {a!r}: {b!r}"
+            )
+        out[name] = int(value)
+    return out
+
+
+def _is_label_value(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or _is_int_text(value)
+
+
+def _text_ids(key: str, value: Any) -> list[str]:
+    bad = [v for v in value if not isinstance(v, str)]
+    if bad:
+        raise MedAdaptError(
+            f"data.{key} has non-text ids {bad}; quote them in YAML (e.g. '010': an unquoted 010 is read as a number)"
+        )
+    return list(value)
+
+
+def natural_key(text: str) -> list[str | int]:
+    """Sort key that compares digit runs as numbers: ``p9 < p10``, ``009 == 9`` (range and every-k order)."""
+    return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"([0-9]+)", text))]
+
+
 def _split_spec(key: str, value: Any) -> SplitSpec:
     if value is None or isinstance(value, str):
         if isinstance(value, str) and value.startswith("rest:") and key != "unlabeled":
             raise MedAdaptError(f"data.{key}: 'rest:<split>' is only for data.unlabeled; list ids or name a split")
         return value
     if isinstance(value, (list, tuple)):
-        bad = [v for v in value if not isinstance(v, str)]
-        if bad:
-            raise MedAdaptError(
-                f"data.{key} has non-text ids {bad}; quote them in YAML (e.g. '010': an unquoted 010 is read as a number)"
-            )
-        return list(value)
-    raise MedAdaptError(f"data.{key} must be a list of case/patient ids or a split name, got {value!r}")
+        return _text_ids(key, value)
+    if isinstance(value, dict):
+        return _selection(key, value)
+    raise MedAdaptError(
+        f"data.{key} must be a list of case/patient ids, a split name, or a selection mapping "
+        f"({'/'.join(SELECTION_KEYS)}), got {value!r}"
+    )
+
+
+def _selection(key: str, spec: dict[Any, Any]) -> dict[str, Any]:
+    """Check a selection mapping (``{split: train, exclude: [labeled_7], every: 4}``); returns a clean copy."""
+    unknown = sorted(str(k) for k in spec if k not in SELECTION_KEYS)
+    if unknown:
+        raise MedAdaptError(f"unknown key(s) {unknown} in data.{key}; a selection takes {list(SELECTION_KEYS)}")
+    if not spec:
+        raise MedAdaptError(f"data.{key} is an empty selection; give one of {list(SELECTION_KEYS)} or a list of ids")
+    out: dict[str, Any] = {}
+    for name in SELECTION_KEYS:  # stored in the order they apply
+        if name not in spec:
+            continue
+        value, where = spec[name], f"{key}.{name}"
+        if name == "split":
+            if isinstance(value, dict) or value is None:
+                raise MedAdaptError(f"data.{where} must be a split name or a list of ids, got {value!r}")
+            value = _split_spec(key, value)
+        elif name == "range":
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise MedAdaptError(f"data.{where} must be [first, last] ids (inclusive), e.g. ['000', '004']; got {value!r}")
+            value = _text_ids(where, value)
+            if natural_key(value[0]) > natural_key(value[1]):
+                raise MedAdaptError(f"data.{where}: first id {value[0]!r} sorts after last id {value[1]!r}; swap them")
+        elif name == "pattern":
+            try:
+                re.compile(value)
+            except (re.error, TypeError) as exc:
+                raise MedAdaptError(f"data.{where} {value!r} is not a valid regex: {exc}") from None
+        elif name == "exclude":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not items:
+                raise MedAdaptError(f"data.{where} must be split names or ids (a non-empty list), got {value!r}")
+            value = _text_ids(where, items)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MedAdaptError(f"data.{where} must be an integer >= 1 (keep every k-th patient), got {value!r}")
+        out[name] = value
+    return out
 
 
 # --------------------------------------------------------------------------- dataset.json and classes
@@ -221,14 +338,25 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
     Names are looked up in ``dataset.json`` (case, ``_`` and ``-`` ignored, so
     ``left_ventricle`` finds ``left ventricle``); ``"foreground"`` also means
     the only object label of a binary dataset (value 1 when there is no
-    ``dataset.json``). Integers are label values.
+    ``dataset.json``). Integers are label values. Without ``dataset.json``
+    labels, any other name is the value of its (1-based) position in the list.
+    A ``{name: value}`` mapping gives both (values checked against
+    ``dataset.json`` when it has labels).
     """
     table = label_table(config)
     by_value = {v: n for n, v in table.items() if isinstance(v, int)}
     by_norm = {_norm(n): n for n in table}
     objects = [n for n, v in table.items() if v != 0]
     out: list[tuple[str, int]] = []
-    for entry in config.classes:
+    if isinstance(config.classes, dict):
+        for name, value in config.classes.items():
+            if by_value and value not in by_value and value > 0:
+                raise MedAdaptError(
+                    f"data.classes {name!r}: label value {value} is not in dataset.json labels {by_value}"
+                )
+            _add_class(out, name, value, name)
+        return out
+    for position, entry in enumerate(config.classes, start=1):
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
             raise MedAdaptError(f"data.classes entries must be class names or integer label values, got {entry!r}")
         if isinstance(entry, int) or (_is_int_text(entry) and _norm(entry) not in by_norm):
@@ -250,18 +378,27 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
             name, value = (objects[0], table[objects[0]]) if objects else (FOREGROUND, 1)  # type: ignore[assignment]
             if isinstance(value, list):
                 raise MedAdaptError(f"'foreground' is the region {name!r} (values {value}); list the values instead")
+        elif not table:  # no dataset.json labels: a name is the value of its place in the list
+            name, value = entry, position
         else:
-            known = ", ".join(repr(n) for n in objects) or "none (no dataset.json labels; use label values, or 'foreground')"
-            raise MedAdaptError(f"unknown class {entry!r} in data.classes; known class names: {known}")
-        if value <= 0:
-            raise MedAdaptError(f"data.classes entry {entry!r} is label value {value} (background); pick object classes")
-        if value in [v for _, v in out]:
-            raise MedAdaptError(f"data.classes names label value {value} twice ({entry!r}); list each class once")
-        out.append((name, value))
+            known = ", ".join(repr(n) for n in objects)
+            raise MedAdaptError(
+                f"unknown class {entry!r} in data.classes; known class names: {known} "
+                f"(or give its label value: {{{entry}: VALUE}})"
+            )
+        _add_class(out, name, value, entry)
     return out
 
 
+def _add_class(out: list[tuple[str, int]], name: str, value: int, entry: Any) -> None:
+    if value <= 0:
+        raise MedAdaptError(f"data.classes entry {entry!r} is label value {value} (background); pick object classes")
+    if value in [v for _, v in out]:
+        raise MedAdaptError(f"data.classes names label value {value} twice ({entry!r}); list each class once")
+    out.append((name, value))
+
+
 __all__ = [
-    "DataConfig", "FOREGROUND", "LAYOUTS", "ON_ERROR", "SLICE_FILTERS", "SPLITS",
-    "label_table", "read_dataset_json", "resolve_classes",
+    "DataConfig", "FOREGROUND", "LAYOUTS", "ON_ERROR", "SELECTION_KEYS", "SLICE_FILTERS", "SPLITS",
+    "label_table", "natural_key", "read_dataset_json", "resolve_classes",
 ]
