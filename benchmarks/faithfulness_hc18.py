@@ -28,19 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import data_root, write_result  # noqa: E402
+from medadapt.evaluation.metrics import binary_dice  # noqa: E402
+from medadapt.prompts import box_from_mask  # noqa: E402
 
 TARGET = 0.9177
-
-
-def tight_box(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
 @torch.inference_mode()
@@ -87,13 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         image = load_image(root / "images" / name)
         gt = load_mask(root / "masks" / name) > 0
-        box = tight_box(gt)
+        box = [float(v) for v in box_from_mask(gt)]  # the tight box, as Python floats like the reference script
         seg.set_image(image)
         m_ours = seg.predict(boxes=[box]).masks[0]
         m_ref = reference_predict(net, image, box)
-        ours.append(dice(m_ours, gt))
-        ref.append(dice(m_ref, gt))
-        agree.append(dice(m_ours, m_ref))
+        ours.append(binary_dice(m_ours, gt))
+        ref.append(binary_dice(m_ref, gt))
+        agree.append(binary_dice(m_ours, m_ref))
     elapsed = time.perf_counter() - t0
     mo, mr = float(np.mean(ours)), float(np.mean(ref))
     ok = abs(mo - TARGET) <= 0.005
