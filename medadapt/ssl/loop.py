@@ -232,9 +232,18 @@ class SemiSupervised:
         return {"pseudo_dice": self.pseudo_label_dice(samples)}
 
     def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict()} if self.teacher is not None else {}
+        """The teacher, the loop's random generator and its place in the unlabelled order: a resumed run
+        draws the same CutMix boxes, noise and batches as one never stopped (streamed cases excepted: the
+        stream reads from where it is)."""
+        state = {"generator": self.gen.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.gen.set_state(state["generator"].cpu())
+            self.order = [int(i) for i in state["order"].tolist()]
         if self.teacher is not None:
             if "teacher" not in state:
                 raise MedAdaptError("the checkpoint has no teacher state: it was not written with ssl.teacher: ema")

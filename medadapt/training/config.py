@@ -97,6 +97,7 @@ def build_config(cls: type[C], raw: dict[str, Any]) -> C:
     raw["prompts"] = build_dataclass(PromptTrainingConfig, raw.get("prompts") or {}, "prompts")
     raw["train"] = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
     cfg = build_dataclass(cls, raw, "config")
+    check_run_name(cfg.name, cfg.output)
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
         raise MedAdaptError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
     if not cfg.prompts.automatic and not cfg.prompts.prompted:
@@ -107,6 +108,26 @@ def build_config(cls: type[C], raw: dict[str, Any]) -> C:
     if bad:
         raise MedAdaptError(f"prompts.prompted has unknown modes {bad}; use box, points, box+points")
     return cfg
+
+
+def check_run_name(name: Any, output: Any) -> None:
+    """A run's ``name`` is one folder name inside ``output``: no separator, no ``..``, not an absolute path.
+
+    The run folder is ``output/name``; a name that climbed out of ``output``
+    (``../../elsewhere``, ``/tmp/x``) would write a whole run where the user
+    did not ask for one.
+    """
+    if not isinstance(output, str) or not output.strip():
+        raise MedAdaptError(f"output must be a folder path (e.g. runs); got {output!r}")
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip():
+        raise MedAdaptError(f"name must be a folder name (e.g. my_run) or null; got {name!r}")
+    if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name) or "\0" in name:
+        raise MedAdaptError(
+            f"name {name!r} must be a single folder name inside output ({output}): no '/', '\\' or '..'; "
+            "to write elsewhere, set output instead"
+        )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -145,4 +166,6 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
     return apply_overrides(raw, overrides)
 
 
-__all__ = ["PromptTrainingConfig", "TrainConfig", "TrainingConfig", "apply_overrides", "build_config", "read_config"]
+__all__ = [
+    "PromptTrainingConfig", "TrainConfig", "TrainingConfig", "apply_overrides", "build_config", "check_run_name", "read_config",
+]

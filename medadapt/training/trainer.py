@@ -51,7 +51,7 @@ from ..io.overlay import overlay
 from ..prompts.simulate import box_from_mask, corrective_click, sample_points
 from ..prompts.types import PAD_LABEL, Prompts
 from .augment import random_view
-from .config import TrainingConfig
+from .config import TrainingConfig, check_run_name
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .losses import automatic_loss, binary_mask_loss
 from .samples import EmbeddingCache, ModelSample, prepare, to_device, to_model_frame
@@ -414,9 +414,17 @@ def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
 
 
 def run_folder(config: TrainingConfig) -> Path:
-    """Where ``finetune(config)`` writes: ``output/name`` (``$VARS`` expanded), or ``output`` without a name."""
-    run = Path(os.path.expandvars(config.output))
-    return run / config.name if config.name else run
+    """Where ``finetune(config)`` writes: ``output/name`` (``$VARS`` expanded), or ``output`` without a name.
+
+    The folder is always inside ``output`` (the name is one folder name, and
+    one that is a link elsewhere is refused).
+    """
+    check_run_name(config.name, config.output)
+    out = Path(os.path.expandvars(config.output))
+    run = out / config.name if config.name else out
+    if config.name and run.is_symlink():
+        raise MedAdaptError(f"run folder {run} is a link to {run.resolve()}: choose another name")
+    return run
 
 
 def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -431,11 +439,12 @@ def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = 
                          {k: v for k, v in now.items() if k not in ignore})
 
 
-def _prepare_run_dir(config: TrainingConfig, resume: bool) -> Path:
+def _check_run_dir(config: TrainingConfig, resume: bool) -> Path:
+    """The run folder, checked without writing anything: a checkpoint there needs ``resume``, and a resumed
+    run must keep its data/adapter/prompt settings."""
     run = run_folder(config)
     if (run / "checkpoints" / "last.pt").exists() and not resume:
         raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
-    run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "config.yaml"
     if resume and cfg_path.exists():
         changed = config_changes(config, run, ignore=("train",))
@@ -444,7 +453,6 @@ def _prepare_run_dir(config: TrainingConfig, resume: bool) -> Path:
                 f"--resume with a different data/adapter/prompt config than {cfg_path} "
                 f"(changed: {', '.join(changed)}); use the same config"
             )
-    cfg_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return run
 
 
@@ -455,9 +463,11 @@ def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = ()
     :func:`medadapt.recipes.finetune` calls this with the extensions a full
     config names (the semi-supervised loop for an ``ssl:`` section).
     """
-    run = _prepare_run_dir(config, resume)
+    run = _check_run_dir(config, resume)
     t0 = time.perf_counter()
-    tr = Trainer(config, run, log, extensions)
+    tr = Trainer(config, run, log, extensions)  # reads and checks the data and builds the model: nothing written yet
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
         f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
         + ("; embeddings cached (encoder frozen)" if tr.use_cache else ""))
@@ -473,6 +483,7 @@ def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = ()
     new_log = not log_path.exists() or not resume
     if not new_log:
         _truncate_log(log_path, tr.epoch)  # a kill between the log row and the checkpoint left a row ahead
+        t0 -= _logged_seconds(log_path)  # wall seconds keep counting across the interruption
     with open(log_path, "w" if new_log else "a", newline="") as fh, tqdm(
         range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch"
     ) as bar:
@@ -524,6 +535,16 @@ def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = ()
         _overlay_grid(run, tr)
     log(f"best validation Dice {tr.best:.4f} at epoch {tr.best_epoch}; run folder {run}")
     return run
+
+
+def _logged_seconds(path: Path) -> float:
+    """The ``seconds`` of the last row of a run's ``log.csv`` (0 when it has none)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    try:
+        return float(rows[-1]["seconds"]) if rows else 0.0
+    except (KeyError, ValueError):
+        return 0.0
 
 
 def _interactive(bar) -> bool:

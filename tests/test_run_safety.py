@@ -1,0 +1,86 @@
+"""A run writes only inside the folder the user named, writes nothing before its config and data are checked,
+and a semi-supervised run that is stopped and resumed ends exactly where an unstopped one ends."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_ssl import _tiny_raw
+
+from medadapt.core.errors import MedAdaptError
+from medadapt.recipes import config_from_dict, finetune
+from medadapt.training import trainer as trainer_module
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "..", "/tmp/elsewhere", "a\\b", ""])
+def test_a_run_name_that_leaves_the_output_folder_is_refused(tmp_path, name):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    raw["output"] = str(tmp_path / "runs")
+    raw["name"] = name
+    with pytest.raises(MedAdaptError, match="name") as err:
+        config_from_dict(raw)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_run_name_that_links_elsewhere_is_refused(tmp_path):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "linked").symlink_to(tmp_path / "elsewhere")
+    raw["output"], raw["name"] = str(tmp_path / "runs"), "linked"
+    with pytest.raises(MedAdaptError, match="link"):
+        finetune(config_from_dict(raw), log=lambda m: None)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_run_whose_data_fails_its_checks_writes_nothing(tmp_path):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    raw["output"] = str(tmp_path / "runs")
+    raw["data"]["labeled"] = ["no_such_case"]
+    with pytest.raises(MedAdaptError):
+        finetune(config_from_dict(raw), log=lambda m: None)
+    assert not (tmp_path / "runs").exists()  # not even config.yaml
+
+
+def _rows(run):
+    with open(run / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_stopped_semi_supervised_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Stopped after its second epoch's checkpoint and resumed, a run ends with the weights and the log rows
+    (wall seconds apart, which keep counting) of a run that was never stopped: every random generator the
+    step draws from, the loop's included, is checkpointed."""
+    ssl = {"threshold": 0.0, "cutmix": 1.0, "copy_paste": 0.5, "start_epoch": 1, "intensity": 0.5}
+    lora = {"lora": {"rank": 2}}  # the encoder runs, so the loop's pixel noise and mixing reach the student
+    whole = finetune(config_from_dict({**_tiny_raw(tmp_path / "a", 6, ["3", "4", "5"], {"epochs": 3}, ssl),
+                                       "adapter": lora, "name": "whole"}), log=lambda m: None)
+
+    raw = {**_tiny_raw(tmp_path / "b", 6, ["3", "4", "5"], {"epochs": 3}, ssl), "adapter": lora, "name": "stopped"}
+    epoch = trainer_module.Trainer.train_epoch
+
+    def stop_at_the_third_epoch(self, bar=None):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return epoch(self, bar)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_at_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config_from_dict(raw), log=lambda m: None)
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", epoch)
+    resumed = finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+
+    a, b = _rows(whole), _rows(resumed)
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+    assert float(b[2]["seconds"]) >= float(b[1]["seconds"])  # the clock did not restart at the resume
+    wa, wb = load_file(str(whole / "adapter" / "adapter.safetensors")), load_file(str(resumed / "adapter" / "adapter.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["trainable"]
+    sb = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["trainable"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
