@@ -39,6 +39,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         points=points,
         point_labels=labels,
         overlay=args.overlay,
+        overwrite=args.overwrite,
         model=args.model,
         checkpoint=args.checkpoint,
         slice_index=args.slice,
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="click at (X, Y); LABEL 1 = foreground, 0 = background; repeatable")
     p.add_argument("--out", required=True, help="output mask: .png, .nii or .nii.gz")
     p.add_argument("--overlay", default=None, help="also write an overlay PNG here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out / --overlay if they exist (the input image is never replaced)")
     p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
     p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
     p.add_argument("--slice", type=int, default=None, help="slice index for a 3D volume")

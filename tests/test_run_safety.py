@@ -84,3 +84,36 @@ def test_a_stopped_semi_supervised_run_resumes_to_the_same_weights(tmp_path, mon
     sa = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     sb = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _png(path, value=100):
+    import numpy as np
+    from PIL import Image
+
+    arr = np.full((48, 64), value, np.uint8)
+    arr[10:30, 20:40] = 220
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_predict_never_writes_over_its_input_and_asks_before_replacing_a_file(tmp_path, capsys):
+    from medadapt.cli import main
+
+    image = _png(tmp_path / "scan.png")
+    before = image.read_bytes()
+    base = ["predict", str(image), "--box", "18", "8", "42", "32", "--model", "tiny_sam_vit"]
+    for extra in (["--out", str(image)], ["--out", str(image), "--overwrite"],
+                  ["--out", str(tmp_path / "m.png"), "--overlay", str(image), "--overwrite"]):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("medadapt: error:") and "input image" in err and "\n" not in err
+    assert image.read_bytes() == before  # the scan is untouched
+
+    other = _png(tmp_path / "mask.png", value=7)
+    kept = other.read_bytes()
+    assert main(base + ["--out", str(other)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and other.read_bytes() == kept
+    assert main(base + ["--out", str(other), "--overwrite"]) == 0
+    assert other.read_bytes() != kept
+    assert main(base + ["--out", str(tmp_path / "x.png"), "--overlay", str(tmp_path / "x.png")]) == 2
+    assert "same file" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

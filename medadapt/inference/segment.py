@@ -47,6 +47,19 @@ def segment_from_box(image: np.ndarray, boxes: Sequence[Sequence[float]], *, mod
     return seg.predict(boxes=boxes).masks
 
 
+def check_output(target: str | os.PathLike | None, source: str | os.PathLike, flag: str, overwrite: bool) -> None:
+    """An output never replaces its input, and replaces another existing file only when asked to (``overwrite``)."""
+    if target is None:
+        return
+    t = Path(target)
+    if t.exists() and Path(source).exists() and os.path.samefile(t, source):
+        raise MedAdaptError(f"{flag} {t} is the input image: write the result to another file")
+    if t.is_dir():
+        raise MedAdaptError(f"{flag} {t} is a folder: give a file name")
+    if t.exists() and not overwrite:
+        raise MedAdaptError(f"{flag} {t} exists: pass --overwrite to replace it, or choose another name")
+
+
 def segment_file(
     image: str | os.PathLike,
     *,
@@ -67,6 +80,7 @@ def segment_file(
     clip_weights: str | None = None,
     adapter: str | os.PathLike | None = None,
     refine: bool = False,
+    overwrite: bool = False,
 ) -> SegmentFileResult:
     """Segment one image file from prompts and write the mask (PNG or NIfTI).
 
@@ -82,11 +96,17 @@ def segment_file(
     through the adapted decoder, no prompt at all segments every learned class
     (a label map with the training data's label values), and ``text`` without
     ``clip`` uses the adapter's learned text prompts. ``refine`` self-prompts
-    that automatic answer (see :meth:`Segmenter.predict`).
+    that automatic answer (see :meth:`Segmenter.predict`). An existing ``out``
+    or ``overlay`` file is replaced only with ``overwrite``; the input image
+    never is.
     """
     out = Path(out)
     if not (out.name.endswith(".png") or out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
         raise MedAdaptError(f"--out must end in .png, .nii or .nii.gz; got {out}")
+    for flag, target in (("--out", out), ("--overlay", overlay)):
+        check_output(target, image, flag, overwrite)
+    if overlay is not None and Path(overlay).resolve() == out.resolve():
+        raise MedAdaptError("--overlay and --out name the same file: give them different names")
     texts = [text] if isinstance(text, str) else list(text or [])
     clip_model = None
     if texts:
@@ -138,4 +158,4 @@ def segment_file(
     )
 
 
-__all__ = ["segment_file", "segment_from_box", "masks_to_labels", "SegmentFileResult"]
+__all__ = ["check_output", "segment_file", "segment_from_box", "masks_to_labels", "SegmentFileResult"]
