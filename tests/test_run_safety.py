@@ -117,3 +117,34 @@ def test_predict_never_writes_over_its_input_and_asks_before_replacing_a_file(tm
     assert other.read_bytes() != kept
     assert main(base + ["--out", str(tmp_path / "x.png"), "--overlay", str(tmp_path / "x.png")]) == 2
     assert "same file" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("section, value, key", [
+    ({"train": {"epochs": "ten"}}, "'ten'", "train.epochs"),
+    ({"train": {"epochs": 1.5}}, "1.5", "train.epochs"),
+    ({"train": {"lr": -0.1}}, "-0.1", "train.lr"),
+    ({"train": {"lr": "fast"}}, "'fast'", "train.lr"),
+    ({"train": {"amp": "yes"}}, "'yes'", "train.amp"),
+    ({"prompts": {"automatic": "sure"}}, "'sure'", "prompts.automatic"),
+    ({"ssl": {"threshold": "high"}}, "'high'", "ssl.threshold"),
+    ({"adapter": {"lora": {"rank": "big"}}}, "'big'", "adapter.lora.rank"),
+])
+def test_a_config_value_of_the_wrong_type_or_range_is_named_in_one_line(section, value, key):
+    raw = {"data": {"root": "x", "classes": [1], "unlabeled": ["a"]}, **section}
+    with pytest.raises(MedAdaptError) as err:
+        config_from_dict(raw)
+    msg = str(err.value)
+    assert key in msg and value in msg and "\n" not in msg
+
+
+def test_yaml_numbers_and_bad_overrides(tmp_path):
+    from medadapt.recipes import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: x, classes: [1]}\ntrain: {lr: 3e-4}\n")  # YAML reads 3e-4 as text
+    assert load_config(path).train.lr == pytest.approx(3e-4)
+    with pytest.raises(MedAdaptError, match=r"train.epochs=\[1.*not valid YAML") as err:
+        load_config(path, ["train.epochs=[1"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(MedAdaptError, match="'prompts' must be a mapping"):
+        load_config(path, ["prompts=yes"])

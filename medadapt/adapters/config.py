@@ -108,15 +108,15 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
-            self.lora = build_dataclass(LoraConfig, self.lora, "lora")
+            self.lora = build_dataclass(LoraConfig, self.lora, "adapter.lora")
         if isinstance(self.spatial, dict):
-            self.spatial = build_dataclass(SpatialAdapterConfig, self.spatial, "spatial")
+            self.spatial = build_dataclass(SpatialAdapterConfig, self.spatial, "adapter.spatial")
         if isinstance(self.context, dict):
-            self.context = build_dataclass(ContextAdapterConfig, self.context, "context")
+            self.context = build_dataclass(ContextAdapterConfig, self.context, "adapter.context")
         if isinstance(self.automatic, dict):
-            self.automatic = build_dataclass(AutomaticConfig, self.automatic, "automatic")
+            self.automatic = build_dataclass(AutomaticConfig, self.automatic, "adapter.automatic")
         if isinstance(self.text, dict):
-            self.text = build_dataclass(LearnedTextConfig, self.text, "text")
+            self.text = build_dataclass(LearnedTextConfig, self.text, "adapter.text")
         if self.text is not None and self.automatic is None:
             raise MedAdaptError("learned text prompts (text:) select learned classes; they need automatic mode")
         if self.automatic is not None:

@@ -6,8 +6,12 @@ that is silently ignored while the run uses a default.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import types
+import typing
 from dataclasses import fields
-from typing import Any, Sequence, TypeVar
+from typing import Any, Literal, Sequence, TypeVar, Union
 
 from .errors import MedAdaptError
 
@@ -15,12 +19,98 @@ T = TypeVar("T")
 
 
 def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
-    """``cls(**data)``, refusing keys ``cls`` does not have (named in the error)."""
+    """``cls(**data)``, refusing keys ``cls`` does not have and values of the wrong type (named in the error).
+
+    Each value is checked against its field's annotation (``int``, ``float``,
+    ``bool``, ``str``, ``Literal``, lists, tuples, unions, nested config
+    dataclasses given as mappings): ``epochs: "ten"``, ``epochs: 1.5`` or
+    ``lr: fast`` is a one-line error naming the key, the value and what is
+    allowed. A number written the way YAML reads as text (``3e-4``) is
+    accepted where a float is expected. Ranges are checked by each config.
+    """
+    if not isinstance(data, dict):
+        raise MedAdaptError(f"'{where}' must be a mapping of keys to values (a YAML section); got {data!r}")
     allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=str)
     if unknown:
         raise MedAdaptError(f"unknown key(s) {unknown} in '{where}' config; allowed: {sorted(allowed)}")
+    hints = _hints(cls)
+    data = dict(data)
+    for key, value in data.items():
+        if key in hints:
+            data[key] = _checked(value, hints[key], f"{where}.{key}" if where != "config" else key)
     return cls(**data)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    except Exception:  # an annotation that cannot be resolved is not checked
+        return {}
+
+
+def _checked(value: Any, hint: Any, key: str) -> Any:
+    """``value`` if it fits ``hint`` (a numeric string becomes a float where a float is wanted), else an error."""
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not _fits(value, hint):
+        raise MedAdaptError(f"{key}: {value!r} is not {_describe(hint)}")
+    return value
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (hint, dict))
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        return all(_fits(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a text",
+             type(None): "null", dict: "a mapping"}
+    if hint in names:
+        return names[hint]
+    if origin is dict:
+        return "a mapping"
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        return f"a list of {_describe(args[0])}s" if args and args[-1] is not Ellipsis and origin is not tuple \
+            else "a list"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping of its keys"
+    return getattr(hint, "__name__", str(hint))
 
 
 def check_templates(templates: str | Sequence[str], where: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-from ..adapters.config import LearnedTextConfig
+from ..adapters.config import AdapterConfig, LearnedTextConfig
 from ..core.config import build_dataclass
 from ..core.errors import MedAdaptError
 
@@ -98,8 +98,8 @@ def build_config(cls: type[C], raw: dict[str, Any]) -> C:
     raw["train"] = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
     cfg = build_dataclass(cls, raw, "config")
     check_run_name(cfg.name, cfg.output)
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
-        raise MedAdaptError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+    AdapterConfig.from_dict(cfg.adapter)  # checked now, so a typo fails before anything runs
+    _check_ranges(cfg)
     if not cfg.prompts.automatic and not cfg.prompts.prompted:
         raise MedAdaptError("nothing to train: set prompts.automatic: true and/or prompts.prompted: [box, points]")
     if cfg.prompts.text is not None and not cfg.prompts.automatic:
@@ -108,6 +108,36 @@ def build_config(cls: type[C], raw: dict[str, Any]) -> C:
     if bad:
         raise MedAdaptError(f"prompts.prompted has unknown modes {bad}; use box, points, box+points")
     return cfg
+
+
+# (section, key) -> (check, what is allowed): the ranges the types alone do not say
+_RANGES = {
+    ("train", "epochs"): (lambda v: v >= 1, ">= 1"),
+    ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("train", "grad_accum"): (lambda v: v >= 1, ">= 1"),
+    ("train", "lr"): (lambda v: 0 < v < 1, "a number in (0, 1), e.g. 3.0e-4"),
+    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "warmup_epochs"): (lambda v: v >= 0, ">= 0"),
+    ("train", "val_every"): (lambda v: v >= 1, ">= 1"),
+    ("train", "cache_views"): (lambda v: v >= 0, ">= 0"),
+    ("train", "max_val_cases"): (lambda v: v is None or v >= 1, ">= 1, or null for all"),
+    ("train", "amp"): (lambda v: v in ("auto", "bf16", "off"), "auto, bf16 or off"),
+    ("train", "cache_embeddings"): (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
+    ("prompts", "tokens_per_class"): (lambda v: v >= 1, ">= 1"),
+    ("prompts", "token_lr_scale"): (lambda v: v > 0, "> 0"),
+    ("prompts", "box_jitter"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("prompts", "n_pos"): (lambda v: v >= 0, ">= 0"),
+    ("prompts", "n_neg"): (lambda v: v >= 0, ">= 0"),
+    ("prompts", "corrective_clicks"): (lambda v: v >= 0, ">= 0"),
+    ("prompts", "prompted_weight"): (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _check_ranges(cfg: TrainingConfig) -> None:
+    for (section, key), (ok, allowed) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            raise MedAdaptError(f"{section}.{key}: {value!r} is out of range; allowed: {allowed}")
 
 
 def check_run_name(name: Any, output: Any) -> None:
@@ -143,7 +173,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise MedAdaptError(f"override {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise MedAdaptError(f"override {item!r}: the value is not valid YAML ({first}); quote text values") from None
     return raw
 
 
@@ -160,7 +194,7 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise MedAdaptError(f"config {p} is not valid YAML: {exc}") from None
+        raise MedAdaptError(f"config {p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise MedAdaptError(f"config {p} must be a mapping of sections")
     return apply_overrides(raw, overrides)
