@@ -148,3 +148,26 @@ def test_yaml_numbers_and_bad_overrides(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(MedAdaptError, match="'prompts' must be a mapping"):
         load_config(path, ["prompts=yes"])
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"backbone": "tiny_sam_vit"}', "{not json", '{"adapter": 3}'])
+def test_a_broken_adapter_description_is_one_line(tmp_path, text):
+    from medadapt.adapters import read_adapter_info
+
+    (tmp_path / "adapter.json").write_text(text)
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(MedAdaptError, match="adapter description") as err:
+        read_adapter_info(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_resuming_from_a_checkpoint_without_its_keys_is_one_line(tmp_path):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    run = finetune(config_from_dict(raw), log=lambda m: None)
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, ckpt)
+    with pytest.raises(MedAdaptError, match="not a medadapt checkpoint.*optimizer") as err:
+        finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    assert "\n" not in str(err.value)

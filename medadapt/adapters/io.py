@@ -76,9 +76,13 @@ def read_adapter_info(path: str | os.PathLike) -> dict[str, Any]:
     if not desc.is_file():
         raise MedAdaptError(f"adapter description not found: {desc} (expected beside the .safetensors file)")
     try:
-        return json.loads(desc.read_text())
-    except json.JSONDecodeError as exc:
-        raise MedAdaptError(f"adapter description {desc} is not valid JSON: {exc}") from None
+        info = json.loads(desc.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedAdaptError(f"adapter description {desc} is not valid JSON: {' '.join(str(exc).split())}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("adapter"), dict):
+        raise MedAdaptError(f"adapter description {desc} is not one medadapt writes: it needs an object with an "
+                            "'adapter' section (save adapters with medadapt.adapters.save_adapter)")
+    return info
 
 
 def load_adapter(model: Backbone, path: str | os.PathLike) -> Backbone:

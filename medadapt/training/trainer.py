@@ -365,7 +365,12 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise MedAdaptError(f"could not read {path}: {exc}") from None
+            raise MedAdaptError(f"could not read {path}: {' '.join(str(exc).split())[:300]}") from None
+        keys = ("epoch", "best", "best_epoch", "trainable", "optimizer", "scheduler", "history", "torch_rng", "np_rng")
+        absent = [k for k in keys if not isinstance(state, dict) or k not in state]
+        if absent:
+            raise MedAdaptError(f"{path} is not a medadapt checkpoint (no {', '.join(absent)}); "
+                                "start the run again without --resume, in a new run folder")
         params = dict(self.model.named_parameters())
         missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(state["trainable"]))
         if missing:
