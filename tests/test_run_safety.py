@@ -171,3 +171,18 @@ def test_resuming_from_a_checkpoint_without_its_keys_is_one_line(tmp_path):
     with pytest.raises(MedAdaptError, match="not a medadapt checkpoint.*optimizer") as err:
         finetune(config_from_dict(raw), resume=True, log=lambda m: None)
     assert "\n" not in str(err.value)
+
+
+def test_too_many_prompts_in_one_call_are_refused_with_the_limit_named():
+    import numpy as np
+
+    from medadapt import Segmenter
+
+    seg = Segmenter.from_pretrained("tiny_sam_vit", device="cpu", precision="float32")
+    seg.set_image(np.random.default_rng(0).random((40, 50)).astype(np.float32))
+    seg.max_prompts = 8
+    boxes = [[2 + i, 3, 30 + i, 33] for i in range(9)]
+    with pytest.raises(MedAdaptError, match=r"9 prompts in one call; the limit is 8 \(Segmenter.max_prompts\)"):
+        seg.predict(boxes=boxes)
+    out = seg.predict(boxes=boxes[:8], multimask=True)
+    assert out.masks.shape == (8, 40, 50) and out.all_masks.shape == (8, 3, 40, 50)

@@ -60,6 +60,9 @@ class Segmenter:
     # batch streams a large tensor: on the 2-core CPU 16 prompts at once cost 70 ms each against
     # 40-45 ms in groups of 2-8 (benchmarks/speed.py); a GPU wants large batches.
     max_prompts_per_batch: int | None = None  # None: 4 on CPU, 64 on GPU
+    # Prompts one predict call accepts; more are refused with a message (split them over several calls).
+    # The answer holds one full-size mask per prompt: 10,000 on a 512 x 512 image would be 2.6 GB of masks.
+    max_prompts: int = 1024
 
     def __init__(
         self,
@@ -228,6 +231,11 @@ class Segmenter:
         batches of :attr:`max_prompts_per_batch`.
         """
         embedding, meta = self._require_image()
+        if len(prompts) > self.max_prompts:
+            raise MedAdaptError(
+                f"{len(prompts)} prompts in one call; the limit is {self.max_prompts} (Segmenter.max_prompts): "
+                "split them over several predict calls"
+            )
         framed = self.backbone.processor.transform_prompts(prompts, meta)
         low, iou = [], []
         step = self.max_prompts_per_batch or (4 if self.device.type == "cpu" else 64)
@@ -387,14 +395,15 @@ class Segmenter:
         best = iou.argmax(dim=1)
         rows = torch.arange(low.shape[0], device=low.device)
         low_best = low[rows, best]
-        full = proc.postprocess_logits(low_best, meta)
-        pred = Prediction(
-            masks=(full > 0).cpu().numpy(),
-            scores=iou[rows, best].cpu().numpy(),
-            logits=low_best.cpu().numpy(),
-        )
+
+        def masks(logits: torch.Tensor) -> np.ndarray:
+            # to full size a few prompts at a time: full-size float logits of every prompt at once would not fit
+            return np.concatenate([(proc.postprocess_logits(logits[i : i + 32], meta) > 0).cpu().numpy()
+                                   for i in range(0, logits.shape[0], 32)])
+
+        pred = Prediction(masks=masks(low_best), scores=iou[rows, best].cpu().numpy(), logits=low_best.cpu().numpy())
         if multimask:
-            pred.all_masks = (proc.postprocess_logits(low, meta) > 0).cpu().numpy()
+            pred.all_masks = masks(low)
             pred.all_scores = iou.cpu().numpy()
         return pred
 
