@@ -186,3 +186,30 @@ def test_too_many_prompts_in_one_call_are_refused_with_the_limit_named():
         seg.predict(boxes=boxes)
     out = seg.predict(boxes=boxes[:8], multimask=True)
     assert out.masks.shape == (8, 40, 50) and out.all_masks.shape == (8, 3, 40, 50)
+
+
+def test_a_volume_that_declares_too_many_voxels_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A few kB of gzip whose header declares 2000^3 voxels (32 GB as float32) is refused from its header."""
+    import gzip
+    import struct
+
+    import nibabel as nib
+    import numpy as np
+
+    from medadapt.io import load_image, load_volume
+
+    small = tmp_path / "small.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), small)
+    raw = bytearray(small.read_bytes())
+    raw[40:48] = struct.pack("<4h", 3, 2000, 2000, 2000)  # dim[0..3] of the NIfTI-1 header
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(gzip.compress(bytes(raw)))
+    assert bomb.stat().st_size < 10_000
+    for read in (lambda: load_volume(bomb), lambda: load_image(bomb, slice_index=0)):
+        with pytest.raises(MedAdaptError, match=r"declares a volume of shape \(2000, 2000, 2000\).*MEDADAPT_MAX_VOLUME_GB"):
+            read()
+    monkeypatch.setenv("MEDADAPT_MAX_VOLUME_GB", "0.0000001")  # the limit is the user's to set
+    with pytest.raises(MedAdaptError, match="0.0000001|1e-07"):
+        load_volume(small)
+    monkeypatch.setenv("MEDADAPT_MAX_VOLUME_GB", "4")
+    assert load_volume(small)[0].shape == (4, 4, 4)

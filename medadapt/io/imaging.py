@@ -257,7 +257,10 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
                 f"not {p}; for a single 2-D file use load_image"
             )
         with _reading(p, "a NIfTI file"):
-            img = nib.squeeze_image(nib.load(p))
+            img = nib.load(p)  # reads the header only: the data stays on disk until asked for
+        _check_declared_size(p, img.shape)
+        with _reading(p, "a NIfTI file"):
+            img = nib.squeeze_image(img)
             if img.ndim == 2:
                 img = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, None], img.affine, img.header)
     if img.ndim != 3:
@@ -269,6 +272,28 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         canonical = nib.as_closest_canonical(img)
         data = canonical.get_fdata(dtype=np.float32)
     return data, np.asarray(canonical.affine, dtype=np.float64)
+
+
+def max_volume_bytes() -> float:
+    """The largest volume medadapt decodes, in bytes of float32: ``$MEDADAPT_MAX_VOLUME_GB`` GB (default 4)."""
+    raw = os.environ.get("MEDADAPT_MAX_VOLUME_GB", "4")
+    try:
+        gb = float(raw)
+    except ValueError:
+        raise MedAdaptError(f"MEDADAPT_MAX_VOLUME_GB must be a number of gigabytes; got {raw!r}") from None
+    return gb * 1e9
+
+
+def _check_declared_size(path: Path, shape: Sequence[int]) -> None:
+    """Refuse a file whose header declares more voxels than the limit, before a byte of it is decoded
+    (a few MB of gzip can declare gigabytes)."""
+    need = float(np.prod([float(n) for n in shape])) * 4
+    limit = max_volume_bytes()
+    if need > limit:
+        raise MedAdaptError(
+            f"{path} declares a volume of shape {tuple(int(n) for n in shape)} ({need / 1e9:.1f} GB as float32), "
+            f"more than the {limit / 1e9:g} GB limit; set MEDADAPT_MAX_VOLUME_GB to read it if that is intended"
+        )
 
 
 def volume_slice(volume: np.ndarray, index: int, axis: int = 2) -> np.ndarray:
