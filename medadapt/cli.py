@@ -16,20 +16,22 @@ import warnings
 from typing import Sequence
 
 from .core.errors import MedAdaptError
-from .demo import run_demo
-from .evaluation.evaluate import evaluate_run
-from .foundation import list_backbones
-from .inference.segment import segment_file
-from .recipes import finetune, load_config
+
+# Each command imports the library part it runs when it runs (lazy, for start-up time only: those parts pull
+# in torch, MONAI and transformers, which `medadapt --help` does not need). They all sit below this module.
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .foundation import list_backbones
+
     rows = [(s.name, s.family, f"{s.image_size} px", s.weights) for s in list_backbones()]
     print(_table(("backbone", "family", "input", "weights"), rows))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.segment import segment_file
+
     points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
     labels = [_label(v) for _, _, v in args.point] if args.point else None
     result = segment_file(
@@ -62,17 +64,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
     run_demo(out_dir=args.out, device=args.device, finetune=not args.no_finetune, epochs=args.epochs)
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .recipes import finetune, load_config
+
     config = load_config(args.config, args.overrides)
     finetune(config, resume=args.resume)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate_run
+
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),

@@ -34,6 +34,8 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
     """Validate a plain dict (parsed YAML) into a :class:`FinetuneConfig`."""
     raw = dict(raw or {})
     if raw.get("ssl") is not None:
+        if raw["ssl"] is not True and not isinstance(raw["ssl"], dict):
+            raise MedAdaptError(f"ssl must be a section of settings ({{}} for the defaults) or null; got {raw['ssl']!r}")
         raw["ssl"] = build_dataclass(SSLConfig, raw["ssl"] if isinstance(raw["ssl"], dict) else {}, "ssl")
     cfg = build_config(FinetuneConfig, raw)
     if cfg.ssl is not None and not cfg.prompts.automatic:

@@ -138,7 +138,7 @@ def test_multiline_error_is_one_line_unless_verbose(monkeypatch, capsys):
     def fail():
         raise MedAdaptError("config x.yaml is not valid YAML: while parsing\n  in line 2, column 5:\n    data: 1")
 
-    monkeypatch.setattr(cli, "list_backbones", fail)
+    monkeypatch.setattr("medadapt.foundation.list_backbones", fail)  # the models command imports it when it runs
     assert main(["models"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not valid YAML" in err and "--verbose" in err and "column 5" not in err

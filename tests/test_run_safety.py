@@ -213,3 +213,35 @@ def test_a_volume_that_declares_too_many_voxels_is_refused_before_it_is_decoded(
         load_volume(small)
     monkeypatch.setenv("MEDADAPT_MAX_VOLUME_GB", "4")
     assert load_volume(small)[0].shape == (4, 4, 4)
+
+
+@pytest.mark.parametrize("section, key", [
+    ({"backbone": 5}, "backbone"), ({"adapter": "decoder"}, "adapter"), ({"data": "oops"}, "data"),
+    ({"ssl": 5}, "ssl"), ({"ssl": {"refine": 3}}, "ssl.refine"),
+])
+def test_the_top_level_of_a_recipe_is_type_checked_too(section, key):
+    data = {"root": "x", "classes": [1], "unlabeled": ["a"]}
+    with pytest.raises(MedAdaptError, match=key) as err:
+        config_from_dict({"data": data, **section})
+    assert "\n" not in str(err.value)
+    assert config_from_dict({"data": data, "ssl": {"refine": True}}).ssl.refine == "agree"  # the earlier form
+
+
+def test_resume_without_a_checkpoint_writes_nothing(tmp_path):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    raw["output"] = str(tmp_path / "runs")
+    with pytest.raises(MedAdaptError, match="nothing to resume"):
+        finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_written_before_extensions_had_their_entry_resumes(tmp_path):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    run = finetune(config_from_dict(raw), log=lambda m: None)
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["teacher"] = state.pop("extensions")["ssl"]["teacher"]  # the earlier layout
+    torch.save(state, ckpt)
+    raw["train"]["epochs"] = 2
+    run = finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    assert len(_rows(run)) == 2

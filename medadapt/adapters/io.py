@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, atomic_write_json
 from ..foundation import Backbone, build_backbone
 from .apply import apply, trainable_state
 from .config import AdapterConfig
@@ -54,7 +54,6 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
     if model.lora_merged:
         raise MedAdaptError("LoRA was merged into the base weights; save the adapter before merge_lora()")
     weights, desc = _paths(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     info = {
         "format_version": FORMAT_VERSION,
         "backbone": model.info.name,
@@ -62,11 +61,8 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
         "adapter": config.to_dict(),
         "metadata": metadata or {},
     }
-    for target, write in (
-        (weights, lambda tmp: save_file(trainable_state(model), str(tmp))),
-        (desc, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2))),
-    ):
-        atomic_write(target, write)
+    atomic_write(weights, lambda tmp: save_file(trainable_state(model), str(tmp)))
+    atomic_write_json(desc, info)
     return weights
 
 

@@ -7,7 +7,6 @@ that is silently ignored while the run uses a default.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import types
 import typing
 from dataclasses import fields
@@ -43,10 +42,8 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
-    except Exception:  # an annotation that cannot be resolved is not checked
-        return {}
+    """The field annotations of ``cls`` and its bases, each resolved in the module that wrote it."""
+    return typing.get_type_hints(cls)
 
 
 def _checked(value: Any, hint: Any, key: str) -> Any:
@@ -106,7 +103,7 @@ def _describe(hint: Any) -> str:
     if origin is dict:
         return "a mapping"
     if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
-        return f"a list of {_describe(args[0])}s" if args and args[-1] is not Ellipsis and origin is not tuple \
+        return f"a list of ({_describe(args[0])})" if args and args[-1] is not Ellipsis and origin is not tuple \
             else "a list"
     if dataclasses.is_dataclass(hint):
         return "a mapping of its keys"

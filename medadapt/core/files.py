@@ -16,9 +16,16 @@ from typing import Any, Callable
 from .errors import MedAdaptError
 
 
-def _suffix(path: Path) -> str:
-    """The suffix a writer may dispatch on (``.nii.gz`` counts as one)."""
+def path_suffix(path: str | os.PathLike) -> str:
+    """A file's lower-case suffix, ``.nii.gz`` counting as one (what readers and writers dispatch on)."""
+    path = Path(path)
     return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
@@ -33,14 +40,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_suffix(target) or ".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=path_suffix(target) or ".tmp")
         os.close(fd)
         write(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the user's usual mode
         os.replace(tmp, target)
         tmp = None
-    except OSError as exc:
-        raise MedAdaptError(f"could not write {target}: {exc}") from exc
+    except MedAdaptError:
+        raise
+    except Exception as exc:  # OSError, and the RuntimeError / SafetensorError of a full disk in torch / safetensors
+        raise MedAdaptError(f"could not write {target}: {' '.join(str(exc).split())[:300]}") from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -62,4 +71,4 @@ def atomic_write_json(path: str | os.PathLike, data: Any, **kwargs: Any) -> Path
     return atomic_write_text(path, json.dumps(data, indent=2, **kwargs))
 
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "path_suffix"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import MedAdaptError
+from ..core.files import path_suffix
 from ..io.imaging import IMAGE_EXTENSIONS, MASK_EXTENSIONS
 from .config import SPLITS, DataConfig, natural_key, read_dataset_json
 
@@ -105,10 +106,6 @@ def _folder_pairs(config: DataConfig, layout: str) -> list[tuple[Path, Path | No
     return pairs
 
 
-def _suffix(path: Path) -> str:
-    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
-
-
 def _scan(folder: Path, extensions: tuple[str, ...], *, series: bool) -> dict[str, Path]:
     """Files (and, for images, DICOM-series sub-folders) of ``folder`` by stem; hidden files ignored."""
     found: dict[str, Path] = {}
@@ -121,10 +118,10 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, series: bool) -> dict[st
                 ignored.append(p.name + "/")
                 continue
             stem = p.name
-        elif _suffix(p) in extensions:
-            stem = p.name[: len(p.name) - len(_suffix(p))]
+        elif path_suffix(p) in extensions:
+            stem = p.name[: len(p.name) - len(path_suffix(p))]
         else:
-            if _suffix(p) not in _QUIET_EXTENSIONS:
+            if path_suffix(p) not in _QUIET_EXTENSIONS:
                 ignored.append(p.name)
             continue
         if stem in found:

@@ -23,7 +23,6 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from ..core.errors import MedAdaptError
 from .backbone import Backbone, BackboneInfo
 from .checkpoint import fingerprint_state, load_checked, read_state_dict, sha256_file
-from .hf_sam import load_hf_sam
 from .processor import SamProcessor
 from .registry import BackboneSpec, register_backbone
 
@@ -170,6 +169,8 @@ def build_tiny_litemedsam(checkpoint: str | None = None, seed: int = 0) -> Backb
 
 def build_sam_hf(checkpoint: str | None) -> Backbone:
     """A Hugging Face-format SAM (folder or cached hub id), converted to the official modules."""
+
+    from .hf_sam import load_hf_sam  # lazy: imports transformers, needed only for Hugging Face checkpoints
 
     encoder, prompt, decoder, config = load_hf_sam(checkpoint)
     size = int(config.vision_config.image_size)

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, path_suffix
 
 PathLike = str | os.PathLike[str]
 Window = str | tuple[float, float]
@@ -59,10 +59,6 @@ SAVE_MASK_EXTENSIONS = (".png", *_NIFTI)
 
 
 # --------------------------------------------------------------------------- helpers
-def _suffix(path: Path) -> str:
-    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
-
-
 def _existing(path: PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
@@ -72,7 +68,7 @@ def _existing(path: PathLike, what: str) -> Path:
 
 def _format(path: Path, allowed: Sequence[str], what: str) -> str:
     """The extension that picks the reader; files without one are sniffed for DICOM."""
-    ext = _suffix(path)
+    ext = path_suffix(path)
     if ext in allowed:
         return ext
     if ext == "" and ".dcm" in allowed and path.is_file():
@@ -251,7 +247,7 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     if p.is_dir():
         img = nib.Nifti1Image(*_read_dicom_series(p))
     else:
-        if _suffix(p) not in _NIFTI:
+        if path_suffix(p) not in _NIFTI:
             raise MedAdaptError(
                 f"load_volume reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM series, "
                 f"not {p}; for a single 2-D file use load_image"
@@ -353,7 +349,7 @@ def load_mask(path: PathLike, *, slice_index: int | None = None, axis: int = 2) 
     palette PNGs give their indices). NIfTI label volumes are sliced exactly like
     :func:`load_image` slices the image, so the two line up pixel for pixel."""
     p = _existing(path, "mask file")
-    if _suffix(p) in (".jpg", ".jpeg"):
+    if path_suffix(p) in (".jpg", ".jpeg"):
         raise MedAdaptError(f"mask {p} is a JPEG; JPEG is lossy and smears label edges - save masks as PNG")
     fmt = _format(p, MASK_EXTENSIONS, "mask file")
     if fmt in _NIFTI:
@@ -392,7 +388,7 @@ def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = 
     original scan in any viewer.
     """
     p = Path(path).expanduser()
-    ext = _suffix(p)
+    ext = path_suffix(p)
     if ext not in SAVE_MASK_EXTENSIONS:
         raise MedAdaptError(
             f"cannot save a mask as {p}: extension {ext or '(none)'!r}; "

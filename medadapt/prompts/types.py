@@ -23,9 +23,9 @@ Conventions (shared with :mod:`medadapt.prompts.simulate`):
   learned not-a-point token, so padded slots carry no position. Padding exists
   because point sets of different objects share one N x K array (a mask that
   fills the image has no room for a background click, for instance);
-* a box row of NaN means "this object has no box". Only
+* a box row of NaN means "this object has no box".
   :func:`~medadapt.prompts.simulate.simulate_prompts` with ``mode="mixed"``
-  produces such rows, because SAM's prompt encoder takes one box tensor for the
+  and the trainer's simulated prompts produce such rows, because SAM's prompt encoder takes one box tensor for the
   whole batch; :meth:`Prompts.decode_groups` cuts a mixed batch into groups
   that can each be decoded in one call.
 """

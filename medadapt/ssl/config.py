@@ -27,7 +27,7 @@ class SSLConfig:
     ema_decay: float = 0.99
     threshold: float = 0.9  # softmax confidence over [background, classes]
     adaptive_threshold: bool = False  # per class: threshold x (class mean confidence / best class's)
-    refine: str = "agree"  # re-prompt the decoder with boxes from the coarse pseudo-label: agree | replace | none
+    refine: str | bool = "agree"  # (true / false: the earlier form of agree / none) re-prompt the decoder with boxes from the coarse pseudo-label: agree | replace | none
     refine_decoder: str = "teacher"  # which decoder answers the boxes: teacher | pretrained (frozen at the start)
     refine_iou: float = 0.5  # replace: a class's refined mask is used when its IoU with the coarse mask is this high
     refine_margin: float = 0.0  # each side of a refinement box moves out by this share of the box's width / height

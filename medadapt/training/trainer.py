@@ -47,7 +47,7 @@ from ..foundation import build_backbone
 from ..foundation.decoding import labels_from_logits
 from ..inference.optimize import bf16_is_fast
 from ..inference.predictor import Segmenter
-from ..io.overlay import overlay
+from ..io.overlay import legend, overlay
 from ..prompts.simulate import box_from_mask, corrective_click, sample_points
 from ..prompts.types import PAD_LABEL, Prompts
 from .augment import random_view
@@ -112,7 +112,6 @@ class Trainer:
             self.skipped += list(val_ds.skipped)
         if not self.train_slices:
             raise MedAdaptError("the labelled cases contain no slice with a target class; check data.classes")
-        self.splits = splits
 
         adapter = AdapterConfig.from_dict(config.adapter)
         if config.prompts.automatic:
@@ -382,7 +381,9 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.history = json.loads(state["history"])
-        saved = state.get("extensions", {})
+        saved = state.get("extensions")
+        if saved is None:  # written before extensions had their own entry: the teacher stood at the top level
+            saved = {"ssl": {"teacher": state["teacher"]} if "teacher" in state else {}}
         for ext in self.extensions:
             if ext.name not in saved:
                 raise MedAdaptError(f"{path} has no {ext.name} state: it was written by a run without {ext.name}")
@@ -450,6 +451,8 @@ def _check_run_dir(config: TrainingConfig, resume: bool) -> Path:
     run = run_folder(config)
     if (run / "checkpoints" / "last.pt").exists() and not resume:
         raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
+    if resume and not (run / "checkpoints" / "last.pt").is_file():
+        raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
     cfg_path = run / "config.yaml"
     if resume and cfg_path.exists():
         changed = config_changes(config, run, ignore=("train",))
@@ -577,8 +580,6 @@ def _tensorboard(run: Path):
 def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     """A PNG grid of validation slices with the best model's automatic masks, and a legend
     strip below it naming each class in the colour :func:`~medadapt.io.overlay.overlay` gives it."""
-    from ..io.overlay import legend
-
     model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter")
     seg = Segmenter(model, device=tr.device)
     with_fg = [s for s in tr.val_slices if s.label is not None and s.label.any()]
@@ -598,7 +599,7 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     for i, t in enumerate(tiles):
         grid.paste(t, ((i % cols) * 256, (i // cols) * 256))
     grid.paste(key, (0, 256 * rows))
-    grid.save(run / "val_overlays.png")
+    atomic_write(run / "val_overlays.png", lambda tmp: grid.save(tmp, format="PNG"))
 
 
 __all__ = ["train", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes"]
