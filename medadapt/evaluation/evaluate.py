@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import yaml
 
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
 from ..data import DataConfig, discover_cases, load_volume_case, split_cases
 from ..inference.predictor import Segmenter
 from ..prompts.simulate import prompts_from_prediction
+from ..training.config import read_config
 from .metrics import dice_per_class, hd95_per_class
 from .report import EvaluationReport
 
@@ -71,16 +71,15 @@ def _run_paths(run: str | os.PathLike) -> tuple[Path, Path | None]:
 def _data_config(data: str | os.PathLike | None, run_dir: Path | None) -> DataConfig:
     base = {}
     if run_dir is not None and (run_dir / "config.yaml").exists():
-        base = dict(yaml.safe_load((run_dir / "config.yaml").read_text())["data"])
+        saved = read_config(run_dir / "config.yaml")  # one-line errors for a missing, broken or non-mapping file
+        if not isinstance(saved.get("data"), dict):
+            raise MedAdaptError(f"{run_dir / 'config.yaml'} has no data: section; pass --data to say what to score")
+        base = dict(saved["data"])
     if data is not None:
         d = Path(data).expanduser()
         if d.suffix in (".yaml", ".yml") and d.is_file():
-            try:
-                raw = yaml.safe_load(d.read_text())
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise MedAdaptError(f"--data {d} is not a readable YAML file: {first}") from exc
-            raw = raw.get("data", raw) if isinstance(raw, dict) else None
+            raw = read_config(d)
+            raw = raw.get("data", raw)
             if not isinstance(raw, dict):
                 raise MedAdaptError(f"--data {d} must hold a data: section (root, classes, val/test ids)")
             base = dict(raw)
