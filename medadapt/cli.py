@@ -10,6 +10,7 @@ shows the third-party warnings medadapt silences (see ``foundation/builtins.py``
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 import warnings
@@ -63,6 +64,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .inference.batch import segment_batch
+
+    r = segment_batch(
+        args.inputs, args.out, prompts=args.prompts, model=args.model, checkpoint=args.checkpoint,
+        adapter=args.adapter, device=args.device, axis=args.axis, window=args.window, refine=args.refine,
+        multimask=args.multimask, workers=args.workers, retry_failed=args.retry_failed, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    parts = [f"{r.ok} written ({r.images} images, {r.volumes} volumes) in {r.seconds:.1f} s", f"{r.failed} failed",
+             f"{r.skipped} already done"] + [f"{r.not_retried} failed before (--retry-failed retries them)"] * bool(
+                 r.not_retried)
+    print(", ".join(parts) + f"; manifest: {r.manifest}")
+    return 1 if r.failed or r.not_retried else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    result = export_model(args.source, args.out, format=args.format, checkpoint=args.checkpoint,
+                          overwrite=args.overwrite, tolerance=args.tolerance, log=print)
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items())
+    print(f"exported to {result.folder} ({', '.join(result.manifest['graphs'].values())}); "
+          f"largest difference from PyTorch: {diffs}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -72,9 +100,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .recipes import finetune, load_config
+    from .training import distributed
 
-    config = load_config(args.config, args.overrides)
-    finetune(config, resume=args.resume)
+    world = distributed.start()  # joins the other ranks when torchrun launched several; else one rank
+    if not world.main and not args.verbose:
+        warnings.simplefilter("ignore")  # rank 0 shows them; the data and config are the same on every rank
+    try:
+        config = world.agree(lambda: load_config(args.config, args.overrides))  # a bad config: one message
+        finetune(config, resume=args.resume)
+    finally:
+        distributed.stop()
     return 0
 
 
@@ -166,10 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("segment", parents=[common], help="segment every image of a folder, dataset or list",
+                       description="Batch inference: one mask per input in OUT, in the input's format and geometry, "
+                                   "a manifest of every file, resumable (see docs/batch.md).")
+    p.add_argument("inputs", metavar="IN", help="a folder (searched recursively; a folder of DICOM files is one "
+                   "series), a dataset (imagesTr/... or images/ + masks/), or a .txt list of files")
+    p.add_argument("out", metavar="OUT", help="output folder (not IN); holds manifest.csv and segment.json")
+    p.add_argument("--adapter", default=None, metavar="RUN",
+                   help="run folder or adapter file from `medadapt finetune`: without --prompts, segments every "
+                        "learned class")
+    p.add_argument("--prompts", default=None, metavar="JSON",
+                   help='JSON mapping each input (relative to IN) to {"boxes": [[x0, y0, x1, y1]], "points": '
+                        '[[x, y]], "point_labels": [1]}; volumes {"slices": {"K": {...}}}')
+    p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
+    p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
+    p.add_argument("--axis", type=int, default=2, help="axis volumes are segmented along, slice by slice (default 2)")
+    p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
+    p.add_argument("--refine", action="store_true", help="automatic mode: self-prompt each class (see predict)")
+    p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="DataLoader processes that read ahead (default min(2, CPUs); 0 reads in the main process)")
+    p.add_argument("--retry-failed", action="store_true", help="retry the files the manifest records as failed")
+    p.add_argument("--overwrite", action="store_true", help="redo every file, replacing earlier outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available; "
+                   "cuda:LOCAL_RANK under torchrun)")
+    p.set_defaults(func=_cmd_segment)
+
     p = sub.add_parser("finetune", parents=[common], help="fine-tune an adapted backbone from a YAML config")
     p.add_argument("config", help="YAML recipe, e.g. configs/acdc/3labeled.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 data.labeled=labeled_7")
-    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its last checkpoint (on any number of torchrun ranks)")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", parents=[common], help="Dice and HD95 per case and class, automatic and prompted",
@@ -198,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("export", parents=[common],
+                       help="write a backbone or a run as ONNX graphs, checked against PyTorch",
+                       description="Export the image encoder and the prompt encoder + mask decoder (and the class "
+                                   "decoder of an adapted model) as ONNX, LoRA merged; run them with "
+                                   "Segmenter.from_pretrained(OUT, runtime='onnxruntime') (see docs/export.md).")
+    p.add_argument("source", metavar="MODEL_OR_RUN", help="backbone name (see `medadapt models`) or a run folder / "
+                   "adapter written by `medadapt finetune`")
+    p.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export with --overwrite)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest difference from PyTorch the check accepts (default 1e-3)")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("demo", parents=[common],
                        help="box-prompted segmentation and few-label fine-tuning on bundled real images")
     p.add_argument("--out", default="medadapt-demo", help="folder for overlays and the run (default ./medadapt-demo)")
@@ -218,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedAdaptError as exc:
+        if getattr(exc, "reported", False):  # a rank other than 0, whose error rank 0 has printed
+            return 2
         if args.verbose:
             traceback.print_exception(exc, file=sys.stderr)
         print(f"medadapt: error: {_error_text(exc, args.verbose)}", file=sys.stderr)
@@ -228,8 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error_text(exc: MedAdaptError, verbose: bool) -> str:
-    """The message, or by default only its first line (a wrapped YAML/library error can span several)."""
-    text = str(exc).strip()
+    """The message, or by default only its first line (a wrapped YAML/library error can span several),
+    without the terminal escape codes some libraries put in theirs (torch bolds part of its pickle refusal)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc)).strip()
     first, _, rest = text.partition("\n")
     if verbose or not rest.strip():
         return text

@@ -133,7 +133,6 @@ def test_an_error_is_exactly_one_line_with_status_2(tmp_path):
 
 
 def test_multiline_error_is_one_line_unless_verbose(monkeypatch, capsys):
-    from medadapt import cli
 
     def fail():
         raise MedAdaptError("config x.yaml is not valid YAML: while parsing\n  in line 2, column 5:\n    data: 1")

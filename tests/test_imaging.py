@@ -144,8 +144,110 @@ def test_nifti_slice_index_errors(tmp_path: Path) -> None:
         volume_slice(load_volume(path)[0], 9)
 
 
+def _whole_volume(path: Path) -> np.ndarray:
+    """The whole-volume reading every slice must agree with: squeeze, reorient to closest canonical, float32."""
+    img = nib.squeeze_image(nib.load(path))
+    if img.ndim == 2:
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, None], img.affine, img.header)
+    return nib.as_closest_canonical(img).get_fdata(dtype=np.float32)
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def _affine(columns: np.ndarray) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, :3], a[:3, 3] = columns, [12.0, -7.0, 30.0]
+    return a
+
+
+#: voxel-to-world matrices: identity, a flip, axis permutations with flips, and oblique ones
+AFFINES = {
+    "ras": np.diag([0.8, 0.9, 2.5]),
+    "las": np.diag([-0.8, 0.9, 2.5]),
+    "lpi": np.diag([-1.0, -1.0, -3.0]),
+    "sagittal_asr": np.array([[0, 0, -1.2], [0.7, 0, 0], [0, 0.7, 0]]),  # voxel axes -> A, S, L
+    "coronal_rsp": np.array([[0.6, 0, 0], [0, 0, -2.0], [0, 0.6, 0]]),
+    "oblique": _rotation(2, 25) @ _rotation(0, -15) @ np.diag([-0.7, 0.8, 2.0]),
+    "oblique_permuted": _rotation(1, 30) @ np.array([[0, 1.0, 0], [0, 0, -1.5], [-0.9, 0, 0]]),
+}
+
+
+@pytest.mark.parametrize("orientation", list(AFFINES))
+@pytest.mark.parametrize("kind", ["int16_scaled", "uint8", "float64", "nifti2_int32_scaled", "4d_trailing", "2d"])
+def test_one_nifti_slice_is_bit_identical_to_slicing_the_whole_volume(tmp_path, monkeypatch, orientation, kind) -> None:
+    from medadapt.io import volumes
+
+    monkeypatch.setattr(volumes, "CHUNK_BYTES", 64)  # scattered slices: read a plane or two at a time
+    shape = {"4d_trailing": (5, 6, 7, 1), "2d": (5, 6)}.get(kind, (5, 6, 7))
+    values = RNG.normal(0, 900, shape)
+    if kind == "float64":
+        data = values
+    else:
+        data = values.astype({"uint8": np.uint8, "nifti2_int32_scaled": np.int32}.get(kind, np.int16))
+    cls = nib.Nifti2Image if kind.startswith("nifti2") else nib.Nifti1Image
+    img = cls(data, _affine(AFFINES[orientation]))
+    if kind.endswith("scaled"):
+        img.header.set_slope_inter(0.37, -12.5)
+    path = tmp_path / ("v.nii" if kind == "uint8" else "v.nii.gz")
+    nib.save(img, path)
+    whole = _whole_volume(path)
+    np.testing.assert_array_equal(load_volume(path)[0], whole)
+    for axis in (0, 1, 2):
+        for k in sorted({0, whole.shape[axis] // 2, whole.shape[axis] - 1}):
+            got = load_image(path, slice_index=k, axis=axis)
+            expected = volume_slice(whole, k, axis)
+            assert got.dtype == np.float32 and got.tobytes() == expected.tobytes(), (axis, k)
+    if kind.endswith("scaled"):  # the scaling was applied, in the file's own arithmetic
+        assert not np.array_equal(whole, np.round(whole))
+
+
+def test_reading_one_nifti_slice_allocates_about_one_slice(tmp_path, monkeypatch) -> None:
+    """A 256x256x160 int16 volume is 42 MB as float32; reading one slice allocates a small multiple of
+    that slice, or of the chunk of planes read at a time when the slice is scattered through the file
+    (1 MB here; indexed_gzip adds a 4 MB buffer), never the volume."""
+    import tracemalloc
+
+    from medadapt.io import volumes
+
+    monkeypatch.setattr(volumes, "CHUNK_BYTES", 2**20)
+    data = np.zeros((256, 256, 160), np.int16)
+    data[64:192, 64:192, 40:120] = 300
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([-0.8, 0.8, 1.5, 1.0])), path)
+    volume_bytes = data.size * 4
+    for axis in (2, 0, 1):
+        tracemalloc.start()
+        plane = load_image(path, slice_index=80, axis=axis)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert plane.shape == {2: (256, 256), 0: (160, 256), 1: (160, 256)}[axis]
+        assert peak < volume_bytes / 4, (axis, peak)  # the whole-volume path allocates > volume_bytes
+
+
+def test_a_reference_geometry_is_read_without_its_voxels(tmp_path) -> None:
+    """save_mask(reference=) writes the header a whole-volume reorientation gives, byte for byte."""
+    data = RNG.integers(0, 100, (5, 6, 7)).astype(np.int16)
+    ref = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(data, _affine(AFFINES["oblique_permuted"])), ref)
+    canonical = nib.as_closest_canonical(nib.squeeze_image(nib.load(ref)))
+    labels = (RNG.random(canonical.shape) > 0.5).astype(np.uint8)
+    out = save_mask(labels, tmp_path / "mask.nii", reference=ref)
+    expected = nib.Nifti1Image(labels, canonical.affine, canonical.header)
+    expected.set_data_dtype(np.uint8)
+    expected.header["cal_min"], expected.header["cal_max"] = 0, 0
+    nib.save(expected, tmp_path / "expected.nii")
+    assert out.read_bytes() == (tmp_path / "expected.nii").read_bytes()
+
+
 # --------------------------------------------------------------------------- DICOM
-def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str) -> None:
+def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str,
+           orientation=(1, 0, 0, 0, 1, 0)) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -158,8 +260,9 @@ def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-10.0, -20.0, z]
+    ds.ImageOrientationPatient = list(orientation)
+    normal = np.cross(orientation[:3], orientation[3:])
+    ds.ImagePositionPatient = [float(v) for v in np.array([-10.0, -20.0, 0.0]) + z * normal]
     ds.PixelSpacing = [0.5, 0.7]
     ds.SliceThickness = 3
     ds.PixelData = pixels.astype(np.uint16).tobytes()
@@ -191,6 +294,19 @@ def test_dicom_series_sorted_and_consistent(tmp_path: Path) -> None:
         np.testing.assert_array_equal(load_image(tmp_path, slice_index=k), volume_slice(vol, k))
     np.testing.assert_allclose(np.abs(np.diag(aff)[:3]), [0.7, 0.5, 3.0])
     np.testing.assert_allclose(aff[2, 3], 0.0)
+
+
+@pytest.mark.parametrize("orientation", [(0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1), (0.8, 0.6, 0, 0, 0, -1)],
+                         ids=["sagittal", "coronal", "oblique"])
+def test_a_dicom_series_slice_matches_the_whole_series_on_every_axis(tmp_path: Path, orientation) -> None:
+    series = generate_uid()
+    for k in range(5):
+        _dicom(tmp_path / f"{k}.dcm", RNG.integers(0, 3000, (6, 8)).astype(np.uint16), 2.0 * k, k + 1, series,
+               orientation)
+    vol, _ = load_volume(tmp_path)
+    for axis in (0, 1, 2):
+        for k in (0, vol.shape[axis] - 1):
+            assert load_image(tmp_path, slice_index=k, axis=axis).tobytes() == volume_slice(vol, k, axis).tobytes()
 
 
 # --------------------------------------------------------------------------- intensity

@@ -8,6 +8,7 @@ import csv
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distributed import kill_at_a_random_step
 from test_ssl import _tiny_raw
 
 from medadapt.core.errors import MedAdaptError
@@ -84,6 +85,48 @@ def test_a_stopped_semi_supervised_run_resumes_to_the_same_weights(tmp_path, mon
     sa = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     sb = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_streamed_semi_supervised_run_killed_at_a_random_step_resumes_to_the_same_weights(tmp_path):
+    """Unlabelled cases streamed a few at a time: SIGKILLed at a random step after its second checkpoint and
+    resumed from it, a run ends with the weights and log rows (wall seconds apart) of a run never killed. The
+    stream's generator, case order and the slices waiting in its buffer are checkpointed; the waiting slices
+    are read again on resume."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    import yaml
+
+    ssl = {"threshold": 0.3, "cutmix": 1.0, "copy_paste": 0.5, "geometric": 0.5, "stream": True, "stream_cases": 2}
+
+    def raw(name):
+        out = _tiny_raw(tmp_path / name, 8, ["3", "4", "5", "6", "7"],
+                        {"epochs": 5, "batch_size": 1, "device": "cpu", "cache_dir": str(tmp_path / name / "cache")}, ssl)
+        return {**out, "name": name}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed run's process
+    try:
+        whole = finetune(config_from_dict(raw("whole")), log=lambda m: None)
+        killed = raw("killed")
+        cfg = tmp_path / "killed.yaml"
+        cfg.write_text(yaml.safe_dump(killed))
+        proc = subprocess.Popen([sys.executable, "-m", "medadapt", "finetune", str(cfg)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        kill_at_a_random_step(proc, tmp_path / "killed" / "killed", random.Random())
+        resumed = finetune(config_from_dict(killed), resume=True, log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = _rows(whole), _rows(resumed)
+    assert len(a) == len(b) == 5
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+    sa = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
+    sb = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(sa["trainable"][k], sb["trainable"][k]) for k in sa["trainable"])
+    assert sa["extensions"]["ssl"]["stream"] == sb["extensions"]["ssl"]["stream"]
 
 
 def _png(path, value=100):

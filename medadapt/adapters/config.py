@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..core.config import build_dataclass, check_phrase_map, check_templates
+from ..core.config import Ranges, build_dataclass, check_fields, check_phrase_map, check_ranges, check_templates
 from ..core.errors import MedAdaptError
 
 BASE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -25,6 +25,14 @@ class LoraConfig:
     alpha: float = 8.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["encoder_attention"])
+
+    def __post_init__(self) -> None:
+        _check(self, "adapter.lora", {
+            "rank": (lambda v: v >= 1, "a whole number >= 1"),
+            "alpha": (lambda v: v > 0, "a number > 0"),
+            "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            "targets": (_names, "a non-empty list of group names (encoder_attention, ...) or module patterns"),
+        })
 
 
 @dataclass
@@ -42,6 +50,16 @@ class SpatialAdapterConfig:
     blocks: list[int] | None = None
     positions: list[str] = field(default_factory=lambda: ["attention", "mlp"])
 
+    def __post_init__(self) -> None:
+        _check(self, "adapter.spatial", {
+            "bottleneck": (lambda v: v > 0, "a share of the block width in (0, 1], or a width > 1"),
+            "scale": (lambda v: v >= 0, "a number >= 0"),
+            "blocks": (lambda v: v is None or (len(v) > 0 and all(b >= 0 for b in v)),
+                       "a non-empty list of block indices >= 0, or null for all"),
+            "positions": (lambda v: len(v) > 0 and set(v) <= {"attention", "mlp"},
+                          "a non-empty subset of [attention, mlp]"),
+        })
+
 
 @dataclass
 class ContextAdapterConfig:
@@ -53,6 +71,12 @@ class ContextAdapterConfig:
 
     hidden: int = 64  # bottleneck channels
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+    def __post_init__(self) -> None:
+        _check(self, "adapter.context", {
+            "hidden": (lambda v: v >= 1, "a whole number of channels >= 1"),
+            "dilations": (lambda v: len(v) > 0 and all(d >= 1 for d in v), "a non-empty list of whole numbers >= 1"),
+        })
 
 
 @dataclass
@@ -66,6 +90,13 @@ class AutomaticConfig:
     class_names: list[str] = field(default_factory=list)
     label_values: list[int] = field(default_factory=list)
     tokens_per_class: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self, "adapter.automatic", {
+            "class_names": (_names, "a non-empty list of class names"),
+            "label_values": (lambda v: len(v) > 0 and all(x >= 1 for x in v), "a non-empty list of label values >= 1"),
+            "tokens_per_class": (lambda v: v >= 1, "a whole number >= 1"),
+        })
 
 
 @dataclass
@@ -89,10 +120,12 @@ class LearnedTextConfig:
     def __post_init__(self) -> None:
         self.templates = list(check_templates(self.templates, "text.templates"))
         self.aliases = check_phrase_map(self.aliases, "text.aliases", "{'left ventricle': ['LV']}")
-        if not -1.0 <= float(self.min_similarity) < 1.0:
-            raise MedAdaptError(f"text.min_similarity is a cosine similarity in [-1, 1); got {self.min_similarity}")
-        if int(self.steps) < 1:
-            raise MedAdaptError(f"text.steps must be >= 1; got {self.steps}")
+        _check(self, "text", {
+            "encoder": (lambda v: bool(v.strip()), "the name of a sentence encoder, e.g. all-MiniLM-L6-v2"),
+            "min_similarity": (lambda v: -1.0 <= v < 1.0, "a cosine similarity in [-1, 1)"),
+            "steps": (lambda v: v >= 1, "a whole number >= 1"),
+            "embed_dim": (lambda v: v >= 0, "a whole number >= 0 (filled in when the head is trained)"),
+        })
 
 
 @dataclass
@@ -121,34 +154,15 @@ class AdapterConfig:
             raise MedAdaptError("learned text prompts (text:) select learned classes; they need automatic mode")
         if self.automatic is not None:
             a = self.automatic
-            if not a.class_names or len(a.class_names) != len(a.label_values):
+            if len(a.class_names) != len(a.label_values):
                 raise MedAdaptError(
-                    f"automatic.class_names ({a.class_names}) and label_values ({a.label_values}) must be non-empty and of equal length"
+                    f"adapter.automatic.class_names ({a.class_names}) and label_values ({a.label_values}) "
+                    "must be of equal length"
                 )
-            if a.tokens_per_class < 1:
-                raise MedAdaptError(f"automatic.tokens_per_class must be >= 1; got {a.tokens_per_class}")
+        check_fields(self, "adapter")
         unknown = [p for p in self.train if p not in BASE_PARTS]
         if unknown:
             raise MedAdaptError(f"adapter 'train' names unknown parts {unknown}; choose from {list(BASE_PARTS)}")
-        if self.lora is not None:
-            if self.lora.rank < 1:
-                raise MedAdaptError(f"lora.rank must be >= 1; got {self.lora.rank}")
-            if not 0 <= self.lora.dropout < 1:
-                raise MedAdaptError(f"lora.dropout must be in [0, 1); got {self.lora.dropout}")
-            if not self.lora.targets:
-                raise MedAdaptError("lora.targets is empty: name groups (encoder_attention, ...) or module patterns")
-        if self.spatial is not None:
-            bad = [p for p in self.spatial.positions if p not in ("attention", "mlp")]
-            if bad or not self.spatial.positions:
-                raise MedAdaptError(f"spatial.positions must be a non-empty subset of ['attention', 'mlp']; got {self.spatial.positions}")
-            if self.spatial.bottleneck <= 0:
-                raise MedAdaptError(f"spatial.bottleneck must be > 0; got {self.spatial.bottleneck}")
-
-        if self.context is not None:
-            if int(self.context.hidden) < 1:
-                raise MedAdaptError(f"context.hidden must be >= 1; got {self.context.hidden}")
-            if not self.context.dilations or any(int(d) < 1 for d in self.context.dilations):
-                raise MedAdaptError(f"context.dilations must be a non-empty list of integers >= 1; got {self.context.dilations}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
@@ -157,6 +171,16 @@ class AdapterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _names(value: list[str]) -> bool:
+    return len(value) > 0 and all(v.strip() for v in value)
+
+
+def _check(section: Any, where: str, ranges: Ranges) -> None:
+    """Types from the annotations, then the ranges, of one adapter section (built in Python or from YAML)."""
+    check_fields(section, where)
+    check_ranges(section, where, ranges)
 
 
 __all__ = ["AdapterConfig", "AutomaticConfig", "ContextAdapterConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "BASE_PARTS"]

@@ -7,14 +7,25 @@ that is silently ignored while the run uses a default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import fields
-from typing import Any, Literal, Sequence, TypeVar, Union
+from typing import Any, Callable, Literal, Sequence, TypeVar, Union
 
 from .errors import MedAdaptError
 
 T = TypeVar("T")
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a line: a YAML alias bomb (lists of lists of aliases) must not be spelled out in full."""
+    return _REPR.repr(value)
 
 
 def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -28,7 +39,7 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
     accepted where a float is expected. Ranges are checked by each config.
     """
     if not isinstance(data, dict):
-        raise MedAdaptError(f"'{where}' must be a mapping of keys to values (a YAML section); got {data!r}")
+        raise MedAdaptError(f"'{where}' must be a mapping of keys to values (a YAML section); got {short_repr(data)}")
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - allowed, key=str)
     if unknown:
@@ -39,6 +50,35 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
         if key in hints:
             data[key] = _checked(value, hints[key], f"{where}.{key}" if where != "config" else key)
     return cls(**data)
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """Check every field of a config dataclass instance against its annotation, as :func:`build_dataclass`
+    does for YAML, so a config built in Python (``SSLConfig(threshold="high")``) fails the same way.
+
+    Numeric text where a float is wanted becomes that float, in place.
+    """
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        if f.name in hints:
+            setattr(obj, f.name, _checked(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}"))
+
+
+#: ``key -> (check, what is allowed)``: the ranges of a config section that its types alone do not say
+Ranges = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def check_ranges(obj: Any, where: str, ranges: Ranges) -> None:
+    """``check(value)`` must hold for each ``key`` of ``ranges``, and a number must be finite (``.nan`` and
+    ``.inf`` are YAML numbers); otherwise one line naming the key, the value and what is allowed."""
+    for key, (ok, allowed) in ranges.items():
+        value = getattr(obj, key)
+        try:
+            fine = bool(ok(value)) and not (isinstance(value, float) and not math.isfinite(value))
+        except TypeError:
+            fine = False
+        if not fine:
+            raise MedAdaptError(f"{where}.{key}: {short_repr(value)} is out of range; allowed: {allowed}")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -54,7 +94,7 @@ def _checked(value: Any, hint: Any, key: str) -> Any:
         except ValueError:
             pass
     if not _fits(value, hint):
-        raise MedAdaptError(f"{key}: {value!r} is not {_describe(hint)}")
+        raise MedAdaptError(f"{key}: {short_repr(value)} is not {_describe(hint)}")
     return value
 
 
@@ -102,6 +142,10 @@ def _describe(hint: Any) -> str:
         return names[hint]
     if origin is dict:
         return "a mapping"
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        items = {_describe(a) for a in args}
+        each = items.pop() if len(items) == 1 else " / ".join(_describe(a) for a in args)
+        return f"a list of {len(args)} items, each {each}"
     if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
         return f"a list of ({_describe(args[0])})" if args and args[-1] is not Ellipsis and origin is not tuple \
             else "a list"
@@ -115,7 +159,8 @@ def check_templates(templates: str | Sequence[str], where: str) -> tuple[str, ..
     out = (templates,) if isinstance(templates, str) else tuple(templates)
     if not out or any(not isinstance(t, str) or t.count("{}") != 1 for t in out):
         raise MedAdaptError(
-            f"{where} must be strings with exactly one '{{}}' where the text goes, e.g. 'the {{}}'; got {list(out)!r}"
+            f"{where} must be strings with exactly one '{{}}' where the text goes, e.g. 'the {{}}'; "
+            f"got {short_repr(list(out))}"
         )
     return out
 
@@ -130,4 +175,6 @@ def check_phrase_map(mapping: Any, where: str, example: str) -> dict[str, list[s
     return {str(k): list(v) for k, v in mapping.items()}
 
 
-__all__ = ["build_dataclass", "check_phrase_map", "check_templates"]
+__all__ = [
+    "Ranges", "build_dataclass", "check_fields", "check_phrase_map", "check_ranges", "check_templates", "short_repr",
+]

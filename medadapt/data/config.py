@@ -9,14 +9,18 @@ name}`` and the nnU-Net v2 ``{name: value}`` spelling) or are label values.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..core.config import check_fields, check_ranges, short_repr
 from ..core.errors import MedAdaptError
-from ..io.imaging import Window
+from ..io.imaging import Window, apply_window
 
 LAYOUTS = ("auto", "nnunet", "folder")
 SPLITS = ("labeled", "unlabeled", "val", "test")
@@ -27,7 +31,7 @@ FOREGROUND = "foreground"
 #: Keys of a split selection mapping (``labeled: {range: ["000", "004"]}``), applied in this order.
 SELECTION_KEYS = ("split", "range", "pattern", "exclude", "every")
 
-SplitSpec = list[str] | str | dict[str, Any] | None
+SplitSpec = list[Any] | str | dict[str, Any] | None  # list items are checked (and explained) in __post_init__
 
 
 # --------------------------------------------------------------------------- config
@@ -96,7 +100,7 @@ class DataConfig:
     """
 
     root: str
-    classes: list[str | int] | dict[str, int]
+    classes: list[str | int] | dict[str | int, int | str] | str | int
     layout: str = "auto"
     images: str | None = None
     labels: str | None = None
@@ -115,8 +119,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.root, (str, os.PathLike)) or not str(self.root):
-            raise MedAdaptError(f"data.root must be the dataset folder (a path), got {self.root!r}")
-        self.root = os.path.expandvars(str(self.root))  # ${MEDADAPT_DATA}/acdc: recipes carry no machine paths
+            raise MedAdaptError(f"data.root must be the dataset folder (a path), got {short_repr(self.root)}")
+        self.root = os.path.expandvars(os.fspath(self.root))  # ${MEDADAPT_DATA}/acdc: recipes carry no machine paths
+        check_fields(self, "data")
         if isinstance(self.classes, (str, int)) and not isinstance(self.classes, bool):
             self.classes = [self.classes]  # `classes: foreground` in YAML
         if isinstance(self.classes, dict) and self.classes:
@@ -124,7 +129,7 @@ class DataConfig:
         elif not isinstance(self.classes, (list, tuple)) or not self.classes:
             raise MedAdaptError(
                 "data.classes must be a non-empty list of class names or label values, or a mapping of "
-                f"names to label values, e.g. [left ventricle], [1, 2] or {{polyp: 1}}; got {self.classes!r}"
+                f"names to label values, e.g. [left ventricle], [1, 2] or {{polyp: 1}}; got {short_repr(self.classes)}"
             )
         else:
             self.classes = list(self.classes)
@@ -132,34 +137,39 @@ class DataConfig:
         _choice("on_error", self.on_error, ON_ERROR)
         _choice("slice_filter", self.slice_filter, SLICE_FILTERS)
         if isinstance(self.axis, bool) or self.axis not in (0, 1, 2):
-            raise MedAdaptError(f"data.axis must be 0, 1 or 2 (the volume axis to slice along), got {self.axis!r}")
+            raise MedAdaptError(f"data.axis must be 0, 1 or 2 (the volume axis to slice along), got {short_repr(self.axis)}")
         for key in ("images", "labels"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
-                raise MedAdaptError(f"data.{key} must be a sub-folder name of data.root, got {value!r}")
+                raise MedAdaptError(f"data.{key} must be a sub-folder name of data.root, got {short_repr(value)}")
         for key in SPLITS:
             setattr(self, key, _split_spec(key, getattr(self, key)))
         if self.case_pattern is not None:
             try:
                 groups = re.compile(self.case_pattern).groups
             except (re.error, TypeError) as exc:
-                raise MedAdaptError(f"data.case_pattern {self.case_pattern!r} is not a valid regex: {exc}") from None
+                raise MedAdaptError(f"data.case_pattern {short_repr(self.case_pattern)} is not a valid regex: {exc}") from None
             if groups < 1:
                 raise MedAdaptError(
-                    f"data.case_pattern {self.case_pattern!r} needs a group for the patient id, e.g. '(\\d+)_'"
+                    f"data.case_pattern {short_repr(self.case_pattern)} needs a group for the patient id, e.g. '(\\d+)_'"
                 )
-        for key, low in (("limit_unlabeled", 1), ("min_foreground", 0)):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise MedAdaptError(f"data.{key} must be an integer >= {low}, got {value!r}")
-        if self.min_foreground is None:
-            raise MedAdaptError("data.min_foreground must be an integer >= 0, got None")
         if self.window is not None and self.percentiles is not None:
             raise MedAdaptError("set either data.window (CT) or data.percentiles (MR), not both")
         if self.window is not None and not isinstance(self.window, str):
             self.window = list(_numbers("window", self.window, 2))
+        if self.window is not None:
+            try:
+                apply_window(np.zeros((1, 1), np.float32), self.window_arg)  # the readers' own check
+            except MedAdaptError as exc:
+                raise MedAdaptError(f"data.window: {exc}") from None
         if self.percentiles is not None:
             self.percentiles = list(_numbers("percentiles", self.percentiles, 2))
+        check_ranges(self, "data", {
+            "percentiles": (lambda v: v is None or 0 <= v[0] < v[1] <= 100 and all(map(math.isfinite, v)),
+                            "[low, high] with 0 <= low < high <= 100, or null"),
+            "limit_unlabeled": (lambda v: v is None or v >= 1, "a number of cases >= 1, or null for all"),
+            "min_foreground": (lambda v: v >= 0, "a number of pixels >= 0"),
+        })
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
@@ -173,7 +183,7 @@ class DataConfig:
         missing = [k for k in ("root", "classes") if k not in data]
         if missing:
             raise MedAdaptError(f"the data config needs {' and '.join(missing)}: e.g. root: path/to/dataset, classes: [1]")
-        return cls(**data)
+        return cls(**data)  # every value's type and range is checked in __post_init__
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,7 +200,7 @@ class DataConfig:
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise MedAdaptError(f"data.{key} must be one of {list(allowed)}, got {value!r}")
+        raise MedAdaptError(f"data.{key} must be one of {list(allowed)}, got {short_repr(value)}")
 
 
 def _numbers(key: str, value: Any, n: int) -> tuple[float, ...]:
@@ -199,7 +209,7 @@ def _numbers(key: str, value: Any, n: int) -> tuple[float, ...]:
     except (TypeError, ValueError):
         out = ()
     if len(out) != n:
-        raise MedAdaptError(f"data.{key} must be a list of {n} numbers, got {value!r}")
+        raise MedAdaptError(f"data.{key} must be a list of {n} numbers, got {short_repr(value)}")
     return out
 
 
@@ -210,7 +220,7 @@ def _class_mapping(mapping: dict[Any, Any]) -> dict[str, int]:
         name, value = (b, a) if _is_label_value(a) and isinstance(b, str) else (a, b)
         if not isinstance(name, str) or not name.strip() or not _is_label_value(value):
             raise MedAdaptError(
-                f"data.classes mapping must give each class name a label value, e.g. {{polyp: 1}}; got {a!r}: {b!r}"
+                f"data.classes mapping must give each class name a label value, e.g. {{polyp: 1}}; got {short_repr(a)}: {short_repr(b)}"
             )
         out[name] = int(value)
     return out
@@ -224,7 +234,7 @@ def _text_ids(key: str, value: Any) -> list[str]:
     bad = [v for v in value if not isinstance(v, str)]
     if bad:
         raise MedAdaptError(
-            f"data.{key} has non-text ids {bad}; quote them in YAML (e.g. '010': an unquoted 010 is read as a number)"
+            f"data.{key} has non-text ids {short_repr(bad)}; quote them in YAML (e.g. '010': an unquoted 010 is read as a number)"
         )
     return list(value)
 
@@ -245,7 +255,7 @@ def _split_spec(key: str, value: Any) -> SplitSpec:
         return _selection(key, value)
     raise MedAdaptError(
         f"data.{key} must be a list of case/patient ids, a split name, or a selection mapping "
-        f"({'/'.join(SELECTION_KEYS)}), got {value!r}"
+        f"({'/'.join(SELECTION_KEYS)}), got {short_repr(value)}"
     )
 
 
@@ -263,26 +273,26 @@ def _selection(key: str, spec: dict[Any, Any]) -> dict[str, Any]:
         value, where = spec[name], f"{key}.{name}"
         if name == "split":
             if isinstance(value, dict) or value is None:
-                raise MedAdaptError(f"data.{where} must be a split name or a list of ids, got {value!r}")
+                raise MedAdaptError(f"data.{where} must be a split name or a list of ids, got {short_repr(value)}")
             value = _split_spec(key, value)
         elif name == "range":
             if not isinstance(value, (list, tuple)) or len(value) != 2:
-                raise MedAdaptError(f"data.{where} must be [first, last] ids (inclusive), e.g. ['000', '004']; got {value!r}")
+                raise MedAdaptError(f"data.{where} must be [first, last] ids (inclusive), e.g. ['000', '004']; got {short_repr(value)}")
             value = _text_ids(where, value)
             if natural_key(value[0]) > natural_key(value[1]):
-                raise MedAdaptError(f"data.{where}: first id {value[0]!r} sorts after last id {value[1]!r}; swap them")
+                raise MedAdaptError(f"data.{where}: first id {short_repr(value[0])} sorts after last id {short_repr(value[1])}; swap them")
         elif name == "pattern":
             try:
                 re.compile(value)
             except (re.error, TypeError) as exc:
-                raise MedAdaptError(f"data.{where} {value!r} is not a valid regex: {exc}") from None
+                raise MedAdaptError(f"data.{where} {short_repr(value)} is not a valid regex: {exc}") from None
         elif name == "exclude":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)) or not items:
-                raise MedAdaptError(f"data.{where} must be split names or ids (a non-empty list), got {value!r}")
+                raise MedAdaptError(f"data.{where} must be split names or ids (a non-empty list), got {short_repr(value)}")
             value = _text_ids(where, items)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise MedAdaptError(f"data.{where} must be an integer >= 1 (keep every k-th patient), got {value!r}")
+            raise MedAdaptError(f"data.{where} must be an integer >= 1 (keep every k-th patient), got {short_repr(value)}")
         out[name] = value
     return out
 
@@ -352,18 +362,18 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
         for name, value in config.classes.items():
             if by_value and value not in by_value and value > 0:
                 raise MedAdaptError(
-                    f"data.classes {name!r}: label value {value} is not in dataset.json labels {by_value}"
+                    f"data.classes {short_repr(name)}: label value {value} is not in dataset.json labels {by_value}"
                 )
             _add_class(out, name, value, name)
         return out
     for position, entry in enumerate(config.classes, start=1):
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
-            raise MedAdaptError(f"data.classes entries must be class names or integer label values, got {entry!r}")
+            raise MedAdaptError(f"data.classes entries must be class names or integer label values, got {short_repr(entry)}")
         if isinstance(entry, int) or (_is_int_text(entry) and _norm(entry) not in by_norm):
             value = int(entry)
             if by_value and value not in by_value and value > 0:
                 raise MedAdaptError(
-                    f"data.classes entry {entry!r}: label value {value} is not in dataset.json labels {by_value}"
+                    f"data.classes entry {short_repr(entry)}: label value {value} is not in dataset.json labels {by_value}"
                 )
             name = by_value.get(value, FOREGROUND if value == 1 and not table else str(value))
         elif _norm(entry) in by_norm:
@@ -371,19 +381,19 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
             value = table[name]  # type: ignore[assignment]
             if isinstance(value, list):
                 raise MedAdaptError(
-                    f"class {entry!r} is a region of label values {value} in dataset.json; medadapt trains one "
+                    f"class {short_repr(entry)} is a region of label values {value} in dataset.json; medadapt trains one "
                     f"class per label value: list the values in data.classes instead, e.g. {value}"
                 )
         elif _norm(entry) == FOREGROUND and len(objects) <= 1:
             name, value = (objects[0], table[objects[0]]) if objects else (FOREGROUND, 1)  # type: ignore[assignment]
             if isinstance(value, list):
-                raise MedAdaptError(f"'foreground' is the region {name!r} (values {value}); list the values instead")
+                raise MedAdaptError(f"'foreground' is the region {short_repr(name)} (values {value}); list the values instead")
         elif not table:  # no dataset.json labels: a name is the value of its place in the list
             name, value = entry, position
         else:
             known = ", ".join(repr(n) for n in objects)
             raise MedAdaptError(
-                f"unknown class {entry!r} in data.classes; known class names: {known} "
+                f"unknown class {short_repr(entry)} in data.classes; known class names: {known} "
                 f"(or give its label value: {{{entry}: VALUE}})"
             )
         _add_class(out, name, value, entry)
@@ -392,9 +402,9 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
 
 def _add_class(out: list[tuple[str, int]], name: str, value: int, entry: Any) -> None:
     if value <= 0:
-        raise MedAdaptError(f"data.classes entry {entry!r} is label value {value} (background); pick object classes")
+        raise MedAdaptError(f"data.classes entry {short_repr(entry)} is label value {value} (background); pick object classes")
     if value in [v for _, v in out]:
-        raise MedAdaptError(f"data.classes names label value {value} twice ({entry!r}); list each class once")
+        raise MedAdaptError(f"data.classes names label value {value} twice ({short_repr(entry)}); list each class once")
     out.append((name, value))
 
 

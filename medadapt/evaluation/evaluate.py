@@ -209,6 +209,9 @@ def evaluate_run(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise MedAdaptError(f"--limit must be a number of cases >= 1 (score the first N cases); got {limit!r}")
     adapter, run_dir = _run_paths(run)
+    out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
+    if out.exists() and not out.is_dir():
+        raise MedAdaptError(f"--out {out} is a file: give a folder for evaluation.json and evaluation.csv")
     info = read_adapter_info(adapter)
     config = _data_config(data, run_dir)
     cases = _cases(config, split, data)[:limit]  # found before the model loads: a wrong split fails fast
@@ -257,7 +260,6 @@ def evaluate_run(
             v = values[names.index(c)]
             pk, gk = preds[f"text:{t}"].astype(np.int64) * v, gt * (gt == v)
             report.add_case(case.case_id, f"text:{t}", {v: c}, dice_per_class(pk, gk, [v]), hd95(pk, gk, [v]))
-    out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
     report.to_json(out / "evaluation.json")
     report.to_csv(out / "evaluation.csv")
     return report

@@ -6,9 +6,12 @@
 * :mod:`.refine` -- self-prompting: automatic masks refined by boxes drawn from themselves;
 * :mod:`.text` -- zero-shot text: CLIP saliency -> prompts -> the promptable decoder;
 * :mod:`.learned_text` -- learned text prompts: texts -> weights over the learned classes;
-* :mod:`.segment` -- one-shot verbs (``segment_file``, ``segment_from_box``).
+* :mod:`.segment` -- one-shot verbs (``segment_file``, ``segment_from_box``);
+* :mod:`.batch` -- batch inference over folders, datasets and lists (``segment_batch``, what ``medadapt segment`` runs),
+  with :mod:`.batch_inputs` finding the inputs and checking their prompts file.
 """
 
+from .batch import BatchResult, read_manifest, segment_batch
 from .learned_text import TextClassMatch, match_text_to_classes
 from .optimize import bf16_is_fast, optimize_for_inference, resolve_precision
 from .prediction import Prediction
@@ -17,6 +20,7 @@ from .refine import refine_automatic
 from .text import segment_from_text
 
 __all__ = [
-    "Prediction", "Segmenter", "TextClassMatch", "bf16_is_fast", "match_text_to_classes", "optimize_for_inference",
-    "refine_automatic", "resolve_precision", "segment_from_text",
+    "BatchResult", "Prediction", "Segmenter", "TextClassMatch", "bf16_is_fast", "match_text_to_classes",
+    "optimize_for_inference", "read_manifest", "refine_automatic", "resolve_precision", "segment_batch",
+    "segment_from_text",
 ]

@@ -25,6 +25,7 @@ from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
 from .learned_text import match_text_to_classes
+from .onnx_runtime import load_exported
 from .optimize import optimize_for_inference
 from .prediction import Prediction, _copy_prediction
 from .refine import refine_automatic
@@ -91,6 +92,7 @@ class Segmenter:
         adapter: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        runtime: str = "torch",
     ) -> "Segmenter":
         """Build a segmenter from a registered backbone name (see ``medadapt models``).
 
@@ -108,7 +110,15 @@ class Segmenter:
         Dice 0.99 but not on every mask (minimum 0.96 over 128 jittered-box
         masks, ``benchmarks/speed.py``): pass ``precision="float32"`` where
         exact agreement with the float32 model matters.
+
+        ``runtime="onnxruntime"`` (or ``"openvino"``) runs a folder written by
+        ``medadapt export`` instead: ``name`` is that folder, which already
+        holds the weights and adapter; float32 on the CPU, same API
+        (see ``docs/export.md``).
         """
+        if runtime != "torch":
+            return cls(load_exported(name, runtime, checkpoint=checkpoint, adapter=adapter, precision=precision,
+                                     device=device), device="cpu")
         backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
         if adapter is not None:
             backbone = load_adapter(backbone, _adapter_path(adapter)).eval()

@@ -17,6 +17,7 @@ from ..core.errors import MedAdaptError
 from ..io.imaging import load_image, save_mask
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
+from .prediction import Prediction
 from .predictor import Segmenter
 
 
@@ -37,6 +38,23 @@ def masks_to_labels(masks: np.ndarray, scores: np.ndarray | None = None) -> np.n
     for i in order:  # ascending score: the best is written last
         labels[masks[i]] = i + 1
     return labels
+
+
+def prediction_to_labels(pred: Prediction, *, automatic: bool, binary_value: int = 255) -> np.ndarray:
+    """The H x W label map a mask file holds for one prediction.
+
+    Automatic mode writes the learned classes' label values (they do not
+    overlap); one prompt writes 0 / ``binary_value`` (255 makes a PNG visible in
+    any viewer); several prompts write value i for prompt i (1-based).
+    """
+    if automatic:
+        data = np.zeros(pred.masks.shape[1:], dtype=np.uint16 if max(pred.label_values, default=0) > 255 else np.uint8)
+        for m, v in zip(pred.masks, pred.label_values):
+            data[m] = v
+        return data
+    if pred.masks.shape[0] == 1:
+        return pred.masks[0].astype(np.uint8) * np.uint8(binary_value)
+    return masks_to_labels(pred.masks, pred.scores)
 
 
 def segment_from_box(image: np.ndarray, boxes: Sequence[Sequence[float]], *, model: str = "litemedsam",
@@ -139,16 +157,7 @@ def segment_file(
     else:
         pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask,
                            refine=refine)
-    if automatic:  # learned classes do not overlap: write their label values
-        data = np.zeros(arr.shape[:2], dtype=np.uint16 if max(pred.label_values, default=0) > 255 else np.uint8)
-        for m, v in zip(pred.masks, pred.label_values):
-            data[m] = v
-    elif pred.masks.shape[0] == 1:
-        mask = pred.masks[0]
-        data = (mask * 255).astype(np.uint8) if out.suffix == ".png" else mask.astype(np.uint8)
-    else:
-        data = masks_to_labels(pred.masks, pred.scores)
-    save_mask(data, out)
+    save_mask(prediction_to_labels(pred, automatic=automatic, binary_value=255 if out.suffix == ".png" else 1), out)
     ov = None
     if overlay is not None:
         ov = Path(overlay)
@@ -158,4 +167,4 @@ def segment_file(
     )
 
 
-__all__ = ["check_output", "segment_file", "segment_from_box", "masks_to_labels", "SegmentFileResult"]
+__all__ = ["check_output", "segment_file", "segment_from_box", "masks_to_labels", "prediction_to_labels", "SegmentFileResult"]

@@ -23,9 +23,9 @@ rule, so a label slice always lines up with its image slice.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from PIL import Image
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, path_suffix
+from .dicom import DicomSeries, is_dicom, read_dicom_file
+from .volumes import canonical_header, check_declared_size, nifti_shape, nifti_slice, nifti_volume, reading
 
 PathLike = str | os.PathLike[str]
 Window = str | tuple[float, float]
@@ -71,25 +73,10 @@ def _format(path: Path, allowed: Sequence[str], what: str) -> str:
     ext = path_suffix(path)
     if ext in allowed:
         return ext
-    if ext == "" and ".dcm" in allowed and path.is_file():
-        with path.open("rb") as fh:
-            if fh.read(132)[128:] == b"DICM":
-                return ".dcm"
+    if ext == "" and ".dcm" in allowed and path.is_file() and is_dicom(path):
+        return ".dcm"
     kind = "a folder" if path.is_dir() else f"extension {ext or '(none)'!r}"
     raise MedAdaptError(f"unsupported {what} {path}: {kind}; supported extensions: {', '.join(allowed)}")
-
-
-@contextlib.contextmanager
-def _reading(path: Path, kind: str) -> Iterator[None]:
-    """Turn whatever a third-party reader raises into a MedAdaptError naming the file."""
-    try:
-        yield
-    except MedAdaptError:
-        raise
-    except Exception as exc:  # pillow, nibabel, pydicom and numpy each raise their own types
-        raise MedAdaptError(
-            f"could not read {path} as {kind}: {exc}. Check that the file is complete and really is {kind}."
-        ) from exc
 
 
 def _slice_position(index: Any, n: int, where: str, arg: str = "slice_index") -> int:
@@ -127,16 +114,24 @@ def display_orientation(plane: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- readers
 def _read_pil(path: Path, slice_index: int | None, *, mask: bool) -> np.ndarray:
-    with _reading(path, "an image (PNG/JPEG/TIFF/BMP)"), Image.open(path) as im:
-        frames = getattr(im, "n_frames", 1)
-        im.seek(_slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path)))
-        im.load()
-        mode = im.mode
-        if mode in ("1", "LA", "La"):
-            return np.asarray(im.convert("L"))
-        if mode in ("L", "I", "F") or mode.startswith("I;16") or (mask and mode == "P"):
-            return np.asarray(im)  # palette indices are the labels of a palette mask
-        rgb = np.asarray(im.convert("RGB"))  # RGBA drops alpha; palette/CMYK/YCbCr -> RGB
+    with reading(path, "an image (PNG/JPEG/TIFF/BMP)"), warnings.catch_warnings():
+        # the declared size is checked against MEDADAPT_MAX_VOLUME_GB below; pillow still refuses > 179 Mpixel
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            return _decode_pil(path, im, slice_index, mask=mask)
+
+
+def _decode_pil(path: Path, im: Any, slice_index: int | None, *, mask: bool) -> np.ndarray:
+    check_declared_size(path, (*im.size, len(im.getbands())), "an image")
+    frames = getattr(im, "n_frames", 1)
+    im.seek(_slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path)))
+    im.load()
+    mode = im.mode
+    if mode in ("1", "LA", "La"):
+        return np.asarray(im.convert("L"))
+    if mode in ("L", "I", "F") or mode.startswith("I;16") or (mask and mode == "P"):
+        return np.asarray(im)  # palette indices are the labels of a palette mask
+    rgb = np.asarray(im.convert("RGB"))  # RGBA drops alpha; palette/CMYK/YCbCr -> RGB
     gray = rgb[..., 0]
     same = bool((rgb == gray[..., None]).all())
     if mask and not same:
@@ -148,7 +143,18 @@ def _read_pil(path: Path, slice_index: int | None, *, mask: bool) -> np.ndarray:
 
 
 def _read_npy(path: Path, slice_index: int | None) -> np.ndarray:
-    with _reading(path, "a .npy array"):
+    from numpy.lib import format as npy
+
+    with reading(path, "a .npy array"), path.open("rb") as fh:  # the header first: shape and dtype
+        version = npy.read_magic(fh)
+        shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(fh)
+    if dtype.hasobject:
+        raise MedAdaptError(
+            f"{path} holds Python objects, not numbers: medadapt does not unpickle .npy files; "
+            "save a numeric array (e.g. np.save(path, image.astype(np.float32)))"
+        )
+    check_declared_size(path, shape, "an array")
+    with reading(path, "a .npy array"):
         arr = np.load(path, allow_pickle=False)
     if arr.ndim > 2 and not (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4)):
         raise MedAdaptError(
@@ -159,75 +165,20 @@ def _read_npy(path: Path, slice_index: int | None) -> np.ndarray:
     return arr
 
 
-def _rescale(ds: Any, pixels: np.ndarray) -> np.ndarray:
-    """Stored values -> modality values (HU for CT) via RescaleSlope/RescaleIntercept."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-
-
 def _read_dicom(path: Path, slice_index: int | None) -> np.ndarray:
-    import pydicom
-
-    with _reading(path, "a DICOM file"):
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    index = _slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path))
-    return _rescale(ds, pixels[index] if frames > 1 else pixels)
+    return read_dicom_file(
+        path, lambda frames: _slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path))
+    )
 
 
-def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One series -> (columns, rows, slices) array + RAS affine, i.e. what dcm2niix would write."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    slices = []
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
-        with _reading(f, "a DICOM file"):
-            try:
-                ds = pydicom.dcmread(f)
-            except InvalidDicomError:
-                continue  # not DICOM at all (a README, a thumbnail...)
-        if "PixelData" in ds:
-            slices.append((f, ds))
-    if not slices:
-        raise MedAdaptError(f"no DICOM images found in folder {folder}; point at the folder holding the series' files")
-    if len({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}) > 1:
-        raise MedAdaptError(f"folder {folder} holds more than one DICOM series; put each series in its own folder")
-    iop = [float(v) for v in slices[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
-    row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
-    normal = np.cross(row_dir, col_dir)
-    positioned = all("ImagePositionPatient" in ds for _, ds in slices)
-    if positioned:
-        slices.sort(key=lambda s: float(np.dot([float(v) for v in s[1].ImagePositionPatient], normal)))
-    else:
-        slices.sort(key=lambda s: int(s[1].get("InstanceNumber", 0) or 0))
-    planes: list[np.ndarray] = []
-    for f, ds in slices:
-        with _reading(f, "a DICOM file"):
-            pixels = ds.pixel_array
-        if pixels.ndim != 2 or (planes and pixels.shape != planes[0].shape):
-            raise MedAdaptError(f"{f} has pixel shape {pixels.shape}; a series needs equal-size single-frame gray slices")
-        planes.append(_rescale(ds, pixels))
-    volume = np.stack(planes, axis=-1).transpose(1, 0, 2)  # (columns, rows, slices)
-    first = np.array([float(v) for v in slices[0][1].get("ImagePositionPatient", [0, 0, 0])])
-    if positioned and len(slices) > 1:
-        step = (np.array([float(v) for v in slices[-1][1].ImagePositionPatient]) - first) / (len(slices) - 1)
-    else:
-        step = normal * float(slices[0][1].get("SliceThickness", 1) or 1)
-    if not np.linalg.norm(step) > 0:
-        raise MedAdaptError(f"the DICOM slices in {folder} all share one position; is this one series?")
-    row_spacing, col_spacing = (float(v) for v in slices[0][1].get("PixelSpacing", [1, 1]))
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * col_spacing, col_dir * row_spacing, step, first
-    return volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
-
-
-def _slice_volume(volume: np.ndarray, slice_index: int | None, axis: int, path: Path) -> np.ndarray:
+def _read_slice(path: Path, slice_index: int | None, axis: int) -> np.ndarray:
+    """One slice of a NIfTI file or DICOM series folder, reading only what that slice needs."""
     axis = _check_axis(axis)
-    where = f"{path} (volume of shape {volume.shape}, axis={axis})"
-    return volume_slice(volume, _slice_position(slice_index, volume.shape[axis], where), axis)
+    series = DicomSeries(path) if path.is_dir() else None
+    shape = series.canonical_shape() if series is not None else nifti_shape(path)
+    index = _slice_position(slice_index, shape[axis], f"{path} (volume of shape {shape}, axis={axis})")
+    plane = series.slice(index, axis) if series is not None else nifti_slice(path, index, axis)
+    return _display(plane)
 
 
 # --------------------------------------------------------------------------- public API
@@ -241,55 +192,21 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     modality units (HU), given its LPS->RAS affine and reoriented the same way,
     so it matches its NIfTI conversion and slices along ``axis=2`` for axial scans.
     """
+    p = _existing(path, "volume")
+    if not p.is_dir() and path_suffix(p) not in _NIFTI:
+        raise MedAdaptError(
+            f"load_volume reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM series, "
+            f"not {p}; for a single 2-D file use load_image"
+        )
+    if not p.is_dir():
+        return nifti_volume(p)
     import nibabel as nib
 
-    p = _existing(path, "volume")
-    if p.is_dir():
-        img = nib.Nifti1Image(*_read_dicom_series(p))
-    else:
-        if path_suffix(p) not in _NIFTI:
-            raise MedAdaptError(
-                f"load_volume reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM series, "
-                f"not {p}; for a single 2-D file use load_image"
-            )
-        with _reading(p, "a NIfTI file"):
-            img = nib.load(p)  # reads the header only: the data stays on disk until asked for
-        _check_declared_size(p, img.shape)
-        with _reading(p, "a NIfTI file"):
-            img = nib.squeeze_image(img)
-            if img.ndim == 2:
-                img = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, None], img.affine, img.header)
-    if img.ndim != 3:
-        raise MedAdaptError(
-            f"{p} is {img.ndim}-D (shape {img.shape}); medadapt reads 3-D volumes - "
-            "extract one volume of a time series / multi-channel file first"
-        )
-    with _reading(p, "a DICOM series" if p.is_dir() else "a NIfTI file"):
-        canonical = nib.as_closest_canonical(img)
+    series = DicomSeries(p)
+    with reading(p, "a DICOM series"):
+        canonical = nib.as_closest_canonical(nib.Nifti1Image(series.volume(), series.affine))
         data = canonical.get_fdata(dtype=np.float32)
     return data, np.asarray(canonical.affine, dtype=np.float64)
-
-
-def max_volume_bytes() -> float:
-    """The largest volume medadapt decodes, in bytes of float32: ``$MEDADAPT_MAX_VOLUME_GB`` GB (default 4)."""
-    raw = os.environ.get("MEDADAPT_MAX_VOLUME_GB", "4")
-    try:
-        gb = float(raw)
-    except ValueError:
-        raise MedAdaptError(f"MEDADAPT_MAX_VOLUME_GB must be a number of gigabytes; got {raw!r}") from None
-    return gb * 1e9
-
-
-def _check_declared_size(path: Path, shape: Sequence[int]) -> None:
-    """Refuse a file whose header declares more voxels than the limit, before a byte of it is decoded
-    (a few MB of gzip can declare gigabytes)."""
-    need = float(np.prod([float(n) for n in shape])) * 4
-    limit = max_volume_bytes()
-    if need > limit:
-        raise MedAdaptError(
-            f"{path} declares a volume of shape {tuple(int(n) for n in shape)} ({need / 1e9:.1f} GB as float32), "
-            f"more than the {limit / 1e9:g} GB limit; set MEDADAPT_MAX_VOLUME_GB to read it if that is intended"
-        )
 
 
 def volume_slice(volume: np.ndarray, index: int, axis: int = 2) -> np.ndarray:
@@ -329,7 +246,7 @@ def load_image(
     p = _existing(path, "image file")
     fmt = "series" if p.is_dir() else _format(p, IMAGE_EXTENSIONS, "image file")
     if fmt in (*_NIFTI, "series"):
-        array = _slice_volume(load_volume(p)[0], slice_index, axis, p)
+        array = _read_slice(p, slice_index, axis)
     elif fmt == ".npy":
         array = _read_npy(p, slice_index)
     elif fmt in _DICOM:
@@ -353,7 +270,7 @@ def load_mask(path: PathLike, *, slice_index: int | None = None, axis: int = 2) 
         raise MedAdaptError(f"mask {p} is a JPEG; JPEG is lossy and smears label edges - save masks as PNG")
     fmt = _format(p, MASK_EXTENSIONS, "mask file")
     if fmt in _NIFTI:
-        array = _slice_volume(load_volume(p)[0], slice_index, axis, p)
+        array = _read_slice(p, slice_index, axis)
     elif fmt == ".npy":
         array = _read_npy(p, slice_index)
     else:
@@ -422,8 +339,7 @@ def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = 
     affine, header = np.eye(4), None
     if reference is not None:
         ref_path = _existing(reference, "reference NIfTI file")
-        with _reading(ref_path, "a NIfTI file"):
-            ref = nib.as_closest_canonical(nib.squeeze_image(nib.load(ref_path)))
+        ref = canonical_header(ref_path)  # the geometry only: the reference's voxels are not read
         if tuple(ref.shape[:3]) != data.shape:
             raise MedAdaptError(
                 f"mask shape {data.shape} does not match reference {ref_path} (shape {ref.shape[:3]} as "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from ..core.errors import MedAdaptError
+from ..core.config import Ranges, check_fields, check_ranges
 
 
 @dataclass
@@ -51,50 +52,50 @@ class SSLConfig:
     stream_cases: int = 8  # cases held in memory at once when streaming
 
     def __post_init__(self) -> None:
-        if self.teacher not in ("ema", "student"):
-            raise MedAdaptError(f"ssl.teacher must be 'ema' or 'student'; got {self.teacher!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise MedAdaptError(f"ssl.ema_decay must be in [0, 1); got {self.ema_decay}")
-        if not 0.0 <= self.warmup_ema_decay < 1.0:
-            raise MedAdaptError(f"ssl.warmup_ema_decay must be in [0, 1); got {self.warmup_ema_decay}")
-        if not 0.0 <= self.threshold < 1.0:
-            raise MedAdaptError(f"ssl.threshold must be in [0, 1); got {self.threshold}")
-        for key in ("cutmix", "copy_paste", "feature_dropout", "geometric"):
-            v = getattr(self, key)
-            if not 0.0 <= v <= 1.0:
-                raise MedAdaptError(f"ssl.{key} is a probability in [0, 1]; got {v}")
-        lo, hi = self.mix_area = tuple(float(v) for v in self.mix_area)
-        if not 0.0 < lo <= hi < 1.0:
-            raise MedAdaptError(f"ssl.mix_area must be [lo, hi] with 0 < lo <= hi < 1; got {self.mix_area}")
         if self.refine is True or self.refine is False:  # the earlier boolean form
             self.refine = "agree" if self.refine else "none"
-        if self.refine not in ("agree", "replace", "none"):
-            raise MedAdaptError(f"ssl.refine must be agree, replace or none; got {self.refine!r}")
-        if self.refine_decoder not in ("teacher", "pretrained"):
-            raise MedAdaptError(f"ssl.refine_decoder must be teacher or pretrained; got {self.refine_decoder!r}")
-        if self.refine_box not in ("largest", "all"):
-            raise MedAdaptError(f"ssl.refine_box must be largest or all; got {self.refine_box!r}")
-        if not 0.0 <= self.refine_margin <= 0.5:
-            raise MedAdaptError(f"ssl.refine_margin is a share of the box per side in [0, 0.5]; got {self.refine_margin}")
-        _check_whole(self.refine_iterations, 1, 10, "ssl.refine_iterations is a whole number of decoder passes in 1..10")
-        if not 0.0 < self.refine_iou <= 1.0:
-            raise MedAdaptError(f"ssl.refine_iou must be in (0, 1]; got {self.refine_iou}")
-        _check_whole(self.geometric_views, 1, 7, "ssl.geometric_views is how many of the 7 turned / flipped copies "
-                     "of each unlabelled slice are encoded, 1..7")
-        if not isinstance(self.stream, bool):
-            raise MedAdaptError(f"ssl.stream must be true or false; got {self.stream!r}")
-        if self.start_epoch < 0:
-            raise MedAdaptError(f"ssl.start_epoch must be >= 0; got {self.start_epoch}")
-        if self.stream_cases < 1:
-            raise MedAdaptError(f"ssl.stream_cases must be >= 1; got {self.stream_cases}")
-        if self.unlabeled_batch_size < 1:
-            raise MedAdaptError("ssl.unlabeled_batch_size must be >= 1")
+        check_fields(self, "ssl")
+        self.mix_area = tuple(float(v) for v in self.mix_area)
+        check_ranges(self, "ssl", RANGES)
 
 
-def _check_whole(value, lo: int, hi: int, what: str) -> None:
-    """A whole number in lo..hi (YAML's true / false are not numbers here), else an error saying ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise MedAdaptError(f"{what}; got {value!r}")
+def _probability(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _decay(v: float) -> bool:
+    return 0.0 <= v < 1.0
+
+
+#: What each key of ``ssl:`` allows beyond its type.
+RANGES: Ranges = {
+    "teacher": (lambda v: v in ("ema", "student"), "ema or student"),
+    "ema_decay": (_decay, "a number in [0, 1)"),
+    "warmup_ema_decay": (_decay, "a number in [0, 1)"),
+    "threshold": (_decay, "a confidence in [0, 1)"),
+    "refine": (lambda v: v in ("agree", "replace", "none"), "agree, replace or none"),
+    "refine_decoder": (lambda v: v in ("teacher", "pretrained"), "teacher or pretrained"),
+    "refine_box": (lambda v: v in ("largest", "all"), "largest or all"),
+    "refine_margin": (lambda v: 0.0 <= v <= 0.5, "a share of the box per side in [0, 0.5]"),
+    "refine_iterations": (lambda v: 1 <= v <= 10, "a whole number of decoder passes in 1..10"),
+    "refine_iou": (lambda v: 0.0 < v <= 1.0, "an IoU in (0, 1]"),
+    "min_component": (lambda v: v >= 0, "a number of pixels >= 0"),
+    "unlabeled_batch_size": (lambda v: v >= 1, "a whole number >= 1"),
+    "weight": (lambda v: v >= 0, "a loss weight >= 0"),
+    "feature_weight": (lambda v: v >= 0, "a loss weight >= 0"),
+    "start_epoch": (lambda v: v >= 0, "a number of epochs >= 0"),
+    "rampup_epochs": (lambda v: v >= 0, "a number of epochs >= 0"),
+    "feature_dropout": (_probability, "a probability in [0, 1]"),
+    "cutmix": (_probability, "a probability in [0, 1]"),
+    "copy_paste": (_probability, "a probability in [0, 1]"),
+    "geometric": (_probability, "a probability in [0, 1]"),
+    "mix_area": (lambda v: 0.0 < v[0] <= v[1] < 1.0 and all(math.isfinite(x) for x in v),
+                 "[lo, hi] with 0 < lo <= hi < 1"),
+    "intensity": (_probability, "a strength in [0, 1]"),
+    "geometric_views": (lambda v: 1 <= v <= 7, "how many of the 7 turned / flipped copies of each unlabelled "
+                        "slice are encoded, 1..7"),
+    "stream_cases": (lambda v: v >= 1, "a whole number of cases >= 1"),
+}
 
 
 __all__ = ["SSLConfig"]

@@ -9,19 +9,30 @@ when embeddings are cached (frozen encoder: the strong views are mixes and
 channel dropout of embeddings, so no encoder pass is needed - the CPU path)
 and when the encoder runs (adapters in the encoder: intensity perturbation and
 CutMix/copy-paste of pixels, then the encoder - the GPU path).
+
+Across several ranks (:mod:`medadapt.training.distributed`) every rank draws
+the same global unlabelled batch and every random number of the step; the
+teacher and the student each run on the rank's share of the rows, and the
+pseudo-labels and logits are gathered, so the views, mixes and losses are the
+ones one process would compute on the whole batch.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..core.errors import MedAdaptError
 from ..data import CaseStream, SliceDataset
+from ..data.stream import Elsewhere
+from ..training.distributed import Split
 from ..training.extension import LabeledBatch, TrainingContext
 from ..training.losses import automatic_loss
 from ..training.samples import to_device
@@ -74,7 +85,8 @@ class SemiSupervised:
             ctx.log(f"semi-supervised: {len(cases)} unlabelled cases, streamed {cfg.stream_cases} at a time, "
                     f"teacher {cfg.teacher}")
             return CaseStream(cases, ctx.data_config, np.random.default_rng(ctx.seed + 15485863), cfg.stream_cases,
-                              prepare=ctx.prepare)
+                              prepare=ctx.prepare, rank=ctx.world.rank, ranks=ctx.world.size,
+                              share=ctx.world.all_gather_object)
         ds = SliceDataset(cases, ctx.data_config, keep="all")
         for path, reason in ds.skipped:
             ctx.log(f"skipped {path}: {reason}")
@@ -82,7 +94,8 @@ class SemiSupervised:
         return ctx.prepare([ds[i] for i in range(len(ds))])
 
     def next_batch(self) -> list:
-        n = self.cfg.unlabeled_batch_size
+        """The step's unlabelled batch: ``unlabeled_batch_size`` per rank, the same list on every rank."""
+        n = self.cfg.unlabeled_batch_size * self.ctx.world.size
         if hasattr(self.samples, "take"):  # streamed: the stream shuffles and reads cases as needed
             return self.samples.take(n)
         if len(self.order) < n:
@@ -95,14 +108,17 @@ class SemiSupervised:
 
     # ------------------------------------------------------------------ pseudo-labels
     @torch.no_grad()
-    def pseudo_labels(self, embeddings: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher's labels on the weak view and the mask of pixels that count."""
+    def pseudo_labels(
+        self, embeddings: torch.Tensor, model=None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's labels on the weak view and the mask of pixels that count (``reduce``: see
+        :func:`~medadapt.ssl.pseudo.confident_labels`)."""
         model = model or self.teacher_model()
         was_training = model.training
         model.eval()
         ids = torch.arange(self.num_classes, device=embeddings.device)
         logits = model.decode_classes(embeddings, ids).float()
-        labels, passed = confident_labels(logits, self.cfg.threshold, self.cfg.adaptive_threshold)
+        labels, passed = confident_labels(logits, self.cfg.threshold, self.cfg.adaptive_threshold, reduce)
         passed = drop_small_classes(labels, passed, self.num_classes, self.cfg.min_component)
         if self.cfg.refine != "none":
             labels, passed = refine_with_prompts(model, embeddings, labels, passed, self.num_classes,
@@ -123,35 +139,76 @@ class SemiSupervised:
             return torch.zeros((), device=ctx.device)
         w = rampup(progress - cfg.start_epoch, cfg.rampup_epochs)
         batch = self.next_batch()
+        part = ctx.world.split(len(batch))  # this rank's rows for the teacher and the feature stream
         ids = torch.arange(self.num_classes, device=ctx.device)
         if ctx.cache is not None:
-            weak = ctx.embeddings(batch)
-            labels, passed = self.pseudo_labels(weak)
+            weak = self._inputs(batch, lambda items, at: ctx.embeddings(items))
+            labels, passed = self._teacher_labels(part, weak)
             ks = self.draw_views(batch)
             # a turned view's embedding is the encoder's answer to the turned image (cached), not a turned embedding
-            strong = ctx.embeddings([view_sample(s, k) for s, k in zip(batch, ks)]) if any(ks) else weak
+            strong = self._inputs(batch, lambda items, at: ctx.embeddings(
+                [view_sample(s, ks[i]) for s, i in zip(items, at)])) if any(ks) else weak
             lab_v, pass_v = dihedral_each(labels, ks), dihedral_each(passed, ks)
             strong, lab_s, pass_s = self._mix(strong, lab_v, pass_v, labeled_emb, labeled_target)
-            feat_in = weak
+            mixed = ctx.world.split(strong.shape[0])
+            strong = mixed.take(strong)
+            feat_in = weak if ctx.world.size == 1 else None
         else:  # the encoder runs: perturb pixels, then encode (GPU path)
-            pixels = to_device(torch.stack([s.pixels for s in batch]), ctx.device)
+            pixels = self._inputs(batch, lambda items, at: to_device(torch.stack([s.pixels for s in items]),
+                                                                     ctx.device))
             with torch.no_grad():
-                teacher = self.teacher_model()
-                labels, passed = self.pseudo_labels(teacher.encode(pixels), teacher)
+                labels, passed = self._teacher_labels(part, pixels, self.teacher_model())
             ks = self.draw_views(batch)
             strong_px = dihedral_each(intensity(pixels, cfg.intensity, self.gen), ks)
             lab_v, pass_v = dihedral_each(labels, ks), dihedral_each(passed, ks)
             strong_px, lab_s, pass_s = self._mix(strong_px, lab_v, pass_v, labeled_pixels, labeled_target)
-            strong = ctx.model.encode(strong_px)
-            feat_in = ctx.model.encode(pixels)
+            mixed = ctx.world.split(strong_px.shape[0])
+            strong = ctx.model.encode(mixed.take(strong_px))
+            feat_in = ctx.model.encode(part.take(pixels))
         weight_s = pass_s.float()
-        total = cfg.weight * automatic_loss(ctx.model.decode_classes(strong, ids).float(), lab_s, weight_s)
+        student = mixed.gather(ctx.model.decode_classes(strong, ids)).float()  # the whole mixed batch's logits
+        total = cfg.weight * automatic_loss(student, lab_s, weight_s)
         if cfg.feature_weight > 0:
-            fp = ctx.model.decode_classes(feature_dropout(feat_in, cfg.feature_dropout), ids).float()
+            dropped = self._dropped(part, weak) if feat_in is None else self._dropped(part, feat_in, local=True)
+            fp = part.gather(ctx.model.decode_classes(dropped, ids)).float()
             total = total + cfg.feature_weight * automatic_loss(fp, labels, passed.float())
         self.passed += passed.sum()
         self.pixels += passed.numel()
         return w * total
+
+    def _inputs(self, batch: list, make: Callable[[list, Sequence[int]], torch.Tensor]) -> torch.Tensor:
+        """Rows for every item of the global batch, ``make(items, positions)`` giving those of some items: made
+        here when every rank holds every item (one rank, or in memory), else each rank makes the rows of the
+        streamed slices it read and they are gathered (on every rank, whoever read this batch's slices)."""
+        if self.ctx.world.size == 1 or not isinstance(self.samples, CaseStream):
+            return make(batch, range(len(batch)))
+        held = [i for i, s in enumerate(batch) if not isinstance(s, Elsewhere)]
+        owners = [s.owner if isinstance(s, Elsewhere) else self.ctx.world.rank for s in batch]
+        local = make([batch[i] for i in held], held) if held else None
+        return self.ctx.world.assemble(local, owners, self.ctx.device)
+
+    def _teacher_labels(self, part: Split, inputs: torch.Tensor, encoder=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pseudo-labels of the whole batch: each rank's teacher labels its rows of the weak embeddings
+        (of the weak pixels, encoded by ``encoder``, when the encoder runs), and the rows are gathered."""
+        rows = part.take(inputs)
+        world = self.ctx.world
+        labels, passed = self.pseudo_labels(rows if encoder is None else encoder.encode(rows), encoder,
+                                            reduce=world.all_reduce_sum if world.size > 1 else None)
+        return part.gather(labels), part.gather(passed)
+
+    def _dropped(self, part: Split, x: torch.Tensor, local: bool = False) -> torch.Tensor:
+        """Feature dropout on this rank's rows of the weak embeddings (``x``: the whole batch's, or with ``local``
+        this rank's rows alone), with the channel mask one process draws for the whole batch."""
+        p = self.cfg.feature_dropout
+        if self.ctx.world.size == 1:
+            return feature_dropout(x, p)
+        if not local:
+            return part.take(feature_dropout(x, p))
+        if p <= 0:
+            return x
+        # F.dropout2d draws one keep-or-drop per item and channel, scaled: drawn for the whole batch, then sliced
+        mask = F.dropout2d(torch.ones((part.n, x.shape[1], 1, 1), dtype=x.dtype, device=x.device), p, training=True)
+        return x * part.take(mask)
 
     def allowed_views(self, sample) -> list[int]:
         """The turned / flipped views a sample's strong view may take: all 7 when the encoder runs; with
@@ -232,10 +289,12 @@ class SemiSupervised:
         return {"pseudo_dice": self.pseudo_label_dice(samples)}
 
     def state_dict(self) -> dict:
-        """The teacher, the loop's random generator and its place in the unlabelled order: a resumed run
-        draws the same CutMix boxes, noise and batches as one never stopped (streamed cases excepted: the
-        stream reads from where it is)."""
+        """The teacher, the loop's random generator and its place in the unlabelled order, or the stream's
+        (its generator, case order and waiting slices): a resumed run draws the same batches, CutMix boxes
+        and noise as one never stopped."""
         state = {"generator": self.gen.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+        if isinstance(self.samples, CaseStream):
+            state["stream"] = json.dumps(self.samples.state_dict())
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
         return state
@@ -244,6 +303,8 @@ class SemiSupervised:
         if "generator" in state:
             self.gen.set_state(state["generator"].cpu())
             self.order = [int(i) for i in state["order"].tolist()]
+        if "stream" in state and isinstance(self.samples, CaseStream):  # a checkpoint without it: the stream restarts
+            self.samples.load_state_dict(json.loads(state["stream"]))
         if self.teacher is not None:
             if "teacher" not in state:
                 raise MedAdaptError("the checkpoint has no teacher state: it was not written with ssl.teacher: ema")

@@ -6,6 +6,8 @@ synchronisation, so a GPU step never waits for the CPU.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +16,8 @@ from ..prompts.regions import boxes_of_masks, largest_components, pad_boxes
 
 
 def confident_labels(
-    class_logits: torch.Tensor, threshold: float, adaptive: bool = False
+    class_logits: torch.Tensor, threshold: float, adaptive: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B x C x m x m teacher logits -> (labels B x m x m in 0..C, pass mask B x m x m bool).
 
@@ -22,13 +25,19 @@ def confident_labels(
     predicts with). With ``adaptive``, class k's threshold is scaled by its
     mean confidence relative to the most confident class, so hard, rare
     classes (thin myocardium) are not starved of pseudo-labels (FlexMatch's idea).
+    The means are over the batch; where the batch is split over ranks,
+    ``reduce`` sums a tensor over them, so each rank's means are the batch's.
     """
     full = torch.cat([torch.zeros_like(class_logits[:, :1]), class_logits], dim=1).float()
     conf, labels = full.softmax(dim=1).max(dim=1)
     c1 = full.shape[1]
     if adaptive:
         onehot = (labels[..., None] == torch.arange(c1, device=labels.device)).float()  # B x m x m x (C+1)
-        mean = (onehot * conf[..., None]).sum((0, 1, 2)) / onehot.sum((0, 1, 2)).clamp(min=1.0)
+        if reduce is None:
+            mean = (onehot * conf[..., None]).sum((0, 1, 2)) / onehot.sum((0, 1, 2)).clamp(min=1.0)
+        else:
+            sums = reduce(torch.stack([(onehot * conf[..., None]).sum((0, 1, 2)), onehot.sum((0, 1, 2))]))
+            mean = sums[0] / sums[1].clamp(min=1.0)
         thr = threshold * mean / mean.max().clamp(min=1e-6)
         passed = conf >= thr[labels]
     else:

@@ -11,7 +11,8 @@ view of the run it gets, and it answers the calls of
 call                         when
 ===========================  ==============================================================
 ``samples_to_encode()``      once, before training: extra samples for the embedding cache
-``loss(batch)``              each step, inside autocast: a term added to the supervised loss
+``loss(batch)``              each step, inside autocast: a term added to the supervised loss (every rank
+                             gets the whole global batch and returns the same loss)
 ``after_step()``             after each optimiser step (e.g. an EMA teacher update)
 ``progress()``               when the progress bar is redrawn: short statistics to show
 ``end_epoch()``              at the end of each epoch: statistics for ``log.csv``
@@ -22,7 +23,7 @@ call                         when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 
 from ..data import Case, DataConfig, Slice2D
 from ..foundation import Backbone
+from .distributed import World
 from .samples import EmbeddingCache, ModelSample
 
 
@@ -39,6 +41,7 @@ class LabeledBatch:
 
     ``embeddings`` (B x C x s x s) when embeddings are cached, else ``pixels``
     (B x 3 x S x S, the encoder runs); ``target`` is B x m x m on the decoder grid.
+    Across ranks, B is the whole global batch, on every rank.
     """
 
     target: torch.Tensor
@@ -64,6 +67,9 @@ class TrainingContext:
         prepare: data slices -> model samples (preprocessed for ``model``).
         progress: epochs done so far, fractional (the step's position in the run).
         log: a line for the user.
+        world: this rank among the ranks training together (one rank unless launched by torchrun). An
+            extension draws each step's global batch and random numbers on every rank alike, and splits
+            its forward passes with ``world.split`` (see :mod:`medadapt.training.distributed`).
     """
 
     model: Backbone
@@ -78,6 +84,7 @@ class TrainingContext:
     prepare: Callable[[Sequence[Slice2D]], list[ModelSample]]
     progress: Callable[[], float]
     log: Callable[[str], None]
+    world: World = field(default_factory=World)
 
 
 class TrainingExtension(Protocol):

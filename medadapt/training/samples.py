@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..core.files import atomic_write
 from ..foundation import Backbone, ImageMeta
 from ..inference.optimize import optimize_for_inference, resolve_precision
+from .distributed import World
 
 
 @dataclass
@@ -91,8 +92,17 @@ class EmbeddingCache:
             self.dir.mkdir(parents=True, exist_ok=True)
 
     @torch.inference_mode()
-    def fill(self, samples: Sequence[ModelSample], batch_size: int = 4, progress=None) -> None:
-        """Encode every sample not cached yet, and hold all of them in memory."""
+    def fill(self, samples: Sequence[ModelSample], batch_size: int = 4, progress=None, world: World | None = None,
+             exchange_rows: int = 64) -> None:
+        """Encode every sample not cached yet, and hold all of them in memory.
+
+        With ``world`` of several ranks (``samples`` the same list on each), each rank reads or encodes (and
+        writes, when the cache has a folder) its share of the samples, and the ranks then pass each other their
+        embeddings, ``exchange_rows`` per rank at a time: every rank ends up holding all of them.
+        """
+        if world is not None and world.size > 1:
+            self._fill_shared(samples, batch_size, progress, world, exchange_rows)
+            return
         todo = []
         for s in samples:
             if s.key in self.memory:
@@ -108,6 +118,23 @@ class EmbeddingCache:
                 self.memory[s.key] = e
             if progress is not None:
                 progress(len(chunk))
+
+    def _fill_shared(self, samples: Sequence[ModelSample], batch_size: int, progress, world: World,
+                     exchange_rows: int) -> None:
+        pending = list({s.key: s for s in samples}.values())  # the same list on every rank
+        part = world.split(len(pending))
+        own = pending[part.start : part.stop]
+        self.fill(own, batch_size, progress)
+        starts = [sum(part.counts[:r]) for r in range(world.size)]
+        for i in range(0, max(part.counts, default=0), exchange_rows):
+            counts = [max(0, min(exchange_rows, c - i)) for c in part.counts]
+            mine = [self.memory[s.key] for s in own[i : i + counts[world.rank]]]
+            owners = [r for r in range(world.size) for _ in range(counts[r])]
+            rows = world.assemble(torch.stack(mine).to(self.backbone.device) if mine else None, owners,
+                                  self.backbone.device).cpu()
+            keys = [pending[starts[r] + i + j].key for r in range(world.size) for j in range(counts[r])]
+            for key, e in zip(keys, rows):
+                self.memory[key] = e.clone()
 
     def _read(self, s: ModelSample) -> torch.Tensor | None:
         from safetensors.torch import load_file

@@ -4,7 +4,9 @@ One call, :func:`train`, does the whole run: data by case, adapters, cached
 embeddings when the encoder is frozen, automatic (learned class tokens) and
 prompted (simulated boxes/clicks with corrective clicks) losses, AdamW with
 warm-up + cosine, validation by mean 3-D Dice per case, best-on-validation
-selection, an atomic checkpoint every epoch and ``resume``.
+selection, an atomic checkpoint every epoch and ``resume``. Launched by
+``torchrun`` on several ranks, each rank runs its share of every batch and
+rank 0 alone writes the run folder (:mod:`medadapt.training.distributed`).
 
 The run folder holds ``adapter/`` (best on validation), ``checkpoints/last.pt``
 (to resume), ``config.yaml``, ``log.csv`` (+ ``tensorboard/``),
@@ -13,6 +15,7 @@ The run folder holds ``adapter/`` (best on validation), ``checkpoints/last.pt``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -52,6 +55,7 @@ from ..prompts.simulate import box_from_mask, corrective_click, sample_points
 from ..prompts.types import PAD_LABEL, Prompts
 from .augment import random_view
 from .config import TrainingConfig, check_run_name
+from .distributed import Split, World, current, data_parallel, launched, rank_device, start, stop
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .losses import automatic_loss, binary_mask_loss
 from .samples import EmbeddingCache, ModelSample, prepare, to_device, to_model_frame
@@ -91,7 +95,8 @@ class Trainer:
         self.cfg, self.run_dir, self.log = config, run_dir, log
         tc = config.train
         seed_everything(tc.seed)
-        self.device = pick_device(None if tc.device == "auto" else tc.device)
+        self.world = current()
+        self.device = rank_device(pick_device(None if tc.device == "auto" else tc.device))
         self.amp = tc.amp == "bf16" or (tc.amp == "auto" and bf16_is_fast(self.device))
 
         self.data_cfg = DataConfig.from_dict(config.data)
@@ -144,7 +149,7 @@ class Trainer:
         if tokens:
             groups.append({"params": tokens, "lr": tc.lr * config.prompts.token_lr_scale, "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.train_samples) / (tc.batch_size * tc.grad_accum))
+        self.steps_per_epoch = math.ceil(len(self.train_samples) / (tc.batch_size * self.world.size * tc.grad_accum))
         total = self.steps_per_epoch * tc.epochs
         warm = int(round(tc.warmup_epochs * self.steps_per_epoch))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total, warm))
@@ -155,9 +160,16 @@ class Trainer:
         self.context = TrainingContext(
             model=self.model, device=self.device, seed=tc.seed, class_names=self.class_names,
             data_config=self.data_cfg, splits=splits, rng=self.rng, cache=self.cache, embeddings=self.embeddings,
-            prepare=lambda slices: prepare(self.model, slices), progress=self.progress, log=log,
+            prepare=lambda slices: prepare(self.model, slices), progress=self.progress, log=log, world=self.world,
         )
         self.extensions: list[TrainingExtension] = [make(self.context) for make in extensions]
+        self.step: Callable[[list[int]], torch.Tensor] = self.loss  # DistributedDataParallel's, across ranks
+
+    def distribute(self) -> None:
+        """Across several ranks, run each step's forward inside DistributedDataParallel (a collective: call it
+        on every rank, once they all hold the same weights)."""
+        if self.world.size > 1:
+            self.step = data_parallel(self.model, self.loss, self.device)
 
     def progress(self) -> float:
         """Epochs done so far, fractional."""
@@ -170,8 +182,10 @@ class Trainer:
         todo = self.train_samples + self.val_samples
         for ext in self.extensions:
             todo += ext.samples_to_encode()
-        with tqdm(total=len(todo), desc="encoding (cached once)", unit="slice", leave=False) as bar:
-            self.cache.fill(todo, progress=bar.update)
+        # across ranks each encodes its share (the bar shows rank 0's) and they pass each other the embeddings
+        with tqdm(total=math.ceil(len(todo) / self.world.size), desc="encoding (cached once)", unit="slice",
+                  leave=False, disable=not self.world.main) as bar:
+            self.cache.fill(todo, progress=bar.update, world=self.world)
 
     def embeddings(self, batch: list[ModelSample], pixels: torch.Tensor | None = None) -> torch.Tensor:
         if self.cache is not None:
@@ -200,28 +214,38 @@ class Trainer:
         return to_device(torch.stack(pix), self.device), to_device(torch.stack(tgt), self.device)
 
     def loss(self, batch_idx: list[int]) -> torch.Tensor:
+        """The step's loss on the (global) batch ``batch_idx``. Across ranks, each runs the model on its share
+        of the rows and every rank returns the loss of the whole batch."""
         batch = [self.train_samples[i] for i in batch_idx]
+        part = self.world.split(len(batch))
         if self.cache is not None:
-            emb, target = self.embeddings(batch), to_device(torch.stack([s.target for s in batch]), self.device)
+            every, target = self.embeddings(batch), to_device(torch.stack([s.target for s in batch]), self.device)
+            emb = part.take(every)
         else:
             pixels, target = self.augmented(batch_idx)
-            emb = self.embeddings(batch, pixels)
+            emb = self.embeddings(part.take(batch), part.take(pixels))
         total = torch.zeros((), device=self.device)
         c = len(self.class_names)
         if self.cfg.prompts.automatic:
-            low = self.model.decode_classes(emb, torch.arange(c, device=self.device))
+            low = part.gather(self.model.decode_classes(emb, torch.arange(c, device=self.device)))
             total = total + automatic_loss(low.float(), target)
         if self.cfg.prompts.prompted:
-            total = total + self.cfg.prompts.prompted_weight * self.prompted_loss(emb, target)
+            total = total + self.cfg.prompts.prompted_weight * self.prompted_loss(emb, target, part)
         if self.extensions:
-            labeled = (LabeledBatch(target, embeddings=emb) if self.cache is not None
+            labeled = (LabeledBatch(target, embeddings=every) if self.cache is not None
                        else LabeledBatch(target, pixels=pixels))
             for ext in self.extensions:
                 total = total + ext.loss(labeled)
         return total
 
-    def prompted_loss(self, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Simulated box/point prompts for one present class per slice, then corrective clicks."""
+    def prompted_loss(self, emb: torch.Tensor, target: torch.Tensor,
+                      part: Split | None = None) -> torch.Tensor:
+        """Simulated box/point prompts for one present class per slice, then corrective clicks.
+
+        ``target`` is the whole batch's; ``emb`` this rank's rows of it (``part``; all of them in one process).
+        Prompts and clicks are drawn for every row, on every rank alike; each rank decodes its own rows.
+        """
+        part = part or self.world.split(target.shape[0])
         pc = self.cfg.prompts
         proc = self.model.processor
         scale = proc.image_size / proc.mask_size
@@ -249,8 +273,15 @@ class Trainer:
         tgt = torch.from_numpy(np.stack(masks)).float().to(self.device)
         total = torch.zeros((), device=self.device)
         prev = None
+        # this rank's prompted rows (contiguous: rows ascend); one without any decodes row 0 and drops it
+        mine = [j for j, b in enumerate(rows) if part.start <= b < part.stop]
+        own = slice(mine[0], mine[-1] + 1) if mine else slice(0, 1)
+        at = [rows[j] - part.start for j in mine] if mine else [0]
+        bounds = np.cumsum([0, *part.counts])
+        counts = [sum(1 for b in rows if lo <= b < hi) for lo, hi in zip(bounds, bounds[1:])]
         for it in range(1 + pc.corrective_clicks):
-            low = self._decode_prompts(emb[rows], boxes, points, labels, prev)
+            low = self.world.gather(self._decode_prompts(emb[at], boxes[own], points[own], labels[own],
+                                                         None if prev is None else prev[own]), counts)
             total = total + binary_mask_loss(low, tgt)
             if it == pc.corrective_clicks:
                 break
@@ -288,11 +319,12 @@ class Trainer:
         order = self.rng.permutation(len(self.train_samples)).tolist()
         losses = []
         self.opt.zero_grad(set_to_none=True)
-        batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
+        size = tc.batch_size * self.world.size  # the global batch: batch_size per rank
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
         for bi, idx in enumerate(batches):
             self.step_in_epoch = bi
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.loss(idx)
+                loss = self.step(idx)
             (loss / tc.grad_accum).backward()
             if (bi + 1) % tc.grad_accum == 0 or bi == len(batches) - 1:
                 self.opt.step()
@@ -353,11 +385,18 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "history": json.dumps(self.history),
             "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state),
         }
+        if self.device.type == "cuda":  # feature dropout and any dropout in the model draw from it there
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.extensions:
             state["extensions"] = {ext.name: ext.state_dict() for ext in self.extensions}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
+        """Continue from the run folder's checkpoint."""
+        self.apply_state(self.read_state())
+
+    def read_state(self) -> dict:
+        """The run folder's checkpoint, checked to be one (on the CPU)."""
         path = self.run_dir / "checkpoints" / "last.pt"
         if not path.is_file():
             raise MedAdaptError(f"nothing to resume: {path} does not exist")
@@ -370,6 +409,12 @@ class Trainer:
         if absent:
             raise MedAdaptError(f"{path} is not a medadapt checkpoint (no {', '.join(absent)}); "
                                 "start the run again without --resume, in a new run folder")
+        return state
+
+    def apply_state(self, state: dict) -> None:
+        """Weights, optimiser, schedule, history, generators and extension states from :meth:`read_state`'s
+        checkpoint (with one rank or several: nothing in it is per rank)."""
+        path = self.run_dir / "checkpoints" / "last.pt"
         params = dict(self.model.named_parameters())
         missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(state["trainable"]))
         if missing:
@@ -389,7 +434,20 @@ class Trainer:
                 raise MedAdaptError(f"{path} has no {ext.name} state: it was written by a run without {ext.name}")
             ext.load_state_dict(saved[ext.name])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.rng.bit_generator.state = json.loads(state["np_rng"])
+
+    def check_ranks(self) -> None:
+        """Across ranks: raise unless every rank holds the same weights, optimiser state, generator and
+        extension states (the EMA teacher among them). One digest per tensor, compared once per epoch."""
+        if self.world.size == 1:
+            return
+        state = {"np_rng": json.dumps(self.rng.bit_generator.state), **_flat("trainable", trainable_state(self.model)),
+                 **_flat("optimizer", self.opt.state_dict()["state"])}
+        for ext in self.extensions:
+            state.update(_flat(ext.name, ext.state_dict()))
+        self.world.check_same(state, "training state")
 
     def metadata(self) -> dict:
         return {
@@ -407,6 +465,13 @@ def _views(slices: list, n: int, seed: int) -> list:
             image, label = random_view(s.image, s.label, rng)
             out.append(replace(s, image=image, label=label))
     return out
+
+
+def _flat(prefix: str, state: Any) -> dict[str, Any]:
+    """Nested dicts -> ``{"prefix.key.subkey": value}``."""
+    if not isinstance(state, dict):
+        return {prefix: state}
+    return {k: v for key, sub in state.items() for k, v in _flat(f"{prefix}.{key}", sub).items()}
 
 
 def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
@@ -469,39 +534,66 @@ def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = ()
     """Fine-tune an adapted backbone as ``config`` says, with ``extensions`` plugged in; returns the run folder.
 
     :func:`medadapt.recipes.finetune` calls this with the extensions a full
-    config names (the semi-supervised loop for an ``ssl:`` section).
+    config names (the semi-supervised loop for an ``ssl:`` section). Launched
+    by ``torchrun`` on several ranks, every rank calls it; rank 0 alone reads
+    and writes the run folder, logs and shows progress (``docs/distributed.md``).
     """
-    run = _check_run_dir(config, resume)
+    joined = launched() and current().size == 1  # this call makes the process group
+    world = start()
+    try:
+        return _train(config, extensions, resume, log if world.main else (lambda m: None), world)
+    except MedAdaptError as exc:
+        if world.main or getattr(exc, "reported", False):
+            raise
+        raise MedAdaptError(f"[rank {world.rank}] {exc}") from exc  # one rank's own error: it says so
+    finally:
+        if joined:
+            stop()
+
+
+def _train(config: TrainingConfig, extensions: Sequence[ExtensionFactory], resume: bool,
+           log: Callable[[str], None], world: World) -> Path:
+    # every check runs on every rank (rank 0 alone for the run folder) before anything is written; an error
+    # on any rank stops them all, and rank 0 reports it
+    run = world.agree(lambda: _check_run_dir(config, resume) if world.main else run_folder(config))
     t0 = time.perf_counter()
-    tr = Trainer(config, run, log, extensions)  # reads and checks the data and builds the model: nothing written yet
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tr = world.agree(lambda: Trainer(config, run, log, extensions))  # reads the data and builds the model
+    if world.main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
         f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
-        + ("; embeddings cached (encoder frozen)" if tr.use_cache else ""))
+        + ("; embeddings cached (encoder frozen)" if tr.use_cache else "")
+        + (f"; {world.size} ranks, batch {config.train.batch_size} per rank" if world.size > 1 else ""))
     for path, reason in tr.skipped:
         log(f"skipped {path}: {reason}")
     log(str(tr.summary))
-    if resume:
-        tr.load_state()
+    if resume:  # rank 0 reads the checkpoint, every rank continues from it
+        state = world.broadcast_object(world.agree(lambda: tr.read_state() if world.main else None))
+        world.agree(lambda: tr.apply_state(state))
         log(f"resumed after epoch {tr.epoch} (best val Dice {tr.best:.4f} at epoch {tr.best_epoch})")
+    tr.distribute()
     tr.encode_all()
-    writer = _tensorboard(run) if config.train.tensorboard else None
+    writer = _tensorboard(run) if config.train.tensorboard and world.main else None
     log_path = run / "log.csv"
     new_log = not log_path.exists() or not resume
-    if not new_log:
+    if world.main and not new_log:
         _truncate_log(log_path, tr.epoch)  # a kill between the log row and the checkpoint left a row ahead
         t0 -= _logged_seconds(log_path)  # wall seconds keep counting across the interruption
-    with open(log_path, "w" if new_log else "a", newline="") as fh, tqdm(
-        range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch"
+    with (open(log_path, "w" if new_log else "a", newline="") if world.main else contextlib.nullcontext()) as fh, tqdm(
+        range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch",
+        disable=not world.main,
     ) as bar:
-        w = csv.writer(fh)
+        w = csv.writer(fh) if fh is not None else None
         columns = {k: f for ext in tr.extensions for k, f in ext.log_columns.items()}
-        if new_log:
+        if new_log and w is not None:
             w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds", *columns])
         for epoch in bar:
             loss = tr.train_epoch(bar)
             tr.epoch = epoch + 1
+            tr.check_ranks()
+            if w is None:  # ranks other than 0 write nothing
+                continue
             row = {"epoch": tr.epoch, "loss": loss}
             if tr.val_samples and config.prompts.automatic and (tr.epoch % config.train.val_every == 0 or tr.epoch == config.train.epochs):
                 val = tr.validate()
@@ -530,6 +622,8 @@ def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = ()
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_dice', float('nan')):.3f}",
                             best=f"{tr.best:.3f}", **extra, refresh=False)
             tr.save_state()
+    if not world.main:
+        return run
     if writer is not None:
         writer.close()
     metrics = {

@@ -1,0 +1,342 @@
+"""Batch inference over many scans: :func:`segment_batch` is what ``medadapt segment IN OUT`` runs.
+
+DataLoader worker processes read each input (and apply the CT window); the
+main process runs the model and writes each mask atomically, in the input's
+format and geometry, then appends one line to a manifest and flushes it to
+disk. A file that cannot be read or segmented becomes a ``failed`` line and
+the rest go on. A re-run skips every output that exists (writes are atomic,
+so an existing output is complete); files that failed are retried only with
+``retry_failed``. Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) rank r
+takes the inputs i with i % world == r and writes ``manifest.rank{r}.csv``;
+:func:`read_manifest` merges the parts. See ``docs/batch.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write, atomic_write_json
+from ..io.imaging import (
+    apply_window,
+    display_orientation,
+    load_image,
+    load_volume,
+    save_mask,
+    volume_slice,
+)
+from .batch_inputs import BatchItem, find_inputs, read_prompts
+from .predictor import Segmenter
+from .segment import prediction_to_labels
+
+PathLike = str | os.PathLike
+COLUMNS = ("file", "status", "seconds", "read_seconds", "error", "output", "finished")
+
+
+@dataclass
+class BatchResult:
+    """What one :func:`segment_batch` call did on this rank."""
+
+    ok: int
+    failed: int
+    skipped: int  # outputs that existed already
+    not_retried: int  # failed in an earlier run; retried only with retry_failed
+    images: int  # 2-D outputs written
+    volumes: int  # volume outputs written
+    seconds: float  # wall time of the loop over the pending files
+    waited: float  # of which the model waited for data (DataLoader workers keep this near zero)
+    manifest: Path
+
+
+# --------------------------------------------------------------------------- manifest
+def _manifest_path(out_dir: Path, rank: int, world: int) -> Path:
+    return out_dir / ("manifest.csv" if world == 1 else f"manifest.rank{rank}.csv")
+
+
+def read_manifest(out_dir: PathLike) -> dict[str, dict[str, str]]:
+    """The latest row per input file of ``OUT/manifest.csv`` and every ``OUT/manifest.rank*.csv`` part
+    (a line cut short by a kill is ignored)."""
+    rows: list[dict[str, str]] = []
+    for path in sorted(Path(out_dir).glob("manifest*.csv")):
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows += [r for r in csv.DictReader(fh) if None not in r and all(r.get(c) is not None for c in COLUMNS)]
+    rows.sort(key=lambda r: r["finished"])
+    return {r["file"]: r for r in rows}
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    """One whole line per call, written and flushed to disk before the next item starts."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        writer.writerow(COLUMNS)
+    writer.writerow([row.get(c, "") for c in COLUMNS])
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if not new and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+            os.write(fd, b"\n")  # a line cut short by a kill stays alone on its line
+        os.write(fd, buf.getvalue().encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if isinstance(exc, MedAdaptError) else f"{type(exc).__name__}: {text}"
+    return text[:500]
+
+
+# --------------------------------------------------------------------------- reading (worker processes)
+class _Reader(torch.utils.data.Dataset):
+    """Reads item i in a DataLoader worker; an unreadable file comes back as an error, not an exception."""
+
+    def __init__(self, items: Sequence[BatchItem], window: Any) -> None:
+        self.items, self.window = list(items), window
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item, start = self.items[i], time.perf_counter()
+        try:
+            if item.error:
+                raise MedAdaptError(item.error)
+            if item.volume:
+                data, affine = load_volume(item.path)
+                data = apply_window(data, self.window) if self.window is not None else data
+                record = {"pixels": torch.from_numpy(np.ascontiguousarray(data)),
+                          "affine": torch.from_numpy(np.ascontiguousarray(affine))}
+            else:
+                record = {"pixels": torch.from_numpy(np.ascontiguousarray(load_image(item.path, window=self.window)))}
+        except Exception as exc:  # any reader's failure is this file's failure, recorded in the manifest
+            record = {"error": _one_line(exc)}
+        return {"index": i, "read_seconds": time.perf_counter() - start, **record}
+
+
+# --------------------------------------------------------------------------- the model
+def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png: bool, refine: bool,
+                   multimask: bool) -> np.ndarray:
+    seg.set_image(image)
+    if prompts is None:
+        pred = seg.predict(refine=refine)
+    else:
+        pred = seg.predict(boxes=prompts["boxes"], points=prompts["points"], point_labels=prompts["point_labels"],
+                           multimask=multimask)
+    return prediction_to_labels(pred, automatic=prompts is None, binary_value=255 if png else 1)
+
+
+def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, axis: int, refine: bool,
+                    multimask: bool) -> np.ndarray:
+    if prompts is None:
+        return seg.predict_volume(volume, axis=axis, refine=refine)
+    labels = np.zeros(volume.shape, dtype=np.uint16)
+    for k, entry in sorted(prompts.items()):
+        if k >= volume.shape[axis]:
+            raise MedAdaptError(f"prompts for slice {k}, but the volume has {volume.shape[axis]} slices along "
+                                f"axis {axis}")
+        index = [slice(None)] * 3
+        index[axis] = k
+        plane = _predict_image(seg, volume_slice(volume, k, axis), entry, False, False, multimask)
+        labels[tuple(index)] = display_orientation(plane)
+    seg.reset_image()
+    return labels
+
+
+def _save(labels: np.ndarray, item: BatchItem, affine: np.ndarray | None) -> None:
+    if item.out.name.endswith(".npy"):
+        atomic_write(item.out, lambda tmp: np.save(tmp, labels))
+    elif item.path.is_dir():  # DICOM series: the series' own geometry (load_volume's RAS affine)
+        import nibabel as nib
+
+        dtype = np.uint8 if labels.max() <= 255 else np.int32
+        img = nib.Nifti1Image(labels.astype(dtype), affine)
+        img.header.set_xyzt_units("mm")
+        atomic_write(item.out, lambda tmp: nib.save(img, tmp))
+    else:  # PNG, or NIfTI with the input's affine and header
+        save_mask(labels, item.out, reference=item.path if item.volume else None)
+
+
+# --------------------------------------------------------------------------- the batch
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) from the ``RANK`` and ``WORLD_SIZE`` that ``torchrun`` sets; (0, 1) without them."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise MedAdaptError("RANK and WORLD_SIZE must be integers (torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise MedAdaptError(f"RANK={rank} must lie in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    return rank, world
+
+
+def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to resume into a folder whose masks came from another model, adapter or prompts file."""
+    path = out_dir / "segment.json"
+    if path.exists() and not overwrite:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        if changed:
+            raise MedAdaptError(f"{out_dir} holds masks made with other settings ({'; '.join(changed)}); choose "
+                                "another output folder, or pass --overwrite to redo every file")
+
+
+def segment_batch(
+    inputs: PathLike | Sequence[PathLike],
+    out_dir: PathLike,
+    segmenter: Segmenter | None = None,
+    *,
+    prompts: PathLike | Mapping[str, Any] | None = None,
+    model: str = "litemedsam",
+    checkpoint: PathLike | None = None,
+    adapter: PathLike | None = None,
+    device: str | None = None,
+    axis: int = 2,
+    window: Any = None,
+    refine: bool = False,
+    multimask: bool = False,
+    workers: int | None = None,
+    retry_failed: bool = False,
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> BatchResult:
+    """Segment every input of a folder, dataset or list and write one mask per input under ``out_dir``.
+
+    Outputs keep the input's relative path and format: a PNG gives a PNG label
+    map, a NIfTI file a NIfTI label volume with its affine and header, a
+    DICOM-series folder ``NAME.nii.gz`` with the series' geometry, ``.npy`` a
+    ``.npy``; JPEG, TIFF, BMP and single DICOM files give PNG. Without
+    ``prompts``, the adapter's classes are segmented automatically (volumes
+    slice by slice along ``axis``); ``prompts`` (a JSON file or mapping, see
+    :func:`medadapt.inference.batch_inputs.read_prompts`) prompts the files it
+    names, and the adapter's classes, if any, segment the rest. ``segmenter`` is used as
+    given; otherwise one is built from ``model``, ``checkpoint``, ``adapter``
+    and ``device`` (under torchrun, ``cuda:LOCAL_RANK`` when CUDA is there).
+
+    ``workers`` DataLoader processes read ahead (default min(2, CPUs); 0 reads
+    in this process). ``OUT/manifest.csv`` gets one line per file: ``file``,
+    ``status`` (ok, failed or skipped), ``seconds`` (what the file added to the
+    run's wall time: waiting for its data, the model, the write),
+    ``read_seconds`` (reading it, in a worker when ``workers`` > 0), ``error``,
+    ``output`` and ``finished`` (UTC). A re-run
+    skips existing outputs and files that failed before (``retry_failed``
+    retries them; ``overwrite`` redoes everything). ``rank`` / ``world_size``
+    (default: torchrun's ``RANK`` / ``WORLD_SIZE``) shard the inputs.
+    """
+    out = Path(out_dir).expanduser()
+    if rank is None or world_size is None:
+        rank, world_size = distributed_rank()
+    if not 0 <= rank < world_size:
+        raise MedAdaptError(f"rank {rank} must lie in 0..world_size-1 (world_size={world_size})")
+    items = find_inputs(inputs, out)
+    table = read_prompts(prompts, items) if prompts is not None else {}
+    if segmenter is None and adapter is None and prompts is None:
+        raise MedAdaptError("the pretrained model needs prompts: pass --prompts prompts.json (boxes or points per "
+                            "file), or --adapter RUN of a model fine-tuned with `medadapt finetune` for automatic mode")
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise MedAdaptError(f"workers must be an integer >= 0, got {workers!r}")
+    if segmenter is None:
+        local = os.environ.get("LOCAL_RANK")
+        if device is None and local is not None and torch.cuda.is_available():
+            device = f"cuda:{int(local)}"
+        segmenter = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
+    if prompts is None and not segmenter.classes:
+        raise MedAdaptError("this model learned no classes, so it needs prompts: pass --prompts prompts.json")
+    digest = hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    info = getattr(segmenter.backbone, "info", None)  # what a backbone says it is; absent on other runtimes
+    settings = {"model": getattr(info, "name", type(segmenter.backbone).__name__),
+                "weights": getattr(info, "fingerprint", ""), "classes": segmenter.classes,
+                "adapter": None if adapter is None else str(Path(adapter).resolve()),
+                "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
+                "refine": refine, "multimask": multimask}
+    settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
+    _check_settings(out, settings, overwrite)
+    atomic_write_json(out / "segment.json", settings)
+    mine = [item for i, item in enumerate(items) if i % world_size == rank]  # on the full list: same on every rank
+    done, manifest = read_manifest(out), _manifest_path(out, rank, world_size)
+    pending, skipped, not_retried = [], 0, 0
+    for item in mine:
+        last = done.get(item.name, {}).get("status")
+        if item.out.exists() and not overwrite:
+            skipped += 1
+            if last not in ("ok", "skipped"):  # made by an earlier run whose line was lost, or by hand
+                _append(manifest, {"file": item.name, "status": "skipped", "seconds": "0", "read_seconds": "0", "output": str(item.out),
+                                   "finished": _now()})
+        elif last == "failed" and not (retry_failed or overwrite):
+            not_retried += 1
+        else:
+            pending.append(item)
+    for item in pending:  # temporary files a killed run left beside its outputs
+        for stale in glob.glob(os.path.join(glob.escape(str(item.out.parent)), glob.escape("." + item.out.name) + ".*")):
+            os.unlink(stale)
+    return _run(segmenter, pending, table, out, manifest, axis=axis, window=window, refine=refine,
+                multimask=multimask, workers=workers, progress=progress and rank == 0,
+                counts=(skipped, not_retried))
+
+
+def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifest: Path, *, axis: int, window: Any,
+         refine: bool, multimask: bool, workers: int, progress: bool, counts: tuple[int, int]) -> BatchResult:
+    from tqdm.auto import tqdm
+
+    result = BatchResult(0, 0, *counts, images=0, volumes=0, seconds=0.0, waited=0.0, manifest=manifest)
+    start = last = time.perf_counter()
+    loader = torch.utils.data.DataLoader(_Reader(items, window), batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=2 if workers else None)
+    bar = tqdm(total=len(items), unit="file", disable=not progress or not items, desc="segment")
+    for record in loader:
+        item = items[int(record["index"])]
+        result.waited += time.perf_counter() - last
+        row = {"file": item.name, "output": str(item.out)}
+        try:
+            if "error" in record:
+                raise MedAdaptError(record["error"])
+            pixels, entry = record["pixels"].numpy(), table.get(item.name)
+            if entry is None and not seg.classes:
+                raise MedAdaptError("the prompts file has no prompts for it, and the model learned no classes to "
+                                    "segment it automatically")
+            if item.volume:
+                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask)
+            else:
+                labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask)
+            _save(labels, item, record["affine"].numpy() if "affine" in record else None)
+            row.update(status="ok", error="")
+            result.ok += 1
+            result.volumes += item.volume
+            result.images += not item.volume
+        except Exception as exc:  # one bad file is recorded and the rest go on
+            row.update(status="failed", error=_one_line(exc), output="")
+            result.failed += 1
+        row.update(read_seconds=f"{float(record['read_seconds']):.3f}", finished=_now())
+        _append(manifest, {**row, "seconds": f"{time.perf_counter() - last:.3f}"})  # what this file added to the run
+        last = time.perf_counter()
+        bar.update(1)
+        bar.set_postfix(ok=result.ok, failed=result.failed, refresh=False)
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+__all__ = ["BatchResult", "distributed_rank", "read_manifest", "segment_batch"]

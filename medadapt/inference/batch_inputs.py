@@ -1,0 +1,200 @@
+"""What a batch is made of: its inputs (a folder, a dataset, a list) and the prompts file that goes with them.
+
+:func:`find_inputs` turns what ``medadapt segment IN`` names into items with
+deterministic output paths; :func:`read_prompts` checks a prompts file against
+them, so a typo fails before the model loads. :mod:`.batch` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..core.errors import MedAdaptError
+from ..core.files import path_suffix
+from ..data import DataConfig, discover_cases
+from ..io.imaging import IMAGE_EXTENSIONS
+
+PathLike = str | os.PathLike
+_VOLUME = (".nii", ".nii.gz")
+_PROMPT_KEYS = ("boxes", "points", "point_labels")
+
+
+@dataclass
+class BatchItem:
+    """One input: ``name`` is its path relative to the input root (the manifest's ``file``, the prompts key)."""
+
+    name: str
+    path: Path
+    volume: bool  # a NIfTI file or a DICOM-series folder; otherwise one 2-D image
+    out: Path
+    error: str = ""  # known before reading (an output name two inputs share)
+
+
+# --------------------------------------------------------------------------- inputs
+def _is_dicom(path: Path) -> bool:
+    ext = path_suffix(path)
+    if ext in (".dcm", ".dicom"):
+        return True
+    if ext or not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(132)[128:] == b"DICM"
+
+
+def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path]]:
+    """Image files under ``root`` and DICOM-series folders (a folder holding DICOM files is one series)."""
+    found: list[tuple[str, Path]] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip)
+        files = sorted(f for f in files if not f.startswith("."))
+        if any(_is_dicom(here / f) for f in files):
+            found.append((here.relative_to(root).as_posix(), here))
+        found += [((here / f).relative_to(root).as_posix(), here / f) for f in files
+                  if path_suffix(here / f) in IMAGE_EXTENSIONS and not _is_dicom(here / f)]
+    return found
+
+
+def _output_name(name: str, path: Path, volume: bool) -> str:
+    base = Path(path).name if name == "." else name
+    if path.is_dir():
+        return base + ".nii.gz"  # a DICOM series -> a NIfTI label volume with the series' geometry
+    ext = path_suffix(path)
+    if volume or ext == ".npy":
+        return base
+    return base[: len(base) - len(ext)] + ".png"  # JPEG, TIFF, BMP and 2-D DICOM -> a lossless PNG label map
+
+
+def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike) -> list[BatchItem]:
+    """The items of a batch: a folder (searched recursively), a dataset (nnU-Net ``imagesTr/...`` or
+    ``images/`` + ``masks/``: its images only), a list file (``.txt``, one path a line, relative to the
+    list's folder), a list of paths, or one file. Names are relative to the folder, or to the deepest folder
+    holding every listed file."""
+    out = Path(out_dir).expanduser().resolve()
+    if isinstance(inputs, (str, os.PathLike)) and path_suffix(inputs) == ".txt" and Path(inputs).is_file():
+        base = Path(inputs).parent
+        lines = Path(inputs).read_text(encoding="utf-8").splitlines()
+        inputs = [base / s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if isinstance(inputs, (str, os.PathLike)):
+        root = Path(inputs).expanduser()
+        if not root.exists():
+            raise MedAdaptError(f"input {root} not found; give a folder, a dataset, a .txt list of files or a file")
+        if root.resolve() == out:
+            raise MedAdaptError(f"the output folder {out} is the input folder: write the masks to another folder")
+        if root.is_file():
+            pairs = [(root.name, root)]
+        elif (root / "imagesTr").is_dir() or (root / "images").is_dir():
+            with warnings.catch_warnings():  # missing label folders do not matter here
+                warnings.simplefilter("ignore")
+                layout = "nnunet" if (root / "imagesTr").is_dir() else "folder"
+                cases = discover_cases(DataConfig(root=str(root), classes=[1], layout=layout))
+            pairs = [(c.image_path.relative_to(root).as_posix(), c.image_path) for c in cases]
+        else:
+            pairs = _scan_folder(root, out)
+    else:
+        paths = [Path(p).expanduser() for p in inputs]
+        if not paths:
+            raise MedAdaptError("the list of inputs is empty")
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise MedAdaptError(f"{len(missing)} listed input(s) not found, e.g. {missing[0]}")
+        common = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+        pairs = [(p.resolve().relative_to(common).as_posix(), p) for p in paths]
+    if not pairs:
+        raise MedAdaptError(f"no images found in {inputs}; supported: {', '.join(IMAGE_EXTENSIONS)} files and "
+                            "DICOM-series folders")
+    items, owner = [], {}
+    for name, path in pairs:
+        volume = path.is_dir() or path_suffix(path) in _VOLUME
+        target = out / _output_name(name, path, volume)
+        item = BatchItem(name, path, volume, target)
+        if target in owner:
+            item.error = f"its output {target.name} is also the output of {owner[target]}; rename one of them"
+        elif path.resolve() == target:
+            item.error = f"its output would replace the input {path}; choose another output folder"
+        owner.setdefault(target, name)
+        items.append(item)
+    return items
+
+
+# --------------------------------------------------------------------------- prompts
+def _numbers(value: Any, where: str, width: int | None) -> list:
+    rows = value if isinstance(value, list) else None
+    ok = rows is not None and all(
+        isinstance(r, list) and (width is None or len(r) == width)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in r) for r in rows)
+    if not ok or not rows:
+        shape = "[[x0, y0, x1, y1], ...]" if width == 4 else "[[x, y], ...]"
+        raise MedAdaptError(f"{where} must be a non-empty list like {shape} of numbers; got {json.dumps(value)[:80]}")
+    return rows
+
+
+def _check_prompt(entry: Any, where: str) -> dict:
+    if not isinstance(entry, dict) or not entry:
+        raise MedAdaptError(f"{where} must be an object with boxes / points / point_labels")
+    unknown = sorted(set(entry) - set(_PROMPT_KEYS))
+    if unknown:
+        raise MedAdaptError(f"{where} has unknown key(s) {unknown}; allowed: {list(_PROMPT_KEYS)}")
+    out = {k: None for k in _PROMPT_KEYS}
+    if "boxes" in entry:
+        out["boxes"] = _numbers(entry["boxes"], f"{where}.boxes", 4)
+    if "points" in entry:
+        points = entry["points"]
+        nested = isinstance(points, list) and all(isinstance(s, list) and s and isinstance(s[0], list) for s in points)
+        _numbers([p for s in points for p in s] if nested and points else points, f"{where}.points", 2)
+        out["points"] = points  # K x 2, or N x K x 2: one point set per box
+    labels = entry.get("point_labels")
+    if labels is not None:
+        flat = [v for s in labels for v in (s if isinstance(s, list) else [s])] if isinstance(labels, list) else None
+        if out["points"] is None or not flat or not all(v in (0, 1) and not isinstance(v, float) for v in flat):
+            raise MedAdaptError(f"{where}.point_labels must go with points and hold 1 (foreground) or 0 (background)")
+        out["point_labels"] = labels
+    if out["boxes"] is None and out["points"] is None:
+        raise MedAdaptError(f"{where} needs boxes or points")
+    return out
+
+
+def read_prompts(source: PathLike | Mapping[str, Any], items: Sequence[BatchItem]) -> dict[str, Any]:
+    """Check a prompts file (or its parsed mapping): input name -> ``{"boxes": ..., "points": ...,
+    "point_labels": ...}`` for a 2-D image, ``{"slices": {"K": {...}}}`` for a volume. Returns
+    name -> prompts (volumes: slice index -> prompts)."""
+    where = "prompts"
+    if not isinstance(source, Mapping):
+        where = str(source)
+        try:
+            source = json.loads(Path(source).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise MedAdaptError(f"cannot read the prompts file {where}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise MedAdaptError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(source, dict):
+            raise MedAdaptError(f"{where} must hold a JSON object mapping input files to prompts")
+    by_name = {i.name: i for i in items}
+    out: dict[str, Any] = {}
+    for name, entry in source.items():
+        if name not in by_name:
+            raise MedAdaptError(f"{where} names {name!r}, which is not an input; keys are paths relative to the "
+                                f"input folder, e.g. {next(iter(by_name))!r}")
+        if not by_name[name].volume:
+            out[name] = _check_prompt(entry, f"{where}[{name!r}]")
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"slices"} or not isinstance(entry["slices"], dict):
+            raise MedAdaptError(f"{where}[{name!r}] is a volume: give prompts per slice as "
+                                '{"slices": {"K": {"boxes": [[x0, y0, x1, y1]]}}}')
+        slices = {}
+        for k, e in entry["slices"].items():
+            if not str(k).isdigit():
+                raise MedAdaptError(f"{where}[{name!r}].slices key {k!r} is not a slice index (0, 1, ...)")
+            slices[int(k)] = _check_prompt(e, f"{where}[{name!r}].slices[{k!r}]")
+        out[name] = slices
+    return out
+
+
+__all__ = ["BatchItem", "find_inputs", "read_prompts"]

@@ -1,0 +1,338 @@
+"""Batch inference (``segment_batch``, ``medadapt segment``) over a folder of mixed files.
+
+The folder holds PNG, JPEG and .npy images, a NIfTI volume with a rotated,
+flipped affine, a DICOM series and two corrupt files. The real LiteMedSAM
+segments bright discs from boxes, so every output can be checked for its
+place in the input's geometry; the tiny random SAM runs the bookkeeping tests
+(resume after SIGKILL, sharding, errors), where only what is written matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medadapt import Segmenter
+from medadapt.cli import main
+from medadapt.core.errors import MedAdaptError
+from medadapt.inference import read_manifest, segment_batch
+from medadapt.io.imaging import load_mask, load_volume, volume_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _disc(h, w, cy, cx, r=14, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    return (np.where(mask, 200.0, 40.0) + rng.normal(0, 4, (h, w))).astype(np.float32), mask
+
+
+def _box(mask, pad=3):
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()) - pad, int(ys.min()) - pad, int(xs.max()) + pad, int(ys.max()) + pad]
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.InstanceNumber, ds.Modality = series, instance, "CT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-10.0, -20.0, z]
+    ds.PixelSpacing = [0.5, 0.7]
+    ds.SliceThickness = 2.5
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _affine() -> np.ndarray:
+    """Voxel sizes 0.8 / 0.9 / 2.5 mm, the first axis flipped, 20 degrees about z, an offset."""
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([-0.8, 0.9, 2.5])
+    aff[:3, 3] = [30.0, -12.0, 7.0]
+    return aff
+
+
+def mixed_folder(root: Path) -> tuple[dict, dict]:
+    """Write the mixed folder; returns (prompts, expected masks by input name; volumes: (slice, mask))."""
+    prompts, truth = {}, {}
+    (root / "us").mkdir(parents=True)
+    for i, (cy, cx) in enumerate([(30, 40), (50, 30)]):
+        img, mask = _disc(80, 96, cy, cx, seed=i)
+        Image.fromarray(img.astype(np.uint8)).save(root / "us" / f"case{i}.png")
+        prompts[f"us/case{i}.png"], truth[f"us/case{i}.png"] = {"boxes": [_box(mask)]}, mask
+    img, mask = _disc(64, 64, 30, 34, seed=6)
+    np.save(root / "array.npy", img)
+    prompts["array.npy"], truth["array.npy"] = {"boxes": [_box(mask)], "points": [[34, 30]], "point_labels": [1]}, mask
+    # a NIfTI volume stored in a non-canonical orientation: the disc is drawn where the displayed slice shows it
+    (root / "ct").mkdir()
+    stored = np.full((64, 72, 5), -900.0, np.float32) + np.random.default_rng(7).normal(0, 5, (64, 72, 5))
+    stored[20:44, 24:48, 2] += 1000 * (np.hypot(*np.mgrid[-12:12, -12:12]) <= 11)
+    nib.save(nib.Nifti1Image(stored, _affine()), root / "ct" / "vol.nii.gz")
+    shown = volume_slice(load_volume(root / "ct" / "vol.nii.gz")[0], 2)
+    prompts["ct/vol.nii.gz"] = {"slices": {"2": {"boxes": [_box(shown > 0)]}}}
+    truth["ct/vol.nii.gz"] = (2, shown > 0)
+    series, uid = root / "series", generate_uid()
+    series.mkdir()
+    for k in range(4):
+        img, mask = _disc(56, 64, 28, 30, r=12, seed=10 + k)
+        _dicom(series / f"im{k}.dcm", (img * 5 if k == 1 else img * 0 + 100 + k).astype(np.uint16), 2.5 * k, k + 1, uid)
+    prompts["series"] = {"slices": {"1": {"boxes": [_box(mask)]}}}
+    truth["series"] = (1, mask)
+    (root / "broken.png").write_bytes(b"this is not a PNG file")
+    whole = (root / "ct" / "vol.nii.gz").read_bytes()
+    (root / "cut.nii.gz").write_bytes(whole[: len(whole) // 3])  # a download cut short
+    prompts["broken.png"] = {"boxes": [[1, 1, 10, 10]]}
+    (root / "notes.txt").write_text("not an image")  # ignored
+    return prompts, truth
+
+
+class CountingSegmenter(Segmenter):
+    """A real segmenter that counts the images it encodes (and can kill its own process after N)."""
+
+    encoded = 0
+    kill_after: int | None = None
+
+    def set_image(self, image):
+        if self.kill_after is not None and CountingSegmenter.encoded >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        CountingSegmenter.encoded += 1
+        super().set_image(image)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, litemedsam):
+    root = tmp_path_factory.mktemp("batch")
+    prompts, truth = mixed_folder(root / "in")
+    (root / "prompts.json").write_text(json.dumps(prompts))
+    result = segment_batch(root / "in", root / "out", litemedsam, prompts=root / "prompts.json", workers=2,
+                           progress=False)
+    return root, truth, result
+
+
+def test_mixed_folder_writes_every_good_output_in_the_inputs_geometry(batch):
+    root, truth, result = batch
+    out = root / "out"
+    assert (result.ok, result.failed, result.images, result.volumes) == (5, 2, 3, 2)
+    for name in ("us/case0.png", "us/case1.png"):
+        mask = load_mask(out / (name.rsplit(".", 1)[0] + ".png"))
+        assert set(np.unique(mask)) <= {0, 255}  # one prompt: a 0/255 PNG, as `medadapt predict` writes
+        assert _dice(mask > 0, truth[name]) > 0.9, name
+    assert _dice(np.load(out / "array.npy") > 0, truth["array.npy"]) > 0.9
+    # NIfTI: the input's canonical grid and affine; the disc lands on the voxels it occupies in the input
+    vol, affine = load_volume(root / "in" / "ct" / "vol.nii.gz")
+    written = nib.load(out / "ct" / "vol.nii.gz")
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    labels = np.asarray(written.dataobj)
+    assert labels.shape == vol.shape and labels[..., [0, 1, 3, 4]].max() == 0
+    k, disc = truth["ct/vol.nii.gz"]
+    assert _dice(volume_slice(labels, k) > 0, disc) > 0.9
+    stored = nib.load(root / "in" / "ct" / "vol.nii.gz")
+    centre = stored.affine @ [32, 36, 2, 1]  # the disc's centre in the stored array -> scanner mm
+    ijk = np.round(np.linalg.inv(written.affine) @ centre).astype(int)[:3]
+    assert labels[tuple(ijk)] == 1
+    # the DICOM series: a NIfTI label volume with the series' geometry
+    vol, affine = load_volume(root / "in" / "series")
+    written = nib.load(out / "series.nii.gz")
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(np.abs(np.diag(written.affine))[:3], [0.7, 0.5, 2.5])
+    labels = np.asarray(written.dataobj)
+    k, disc = truth["series"]
+    assert labels.shape == vol.shape and _dice(volume_slice(labels, k) > 0, disc) > 0.9
+    assert not (out / "notes.png").exists() and not (out / "broken.png").exists()
+
+
+def test_manifest_records_the_two_bad_files_and_the_rest(batch):
+    root, _, _ = batch
+    rows = read_manifest(root / "out")
+    assert len(rows) == 7 and all(r["seconds"] for r in rows.values())
+    failed = {name: r["error"] for name, r in rows.items() if r["status"] == "failed"}
+    assert sorted(failed) == ["broken.png", "cut.nii.gz"]
+    assert all("\n" not in e and "could not read" in e for e in failed.values()), failed
+    assert rows["series"]["output"].endswith("series.nii.gz") and rows["series"]["status"] == "ok"
+    lines = (root / "out" / "manifest.csv").read_text().splitlines()
+    assert lines[0] == "file,status,seconds,read_seconds,error,output,finished" and len(lines) == 8
+
+
+def test_rerun_skips_everything_and_retries_failed_only_when_asked(batch, litemedsam):
+    root, _, first = batch
+    out = root / "out"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "segment.json"}
+    seg = CountingSegmenter(litemedsam.backbone)
+    CountingSegmenter.encoded = 0
+    again = segment_batch(root / "in", out, seg, prompts=root / "prompts.json", workers=1, progress=False)
+    assert (again.ok, again.failed, again.skipped, again.not_retried) == (0, 0, 5, 2)
+    assert CountingSegmenter.encoded == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}  # nothing rewritten, the manifest included
+    retried = segment_batch(root / "in", out, seg, prompts=root / "prompts.json", workers=0, retry_failed=True,
+                            progress=False)
+    assert (retried.ok, retried.failed, retried.skipped) == (0, 2, 5) and CountingSegmenter.encoded == 0
+    assert len((out / "manifest.csv").read_text().splitlines()) == 10  # two more failed lines, nothing else
+
+
+# --------------------------------------------------------------------------- bookkeeping, with the tiny model
+def _pngs(folder: Path, n: int) -> dict:
+    folder.mkdir(parents=True)
+    prompts = {}
+    for i in range(n):
+        img, mask = _disc(48, 48, 24, 24, r=9, seed=i)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"img{i:02d}.png")
+        prompts[f"img{i:02d}.png"] = {"boxes": [_box(mask)]}
+    return prompts
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_batch import CountingSegmenter
+    from medadapt.foundation import build_backbone
+    from medadapt.inference import segment_batch
+    seg = CountingSegmenter(build_backbone("tiny_sam_vit"), device="cpu")
+    seg.kill_after = 5
+    segment_batch({src!r}, {out!r}, seg, prompts={prompts!r}, workers=1, progress=False)
+""")
+
+
+def test_a_run_killed_part_way_resumes_where_it_stopped(tmp_path):
+    prompts = _pngs(tmp_path / "in", 12)
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    code = KILLED_RUN.format(tests=str(ROOT / "tests"), src=str(tmp_path / "in"), out=str(tmp_path / "out"),
+                             prompts=str(tmp_path / "p.json"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    done = read_manifest(tmp_path / "out")
+    assert len(done) == 5 and {r["status"] for r in done.values()} == {"ok"}
+    assert len(list((tmp_path / "out").glob("img*.png"))) == 5
+    seg = CountingSegmenter(Segmenter.from_pretrained("tiny_sam_vit", device="cpu").backbone)
+    CountingSegmenter.encoded = 0
+    result = segment_batch(tmp_path / "in", tmp_path / "out", seg, prompts=tmp_path / "p.json", workers=1,
+                           progress=False)
+    assert (result.ok, result.skipped, CountingSegmenter.encoded) == (7, 5, 7)
+    rows = read_manifest(tmp_path / "out")
+    assert len(rows) == 12 and {r["status"] for r in rows.values()} == {"ok"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
+
+
+def test_ranks_take_their_own_share_and_the_manifest_parts_merge(tmp_path, tiny_sam, monkeypatch):
+    prompts = _pngs(tmp_path / "in", 7)
+    results = [segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, rank=r,
+                             world_size=2, progress=False) for r in (0, 1)]
+    assert [r.ok for r in results] == [4, 3]  # inputs 0, 2, 4, 6 and 1, 3, 5
+    parts = [read_manifest_part(tmp_path / "out" / f"manifest.rank{r}.csv") for r in (0, 1)]
+    assert parts == [{f"img{i:02d}.png" for i in range(r, 7, 2)} for r in (0, 1)]
+    rows = read_manifest(tmp_path / "out")
+    assert len(rows) == 7 and {r["status"] for r in rows.values()} == {"ok"}
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    again = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (again.ok, again.skipped) == (0, 2)  # rank 1 of 3: inputs 1 and 4, both done by the earlier ranks
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(MedAdaptError, match="RANK=3"):
+        segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, progress=False)
+
+
+def read_manifest_part(path: Path) -> set[str]:
+    return {line.split(",")[0] for line in path.read_text().splitlines()[1:]}
+
+
+def test_automatic_mode_on_a_dataset_from_the_command_line(tmp_path, capsys):
+    from conftest import tiny_run, two_class_dataset
+
+    data = two_class_dataset(tmp_path / "data", n=4)
+    run = tiny_run(data, tmp_path / "runs", labeled=["000", "001"], val=["002"])
+    vol = np.random.default_rng(0).normal(100, 30, (40, 36, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, _affine()), data / "images" / "vol.nii.gz")
+    out = tmp_path / "out"
+    args = ["segment", str(data), str(out), "--adapter", str(run), "--model", "tiny_sam_vit", "--workers", "1",
+            "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert "5 written (4 images, 1 volumes)" in capsys.readouterr().out
+    assert not (out / "masks").exists()  # a dataset's images are segmented, not its masks
+    for i in range(4):
+        assert set(np.unique(load_mask(out / "images" / f"{i:03d}.png"))) <= {0, 1, 2}
+    written = nib.load(out / "images" / "vol.nii.gz")
+    assert written.shape == load_volume(data / "images" / "vol.nii.gz")[0].shape
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    (tmp_path / "p.json").write_text(json.dumps({"images/000.png": {"boxes": [[2, 2, 30, 30]]}}))
+    assert main([*args, "--prompts", str(tmp_path / "p.json")]) == 2  # other settings than the masks in OUT
+    err = capsys.readouterr().err
+    assert err.startswith("medadapt: error: ") and "other settings" in err and err.count("\n") == 1
+
+
+def test_names_lists_and_per_file_errors(tmp_path, tiny_sam):
+    src = tmp_path / "in"
+    prompts = _pngs(src / "sub", 2)
+    prompts = {f"sub/{k}": v for k, v in prompts.items()}
+    img, mask = _disc(40, 40, 20, 20, r=8)
+    Image.fromarray(img.astype(np.uint8)).save(src / "a.png")
+    Image.fromarray(img.astype(np.uint8)).save(src / "a.jpg")
+    prompts.update({"a.png": {"boxes": [_box(mask)]}, "a.jpg": {"boxes": [[50, 50, 90, 90]]}})
+    result = segment_batch(src, tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    rows = read_manifest(tmp_path / "out")
+    assert (result.ok, result.failed) == (2, 2)
+    assert "lies outside the image" in rows["a.jpg"]["error"]  # a box beyond the image: this file fails alone
+    assert "also the output of a.jpg" in rows["a.png"]["error"]  # a.jpg and a.png would both write a.png
+    # a list file: names relative to the deepest folder holding every listed file
+    (tmp_path / "list.txt").write_text("in/sub/img00.png\n# a comment\nin/a.png\n")
+    listed = segment_batch(tmp_path / "list.txt", tmp_path / "out2", tiny_sam, workers=0, progress=False,
+                           prompts={"sub/img00.png": prompts["sub/img00.png"]})
+    assert (listed.ok, listed.failed) == (1, 1)
+    assert (tmp_path / "out2" / "sub" / "img00.png").is_file()
+    assert "no prompts for it" in read_manifest(tmp_path / "out2")["a.png"]["error"]
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (None, "needs prompts"),
+    ({"nope.png": {"boxes": [[1, 1, 5, 5]]}}, "not an input"),
+    ({"img00.png": {"boxes": [[1, 1, 5]]}}, r"non-empty list like \[\[x0, y0, x1, y1\]"),
+    ({"img00.png": {"box": [[1, 1, 5, 5]]}}, "unknown key"),
+    ({"img00.png": {"points": [[1, 1]], "point_labels": [2]}}, "point_labels"),
+    ({"vol.nii.gz": {"boxes": [[1, 1, 5, 5]]}}, "is a volume"),
+    ({"vol.nii.gz": {"slices": {"one": {"boxes": [[1, 1, 5, 5]]}}}}, "not a slice index"),
+])
+def test_user_errors_are_one_line_before_the_model_loads(tmp_path, capsys, prompts, message):
+    _pngs(tmp_path / "in", 1)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), tmp_path / "in" / "vol.nii.gz")
+    args = ["segment", str(tmp_path / "in"), str(tmp_path / "out"), "--model", "no_such_model"]
+    if prompts is not None:
+        (tmp_path / "p.json").write_text(json.dumps(prompts))
+        args += ["--prompts", str(tmp_path / "p.json")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medadapt: error: ") and err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_output_folder_is_never_the_input_folder(tmp_path):
+    _pngs(tmp_path / "in", 1)
+    with pytest.raises(MedAdaptError, match="is the input folder"):
+        segment_batch(tmp_path / "in", tmp_path / "in", prompts={}, progress=False)
