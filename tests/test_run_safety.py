@@ -167,6 +167,8 @@ def test_predict_never_writes_over_its_input_and_asks_before_replacing_a_file(tm
     ({"train": {"epochs": 1.5}}, "1.5", "train.epochs"),
     ({"train": {"lr": -0.1}}, "-0.1", "train.lr"),
     ({"train": {"lr": "fast"}}, "'fast'", "train.lr"),
+    ({"train": {"weight_decay": float("inf")}}, "inf", "train.weight_decay"),
+    ({"prompts": {"box_jitter": float("nan")}}, "nan", "prompts.box_jitter"),
     ({"train": {"amp": "yes"}}, "'yes'", "train.amp"),
     ({"prompts": {"automatic": "sure"}}, "'sure'", "prompts.automatic"),
     ({"ssl": {"threshold": "high"}}, "'high'", "ssl.threshold"),

@@ -18,7 +18,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from ..adapters.config import AdapterConfig, LearnedTextConfig
-from ..core.config import build_dataclass
+from ..core.config import build_dataclass, check_ranges
 from ..core.errors import MedAdaptError
 
 C = TypeVar("C", bound="TrainingConfig")
@@ -134,10 +134,8 @@ _RANGES = {
 
 
 def _check_ranges(cfg: TrainingConfig) -> None:
-    for (section, key), (ok, allowed) in _RANGES.items():
-        value = getattr(getattr(cfg, section), key)
-        if not ok(value):
-            raise MedAdaptError(f"{section}.{key}: {value!r} is out of range; allowed: {allowed}")
+    for (section, key), rule in _RANGES.items():
+        check_ranges(getattr(cfg, section), section, {key: rule})  # finite numbers, and the rule
 
 
 def check_run_name(name: Any, output: Any) -> None:
