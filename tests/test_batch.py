@@ -19,11 +19,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medadapt import Segmenter
 from medadapt.cli import main
@@ -51,24 +50,8 @@ def _dice(a, b):
 
 
 def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.InstanceNumber, ds.Modality = series, instance, "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-10.0, -20.0, z]
-    ds.PixelSpacing = [0.5, 0.7]
-    ds.SliceThickness = 2.5
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(path, pixels, z, series=series, instance=instance, origin=(-10.0, -20.0), spacing=(0.5, 0.7),
+                RescaleSlope=1, RescaleIntercept=-1024, SliceThickness=2.5)
 
 
 def _affine() -> np.ndarray:

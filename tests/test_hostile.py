@@ -18,11 +18,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medadapt.cli import main
 
@@ -101,26 +100,7 @@ def patched_nifti(root: Path, name: str, patch: dict[int, bytes]) -> Path:
 
 
 def dicom(path: Path, pixels: np.ndarray, z: float = 0.0, series: str | None = None, **tags) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = series or generate_uid(), "CT", 1
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.ImageOrientationPatient, ds.ImagePositionPatient, ds.PixelSpacing = [1, 0, 0, 0, 1, 0], [0.0, 0.0, z], [1, 1]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    for key, value in tags.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, pixels, z, series=series, **tags)
 
 
 def pixels(rows: int = 32, cols: int = 40) -> np.ndarray:
