@@ -113,13 +113,20 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .recipes import distill
+
+    distill(args.run, args.overrides, resume=args.resume)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate_run
 
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
-        metrics=_csv(args.metrics),
+        metrics=_csv(args.metrics), student=not args.no_student,
     )
     print(report.table())
     return 0
@@ -235,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run from its last checkpoint (on any number of torchrun ranks)")
     p.set_defaults(func=_cmd_finetune)
 
+    p = sub.add_parser("distill", parents=[common], help="distil a fine-tuned run into a specialist student",
+                       description="Label the run's unlabelled cases with its adapted model and train a MONAI "
+                                   "student on them (RUN/student/); predict, segment and evaluate then answer "
+                                   "automatic mode with the student. Settings: the distill: section of the run's "
+                                   "config.yaml (see docs/distill.md).")
+    p.add_argument("run", help="run folder written by `medadapt finetune`")
+    p.add_argument("overrides", nargs="*", help="distill.KEY=VALUE overrides, e.g. distill.iterations=3000")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted distillation from its last state")
+    p.set_defaults(func=_cmd_distill)
+
     p = sub.add_parser("evaluate", parents=[common], help="Dice and HD95 per case and class, automatic and prompted",
                        description="Score a fine-tuned run per case and class; writes evaluation.json/.csv.")
     p.add_argument("run", help="run folder or adapter file written by `medadapt finetune`")
@@ -259,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score a learned text prompt against the class it names, e.g. 'LV cavity=left "
                         "ventricle'; repeatable")
     p.add_argument("--device", default=None)
+    p.add_argument("--no-student", action="store_true",
+                   help="score the adapted decoder in automatic mode even when the run holds a distilled student")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", parents=[common],

@@ -2,7 +2,8 @@
 
 :class:`FinetuneConfig` is the trainer's :class:`~medadapt.training.TrainingConfig`
 plus the sections of the parts that plug into the trainer: ``ssl:`` (the
-semi-supervised loop, :mod:`medadapt.ssl`). This module sits above both, so
+semi-supervised loop, :mod:`medadapt.ssl`), and ``distill:`` (the student
+distilled from the run afterwards, :func:`distill`). This module sits above both, so
 neither the trainer nor the loop needs to know about the other beyond the
 extension interface (:mod:`medadapt.training.extension`).
 
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch.distributed as dist
+
 from .core.config import build_dataclass
 from .core.errors import MedAdaptError
-from .ssl import SemiSupervised, SSLConfig
+from .data import DataConfig
+from .ssl import DistillConfig, SemiSupervised, SSLConfig, distill_run
 from .training import ExtensionFactory, Trainer, TrainingConfig, build_config, read_config, train
 
 
@@ -28,6 +32,7 @@ class FinetuneConfig(TrainingConfig):
     """Everything ``medadapt finetune`` needs (see ``docs/configuration.md``)."""
 
     ssl: SSLConfig | None = None  # semi-supervised loop on data.unlabeled (medadapt.ssl)
+    distill: DistillConfig | None = None  # a specialist student distilled from the run (medadapt distill)
 
 
 def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
@@ -37,6 +42,11 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
         if raw["ssl"] is not True and not isinstance(raw["ssl"], dict):
             raise MedAdaptError(f"ssl must be a section of settings ({{}} for the defaults) or null; got {raw['ssl']!r}")
         raw["ssl"] = build_dataclass(SSLConfig, raw["ssl"] if isinstance(raw["ssl"], dict) else {}, "ssl")
+    if raw.get("distill") is not None:
+        if raw["distill"] is not True and not isinstance(raw["distill"], dict):
+            raise MedAdaptError(f"distill must be a section of settings ({{}} for the defaults) or null; got {raw['distill']!r}")
+        raw["distill"] = build_dataclass(DistillConfig, raw["distill"] if isinstance(raw["distill"], dict) else {},
+                                         "distill")
     cfg = build_config(FinetuneConfig, raw)
     if cfg.ssl is not None and not cfg.prompts.automatic:
         raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
@@ -65,8 +75,37 @@ def build_trainer(config: FinetuneConfig, run_dir: str | os.PathLike, log: Calla
 
 
 def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Fine-tune as ``config`` says (semi-supervised when it has an ``ssl:`` section); returns the run folder."""
-    return train(config, extensions=extensions_for(config), resume=resume, log=log)
+    """Fine-tune as ``config`` says (semi-supervised when it has an ``ssl:`` section, then distilled
+    into a student when it has a ``distill:`` section); returns the run folder."""
+    run = train(config, extensions=extensions_for(config), resume=resume, log=log)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return run  # torchrun: the distillation (one process) runs on rank 0 once the ranks are done
+    if config.distill is not None:
+        distill(run, config=config, resume=resume or (Path(run) / "distill" / "settings.json").is_file(), log=log)
+    return run
 
 
-__all__ = ["FinetuneConfig", "build_trainer", "config_from_dict", "extensions_for", "finetune", "load_config"]
+def distill(run: str | os.PathLike, overrides: Sequence[str] = (), *, config: FinetuneConfig | None = None,
+            resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Distil a fine-tuned run into a student (``RUN/student/``) as its ``config.yaml``'s ``distill:``
+    section says (defaults without one); ``overrides`` as ``distill.iterations=3000``; ``config``: use this
+    config instead of the run's (what :func:`finetune` passes). Returns the student folder."""
+    run = Path(run)
+    if config is not None:
+        return _distill(run, config, resume, log)
+    if not (run / "config.yaml").is_file():
+        raise MedAdaptError(f"{run} is not a run folder (no config.yaml): give the folder medadapt finetune wrote")
+    bad = [o for o in overrides if not str(o).startswith("distill.") and not str(o).startswith("distill=")]
+    if bad:
+        raise MedAdaptError(f"medadapt distill changes only the distill section (distill.KEY=VALUE); got {bad}")
+    return _distill(run, load_config(run / "config.yaml", overrides), resume, log)
+
+
+def _distill(run: Path, config: FinetuneConfig, resume: bool, log: Callable[[str], None]) -> Path:
+    return distill_run(run, DataConfig.from_dict(config.data), config.distill or DistillConfig(),
+                       seed=config.train.seed if (config.distill is None or config.distill.seed is None)
+                       else config.distill.seed,
+                       backbone=config.backbone, checkpoint=config.checkpoint, resume=resume, log=log)
+
+
+__all__ = ["FinetuneConfig", "build_trainer", "config_from_dict", "distill", "extensions_for", "finetune", "load_config"]

@@ -21,7 +21,8 @@ from medadapt.adapters.config import (
 from medadapt.data import DataConfig
 from medadapt.data.config import SELECTION_KEYS
 from medadapt.recipes import FinetuneConfig
-from medadapt.ssl import SSLConfig
+from medadapt.ssl import DistillConfig, SSLConfig
+from medadapt.student import StudentConfig
 from medadapt.training.config import PromptTrainingConfig, TrainConfig
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -39,6 +40,8 @@ SECTIONS = {
     LearnedTextConfig: "### prompts.text",
     TrainConfig: "## train",
     SSLConfig: "## ssl",
+    DistillConfig: "## distill",
+    StudentConfig: "### distill.student",
 }
 _ROW = re.compile(r"^\| `([A-Za-z_]+)` \| ([^|]*) \| ([^|]*) \|", re.M)
 

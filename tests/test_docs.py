@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SUBPACKAGES = ("core", "io", "data", "prompts", "foundation", "adapters", "inference", "training", "ssl",
+SUBPACKAGES = ("core", "io", "data", "prompts", "foundation", "adapters", "student", "inference", "training", "ssl",
                "recipes", "evaluation")
 
 

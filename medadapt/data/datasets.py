@@ -229,16 +229,19 @@ def load_slices(
     return _guarded(case, config, resolve_classes(config), keep or config.slice_filter, with_labels, counts, [])
 
 
-def load_volume_case(case: Case, config: DataConfig) -> tuple[np.ndarray, np.ndarray | None]:
+def load_volume_case(
+    case: Case, config: DataConfig, *, with_labels: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A whole case for 3-D evaluation: ``(image, label)`` stacks of shape ``(N, H, W)``.
 
     Axis 0 is the slice index along ``config.axis``; ``image[k]`` equals
     :func:`load_slices`' slice ``k`` (window/percentiles applied per slice, as
     there; constant slices are left as stored) and ``label[k]`` its remapped
     label (None without a label file). A 2-D case gives N = 1. Unreadable
-    files raise :class:`MedAdaptError` whatever ``on_error`` says.
+    files raise :class:`MedAdaptError` whatever ``on_error`` says. ``with_labels=False``
+    does not read the label file (unlabelled use).
     """
-    images, labels, _ = _read_case(case, config, resolve_classes(config), True)
+    images, labels, _ = _read_case(case, config, resolve_classes(config), with_labels)
     if config.window is None and config.percentiles is None:
         return images, labels
     out = images.astype(np.float32, copy=True)

@@ -134,20 +134,28 @@ def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) ->
     shape = (len(image_slices), *label_slices[0].shape)
     out = {m: (np.zeros(shape, np.int64) if m in LABEL_MODES else np.zeros((len(values), *shape), bool)) for m in modes}
     out.update({f"text:{t}": np.zeros(shape, bool) for t in texts})
+    # a run's student answers automatic mode from the slices and their neighbours (no encoding)
+    by_student = seg.student is not None and "automatic" in modes
+    if by_student:
+        usable = [np.ptp(img) != 0 for img in image_slices]
+        planes = seg.student.predict_planes(list(image_slices))
+        for z, probs in enumerate(planes):
+            if usable[z]:
+                out["automatic"][z] = np.asarray(values)[probs[1:].argmax(0)] * (probs.argmax(0) > 0)
     for z, (img, lab) in enumerate(zip(image_slices, label_slices)):
         present = [(k, v) for k, v in enumerate(values) if (lab == v).any()]
-        needs_image = any(m in modes for m in LABEL_MODES) or texts or present
+        label_modes = [m for m in LABEL_MODES if m in modes and not (by_student and m == "automatic")]
+        needs_image = label_modes or texts or (present and any(m in modes for m in ("box", "1-click")))
         if not needs_image or np.ptp(img) == 0:
             continue
         seg.set_image(img)
         if texts:
             for t, m in zip(texts, seg.predict(text=list(texts)).masks):
                 out[f"text:{t}"][z] = m
-        for mode in LABEL_MODES:
-            if mode in modes:  # the second reuses the first's decode (Segmenter caches it per image)
-                p = seg.predict(refine=mode == "self-prompted")
-                for m, v in zip(p.masks, values):
-                    out[mode][z][m] = v
+        for mode in label_modes:  # the second reuses the first's decode (Segmenter caches it per image)
+            p = seg.predict(refine=mode == "self-prompted")
+            for m, v in zip(p.masks, values):
+                out[mode][z][m] = v
         if not present:
             continue
         masks = [lab == v for _, v in present]
@@ -178,6 +186,7 @@ def evaluate_run(
     limit: int | None = None,
     texts: dict[str, str] | None = None,
     metrics: Sequence[str] = METRICS,
+    student: bool = True,
 ) -> EvaluationReport:
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
 
@@ -199,6 +208,8 @@ def evaluate_run(
         texts: maps a text prompt to the class name it should find, e.g.
             ``{"LV cavity": "left ventricle"}`` (needs an adapter with learned text prompts).
         metrics: ``("dice", "hd95")`` (default) or ``("dice",)`` to skip HD95.
+        student: a run distilled by ``medadapt distill`` answers automatic mode with its
+            student; ``False`` scores the adapted decoder instead.
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -215,7 +226,7 @@ def evaluate_run(
     info = read_adapter_info(adapter)
     config = _data_config(data, run_dir)
     cases = _cases(config, split, data)[:limit]  # found before the model loads: a wrong split fails fast
-    seg = Segmenter.from_pretrained(info["backbone"], adapter=adapter, device=device)
+    seg = Segmenter.from_pretrained(info["backbone"], adapter=adapter, device=device, student=student)
     meta = info.get("metadata", {})
     names = meta.get("class_names") or seg.classes
     if not names:

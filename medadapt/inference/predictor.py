@@ -24,11 +24,13 @@ from ..io.imaging import display_orientation, load_image, validate_image, volume
 from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
+from ..student import Student, has_student, load_student
 from .learned_text import match_text_to_classes
 from .onnx_runtime import load_exported
 from .optimize import optimize_for_inference
 from .prediction import Prediction, _copy_prediction
 from .refine import refine_automatic
+from .student_answers import check_student_classes, student_prediction, student_volume
 from .text import segment_from_text
 
 ArrayLike = np.ndarray | Sequence
@@ -44,6 +46,20 @@ def _adapter_path(path: str | os.PathLike) -> str:
     if not p.exists():
         raise MedAdaptError(f"adapter not found: {p}")
     return str(p)
+
+
+def _student_folder(adapter: str | os.PathLike):
+    """The run folder holding a student (``RUN/student/``) for an adapter given as the run folder,
+    its ``adapter/`` folder or the adapter file in it; None when the run has no student."""
+    from pathlib import Path
+
+    p = Path(adapter)
+    for folder in (p, p.parent, p.parent.parent):
+        if has_student(folder) and (folder / "student").is_dir():
+            return folder
+        if (folder / "config.yaml").is_file():  # the run folder, without a student
+            return None
+    return None
 
 
 class Segmenter:
@@ -78,10 +94,12 @@ class Segmenter:
         if precision is not None:
             optimize_for_inference(self.backbone, precision)
         self._embedding: torch.Tensor | None = None
+        self._pixels: torch.Tensor | None = None  # preprocessed, not yet encoded (a student answers without it)
         self._meta: ImageMeta | None = None
         self._image: np.ndarray | None = None  # text prompts need the pixels, not only the embedding
         self._text_model = None  # a medadapt.prompts.ClipTextModel, see set_text_model
         self._auto_cache: Prediction | None = None  # the all-class automatic answer for the current image
+        self.student: Student | None = None  # answers automatic predictions when set (see set_student)
 
     @classmethod
     def from_pretrained(
@@ -93,6 +111,7 @@ class Segmenter:
         device: str | torch.device | None = None,
         precision: str = "auto",
         runtime: str = "torch",
+        student: bool = True,
     ) -> "Segmenter":
         """Build a segmenter from a registered backbone name (see ``medadapt models``).
 
@@ -115,14 +134,35 @@ class Segmenter:
         ``medadapt export`` instead: ``name`` is that folder, which already
         holds the weights and adapter; float32 on the CPU, same API
         (see ``docs/export.md``).
+
+        ``student``: a run distilled by ``medadapt distill`` holds a specialist
+        student (``RUN/student/``); by default it answers prompt-free
+        predictions and every prompt still goes to the decoder. ``False``
+        answers them with the adapted decoder instead.
         """
         if runtime != "torch":
-            return cls(load_exported(name, runtime, checkpoint=checkpoint, adapter=adapter, precision=precision,
-                                     device=device), device="cpu")
-        backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
-        if adapter is not None:
-            backbone = load_adapter(backbone, _adapter_path(adapter)).eval()
-        return cls(backbone, device=device, precision=precision)
+            seg = cls(load_exported(name, runtime, checkpoint=checkpoint, adapter=adapter, precision=precision,
+                                    device=device), device="cpu")
+        else:
+            backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
+            if adapter is not None:
+                backbone = load_adapter(backbone, _adapter_path(adapter)).eval()
+            seg = cls(backbone, device=device, precision=precision)
+        folder = _student_folder(adapter) if student and adapter is not None else None
+        if folder is not None:
+            seg.set_student(load_student(folder))
+        return seg
+
+    def set_student(self, student: Student | None) -> None:
+        """Answer automatic predictions with ``student`` (``None``: with the adapted decoder again).
+        It must answer the classes the adapter learned."""
+        if student is not None:
+            self._require_classes()
+            auto = self.backbone.adapter_config.automatic
+            check_student_classes(student, auto.class_names, auto.label_values)
+            student.to(self.device)
+        self.student = student
+        self._auto_cache = None
 
     @property
     def device(self) -> torch.device:
@@ -136,24 +176,35 @@ class Segmenter:
             image = load_image(image)
         arr = validate_image(image)
         pixels, meta = self.backbone.processor.preprocess(arr)
-        self._embedding = self.backbone.encode(pixels.to(self.device))
+        # with a student, a prompt-free answer needs no embedding: encode when a prompt first asks for it
+        self._pixels = pixels if self.student is not None else None
+        self._embedding = None if self.student is not None else self.backbone.encode(pixels.to(self.device))
         self._meta = meta
         self._image = arr
         self._auto_cache = None
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
-        self._embedding, self._meta, self._image = None, None, None
+        self._embedding, self._meta, self._image, self._pixels = None, None, None, None
         self._auto_cache = None
 
     @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) of the current image."""
-        return self._require_image()[1].original_size
+        return self._require_meta().original_size
+
+    def _require_meta(self) -> ImageMeta:
+        if self._meta is None:
+            raise MedAdaptError("no image set: call set_image(image) before predict()")
+        return self._meta
 
     def _require_image(self) -> tuple[torch.Tensor, ImageMeta]:
-        if self._embedding is None or self._meta is None:
+        if self._meta is None:
             raise MedAdaptError("no image set: call set_image(image) before predict()")
+        if self._embedding is None:
+            with torch.inference_mode():
+                self._embedding = self.backbone.encode(self._pixels.to(self.device))
+            self._pixels = None
         return self._embedding, self._meta
 
     # ------------------------------------------------------------------ prompts
@@ -202,7 +253,7 @@ class Segmenter:
                                 "mask_input or text (those prompts already go through the decoder)")
         if text is not None:
             return self._predict_text(text, boxes, points, point_labels, mask_input, classes, multimask)
-        embedding, meta = self._require_image()
+        meta = self._require_meta()
         b = p = lab = None
         n = None
         if boxes is not None:
@@ -221,7 +272,9 @@ class Segmenter:
             raise MedAdaptError("point_labels given without points")
         if n is None:
             if mask_input is None:
-                pred = self._predict_automatic(embedding, meta, classes)
+                if self.student is not None:  # needs no embedding
+                    return student_prediction(self, self._image, self._class_indices(classes), refine)
+                pred = self._predict_automatic(*self._require_image(), classes)
                 if refine:
                     pred = refine_automatic(self, pred)
                 return pred
@@ -285,8 +338,9 @@ class Segmenter:
         """Texts -> weights over the learned classes -> the automatic masks those weights select."""
         texts = as_texts(text)
         match = match_text_to_classes(self.backbone, texts)
-        embedding, meta = self._require_image()
-        auto = self._predict_automatic(embedding, meta, None)  # every class, decoded jointly
+        self._require_meta()
+        auto = (student_prediction(self, self._image, list(range(len(self.classes))), False)
+                if self.student is not None else self._predict_automatic(*self._require_image(), None))
         share = np.einsum("tc,chw->thw", match.weights, auto.masks.astype(np.float32))
         masks = share >= 0.5
         logits = np.einsum("tc,chw->thw", match.weights, auto.logits)
@@ -355,7 +409,9 @@ class Segmenter:
         training). Returns an integer label map of the volume's shape holding
         the training data's label values (0 = background). Constant slices
         (padding) are left as background. ``refine`` self-prompts each slice as
-        :meth:`predict` does.
+        :meth:`predict` does. With a student (see :meth:`set_student`) and no
+        ``refine``, the student reads the slices (with their neighbours) and
+        nothing is encoded.
         """
         vol = np.asarray(volume)
         if vol.ndim != 3:
@@ -364,6 +420,8 @@ class Segmenter:
             raise MedAdaptError(f"axis must be 0, 1 or 2; got {axis}")
         self._require_classes()
         dtype = np.int16 if max(self.backbone.adapter_config.automatic.label_values) > 127 else np.uint8
+        if self.student is not None and not refine:
+            return student_volume(self, vol, axis, self._class_indices(classes), dtype)
         out = np.zeros(vol.shape, dtype=dtype)
         for k in range(vol.shape[axis]):
             plane = volume_slice(vol, k, axis)  # the orientation training slices have
@@ -379,6 +437,16 @@ class Segmenter:
             out[tuple(index)] = display_orientation(lab)
         self.reset_image()
         return out
+
+    def probabilities(self, prediction: Prediction) -> np.ndarray:
+        """Per-pixel probability (sigmoid of the logits) of each mask of a prediction on the current image,
+        at the image's size: N x H x W float32. A class absent from an automatic answer has probability 0."""
+        meta = self._require_meta()
+        low = torch.from_numpy(np.asarray(prediction.logits, dtype=np.float32)).to(self.device)
+        probs = self.backbone.processor.postprocess_logits(low, meta).float().sigmoid().cpu().numpy()
+        absent = ~np.asarray(prediction.masks, dtype=bool).reshape(len(probs), -1).any(1)
+        probs[absent] = 0.0
+        return probs
 
     def _mask_prompt(self, mask_input: ArrayLike, n: int, meta: ImageMeta) -> torch.Tensor:
         m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32))

@@ -6,6 +6,8 @@
 * :mod:`.perturb` -- intensity, CutMix, bidirectional copy-paste (BCP), feature dropout.
 * :mod:`.geometry` -- the 8 flips and quarter turns of the model's frame, for images, labels, boxes, points.
 * :mod:`.loop` -- :class:`SemiSupervised`, the unsupervised loss the trainer adds.
+* :mod:`.distill` -- :func:`distill_run`: weak-to-strong distillation into a MONAI student
+  (:mod:`.distill_config`, :mod:`.foundation_labels`, :mod:`.student_training`).
 
 ``medadapt finetune`` runs it when a config names ``data.unlabeled`` cases and
 has an ``ssl:`` section. (This is ``medadapt.ssl``; a top-level ``ssl`` would
@@ -15,6 +17,9 @@ shadow the standard library.)
 from __future__ import annotations
 
 from .config import SSLConfig
+from .distill import distill_run, score_student
+from .distill_config import DistillConfig
+from .foundation_labels import label_cases, label_slice, load_pseudo_labels
 from .geometry import dihedral, dihedral_boxes, dihedral_each, dihedral_points
 from .loop import SemiSupervised, rampup
 from .perturb import box_masks, feature_dropout, intensity, paste, random_boxes
@@ -24,10 +29,12 @@ from .pseudo import (
     drop_small_classes,
     refine_with_prompts,
 )
+from .student_training import SliceBank, StudentTrainer, slice_bank
 from .teacher import EMATeacher
 
 __all__ = [
-    "EMATeacher", "SSLConfig", "SemiSupervised", "box_masks", "boxes_from_labels",
+    "DistillConfig", "EMATeacher", "SSLConfig", "SliceBank", "StudentTrainer", "distill_run", "label_cases",
+    "label_slice", "load_pseudo_labels", "score_student", "slice_bank", "SemiSupervised", "box_masks", "boxes_from_labels",
     "confident_labels", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points", "drop_small_classes",
     "feature_dropout", "intensity",
     "paste", "rampup", "random_boxes", "refine_with_prompts",

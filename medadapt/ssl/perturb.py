@@ -53,7 +53,7 @@ def feature_dropout(embeddings: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def intensity(pixels: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Random gamma, contrast, Gaussian noise and blur on preprocessed pixels (B x 3 x S x S)."""
+    """Random gamma, contrast, Gaussian noise and blur on preprocessed pixels (B x C x H x W)."""
     if strength <= 0:
         return pixels
     b = pixels.shape[0]
@@ -69,7 +69,8 @@ def intensity(pixels: torch.Tensor, strength: float, generator: torch.Generator)
     noise = torch.randn(pixels.shape, generator=generator, device=generator.device).to(pixels.device)
     x = x + noise * (0.05 * strength * r[:, 2])[:, None, None, None]
     k = 0.5 - 0.25 * (torch.arange(3, device=pixels.device) - 1).abs()  # [1, 2, 1] / 4, made on the device
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None]).expand(3, 1, 3, 3), groups=3)
+    c = x.shape[1]
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None]).expand(c, 1, 3, 3), groups=c)
     blur = (r[:, 3] < 0.5 * strength / 0.3).float()[:, None, None, None].clamp(max=1)
     x = blur * blurred + (1 - blur) * x
     return x * (hi - lo) + lo

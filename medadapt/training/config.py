@@ -168,7 +168,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         node = raw
         parts = key.strip().split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # an absent or null section (`ssl: null` in a run's config.yaml) starts empty
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise MedAdaptError(f"override {key}: {p} is not a section")
         try:

@@ -520,7 +520,8 @@ def _check_run_dir(config: TrainingConfig, resume: bool) -> Path:
         raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
     cfg_path = run / "config.yaml"
     if resume and cfg_path.exists():
-        changed = config_changes(config, run, ignore=("train",))
+        # train: a longer schedule may continue a run; distill: checked by the distillation itself
+        changed = config_changes(config, run, ignore=("train", "distill"))
         if changed:
             raise MedAdaptError(
                 f"--resume with a different data/adapter/prompt config than {cfg_path} "

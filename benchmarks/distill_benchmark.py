@@ -1,0 +1,109 @@
+"""Weak-to-strong distillation on a recipe: teacher, student, and both scored on the held-out test split.
+
+    .venv/bin/python benchmarks/distill_benchmark.py configs/acdc/3labeled_distill.yaml --seeds 0 1 \\
+        [key=value ...] [--result DATASET/EXPERIMENT]
+
+For each seed: ``medadapt finetune RECIPE train.seed=S name=NAME_sS`` (the
+adapted foundation model; its ``distill:`` section then distils the student
+into ``RUN/student/``), then ``medadapt evaluate`` on the recipe's ``test``
+split and ``val`` split in automatic mode: the student, the adapted decoder
+alone (``--no-student``) and the decoder self-prompted. Every stage resumes:
+run the same command again after an interruption. Choices (the recipe's
+settings, the decoder's best epoch) are made on val; the test split is never
+used for a choice, and the student is the last step's EMA teacher.
+Written to ``benchmarks/results/DATASET/EXPERIMENT`` (default: the recipe's
+name, e.g. ``acdc/distill_3labeled``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import parse_result, write_result  # noqa: E402
+
+ARMS = (("student", "automatic", True), ("decoder", "automatic", False), ("decoder, self-prompted", "self-prompted", False))
+
+
+def _evaluate(run: Path, split: str, arm: str, mode: str, student: bool) -> dict:
+    from medadapt.evaluation.evaluate import evaluate_run
+    from medadapt.evaluation.report import EvaluationReport
+
+    out = run / f"eval_{split}_{arm.split(',')[0]}{'_self' if mode == 'self-prompted' else ''}"
+    t0 = time.perf_counter()
+    if (out / "evaluation.json").is_file():
+        report, seconds = EvaluationReport.from_json(out / "evaluation.json"), None
+    else:
+        report = evaluate_run(run, split=split, modes=[mode], out_dir=out, student=student)
+        seconds = time.perf_counter() - t0
+    rows = report.summary()
+    per_class = {r["class"]: r["dice_mean"] for r in rows if r["value"] is not None}
+    mean = next(r for r in rows if r["value"] is None)
+    return {"per_class": per_class, "mean": mean["dice_mean"], "hd95": mean["hd95_mean"], "cases": mean["n"],
+            "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--splits", nargs="+", default=["test", "val"])
+    ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the recipe's name)")
+    args = ap.parse_args(argv)
+
+    from medadapt.recipes import finetune, load_config
+
+    results: dict = {}
+    for seed in args.seeds:
+        base = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, f"train.seed={seed}", f"name={base.name}_s{seed}"])
+        if cfg.distill is None:
+            raise SystemExit(f"{args.config} has no distill: section")
+        run = Path(cfg.output) / cfg.name
+        times_path = run / "benchmark_times.json"
+        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+        t0 = time.perf_counter()
+        if not (run / "student" / "student.json").is_file():
+            finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
+            times["finetune_and_distill_s"] = times.get("finetune_and_distill_s", 0.0) + time.perf_counter() - t0
+            run.mkdir(parents=True, exist_ok=True)
+            times_path.write_text(json.dumps(times))
+        log = (run / "distill" / "log.csv").read_text().splitlines()
+        results[seed] = {"run": str(run), "times": times, "distill_log": log,
+                         **{f"{split}:{arm}": _evaluate(run, split, arm, mode, student)
+                            for split in args.splits for arm, mode, student in ARMS}}
+        print(json.dumps({k: v["mean"] for k, v in results[seed].items() if isinstance(v, dict) and "mean" in v}),
+              flush=True)
+
+    base = load_config(args.config, args.overrides)
+    dataset, experiment = (parse_result(args.result) if args.result
+                           else (base.name.partition("_")[0], "distill_" + base.name.partition("_")[2].replace("_distill", "")))
+    classes = list(next(iter(results.values()))[f"{args.splits[0]}:student"]["per_class"])
+    lines = []
+    for split in args.splits:
+        lines.append(f"\n### {split} split\n\n| seed | answer | " + " | ".join(classes) + " | mean Dice | HD95 (px) |\n|---"
+                     + "|---" * (len(classes) + 3) + "|")
+        for seed, r in results.items():
+            for arm, _, _ in ARMS:
+                e = r[f"{split}:{arm}"]
+                cells = " | ".join(f"{e['per_class'][c]:.3f}" for c in classes)
+                lines.append(f"| {seed} | {arm} | {cells} | **{e['mean']:.3f}** | {e['hd95']:.1f} |")
+        for arm, _, _ in ARMS:
+            vals = [r[f"{split}:{arm}"]["mean"] for r in results.values()]
+            lines.append(f"| mean of {len(vals)} | {arm} | " + " | " * (len(classes) - 1) + f" | **{sum(vals) / len(vals):.3f}** | |")
+    md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, args.seeds))}. "
+          "Automatic mode throughout (no ground truth makes a prompt): the distilled student, the adapted decoder "
+          "alone, and the decoder self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
+          + "\n".join(lines) + "\n")
+    path = write_result(dataset, experiment, {"seeds": results}, md)
+    print(md)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Automatic answers from a run's specialist student (``RUN/student/``, see :mod:`medadapt.student`).
+
+A run distilled with ``medadapt distill`` holds a student network trained on
+the foundation model's pseudo-labels. :class:`~medadapt.inference.Segmenter`
+answers prompt-free predictions with it, and keeps answering box, point, mask
+and text prompts with the promptable decoder. On a volume the student reads
+each slice with its neighbours (2.5-D students) and needs no image encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..core.errors import MedAdaptError
+from ..io.imaging import display_orientation, volume_slice
+from ..prompts.regions import largest_component, mask_box
+from ..student import Student, context_stack
+from .prediction import Prediction
+
+
+def check_student_classes(student: Student, class_names: Sequence[str], label_values: Sequence[int]) -> None:
+    """A student answers for its run's adapter: refuse one trained for other classes."""
+    if list(student.class_names) != list(class_names) or list(student.label_values) != list(label_values):
+        raise MedAdaptError(
+            f"the student answers classes {student.class_names} (values {student.label_values}) but the adapter "
+            f"learned {list(class_names)} (values {list(label_values)}); load the student of the same run"
+        )
+
+
+def _prediction(student: Student, probs: np.ndarray, idx: Sequence[int], low_res) -> Prediction:
+    """Masks that do not overlap (each pixel to its most probable class), scores = mean probability inside."""
+    winner = probs.argmax(0)
+    masks = np.stack([winner == i + 1 for i in idx])
+    scores = np.array([float(probs[i + 1][m].mean()) if m.any() else 0.0 for i, m in zip(idx, masks)], np.float32)
+    return Prediction(masks=masks, scores=scores, logits=low_res(masks),
+                      labels=[student.class_names[i] for i in idx], label_values=[student.label_values[i] for i in idx])
+
+
+def student_prediction(seg, image: np.ndarray, idx: Sequence[int], refine: bool) -> Prediction:
+    """The student's answer for ``seg``'s current image (classes ``idx``), self-prompted if ``refine``."""
+    student: Student = seg.student
+    meta = seg._require_meta()
+    probs = student.predict_planes([image])[0]
+    pred = _prediction(student, probs, idx, lambda m: seg.backbone.processor.mask_to_low_res(m, meta)[:, 0].numpy())
+    return refine_student(seg, pred, probs, idx) if refine else pred
+
+
+def refine_student(seg, pred: Prediction, probs: np.ndarray, idx: Sequence[int], min_iou: float = 0.5) -> Prediction:
+    """Self-prompting for a student's masks: the decoder answers a box around each class's largest
+    component, and its answer replaces the mask where the two agree (IoU >= ``min_iou``)."""
+    present = [j for j in range(len(idx)) if pred.masks[j].any()]
+    if not present:
+        return pred
+    parts = [largest_component(pred.masks[j]) for j in present]
+    answer = seg.predict(boxes=np.stack([mask_box(p, 0.0) for p in parts]))
+    masks = pred.masks.copy()
+    for a, (j, part) in enumerate(zip(present, parts)):
+        union = np.logical_or(answer.masks[a], part).sum()
+        if union and np.logical_and(answer.masks[a], part).sum() / union >= min_iou:
+            masks[j] = answer.masks[a]
+    # a pixel two classes claim goes to the one the student finds more probable
+    claim = np.where(masks, probs[[i + 1 for i in idx]], -1.0)
+    best = claim.argmax(0)
+    masks = np.stack([(best == j) & masks[j] for j in range(len(idx))])
+    scores = np.array([float(probs[i + 1][m].mean()) if m.any() else 0.0 for i, m in zip(idx, masks)], np.float32)
+    meta = seg._require_meta()
+    return Prediction(masks=masks, scores=scores, logits=seg.backbone.processor.mask_to_low_res(masks, meta)[:, 0].numpy(),
+                      labels=list(pred.labels), label_values=list(pred.label_values))
+
+
+def student_volume(seg, volume: np.ndarray, axis: int, idx: Sequence[int], dtype) -> np.ndarray:
+    """A label map of ``volume`` from the student alone: each plane with its neighbours, a few at a time.
+    Only the classes ``idx`` compete with the background; constant planes (padding) stay background."""
+    student: Student = seg.student
+    planes = [volume_slice(volume, k, axis) for k in range(volume.shape[axis])]
+    todo = [k for k, p in enumerate(planes) if np.isfinite(p).all() and p.max() != p.min()]
+    rows = [0] + [i + 1 for i in idx]
+    values = np.array([0] + [student.label_values[i] for i in idx], dtype=dtype)
+    out = np.zeros(volume.shape, dtype=dtype)
+    for s in range(0, len(todo), student.batch_size):
+        ks = todo[s : s + student.batch_size]
+        stacks = [context_stack(planes, k, student.config.context) for k in ks]
+        for k, probs in zip(ks, student.probabilities(stacks)):
+            index = [slice(None)] * 3
+            index[axis] = k
+            out[tuple(index)] = display_orientation(values[probs[rows].argmax(0)])
+    return out
+
+
+__all__ = ["check_student_classes", "refine_student", "student_prediction", "student_volume"]

@@ -1,0 +1,127 @@
+"""Weak-to-strong distillation of a fine-tuned run into a specialist student (``RUN/student/``).
+
+1. The run's adapted foundation model labels every slice of the unlabelled
+   cases (:mod:`.foundation_labels`; self-prompted, mirrored views averaged,
+   a confidence per pixel), cached in ``RUN/distill/pseudo/``.
+2. A MONAI student learns from the labelled slices, the confident
+   pseudo-labels and its own EMA teacher (:mod:`.student_training`); its
+   state is checkpointed in ``RUN/distill/`` and a killed run resumes.
+3. The EMA teacher is written to ``RUN/student/``, where
+   :class:`medadapt.inference.Segmenter` finds it and answers automatic
+   predictions with it (prompts still go to the promptable decoder).
+
+Validation Dice (every ``val_every`` steps, on ``data.val``) is logged in
+``RUN/distill/log.csv`` for choices; nothing is selected by it: the last
+step's teacher is the student.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write_json
+from ..data import DataConfig, discover_cases, load_volume_case, split_cases
+from ..inference import Segmenter
+from ..student import Student, save_student
+from .distill_config import DistillConfig
+from .foundation_labels import label_cases, load_pseudo_labels
+from .student_training import StudentTrainer, slice_bank
+
+
+def volume_dice(pred: np.ndarray, target: np.ndarray, n_classes: int) -> list[float]:
+    """3-D Dice of each class 1..n (MONAI's metric; a class absent from both counts 1)."""
+    from monai.metrics import compute_dice
+
+    p = torch.nn.functional.one_hot(torch.from_numpy(pred.astype(np.int64)), n_classes + 1).movedim(-1, 0)[None]
+    t = torch.nn.functional.one_hot(torch.from_numpy(target.astype(np.int64)), n_classes + 1).movedim(-1, 0)[None]
+    d = compute_dice(p, t, include_background=False, ignore_empty=False)[0]
+    return [float(v) for v in d]
+
+
+def score_student(student: Student, volumes: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean over volumes and classes of the 3-D Dice of the student's label maps."""
+    n = len(student.class_names)
+    per_volume = []
+    for images, labels in volumes:
+        probs = student.predict_planes(list(images))
+        pred = np.stack([p.argmax(0) for p in probs])
+        const = np.array([np.ptp(im) == 0 for im in images])
+        pred[const] = 0
+        per_volume.append(np.mean(volume_dice(pred, labels, n)))
+    return float(np.mean(per_volume)) if per_volume else float("nan")
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    images = images.astype(np.float32)
+    return images.mean(-1) if images.ndim == 4 else images
+
+
+def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig, *, seed: int,
+                backbone: str, checkpoint: str | None = None, resume: bool = False,
+                log: Callable[[str], None] = print) -> Path:
+    """Distil run folder ``run`` (data as its ``data:`` section says); returns ``RUN/student``."""
+    run = Path(run)
+    work, out = run / "distill", run / "student"
+    if not (run / "adapter" / "adapter.json").is_file():
+        raise MedAdaptError(f"{run} is not a finished fine-tuning run (no adapter/adapter.json): run medadapt finetune first")
+    settings = {"distill": _plain(asdict(config)), "seed": seed}
+    saved = work / "settings.json"
+    if saved.is_file() and not resume:
+        raise MedAdaptError(f"{work} holds a distillation already: add --resume to continue it, or delete {work}")
+    if resume and saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
+                         if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every")
+        if changed or before.get("seed") != seed:
+            raise MedAdaptError(f"--resume with other distill settings ({', '.join(changed) or 'seed'}); "
+                                f"use the settings of {saved} or start again in another run")
+    atomic_write_json(saved, settings)
+    unl_data = data if config.unlabeled is None else DataConfig.from_dict({**asdict(data), "unlabeled": config.unlabeled})
+    splits = split_cases(unl_data, discover_cases(unl_data))
+    if not splits["unlabeled"]:
+        raise MedAdaptError("distillation needs unlabelled cases: set data.unlabeled or distill.unlabeled")
+    log(f"distillation: {len(splits['labeled'])} labelled, {len(splits['unlabeled'])} unlabelled, "
+        f"{len(splits['val'])} validation cases")
+    seg = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
+    names, values = seg.classes, seg.backbone.adapter_config.automatic.label_values
+    files = label_cases(seg, splits["unlabeled"], data, work / "pseudo", refine=config.refine, tta=config.tta, log=log)
+    del seg
+    pseudo = []
+    for f in files:
+        z = load_pseudo_labels(f)
+        pseudo.append((z["image"], z["label"], z["confidence"]))
+    labeled = [(_grey(im), lab, None) for im, lab in (load_volume_case(c, data) for c in splits["labeled"])]
+    val = [(_grey(im), lab) for im, lab in (load_volume_case(c, data) for c in splits["val"])]
+    trainer = StudentTrainer(config, names, values, slice_bank(labeled, config.student),
+                             slice_bank(pseudo, config.student), work, seed,
+                             validate=(lambda s: score_student(s, val)) if val else None, log=log)
+    log(f"student: {config.student.network}, {len(trainer.labeled)} labelled and {len(trainer.pseudo)} "
+        f"pseudo-labelled slices, {config.iterations} steps")
+    if resume and trainer.state_path.is_file():
+        trainer.load_state()
+        log(f"resumed at step {trainer.step}")
+    student = trainer.run()
+    last = trainer.history[-1] if trainer.history else {}
+    save_student(student, out, metadata={"run": run.name, "steps": trainer.step, "seed": seed,
+                                         "val_dice": last.get("val_dice_ema"), "distill": settings["distill"]})
+    log(f"student written to {out}" + (f" (val Dice {last['val_dice_ema']:.4f})" if "val_dice_ema" in last else ""))
+    return out
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+__all__ = ["distill_run", "score_student", "volume_dice"]

@@ -1,0 +1,86 @@
+"""The ``distill:`` section of a fine-tuning config: weak-to-strong distillation into a specialist student."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.config import Ranges, check_fields, check_ranges
+from ..student import StudentConfig
+
+
+@dataclass
+class DistillConfig:
+    """How the adapted foundation model teaches a MONAI student (``medadapt distill RUN``).
+
+    Pseudo-labels: the run's adapter answers every slice of the ``unlabeled``
+    cases (default: the run's ``data.unlabeled``) in automatic mode,
+    self-prompted (``refine``), averaged with its answer on the mirrored
+    slice (``tta``). A pixel teaches the student where that answer's
+    confidence reaches ``threshold``.
+
+    Student: trained for ``iterations`` steps of ``batch_size`` labelled
+    slices (Dice + cross-entropy on the ground truth) and
+    ``unlabeled_batch_size`` pseudo-labelled slices seen through a strong view
+    (intensity, CutMix): cross-entropy against the foundation pseudo-label
+    (``pseudo_weight``) and against the student's own EMA teacher on the weak
+    view where that teacher is at least ``consistency_threshold`` sure
+    (``consistency_weight``, ramped up over the first ``rampup`` share of the
+    steps). The EMA teacher is what is saved as the student.
+    """
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    unlabeled: Any = None  # a data split spec (as data.unlabeled); None: the run's data.unlabeled
+    refine: bool = True
+    tta: bool = True
+    threshold: float = 0.8
+    iterations: int = 3000
+    batch_size: int = 8
+    unlabeled_batch_size: int = 8
+    lr: float = 1.0e-3
+    weight_decay: float = 1.0e-4
+    pseudo_weight: float = 1.0
+    consistency_weight: float = 1.0
+    consistency_threshold: float = 0.95
+    rampup: float = 0.2
+    ema_decay: float = 0.99
+    intensity: float = 0.5
+    cutmix: float = 0.5
+    mix_area: tuple[float, float] = (0.25, 0.5)
+    val_every: int = 250
+    seed: int | None = None  # None: the run's train.seed
+
+    def __post_init__(self) -> None:
+        if isinstance(self.student, dict):
+            from ..core.config import build_dataclass
+
+            self.student = build_dataclass(StudentConfig, self.student, "distill.student")
+        check_fields(self, "distill")
+        self.mix_area = tuple(float(v) for v in self.mix_area)
+        check_ranges(self, "distill", RANGES)
+
+
+def _unit(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+RANGES: Ranges = {
+    "threshold": (lambda v: 0.0 <= v < 1.0, "a confidence in [0, 1)"),
+    "consistency_threshold": (lambda v: 0.0 <= v < 1.0, "a confidence in [0, 1)"),
+    "iterations": (lambda v: 1 <= v <= 10_000_000, "a number of steps >= 1"),
+    "batch_size": (lambda v: 1 <= v <= 4096, "a whole number in 1..4096"),
+    "unlabeled_batch_size": (lambda v: 0 <= v <= 4096, "a whole number in 0..4096 (0: labelled slices only)"),
+    "lr": (lambda v: 0.0 < v <= 1.0, "a learning rate in (0, 1]"),
+    "weight_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "pseudo_weight": (lambda v: 0.0 <= v <= 100.0, "a loss weight in [0, 100]"),
+    "consistency_weight": (lambda v: 0.0 <= v <= 100.0, "a loss weight in [0, 100]"),
+    "rampup": (_unit, "a share of the steps in [0, 1]"),
+    "ema_decay": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "intensity": (lambda v: 0.0 <= v <= 1.0, "a strength in [0, 1]"),
+    "cutmix": (_unit, "a probability in [0, 1]"),
+    "mix_area": (lambda v: len(v) == 2 and 0.0 < v[0] <= v[1] < 1.0, "[low, high] shares of the image in (0, 1)"),
+    "val_every": (lambda v: 1 <= v, "a number of steps >= 1"),
+    "seed": (lambda v: v is None or 0 <= v < 2**32, "a whole number in 0..2^32-1"),
+}
+
+__all__ = ["DistillConfig"]

@@ -1,0 +1,94 @@
+"""Pseudo-labels from the adapted foundation model, with a per-pixel confidence, cached per case.
+
+Each slice of an unlabelled case is segmented in automatic mode, self-prompted
+(each class's mask becomes a box the decoder answers) and, with ``tta``, also
+mirrored left-right and mirrored back; the per-class probabilities of the
+views are averaged. A pixel's label is the most probable class where some
+class is more likely than not, else background; its confidence is that
+probability (for background, one minus the best class's). No ground truth
+is read.
+
+Every case is written as one ``.npz`` (``image``, ``label``, ``confidence``)
+as soon as it is done, so an interrupted run resumes at the next case.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write
+from ..data import DataConfig, load_volume_case
+from ..data.cases import Case
+
+
+def label_slice(seg, image: np.ndarray, *, refine: bool = True, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(label uint8 H x W, confidence float32 H x W in [0.5, 1]) for one 2-D slice."""
+    views = [False, True] if tta else [False]
+    probs = None
+    for mirror in views:
+        seg.set_image(np.ascontiguousarray(image[:, ::-1]) if mirror else image)
+        p = seg.probabilities(seg.predict(refine=refine))
+        p = p[:, :, ::-1] if mirror else p
+        probs = p if probs is None else probs + p
+    probs = probs / len(views)
+    best = probs.max(0)
+    label = np.where(best > 0.5, probs.argmax(0) + 1, 0).astype(np.uint8)
+    confidence = np.where(label > 0, best, 1.0 - best).astype(np.float32)
+    return label, confidence
+
+
+def _path(folder: Path, case: Case) -> Path:
+    return folder / f"{case.case_id}.npz"
+
+
+def load_pseudo_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A case written by :func:`label_cases`: ``image`` (N x H x W float32), ``label`` (uint8),
+    ``confidence`` (float32 in [0, 1]; 0 on constant slices, which teach nothing)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"image": z["image"], "label": z["label"], "confidence": z["confidence"].astype(np.float32) / 255}
+    except (OSError, KeyError, ValueError) as exc:
+        raise MedAdaptError(f"cannot read pseudo-labels {path}: {exc}; delete it to label the case again") from exc
+
+
+def label_cases(seg, cases: Sequence[Case], config: DataConfig, folder: str | os.PathLike, *,
+                refine: bool = True, tta: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+    """Label every slice of ``cases`` with ``seg`` into ``folder``; cases already there are kept."""
+    folder = Path(folder)
+    out = []
+    todo = [c for c in cases if not _path(folder, c).is_file()]
+    if len(todo) < len(cases):
+        log(f"pseudo-labels: {len(cases) - len(todo)} of {len(cases)} cases already labelled in {folder}")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="pseudo-labelling", unit="case", disable=not todo)
+    for case in cases:
+        path = _path(folder, case)
+        if path.is_file():
+            out.append(path)
+            continue
+        images, _ = load_volume_case(case, config, with_labels=False)
+        images = images.astype(np.float32)
+        if images.ndim == 4:  # colour 2-D images: the student reads grey levels
+            images = images.mean(-1)
+        label = np.zeros(images.shape, np.uint8)
+        conf = np.zeros(images.shape, np.uint8)
+        for k, plane in enumerate(images):
+            if not np.isfinite(plane).all() or plane.max() == plane.min():
+                continue
+            lab, c = label_slice(seg, plane, refine=refine, tta=tta)
+            label[k], conf[k] = lab, np.round(c * 255).astype(np.uint8)
+        atomic_write(path, lambda tmp: np.savez(tmp, image=images, label=label, confidence=conf))
+        out.append(path)
+        bar.update()
+    bar.close()
+    seg.reset_image()
+    return out
+
+
+__all__ = ["label_cases", "label_slice", "load_pseudo_labels"]

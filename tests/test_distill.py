@@ -1,0 +1,245 @@
+"""Weak-to-strong distillation: the student learns from the foundation model's pseudo-labels, is saved in
+the run folder, answers automatic predictions, and its training resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_run, two_class_dataset
+
+from medadapt.core.errors import MedAdaptError
+from medadapt.inference import Segmenter
+from medadapt.recipes import config_from_dict, distill, finetune
+from medadapt.ssl import DistillConfig, StudentTrainer, label_slice, load_pseudo_labels, slice_bank
+from medadapt.student import Student, StudentConfig, build_network, load_student, save_student
+
+TINY_STUDENT = {"channels": [4, 8, 16], "size": 64, "res_units": 1}
+QUIET = {"log": lambda m: None}
+
+
+def _tiny_distill(run, *overrides):
+    """Distil the tiny run with a tiny student (seconds); its config gains a distill section via overrides."""
+    base = ["distill.student.channels=[4,8,16]", "distill.student.size=64", "distill.student.res_units=1",
+            "distill.iterations=6", "distill.val_every=3", "distill.batch_size=2", "distill.unlabeled_batch_size=2",
+            "distill.tta=false"]
+    return distill(run, [*base, *overrides], **QUIET)
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """A tiny-SAM run on two-class images (labelled 0-3, val 4-5, unlabelled 6-9), distilled."""
+    tmp = tmp_path_factory.mktemp("distill")
+    root = two_class_dataset(tmp / "data", n=10)
+    run = tiny_run(root, tmp / "runs", labeled=["000", "001", "002", "003"], val=["004", "005"])
+    cfg = (run / "config.yaml").read_text().replace("  val:", "  unlabeled: ['006', '007', '008', '009']\n  val:", 1)
+    (run / "config.yaml").write_text(cfg)
+    _tiny_distill(run)
+    return run
+
+
+# --------------------------------------------------------------------------- configs
+def test_config_sections_refuse_typos_and_ranges():
+    with pytest.raises(MedAdaptError, match="studnet"):
+        config_from_dict({"data": {"root": "x", "classes": [1]}, "distill": {"studnet": {}}})
+    with pytest.raises(MedAdaptError, match=r"distill\.student\.size: 100 is out of range"):
+        DistillConfig(student={"size": 100})
+    with pytest.raises(MedAdaptError, match=r"distill\.student\.network"):
+        StudentConfig(network="vnet")
+    with pytest.raises(MedAdaptError, match=r"distill\.threshold"):
+        DistillConfig(threshold=1.5)
+    with pytest.raises(MedAdaptError, match=r"distill\.iterations"):
+        DistillConfig(iterations=0)
+
+
+@pytest.mark.parametrize("network", ["unet", "segresnet", "dynunet"])
+def test_every_network_maps_a_stack_to_class_scores_at_its_size(network):
+    cfg = StudentConfig(network=network, channels=[4, 8, 16], size=32, context=1)
+    net = build_network(cfg, num_classes=2).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    student = Student(cfg, ["a", "b"], [1, 2], network=net)
+    planes = [np.random.default_rng(k).random((40, 50)).astype(np.float32) for k in range(3)]
+    probs = student.predict_planes(planes)
+    assert len(probs) == 3 and probs[0].shape == (3, 40, 50)
+    assert np.allclose(probs[1].sum(0), 1.0, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- files
+def test_student_round_trip_and_refusals(tmp_path):
+    cfg = StudentConfig(channels=[4, 8, 16], size=32, res_units=1)
+    student = Student(cfg, ["disc"], [1])
+    save_student(student, tmp_path / "s", metadata={"seed": 3})
+    back = load_student(tmp_path / "s")
+    img = np.random.default_rng(0).random((30, 30)).astype(np.float32)
+    assert np.array_equal(back.predict_planes([img])[0], student.predict_planes([img])[0])
+    assert back.info["seed"] == 3 and back.class_names == ["disc"]
+    desc = json.loads((tmp_path / "s" / "student.json").read_text())
+    desc["config"]["channels"] = [8, 16, 32]
+    (tmp_path / "s" / "student.json").write_text(json.dumps(desc))
+    with pytest.raises(MedAdaptError, match="does not fit the network"):
+        load_student(tmp_path / "s")
+    (tmp_path / "s" / "student.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(MedAdaptError, match="not a medadapt student"):
+        load_student(tmp_path / "s")
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+def test_pseudo_labels_follow_the_answer_with_a_confidence(tiny_sam, tmp_path):
+    run = tiny_run(two_class_dataset(tmp_path / "d", n=6), tmp_path / "r", labeled=["000", "001"], val=["002"])
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=run, device="cpu")
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32) * 255
+    label, conf = label_slice(seg, img, refine=False, tta=False)
+    seg.set_image(img)
+    auto = seg.predict()
+    expect = np.zeros(img.shape, np.uint8)
+    for k, m in enumerate(auto.masks):
+        expect[m] = k + 1
+    assert np.array_equal(label, expect)
+    assert conf.min() >= 0.5 - 1e-6 and conf.max() <= 1.0
+    label2, conf2 = label_slice(seg, img, refine=False, tta=True)
+    assert label2.shape == label.shape and not np.array_equal(conf2, conf)  # the mirrored view is averaged in
+
+
+def test_run_folder_holds_pseudo_labels_state_log_and_student(distilled):
+    files = sorted((distilled / "distill" / "pseudo").glob("*.npz"))
+    assert [f.stem for f in files] == ["006", "007", "008", "009"]
+    z = load_pseudo_labels(files[0])
+    assert z["image"].shape == z["label"].shape == z["confidence"].shape
+    assert set(np.unique(z["label"])) <= {0, 1, 2}
+    log = (distilled / "distill" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and len(log) == 3 and "val_dice_ema" in log[0]
+    info = json.loads((distilled / "student" / "student.json").read_text())
+    assert info["steps"] == 6 and info["class_names"] == ["disc", "square"]
+
+
+def test_distill_refuses_to_overwrite_or_resume_with_other_settings(distilled):
+    with pytest.raises(MedAdaptError, match="--resume"):
+        _tiny_distill(distilled)
+    with pytest.raises(MedAdaptError, match="other distill settings.*lr"):
+        distill(distilled, ["distill.lr=0.5", "distill.student.channels=[4,8,16]", "distill.student.size=64",
+                            "distill.student.res_units=1", "distill.iterations=6", "distill.val_every=3",
+                            "distill.batch_size=2", "distill.unlabeled_batch_size=2", "distill.tta=false"],
+                resume=True, **QUIET)
+    with pytest.raises(MedAdaptError, match="only the distill section"):
+        distill(distilled, ["train.epochs=3"], **QUIET)
+    with pytest.raises(MedAdaptError, match="not a run folder"):
+        distill(distilled / "student", **QUIET)
+
+
+# --------------------------------------------------------------------------- predictions
+def test_segmenter_answers_automatic_mode_with_the_student_and_prompts_with_the_decoder(distilled):
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu")
+    plain = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu", student=False)
+    assert seg.student is not None and plain.student is None
+    img = np.random.default_rng(1).random((64, 64)).astype(np.float32) * 255
+    seg.set_image(img)
+    assert seg._embedding is None  # a student answer needs no image encoding
+    auto = seg.predict()
+    probs = seg.student.predict_planes([img])[0]
+    for k, m in enumerate(auto.masks):
+        assert np.array_equal(m, probs.argmax(0) == k + 1)
+    assert auto.labels == ["disc", "square"] and auto.label_values == [1, 2]
+    only = seg.predict(classes=["square"])
+    assert only.labels == ["square"] and np.array_equal(only.masks[0], auto.masks[1])
+    plain.set_image(img)
+    box = [[10, 10, 40, 40]]
+    assert np.array_equal(seg.predict(boxes=box).masks, plain.predict(boxes=box).masks)
+    refined = seg.predict(refine=True)
+    assert refined.masks.shape == auto.masks.shape and not (refined.masks.sum(0) > 1).any()
+
+
+def test_predict_volume_with_the_student_matches_its_slices(distilled):
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu")
+    rng = np.random.default_rng(2)
+    vol = (rng.random((64, 64, 3)) * 255).astype(np.float32)
+    vol[:, :, 2] = 7.0  # a constant (padding) slice stays background
+    out = seg.predict_volume(vol, axis=2)
+    assert out.shape == vol.shape and not out[:, :, 2].any()
+    from medadapt.io.imaging import display_orientation, volume_slice
+
+    plane = volume_slice(vol, 0, 2)
+    seg.set_image(plane)
+    lab = np.zeros(plane.shape, np.uint8)
+    for m, v in zip(seg.predict().masks, [1, 2]):
+        lab[m] = v
+    assert np.array_equal(out[:, :, 0], display_orientation(lab))
+
+
+def test_a_student_for_other_classes_is_refused(distilled, tmp_path):
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu", student=False)
+    other = Student(StudentConfig(**TINY_STUDENT), ["liver"], [1])
+    with pytest.raises(MedAdaptError, match="answers classes"):
+        seg.set_student(other)
+
+
+# --------------------------------------------------------------------------- training
+def _banks(n=6, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    vols = []
+    for _ in range(n):
+        img = rng.random((2, 40, 40)).astype(np.float32)
+        lab = (img > 0.7).astype(np.uint8)
+        vols.append((img, lab, rng.random((2, 40, 40)).astype(np.float32)))
+    cfg = StudentConfig(channels=[4, 8], size=size, res_units=0)
+    return cfg, slice_bank([(i, l, None) for i, l, _ in vols[:2]], cfg), slice_bank(vols[2:], cfg)
+
+
+def test_student_training_resumes_exactly(tmp_path):
+    scfg, lab, pse = _banks()
+    cfg = DistillConfig(student=scfg, iterations=6, val_every=3, batch_size=2, unlabeled_batch_size=2,
+                        threshold=0.3, consistency_threshold=0.3)
+    whole = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "a", seed=0, **QUIET)
+    whole.run()
+    first = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET)
+    while first.step < 3:
+        first.train_step()
+    first.save_state()
+    torch.manual_seed(123)  # whatever ran in between must not matter
+    second = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET)
+    second.load_state()
+    second.run()
+    for a, b in zip(whole.ema.state_dict().values(), second.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    (tmp_path / "b" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MedAdaptError, match="cannot resume"):
+        StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET).load_state()
+
+
+def test_confidence_threshold_decides_which_pseudo_pixels_count(tmp_path):
+    scfg, lab, pse = _banks()
+    for threshold, expect in ((0.0, 1.0), (0.999, 0.0)):
+        cfg = DistillConfig(student=scfg, iterations=1, batch_size=2, unlabeled_batch_size=4, threshold=threshold,
+                            cutmix=0.0)
+        parts = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / str(threshold), seed=0, **QUIET).train_step()
+        assert parts["pseudo_share"] == pytest.approx(expect, abs=0.01)
+
+
+# --------------------------------------------------------------------------- the mechanism
+def test_student_learns_from_pseudo_labels(tmp_path):
+    """LiteMedSAM fine-tuned on 2 labelled images labels 14 images of a shifted domain; a student taught by
+    those pseudo-labels beats the same student trained on the 2 labelled images alone (on 4 shifted val images)."""
+    from medadapt.data.synthetic import shifted_ellipses, shifted_ellipses_config
+
+    root = shifted_ellipses(tmp_path / "data", n_labeled=2, n=20, seed=0)
+    raw = shifted_ellipses_config(root, tmp_path, seed=0, semi_supervised=False, n_labeled=2, n_val=4, n=20, epochs=3)
+    raw["data"]["unlabeled"] = [f"{i:03d}" for i in range(6, 20)]
+    raw["train"]["cache_views"] = 2
+    raw["distill"] = {"student": {"channels": [8, 16, 32, 64], "size": 96, "res_units": 1}, "iterations": 120,
+                      "val_every": 60, "batch_size": 4, "unlabeled_batch_size": 8, "tta": False}
+    run = finetune(config_from_dict(raw), **QUIET)
+
+    def last_val() -> float:
+        rows = (run / "distill" / "log.csv").read_text().splitlines()
+        return float(rows[-1].split(",")[rows[0].split(",").index("val_dice_ema")])
+
+    taught = last_val()
+    assert (run / "student" / "student.json").is_file()
+    (run / "distill" / "state.pt").unlink()
+    (run / "distill" / "settings.json").unlink()
+    distill(run, ["distill.unlabeled_batch_size=0"], **QUIET)
+    alone = last_val()
+    assert taught > alone + 0.01, (taught, alone)
