@@ -26,25 +26,54 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import parse_result, write_result  # noqa: E402
 
-ARMS = (("student", "automatic", True), ("decoder", "automatic", False), ("decoder, self-prompted", "self-prompted", False))
+ARMS = ("student", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
 
 
-def _evaluate(run: Path, split: str, arm: str, mode: str, student: bool) -> dict:
+def _summary(report, mode: str) -> dict:
+    rows = [r for r in report.summary() if r["mode"] == mode]
+    mean = next(r for r in rows if r["value"] is None)
+    return {"per_class": {r["class"]: r["dice_mean"] for r in rows if r["value"] is not None},
+            "mean": mean["dice_mean"], "hd95": mean["hd95_mean"], "cases": mean["n"]}
+
+
+def _evaluate(run: Path, split: str, student: bool) -> tuple[dict, float | None]:
+    """{arm: summary} for the student (automatic) or the decoder (automatic and self-prompted, one encoding)."""
     from medadapt.evaluation.evaluate import evaluate_run
     from medadapt.evaluation.report import EvaluationReport
 
-    out = run / f"eval_{split}_{arm.split(',')[0]}{'_self' if mode == 'self-prompted' else ''}"
+    out = run / f"eval_{split}_{'student' if student else 'decoder'}"
+    modes = ["automatic"] if student else ["automatic", "self-prompted"]
     t0 = time.perf_counter()
     if (out / "evaluation.json").is_file():
         report, seconds = EvaluationReport.from_json(out / "evaluation.json"), None
     else:
-        report = evaluate_run(run, split=split, modes=[mode], out_dir=out, student=student)
+        report = evaluate_run(run, split=split, modes=modes, out_dir=out, student=student)
         seconds = time.perf_counter() - t0
-    rows = report.summary()
-    per_class = {r["class"]: r["dice_mean"] for r in rows if r["value"] is not None}
-    mean = next(r for r in rows if r["value"] is None)
-    return {"per_class": per_class, "mean": mean["dice_mean"], "hd95": mean["hd95_mean"], "cases": mean["n"],
-            "seconds": seconds}
+    if student:
+        return {"student": _summary(report, "automatic")}, seconds
+    return {"decoder": _summary(report, "automatic"), "decoder, self-prompted": _summary(report, "self-prompted")}, seconds
+
+
+def _peer(run: Path) -> Path:
+    """RUN_peer: the run's config, adapter and cached slices, distilled with ``distill.pseudo_weight=0``."""
+    import shutil
+
+    from medadapt.recipes import distill
+
+    peer = run.parent / f"{run.name}_peer"
+    if (peer / "student" / "student.json").is_file():
+        return peer
+    if not (peer / "config.yaml").is_file():
+        peer.mkdir(exist_ok=True)
+        shutil.copyfile(run / "config.yaml", peer / "config.yaml")
+        shutil.copytree(run / "adapter", peer / "adapter", dirs_exist_ok=True)
+        shutil.copytree(run / "distill" / "pseudo", peer / "distill" / "pseudo", dirs_exist_ok=True)
+    t0 = time.perf_counter()
+    distill(peer, ["distill.pseudo_weight=0"], resume=(peer / "distill" / "state.pt").is_file())
+    times_path = peer / "benchmark_times.json"
+    before = json.loads(times_path.read_text())["peer_s"] if times_path.is_file() else 0.0
+    times_path.write_text(json.dumps({"peer_s": before + time.perf_counter() - t0}))
+    return peer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--splits", nargs="+", default=["test", "val"])
+    ap.add_argument("--splits", nargs="+", default=["test", "val"], help="splits the student is scored on")
+    ap.add_argument("--decoder-splits", nargs="+", default=["test"],
+                    help="splits the adapted decoder is scored on (each costs an encoding of every slice)")
+    ap.add_argument("--peer", action="store_true",
+                    help="also train the same-budget semi-supervised UNet peer: the same student, steps, batches, "
+                         "augmentations and EMA-teacher consistency on the same unlabelled slices, without the "
+                         "foundation pseudo-labels (distill.pseudo_weight=0), in RUN_peer/")
     ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the recipe's name)")
     args = ap.parse_args(argv)
 
@@ -74,9 +109,22 @@ def main(argv: list[str] | None = None) -> None:
             run.mkdir(parents=True, exist_ok=True)
             times_path.write_text(json.dumps(times))
         log = (run / "distill" / "log.csv").read_text().splitlines()
-        results[seed] = {"run": str(run), "times": times, "distill_log": log,
-                         **{f"{split}:{arm}": _evaluate(run, split, arm, mode, student)
-                            for split in args.splits for arm, mode, student in ARMS}}
+        results[seed] = {"run": str(run), "times": times, "distill_log": log}
+        for split in args.splits:
+            for student in (True, False) if split in args.decoder_splits else (True,):
+                arms, seconds = _evaluate(run, split, student)
+                results[seed].update({f"{split}:{arm}": v for arm, v in arms.items()})
+                if seconds is not None:
+                    times[f"evaluate_{split}_{'student' if student else 'decoder'}_s"] = seconds
+        if args.peer:
+            peer = _peer(run)
+            for split in args.splits:
+                arms, seconds = _evaluate(peer, split, True)
+                results[seed][f"{split}:UNet peer (no pseudo-labels)"] = arms["student"]
+                if seconds is not None:
+                    times[f"evaluate_{split}_peer_s"] = seconds
+            times["peer_s"] = json.loads((peer / "benchmark_times.json").read_text())["peer_s"]
+        times_path.write_text(json.dumps(times))
         print(json.dumps({k: v["mean"] for k, v in results[seed].items() if isinstance(v, dict) and "mean" in v}),
               flush=True)
 
@@ -89,11 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"\n### {split} split\n\n| seed | answer | " + " | ".join(classes) + " | mean Dice | HD95 (px) |\n|---"
                      + "|---" * (len(classes) + 3) + "|")
         for seed, r in results.items():
-            for arm, _, _ in ARMS:
+            for arm in (a for a in ARMS if f"{split}:{a}" in r):
                 e = r[f"{split}:{arm}"]
                 cells = " | ".join(f"{e['per_class'][c]:.3f}" for c in classes)
                 lines.append(f"| {seed} | {arm} | {cells} | **{e['mean']:.3f}** | {e['hd95']:.1f} |")
-        for arm, _, _ in ARMS:
+        for arm in (a for a in ARMS if f"{split}:{a}" in next(iter(results.values()))):
             vals = [r[f"{split}:{arm}"]["mean"] for r in results.values()]
             lines.append(f"| mean of {len(vals)} | {arm} | " + " | " * (len(classes) - 1) + f" | **{sum(vals) / len(vals):.3f}** | |")
     md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, args.seeds))}. "
