@@ -108,6 +108,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     try:
         config = world.agree(lambda: load_config(args.config, args.overrides))  # a bad config: one message
         finetune(config, resume=args.resume)
+        distributed.stop(wait=True)  # every rank finished: leave together
     finally:
         distributed.stop()
     return 0

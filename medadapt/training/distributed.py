@@ -74,10 +74,13 @@ def start(timeout_minutes: float = 60.0) -> "World":
     return current()
 
 
-def stop() -> None:
-    """Leave the process group, if :func:`start` made it."""
+def stop(*, wait: bool = False) -> None:
+    """Leave the process group, if :func:`start` made it. ``wait`` (after a success on every rank): first wait
+    until every rank is done, so that no rank tears its connections down while another still uses them."""
     global _STARTED
     if _STARTED and dist.is_initialized():
+        if wait and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
     _STARTED = False
 
