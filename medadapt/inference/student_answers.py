@@ -29,11 +29,16 @@ def check_student_classes(student: Student, class_names: Sequence[str], label_va
         )
 
 
+def _scores(probs: np.ndarray, idx: Sequence[int], masks: np.ndarray) -> np.ndarray:
+    """Each mask's mean probability of its class inside it (0 for an empty mask)."""
+    return np.array([float(probs[i + 1][m].mean()) if m.any() else 0.0 for i, m in zip(idx, masks)], np.float32)
+
+
 def _prediction(student: Student, probs: np.ndarray, idx: Sequence[int], low_res) -> Prediction:
     """Masks that do not overlap (each pixel to its most probable class), scores = mean probability inside."""
     winner = probs.argmax(0)
     masks = np.stack([winner == i + 1 for i in idx])
-    scores = np.array([float(probs[i + 1][m].mean()) if m.any() else 0.0 for i, m in zip(idx, masks)], np.float32)
+    scores = _scores(probs, idx, masks)
     return Prediction(masks=masks, scores=scores, logits=low_res(masks),
                       labels=[student.class_names[i] for i in idx], label_values=[student.label_values[i] for i in idx])
 
@@ -64,7 +69,7 @@ def refine_student(seg, pred: Prediction, probs: np.ndarray, idx: Sequence[int],
     claim = np.where(masks, probs[[i + 1 for i in idx]], -1.0)
     best = claim.argmax(0)
     masks = np.stack([(best == j) & masks[j] for j in range(len(idx))])
-    scores = np.array([float(probs[i + 1][m].mean()) if m.any() else 0.0 for i, m in zip(idx, masks)], np.float32)
+    scores = _scores(probs, idx, masks)
     meta = seg._require_meta()
     return Prediction(masks=masks, scores=scores, logits=seg.backbone.processor.mask_to_low_res(masks, meta)[:, 0].numpy(),
                       labels=list(pred.labels), label_values=list(pred.label_values))

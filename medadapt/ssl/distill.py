@@ -30,7 +30,7 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..data import DataConfig, discover_cases, load_volume_case, split_cases
 from ..inference import Segmenter
-from ..student import Student, save_student
+from ..student import Student, grey_stack, save_student
 from .distill_config import DistillConfig
 from .foundation_labels import label_cases, load_pseudo_labels
 from .student_training import StudentTrainer, slice_bank
@@ -57,11 +57,6 @@ def score_student(student: Student, volumes: list[tuple[np.ndarray, np.ndarray]]
         pred[const] = 0
         per_volume.append(np.mean(volume_dice(pred, labels, n)))
     return float(np.mean(per_volume)) if per_volume else float("nan")
-
-
-def _grey(images: np.ndarray) -> np.ndarray:
-    images = images.astype(np.float32)
-    return images.mean(-1) if images.ndim == 4 else images
 
 
 def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig, *, seed: int,
@@ -98,8 +93,8 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     for f in files:
         z = load_pseudo_labels(f)
         pseudo.append((z["image"], z["label"], z["confidence"]))
-    labeled = [(_grey(im), lab, None) for im, lab in (load_volume_case(c, data) for c in splits["labeled"])]
-    val = [(_grey(im), lab) for im, lab in (load_volume_case(c, data) for c in splits["val"])]
+    labeled = [(grey_stack(im), lab, None) for im, lab in (load_volume_case(c, data) for c in splits["labeled"])]
+    val = [(grey_stack(im), lab) for im, lab in (load_volume_case(c, data) for c in splits["val"])]
     trainer = StudentTrainer(config, names, values, slice_bank(labeled, config.student),
                              slice_bank(pseudo, config.student), work, seed,
                              validate=(lambda s: score_student(s, val)) if val else None, log=log)

@@ -24,6 +24,7 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
 from ..data import DataConfig, load_volume_case
 from ..data.cases import Case
+from ..student import grey_stack
 
 
 def label_slice(seg, image: np.ndarray, *, refine: bool = True, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +74,7 @@ def label_cases(seg, cases: Sequence[Case], config: DataConfig, folder: str | os
             out.append(path)
             continue
         images, _ = load_volume_case(case, config, with_labels=False)
-        images = images.astype(np.float32)
-        if images.ndim == 4:  # colour 2-D images: the student reads grey levels
-            images = images.mean(-1)
+        images = grey_stack(images)  # colour 2-D images: the student reads grey levels
         label = np.zeros(images.shape, np.uint8)
         conf = np.zeros(images.shape, np.uint8)
         for k, plane in enumerate(images):

@@ -55,6 +55,12 @@ def grey(image: np.ndarray) -> np.ndarray:
     return a
 
 
+def grey_stack(images: np.ndarray) -> np.ndarray:
+    """A stack of slices (N x H x W, or N x H x W x 3 colour images) as N x H x W float32 grey levels."""
+    a = np.asarray(images, dtype=np.float32)
+    return a.mean(axis=-1) if a.ndim == 4 else a
+
+
 def context_stack(planes: Sequence[np.ndarray], k: int, context: int) -> np.ndarray:
     """Slice ``k`` with ``context`` neighbours on each side (edges repeat): (2 context + 1) x H x W."""
     n = len(planes)
@@ -132,4 +138,4 @@ class Student:
         return {"config": self.config.to_dict(), "class_names": self.class_names, "label_values": self.label_values}
 
 
-__all__ = ["Student", "build_network", "context_stack", "grey", "normalise", "to_input", "to_target"]
+__all__ = ["Student", "build_network", "context_stack", "grey", "grey_stack", "normalise", "to_input", "to_target"]
