@@ -230,14 +230,23 @@ def test_reading_one_nifti_slice_allocates_about_one_slice(tmp_path, monkeypatch
 
 
 def test_a_reference_geometry_is_read_without_its_voxels(tmp_path) -> None:
-    """save_mask(reference=) writes the header a whole-volume reorientation gives, byte for byte."""
+    """save_mask(reference=) reads the reference's header alone and writes the labels back in its stored
+    orientation with that header: byte for byte what nibabel writes for the stored-orientation labels."""
+    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
+
     data = RNG.integers(0, 100, (5, 6, 7)).astype(np.int16)
-    ref = tmp_path / "ref.nii.gz"
-    nib.save(nib.Nifti1Image(data, _affine(AFFINES["oblique_permuted"])), ref)
-    canonical = nib.as_closest_canonical(nib.squeeze_image(nib.load(ref)))
+    full = tmp_path / "full.nii"
+    nib.save(nib.Nifti1Image(data, _affine(AFFINES["oblique_permuted"])), full)
+    original = nib.load(full)
+    ref = tmp_path / "ref.nii"
+    with full.open("rb") as fh:
+        offset = int(nib.Nifti1Header.from_fileobj(fh)["vox_offset"])
+    ref.write_bytes(full.read_bytes()[:offset])  # the header alone: reading a voxel would fail
+    canonical = nib.as_closest_canonical(original)
     labels = (RNG.random(canonical.shape) > 0.5).astype(np.uint8)
     out = save_mask(labels, tmp_path / "mask.nii", reference=ref)
-    expected = nib.Nifti1Image(labels, canonical.affine, canonical.header)
+    back = ornt_transform(io_orientation(canonical.affine), io_orientation(original.affine))
+    expected = nib.Nifti1Image(apply_orientation(labels, back), original.affine, original.header)
     expected.set_data_dtype(np.uint8)
     expected.header["cal_min"], expected.header["cal_max"] = 0, 0
     nib.save(expected, tmp_path / "expected.nii")

@@ -18,7 +18,11 @@ anterior is at the top and the patient's right on the image's left, exactly
 as a DICOM viewer shows an axial CT; for ``axis=1`` (coronal) and ``axis=0``
 (sagittal) superior is at the top. :func:`load_image`, :func:`load_mask`,
 :func:`volume_slice` and :func:`save_mask` (2-D mask to NIfTI) all use this
-rule, so a label slice always lines up with its image slice.
+rule, so a label slice always lines up with its image slice. Writing goes the
+other way: :func:`save_mask` with a NIfTI ``reference`` undoes the
+reorientation and stores the label map in the reference's own voxel order
+with its own affine, and :func:`~medadapt.io.write_dicom_seg` lays each frame
+on its source DICOM image.
 """
 
 from __future__ import annotations
@@ -35,7 +39,17 @@ from PIL import Image
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, path_suffix
 from .dicom import DicomSeries, is_dicom, read_dicom_file
-from .volumes import canonical_header, check_declared_size, nifti_shape, nifti_slice, nifti_volume, reading
+from .volumes import (
+    canonical_affine,
+    canonical_shape,
+    check_declared_size,
+    nifti_shape,
+    nifti_slice,
+    nifti_volume,
+    reading,
+    stored_geometry,
+    to_stored,
+)
 
 PathLike = str | os.PathLike[str]
 Window = str | tuple[float, float]
@@ -299,10 +313,18 @@ def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = 
     PNG holds a 2-D mask: bool -> 0/255 8-bit (visible in any viewer), labels
     0..255 -> 8-bit, up to 65535 -> 16-bit. NIfTI holds a 3-D label map in the
     :func:`load_volume` layout, or a 2-D mask as a one-slice volume (stored so
-    that :func:`load_mask` gives it back unchanged). With ``reference`` (a NIfTI
-    path) the map must have the reference's shape as :func:`load_volume` returns
-    it, and is saved with its canonical affine and header so it overlays the
-    original scan in any viewer.
+    that :func:`load_mask` gives it back unchanged).
+
+    ``reference`` (NIfTI output only) is the scan the map was computed on, and
+    the map must have its shape as :func:`load_volume` returns it. For a NIfTI
+    reference the map is written back in the reference's *stored* orientation,
+    with its affine, sform/qform codes, voxel sizes and NIfTI version, so
+    ``nib.load(out).affine`` equals ``nib.load(reference).affine`` exactly and
+    voxel ``[i, j, k]`` of the file labels voxel ``[i, j, k]`` of the stored
+    scan (the reference's voxels are not read). For a DICOM series folder the
+    map is written in the :func:`load_volume` layout with that volume's affine
+    (the series' own geometry, reoriented to RAS+, as sform and qform with code
+    "scanner"); for DICOM output see :func:`medadapt.io.write_dicom_seg`.
     """
     p = Path(path).expanduser()
     ext = path_suffix(p)
@@ -336,21 +358,48 @@ def save_mask(mask: np.ndarray, path: PathLike, *, reference: PathLike | None = 
     dtype = next((t for t in (np.uint8, np.int16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
     if dtype is None:
         raise MedAdaptError(f"mask labels {lo}..{hi} do not fit a 32-bit NIfTI label map")
-    affine, header = np.eye(4), None
-    if reference is not None:
-        ref_path = _existing(reference, "reference NIfTI file")
-        ref = canonical_header(ref_path)  # the geometry only: the reference's voxels are not read
-        if tuple(ref.shape[:3]) != data.shape:
-            raise MedAdaptError(
-                f"mask shape {data.shape} does not match reference {ref_path} (shape {ref.shape[:3]} as "
-                "load_volume returns it); build the label map on load_volume(reference)[0]"
-            )
-        affine, header = ref.affine, ref.header
-    img = nib.Nifti1Image(data.astype(dtype), affine, header)
+    if reference is None:
+        img = nib.Nifti1Image(data.astype(dtype), np.eye(4))
+    else:
+        img = _like_reference(data.astype(dtype), _existing(reference, "reference (NIfTI file or DICOM series folder)"))
     img.set_data_dtype(dtype)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     atomic_write(p, lambda tmp: nib.save(img, tmp))
     return p
+
+
+def _shape_check(data: np.ndarray, shape: Sequence[int], ref: Path, what: str) -> None:
+    if tuple(shape) != data.shape:
+        raise MedAdaptError(
+            f"mask shape {data.shape} does not match reference {ref} ({what} of shape {tuple(shape)} as "
+            "load_volume returns it); build the label map on load_volume(reference)[0]"
+        )
+
+
+def _like_reference(data: np.ndarray, ref: Path) -> Any:
+    """A NIfTI image of the canonical label map ``data`` in ``ref``'s geometry (see :func:`save_mask`)."""
+    import nibabel as nib
+
+    if ref.is_dir():  # a DICOM series: the load_volume layout and affine, from the headers alone
+        series = DicomSeries(ref)
+        _shape_check(data, series.canonical_shape(), ref, "a DICOM series")
+        img = nib.Nifti1Image(data, canonical_affine(series.shape, series.affine))
+        img.header.set_xyzt_units("mm")
+        img.header.set_sform(img.affine, code="scanner")
+        img.header.set_qform(img.affine, code="scanner")
+        return img
+    if path_suffix(ref) not in _NIFTI:
+        raise MedAdaptError(
+            f"reference {ref} is not a NIfTI file ({', '.join(_NIFTI)}) or a DICOM series folder; "
+            "pass the scan the mask was computed on"
+        )
+    stored, shape = stored_geometry(ref)  # the header only: the reference's voxels are not read
+    _shape_check(data, canonical_shape(shape, stored.affine), ref, "a volume")
+    header = stored.header.copy()
+    header.set_intent("none")
+    cls = nib.Nifti2Image if isinstance(stored, nib.Nifti2Image) else nib.Nifti1Image
+    # the header's own affine: nibabel keeps its sform/qform (and codes) verbatim when the two agree
+    return cls(to_stored(data, stored.affine), stored.affine, header)
 
 
 def image_shape(arr: np.ndarray, name: str) -> np.ndarray:

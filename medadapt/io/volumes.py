@@ -192,6 +192,37 @@ def canonical_slice(
     return np.take(slab, 0, axis=axis)
 
 
+def canonical_affine(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """The affine nibabel's ``as_closest_canonical`` gives a volume of ``shape`` stored with ``affine``
+    (what :func:`nifti_volume` returns), computed without any voxels."""
+    from nibabel.orientations import inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(affine)
+    if np.array_equal(ornt, _IDENTITY):
+        return np.asarray(affine, dtype=np.float64)
+    return np.asarray(affine @ inv_ornt_aff(ornt, tuple(shape)), dtype=np.float64)
+
+
+def to_stored(canonical: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Undo the reorientation to closest canonical: the array of a volume stored with ``affine``
+    whose closest-canonical array (as :func:`nifti_volume` returns it) is ``canonical``.
+
+    ``nibabel.as_closest_canonical`` moves stored axis ``i`` to canonical axis
+    ``ornt[i, 0]``, flipped where ``ornt[i, 1]`` is -1; the inverse moves each
+    canonical axis back, with the same flip. Only axes and flips change, so
+    ``canonical`` may hold any dtype (labels stay labels).
+    """
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ornt = io_orientation(affine)
+    inverse = np.empty_like(ornt)
+    for stored_axis, (canonical_axis, flip) in enumerate(ornt):
+        inverse[int(canonical_axis)] = (stored_axis, flip)
+    if np.array_equal(inverse, _IDENTITY):
+        return np.asarray(canonical)
+    return np.ascontiguousarray(apply_orientation(np.asarray(canonical), inverse))
+
+
 def nifti_slice(path: Path, index: int, axis: int) -> np.ndarray:
     """Slice ``index`` along ``axis`` of :func:`nifti_volume`'s array, bit for bit, reading only that slice.
 
@@ -243,7 +274,15 @@ def nifti_shape(path: Path) -> tuple[int, ...]:
     return canonical_shape(_volume_shape(path, img), img.affine)
 
 
+def stored_geometry(path: Path) -> tuple[Any, tuple[int, ...]]:
+    """The NIfTI image at ``path`` (header only, voxels left on disk) and the 3-D shape its
+    volume has *before* reorientation (trailing length-1 axes dropped, a 2-D image given one slice)."""
+    img = open_nifti(path)
+    return img, _volume_shape(path, img)
+
+
 __all__ = [
-    "canonical_header", "canonical_shape", "canonical_slice", "check_affine", "check_declared_size", "first_line",
-    "max_volume_bytes", "nifti_shape", "nifti_slice", "nifti_volume", "open_nifti", "reading",
+    "canonical_affine", "canonical_header", "canonical_shape", "canonical_slice", "check_affine", "check_declared_size",
+    "first_line", "max_volume_bytes", "nifti_shape", "nifti_slice", "nifti_volume", "open_nifti", "reading",
+    "stored_geometry", "to_stored",
 ]
