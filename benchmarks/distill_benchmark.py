@@ -47,7 +47,7 @@ def _evaluate(run: Path, split: str, student: bool) -> tuple[dict, float | None]
     if (out / "evaluation.json").is_file():
         report, seconds = EvaluationReport.from_json(out / "evaluation.json"), None
     else:
-        report = evaluate_run(run, split=split, modes=modes, out_dir=out, student=student)
+        report = evaluate_run(run, split=split, modes=modes, out_dir=out, student=student, units="px")
         seconds = time.perf_counter() - t0
     if student:
         return {"student": _summary(report, "automatic")}, seconds

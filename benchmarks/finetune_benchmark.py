@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         run = finetune(cfg, resume=args.resume)
         t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    report = evaluate_run(run, split="val", modes=args.modes.split(","))
+    report = evaluate_run(run, split="val", modes=args.modes.split(","), units="px")
     t_eval = time.perf_counter() - t0
     summary = report.summary()
     name = cfg.name or Path(args.config).stem

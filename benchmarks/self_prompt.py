@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, per_run = [], {}
     for run in args.runs:
         t0 = time.perf_counter()
-        report = evaluate_run(run, split="val", modes=MODES, out_dir=Path(run) / "eval_val_self_prompt")
+        report = evaluate_run(run, split="val", modes=MODES, out_dir=Path(run) / "eval_val_self_prompt", units="px")
         seconds = time.perf_counter() - t0
         summary = report.summary()
         per_run[run] = {"summary": summary, "seconds": seconds}

@@ -30,9 +30,42 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.segment import segment_file
+def _is_volume_path(path: str) -> bool:
+    from pathlib import Path
 
+    return path.endswith((".nii", ".nii.gz")) or Path(path).is_dir()
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.segment import segment_file, segment_volume_file
+
+    boxes, points = args.box or [], args.point or []
+    for b in boxes:
+        if len(b) not in (4, 5):
+            raise MedAdaptError(f"--box takes X0 Y0 X1 Y1 (an image or --slice) or Z X0 Y0 X1 Y1 (a volume); "
+                                f"got {len(b)} numbers")
+    for p in points:
+        if len(p) not in (3, 4):
+            raise MedAdaptError(f"--point takes X Y LABEL (an image or --slice) or Z X Y LABEL (a volume); "
+                                f"got {len(p)} values")
+    volume = any(len(b) == 5 for b in boxes) or any(len(p) == 4 for p in points) or (
+        not boxes and not points and not args.text and args.slice is None and _is_volume_path(args.image))
+    if volume:
+        if args.slice is not None or any(len(b) == 4 for b in boxes) or any(len(p) == 3 for p in points):
+            raise MedAdaptError("a volume prompt names its slice: --box Z X0 Y0 X1 Y1 and --point Z X Y LABEL, "
+                                "without --slice (or give --slice K and 2-D prompts to segment one slice)")
+        if args.text or args.overlay or args.multimask:
+            raise MedAdaptError("--text, --overlay and --multimask apply to one image or slice (--slice K)")
+        result = segment_volume_file(
+            args.image, out=args.out, boxes=[[float(v) for v in b] for b in boxes],
+            points=[[float(v) for v in p[:3]] + [_label(p[3])] for p in points], model=args.model,
+            checkpoint=args.checkpoint, axis=args.axis, window=args.window, device=args.device,
+            adapter=args.adapter, refine=args.refine, overwrite=args.overwrite)
+        names = [f"class {t!r}" for t in result.labels] or ["object"]
+        for name, area in zip(names, result.areas):
+            print(f"{name}: {area} voxels")
+        print(f"mask written to {result.out}")
+        return 0
     points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
     labels = [_label(v) for _, _, v in args.point] if args.point else None
     result = segment_file(
@@ -127,7 +160,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
-        metrics=_csv(args.metrics), student=not args.no_student,
+        metrics=_csv(args.metrics), student=not args.no_student, tolerance=args.nsd_tolerance, units=args.units,
     )
     print(report.table())
     return 0
@@ -177,11 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("predict", parents=[common], help="segment one image from box / point prompts")
-    p.add_argument("image", help="PNG/JPEG/TIFF/NPY/DICOM image, or a NIfTI volume with --slice")
-    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
-                   help="box in pixel coordinates of the image; repeat for several objects")
-    p.add_argument("--point", nargs=3, action="append", metavar=("X", "Y", "LABEL"),
-                   help="click at (X, Y); LABEL 1 = foreground, 0 = background; repeatable")
+    p.add_argument("image", help="PNG/JPEG/TIFF/NPY/DICOM image; a NIfTI volume or DICOM series folder (with "
+                   "--slice K for one slice; with Z-prompts or --adapter alone for the whole volume)")
+    p.add_argument("--box", nargs="+", type=float, action="append", metavar="[Z] X0 Y0 X1 Y1",
+                   help="box in pixel coordinates of the image; repeat for several objects. On a volume, "
+                        "Z X0 Y0 X1 Y1 boxes slice Z and the object is propagated through the volume (repeat "
+                        "on other slices of the same object)")
+    p.add_argument("--point", nargs="+", action="append", metavar="[Z] X Y LABEL",
+                   help="click at (X, Y); LABEL 1 = foreground, 0 = background; repeatable. On a volume: "
+                        "Z X Y LABEL")
     p.add_argument("--out", required=True, help="output mask: .png, .nii or .nii.gz")
     p.add_argument("--overlay", default=None, help="also write an overlay PNG here")
     p.add_argument("--overwrite", action="store_true",
@@ -253,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation from its last state")
     p.set_defaults(func=_cmd_distill)
 
-    p = sub.add_parser("evaluate", parents=[common], help="Dice and HD95 per case and class, automatic and prompted",
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="Dice, HD95 and surface Dice per case and class, automatic and prompted",
                        description="Score a fine-tuned run per case and class; writes evaluation.json/.csv.")
     p.add_argument("run", help="run folder or adapter file written by `medadapt finetune`")
     p.add_argument("--data", default=None, metavar="FOLDER_OR_YAML",
@@ -265,9 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val",
                    help="val, test or all (default val): the cases the data config lists under data.val / "
                         "data.test, or every case; --split test scores a held-out test split")
-    p.add_argument("--metrics", default="dice,hd95", metavar="LIST",
-                   help="comma-separated: dice, hd95 (default dice,hd95); 'dice' skips HD95, which takes "
-                        "seconds per large image")
+    p.add_argument("--metrics", default="dice,hd95,nsd", metavar="LIST",
+                   help="comma-separated: dice, hd95, nsd (normalised surface Dice; default all three); 'dice' "
+                        "skips the surface metrics, which take seconds per large volume")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="D",
+                   help="surface Dice tolerance, in the report's unit (mm or pixels; default 2)")
+    p.add_argument("--units", default="auto", choices=("auto", "mm", "px"),
+                   help="HD95 and the NSD tolerance in mm (volumes with a spacing) or pixels; auto (default): mm "
+                        "when every case is a volume file, else pixels. ACDC stores no real in-plane spacing: "
+                        "use px there")
     p.add_argument("--modes", default="automatic,self-prompted,box,1-click",
                    help="comma-separated: automatic, self-prompted (automatic refined by boxes from itself), "
                         "box, 1-click (default: all)")

@@ -1,4 +1,4 @@
-"""Evaluation metrics (MONAI Dice/HD95 with our empty conventions) and reports."""
+"""Evaluation metrics (MONAI Dice/HD95/NSD with our empty conventions), units, and reports."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from medadapt.evaluation import (
     binary_dice,
     dice_per_class,
     hd95_per_class,
+    surface_dice_per_class,
 )
 
 # --------------------------------------------------------------------------- Dice
@@ -168,6 +169,112 @@ def test_hd95_bad_spacing() -> None:
         hd95_per_class(sq, sq, [1], spacing=(1.0, 1.0, 1.0))
     with pytest.raises(MedAdaptError, match="positive"):
         hd95_per_class(sq, sq, [1], spacing=(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- NSD and units
+
+
+def _shifted_cubes() -> tuple[np.ndarray, np.ndarray]:
+    """A 10-voxel cube and the same cube shifted 2 voxels along axis 0 (pred, target).
+
+    Each boundary (the voxels erosion removes) has 10^3 - 8^3 = 488 voxels. Distances from
+    one boundary to the other: 0 for the 8 shared rings of 36 side-wall voxels (288),
+    1 for 64 (the ring just inside the shifted face, the ring next to the far face) and 2
+    for the other 136. So NSD is 288/488 below a tolerance of 1, 352/488 from 1 to
+    below 2, and 1 from 2 on.
+    """
+    target = np.zeros((32, 32, 32), np.int64)
+    target[10:20, 10:20, 10:20] = 1
+    pred = np.zeros_like(target)
+    pred[12:22, 10:20, 10:20] = 1
+    return pred, target
+
+
+@pytest.mark.parametrize("tolerance, expected", [(0, 288 / 488), (0.5, 288 / 488), (1.0, 352 / 488),
+                                                 (1.5, 352 / 488), (2.0, 1.0), (5.0, 1.0)])
+def test_nsd_of_a_shifted_cube_is_exact(tolerance, expected) -> None:
+    pred, target = _shifted_cubes()
+    assert surface_dice_per_class(pred, target, [1], tolerance) == {1: pytest.approx(expected, abs=1e-6)}
+
+
+def _parallel_plates() -> tuple[np.ndarray, np.ndarray]:
+    """Two one-voxel-thick plates 4 voxels apart along axis 0: every surface distance is 4 voxels on axis 0."""
+    target = np.zeros((24, 32, 32), np.int64)
+    target[10, 5:26, 5:26] = 1
+    pred = np.zeros_like(target)
+    pred[14, 5:26, 5:26] = 1
+    return pred, target
+
+
+def test_spacing_scales_distances_by_the_spacing_of_their_axis() -> None:
+    pred, target = _parallel_plates()
+    assert hd95_per_class(pred, target, [1])[1] == pytest.approx(4.0)  # pixels
+    assert hd95_per_class(pred, target, [1], spacing=(2.5, 0.7, 0.7))[1] == pytest.approx(10.0)  # 4 x 2.5 mm
+    assert hd95_per_class(pred, target, [1], spacing=(0.7, 2.5, 2.5))[1] == pytest.approx(2.8)  # axis order matters
+    # NSD's tolerance is in the same units: 4 px is within 5 px, but 10 mm is not within 5 mm
+    assert surface_dice_per_class(pred, target, [1], 5.0)[1] == pytest.approx(1.0)
+    assert surface_dice_per_class(pred, target, [1], 5.0, spacing=(2.5, 0.7, 0.7))[1] == pytest.approx(0.0)
+    assert surface_dice_per_class(pred, target, [1], 10.0, spacing=(2.5, 0.7, 0.7))[1] == pytest.approx(1.0)
+
+
+def test_nsd_empty_conventions_and_bad_arguments() -> None:
+    empty = np.zeros((16, 16), dtype=np.uint8)
+    square = _square((16, 16), 3, 3, size=5)
+    assert surface_dice_per_class(empty, square, [1], 1.0) == {1: 0.0}  # missed
+    assert surface_dice_per_class(square, empty, [1], 1.0) == {1: 0.0}  # hallucinated
+    assert math.isnan(surface_dice_per_class(empty, empty, [1], 1.0)[1])  # 0/0: excluded, like HD95
+    both = surface_dice_per_class(square, square, [1, 2], 0.0)
+    assert both[1] == pytest.approx(1.0) and math.isnan(both[2])
+    for bad in (-1.0, math.inf, math.nan, "2", None, True):
+        with pytest.raises(MedAdaptError, match="tolerance"):
+            surface_dice_per_class(square, square, [1], bad)
+    with pytest.raises(MedAdaptError, match="spacing has 3 values"):
+        surface_dice_per_class(square, square, [1], 1.0, spacing=(1.0, 1.0, 1.0))
+
+
+def test_report_with_nsd_summary_table_files_and_old_files(tmp_path) -> None:
+    rep = EvaluationReport(hd95_unit="mm", metrics=("dice", "hd95", "nsd"), nsd_tolerance=2.0)
+    rep.add("c1", "box", "liver", 1, 0.8, 2.0, 0.9)
+    rep.add("c2", "box", "liver", 1, 0.6, 4.0, 0.7)
+    rep.add("c1", "box", "spleen", 2, 1.0, math.nan, math.nan)  # absent in both: NSD excluded
+    rep.add_case("c2", "box", {2: "spleen"}, {2: 0.5}, {2: 3.0}, {2: 0.4})
+    liver, spleen, mean = (_row(rep.summary(), "box", c) for c in ("liver", "spleen", "mean"))
+    assert liver["nsd_mean"] == pytest.approx(0.8) and liver["nsd_excluded"] == 0
+    assert spleen["nsd_mean"] == pytest.approx(0.4) and spleen["nsd_excluded"] == 1
+    assert mean["nsd_mean"] == pytest.approx(0.6) and mean["nsd_excluded"] == 1
+    text = rep.table()
+    assert "HD95 (mm)" in text and "NSD@2mm" in text and "NSD n/a" in text and "0.8000" in text
+    assert "pixels" not in text
+    with pytest.raises(MedAdaptError, match="pass nsd="):
+        rep.add_case("c3", "box", {1: "liver"}, {1: 0.5}, {1: 3.0})
+    with pytest.raises(MedAdaptError, match="nsd must be in"):
+        rep.add("c3", "box", "liver", 1, 0.5, 3.0, 1.5)
+    with pytest.raises(MedAdaptError, match="tolerance"):
+        EvaluationReport(metrics=("dice", "nsd"))
+    doc = json.loads(rep.to_json(tmp_path / "eval.json").read_text())
+    assert doc["nsd_tolerance"] == 2.0 and doc["cases"][0]["nsd"] == 0.9 and doc["cases"][2]["nsd"] is None
+    back = EvaluationReport.from_json(tmp_path / "eval.json")
+    assert back.nsd_tolerance == 2.0 and back.metrics == rep.metrics and back.table() == text
+    with rep.to_csv(tmp_path / "eval.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == [*CSV_HEADER, "nsd"] and rows[1][-1] == "0.9" and rows[3][-1] == ""
+    # a version-1 file (no nsd anywhere) still reads, as Dice + HD95
+    old = json.loads(_report().to_json(tmp_path / "old.json").read_text())
+    old["version"] = 1
+    del old["nsd_tolerance"]
+    for case in old["cases"]:
+        del case["nsd"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    back = EvaluationReport.from_json(tmp_path / "old.json")
+    assert back.metrics == ("dice", "hd95") and back.nsd_tolerance is None and back.table() == _report().table()
+
+
+def test_pixel_reports_say_so_under_the_table() -> None:
+    rep = EvaluationReport(hd95_unit="px", metrics=("dice", "nsd"), nsd_tolerance=1.5)
+    rep.add("c1", "box", "liver", 1, 0.8, math.nan, 0.9)
+    text = rep.table()
+    assert "NSD@1.5px" in text and "HD95" not in text
+    assert text.splitlines()[-1].startswith("the NSD tolerance in pixels (px), not mm")
 
 
 # --------------------------------------------------------------------------- report
@@ -369,8 +476,76 @@ def test_evaluate_scores_the_held_out_test_split_with_or_without_hd95(scored_run
     assert len(csv_path.read_text().strip().splitlines()) == 1 + 3 * 2 * 2  # cases x modes x classes
     assert json.loads((scored_run / "eval_test" / "evaluation.json").read_text())["metrics"] == ["dice"]
     full = evaluate_run(scored_run, split="test", modes=["box"], limit=2, out_dir=tmp_path / "full")
-    assert sorted({r.case_id for r in full}) == TEST[:2] and full.metrics == ("dice", "hd95")
+    assert sorted({r.case_id for r in full}) == TEST[:2] and full.metrics == ("dice", "hd95", "nsd")
     assert any(not math.isnan(r.hd95) for r in full)  # box prompts give masks, so HD95 is computed
+    assert any(not math.isnan(r.nsd) for r in full)
+    # PNG files store no spacing: distances in pixels, and the table says so
+    assert full.hd95_unit == "px" and full.nsd_tolerance == 2.0
+    assert "HD95 (px)" in full.table() and "NSD@2px" in full.table() and "in pixels" in full.table()
+    doc = json.loads((tmp_path / "full" / "evaluation.json").read_text())
+    assert (doc["hd95_unit"], doc["nsd_tolerance"], doc["metrics"]) == ("px", 2.0, ["dice", "hd95", "nsd"])
+
+
+def _nifti_twin(root, n: int = 2, seed: int = 0):
+    """An nnU-Net-layout dataset of ``n`` small volumes with the disc and square classes of
+    ``two_class_dataset``, voxel size 0.75 x 1.25 x 2.5 mm (x, y, z: anisotropic on every axis)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "disc", "2": "square"}}))
+    affine = np.diag([0.75, 1.25, 2.5, 1.0])  # exact in float32
+    xx, yy = np.mgrid[:64, :64]
+    for i in range(n):
+        labels = np.zeros((64, 64, 3), np.uint8)
+        cx, cy = rng.integers(16, 48, 2)
+        labels[(xx - cx) ** 2 + (yy - cy) ** 2 <= 8**2, 1:] = 1
+        x0, y0 = rng.integers(2, 50, 2)
+        box = labels[x0 : x0 + 12, y0 : y0 + 12]
+        box[box == 0] = 2
+        image = np.choose(labels, [60, 200, 130]) + rng.normal(0, 8, labels.shape)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" / f"vol{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), root / "labelsTr" / f"vol{i}.nii.gz")
+    return root
+
+
+def test_evaluate_volumes_with_a_spacing_report_mm(scored_run, tmp_path, monkeypatch) -> None:
+    import yaml
+
+    from medadapt.data import DataConfig, case_spacing, discover_cases
+    from medadapt.evaluation import evaluate as ev
+
+    root = _nifti_twin(tmp_path / "vols")
+    data = {"root": str(root), "layout": "nnunet", "classes": ["disc", "square"]}
+    (tmp_path / "vols.yaml").write_text(yaml.safe_dump({"data": data}))
+    config = DataConfig.from_dict(data)
+    spacing = {c.case_id: case_spacing(c, config) for c in discover_cases(config)}
+    assert set(spacing.values()) == {(2.5, 1.25, 0.75)}  # (slices, rows, columns) of the stacks
+    seen = []  # the spacing each HD95/NSD call got
+    real_hd95, real_nsd = ev.hd95_per_class, ev.surface_dice_per_class
+    monkeypatch.setattr(ev, "hd95_per_class", lambda p, t, v, sp=None: seen.append(sp) or real_hd95(p, t, v, sp))
+    monkeypatch.setattr(ev, "surface_dice_per_class",
+                        lambda p, t, v, tol, sp=None: seen.append(sp) or real_nsd(p, t, v, tol, sp))
+    report = ev.evaluate_run(scored_run, data=tmp_path / "vols.yaml", split="all", modes=["box"], tolerance=3.0,
+                             out_dir=tmp_path / "ev")
+    assert report.hd95_unit == "mm" and report.nsd_tolerance == 3.0 and len(report) == 2 * 2
+    assert seen and all(tuple(sp) == (2.5, 1.25, 0.75) for sp in seen)
+    assert any(not math.isnan(r.hd95) for r in report)
+    text = report.table()
+    assert "HD95 (mm)" in text and "NSD@3mm" in text and "pixels" not in text
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["hd95_unit"] == "mm"
+    # units="px" ignores the files' spacing (for placeholder spacings such as ACDC's in-plane 1 mm)
+    seen.clear()
+    report = ev.evaluate_run(scored_run, data=tmp_path / "vols.yaml", split="all", modes=["box"], units="px",
+                             metrics=["dice", "hd95"], limit=1, out_dir=tmp_path / "ev_px")
+    assert report.hd95_unit == "px" and seen and all(sp is None for sp in seen) and "HD95 (px)" in report.table()
+    # volumes next to 2-D files: pixels for all, with a warning (one mean never adds mm to pixels)
+    monkeypatch.setattr(ev, "_is_volume", lambda path: path.name.startswith("007"))
+    with pytest.warns(UserWarning, match="1 of 2 cases are 2-D image files"):
+        mixed = ev.evaluate_run(scored_run, split="test", modes=["box"], metrics=["dice", "hd95"], limit=2,
+                                out_dir=tmp_path / "ev_mixed")
+    assert mixed.hd95_unit == "px"
 
 
 def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
@@ -407,8 +582,11 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     [
         ({"limit": -1}, "--limit must be a number of cases >= 1"),  # [:-1] would drop the last case silently
         ({"limit": 0}, "--limit must be a number of cases >= 1"),
-        ({"metrics": ["hd95"]}, "choose dice or dice,hd95"),
-        ({"metrics": ["dice", "hausdorff"]}, "choose dice or dice,hd95"),
+        ({"metrics": ["hd95"]}, "choose dice or dice,hd95,nsd"),
+        ({"metrics": ["dice", "hausdorff"]}, "choose dice or dice,hd95,nsd"),
+        ({"tolerance": -1.0}, "--tolerance"),
+        ({"units": "cm"}, "--units 'cm': choose auto"),
+        ({"units": "mm"}, "--units mm: 2 of 2 cases are 2-D image files"),  # PNGs store no spacing
         ({"split": "train"}, "unknown split 'train'"),
         ({"modes": ["boxes"]}, "unknown evaluation mode"),
     ],

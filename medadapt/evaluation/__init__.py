@@ -1,4 +1,4 @@
-"""Evaluation: per-case, per-class Dice and HD95 (via MONAI) and their reports.
+"""Evaluation: per-case, per-class Dice, HD95 and normalised surface Dice (via MONAI) and their reports.
 
 ``metrics`` scores one prediction against one label map (2D or 3D); ``report``
 collects those scores per case, prompt mode and class and summarises them for
@@ -8,7 +8,7 @@ empty-mask conventions.
 
 from __future__ import annotations
 
-from .metrics import binary_dice, dice_per_class, hd95_per_class
+from .metrics import binary_dice, dice_per_class, hd95_per_class, surface_dice_per_class
 from .report import CSV_HEADER, CaseResult, EvaluationReport
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "binary_dice",
     "dice_per_class",
     "hd95_per_class",
+    "surface_dice_per_class",
 ]

@@ -15,10 +15,24 @@ Modes:
 The prompted modes use the ground truth to make prompts and are reported as
 such, never as automatic results.
 
-Metrics: Dice always; HD95 (``metrics=("dice", "hd95")``, the default) unless
-``metrics=("dice",)`` skips it -- HD95 costs seconds per large image, Dice next
-to nothing. A report without HD95 says so (``EvaluationReport.metrics``) and its
-table has no HD95 columns.
+Metrics: Dice always; HD95 and the normalised surface Dice at ``tolerance``
+(NSD, default 2.0) unless ``metrics`` leaves them out (``("dice",)``,
+``("dice", "hd95")``, ``("dice", "nsd")``) -- each costs about a second per large
+volume, Dice next to nothing. A report without one says so
+(``EvaluationReport.metrics``) and its table has no columns for it.
+
+Units (``units="auto"``, the default): HD95 and the NSD tolerance are in mm
+when every scored case is a volume (NIfTI file or DICOM series), whose affine
+gives the voxel size (:func:`medadapt.data.case_spacing`, in the slice-stack
+axis order); 2-D image files (PNG, JPEG, TIFF...) store none, and then both are
+in pixels. A data set mixing the two is scored in pixels throughout, with a
+warning, so that one mean never adds mm to pixels. The unit is in the report
+(``hd95_unit``: ``"mm"`` or ``"px"``), the table headers and ``evaluation.json``.
+The spacing is what the files say, and a placeholder cannot be told from a real
+one: data stored with a made-up spacing (ACDC here stores its unknown in-plane
+spacing as 1 mm) should be scored with ``units="px"``, which ignores the
+spacing. ``units="mm"`` refuses data without a spacing instead of falling back
+to pixels.
 
 Data: by default the run's own data config (``RUN/config.yaml``) and its split
 lists (``data.val``, ``data.test``). ``data=`` scores something else: a dataset
@@ -35,6 +49,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -42,16 +57,18 @@ import numpy as np
 
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
-from ..data import DataConfig, discover_cases, load_volume_case, split_cases
+from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
+from ..data.datasets import _is_volume
 from ..inference.predictor import Segmenter
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
-from .metrics import dice_per_class, hd95_per_class
+from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
 from .report import EvaluationReport
 
 MODES = ("automatic", "self-prompted", "box", "1-click")
-METRICS = ("dice", "hd95")
+METRICS = ("dice", "hd95", "nsd")  # all of them, the default; Dice is always computed
 SPLITS = ("val", "test", "all", "labeled")
+UNITS = ("auto", "mm", "px")  # of HD95 and the NSD tolerance; see the module docstring
 LABEL_MODES = ("automatic", "self-prompted")  # modes that give one label map per slice, not one mask per class
 
 
@@ -186,6 +203,8 @@ def evaluate_run(
     limit: int | None = None,
     texts: dict[str, str] | None = None,
     metrics: Sequence[str] = METRICS,
+    tolerance: float = 2.0,
+    units: str = "auto",
     student: bool = True,
 ) -> EvaluationReport:
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
@@ -207,7 +226,11 @@ def evaluate_run(
         limit: score only the first ``limit`` cases (>= 1).
         texts: maps a text prompt to the class name it should find, e.g.
             ``{"LV cavity": "left ventricle"}`` (needs an adapter with learned text prompts).
-        metrics: ``("dice", "hd95")`` (default) or ``("dice",)`` to skip HD95.
+        metrics: ``"dice"`` and any of ``"hd95"``, ``"nsd"`` (default all three).
+        tolerance: NSD tolerance in the report's unit (mm or pixels, see ``units``); default 2.0.
+        units: ``"auto"`` (default): mm when every case has a voxel spacing, else
+            pixels; ``"px"``: pixels whatever the files say (for placeholder
+            spacings); ``"mm"``: mm, refusing cases without a spacing.
         student: a run distilled by ``medadapt distill`` answers automatic mode with its
             student; ``False`` scores the adapted decoder instead.
     """
@@ -216,7 +239,16 @@ def evaluate_run(
         raise MedAdaptError(f"unknown evaluation mode(s) {bad or list(modes)}; choose from {list(MODES)}")
     metrics = list(dict.fromkeys(metrics))
     if any(m not in METRICS for m in metrics) or "dice" not in metrics:
-        raise MedAdaptError(f"--metrics {','.join(metrics) or '(none)'}: choose dice or dice,hd95 (Dice is always computed)")
+        raise MedAdaptError(
+            f"--metrics {','.join(metrics) or '(none)'}: choose dice or dice,hd95,nsd or a part that keeps dice "
+            "(dice,hd95 or dice,nsd); Dice is always computed"
+        )
+    try:
+        tolerance = _check_tolerance(tolerance)
+    except MedAdaptError as exc:
+        raise MedAdaptError(f"--tolerance: {exc} (the NSD tolerance, in mm, or pixels for 2-D images)") from exc
+    if units not in UNITS:
+        raise MedAdaptError(f"--units {units!r}: choose auto (mm where the data has a voxel spacing), mm or px")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise MedAdaptError(f"--limit must be a number of cases >= 1 (score the first N cases); got {limit!r}")
     adapter, run_dir = _run_paths(run)
@@ -226,6 +258,21 @@ def evaluate_run(
     info = read_adapter_info(adapter)
     config = _data_config(data, run_dir)
     cases = _cases(config, split, data)[:limit]  # found before the model loads: a wrong split fails fast
+    with_hd95, with_nsd = "hd95" in metrics, "nsd" in metrics
+    spaced = [_is_volume(case.image_path) for case in cases]  # volumes carry a voxel size, 2-D files none
+    in_mm = units != "px" and bool(spaced) and all(spaced)
+    if units == "mm" and not in_mm and (with_hd95 or with_nsd):
+        flat = [c.case_id for c, s in zip(cases, spaced) if not s]
+        raise MedAdaptError(
+            f"--units mm: {len(flat)} of {len(cases)} cases are 2-D image files, which store no voxel spacing "
+            f"({', '.join(flat[:3])}{', ...' if len(flat) > 3 else ''}); use --units px (or auto) to score in pixels"
+        )
+    if units == "auto" and (with_hd95 or with_nsd) and any(spaced) and not in_mm:
+        warnings.warn(
+            f"{spaced.count(False)} of {len(cases)} cases are 2-D image files without a voxel spacing: HD95 and "
+            "NSD are in pixels for every case, the volumes' spacing unused",
+            stacklevel=2,
+        )
     seg = Segmenter.from_pretrained(info["backbone"], adapter=adapter, device=device, student=student)
     meta = info.get("metadata", {})
     names = meta.get("class_names") or seg.classes
@@ -241,12 +288,15 @@ def evaluate_run(
     wrong = {t: c for t, c in texts.items() if c not in names}
     if wrong:
         raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
-    with_hd95 = "hd95" in metrics
-    report = EvaluationReport(hd95_unit="px", metrics=metrics)
+    report = EvaluationReport(hd95_unit="mm" if in_mm else "px", metrics=metrics,
+                              nsd_tolerance=tolerance if with_nsd else None)
     from tqdm import tqdm
 
-    def hd95(pred: np.ndarray, target: np.ndarray, classes: list[int]) -> dict[int, float]:
-        return hd95_per_class(pred, target, classes) if with_hd95 else {v: math.nan for v in classes}
+    def hd95(pred: np.ndarray, target: np.ndarray, classes: list[int], spacing) -> dict[int, float]:
+        return hd95_per_class(pred, target, classes, spacing) if with_hd95 else {v: math.nan for v in classes}
+
+    def nsd(pred: np.ndarray, target: np.ndarray, classes: list[int], spacing) -> dict[int, float] | None:
+        return surface_dice_per_class(pred, target, classes, tolerance, spacing) if with_nsd else None
 
     for case in tqdm(cases, desc="evaluating", unit="case"):
         volume, label = load_volume_case(case, config)
@@ -255,25 +305,31 @@ def evaluate_run(
         # (N, H, W) stacks, slice k as training saw it; a 2-D case is N = 1
         image_slices, label_slices = list(volume), list(label)
         gt = np.asarray(label)
+        # voxel size in mm in the (N, H, W) order of the stacks; None: pixel units
+        spacing = case_spacing(case, config) if in_mm and (with_hd95 or with_nsd) else None
         preds = _predict_slices(seg, image_slices, label_slices, values, modes, tuple(texts))
         for mode in modes:
             if mode in LABEL_MODES:
                 dice = dice_per_class(preds[mode], gt, values)
-                hd = hd95(preds[mode], gt, values)
+                hd = hd95(preds[mode], gt, values, spacing)
+                sd = nsd(preds[mode], gt, values, spacing)
             else:
-                dice, hd = {}, {}
+                dice, hd, sd = {}, {}, ({} if with_nsd else None)
                 for k, v in enumerate(values):
                     pk, gk = preds[mode][k].astype(np.int64) * v, gt * (gt == v)
                     dice.update(dice_per_class(pk, gk, [v]))
-                    hd.update(hd95(pk, gk, [v]))
-            report.add_case(case.case_id, mode, dict(zip(values, names)), dice, hd)
+                    hd.update(hd95(pk, gk, [v], spacing))
+                    if sd is not None:
+                        sd.update(nsd(pk, gk, [v], spacing))
+            report.add_case(case.case_id, mode, dict(zip(values, names)), dice, hd, sd)
         for t, c in texts.items():
             v = values[names.index(c)]
             pk, gk = preds[f"text:{t}"].astype(np.int64) * v, gt * (gt == v)
-            report.add_case(case.case_id, f"text:{t}", {v: c}, dice_per_class(pk, gk, [v]), hd95(pk, gk, [v]))
+            report.add_case(case.case_id, f"text:{t}", {v: c}, dice_per_class(pk, gk, [v]),
+                            hd95(pk, gk, [v], spacing), nsd(pk, gk, [v], spacing))
     report.to_json(out / "evaluation.json")
     report.to_csv(out / "evaluation.csv")
     return report
 
 
-__all__ = ["LABEL_MODES", "METRICS", "MODES", "SPLITS", "evaluate_run"]
+__all__ = ["LABEL_MODES", "METRICS", "MODES", "SPLITS", "UNITS", "evaluate_run"]

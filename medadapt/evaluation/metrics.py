@@ -1,9 +1,10 @@
-"""Per-class Dice and HD95 on integer label maps, computed by MONAI.
+"""Per-class Dice, HD95 and normalised surface Dice on integer label maps, computed by MONAI.
 
 The numbers here are the ones papers report, so we do not reimplement them:
 the label maps are one-hot encoded and handed to
-:func:`monai.metrics.compute_dice` and
-:func:`monai.metrics.compute_hausdorff_distance` (``percentile=95``). This module
+:func:`monai.metrics.compute_dice`,
+:func:`monai.metrics.compute_hausdorff_distance` (``percentile=95``) and
+:func:`monai.metrics.compute_surface_dice` (NSD). This module
 only adds what MONAI leaves to the caller: input checks with messages a user can
 act on, and an explicit, documented answer for empty masks.
 
@@ -15,14 +16,14 @@ structure is barely visible.
 
 Empty-mask conventions (per class, "empty" means no voxel carries the value):
 
-========================  ==========  ==========
-prediction / target       Dice        HD95
-========================  ==========  ==========
-both empty                1.0         nan
-target empty, pred not    0.0         nan
-pred empty, target not    0.0         nan
-both non-empty            MONAI       MONAI
-========================  ==========  ==========
+========================  ==========  ==========  ==========
+prediction / target       Dice        HD95        NSD
+========================  ==========  ==========  ==========
+both empty                1.0         nan         nan
+target empty, pred not    0.0         nan         0.0
+pred empty, target not    0.0         nan         0.0
+both non-empty            MONAI       MONAI       MONAI
+========================  ==========  ==========  ==========
 
 Dice follows MONAI with ``ignore_empty=False``: correctly predicting that a
 structure is absent is a success (1.0), hallucinating it is a failure (0.0).
@@ -33,21 +34,34 @@ HD95 is undefined when either surface is missing (there is no distance to
 measure). We return nan rather than MONAI's inf/placeholder values so that the
 report layer can show "n/a", exclude it from means, and count the exclusions;
 an arbitrary large penalty would make means incomparable across datasets.
+
+NSD (normalised surface Dice) is the fraction of both boundaries that lies
+within ``tolerance`` of the other boundary. With exactly one boundary missing
+it is 0.0 by its own formula (no boundary element is within reach of a surface
+that does not exist), as in MONAI, so a missed or hallucinated structure counts
+against the mean. With both missing it is 0/0: nan, excluded from means and
+counted, like HD95 (MONAI returns nan there as well). Dice alone says 1.0 for
+that case; it is already counted there.
+
+Distances (HD95, the NSD tolerance) are in the units of ``spacing``: pass the
+voxel size in mm (in the arrays' axis order) to get mm; without it they are in
+pixels/voxels.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
 from ..core.errors import MedAdaptError
 
-__all__ = ["binary_dice", "dice_per_class", "hd95_per_class"]
+__all__ = ["binary_dice", "dice_per_class", "hd95_per_class", "surface_dice_per_class"]
 
 
 def _as_label_map(arr: np.ndarray, name: str) -> np.ndarray:
@@ -193,4 +207,65 @@ def hd95_per_class(
         )
     for v, d in zip(present, distances[0].tolist()):
         result[v] = float(d)
+    return result
+
+
+def _check_tolerance(tolerance: float) -> float:
+    """The NSD tolerance as a float: a finite number >= 0."""
+    if isinstance(tolerance, (bool, np.bool_)) or not isinstance(tolerance, numbers.Real):
+        raise MedAdaptError(f"tolerance must be a distance (a number >= 0), got {tolerance!r}.")
+    tol = float(tolerance)
+    if not (math.isfinite(tol) and tol >= 0):
+        raise MedAdaptError(f"tolerance must be a finite distance >= 0, got {tolerance!r}.")
+    return tol
+
+
+def surface_dice_per_class(
+    pred: np.ndarray,
+    target: np.ndarray,
+    class_values: Sequence[int],
+    tolerance: float,
+    spacing: Sequence[float] | None = None,
+) -> dict[int, float]:
+    """Normalised surface Dice (NSD) of each label value at one distance ``tolerance``.
+
+    Computed by :func:`monai.metrics.compute_surface_dice` (Euclidean distances,
+    boundaries counted in edge voxels, MONAI's default ``use_subvoxels=False``):
+    the share of the predicted and the reference boundary voxels that lie within
+    ``tolerance`` of the other boundary, in [0, 1]. ``tolerance`` is in the units
+    of ``spacing`` -- mm when ``spacing`` is the voxel size in mm (one value per
+    axis, in the arrays' axis order, as for :func:`hd95_per_class`), pixels/voxels
+    without it. A class empty in exactly one of ``pred`` and ``target`` gets 0.0,
+    a class empty in both ``nan`` (see the module docstring).
+
+    Raises:
+        MedAdaptError: as :func:`hd95_per_class`, or a negative/non-finite ``tolerance``.
+    """
+    p, t = _check_pair(pred, target)
+    values = _check_classes(class_values)
+    sp = _check_spacing(spacing, p.ndim)
+    tol = _check_tolerance(tolerance)
+    result: dict[int, float] = {}
+    present = []
+    for v in values:
+        in_p, in_t = bool(np.any(p == v)), bool(np.any(t == v))
+        if in_p and in_t:
+            present.append(v)
+        result[v] = 0.0 if in_p or in_t else math.nan
+    # As for HD95, MONAI only sees classes with both boundaries: for the others it
+    # warns about the empty mask, and the answer is fixed above.
+    if not present:
+        return result
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        scores = compute_surface_dice(
+            _one_hot(p, present),
+            _one_hot(t, present),
+            class_thresholds=[tol] * len(present),
+            include_background=True,
+            distance_metric="euclidean",
+            spacing=list(sp) if sp is not None else None,
+        )
+    for v, s in zip(present, scores[0].tolist()):
+        result[v] = float(s)
     return result
