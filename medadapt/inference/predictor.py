@@ -20,7 +20,7 @@ from ..core.errors import MedAdaptError
 from ..foundation import Backbone, ImageMeta, build_backbone
 from ..foundation.decoding import masks_from_logits
 from ..foundation.processor import check_boxes, check_points
-from ..io.imaging import display_orientation, load_image, validate_image, volume_slice
+from ..io.imaging import load_image, validate_image
 from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
@@ -29,9 +29,12 @@ from .learned_text import match_text_to_classes
 from .onnx_runtime import load_exported
 from .optimize import optimize_for_inference
 from .prediction import Prediction, _copy_prediction
+from .propagation import Propagation
 from .refine import refine_automatic
-from .student_answers import check_student_classes, student_prediction, student_volume
+from .student_answers import check_student_classes, student_prediction
 from .text import segment_from_text
+from .volume import VolumeSession
+from .volume_api import VolumeMethods
 
 ArrayLike = np.ndarray | Sequence
 
@@ -62,7 +65,7 @@ def _student_folder(adapter: str | os.PathLike):
     return None
 
 
-class Segmenter:
+class Segmenter(VolumeMethods):
     """Promptable segmentation with a (possibly adapted) SAM-family backbone.
 
     Example::
@@ -100,6 +103,8 @@ class Segmenter:
         self._text_model = None  # a medadapt.prompts.ClipTextModel, see set_text_model
         self._auto_cache: Prediction | None = None  # the all-class automatic answer for the current image
         self.student: Student | None = None  # answers automatic predictions when set (see set_student)
+        self._volume: VolumeSession | None = None  # see set_volume
+        self._object: Propagation | None = None  # the object predict_volume propagated last
 
     @classmethod
     def from_pretrained(
@@ -294,6 +299,14 @@ class Segmenter:
         batches of :attr:`max_prompts_per_batch`.
         """
         embedding, meta = self._require_image()
+        return self.decode_embedding(embedding, meta, prompts, multimask)
+
+    @torch.inference_mode()
+    def decode_embedding(self, embedding: torch.Tensor, meta: ImageMeta, prompts: Prompts,
+                         multimask: bool = False) -> Prediction:
+        """Decode prompts (original-image pixels) on an image embedding of geometry ``meta``: what
+        :meth:`predict_prompts` does on the current image, for callers that keep embeddings themselves
+        (a volume's slices)."""
         if len(prompts) > self.max_prompts:
             raise MedAdaptError(
                 f"{len(prompts)} prompts in one call; the limit is {self.max_prompts} (Segmenter.max_prompts): "
@@ -398,45 +411,6 @@ class Segmenter:
         if classes is None:
             self._auto_cache = _copy_prediction(pred)
         return pred
-
-    def predict_volume(
-        self, volume: np.ndarray, axis: int = 2, classes: Sequence[str | int] | None = None, refine: bool = False
-    ) -> np.ndarray:
-        """Automatic segmentation of a 3D volume, slice by slice along ``axis``.
-
-        ``volume`` is in the orientation of :func:`medadapt.io.imaging.load_volume`;
-        slices are shown to the model as ``volume_slice`` shows them (as in
-        training). Returns an integer label map of the volume's shape holding
-        the training data's label values (0 = background). Constant slices
-        (padding) are left as background. ``refine`` self-prompts each slice as
-        :meth:`predict` does. With a student (see :meth:`set_student`) and no
-        ``refine``, the student reads the slices (with their neighbours) and
-        nothing is encoded.
-        """
-        vol = np.asarray(volume)
-        if vol.ndim != 3:
-            raise MedAdaptError(f"predict_volume needs a 3D array; got shape {vol.shape}")
-        if not -3 <= axis < 3:
-            raise MedAdaptError(f"axis must be 0, 1 or 2; got {axis}")
-        self._require_classes()
-        dtype = np.int16 if max(self.backbone.adapter_config.automatic.label_values) > 127 else np.uint8
-        if self.student is not None and not refine:
-            return student_volume(self, vol, axis, self._class_indices(classes), dtype)
-        out = np.zeros(vol.shape, dtype=dtype)
-        for k in range(vol.shape[axis]):
-            plane = volume_slice(vol, k, axis)  # the orientation training slices have
-            if not np.isfinite(plane).all() or plane.max() == plane.min():
-                continue
-            self.set_image(plane)
-            pred = self.predict(classes=classes, refine=refine)
-            lab = np.zeros(plane.shape, dtype=dtype)
-            for m, v in zip(pred.masks, pred.label_values):
-                lab[m] = v
-            index = [slice(None)] * 3
-            index[axis] = k
-            out[tuple(index)] = display_orientation(lab)
-        self.reset_image()
-        return out
 
     def probabilities(self, prediction: Prediction) -> np.ndarray:
         """Per-pixel probability (sigmoid of the logits) of each mask of a prediction on the current image,

@@ -167,4 +167,73 @@ def segment_file(
     )
 
 
-__all__ = ["check_output", "segment_file", "segment_from_box", "masks_to_labels", "prediction_to_labels", "SegmentFileResult"]
+def _volume_prompts(boxes, points) -> tuple[dict, dict, dict]:
+    """``[Z, X0, Y0, X1, Y1]`` boxes and ``[Z, X, Y, LABEL]`` points -> predict_volume's per-slice dicts."""
+    by_box: dict[int, list[float]] = {}
+    for b in boxes or []:
+        z = _slice_number(b[0], "--box Z X0 Y0 X1 Y1")
+        if z in by_box:
+            raise MedAdaptError(f"two --box prompts on slice {z}: one box per slice (one object per call)")
+        by_box[z] = [float(v) for v in b[1:]]
+    by_point: dict[int, list] = {}
+    by_label: dict[int, list] = {}
+    for p in points or []:
+        z = _slice_number(p[0], "--point Z X Y LABEL")
+        by_point.setdefault(z, []).append([float(p[1]), float(p[2])])
+        by_label.setdefault(z, []).append(int(p[3]))
+    return by_box, by_point, by_label
+
+
+def _slice_number(value, flag: str) -> int:
+    if float(value) != int(float(value)) or float(value) < 0:
+        raise MedAdaptError(f"{flag}: Z is a slice index (0, 1, 2 ...); got {value}")
+    return int(float(value))
+
+
+def segment_volume_file(
+    volume: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    boxes: Sequence[Sequence[float]] | None = None,
+    points: Sequence[Sequence[float]] | None = None,
+    model: str = "litemedsam",
+    checkpoint: str | None = None,
+    axis: int = 2,
+    window: str | None = None,
+    device: str | None = None,
+    adapter: str | os.PathLike | None = None,
+    refine: bool = False,
+    overwrite: bool = False,
+) -> SegmentFileResult:
+    """Segment a whole volume (NIfTI or DICOM series folder) and write a NIfTI mask in the input's geometry.
+
+    ``boxes`` are ``[Z, X0, Y0, X1, Y1]`` and ``points`` ``[Z, X, Y, LABEL]``: slice ``Z`` along ``axis`` as
+    ``load_image(volume, slice_index=Z, axis=axis)`` shows it. Prompts on one or a few slices give one
+    object, propagated through the volume (0/1 mask). Without prompts, ``adapter`` segments every learned
+    class on every slice (a label map with the training data's label values).
+    """
+    out = Path(out)
+    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
+        raise MedAdaptError(f"a volume's mask is written as NIfTI: --out must end in .nii or .nii.gz; got {out}")
+    check_output(out, volume, "--out", overwrite)
+    if not boxes and not points and adapter is None:
+        raise MedAdaptError("give a prompt on a slice (--box Z X0 Y0 X1 Y1 or --point Z X Y LABEL), or "
+                            "--adapter RUN to segment every learned class")
+    if refine and (boxes or points or adapter is None):
+        raise MedAdaptError("--refine refines automatic segmentation: use it with --adapter RUN and no prompts")
+    by_box, by_point, by_label = _volume_prompts(boxes, points)
+    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
+    seg.set_volume(volume, axis=axis, window=window)
+    if by_box or by_point:
+        mask = seg.predict_volume(boxes=by_box or None, points=by_point or None, point_labels=by_label or None)
+        labels = mask.astype(np.uint8)
+        areas, scores, names = [int(mask.sum())], [float(np.mean(list(seg.volume_object.scores().values()) or [0.0]))], []
+    else:
+        labels = seg.predict_volume(refine=refine)
+        values = seg.backbone.adapter_config.automatic.label_values
+        areas, scores, names = [int((labels == v).sum()) for v in values], [float("nan")] * len(values), seg.classes
+    save_mask(labels, out, reference=volume)
+    return SegmentFileResult(out, None, areas, scores, list(names))
+
+
+__all__ = ["check_output", "segment_volume_file", "segment_file", "segment_from_box", "masks_to_labels", "prediction_to_labels", "SegmentFileResult"]

@@ -1,0 +1,229 @@
+"""One object through a volume: prompts on a few slices, answers on all of them.
+
+Each prompted slice is decoded from its prompts. From there the mask travels
+slice by slice in both directions; each next slice is prompted from its
+neighbour's answer: a box around it (with a margin), its low-resolution logits
+as a dense mask prompt and a positive point at its most interior pixel. A walk
+stops where the structure ends: when the decoder's predicted IoU falls below
+``min_score``, the mask vanishes, or its area collapses below
+``min_area_ratio`` of the previous slice's; and it stops before the next
+prompted slice. A slice between two prompted slices is reached from both
+sides, and the two answers' logits are averaged with weights that favour the
+nearer prompt.
+
+A correction on any slice (more points, a new box or mask) re-decodes that
+slice and walks again from it only: the walks that reached it from its
+prompted neighbours are cut there, and every other slice keeps its answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..core.config import check_fields, check_ranges
+from ..prompts.regions import largest_component, mask_box
+from ..prompts.types import Prompts
+from .volume import VolumeSession
+
+
+@dataclass
+class PropagationConfig:
+    """How a mask travels from slice to slice (see the module docstring).
+
+    Attributes:
+        min_score: stop when the decoder's predicted IoU falls below this.
+        min_area_ratio: stop when the mask shrinks below this fraction of the previous slice's.
+        margin: the box around the previous answer grows by this fraction of its size on each side.
+        mask_prompt: pass the previous answer's logits as a dense mask prompt.
+        point: add a positive point at the previous answer's most interior pixel.
+    """
+
+    min_score: float = 0.5
+    min_area_ratio: float = 0.2
+    margin: float = 0.05
+    mask_prompt: bool = True
+    point: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "propagation")
+        unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+        check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "margin": unit})
+
+
+@dataclass
+class SliceAnswer:
+    """One slice's answer: low-resolution logits (1 x m x m), predicted IoU and the mask (display frame)."""
+
+    low: torch.Tensor
+    score: float
+    mask: np.ndarray
+
+
+@dataclass
+class SlicePrompts:
+    """What the user gave on one slice (display frame)."""
+
+    box: np.ndarray | None = None
+    points: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    dense: torch.Tensor | None = None  # the slice's previous answer, refined by later clicks
+
+
+def interior_point(mask: np.ndarray) -> np.ndarray:
+    """(x, y) of the pixel farthest from the edge of the mask's largest component."""
+    part = largest_component(mask)
+    depth = ndimage.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    return np.array([x, y], dtype=np.float32)
+
+
+class Propagation:
+    """The prompts and answers of one object in one :class:`VolumeSession`."""
+
+    def __init__(self, session: VolumeSession, config: PropagationConfig | None = None) -> None:
+        self.session = session
+        self.config = config or PropagationConfig()
+        self.prompts: dict[int, SlicePrompts] = {}
+        self.answers: dict[int, SliceAnswer] = {}  # the prompted slices
+        self.chains: dict[tuple[int, int], list[SliceAnswer]] = {}  # (start, +1/-1) -> answers at start +- 1, 2, ...
+        self.decoded = 0  # decoder passes so far
+
+    # ------------------------------------------------------------------ decoding
+    def _decode(self, k: int, direction: int, prompts: Prompts) -> SliceAnswer:
+        session = self.session
+        pred = session.seg.decode_embedding(session.embedding(k, direction), session.meta, prompts)
+        self.decoded += 1
+        return SliceAnswer(torch.from_numpy(pred.logits[:1]), float(pred.scores[0]), pred.masks[0])
+
+    def _answer_prompts(self, k: int, p: SlicePrompts) -> SliceAnswer:
+        if p.mask is not None and p.box is None and not p.points:
+            low = self.session.seg.backbone.processor.mask_to_low_res(p.mask, self.session.meta)[:, 0]
+            return SliceAnswer(low, 1.0, p.mask.copy())
+        dense = p.dense
+        if p.mask is not None:
+            dense = self.session.seg.backbone.processor.mask_to_low_res(p.mask, self.session.meta)[:, 0]
+        pts = np.stack(p.points)[None] if p.points else None
+        labels = np.array(p.labels, dtype=np.int64)[None] if p.points else None
+        prompts = Prompts(boxes=None if p.box is None else p.box[None], points=pts, point_labels=labels,
+                          masks=None if dense is None else dense.numpy())
+        return self._decode(k, 1, prompts)
+
+    def _step(self, k: int, direction: int, prev: SliceAnswer) -> SliceAnswer | None:
+        """Slice ``k``'s answer prompted from its neighbour's, or None where the structure ends."""
+        cfg = self.config
+        if not prev.mask.any() or self.session.is_blank(k):
+            return None
+        prompts = Prompts(
+            boxes=mask_box(prev.mask, cfg.margin)[None],
+            points=interior_point(prev.mask)[None, None] if cfg.point else None,
+            point_labels=np.ones((1, 1), np.int64) if cfg.point else None,
+            masks=prev.low.numpy() if cfg.mask_prompt else None,
+        )
+        answer = self._decode(k, direction, prompts)
+        area = int(answer.mask.sum())
+        if answer.score < cfg.min_score or area == 0 or area < cfg.min_area_ratio * prev.mask.sum():
+            return None
+        return answer
+
+    def _walk(self, start: int, direction: int) -> None:
+        """Answers from ``start`` towards ``direction`` until the structure ends or a prompted slice."""
+        chain: list[SliceAnswer] = []
+        prev = self.answers[start]
+        k = start + direction
+        while 0 <= k < len(self.session) and k not in self.prompts:
+            answer = self._step(k, direction, prev)
+            if answer is None:
+                break
+            chain.append(answer)
+            prev, k = answer, k + direction
+        self.chains[(start, direction)] = chain
+
+    # ------------------------------------------------------------------ prompts
+    def start(self, prompts: dict[int, dict]) -> None:
+        """The first prompts (``{z: {box, points, labels, mask}}``, display frame): every prompted slice is
+        decoded, then the walks run between and beyond them."""
+        for z, given in prompts.items():
+            p = SlicePrompts(box=given.get("box"), mask=given.get("mask"))
+            if given.get("points") is not None:
+                p.points = list(np.asarray(given["points"], np.float32).reshape(-1, 2))
+                p.labels = [int(v) for v in np.asarray(given["labels"]).reshape(-1)]
+            self.prompts[z] = p
+        for z in sorted(self.prompts):
+            self.answers[z] = self._answer_prompts(z, self.prompts[z])
+        for z in sorted(self.prompts):
+            self._walk(z, 1)
+            self._walk(z, -1)
+
+    def add(self, z: int, box=None, points=None, labels=None, mask=None) -> None:
+        """Prompts on slice ``z`` (display frame), added to what the slice already has; walks again from ``z``."""
+        current = self.answer(z)
+        p = self.prompts.get(z, SlicePrompts())
+        if box is not None:
+            p.box = np.asarray(box, np.float32)
+        if mask is not None:
+            p.mask = np.asarray(mask, bool)
+            p.dense = None
+        if points is not None:
+            p.points.extend(np.asarray(points, np.float32).reshape(-1, 2))
+            p.labels.extend(int(v) for v in np.asarray(labels).reshape(-1))
+            if mask is None and current is not None:
+                p.dense = current.low  # clicks refine what the slice shows now, as in 2-D
+        self.prompts[z] = p
+        self.answers[z] = self._answer_prompts(z, p)
+        below = [s for s in self.prompts if s < z]
+        above = [s for s in self.prompts if s > z]
+        if below:  # the walk up from the prompted slice below now ends before z
+            s = max(below)
+            self.chains[(s, 1)] = self.chains.get((s, 1), [])[: z - s - 1]
+        if above:
+            s = min(above)
+            self.chains[(s, -1)] = self.chains.get((s, -1), [])[: s - z - 1]
+        self._walk(z, 1)
+        self._walk(z, -1)
+
+    # ------------------------------------------------------------------ answers
+    def answer(self, k: int) -> SliceAnswer | None:
+        """Slice ``k``'s answer: its own prompts', or the walks' that reach it (fused), or None."""
+        if k in self.answers:
+            return self.answers[k]
+        below = max((s for s in self.prompts if s < k), default=None)
+        above = min((s for s in self.prompts if s > k), default=None)
+        found = []
+        for start, direction in ((below, 1), (above, -1)):
+            if start is None:
+                continue
+            chain = self.chains.get((start, direction), [])
+            i = abs(k - start) - 1
+            if i < len(chain):
+                found.append((abs(k - start), chain[i]))
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0][1]
+        (d0, a0), (d1, a1) = found
+        w0 = d1 / (d0 + d1)  # the nearer prompt weighs more
+        low = w0 * a0.low + (1 - w0) * a1.low
+        proc, meta = self.session.seg.backbone.processor, self.session.meta
+        mask = (proc.postprocess_logits(low, meta)[0] > 0).numpy()
+        return SliceAnswer(low, w0 * a0.score + (1 - w0) * a1.score, mask)
+
+    def volume(self) -> np.ndarray:
+        """The object's mask, a bool array of the volume's shape (the user's frame)."""
+        out = np.zeros(self.session.data.shape, dtype=bool)
+        for k in range(len(self.session)):
+            answer = self.answer(k)
+            if answer is not None and answer.mask.any():
+                self.session.write_plane(out, k, answer.mask)
+        return out
+
+    def scores(self) -> dict[int, float]:
+        """Predicted IoU of each answered slice."""
+        return {k: a.score for k in range(len(self.session)) if (a := self.answer(k)) is not None}
+
+
+__all__ = ["Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point"]

@@ -1,0 +1,55 @@
+"""What ``Segmenter.predict_volume`` answers: a propagated object, or the automatic label map.
+
+Kept apart from :mod:`.predictor` so that the 2-D predictor stays one concept;
+the :class:`~medadapt.inference.volume.VolumeSession` holds the planes and
+their embeddings, :class:`~medadapt.inference.propagation.Propagation` one
+object's prompts and answers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .propagation import Propagation, PropagationConfig
+from .student_answers import student_volume
+from .volume import VolumeSession
+
+
+def propagate_object(seg, session: VolumeSession, prompts: dict[int, dict],
+                     config: PropagationConfig | None = None) -> Propagation:
+    """A new object from prompts on some slices (display frame, see ``VolumeSession.slice_prompts``)."""
+    obj = Propagation(session, config)
+    obj.start(prompts)
+    return obj
+
+
+def automatic_volume(seg, session: VolumeSession, classes: Sequence[str | int] | None, refine: bool) -> np.ndarray:
+    """The integer label map of the session's volume in automatic mode, slice by slice.
+
+    Holds the training data's label values (0 = background); constant slices
+    (padding) stay background. A student, when the segmenter has one and
+    ``refine`` is off, reads the slices with their neighbours and nothing is
+    encoded; otherwise each slice is decoded from its cached embedding.
+    """
+    seg._require_classes()
+    values = seg.backbone.adapter_config.automatic.label_values
+    dtype = np.int16 if max(values) > 127 else np.uint8
+    if seg.student is not None and not refine:
+        return student_volume(seg, session.data, session.axis, seg._class_indices(classes), dtype)
+    out = np.zeros(session.data.shape, dtype=dtype)
+    for k in range(len(session)):
+        if session.is_blank(k):
+            continue
+        seg.show_plane(session, k)
+        pred = seg.predict(classes=classes, refine=refine)
+        lab = np.zeros(session.plane_size, dtype=dtype)
+        for m, v in zip(pred.masks, pred.label_values):
+            lab[m] = v
+        session.write_plane(out, k, lab)
+    seg.reset_image()
+    return out
+
+
+__all__ = ["automatic_volume", "propagate_object"]

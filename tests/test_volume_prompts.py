@@ -1,0 +1,172 @@
+"""Promptable volumes: set_volume, one box propagated through the volume, corrections, the embedding cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medadapt import MedAdaptError, Segmenter
+from medadapt.inference.embedding_cache import EmbeddingCache
+from medadapt.inference.propagation import PropagationConfig
+
+
+def two_blobs(depth: int = 12, h: int = 64, w: int = 80, seed: int = 0):
+    """A (depth, h, w) volume with two bright ellipsoids: ``a`` spans slices 2..9, ``b`` slices 4..7."""
+    z, y, x = np.mgrid[:depth, :h, :w]
+    a = ((z - 5.5) / 4.2) ** 2 + ((y - 24) / 14.0) ** 2 + ((x - 22) / 15.0) ** 2 <= 1
+    b = ((z - 5.5) / 2.2) ** 2 + ((y - 42) / 10.0) ** 2 + ((x - 60) / 11.0) ** 2 <= 1
+    rng = np.random.default_rng(seed)
+    vol = np.where(a, 180.0, np.where(b, 120.0, 40.0)) + rng.normal(0, 6, a.shape)
+    return vol.astype(np.float32), a, b
+
+
+def dice(p: np.ndarray, t: np.ndarray) -> float:
+    return 2 * (p & t).sum() / max(p.sum() + t.sum(), 1)
+
+
+def tight_box(mask2d: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask2d)
+    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+
+
+@pytest.fixture(scope="module")
+def blobs_session(litemedsam):
+    vol, a, b = two_blobs()
+    litemedsam.set_volume(vol, axis=0)
+    yield litemedsam, vol, a, b
+    litemedsam.reset_volume()
+
+
+def test_one_box_gives_the_whole_structure_and_only_it(blobs_session):
+    seg, vol, a, b = blobs_session
+    mask = seg.predict_volume(boxes={5: tight_box(a[5])})  # array frame: x along np.take(vol, 5, 0)'s columns
+    assert mask.shape == vol.shape and mask.dtype == bool
+    assert dice(mask, a) > 0.85
+    assert (mask & b).sum() < 0.02 * b.sum()  # the other blob is not taken
+    ends = np.nonzero(mask.any(axis=(1, 2)))[0]
+    assert ends.min() >= 1 and ends.max() <= 10  # it stops near where the structure ends (2..9)
+    assert seg.volume_object.decoded <= 2 * len(vol)
+
+
+def test_the_other_blob_from_a_box_on_its_own_slice(blobs_session):
+    seg, vol, a, b = blobs_session
+    mask = seg.predict_volume(boxes={6: tight_box(b[6])})
+    assert dice(mask, b) > 0.8 and (mask & a).sum() < 0.02 * a.sum()
+
+
+def test_a_correction_walks_again_from_its_slice_only(blobs_session):
+    seg, vol, a, b = blobs_session
+    first = seg.predict_volume(boxes={3: tight_box(a[3]), 8: tight_box(a[8])})
+    obj = seg.volume_object
+    kept = {k: obj.answer(k) for k in (4, 5)}  # between the two prompted slices
+    before = obj.decoded
+    ys, xs = np.nonzero(a[8])
+    after = seg.correct_volume(8, points=[[xs.mean(), ys.mean()]], point_labels=[1])
+    walked = obj.decoded - before
+    assert 1 <= walked <= 1 + (len(vol) - 8) + (8 - 3)  # slice 8, then up to the end and down to slice 4
+    assert np.array_equal(after[:4], first[:4])  # below the walk from slice 8: untouched
+    assert obj.answer(4) is not None and kept[4] is not None
+    assert dice(after, a) > 0.85
+
+
+def test_array_and_moved_axis_give_the_same_mask(litemedsam):
+    vol, a, _ = two_blobs(depth=6, h=48, w=56)
+    litemedsam.set_volume(vol, axis=0, cache_mb=64)
+    m0 = litemedsam.predict_volume(boxes={3: tight_box(a[3])}, propagation=PropagationConfig(min_score=0.0))
+    moved = np.ascontiguousarray(np.moveaxis(vol, 0, 2))
+    m2 = litemedsam.predict_volume(moved, axis=2, boxes={3: tight_box(a[3])},
+                                   propagation=PropagationConfig(min_score=0.0))
+    litemedsam.reset_volume()
+    assert m2.shape == moved.shape
+    assert np.array_equal(np.moveaxis(m2, 2, 0), m0)
+
+
+def test_a_volume_file_uses_the_display_frame(litemedsam, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from medadapt.io.imaging import load_image, load_volume
+
+    vol, a, _ = two_blobs(depth=6, h=48, w=56)
+    data = np.ascontiguousarray(np.moveaxis(vol, 0, 2))  # slices along the third axis
+    affine = np.diag([0.8, -0.7, 2.5, 1.0])
+    affine[:3, 3] = [10, 20, -5]
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    truth = load_volume(path)[0] > 150  # the bright blob in the load_volume layout
+    plane = load_image(path, slice_index=3, axis=2)  # what a viewer shows of slice 3
+    box = tight_box(plane > 150)
+    litemedsam.set_volume(path, axis=2)
+    assert litemedsam.volume.geometry.spacing == pytest.approx((0.8, 0.7, 2.5))
+    mask = litemedsam.predict_volume(boxes={3: box})
+    litemedsam.reset_volume()
+    assert mask.shape == truth.shape and dice(mask, truth) > 0.8
+
+
+def test_the_cache_spills_to_disk_and_gives_the_same_answers(tiny_sam):
+    rng = np.random.default_rng(0)
+    vol = rng.random((8, 32, 32)).astype(np.float32) * 100
+    cfg = PropagationConfig(min_score=0.0, min_area_ratio=0.0)
+    prompts = {"boxes": {4: [4, 4, 20, 20]}, "masks": {2: np.pad(np.ones((10, 10), bool), 11)}}
+    tiny_sam.set_volume(vol, axis=0, cache_mb=1024)
+    big = tiny_sam.predict_volume(propagation=cfg, **prompts)
+    one = tiny_sam.volume.cache.get(4)  # the boxed slice is always encoded
+    size = one.numel() * one.element_size()
+    tiny_sam.set_volume(vol, axis=0, cache_mb=2.5 * size / 2**20)  # room for two embeddings
+    small = tiny_sam.predict_volume(propagation=cfg, **prompts)
+    cache = tiny_sam.volume.cache
+    folder = cache._folder
+    assert cache.writes > 0 and cache.memory_bytes <= 2.5 * size and folder.is_dir()
+    assert np.array_equal(big, small)
+    tiny_sam.reset_volume()
+    assert not folder.exists()
+
+
+def test_embedding_cache_keeps_the_most_recent_in_memory():
+    import torch
+
+    cache = EmbeddingCache(budget_bytes=3 * 4 * 16)
+    for k in range(5):
+        cache.put(k, torch.full((16,), float(k)))
+    assert cache.memory_bytes <= 3 * 4 * 16 and len(cache) == 5 and cache.writes == 2
+    assert torch.equal(cache.get(0), torch.zeros(16))  # read back from disk
+    cache.close()
+    assert cache.get(3) is None
+
+
+def test_a_mask_prompt_alone_is_the_slice_answer(tiny_sam):
+    vol = np.random.default_rng(1).random((5, 24, 24)).astype(np.float32)
+    given = np.zeros((24, 24), bool)
+    given[5:15, 3:12] = True
+    tiny_sam.set_volume(vol, axis=0)
+    out = tiny_sam.predict_volume(masks={2: given}, propagation=PropagationConfig(min_score=1.0))
+    tiny_sam.reset_volume()
+    assert np.array_equal(out[2], given) and not out[[0, 1, 3, 4]].any()  # min_score=1 stops every walk
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.predict_volume(boxes=[1, 2, 3, 4]), "dict"),
+    (lambda s: s.predict_volume(boxes={9: [1, 2, 10, 10]}), "outside the volume"),
+    (lambda s: s.predict_volume(boxes={1: [30, 25, 90, 90]}), "outside the image"),
+    (lambda s: s.predict_volume(boxes={1: [[1, 2, 5, 5], [3, 3, 8, 8]]}), "one box per slice"),
+    (lambda s: s.predict_volume(points={1: [[3, 3]]}, point_labels={2: [1]}), "no points"),
+    (lambda s: s.predict_volume(masks={1: np.ones((3, 3), bool)}), "shape"),
+    (lambda s: s.predict_volume(boxes={1: [1, 2, 5, 5]}, classes=["x"]), "automatic"),
+    (lambda s: s.correct_volume(1, points=[[3, 3]]), "nothing to correct"),
+    (lambda s: s.predict_volume(), "prompt-free"),
+    (lambda s: s.predict_volume(axis=1), "axis=0"),
+])
+def test_bad_volume_prompts_get_one_clear_error(tiny_sam, call, message):
+    tiny_sam.set_volume(np.random.default_rng(0).random((4, 20, 24)).astype(np.float32), axis=0)
+    with pytest.raises(MedAdaptError, match=message):
+        call(tiny_sam)
+    tiny_sam.reset_volume()
+
+
+def test_no_volume_and_bad_volumes_are_refused(tiny_sam):
+    with pytest.raises(MedAdaptError, match="no volume set"):
+        tiny_sam.predict_volume(boxes={0: [1, 1, 5, 5]})
+    with pytest.raises(MedAdaptError, match="3-D"):
+        tiny_sam.set_volume(np.zeros((4, 4)))
+    with pytest.raises(MedAdaptError, match="axis"):
+        tiny_sam.set_volume(np.zeros((4, 4, 4)), axis=3)
+    with pytest.raises(MedAdaptError, match="spacing"):
+        tiny_sam.set_volume(np.zeros((4, 4, 4)), spacing=(1, 0, 1))
