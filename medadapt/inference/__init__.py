@@ -7,6 +7,9 @@
 * :mod:`.text` -- zero-shot text: CLIP saliency -> prompts -> the promptable decoder;
 * :mod:`.learned_text` -- learned text prompts: texts -> weights over the learned classes;
 * :mod:`.segment` -- one-shot verbs (``segment_file``, ``segment_from_box``);
+* :mod:`.volume_api`, :mod:`.volume`, :mod:`.propagation`, :mod:`.embedding_cache` -- volumes: ``set_volume``,
+  one object propagated from prompts on a few slices (``predict_volume``, ``correct_volume``), slice embeddings
+  cached in memory up to a budget and on disk beyond it;
 * :mod:`.batch` -- batch inference over folders, datasets and lists (``segment_batch``, what ``medadapt segment`` runs),
   with :mod:`.batch_inputs` finding the inputs and checking their prompts file.
 """
@@ -16,11 +19,13 @@ from .learned_text import TextClassMatch, match_text_to_classes
 from .optimize import bf16_is_fast, optimize_for_inference, resolve_precision
 from .prediction import Prediction
 from .predictor import Segmenter
+from .propagation import PropagationConfig
 from .refine import refine_automatic
 from .text import segment_from_text
+from .volume import VolumeGeometry
 
 __all__ = [
     "BatchResult", "Prediction", "Segmenter", "TextClassMatch", "bf16_is_fast", "match_text_to_classes",
-    "optimize_for_inference", "read_manifest", "refine_automatic", "resolve_precision", "segment_batch",
-    "segment_from_text",
+    "optimize_for_inference", "PropagationConfig", "read_manifest", "refine_automatic", "resolve_precision",
+    "segment_batch", "segment_from_text", "VolumeGeometry",
 ]
