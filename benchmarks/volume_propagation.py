@@ -152,16 +152,20 @@ def summarise_grid(logs: list[Path]) -> None:
     full = max(len(v) for v in by.values())
     table = ["| setting | mean Dice, all objects | ACDC val (objects) | BraTS edema |", "|---|---|---|---|"]
     ranked = sorted((m for m in by if len(by[m]) == full), key=lambda m: -np.mean([r["dice"] for r in by[m]]))
+    payload = {}
     for m in ranked:
         acdc = [r["dice"] for r in by[m] if r["set"] == "acdc"]
         brats = [r["dice"] for r in by[m] if r["set"] == "brats"]
         table.append(f"| {m[5:]} | {np.mean([r['dice'] for r in by[m]]):.3f} | {np.mean(acdc):.3f} ({len(acdc)}) | "
                      f"{np.mean(brats) if brats else float('nan'):.3f} |")
+        payload[m[5:]] = {"mean_dice": float(np.mean([r["dice"] for r in by[m]])), "acdc": float(np.mean(acdc)),
+                          "brats": float(np.mean(brats)) if brats else None,
+                          "objects": [[r["case"], r["label"], r["dice"]] for r in by[m]]}
     md = ("Propagation settings scored on the selection volumes (the first 8 ACDC validation frames, one object "
           "per class, and the BraTS FLAIR edema volume), one ground-truth box on the slice where each structure "
           "is largest. The defaults of `PropagationConfig` are the best row by the mean over all objects; the "
           "left-atrium volumes were not used.\n\n" + "\n".join(table))
-    write_result("acdc", "propagation_selection", {"settings": {m: by[m] for m in ranked}}, md,
+    write_result("acdc", "propagation_selection", {"settings": payload}, md,
                  title="Choosing the propagation settings (ACDC val and BraTS, not LA)")
 
 
@@ -182,7 +186,22 @@ def summarise(log: Path, args) -> None:
             table.append(f"| {method} | {d.mean():.3f} | {d.min():.3f} | {d.max():.3f} | "
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
             payload[method] = {"mean_dice": round(float(d.mean()), 4), "rows": rs}
-        md = "\n".join(table)
+        per = ["| volume | structure | slice | propagated | every slice | box chain |", "|---|---|---|---|---|---|"]
+        for r in [r for r in sel if r["method"] == "propagated"]:
+            other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
+            per.append(f"| {r['case']} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | "
+                       f"{other.get('every_slice', float('nan')):.3f} | {other.get('box_chain', float('nan')):.3f} |")
+        md = (
+            "One ground-truth box (tight around the structure) on the slice where it is largest, propagated by "
+            "`Segmenter.predict_volume(boxes={z: box})` with the default `PropagationConfig` (LiteMedSAM, "
+            f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
+            "structure, each decoded alone (the ceiling of slice-wise boxes). `box_chain`: the previous slice's "
+            "mask box as the only prompt, no stopping rule. 3-D Dice per volume and structure; HD95 in mm from "
+            "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The propagation "
+            "settings were chosen on BraTS and ACDC validation frames "
+            "([selection](../../acdc/propagation_selection/summary.md)), never on LA.\n\n"
+            + "\n".join(table) + "\n\n" + "\n".join(per)
+        )
         write_result(name, "box_propagation", {"results": payload}, md)
 
 
