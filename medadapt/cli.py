@@ -66,10 +66,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"{name}: {area} voxels")
         print(f"mask written to {result.out}")
         return 0
-    if (boxes or points) and args.slice is None and _is_volume_path(args.image):
-        raise MedAdaptError(f"{args.image} is a volume: name the slice in each prompt (--box Z X0 Y0 X1 Y1, "
-                            "--point Z X Y LABEL) to segment the whole structure, or give --slice K to segment "
-                            "one slice")
     points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
     labels = [_label(v) for _, _, v in args.point] if args.point else None
     result = segment_file(

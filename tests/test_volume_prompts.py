@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medadapt import MedAdaptError, Segmenter
+from medadapt import MedAdaptError
 from medadapt.inference.embedding_cache import EmbeddingCache
 from medadapt.inference.propagation import PropagationConfig
 
@@ -187,5 +187,5 @@ def test_cli_propagates_a_box_on_a_nifti_and_keeps_its_affine(tmp_path, capsys):
     assert np.allclose(written.affine, affine) and written.shape == nib.load(path).shape
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
     assert main(["predict", str(path), "--model", "tiny_sam_vit", "--box", "4", "4", "30", "30",
-                 "--out", str(tmp_path / "m2.nii.gz")]) == 2  # a volume prompt must name its slice
-    assert "name the slice in each prompt" in capsys.readouterr().err
+                 "--out", str(tmp_path / "m2.nii.gz")]) == 2  # a 2-D box on a volume needs --slice
+    assert "has 5 slices" in capsys.readouterr().err
