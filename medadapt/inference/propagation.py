@@ -4,12 +4,13 @@ Each prompted slice is decoded from its prompts. From there the mask travels
 slice by slice in both directions; each next slice is prompted from its
 neighbour's answer: a box around it (with a margin) and, if asked for, its
 low-resolution logits as a dense mask prompt and a positive point at its most
-interior pixel. The defaults (a box alone, stop below a predicted IoU of 0.7)
-scored best on the BraTS FLAIR edema volume and 8 ACDC validation frames
-(``benchmarks/volume_propagation.py --grid``): LiteMedSAM was trained with
-boxes, and mask and point prompts made its walks worse there. A walk
+interior pixel. The defaults (a box alone; stop when the predicted IoU falls
+0.15 below the walk's best, or below 0.5) scored best on the BraTS FLAIR edema
+volume and 8 ACDC validation frames (``benchmarks/volume_propagation.py
+--grid``): LiteMedSAM was trained with boxes, and mask and point prompts made
+its walks worse there. A walk
 stops where the structure ends: when the decoder's predicted IoU falls below
-``min_score``, the mask vanishes, or its area collapses below
+``min_score`` or more than ``max_drop`` below the best of the walk, the mask vanishes, or its area collapses below
 ``min_area_ratio`` of the previous slice's; and it stops before the next
 prompted slice. A slice between two prompted slices is reached from both
 sides, and the two answers' logits are averaged with weights that favour the
@@ -41,6 +42,8 @@ class PropagationConfig:
     Attributes:
         min_score: stop when the decoder's predicted IoU falls below this.
         min_area_ratio: stop when the mask shrinks below this fraction of the previous slice's.
+        max_drop: stop when the predicted IoU falls more than this below the best of the walk so far (its
+            prompted slice included); 1 never stops on it.
         margin: the box around the previous answer grows by this fraction of its size on each side.
         mask_prompt: pass the previous answer's logits as a dense mask prompt.
         point: add a positive point at the previous answer's most interior pixel.
@@ -48,8 +51,9 @@ class PropagationConfig:
             answer most (consistency along the walk) instead of the one with the highest predicted IoU.
     """
 
-    min_score: float = 0.7
+    min_score: float = 0.5
     min_area_ratio: float = 0.2
+    max_drop: float = 0.15
     margin: float = 0.05
     mask_prompt: bool = False
     point: bool = False
@@ -58,7 +62,7 @@ class PropagationConfig:
     def __post_init__(self) -> None:
         check_fields(self, "propagation")
         unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-        check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "margin": unit})
+        check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit})
 
 
 @dataclass
@@ -129,7 +133,7 @@ class Propagation:
                           masks=None if dense is None else dense.numpy())
         return self._decode(k, 1, prompts)
 
-    def _step(self, k: int, direction: int, prev: SliceAnswer) -> SliceAnswer | None:
+    def _step(self, k: int, direction: int, prev: SliceAnswer, best: float = 1.0) -> SliceAnswer | None:
         """Slice ``k``'s answer prompted from its neighbour's, or None where the structure ends."""
         cfg = self.config
         if not prev.mask.any() or self.session.is_blank(k):
@@ -144,19 +148,21 @@ class Propagation:
         area = int(answer.mask.sum())
         if answer.score < cfg.min_score or area == 0 or area < cfg.min_area_ratio * prev.mask.sum():
             return None
+        if answer.score < best - cfg.max_drop:
+            return None
         return answer
 
     def _walk(self, start: int, direction: int) -> None:
         """Answers from ``start`` towards ``direction`` until the structure ends or a prompted slice."""
         chain: list[SliceAnswer] = []
         prev = self.answers[start]
-        k = start + direction
+        best, k = prev.score, start + direction
         while 0 <= k < len(self.session) and k not in self.prompts:
-            answer = self._step(k, direction, prev)
+            answer = self._step(k, direction, prev, best)
             if answer is None:
                 break
             chain.append(answer)
-            prev, k = answer, k + direction
+            prev, k, best = answer, k + direction, max(best, answer.score)
         self.chains[(start, direction)] = chain
 
     # ------------------------------------------------------------------ prompts
