@@ -189,3 +189,16 @@ def test_cli_propagates_a_box_on_a_nifti_and_keeps_its_affine(tmp_path, capsys):
     assert main(["predict", str(path), "--model", "tiny_sam_vit", "--box", "4", "4", "30", "30",
                  "--out", str(tmp_path / "m2.nii.gz")]) == 2  # a 2-D box on a volume needs --slice
     assert "has 5 slices" in capsys.readouterr().err
+
+
+def test_nan_outside_the_body_is_read_as_background_not_as_a_blank_slice(tiny_sam):
+    vol = np.random.default_rng(3).random((4, 24, 24)).astype(np.float32)
+    vol[:, :3] = np.nan  # a masked NIfTI: NaN outside the body
+    tiny_sam.set_volume(vol, axis=0)
+    session = tiny_sam.volume
+    assert not any(session.is_blank(k) for k in range(4)) and np.isfinite(session.plane(1)).all()
+    assert np.isnan(vol).any()  # the caller's array is left as it was
+    tiny_sam.reset_volume()
+    with pytest.raises(MedAdaptError, match="no finite value"):
+        tiny_sam.set_volume(np.full((3, 8, 8), np.nan, np.float32))
+

@@ -156,7 +156,10 @@ class Propagation:
         """Answers from ``start`` towards ``direction`` until the structure ends or a prompted slice."""
         chain: list[SliceAnswer] = []
         prev = self.answers[start]
-        best, k = prev.score, start + direction
+        given = self.prompts[start]
+        mask_only = given.mask is not None and given.box is None and not given.points
+        # a user's mask has no predicted IoU of its own (1.0 stands in): the drop counts from the first step
+        best, k = (0.0 if mask_only else prev.score), start + direction
         while 0 <= k < len(self.session) and k not in self.prompts:
             answer = self._step(k, direction, prev, best)
             if answer is None:

@@ -6,6 +6,7 @@ of a volume), prompt the model, write the mask and an optional overlay.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def _volume_prompts(boxes, points) -> tuple[dict, dict, dict]:
 
 
 def _slice_number(value, flag: str) -> int:
-    if float(value) != int(float(value)) or float(value) < 0:
+    if not math.isfinite(float(value)) or float(value) != int(float(value)) or float(value) < 0:
         raise MedAdaptError(f"{flag}: Z is a slice index (0, 1, 2 ...); got {value}")
     return int(float(value))
 

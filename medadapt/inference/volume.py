@@ -95,6 +95,12 @@ class VolumeSession:
             raise MedAdaptError(f"the volume has shape {data.shape}: nothing to segment")
         if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
             raise MedAdaptError(f"a volume must hold real numbers; got dtype {data.dtype}")
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            finite = np.isfinite(data)
+            if not finite.any():
+                raise MedAdaptError("the volume holds no finite value (all NaN or infinite): nothing to segment")
+            # NaN outside the body (masked NIfTIs) reads as the darkest value, as a viewer shows it
+            data = np.where(finite, data, data[finite].min()).astype(data.dtype, copy=False)
         self.seg = seg
         self.data = data
         self.geometry = VolumeGeometry(tuple(data.shape), axis, _spacing(spacing, data.shape), affine, source, frame)
