@@ -34,7 +34,7 @@ from common import data_root, write_result  # noqa: E402
 from medadapt.evaluation.metrics import dice_per_class, hd95_per_class  # noqa: E402
 from medadapt.inference import Segmenter  # noqa: E402
 from medadapt.inference.propagation import Propagation, PropagationConfig  # noqa: E402
-from medadapt.io.imaging import load_volume, volume_slice  # noqa: E402
+from medadapt.io.imaging import load_volume, volume_slice, voxel_size  # noqa: E402
 from medadapt.prompts.regions import mask_box  # noqa: E402
 
 NAIVE = PropagationConfig(min_score=0.0, min_area_ratio=0.0, margin=0.0, mask_prompt=False, point=False)
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             if not todo:
                 continue
             labels, affine = load_volume(label)
-            spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+            spacing = voxel_size(affine)
             seg.set_volume(image, axis=args.axis)
             for value, method in todo:
                 gt = labels == value

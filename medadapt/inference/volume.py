@@ -26,7 +26,7 @@ import torch
 
 from ..core.errors import MedAdaptError
 from ..foundation.processor import ImageMeta, check_boxes, check_points
-from ..io.imaging import apply_window, display_orientation, load_volume, volume_slice
+from ..io.imaging import apply_window, display_orientation, load_volume, volume_slice, voxel_size
 from .embedding_cache import EmbeddingCache
 
 
@@ -84,7 +84,7 @@ class VolumeSession:
             data, affine = load_volume(volume)
             source, frame = str(volume), "display"
             if spacing is None:
-                spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+                spacing = voxel_size(affine)
         else:
             data, frame = np.asarray(volume), "array"
         if window is not None:
@@ -129,9 +129,9 @@ class VolumeSession:
         return volume_slice(self.data, k, self.axis).astype(np.float32, copy=False)
 
     def is_blank(self, k: int) -> bool:
-        """A constant or non-finite plane (padding): nothing to segment there."""
+        """A constant plane (padding): nothing to segment there. (Non-finite voxels were replaced on loading.)"""
         p = self.plane(k)
-        return not np.isfinite(p).all() or p.max() == p.min()
+        return p.max() == p.min()
 
     def check_index(self, z, what: str = "slice") -> int:
         n = len(self)

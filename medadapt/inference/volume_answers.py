@@ -1,4 +1,5 @@
-"""What ``Segmenter.predict_volume`` answers: a propagated object, or the automatic label map.
+"""The automatic label map ``Segmenter.predict_volume`` answers without prompts (prompts go to
+:class:`~medadapt.inference.propagation.Propagation`).
 
 Kept apart from :mod:`.predictor` so that the 2-D predictor stays one concept;
 the :class:`~medadapt.inference.volume.VolumeSession` holds the planes and
@@ -12,17 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .propagation import Propagation, PropagationConfig
 from .student_answers import student_volume
 from .volume import VolumeSession
-
-
-def propagate_object(seg, session: VolumeSession, prompts: dict[int, dict],
-                     config: PropagationConfig | None = None) -> Propagation:
-    """A new object from prompts on some slices (display frame, see ``VolumeSession.slice_prompts``)."""
-    obj = Propagation(session, config)
-    obj.start(prompts)
-    return obj
 
 
 def automatic_volume(seg, session: VolumeSession, classes: Sequence[str | int] | None, refine: bool) -> np.ndarray:
@@ -52,4 +44,4 @@ def automatic_volume(seg, session: VolumeSession, classes: Sequence[str | int] |
     return out
 
 
-__all__ = ["automatic_volume", "propagate_object"]
+__all__ = ["automatic_volume"]

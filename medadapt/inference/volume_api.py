@@ -15,7 +15,7 @@ import numpy as np
 from ..core.errors import MedAdaptError
 from .propagation import Propagation, PropagationConfig
 from .volume import VolumeSession
-from .volume_answers import automatic_volume, propagate_object
+from .volume_answers import automatic_volume
 
 
 class VolumeMethods:
@@ -107,7 +107,8 @@ class VolumeMethods:
         if prompts:
             if classes is not None or refine:
                 raise MedAdaptError("classes= and refine= apply to automatic mode; do not combine them with prompts")
-            self._object = propagate_object(self, session, prompts, propagation)
+            self._object = Propagation(session, propagation)
+            self._object.start(prompts)
             return self._object.volume()
         return automatic_volume(self, session, classes, refine)
 

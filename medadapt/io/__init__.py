@@ -15,11 +15,13 @@ from .imaging import (
     save_mask,
     validate_image,
     volume_slice,
+    voxel_size,
 )
 from .overlay import overlay, save_overlay
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "SAVE_MASK_EXTENSIONS", "WINDOW_PRESETS", "apply_window", "clip_percentiles",
     "load_image", "load_mask", "load_volume", "overlay", "save_mask", "save_overlay", "validate_image", "volume_slice",
+    "voxel_size",
     "write_dicom_seg",
 ]

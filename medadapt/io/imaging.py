@@ -223,6 +223,11 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(canonical.affine, dtype=np.float64)
 
 
+def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis of a volume with this 4 x 4 ``affine`` (e.g. :func:`load_volume`'s)."""
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+
 def volume_slice(volume: np.ndarray, index: int, axis: int = 2) -> np.ndarray:
     """The 2-D slice ``index`` along ``axis`` of a :func:`load_volume` array, in display
     orientation (radiological; see the module docstring), identical to what
@@ -498,4 +503,5 @@ __all__ = [
     "save_mask",
     "validate_image",
     "volume_slice",
+    "voxel_size",
 ]
