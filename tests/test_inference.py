@@ -86,3 +86,13 @@ def test_precision_errors():
     with pytest.raises(MedAdaptError, match="float16 is for CUDA"):
         resolve_precision("float16", "cpu")
     assert resolve_precision("float32", "cpu") == torch.float32
+
+
+def test_label_maps_hold_large_label_values():
+    from medadapt.inference.prediction import label_dtype, paint_labels
+
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, 0], masks[1, 1] = True, True
+    assert label_dtype([1, 3]) == np.uint8 and label_dtype([300]) == np.uint16 and label_dtype([70000]) == np.uint32
+    labels = paint_labels(masks, [40000, 7])
+    assert labels.dtype == np.uint16 and (labels[0] == 40000).all() and (labels[1] == 7).all() and labels[2:].sum() == 0

@@ -18,7 +18,7 @@ from ..core.errors import MedAdaptError
 from ..io.imaging import load_image, save_mask
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
-from .prediction import Prediction
+from .prediction import Prediction, paint_labels
 from .predictor import Segmenter
 
 
@@ -49,10 +49,7 @@ def prediction_to_labels(pred: Prediction, *, automatic: bool, binary_value: int
     any viewer); several prompts write value i for prompt i (1-based).
     """
     if automatic:
-        data = np.zeros(pred.masks.shape[1:], dtype=np.uint16 if max(pred.label_values, default=0) > 255 else np.uint8)
-        for m, v in zip(pred.masks, pred.label_values):
-            data[m] = v
-        return data
+        return paint_labels(pred.masks, pred.label_values)
     if pred.masks.shape[0] == 1:
         return pred.masks[0].astype(np.uint8) * np.uint8(binary_value)
     return masks_to_labels(pred.masks, pred.scores)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .prediction import label_dtype, paint_labels
 from .student_answers import student_volume
 from .volume import VolumeSession
 
@@ -27,7 +28,7 @@ def automatic_volume(seg, session: VolumeSession, classes: Sequence[str | int] |
     """
     seg._require_classes()
     values = seg.backbone.adapter_config.automatic.label_values
-    dtype = np.int16 if max(values) > 127 else np.uint8
+    dtype = label_dtype(values)
     if seg.student is not None and not refine:
         return student_volume(seg, session.data, session.axis, seg._class_indices(classes), dtype)
     out = np.zeros(session.data.shape, dtype=dtype)
@@ -36,10 +37,7 @@ def automatic_volume(seg, session: VolumeSession, classes: Sequence[str | int] |
             continue
         seg.show_plane(session, k)
         pred = seg.predict(classes=classes, refine=refine)
-        lab = np.zeros(session.plane_size, dtype=dtype)
-        for m, v in zip(pred.masks, pred.label_values):
-            lab[m] = v
-        session.write_plane(out, k, lab)
+        session.write_plane(out, k, paint_labels(pred.masks, pred.label_values, dtype))
     seg.reset_image()
     return out
 
