@@ -60,6 +60,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
 from ..core.errors import MedAdaptError
+from ..io.imaging import check_spacing
 
 __all__ = ["binary_dice", "dice_per_class", "hd95_per_class", "surface_dice_per_class"]
 
@@ -149,24 +150,6 @@ def binary_dice(pred: np.ndarray, target: np.ndarray) -> float:
     return dice_per_class(p != 0, t != 0, [1])[1]
 
 
-def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
-    """Validate a per-axis spacing; ``None`` means unit spacing (voxel units)."""
-    if spacing is None:
-        return None
-    try:
-        sp = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError) as exc:
-        raise MedAdaptError(f"spacing must be a sequence of numbers, got {spacing!r}.") from exc
-    if len(sp) != ndim:
-        raise MedAdaptError(
-            f"spacing has {len(sp)} values {sp} but the label maps are {ndim}D; "
-            "give one spacing per axis, in the same axis order as the arrays."
-        )
-    if not all(math.isfinite(s) and s > 0 for s in sp):
-        raise MedAdaptError(f"spacing values must be positive and finite, got {sp}.")
-    return sp
-
-
 def hd95_per_class(
     pred: np.ndarray,
     target: np.ndarray,
@@ -188,7 +171,7 @@ def hd95_per_class(
     """
     p, t = _check_pair(pred, target)
     values = _check_classes(class_values)
-    sp = _check_spacing(spacing, p.ndim)
+    sp = check_spacing(spacing, p.ndim)
     result = {v: math.nan for v in values}
     # Only hand MONAI classes with both surfaces present: for the others it warns
     # and returns inf/nan, and we want one documented answer (nan) instead.
@@ -243,7 +226,7 @@ def surface_dice_per_class(
     """
     p, t = _check_pair(pred, target)
     values = _check_classes(class_values)
-    sp = _check_spacing(spacing, p.ndim)
+    sp = check_spacing(spacing, p.ndim)
     tol = _check_tolerance(tolerance)
     result: dict[int, float] = {}
     present = []

@@ -26,20 +26,8 @@ import torch
 
 from ..core.errors import MedAdaptError
 from ..foundation.processor import ImageMeta, check_boxes, check_points
-from ..io.imaging import apply_window, display_orientation, load_volume, volume_slice, voxel_size
+from ..io.imaging import apply_window, check_spacing, display_orientation, load_volume, volume_slice, voxel_size
 from .embedding_cache import EmbeddingCache
-
-
-def _spacing(spacing, shape: tuple[int, ...]) -> tuple[float, float, float] | None:
-    if spacing is None:
-        return None
-    try:
-        sp = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise MedAdaptError(f"spacing must be 3 numbers (mm per voxel along each array axis); got {spacing!r}") from None
-    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise MedAdaptError(f"spacing must be 3 positive numbers, one per axis of the {shape} volume; got {spacing!r}")
-    return sp  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -103,7 +91,7 @@ class VolumeSession:
             data = np.where(finite, data, data[finite].min()).astype(data.dtype, copy=False)
         self.seg = seg
         self.data = data
-        self.geometry = VolumeGeometry(tuple(data.shape), axis, _spacing(spacing, data.shape), affine, source, frame)
+        self.geometry = VolumeGeometry(tuple(data.shape), axis, check_spacing(spacing, 3), affine, source, frame)
         self.cache = EmbeddingCache(cache_bytes)
         self.encode_batch = encode_batch or (1 if seg.device.type == "cpu" else 16)  # a CPU gains nothing from batches
         size = tuple(self.plane(0).shape[:2])

@@ -8,6 +8,7 @@ from .imaging import (
     SAVE_MASK_EXTENSIONS,
     WINDOW_PRESETS,
     apply_window,
+    check_spacing,
     clip_percentiles,
     load_image,
     load_mask,
@@ -22,6 +23,5 @@ from .overlay import overlay, save_overlay
 __all__ = [
     "IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "SAVE_MASK_EXTENSIONS", "WINDOW_PRESETS", "apply_window", "clip_percentiles",
     "load_image", "load_mask", "load_volume", "overlay", "save_mask", "save_overlay", "validate_image", "volume_slice",
-    "voxel_size",
-    "write_dicom_seg",
+    "check_spacing", "voxel_size", "write_dicom_seg",
 ]

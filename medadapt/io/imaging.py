@@ -27,6 +27,7 @@ on its source DICOM image.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -226,6 +227,24 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along each array axis of a volume with this 4 x 4 ``affine`` (e.g. :func:`load_volume`'s)."""
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def check_spacing(spacing: Any, ndim: int) -> tuple[float, ...] | None:
+    """A per-axis voxel spacing (mm), validated: ``ndim`` positive finite numbers in array-axis order;
+    ``None`` (voxel units) passes through."""
+    if spacing is None:
+        return None
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise MedAdaptError(f"spacing must be {ndim} numbers (mm per voxel along each array axis); "
+                            f"got {spacing!r}") from None
+    if len(sp) != ndim:
+        raise MedAdaptError(f"spacing has {len(sp)} values {sp} but the arrays are {ndim}-D; "
+                            "give one spacing per axis, in the arrays' axis order")
+    if not all(math.isfinite(s) and s > 0 for s in sp):
+        raise MedAdaptError(f"spacing values must be positive and finite; got {sp}")
+    return sp
 
 
 def volume_slice(volume: np.ndarray, index: int, axis: int = 2) -> np.ndarray:

@@ -257,17 +257,6 @@ def nifti_slice(path: Path, index: int, axis: int) -> np.ndarray:
         return canonical_slice(read_slab, shape, img.affine, index, axis).astype(np.float32)
 
 
-def canonical_header(path: Path) -> Any:
-    """The closest-canonical image of ``path`` as nibabel reorients it (its shape, affine and header), without
-    reading its data: the voxels are a zero-strided stand-in."""
-    import nibabel as nib
-
-    img = open_nifti(path)
-    stand_in = type(img)(np.broadcast_to(np.zeros((), np.uint8), _squeezed_shape(img.shape)), img.affine, img.header)
-    with reading(path, "a NIfTI file"):
-        return nib.as_closest_canonical(stand_in)
-
-
 def nifti_shape(path: Path) -> tuple[int, ...]:
     """The shape of :func:`nifti_volume`'s array, from the header alone."""
     img = open_nifti(path)
@@ -282,7 +271,7 @@ def stored_geometry(path: Path) -> tuple[Any, tuple[int, ...]]:
 
 
 __all__ = [
-    "canonical_affine", "canonical_header", "canonical_shape", "canonical_slice", "check_affine", "check_declared_size",
+    "canonical_affine", "canonical_shape", "canonical_slice", "check_affine", "check_declared_size",
     "first_line", "max_volume_bytes", "nifti_shape", "nifti_slice", "nifti_volume", "open_nifti", "reading",
     "stored_geometry", "to_stored",
 ]
