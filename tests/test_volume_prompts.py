@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,26 @@ def test_embedding_cache_keeps_the_most_recent_in_memory():
     assert torch.equal(cache.get(0), torch.zeros(16))  # read back from disk
     cache.close()
     assert cache.get(3) is None
+
+
+def test_a_killed_process_spill_folder_is_removed_by_the_next_cache(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"medadapt-embeddings-{int(gone.stdout)}-abc"  # what a SIGKILLed process leaves behind
+    stale.mkdir()
+    (stale / "0.pt").write_bytes(b"x")
+    live = tmp_path / f"medadapt-embeddings-{os.getppid()}-def"  # a running process's folder stays
+    live.mkdir()
+    cache = EmbeddingCache(budget_bytes=0, folder=tmp_path)
+    cache.put(0, torch.zeros(4))
+    assert stale.exists()  # nothing spilled yet: the folder is made (and the sweep done) on the first spill
+    cache.put(1, torch.zeros(4))
+    assert not stale.exists() and live.exists() and cache.writes == 1
+    cache.close()
 
 
 def test_a_mask_prompt_alone_is_the_slice_answer(tiny_sam):

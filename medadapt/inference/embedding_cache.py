@@ -5,7 +5,9 @@ floats, 1.2 GB in float32; most of a propagation needs only a few neighbouring
 slices at a time. :class:`EmbeddingCache` keeps the most recently used
 embeddings in memory up to ``budget_bytes`` and writes the least recently used
 ones to a private temporary folder, from which they are read back when asked
-for again. The folder is removed when the cache is closed or collected.
+for again. The folder is removed when the cache is closed or collected; a
+process killed outright (SIGKILL) cannot do that, so its folder's name holds
+its process id and the next cache to spill removes folders whose process is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,28 @@ import torch
 from ..core.errors import MedAdaptError
 
 DEFAULT_BUDGET_MB = 1024.0
+PREFIX = "medadapt-embeddings-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: leave its folder alone
+    return True
+
+
+def remove_stale_folders(parent: str | os.PathLike) -> list[Path]:
+    """Remove the spill folders in ``parent`` whose process no longer runs; returns what was removed."""
+    removed = []
+    for folder in Path(parent).glob(PREFIX + "*-*"):
+        pid = folder.name[len(PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def default_budget_bytes() -> int:
@@ -102,9 +126,10 @@ class EmbeddingCache:
 
     def _disk(self) -> Path:
         if self._folder is None:
-            if self._parent is not None:
-                self._parent.mkdir(parents=True, exist_ok=True)
-            self._folder = Path(tempfile.mkdtemp(prefix="medadapt-embeddings-", dir=self._parent))
+            parent = self._parent or Path(tempfile.gettempdir())
+            parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_folders(parent)
+            self._folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._folder), True)
         return self._folder
 
@@ -118,4 +143,4 @@ class EmbeddingCache:
         self._folder = None
 
 
-__all__ = ["DEFAULT_BUDGET_MB", "EmbeddingCache", "default_budget_bytes"]
+__all__ = ["DEFAULT_BUDGET_MB", "EmbeddingCache", "default_budget_bytes", "remove_stale_folders"]
