@@ -13,6 +13,7 @@ from medadapt import MedAdaptError, Segmenter
 from medadapt.adapters import (
     AdapterConfig,
     ContextAdapterConfig,
+    DepthAdapterConfig,
     LoraConfig,
     SpatialAdapterConfig,
     apply,
@@ -29,6 +30,7 @@ KINDS = {
     "spatial+decoder": lambda: AdapterConfig(spatial=SpatialAdapterConfig(bottleneck=8), train=["mask_decoder"]),
     "both": lambda: AdapterConfig(lora=LoraConfig(rank=4), spatial=SpatialAdapterConfig(blocks=[0, 1]), train=["prompt_encoder"]),
     "context": lambda: AdapterConfig(context=ContextAdapterConfig(hidden=8, dilations=[1, 2]), train=[]),
+    "depth+decoder": lambda: AdapterConfig(depth=DepthAdapterConfig(hidden=8), train=["mask_decoder"]),
     "context+lora+decoder": lambda: AdapterConfig(
         context=ContextAdapterConfig(hidden=4, dilations=[1]), lora=LoraConfig(rank=2), train=["mask_decoder"]
     ),

@@ -224,3 +224,19 @@ def test_nan_outside_the_body_is_read_as_background_not_as_a_blank_slice(tiny_sa
     with pytest.raises(MedAdaptError, match="no finite value"):
         tiny_sam.set_volume(np.full((3, 8, 8), np.nan, np.float32))
 
+
+
+def test_patience_carries_a_walk_past_a_slice_that_fails(litemedsam):
+    vol, a, _ = two_blobs()
+    vol[6] = 40.0 + np.random.default_rng(3).normal(0, 6, vol[6].shape)  # blob a is missing on slice 6
+    litemedsam.set_volume(vol, axis=0)
+    try:
+        strict = litemedsam.predict_volume(boxes={4: tight_box(a[4])})
+        patient = litemedsam.predict_volume(boxes={4: tight_box(a[4])}, propagation=PropagationConfig(patience=1))
+    finally:
+        litemedsam.reset_volume()
+    assert not strict[7:].any()  # the walk up stops at the gap
+    assert dice(patient[7:], a[7:]) > 0.7  # and with patience it goes on beyond it
+    assert np.array_equal(strict[:6], patient[:6])  # below the gap nothing changes
+    with pytest.raises(MedAdaptError, match="patience"):
+        PropagationConfig(patience=-1)

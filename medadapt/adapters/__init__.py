@@ -1,4 +1,5 @@
-"""Adapters around frozen backbones: LoRA (through peft), spatial bottleneck adapters, a context adapter.
+"""Adapters around frozen backbones: LoRA (through peft), spatial bottleneck adapters, a context adapter,
+a depth adapter across slices.
 
     from medadapt.adapters import AdapterConfig, LoraConfig, apply
     model, summary = apply(backbone, AdapterConfig(lora=LoraConfig(rank=4), train=["mask_decoder"]))
@@ -10,6 +11,7 @@ from .config import (
     AdapterConfig,
     AutomaticConfig,
     ContextAdapterConfig,
+    DepthAdapterConfig,
     LearnedTextConfig,
     LoraConfig,
     SpatialAdapterConfig,
@@ -18,7 +20,8 @@ from .io import load_adapted, load_adapter, read_adapter_info, save_adapter
 from .targets import TARGETS, resolve_targets
 
 __all__ = [
-    "AdapterConfig", "AdapterSummary", "AutomaticConfig", "ContextAdapterConfig", "LearnedTextConfig", "LoraConfig", "SpatialAdapterConfig", "TARGETS",
+    "AdapterConfig", "AdapterSummary", "AutomaticConfig", "ContextAdapterConfig", "DepthAdapterConfig", "LearnedTextConfig", "LoraConfig",
+    "SpatialAdapterConfig", "TARGETS",
     "add_text_head", "apply", "load_adapted", "load_adapter", "merge_lora", "read_adapter_info", "resolve_targets",
     "save_adapter", "set_train_mode", "summarize", "trainable_state",
 ]

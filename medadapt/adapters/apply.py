@@ -18,13 +18,14 @@ from ..core.errors import MedAdaptError
 from ..foundation import Backbone
 from ..foundation.class_tokens import ClassPromptTokens
 from ..foundation.context import ContextAdapter
+from ..foundation.depth import DepthAdapter
 from ..foundation.text_head import TextClassHead
 from ..prompts.text.learned import training_phrases
 from .config import BASE_PARTS, AdapterConfig, LearnedTextConfig
 from .spatial import ParallelAdapted, SerialAdapted, SpatialAdapter, block_width
 from .targets import encoder_blocks, resolve_targets
 
-ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.", "text_head.", "context_adapter.")
+ADAPTER_MARKERS = ("lora_", ".adapter.", "class_prompts.", "text_head.", "context_adapter.", "depth_adapter.")
 
 
 @dataclass
@@ -102,6 +103,12 @@ def add_context(model: Backbone, config: AdapterConfig) -> None:
     model.context_adapter = ContextAdapter(model.embed_dim, int(c.hidden), [int(d) for d in c.dilations]).to(model.device)
 
 
+def add_depth(model: Backbone, config: AdapterConfig) -> None:
+    """Put a depth adapter (neighbouring slices' embeddings) before the decoder."""
+    d = config.depth
+    model.depth_adapter = DepthAdapter(model.embed_dim, int(d.hidden), int(d.neighbours)).to(model.device)
+
+
 def add_class_prompts(model: Backbone, config: AdapterConfig) -> None:
     """Give the model learned prompt tokens for each target class (automatic mode)."""
     a = config.automatic
@@ -140,6 +147,8 @@ def apply(model: Backbone, config: AdapterConfig) -> tuple[Backbone, AdapterSumm
         add_spatial(model, config)
     if config.context is not None:
         add_context(model, config)
+    if config.depth is not None:
+        add_depth(model, config)
     if config.automatic is not None:
         add_class_prompts(model, config)
     if config.text is not None and config.text.embed_dim > 0:  # a trained head being loaded
@@ -207,5 +216,5 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "AdapterSummary", "PartCount", "apply", "summarize", "set_train_mode", "merge_lora", "trainable_state",
-    "is_adapter_param", "add_lora", "add_spatial", "add_context", "add_class_prompts", "add_text_head",
+    "is_adapter_param", "add_lora", "add_spatial", "add_context", "add_depth", "add_class_prompts", "add_text_head",
 ]

@@ -80,6 +80,21 @@ class ContextAdapterConfig:
 
 
 @dataclass
+class DepthAdapterConfig:
+    """Mixes each slice's cached embedding with its ``neighbours`` on each side (see
+    :mod:`medadapt.foundation.depth`); volumes give the neighbours, a 2-D image stands in for its own."""
+
+    hidden: int = 64  # bottleneck channels
+    neighbours: int = 1  # slices on each side
+
+    def __post_init__(self) -> None:
+        _check(self, "adapter.depth", {
+            "hidden": (lambda v: v >= 1, "a whole number of channels >= 1"),
+            "neighbours": (lambda v: 1 <= v <= 4, "a whole number of slices on each side, 1 to 4"),
+        })
+
+
+@dataclass
 class AutomaticConfig:
     """Learned per-class prompt tokens for prompt-free segmentation.
 
@@ -135,6 +150,7 @@ class AdapterConfig:
     lora: LoraConfig | None = None
     spatial: SpatialAdapterConfig | None = None
     context: ContextAdapterConfig | None = None
+    depth: DepthAdapterConfig | None = None
     train: list[str] = field(default_factory=lambda: ["mask_decoder"])
     automatic: AutomaticConfig | None = None
     text: LearnedTextConfig | None = None
@@ -146,6 +162,8 @@ class AdapterConfig:
             self.spatial = build_dataclass(SpatialAdapterConfig, self.spatial, "adapter.spatial")
         if isinstance(self.context, dict):
             self.context = build_dataclass(ContextAdapterConfig, self.context, "adapter.context")
+        if isinstance(self.depth, dict):
+            self.depth = build_dataclass(DepthAdapterConfig, self.depth, "adapter.depth")
         if isinstance(self.automatic, dict):
             self.automatic = build_dataclass(AutomaticConfig, self.automatic, "adapter.automatic")
         if isinstance(self.text, dict):

@@ -105,6 +105,9 @@ def export_onnx(
         backbone, provenance = load_source(source, checkpoint)
     if backbone.inference_only or backbone.compute_dtype is not None:
         raise MedAdaptError("export a float32 backbone as built (not one optimised for inference)")
+    if backbone.depth_adapter is not None:
+        raise MedAdaptError("this model has a depth adapter, which reads neighbouring slices' embeddings; the "
+                            "exported runtimes decode one slice at a time: run it with the torch runtime")
     reference = _reference_outputs(backbone)
     if backbone.adapter_config is not None and backbone.adapter_config.lora is not None and not backbone.lora_merged:
         merge_lora(backbone)

@@ -17,6 +17,7 @@ from torch import nn
 from ..prompts.types import Prompts
 from .class_tokens import ClassPromptTokens
 from .context import ContextAdapter
+from .depth import DepthAdapter
 from .processor import SamProcessor
 from .text_head import TextClassHead
 from .upscaling import upscale_masks
@@ -62,6 +63,7 @@ class Backbone(nn.Module):
         # The heads that ride on the model, added by medadapt.adapters.apply (None: not present):
         self.class_prompts: ClassPromptTokens | None = None  # automatic mode's learned class tokens
         self.context_adapter: ContextAdapter | None = None  # mixes the cached embedding before decoding
+        self.depth_adapter: DepthAdapter | None = None  # mixes a slice's embedding with its neighbours'
         self.text_head: TextClassHead | None = None  # learned text prompts
         self._text_encoder = None  # the text head's sentence encoder, loaded on first use
         self.adapter_config = None  # the medadapt.adapters.AdapterConfig applied, if any
@@ -98,15 +100,30 @@ class Backbone(nn.Module):
         return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
 
     def adapt_embedding(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        """The embedding the model's own decoder reads: through the context adapter when there is one.
+        """The embedding the model's own decoder reads: through the depth and context adapters when present.
 
-        Applied at decode time, not in :meth:`encode`, so cached encoder
-        outputs stay valid while the adapter trains.
+        ``image_embeddings`` is B x C x s x s, or B x S x C x s x s for slices with their neighbours
+        (S = 2n + 1, the slice itself in the middle; see :mod:`medadapt.foundation.depth`). Without a
+        depth adapter only the centre is read; with one, a lone slice stands in for its neighbours.
+        Applied at decode time, not in :meth:`encode`, so cached encoder outputs stay valid while the
+        adapters train.
         """
+        depth = self.depth_adapter
+        if image_embeddings.ndim == 5 and depth is None:
+            image_embeddings = image_embeddings[:, image_embeddings.shape[1] // 2]
+        elif depth is not None:
+            if image_embeddings.ndim == 4:
+                image_embeddings = image_embeddings[:, None].expand(-1, depth.slices, -1, -1, -1)
+            image_embeddings = depth(image_embeddings.to(depth.up.weight.dtype))
         adapter = self.context_adapter
         if adapter is None:
             return image_embeddings
         return adapter(image_embeddings.to(adapter.up.weight.dtype))
+
+    @property
+    def depth_slices(self) -> int:
+        """Slices each decoded embedding should come with: 2n + 1 with a depth adapter, else 1."""
+        return 1 if self.depth_adapter is None else self.depth_adapter.slices
 
     def decode_classes(self, image_embeddings: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
         """Automatic mode: B image embeddings -> B x K low-res logits, one decoder pass per image.
@@ -176,6 +193,8 @@ class Backbone(nn.Module):
             decoder, image_embeddings = self.mask_decoder, self.adapt_embedding(image_embeddings)
         else:
             decoder = mask_decoder
+            if image_embeddings.ndim == 5:  # the slice itself, without its neighbours
+                image_embeddings = image_embeddings[:, image_embeddings.shape[1] // 2]
         pe = self.prompt_encoder.get_dense_pe()
         dtype = self.compute_dtype or _autocast_dtype(image_embeddings.device.type)
         if dtype is not None:  # cast the (large) inputs once, not inside every layer

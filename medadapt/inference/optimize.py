@@ -123,6 +123,8 @@ def optimize_for_inference(
     backbone.mask_decoder.to(dtype)
     if backbone.context_adapter is not None:
         backbone.context_adapter.to(dtype)
+    if backbone.depth_adapter is not None:
+        backbone.depth_adapter.to(dtype)
     if backbone.class_prompts is not None:
         backbone.class_prompts.to(dtype)
     if channels_last:

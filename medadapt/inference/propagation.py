@@ -30,6 +30,7 @@ import torch
 from scipy import ndimage
 
 from ..core.config import check_fields, check_ranges
+from ..core.errors import MedAdaptError
 from ..prompts.regions import largest_component, mask_box
 from ..prompts.types import Prompts
 from .volume import VolumeSession
@@ -49,6 +50,9 @@ class PropagationConfig:
         point: add a positive point at the previous answer's most interior pixel.
         overlap: ask the decoder for its three candidate masks and keep the one that overlaps the previous
             answer most (consistency along the walk) instead of the one with the highest predicted IoU.
+        patience: slices a walk may pass that fail the stopping rules (each still prompted from the last
+            slice that passed); it stops when one more fails in a row. A failed slice keeps its answer
+            when a later one passes.
     """
 
     min_score: float = 0.5
@@ -58,9 +62,12 @@ class PropagationConfig:
     mask_prompt: bool = False
     point: bool = False
     overlap: bool = False
+    patience: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "propagation")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise MedAdaptError(f"propagation.patience must be a whole number >= 0; got {self.patience!r}")
         unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
         check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit})
 
@@ -149,12 +156,13 @@ class Propagation:
                           masks=None if dense is None else dense.numpy())
         return self._decode(k, 1, prompts)
 
-    def _step(self, k: int, direction: int, prev: SliceAnswer, best: float = 1.0) -> SliceAnswer | None:
-        """Slice ``k``'s answer prompted from its neighbour's, or None where the structure ends."""
+    def _step(self, k: int, direction: int, prev: SliceAnswer, best: float = 1.0) -> tuple[SliceAnswer | None, bool]:
+        """Slice ``k``'s answer prompted from its neighbour's, and whether it passes the stopping rules (no
+        answer where there is nothing to prompt from or nothing to see)."""
         cfg = self.config
         last = prev.mask
         if not last.any() or self.session.is_blank(k):
-            return None
+            return None, False
         prompts = Prompts(
             boxes=mask_box(last, cfg.margin)[None],
             points=interior_point(last)[None, None] if cfg.point else None,
@@ -163,11 +171,9 @@ class Propagation:
         )
         answer = self._decode(k, direction, prompts, like=last if cfg.overlap else None)
         area = int(answer.mask.sum())
-        if answer.score < cfg.min_score or area == 0 or area < cfg.min_area_ratio * last.sum():
-            return None
-        if answer.score < best - cfg.max_drop:
-            return None
-        return answer
+        passes = not (answer.score < cfg.min_score or area == 0 or area < cfg.min_area_ratio * last.sum()
+                      or answer.score < best - cfg.max_drop)
+        return answer, passes
 
     def _walk(self, start: int, direction: int) -> None:
         """Answers from ``start`` towards ``direction`` until the structure ends or a prompted slice."""
@@ -177,11 +183,17 @@ class Propagation:
         mask_only = given.mask is not None and given.box is None and not given.points
         # a user's mask has no predicted IoU of its own (1.0 stands in): the drop counts from the first step
         best, k = (0.0 if mask_only else prev.score), start + direction
+        skipped: list[SliceAnswer] = []  # answers that failed the rules, kept if a later slice passes
         while 0 <= k < len(self.session) and k not in self.prompts:
-            answer = self._step(k, direction, prev, best)
-            if answer is None:
-                break
-            chain.append(answer)
+            answer, passes = self._step(k, direction, prev, best)
+            if not passes:
+                if answer is None or len(skipped) >= self.config.patience:
+                    break
+                skipped.append(answer)  # the next slice is prompted from the last answer that passed
+                k += direction
+                continue
+            chain += skipped + [answer]
+            skipped = []
             prev, k, best = answer, k + direction, max(best, answer.score)
         self.chains[(start, direction)] = chain
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..core.errors import MedAdaptError
+from ..foundation.depth import neighbour_stack
 from ..foundation.processor import ImageMeta, check_boxes, check_points
 from ..io.imaging import apply_window, check_spacing, display_orientation, load_volume, volume_slice, voxel_size
 from .embedding_cache import EmbeddingCache
@@ -199,7 +200,16 @@ class VolumeSession:
     # ------------------------------------------------------------------ embeddings
     @torch.inference_mode()
     def embedding(self, k: int, direction: int = 1) -> torch.Tensor:
-        """Slice ``k``'s embedding (1 x C x h x w); encodes it with the next slices towards ``direction``."""
+        """What the decoder reads for slice ``k``: its embedding (1 x C x h x w), or with a depth adapter the
+        embeddings of it and its neighbours (1 x S x C x h x w; past the volume's ends the last slice repeats)."""
+        n = self.seg.backbone.depth_slices // 2
+        if n == 0:
+            return self._encoded(k, direction)
+        parts = [self._encoded(j, direction)[0] if 0 <= j < len(self) else None for j in range(k - n, k + n + 1)]
+        return neighbour_stack(parts, n)[None]
+
+    def _encoded(self, k: int, direction: int) -> torch.Tensor:
+        """Slice ``k``'s encoder output (1 x C x h x w); encodes it with the next slices towards ``direction``."""
         found = self.cache.get(k)
         if found is not None:
             return found[None]
