@@ -124,6 +124,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from .app import annotate
+
+    annotate(args.data, adapter=args.adapter, model=args.model, checkpoint=args.checkpoint, host=args.host,
+             port=args.port, labels=args.labels, axis=args.axis, window=args.window, device=args.device)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -339,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest difference from PyTorch the check accepts (default 1e-3)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("annotate", parents=[common], help="segment images in a local web page and save the masks",
+                       description="Serve a local annotation page: click, box and scribble prompts, masks redrawn "
+                                   "after each, Accept saves a label map (see docs/annotate.md).")
+    p.add_argument("data", metavar="DATA", help="a folder of 2-D images, a NIfTI volume, a DICOM series folder, or "
+                   "a dataset (imagesTr/ + labelsTr/, images/ + masks/)")
+    p.add_argument("--adapter", default=None, metavar="RUN",
+                   help="run folder from `medadapt finetune`: its classes, each slice opened with their proposal")
+    p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
+    p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
+    p.add_argument("--labels", default=None, metavar="DIR", help="folder for the label files and the session file "
+                   "(default: DATA/labels/, or the dataset's own label folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--axis", type=int, default=2, help="axis to slice volumes along (default 2)")
+    p.add_argument("--window", default=None, help="CT window preset for what the model sees (e.g. abdomen)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("demo", parents=[common],
                        help="box-prompted segmentation and few-label fine-tuning on bundled real images")

@@ -5,6 +5,8 @@
   in torch, for every caller.
 * :mod:`.simulate` -- prompts from masks: simulated training prompts, corrective
   clicks, prompts from a coarse prediction, the iterative-click loop.
+* :mod:`.scribbles` -- free-hand strokes: clicks along them and a dense mask
+  prompt, and scribbles simulated from masks and label maps.
 * :mod:`.text` -- text: CLIP models read offline and their saliency turned
   into boxes and clicks (zero-shot), and the sentence encoder of learned text
   prompts.
@@ -17,6 +19,13 @@ decoder is inference (:mod:`medadapt.inference`).
 from __future__ import annotations
 
 from .regions import boxes_of_masks, largest_component, largest_components, mask_box, pad_boxes
+from .scribbles import (
+    encode_strokes,
+    rasterize_strokes,
+    scribble_prompts,
+    simulate_scribble_labels,
+    simulate_scribbles,
+)
 from .simulate import (
     box_from_mask,
     corrective_click,
@@ -39,8 +48,9 @@ from .text import (
 from .types import PAD_LABEL, Prompts
 
 __all__ = [
-    "BIOMEDCLIP", "box_from_mask", "boxes_of_masks", "ClipTextModel", "corrective_click",
-    "DEFAULT_TEMPLATES", "hf_cache_dir", "iterative_clicks", "largest_component", "largest_components", "load_clip",
+    "BIOMEDCLIP", "box_from_mask", "boxes_of_masks", "ClipTextModel", "corrective_click", "DEFAULT_TEMPLATES",
+    "encode_strokes", "hf_cache_dir", "iterative_clicks", "largest_component", "largest_components", "load_clip",
     "mask_box", "nonempty", "pad_boxes", "PAD_LABEL", "Prompts", "prompts_from_prediction", "prompts_from_saliency",
-    "sample_points", "simulate_prompts", "text_saliency", "TextPromptConfig",
+    "rasterize_strokes", "sample_points", "scribble_prompts", "simulate_prompts", "simulate_scribble_labels",
+    "simulate_scribbles", "text_saliency", "TextPromptConfig",
 ]

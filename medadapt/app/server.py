@@ -1,0 +1,203 @@
+"""The HTTP side of ``medadapt annotate``: FastAPI routes over an :class:`~medadapt.app.session.Annotator`.
+
+The server binds 127.0.0.1 unless told otherwise and answers only requests
+addressed to a loopback name (a web page elsewhere cannot reach it through
+DNS rebinding). It serves its own static folder and the data it was given,
+by the opaque ids of its own listing; no route takes a file path. Errors are
+JSON ``{"detail": "..."}``: 404 for an unknown image id or slice, 400 for a
+request the data refuses (a prompt outside the image, an unknown class,
+malformed JSON), 422 for a body of the wrong shape.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Union
+
+from ..core.errors import MedAdaptError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+except ImportError as exc:  # the web app is an optional extra
+    raise MedAdaptError(f"medadapt annotate needs FastAPI and uvicorn ({exc}): pip install 'medadapt[app]'") from exc
+
+from ..inference import Segmenter
+from .session import Annotator, OnAccept
+from .sources import UnknownItem, find_items
+
+STATIC = Path(str(resources.files("medadapt") / "app" / "static"))
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class PointPrompt(_Body):
+    kind: Literal["point"]
+    x: Coordinate
+    y: Coordinate
+    label: Literal[0, 1] = 1
+
+
+class BoxPrompt(_Body):
+    kind: Literal["box"]
+    x0: Coordinate
+    y0: Coordinate
+    x1: Coordinate
+    y1: Coordinate
+
+
+class ScribblePrompt(_Body):
+    kind: Literal["scribble"]
+    points: list[tuple[Coordinate, Coordinate]] = Field(min_length=1, max_length=20000)
+    label: Literal[0, 1] = 1
+
+
+class PromptRequest(_Body):
+    class_name: str
+    prompt: Annotated[Union[PointPrompt, BoxPrompt, ScribblePrompt], Field(discriminator="kind")]
+
+
+class ClassChoice(_Body):
+    class_name: str | None = None
+
+
+class AcceptRequest(_Body):
+    class_name: str
+
+
+class NewClass(_Body):
+    name: str
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        return 400, f"malformed JSON body: {bad_json.get('ctx', {}).get('error', bad_json.get('msg'))}; send a JSON object"
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5]]
+    return 422, "invalid request: " + "; ".join(parts)
+
+
+def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The web app; ``allowed_hosts`` are the Host names it answers (default: loopback names only)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        annotator.close()
+
+    app = FastAPI(title="medadapt annotate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost"])
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(MedAdaptError)
+    async def refused(request: Request, exc: MedAdaptError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404 if isinstance(exc, UnknownItem) else 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, detail = _validation_detail(exc)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/state")
+    def state() -> dict[str, Any]:
+        return annotator.state()
+
+    @app.post("/api/classes")
+    def add_class(body: NewClass) -> dict[str, Any]:
+        return annotator.add_class(body.name)
+
+    base = "/api/items/{item_id}/slices/{k}"
+
+    @app.post(base + "/open")
+    def open_slice(item_id: str, k: int, body: ClassChoice) -> dict[str, Any]:
+        return annotator.open(item_id, k, body.class_name)
+
+    @app.get(base + "/pixels")
+    def pixels(item_id: str, k: int) -> Response:
+        data, (h, w, c) = annotator.pixels(item_id, k)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"X-Height": str(h), "X-Width": str(w), "X-Channels": str(c)})
+
+    @app.post(base + "/prompts")
+    def add_prompt(item_id: str, k: int, body: PromptRequest) -> dict[str, Any]:
+        return annotator.prompt(item_id, k, body.class_name, body.prompt.model_dump())
+
+    @app.post(base + "/undo")
+    def undo(item_id: str, k: int) -> dict[str, Any]:
+        return annotator.undo(item_id, k)
+
+    @app.post(base + "/clear")
+    def clear(item_id: str, k: int) -> dict[str, Any]:
+        return annotator.clear(item_id, k)
+
+    @app.post(base + "/accept")
+    def accept(item_id: str, k: int, body: AcceptRequest) -> dict[str, Any]:
+        return annotator.accept(item_id, k, body.class_name)
+
+    return app
+
+
+def _check_port(host: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise MedAdaptError(f"--port must be a TCP port number 1..65535; got {port!r}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MedAdaptError(f"--host {host!r} is not an address of this machine: {exc}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise MedAdaptError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
+
+
+def serve(annotator: Annotator, host: str = "127.0.0.1", port: int = 8000, *, log: Callable[[str], Any] = print) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    _check_port(host, port)
+    loopback = host in LOOPBACK
+    if not loopback:
+        log(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read these images "
+            "and write labels (there is no login); the default --host 127.0.0.1 keeps it to this machine")
+    app = create_app(annotator, allowed_hosts=None if loopback else ["*"])
+    shown = "127.0.0.1" if host == "localhost" else host
+    log(f"open http://{shown}:{port}/ in a browser (Ctrl+C stops the server)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, host: str = "127.0.0.1",
+             port: int = 8000, labels=None, axis: int = 2, window=None, device: str | None = None,
+             on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
+             log: Callable[[str], Any] = print) -> None:
+    """``medadapt annotate``: load the model, list DATA and serve the annotation page."""
+    source = find_items(data, labels, axis)  # a wrong DATA fails before the model loads
+    _check_port(host, port)
+    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
+    annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
+                          model_version=model_version, model_name=model)
+    log(f"{len(source.items)} images from {data}; accepted labels go to {source.labels_dir}")
+    serve(annotator, host, port, log=log)
+
+
+__all__ = ["annotate", "create_app", "serve"]

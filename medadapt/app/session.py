@@ -1,0 +1,349 @@
+"""The annotation app without its web layer: images, prompts, masks, accepting and saving.
+
+:class:`Annotator` is what the HTTP routes (:mod:`medadapt.app.server`) call;
+it can be driven from Python as well. All use of the segmenter goes through
+one lock (``lock=``; pass e.g. an online learner's lock to share it).
+
+Hooks for online learning: ``on_accept(image_id, label_map, meta, embedding,
+prompts)`` is called after each accepted mask is saved, with the item id
+(``"ID:K"`` for slice K of a volume), the slice's whole label map (H x W
+int64, class label values), the embedding's :class:`~medadapt.foundation.ImageMeta`,
+the image embedding (1 x C x h x w) and the object's prompts as plain dicts;
+``model_version()`` is reported by :meth:`Annotator.state` and with every mask,
+and a change of it recomputes the automatic proposal of a slice without prompts
+when it is opened again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.errors import MedAdaptError
+from ..io.imaging import apply_window, load_image, load_volume, volume_slice
+from .encoding import EmbeddingLRU, Encoded, Prefetcher, encode_image, show_encoded
+from .objects import AnnotatedObject, Answer, check_prompt, decode, prompt_from_dict, prompt_to_dict
+from .rle import encode_labels, encode_rle
+from .sources import Item, UnknownItem, find_items
+from .store import LabelStore
+
+log = logging.getLogger("medadapt.app")
+OnAccept = Callable[[str, np.ndarray, Any, Any, list], Any]
+MAX_CLASS_NAME = 64
+
+
+class Annotator:
+    """Annotation state over one DATA folder or file (see :func:`medadapt.app.sources.find_items`).
+
+    ``window``: a CT window preset or (level, width) applied to what the model
+    sees (the page's window/level sliders only change the display).
+    """
+
+    def __init__(self, segmenter, data, *, labels=None, axis: int = 2, window=None,
+                 on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
+                 lock=None, cache_size: int = 16, prefetch: bool = True, prefetch_idle_s: float = 0.5,
+                 model_name: str = "") -> None:
+        self.seg = segmenter
+        self.source = find_items(data, labels, axis)
+        self.store = LabelStore(self.source)
+        if window is not None:
+            apply_window(np.zeros((1, 1), np.float32), window)  # a bad preset fails here, not on the first image
+        self.window = window
+        self.on_accept = on_accept
+        self.model_version = model_version
+        self.model_name = model_name
+        self.lock = lock if lock is not None else threading.RLock()
+        self.cache = EmbeddingLRU(cache_size)
+        self._objects: OrderedDict[tuple[str, int], AnnotatedObject] = OrderedDict()
+        self._volumes: OrderedDict[str, np.ndarray] = OrderedDict()  # the 2 volumes read last (load_volume data)
+        self.last_decode_ms: float | None = None
+        self.prefetcher = Prefetcher(self._prefetch, prefetch_idle_s) if prefetch else None
+
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+
+    # ------------------------------------------------------------------ classes
+    def classes(self) -> dict[str, int]:
+        """Class name -> label value: the adapter's learned classes and ``dataset.json``'s (``foreground`` = 1
+        when neither names one), then those made in the app."""
+        out: dict[str, int] = {}
+        if self.seg.classes:
+            auto = self.seg.backbone.adapter_config.automatic
+            out.update(zip(auto.class_names, (int(v) for v in auto.label_values)))
+        for name, value in self.source.classes.items():
+            out.setdefault(name, value)
+        if not out:  # no class named anywhere: start with one
+            out["foreground"] = 1
+        for name, value in self.store.classes.items():
+            out.setdefault(name, value)
+        return out
+
+    def class_value(self, name: str) -> int:
+        classes = self.classes()
+        if name not in classes:
+            raise MedAdaptError(f"unknown class {name!r}; known classes: {sorted(classes)} (add a new one with "
+                                "POST /api/classes)")
+        return classes[name]
+
+    def add_class(self, name: str) -> dict[str, int]:
+        """A new class (its label value: one above the largest in use); a known name is returned as it is."""
+        name = " ".join(str(name).split())
+        if not name or len(name) > MAX_CLASS_NAME or not name.isprintable():
+            raise MedAdaptError(f"a class name is 1 to {MAX_CLASS_NAME} printable characters; got {name!r}")
+        with self.lock:
+            classes = self.classes()
+            if name not in classes:
+                value = max(classes.values(), default=0) + 1
+                if value > 65535:
+                    raise MedAdaptError("no label value left for a new class (label maps hold values up to 65535)")
+                self.store.add_class(name, value)
+            return {"name": name, "value": self.classes()[name]}
+
+    def version(self) -> Any:
+        return self.model_version() if self.model_version is not None else None
+
+    # ------------------------------------------------------------------ listing
+    def item_state(self, item: Item) -> dict[str, Any]:
+        return {"id": item.id, "name": item.name, "kind": item.kind, "slices": item.slices,
+                "accepted": self.store.accepted_slices(item), "classes": self.store.accepted_classes(item)}
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            pos = self.store.position()
+            learned = set(self.seg.classes)
+            return {
+                "items": [self.item_state(it) for it in self.source.items],
+                "classes": [{"name": n, "value": v, "learned": n in learned} for n, v in self.classes().items()],
+                "position": None if pos is None else {"item": pos[0].id, "slice": pos[1]},
+                "model": self.model_name, "model_version": self.version(),
+                "automatic": bool(self.seg.classes), "labels_dir": str(self.source.labels_dir),
+                "last_decode_ms": self.last_decode_ms,
+            }
+
+    def _locate(self, item_id: str, k: int) -> Item:
+        item = self.source.item(item_id)
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < item.slices:
+            where = f"{item.name} has {item.slices} slices (0..{item.slices - 1})" if item.is_volume else \
+                f"{item.name} is a 2-D image: its only slice is 0"
+            raise UnknownItem(f"slice {k} is out of range: {where}")
+        return item
+
+    # ------------------------------------------------------------------ pixels
+    def _raw(self, item: Item, k: int) -> np.ndarray:
+        """Slice ``k`` of ``item`` as stored (display orientation, float32), for the page and the model."""
+        if not item.is_volume:
+            return load_image(item.path)
+        if item.id not in self._volumes:
+            while len(self._volumes) >= 2:  # the current volume and the one prefetched after it
+                self._volumes.popitem(last=False)
+            data, _ = load_volume(item.path)
+            finite = np.isfinite(data)
+            if not finite.all():  # masked NIfTIs: NaN reads as the darkest value
+                data = np.where(finite, data, data[finite].min() if finite.any() else 0.0).astype(np.float32)
+            self._volumes[item.id] = data
+        self._volumes.move_to_end(item.id)
+        return volume_slice(self._volumes[item.id], k, self.source.axis)
+
+    def _model_image(self, raw: np.ndarray) -> np.ndarray:
+        return raw if self.window is None else apply_window(raw, self.window)
+
+    def pixels(self, item_id: str, k: int) -> tuple[bytes, tuple[int, int, int]]:
+        """Slice ``k`` as little-endian float32 bytes (H x W x C, C = 1 or 3) and its shape, for the page."""
+        with self.lock:
+            raw = self._raw(self._locate(item_id, k), k)
+        h, w = raw.shape[:2]
+        c = 1 if raw.ndim == 2 else raw.shape[2]
+        return np.ascontiguousarray(raw, dtype="<f4").tobytes(), (h, w, c)
+
+    # ------------------------------------------------------------------ encoding
+    def _encoded(self, item: Item, k: int, raw: np.ndarray | None = None) -> Encoded | None:
+        """The slice's embedding, from the cache or encoded now; None for a blank (constant) slice."""
+        found = self.cache.get((item.id, k))
+        if found is not None:
+            return found
+        raw = self._raw(item, k) if raw is None else raw
+        image = self._model_image(raw)
+        if image.max() == image.min():
+            return None
+        encoded = encode_image(self.seg, image)
+        self.cache.encoded += 1
+        self.cache.put((item.id, k), encoded)
+        return encoded
+
+    def _prefetch(self, key: tuple[str, int]) -> None:
+        with self.lock:
+            if key not in self.cache:
+                self._encoded(self.source.item(key[0]), key[1])
+
+    def _next(self, item: Item, k: int) -> tuple[str, int] | None:
+        if item.is_volume and k + 1 < item.slices:
+            return item.id, k + 1
+        i = self.source.items.index(item)
+        if i + 1 >= len(self.source.items):
+            return None
+        nxt = self.source.items[i + 1]
+        return nxt.id, nxt.slices // 2
+
+    # ------------------------------------------------------------------ objects
+    def _proposal(self, encoded: Encoded | None, class_name: str) -> Answer | None:
+        """The automatic answer for ``class_name`` (a learned class, or a text prompt with learned text)."""
+        if encoded is None:
+            return None
+        if class_name in self.seg.classes:
+            show_encoded(self.seg, encoded)
+            pred = self.seg.predict(classes=[class_name])
+        elif getattr(self.seg.backbone, "text_head", None) is not None:
+            show_encoded(self.seg, encoded)
+            try:
+                pred = self.seg.predict(text=class_name)
+            except MedAdaptError:  # a name the learned text prompts do not know: no proposal, prompts still work
+                return None
+        else:
+            return None
+        mask = np.asarray(pred.masks[0], dtype=bool)
+        return Answer(mask, np.asarray(pred.logits[0], np.float32), float(pred.scores[0])) if mask.any() else None
+
+    def _object(self, item: Item, k: int, class_name: str, encoded: Encoded | None) -> AnnotatedObject:
+        key = (item.id, k)
+        obj = self._objects.get(key)
+        version = self.version()
+        if obj is None or obj.class_name != class_name or (not obj.prompts and obj.version != version):
+            obj = AnnotatedObject(class_name, self._proposal(encoded, class_name), version)
+            self._objects[key] = obj
+        self._objects.move_to_end(key)
+        while len(self._objects) > 32:
+            self._objects.popitem(last=False)
+        return obj
+
+    def _answer(self, item: Item, k: int, obj: AnnotatedObject | None) -> dict[str, Any]:
+        current = None if obj is None else obj.current()
+        return {
+            "item": item.id, "slice": k, "class_name": None if obj is None else obj.class_name,
+            "prompts": [] if obj is None else [prompt_to_dict(p) for p in obj.prompts],
+            "source": "empty" if current is None else ("prompts" if obj.steps else "proposal"),
+            "mask": None if current is None or not current.mask.any() else encode_rle(current.mask),
+            "score": None if current is None else current.score,
+            "decode_ms": self.last_decode_ms, "model_version": self.version(),
+        }
+
+    def _touch(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.touch()
+
+    def open(self, item_id: str, k: int, class_name: str | None = None) -> dict[str, Any]:
+        """Show slice ``k`` of an item: its pixel geometry, its saved labels and the object being annotated
+        (the adapter's automatic proposal for ``class_name`` when the slice is new)."""
+        self._touch()
+        with self.lock:
+            item = self._locate(item_id, k)
+            class_name = class_name or next(iter(self.classes()))
+            self.class_value(class_name)
+            raw = self._raw(item, k)
+            encoded = self._encoded(item, k, raw)
+            obj = self._object(item, k, class_name, encoded) if encoded is not None else None
+            size = raw.shape[:2]
+            finite = raw[np.isfinite(raw)]
+            lo, hi = float(finite.min()), float(finite.max())
+            if self.window is not None:
+                clipped = apply_window(np.array([lo, hi], np.float32), self.window)
+                window = [float(clipped.min()), float(clipped.max())]
+            elif item.is_volume:
+                window = [float(v) for v in np.percentile(finite, [0.5, 99.5])]
+            else:
+                window = [lo, hi]
+            out = {
+                **self._answer(item, k, obj), "width": size[1], "height": size[0],
+                "channels": 1 if raw.ndim == 2 else raw.shape[2], "range": [lo, hi], "window": window,
+                "blank": encoded is None, "labels": encode_labels(self.store.slice_labels(item, k, size)),
+                "accepted": k in self.store.accepted_slices(item),
+            }
+            self.store.set_position(item, k)
+            nxt = self._next(item, k)
+        if self.prefetcher is not None and nxt is not None:
+            self.prefetcher.request(nxt)
+        self._touch()
+        return out
+
+    def _working(self, item_id: str, k: int) -> tuple[Item, Encoded, AnnotatedObject | None]:
+        item = self._locate(item_id, k)
+        encoded = self._encoded(item, k)
+        if encoded is None:
+            raise MedAdaptError(f"slice {k} of {item.name} is blank (constant): there is nothing to segment on it")
+        return item, encoded, self._objects.get((item.id, k))
+
+    def prompt(self, item_id: str, k: int, class_name: str, prompt: dict[str, Any]) -> dict[str, Any]:
+        """Add one prompt (``{"kind": "point", "x", "y", "label"}``, ``{"kind": "box", "x0", "y0", "x1",
+        "y1"}`` or ``{"kind": "scribble", "points": [[x, y], ...], "label"}``) and re-decode the object."""
+        self._touch()
+        with self.lock:
+            item, encoded, obj = self._working(item_id, k)
+            self.class_value(class_name)
+            p = prompt_from_dict(prompt)
+            check_prompt(p, encoded.meta.original_size)
+            if obj is None:
+                obj = self._object(item, k, class_name, encoded)
+            obj.class_name = class_name
+            start = time.perf_counter()
+            show_encoded(self.seg, encoded)
+            answer = decode(self.seg, [*obj.prompts, p], obj.current())
+            self.last_decode_ms = (time.perf_counter() - start) * 1000
+            obj.prompts.append(p)
+            obj.steps.append(answer)
+            out = self._answer(item, k, obj)
+        self._touch()
+        return out
+
+    def undo(self, item_id: str, k: int) -> dict[str, Any]:
+        """Remove the object's last prompt and decode it again from the prompts left."""
+        self._touch()
+        with self.lock:
+            item, encoded, obj = self._working(item_id, k)
+            if obj is not None and obj.prompts:
+                obj.prompts.pop()
+                obj.steps.pop()
+                if obj.prompts:
+                    show_encoded(self.seg, encoded)
+                    obj.steps[-1] = decode(self.seg, obj.prompts, obj.before_last())
+            return self._answer(item, k, obj)
+
+    def clear(self, item_id: str, k: int) -> dict[str, Any]:
+        """Drop the object's prompts and its proposal: an empty object."""
+        with self.lock:
+            item, _, obj = self._working(item_id, k)
+            if obj is not None:
+                obj.prompts, obj.steps, obj.proposal = [], [], None
+            return self._answer(item, k, obj)
+
+    def accept(self, item_id: str, k: int, class_name: str) -> dict[str, Any]:
+        """Save the object's mask as ``class_name`` into the slice's label file; the slice starts a new object."""
+        self._touch()
+        with self.lock:
+            item, encoded, obj = self._working(item_id, k)
+            value = self.class_value(class_name)
+            current = None if obj is None else obj.current()
+            if current is None or not current.mask.any():
+                raise MedAdaptError(f"nothing to accept on slice {k} of {item.name}: the mask is empty; add a prompt "
+                                    "(click, box or scribble) first")
+            labels = self.store.accept(item, k, current.mask, value, class_name)
+            prompts = [prompt_to_dict(p) for p in obj.prompts]
+            self._objects.pop((item.id, k), None)
+            out = {**self._answer(item, k, None), "labels": encode_labels(labels), "accepted": True,
+                   "item_state": self.item_state(item), "saved": {"class_name": class_name, "value": value,
+                                                                   "file": item.label_path.name}}
+        if self.on_accept is not None:
+            image_id = f"{item.id}:{k}" if item.is_volume else item.id
+            try:
+                self.on_accept(image_id, labels, encoded.meta, encoded.embedding, prompts)
+            except Exception as exc:  # the mask is saved; a failing hook must not lose the user's work
+                log.exception("on_accept failed for %s", image_id)
+                out["on_accept_error"] = f"{type(exc).__name__}: {exc}"
+        return out
+
+
+__all__ = ["Annotator", "OnAccept"]

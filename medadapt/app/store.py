@@ -1,0 +1,142 @@
+"""Accepted label maps on disk, and the session file that lets a restarted server resume.
+
+A 2-D image's labels are one PNG label map; a volume's are one NIfTI label map
+in the volume's own geometry (``save_mask(..., reference=volume)``), filled a
+slice at a time. Accepting reads the label file as it is on disk, paints the
+accepted object into it and writes it back atomically, so an earlier accepted
+slice or class is never lost (where two objects overlap, the later one wins).
+
+The session file (``annotate-session.json`` in the labels folder, written
+atomically) records which slices were accepted, the classes made in the app
+and where the user was.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write_json
+from ..io.dicom import DicomSeries
+from ..io.imaging import display_orientation, load_mask, load_volume, save_mask
+from ..io.volumes import nifti_shape
+from .sources import Item, Source
+
+SESSION_FORMAT = 1
+
+
+def _read_session(source: Source) -> dict[str, Any]:
+    path = source.session_path
+    empty = {"format": SESSION_FORMAT, "classes": {}, "accepted": {}, "position": None}
+    if not path.is_file():
+        return empty
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedAdaptError(f"could not read the session file {path}: {exc}; fix it or delete it (the label "
+                            "files stay; only the list of accepted slices is lost)") from exc
+    ok = (isinstance(data, dict) and isinstance(data.get("classes", {}), dict)
+          and isinstance(data.get("accepted", {}), dict))
+    if not ok:
+        raise MedAdaptError(f"the session file {path} does not hold a medadapt annotate session; delete it or point "
+                            "--labels at another folder")
+    return {**empty, **data}
+
+
+class LabelStore:
+    """Label files of a :class:`~medadapt.app.sources.Source` and its session file."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.session = _read_session(source)
+
+    # ------------------------------------------------------------------ session
+    def save_session(self) -> None:
+        atomic_write_json(self.source.session_path, self.session)
+
+    def accepted_slices(self, item: Item) -> list[int]:
+        entry = self.session["accepted"].get(item.key) or {}
+        return sorted(int(k) for k in entry.get("slices", []))
+
+    def accepted_classes(self, item: Item) -> list[str]:
+        return sorted((self.session["accepted"].get(item.key) or {}).get("classes", []))
+
+    @property
+    def classes(self) -> dict[str, int]:
+        """Classes made in the app (name -> label value)."""
+        return {str(k): int(v) for k, v in self.session["classes"].items()}
+
+    def add_class(self, name: str, value: int) -> None:
+        self.session["classes"][name] = int(value)
+        self.save_session()
+
+    def position(self) -> tuple[Item, int] | None:
+        pos = self.session.get("position")
+        if not isinstance(pos, dict):
+            return None
+        item = next((it for it in self.source.items if it.key == pos.get("key")), None)
+        k = pos.get("slice")
+        if item is None or isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < item.slices:
+            return None
+        return item, k
+
+    def set_position(self, item: Item, k: int) -> None:
+        if self.session.get("position") != {"key": item.key, "slice": k}:
+            self.session["position"] = {"key": item.key, "slice": k}
+            self.save_session()
+
+    # ------------------------------------------------------------------ label files
+    def slice_labels(self, item: Item, k: int, size: tuple[int, int]) -> np.ndarray:
+        """The label map of slice ``k`` (display orientation, H x W int64); zeros when nothing is saved."""
+        if not item.label_path.exists():
+            return np.zeros(size, dtype=np.int64)
+        if item.is_volume:
+            labels = load_mask(item.label_path, slice_index=k, axis=self.source.axis)
+        else:
+            labels = load_mask(item.label_path)
+        if labels.shape != tuple(size):
+            raise MedAdaptError(f"the label file {item.label_path} holds a {labels.shape} map but {item.name} is "
+                                f"{tuple(size)}; move the label file away or fix it")
+        return labels
+
+    def _volume_labels(self, item: Item) -> np.ndarray:
+        shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
+        if not item.label_path.exists():
+            return np.zeros(shape, dtype=np.int32)
+        data, _ = load_volume(item.label_path)
+        if data.shape != tuple(shape):
+            raise MedAdaptError(f"the label volume {item.label_path} has shape {data.shape} but {item.name} has "
+                                f"{tuple(shape)}; move the label file away or fix it")
+        return np.rint(data).astype(np.int32)
+
+    def accept(self, item: Item, k: int, mask: np.ndarray, value: int, class_name: str) -> np.ndarray:
+        """Paint ``mask`` (H x W bool, display orientation) with ``value`` into slice ``k``'s labels on disk and
+        record the slice as accepted; returns the slice's new label map."""
+        mask = np.asarray(mask, dtype=bool)
+        if item.is_volume:
+            volume = self._volume_labels(item)
+            index: list[Any] = [slice(None)] * 3
+            index[self.source.axis] = k
+            plane = display_orientation(volume[tuple(index)])
+            if plane.shape != mask.shape:
+                raise MedAdaptError(f"mask of shape {mask.shape} for a slice of shape {plane.shape}")
+            plane[mask] = value
+            volume[tuple(index)] = display_orientation(plane)
+            save_mask(volume, item.label_path, reference=item.path)
+            new = plane.astype(np.int64)
+        else:
+            new = self.slice_labels(item, k, mask.shape).copy()
+            new[mask] = value
+            save_mask(new, item.label_path)
+        entry = self.session["accepted"].setdefault(item.key, {"slices": [], "classes": []})
+        entry["slices"] = sorted({*entry.get("slices", []), int(k)})
+        entry["classes"] = sorted({*entry.get("classes", []), class_name})
+        self.session["position"] = {"key": item.key, "slice": int(k)}
+        self.save_session()
+        return new
+
+
+__all__ = ["LabelStore", "SESSION_FORMAT"]

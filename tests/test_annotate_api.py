@@ -1,0 +1,306 @@
+"""``medadapt annotate``'s HTTP API with the real LiteMedSAM: listing, prompts, undo, accept, resume, refusals."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the annotation app needs the app extra: pip install 'medadapt[app]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from medadapt.app import Annotator, create_app, decode_rle, find_items, serve  # noqa: E402
+from medadapt.app.server import annotate  # noqa: E402
+from medadapt.cli import build_parser, main  # noqa: E402
+from medadapt.io.imaging import volume_slice  # noqa: E402
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def box_around(mask: np.ndarray, pad: int = 4) -> dict:
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return {"kind": "box", "x0": max(0, int(xs.min()) - pad), "y0": max(0, int(ys.min()) - pad),
+            "x1": min(w - 1, int(xs.max()) + pad), "y1": min(h - 1, int(ys.max()) + pad)}
+
+
+def two_objects(center, corner, seed, h=160, w=200):
+    """A bright disc and a mid-grey square on a dark noisy background; returns (uint8 image, disc, square)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= 28**2
+    square = np.zeros((h, w), bool)
+    square[corner[0]: corner[0] + 34, corner[1]: corner[1] + 34] = True
+    square &= ~disc
+    image = np.where(disc, 210.0, np.where(square, 120.0, 30.0)) + rng.normal(0, 3, (h, w))
+    return image.clip(0, 255).astype(np.uint8), disc, square
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    truth = {}
+    for name, center, corner, seed in (("a.png", (60, 70), (100, 140), 0), ("b.png", (90, 120), (10, 10), 1),
+                                       ("c.png", (80, 60), (20, 140), 2)):
+        image, disc, square = two_objects(center, corner, seed)
+        Image.fromarray(image).save(folder / name)
+        truth[name] = (disc, square)
+    return folder, truth
+
+
+@pytest.fixture()
+def volume(tmp_path):
+    """A 64 x 72 x 6 CT-like volume with an off-centre bright cylinder, stored left-to-right (x flipped)."""
+    rng = np.random.default_rng(3)
+    xx, yy = np.mgrid[:64, :72]
+    disc = (xx - 22) ** 2 + (yy - 40) ** 2 <= 12**2
+    truth = np.repeat(disc[:, :, None], 6, axis=2)
+    data = np.where(truth, 300.0, -50.0) + rng.normal(0, 5, truth.shape)
+    affine = np.diag([-0.8, 0.7, 2.5, 1.0])
+    affine[:3, 3] = [-20.0, 15.0, 40.0]
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    path = folder / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.int16), affine), path)
+    return path, truth, affine
+
+
+def client(annotator: Annotator) -> TestClient:
+    return TestClient(create_app(annotator), base_url="http://127.0.0.1")
+
+
+def ids(api: TestClient) -> dict[str, str]:
+    return {it["name"]: it["id"] for it in api.get("/api/state").json()["items"]}
+
+
+def url(item: str, k: int, what: str) -> str:
+    return f"/api/items/{item}/slices/{k}/{what}"
+
+
+def test_listing_names_images_by_opaque_ids(images, litemedsam):
+    folder, _ = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    state = api.get("/api/state").json()
+    assert [it["name"] for it in state["items"]] == ["a.png", "b.png", "c.png"]
+    for it in state["items"]:
+        assert len(it["id"]) == 12 and int(it["id"], 16) >= 0 and it["kind"] == "image" and it["slices"] == 1
+    assert state["classes"] == [{"name": "foreground", "value": 1, "learned": False}]
+    assert state["position"] is None and state["labels_dir"] == str((folder / "labels").resolve())
+    pixels = api.get(url(state["items"][0]["id"], 0, "pixels"))
+    assert pixels.headers["X-Width"] == "200" and pixels.headers["X-Height"] == "160"
+    assert np.frombuffer(pixels.content, "<f4").reshape(160, 200).max() > 150
+
+
+def test_prompts_redraw_the_mask_and_undo_redecodes(images, litemedsam):
+    folder, truth = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    a = ids(api)["a.png"]
+    opened = api.post(url(a, 0, "open"), json={}).json()
+    assert opened["source"] == "empty" and opened["labels"] == [] and not opened["blank"]
+    disc = truth["a.png"][0]
+    body = {"class_name": "foreground", "prompt": box_around(disc)}
+    first = api.post(url(a, 0, "prompts"), json=body).json()
+    assert first["source"] == "prompts" and dice(decode_rle(first["mask"]), disc) > 0.9
+    assert first["decode_ms"] > 0
+    neg = {"class_name": "foreground", "prompt": {"kind": "point", "x": 95.0, "y": 30.0, "label": 0}}
+    second = api.post(url(a, 0, "prompts"), json=neg).json()
+    assert [p["kind"] for p in second["prompts"]] == ["box", "point"]
+    scribble = {"kind": "scribble", "points": [[60, 55], [70, 60], [80, 65]], "label": 1}
+    third = api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": scribble}).json()
+    assert [p["kind"] for p in third["prompts"]] == ["box", "point", "scribble"]
+    assert dice(decode_rle(third["mask"]), disc) > 0.85
+    api.post(url(a, 0, "undo"))
+    undone = api.post(url(a, 0, "undo")).json()
+    assert [p["kind"] for p in undone["prompts"]] == ["box"]
+    assert np.array_equal(decode_rle(undone["mask"]), decode_rle(first["mask"]))  # the same inputs, decoded again
+    cleared = api.post(url(a, 0, "clear")).json()
+    assert cleared["source"] == "empty" and cleared["mask"] is None and cleared["prompts"] == []
+    assert api.post(url(a, 0, "undo")).json()["prompts"] == []  # nothing left to undo: no error
+
+
+def test_accept_writes_a_label_png_and_keeps_earlier_classes(images, litemedsam):
+    folder, truth = images
+    calls = []
+    annotator = Annotator(litemedsam, folder, prefetch=False, model_version=lambda: 7,
+                          on_accept=lambda *args: calls.append(args))
+    api = client(annotator)
+    assert api.get("/api/state").json()["model_version"] == 7
+    assert api.post("/api/classes", json={"name": "square"}).json() == {"name": "square", "value": 2}
+    b = ids(api)["b.png"]
+    disc, square = truth["b.png"]
+    api.post(url(b, 0, "open"), json={"class_name": "foreground"})
+    api.post(url(b, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(disc)})
+    done = api.post(url(b, 0, "accept"), json={"class_name": "foreground"}).json()
+    assert done["accepted"] and done["item_state"]["accepted"] == [0] and done["mask"] is None
+    api.post(url(b, 0, "prompts"), json={"class_name": "square", "prompt": box_around(square, 2)})
+    api.post(url(b, 0, "accept"), json={"class_name": "square"})
+    saved = np.asarray(Image.open(folder / "labels" / "b.png"))
+    assert set(np.unique(saved)) == {0, 1, 2}
+    assert dice(saved == 1, disc) > 0.9 and dice(saved == 2, square) > 0.85  # the disc survived the second accept
+    image_id, label_map, meta, embedding, prompts = calls[-1]
+    assert image_id == b and np.array_equal(label_map, saved) and meta.original_size == (160, 200)
+    assert embedding.ndim == 4 and prompts == [{"kind": "box", **{k: float(v) for k, v in box_around(square, 2).items()
+                                                                  if k != "kind"}}]
+    refused = api.post(url(b, 0, "accept"), json={"class_name": "square"})
+    assert refused.status_code == 400 and "nothing to accept" in refused.json()["detail"]
+
+
+def test_volume_slices_accumulate_in_a_nifti_with_the_input_affine(volume, litemedsam):
+    path, truth, affine = volume
+    api = client(Annotator(litemedsam, path, prefetch=False))
+    (item,) = api.get("/api/state").json()["items"]
+    assert item["kind"] == "volume" and item["slices"] == 6
+    for k in (2, 4):
+        opened = api.post(url(item["id"], k, "open"), json={}).json()
+        assert (opened["width"], opened["height"]) == (64, 72)
+        disc = volume_slice(truth[::-1], k, 2)  # load_volume's RAS+ layout flips the stored x axis
+        answer = api.post(url(item["id"], k, "prompts"),
+                          json={"class_name": "foreground", "prompt": box_around(disc)}).json()
+        assert dice(decode_rle(answer["mask"]), disc) > 0.85
+        api.post(url(item["id"], k, "accept"), json={"class_name": "foreground"})
+    saved = nib.load(path.parent / "labels" / "scan.nii.gz")
+    assert np.array_equal(saved.affine, nib.load(path).affine) and np.allclose(saved.affine, affine)
+    labels = np.asarray(saved.dataobj)
+    assert labels.shape == truth.shape and set(np.unique(labels)) == {0, 1}
+    for k in range(6):
+        if k in (2, 4):
+            assert dice(labels[:, :, k] == 1, truth[:, :, k]) > 0.85  # slice 2 kept after slice 4 was accepted
+        else:
+            assert not labels[:, :, k].any()
+    assert api.get("/api/state").json()["items"][0]["accepted"] == [2, 4]
+
+
+def test_a_restarted_server_resumes_where_it_was(images, litemedsam):
+    folder, truth = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    c = ids(api)["c.png"]
+    api.post(url(c, 0, "open"), json={})
+    api.post(url(c, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(truth["c.png"][0])})
+    api.post(url(c, 0, "accept"), json={"class_name": "foreground"})
+    session = json.loads((folder / "labels" / "annotate-session.json").read_text())
+    assert session["accepted"] == {"c.png": {"slices": [0], "classes": ["foreground"]}}
+
+    again = client(Annotator(litemedsam, folder, prefetch=False))  # a new server on the same folder
+    state = again.get("/api/state").json()
+    assert state["position"] == {"item": c, "slice": 0}
+    assert {it["name"]: it["accepted"] for it in state["items"]} == {"a.png": [], "b.png": [], "c.png": [0]}
+    opened = again.post(url(c, 0, "open"), json={}).json()
+    assert opened["accepted"] and [lab["value"] for lab in opened["labels"]] == [1]
+    assert dice(decode_rle(opened["labels"][0]["mask"]), truth["c.png"][0]) > 0.9
+
+
+def test_bad_requests_get_a_4xx_saying_what_to_fix(images, litemedsam):
+    folder, _ = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    a = ids(api)["a.png"]
+    api.post(url(a, 0, "open"), json={})
+    point = {"kind": "point", "x": 10.0, "y": 10.0, "label": 1}
+
+    def refused(response, status: int, text: str) -> None:
+        assert response.status_code == status, response.text
+        assert text in response.json()["detail"], response.json()
+
+    refused(api.get(url("0123456789ab", 0, "pixels")), 404, "unknown image id")
+    refused(api.post(url(a, 3, "open"), json={}), 404, "out of range")
+    refused(api.post(url(a, -1, "prompts"), json={"class_name": "foreground", "prompt": point}), 404, "out of range")
+    outside = {**point, "x": 500.0}
+    refused(api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": outside}), 400,
+            "outside the image")
+    bad_box = {"kind": "box", "x0": 50, "y0": 50, "x1": 40, "y1": 60}
+    refused(api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": bad_box}), 400, "x1 > x0")
+    refused(api.post(url(a, 0, "prompts"), content=b'{"class_name": "foreground", "prompt": ',
+                     headers={"Content-Type": "application/json"}), 400, "malformed JSON")
+    refused(api.post(url(a, 0, "prompts"), json={"class_name": "liver", "prompt": point}), 400, "unknown class")
+    refused(api.post(url(a, 0, "accept"), json={"class_name": "liver"}), 400, "unknown class")
+    refused(api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": {"kind": "point", "x": 3}}),
+            422, "prompt.point.y")
+    refused(api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": {**point, "kind": "lasso"}}),
+            422, "prompt")
+    refused(api.post(url(a, 0, "prompts"), content=b'{"class_name": "foreground", "prompt": {"kind": "point", '
+                     b'"x": NaN, "y": 3}}', headers={"Content-Type": "application/json"}), 422, "prompt.point.x")
+    refused(api.post("/api/classes", json={"name": "  "}), 400, "class name")
+    refused(api.post(url(a, 0, "open"), json={"class_name": "foreground", "path": "/etc/passwd"}), 422, "path")
+    for path in ("/static/../pyproject.toml", "/static/%2e%2e/pyproject.toml", "/static/..%2fpyproject.toml",
+                 "/api/items/..%2f..%2fpyproject.toml/slices/0/pixels", "/api/items/%2fetc%2fpasswd/slices/0/pixels",
+                 "/pyproject.toml", "/static/../../medadapt/app/server.py"):
+        response = api.get(path)
+        assert response.status_code == 404 and b"[project]" not in response.content, path
+    assert api.get("/api/state", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
+    assert api.get("/static/app.js").status_code == 200 and "medadapt" in api.get("/").text
+
+
+def test_an_adapter_names_the_classes_and_opens_each_image_with_its_proposal(images):
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.foundation import build_backbone
+    from medadapt.io.imaging import load_image
+
+    backbone, _ = apply(build_backbone("litemedsam"), AdapterConfig(automatic=AutomaticConfig(["disc"], [3])))
+    seg = Segmenter(backbone, device="cpu", precision="auto")  # optimised for inference, as from_pretrained does
+    folder, truth = images
+    api = client(Annotator(seg, folder, prefetch=False))
+    assert api.get("/api/state").json()["classes"] == [{"name": "disc", "value": 3, "learned": True}]
+    a = ids(api)["a.png"]
+    opened = api.post(url(a, 0, "open"), json={"class_name": "disc"}).json()
+    seg.set_image(load_image(folder / "a.png"))
+    expected = seg.predict(classes=["disc"]).masks[0]
+    assert expected.any() and opened["source"] == "proposal"  # untrained class tokens still answer something
+    assert np.array_equal(decode_rle(opened["mask"]), expected)
+    refined = api.post(url(a, 0, "prompts"),
+                       json={"class_name": "disc", "prompt": box_around(truth["a.png"][0])}).json()
+    assert refined["source"] == "prompts" and dice(decode_rle(refined["mask"]), truth["a.png"][0]) > 0.85
+    assert api.post(url(a, 0, "undo")).json()["source"] == "proposal"  # back to where the slice opened
+    api.post(url(a, 0, "accept"), json={"class_name": "disc"})
+    assert np.array_equal(np.asarray(Image.open(folder / "labels" / "a.png")) == 3, expected)
+
+
+def test_the_server_binds_loopback_by_default(tmp_path, capsys):
+    assert build_parser().parse_args(["annotate", "data"]).host == "127.0.0.1"
+    for function in (annotate, serve):
+        assert inspect.signature(function).parameters["host"].default == "127.0.0.1"
+    assert main(["annotate", str(tmp_path / "missing")]) == 2
+    assert "DATA not found" in capsys.readouterr().err
+
+
+def test_the_next_image_is_encoded_in_the_background(images, litemedsam):
+    folder, _ = images
+    annotator = Annotator(litemedsam, folder, prefetch=True, prefetch_idle_s=0.05)
+    try:
+        items = annotator.source.items
+        annotator.open(items[0].id, 0)
+        deadline = time.monotonic() + 60
+        while (items[1].id, 0) not in annotator.cache and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (items[1].id, 0) in annotator.cache and annotator.cache.encoded == 2
+        annotator.prefetcher.stop()
+        annotator.open(items[1].id, 0)
+        assert annotator.cache.encoded == 2  # no encoder run: the embedding was waiting
+    finally:
+        annotator.close()
+
+
+def test_datasets_and_series_keep_labels_where_their_layout_does(tmp_path):
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("p1", "p2"):
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "images" / f"{name}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "p1_mask.png")
+    source = find_items(root)
+    assert source.layout == "dataset" and source.labels_dir == root.resolve() / "masks"
+    assert [it.label_path.name for it in source.items] == ["p1_mask.png", "p2.png"]
+    nn = tmp_path / "nn"
+    (nn / "imagesTr").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.random.rand(8, 8, 3).astype(np.float32), np.eye(4)), nn / "imagesTr" / "c1_0000.nii.gz")
+    (item,) = find_items(nn).items
+    assert item.label_path == nn.resolve() / "labelsTr" / "c1.nii.gz" and item.slices == 3 and item.is_volume
+    other = find_items(nn, labels=tmp_path / "mine")
+    assert other.items[0].label_path == (tmp_path / "mine" / "c1.nii.gz").resolve()
