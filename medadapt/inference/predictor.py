@@ -21,6 +21,7 @@ from ..foundation import Backbone, ImageMeta, build_backbone
 from ..foundation.decoding import masks_from_logits
 from ..foundation.processor import check_boxes, check_points
 from ..io.imaging import load_image, validate_image
+from ..prompts.scribbles import add_scribbles
 from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
@@ -198,6 +199,15 @@ class Segmenter(VolumeMethods):
         """(H, W) of the current image."""
         return self._require_meta().original_size
 
+    def embedding(self) -> tuple[torch.Tensor, ImageMeta]:
+        """The current image's embedding (1 x C x h x w, as the encoder gave it) and its geometry."""
+        return self._require_image()
+
+    def forget_answers(self) -> None:
+        """Forget answers kept for the current image: the backbone's decoder-side weights changed in place
+        (an online learner published). The embedding stays valid while the encoder is unchanged."""
+        self._auto_cache = None
+
     def _require_meta(self) -> ImageMeta:
         if self._meta is None:
             raise MedAdaptError("no image set: call set_image(image) before predict()")
@@ -224,6 +234,7 @@ class Segmenter(VolumeMethods):
         classes: Sequence[str | int] | None = None,
         text: str | Sequence[str] | None = None,
         refine: bool = False,
+        scribbles: Sequence | None = None,
     ) -> Prediction:
         """Segment the current image from prompts in original-image pixel coordinates.
 
@@ -252,13 +263,25 @@ class Segmenter(VolumeMethods):
                 see :func:`medadapt.inference.refine_automatic`). One more decoder
                 pass; on ACDC and HC18 validation it added 4-7 Dice points to
                 decoder-only models (benchmarks/results/acdc/self_prompting/summary.md).
+            scribbles: strokes ``[(polyline K x 2 (x, y), label 1 or 0), ...]`` describing ONE
+                object: the prompt of :func:`medadapt.prompts.scribble_prompts` (clicks
+                along the strokes) joins the one box and point set given with them; an
+                explicit ``mask_input`` wins over its dense mask prompt.
         """
-        if refine and any(v is not None for v in (boxes, points, point_labels, mask_input, text)):
+        if refine and any(v is not None for v in (boxes, points, point_labels, mask_input, text, scribbles)):
             raise MedAdaptError("refine=True refines automatic mode; do not combine it with boxes, points, "
-                                "mask_input or text (those prompts already go through the decoder)")
+                                "mask_input, scribbles or text (those prompts already go through the decoder)")
+        if text is not None and scribbles is not None:
+            raise MedAdaptError("text= is a prompt of its own; do not combine it with scribbles")
         if text is not None:
             return self._predict_text(text, boxes, points, point_labels, mask_input, classes, multimask)
         meta = self._require_meta()
+        scribble_mask = None
+        if scribbles is not None:  # one object: clicks along the strokes join the given ones
+            proc = self.backbone.processor
+            points, point_labels, scribble_mask = add_scribbles(scribbles, meta.original_size, boxes, points,
+                                                                point_labels, mask_size=proc.mask_size,
+                                                                keep_aspect=proc.keep_aspect)
         b = p = lab = None
         n = None
         if boxes is not None:
@@ -286,7 +309,7 @@ class Segmenter(VolumeMethods):
             raise MedAdaptError("mask_input needs a box or points to go with it")
         if classes is not None:
             raise MedAdaptError("classes= selects classes in automatic mode; do not combine it with boxes/points")
-        masks = self._mask_prompt(mask_input, n, meta)[:, 0].numpy() if mask_input is not None else None
+        masks = self._mask_prompt(mask_input, n, meta)[:, 0].numpy() if mask_input is not None else scribble_mask
         return self.predict_prompts(Prompts(boxes=b, points=p, point_labels=lab, masks=masks), multimask=multimask)
 
     @torch.inference_mode()
