@@ -3,16 +3,21 @@
 :func:`train` runs a :class:`TrainingConfig`; parts that add a loss of their
 own (the semi-supervised loop) plug in as :class:`TrainingExtension`\\ s built
 from a :class:`TrainingContext`. The full recipe with every section, and
-``finetune``, are in :mod:`medadapt.recipes`.
+``finetune``, are in :mod:`medadapt.recipes`. :class:`OnlineLearner` fine-tunes a serving
+segmenter from accepted masks kept in a :class:`ReplayBuffer`, while it serves.
 """
 
 from .config import PromptTrainingConfig, TrainConfig, TrainingConfig, apply_overrides, build_config, read_config
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
+from .online import OnlineLearner
+from .online_config import OnlineConfig
+from .replay import ReplayBuffer, ReplaySample
 from .text_prompts import fit_text_head, train_text_prompts
 from .trainer import Trainer, config_changes, run_folder, train
 
 __all__ = [
-    "ExtensionFactory", "LabeledBatch", "PromptTrainingConfig", "TrainConfig", "Trainer", "TrainingConfig",
+    "ExtensionFactory", "LabeledBatch", "OnlineConfig", "OnlineLearner", "PromptTrainingConfig", "ReplayBuffer",
+    "ReplaySample", "TrainConfig", "Trainer", "TrainingConfig",
     "TrainingContext", "TrainingExtension", "apply_overrides", "build_config", "config_changes", "fit_text_head",
     "read_config", "run_folder", "train", "train_text_prompts",
 ]

@@ -46,7 +46,7 @@ from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text
 from ..data import DataConfig, SliceDataset, discover_cases, split_cases
-from ..foundation import build_backbone
+from ..foundation import Backbone, build_backbone
 from ..foundation.decoding import labels_from_logits
 from ..inference.optimize import bf16_is_fast
 from ..inference.predictor import Segmenter
@@ -54,7 +54,7 @@ from ..io.overlay import legend, overlay
 from ..prompts.simulate import box_from_mask, corrective_click, sample_points
 from ..prompts.types import PAD_LABEL, Prompts
 from .augment import random_view
-from .config import TrainingConfig, check_run_name
+from .config import PromptTrainingConfig, TrainingConfig, check_run_name
 from .distributed import Split, World, current, data_parallel, launched, rank_device, start, stop
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .losses import automatic_loss, binary_mask_loss
@@ -79,6 +79,82 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def prompted_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, pc: PromptTrainingConfig,
+                  rng: np.random.Generator, world: World = World(), part: Split | None = None) -> torch.Tensor:
+    """Simulated box/point prompts for one present class per slice, then corrective clicks.
+
+    ``target`` is the whole batch's label maps on the decoder grid; ``emb`` this rank's rows of it (``part``;
+    all of them in one process). ``pc`` gives the prompt modes, box jitter, clicks and corrective clicks (any
+    object with those fields of :class:`PromptTrainingConfig`). Prompts and clicks are drawn from ``rng`` for
+    every row, on every rank alike; each rank decodes its own rows.
+    """
+    part = part or world.split(target.shape[0])
+    proc = model.processor
+    device = emb.device
+    scale = proc.image_size / proc.mask_size
+    rows, masks, boxes, points, labels = [], [], [], [], []
+    for b in range(target.shape[0]):
+        present = [int(v) for v in torch.unique(target[b]).tolist() if v > 0]
+        if not present:
+            continue
+        k = present[int(rng.integers(len(present)))]
+        m = (target[b] == k).cpu().numpy()
+        mode = pc.prompted[int(rng.integers(len(pc.prompted)))]
+        box = box_from_mask(m, jitter=pc.box_jitter, rng=rng) * scale if "box" in mode else None
+        if "points" in mode:
+            pts, lab = sample_points(m, pc.n_pos, pc.n_neg, rng)
+            pts = pts * scale
+        else:
+            pts, lab = np.zeros((0, 2), np.float32), np.zeros((0,), np.int64)
+        rows.append(b)
+        masks.append(m)
+        boxes.append(box)
+        points.append(pts)
+        labels.append(lab)
+    if not rows:
+        return torch.zeros((), device=device)
+    tgt = torch.from_numpy(np.stack(masks)).float().to(device)
+    total = torch.zeros((), device=device)
+    prev = None
+    # this rank's prompted rows (contiguous: rows ascend); one without any decodes row 0 and drops it
+    mine = [j for j, b in enumerate(rows) if part.start <= b < part.stop]
+    own = slice(mine[0], mine[-1] + 1) if mine else slice(0, 1)
+    at = [rows[j] - part.start for j in mine] if mine else [0]
+    bounds = np.cumsum([0, *part.counts])
+    counts = [sum(1 for b in rows if lo <= b < hi) for lo, hi in zip(bounds, bounds[1:])]
+    for it in range(1 + pc.corrective_clicks):
+        low = world.gather(decode_simulated(model, emb[at], boxes[own], points[own], labels[own],
+                                            None if prev is None else prev[own]), counts)
+        total = total + binary_mask_loss(low, tgt)
+        if it == pc.corrective_clicks:
+            break
+        pred = (low.detach() > 0).cpu().numpy()
+        for j in range(len(rows)):
+            click = corrective_click(pred[j], masks[j], rng)
+            if click is not None:
+                points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
+                labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
+        prev = low.detach()[:, None]
+    return total / (1 + pc.corrective_clicks)
+
+
+def decode_simulated(model: Backbone, emb, boxes, points, labels, prev) -> torch.Tensor:
+    """Decode one simulated prompt per row (box or None, clicks, previous logits) as one :class:`Prompts`."""
+    n = len(boxes)
+    kmax = max(len(p) for p in points)
+    pts = lab = None
+    if kmax > 0:  # click sets of different lengths, padded with SAM's 'not a point' (label -1)
+        pts = np.zeros((n, kmax, 2), np.float32)
+        lab = np.full((n, kmax), PAD_LABEL, np.int64)
+        for j, (p, l) in enumerate(zip(points, labels)):
+            pts[j, : len(p)], lab[j, : len(l)] = p, l
+    box = np.stack([np.full(4, np.nan, np.float32) if b is None else b for b in boxes]).astype(np.float32)
+    prompts = Prompts(boxes=None if np.isnan(box).all() else box, points=pts, point_labels=lab,
+                      masks=None if prev is None else prev[:, 0].float().cpu().numpy())
+    low, _ = model.decode_prompts(emb, prompts)
+    return low[:, 0]
 
 
 class Trainer:
@@ -240,75 +316,8 @@ class Trainer:
 
     def prompted_loss(self, emb: torch.Tensor, target: torch.Tensor,
                       part: Split | None = None) -> torch.Tensor:
-        """Simulated box/point prompts for one present class per slice, then corrective clicks.
-
-        ``target`` is the whole batch's; ``emb`` this rank's rows of it (``part``; all of them in one process).
-        Prompts and clicks are drawn for every row, on every rank alike; each rank decodes its own rows.
-        """
-        part = part or self.world.split(target.shape[0])
-        pc = self.cfg.prompts
-        proc = self.model.processor
-        scale = proc.image_size / proc.mask_size
-        rows, masks, boxes, points, labels = [], [], [], [], []
-        for b in range(target.shape[0]):
-            present = [int(v) for v in torch.unique(target[b]).tolist() if v > 0]
-            if not present:
-                continue
-            k = present[int(self.rng.integers(len(present)))]
-            m = (target[b] == k).cpu().numpy()
-            mode = pc.prompted[int(self.rng.integers(len(pc.prompted)))]
-            box = box_from_mask(m, jitter=pc.box_jitter, rng=self.rng) * scale if "box" in mode else None
-            if "points" in mode:
-                pts, lab = sample_points(m, pc.n_pos, pc.n_neg, self.rng)
-                pts = pts * scale
-            else:
-                pts, lab = np.zeros((0, 2), np.float32), np.zeros((0,), np.int64)
-            rows.append(b)
-            masks.append(m)
-            boxes.append(box)
-            points.append(pts)
-            labels.append(lab)
-        if not rows:
-            return torch.zeros((), device=self.device)
-        tgt = torch.from_numpy(np.stack(masks)).float().to(self.device)
-        total = torch.zeros((), device=self.device)
-        prev = None
-        # this rank's prompted rows (contiguous: rows ascend); one without any decodes row 0 and drops it
-        mine = [j for j, b in enumerate(rows) if part.start <= b < part.stop]
-        own = slice(mine[0], mine[-1] + 1) if mine else slice(0, 1)
-        at = [rows[j] - part.start for j in mine] if mine else [0]
-        bounds = np.cumsum([0, *part.counts])
-        counts = [sum(1 for b in rows if lo <= b < hi) for lo, hi in zip(bounds, bounds[1:])]
-        for it in range(1 + pc.corrective_clicks):
-            low = self.world.gather(self._decode_prompts(emb[at], boxes[own], points[own], labels[own],
-                                                         None if prev is None else prev[own]), counts)
-            total = total + binary_mask_loss(low, tgt)
-            if it == pc.corrective_clicks:
-                break
-            pred = (low.detach() > 0).cpu().numpy()
-            for j in range(len(rows)):
-                click = corrective_click(pred[j], masks[j], self.rng)
-                if click is not None:
-                    points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
-                    labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
-            prev = low.detach()[:, None]
-        return total / (1 + pc.corrective_clicks)
-
-    def _decode_prompts(self, emb, boxes, points, labels, prev) -> torch.Tensor:
-        """Decode one simulated prompt per row (box or None, clicks, previous logits) as one :class:`Prompts`."""
-        n = len(boxes)
-        kmax = max(len(p) for p in points)
-        pts = lab = None
-        if kmax > 0:  # click sets of different lengths, padded with SAM's 'not a point' (label -1)
-            pts = np.zeros((n, kmax, 2), np.float32)
-            lab = np.full((n, kmax), PAD_LABEL, np.int64)
-            for j, (p, l) in enumerate(zip(points, labels)):
-                pts[j, : len(p)], lab[j, : len(l)] = p, l
-        box = np.stack([np.full(4, np.nan, np.float32) if b is None else b for b in boxes]).astype(np.float32)
-        prompts = Prompts(boxes=None if np.isnan(box).all() else box, points=pts, point_labels=lab,
-                          masks=None if prev is None else prev[:, 0].float().cpu().numpy())
-        low, _ = self.model.decode_prompts(emb, prompts)
-        return low[:, 0]
+        """:func:`prompted_loss` with the run's model, prompt settings, generator and ranks."""
+        return prompted_loss(self.model, emb, target, self.cfg.prompts, self.rng, self.world, part)
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, bar=None) -> float:
@@ -697,4 +706,5 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     atomic_write(run / "val_overlays.png", lambda tmp: grid.save(tmp, format="PNG"))
 
 
-__all__ = ["train", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes"]
+__all__ = ["train", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes", "prompted_loss",
+           "decode_simulated"]

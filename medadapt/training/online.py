@@ -1,0 +1,399 @@
+"""Learning from the masks a user accepts, while the user keeps working.
+
+An :class:`OnlineLearner` wraps the serving :class:`~medadapt.inference.Segmenter`
+(built with ``precision=None``: a float32 model adapters can be applied to).
+Each accepted mask goes, with the image embedding the segmenter already
+computed, into an on-disk :class:`~medadapt.training.replay.ReplayBuffer`. A
+private copy of the decoder side (prompt encoder, mask decoder, class tokens,
+context adapter; the image encoder is left out and never run) trains on the
+cached embeddings with the trainer's losses: the automatic loss on the learned
+class tokens and the prompted loss with simulated boxes/clicks and corrective
+clicks. :meth:`OnlineLearner.publish` copies the trained weights into the
+serving model; serving never waits for a training step.
+
+The first accepted mask of a bare backbone gives it an adapter (mask decoder
+trained, learned class tokens); a class name never seen before adds a class
+and keeps the learned rows of the others. The checkpoint (``FOLDER/adapter``)
+loads with ``Segmenter.from_pretrained(name, adapter=FOLDER/adapter)``; a
+learner opened again on ``FOLDER`` resumes from it and the buffer.
+
+Threads: ``torch.set_num_threads`` sets the calling thread's OpenMP team size
+and the default that threads starting later take. The background worker sets
+``worker_threads`` for itself (1 by default, so that on a small CPU the serving
+thread keeps the rest), and :meth:`OnlineLearner.start` then puts the default
+back, so that the serving thread and threads started later are unaffected.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters import AdapterConfig, AutomaticConfig, apply, load_adapter, save_adapter
+from ..adapters.apply import add_class_prompts
+from ..adapters.io import CONFIG_NAME
+from ..core.errors import MedAdaptError
+from ..foundation import Backbone, ImageMeta
+from ..inference.predictor import Segmenter
+from .losses import automatic_loss
+from .online_config import OnlineConfig
+from .online_model import joined, new_class_tokens, training_copy
+from .replay import ReplayBuffer, check_classes, check_label_map
+from .samples import to_model_frame
+from .trainer import prompted_loss
+
+TOKENS = ("class_prompts.tokens", "class_prompts.mask_tokens")
+
+
+class OnlineLearner:
+    """Fine-tunes ``segmenter``'s decoder side from accepted masks kept in ``folder`` (see the module docstring).
+
+    ``lock`` is held while published weights are copied into the serving model (milliseconds); a serving
+    thread that must never decode with half-copied weights holds it around its decoding (and calls no method
+    of the learner while it holds it: the learner takes its own training lock first, then ``lock``).
+    ``version`` counts changes to the serving model (publications, new classes); ``steps`` training steps;
+    ``last_batch`` the buffer indices of the last step's batch; ``error`` what stopped the background worker.
+    """
+
+    def __init__(self, segmenter: Segmenter, folder: str | Path, config: OnlineConfig | dict | None = None) -> None:
+        if not isinstance(segmenter, Segmenter):
+            raise MedAdaptError(f"OnlineLearner needs a medadapt Segmenter; got {type(segmenter).__name__}")
+        backbone = segmenter.backbone
+        if not isinstance(backbone, Backbone) or backbone.inference_only:
+            raise MedAdaptError("the segmenter's model was optimised for inference and cannot be trained: build it "
+                                "with Segmenter(build_backbone(name), precision=None)")
+        if segmenter.student is not None:
+            raise MedAdaptError("the segmenter answers with a distilled student, which does not learn online: "
+                                "call segmenter.set_student(None) first")
+        self.config = config if isinstance(config, OnlineConfig) else OnlineConfig.from_dict(config)
+        self.segmenter, self.folder = segmenter, Path(folder)
+        self.lock = threading.RLock()  # serving side: held while weights are copied into the serving model
+        self._train = threading.RLock()  # the training copy, optimiser and every change to the serving model
+        self._wake = threading.Condition()
+        self._pending, self._busy = 0, False
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None  # what stopped the background worker; stop() raises it
+        self.version = self.steps = 0
+        self.last_batch: list[int] = []
+        self.model: Backbone | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._trained: dict[str, nn.Parameter] = {}
+        self._dirty = False
+        self.buffer = ReplayBuffer(self.folder / "buffer")
+        checkpoint = _recover(self.folder / "adapter")
+        if (checkpoint / CONFIG_NAME).is_file():
+            if backbone.adapter_config is not None:
+                raise MedAdaptError(f"{self.folder} holds a checkpoint to resume, but the segmenter already has an "
+                                    "adapter: give a segmenter of the bare backbone (Segmenter(build_backbone(name), "
+                                    "precision=None)) and the learner loads the checkpoint onto it")
+            with self.lock:
+                load_adapter(backbone, checkpoint).eval()
+            self.steps = int(getattr(backbone, "adapter_metadata", {}).get("online", {}).get("steps", 0))
+        self.rng = np.random.default_rng([self.config.seed, self.steps])
+        grid = tuple(backbone.prompt_encoder.image_embedding_size)
+        for r in self.buffer.records:
+            if tuple(r.get("embedding_shape", ())) != (backbone.embed_dim, *grid):
+                raise MedAdaptError(f"the replay buffer in {self.folder} holds embeddings of shape "
+                                    f"{r.get('embedding_shape')}, not those of {backbone.info.name}; give another folder")
+        with self._train:
+            self._register([c for r in self.buffer.records for c in r["classes"]])
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the serving model proposes in automatic mode, in order."""
+        return list(self.segmenter.classes)
+
+    @property
+    def label_values(self) -> list[int]:
+        cfg = self.segmenter.backbone.adapter_config
+        return list(cfg.automatic.label_values) if cfg is not None and cfg.automatic is not None else []
+
+    def _register(self, names: Sequence[str]) -> None:
+        """Make sure the serving model and the training copy know ``names`` (adapter and classes as needed)."""
+        new = [n for n in dict.fromkeys(names) if n not in self.class_names]
+        backbone = self.segmenter.backbone
+        created = False
+        if new and (backbone.adapter_config is None or backbone.adapter_config.automatic is None):
+            auto = AutomaticConfig(list(new), list(range(1, len(new) + 1)), self.config.tokens_per_class)
+            with self.lock:
+                if backbone.adapter_config is None:
+                    apply(backbone, AdapterConfig(train=["mask_decoder"], automatic=auto))
+                else:
+                    backbone.adapter_config.automatic = auto
+                    add_class_prompts(backbone, backbone.adapter_config)
+                backbone.eval()
+                self.segmenter.forget_answers()
+                self.version += 1
+            created = True
+        if backbone.adapter_config is None or backbone.adapter_config.automatic is None:
+            return
+        if self.model is None:
+            self._copy_model()
+        if new and not created:
+            self._grow(new)
+
+    def _copy_model(self) -> None:
+        self.model = training_copy(self.segmenter.backbone, self._trains)
+        self._build_optimizer()
+
+    def _trains(self, name: str) -> bool:
+        if name.startswith(("image_encoder.", "text_head.")):
+            return False
+        return self.config.train_classes or not name.startswith("class_prompts.")
+
+    def _grow(self, new: list[str]) -> None:
+        """Add classes ``new`` to both models: old rows kept, new rows initialised as ``apply`` does."""
+        serving = self.segmenter.backbone
+        if serving.text_head is not None:
+            raise MedAdaptError(f"this adapter has learned text prompts for {self.class_names}; it cannot learn new "
+                                f"classes {new} online")
+        auto = serving.adapter_config.automatic
+        extra = new_class_tokens(self.model, len(new), auto.tokens_per_class, len(auto.class_names))
+        top = max(auto.label_values, default=0)
+        grown = AutomaticConfig(auto.class_names + new, auto.label_values + list(range(top + 1, top + 1 + len(new))),
+                                auto.tokens_per_class)
+        self.model.class_prompts = joined(self.model.class_prompts, extra).requires_grad_(self.config.train_classes)
+        self.model.adapter_config.automatic = copy.deepcopy(grown)
+        with self.lock:
+            serving.class_prompts = joined(serving.class_prompts, copy.deepcopy(extra)).requires_grad_(True)
+            serving.adapter_config.automatic = grown
+            self.segmenter.forget_answers()
+            self.version += 1
+        self._build_optimizer()
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the training copy's trained parameters; Adam's state carries over for unchanged ones."""
+        named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if not named:
+            raise MedAdaptError("nothing to train: the adapter trains no decoder-side part; use train_classes: true "
+                                "or an adapter that trains the mask decoder")
+        cfg = self.config
+        others, tokens = [p for n, p in named.items() if n not in TOKENS], [p for n, p in named.items() if n in TOKENS]
+        groups = ([{"params": others}] if others else []) + (
+            [{"params": tokens, "lr": cfg.lr * cfg.token_lr_scale, "weight_decay": 0.0}] if tokens else [])
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if self.optimizer is not None:
+            for n, p in named.items():
+                old = self._trained.get(n)
+                if old is not None and old.shape == p.shape and old in self.optimizer.state:
+                    opt.state[p] = self.optimizer.state[old]
+        self.optimizer, self._trained = opt, named
+
+    # ------------------------------------------------------------------ samples
+    def add(self, embedding: torch.Tensor, meta: ImageMeta, label_map: np.ndarray, classes: Sequence[str] | str,
+            prompts: dict[str, Any] | None = None, image_id: str | None = None) -> int:
+        """Hand over an accepted annotation; returns its index in the buffer (the newest).
+
+        ``embedding``, ``meta``: the image's embedding and geometry (``Segmenter.embedding()``);
+        ``label_map``: H x W (the original image size) with 0 background and value k for ``classes[k - 1]``
+        (a bool mask with one class); a class listed but absent from the map is taught as absent.
+        ``prompts``: what produced it, e.g. ``{"points": [[x, y], ...], "labels": [1, ...], "box": [...]}``
+        (kept in the record). The same ``image_id`` again replaces the earlier sample.
+        """
+        names = check_classes(classes)
+        if not isinstance(meta, ImageMeta):
+            raise MedAdaptError(f"meta must be the ImageMeta of the embedding (Segmenter.embedding()[1]); "
+                                f"got {type(meta).__name__}")
+        label = check_label_map(label_map, len(names), tuple(meta.original_size))
+        backbone = self.segmenter.backbone
+        want = (1, backbone.embed_dim, *backbone.prompt_encoder.image_embedding_size)
+        if not isinstance(embedding, torch.Tensor) or tuple(embedding.shape) != want:
+            raise MedAdaptError(f"embedding must be this model's 1 x C x h x w tensor {want} (Segmenter.embedding()"
+                                f"[0]); got {tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else embedding!r}")
+        if backbone.text_head is not None and set(names) - set(self.class_names):
+            raise MedAdaptError(f"this adapter has learned text prompts for {self.class_names}; it cannot learn new "
+                                f"classes {sorted(set(names) - set(self.class_names))} online")
+        proc = backbone.processor
+        target = to_model_frame(label, meta, proc.image_size, proc.mask_size)
+        with self._train:
+            index = self.buffer.add(embedding, target, names, prompts, image_id)
+            self._register(names)
+        with self._wake:
+            self._pending += 1
+            self._wake.notify_all()
+        return index
+
+    # ------------------------------------------------------------------ training
+    def step(self, n: int = 1) -> float:
+        """Run ``n`` training steps now, in this thread; returns their mean loss. Publishes nothing."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise MedAdaptError(f"step(n) needs a whole number of steps >= 1; got {n!r}")
+        with self._train:
+            if self.model is None or len(self.buffer) == 0:
+                raise MedAdaptError("nothing to train on yet: add an accepted mask first (learner.add(...))")
+            return float(np.mean([self._step() for _ in range(n)]))
+
+    def _step(self) -> float:
+        cfg, model = self.config, self.model
+        idx = self.buffer.sample(cfg.batch_size, self.rng, newest=cfg.newest, replay=cfg.replay)
+        samples = [self.buffer.get(i) for i in idx]
+        device = model.device
+        emb = torch.stack([s.embedding for s in samples]).to(device, torch.float32)
+        target = torch.stack([s.target for s in samples]).to(device)
+        for part in (model.prompt_encoder, model.mask_decoder, model.class_prompts, model.context_adapter):
+            if part is not None:
+                part.train()
+        total = torch.zeros((), device=device)
+        if cfg.train_classes:
+            names = self.class_names
+            low = model.decode_classes(emb, torch.arange(len(names), device=device)).float()
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for b, s in enumerate(samples):  # each sample is scored on the classes it was annotated for
+                groups.setdefault(tuple(names.index(c) for c in s.classes), []).append(b)
+            for ids, rows in groups.items():
+                part = low[torch.tensor(rows, device=device)][:, torch.tensor(ids, device=device)]
+                total = total + automatic_loss(part, target[rows]) * (len(rows) / len(samples))
+        if cfg.prompted:
+            total = total + cfg.prompted_weight * prompted_loss(model, emb, target, cfg, self.rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            total.backward()
+            self.optimizer.step()
+        self.steps += 1
+        self.last_batch = idx
+        self._dirty = True
+        return float(total.detach())
+
+    def publish(self) -> int:
+        """Copy the trained weights into the serving model (under :attr:`lock`); returns the new ``version``."""
+        with self._train:
+            if self.model is None:
+                return self.version
+            serving = dict(self.segmenter.backbone.named_parameters())
+            with self.lock, torch.no_grad():
+                for name, p in self._trained.items():
+                    serving[name].copy_(p)
+                self.version += 1
+                self.segmenter.forget_answers()
+            self._dirty = False
+            return self.version
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Publish what is new, then write the serving model's adapter to ``path`` (default ``FOLDER/adapter``),
+        as ``medadapt finetune`` does; the folder is replaced whole, so a crash leaves the old or the new one."""
+        final = Path(path) if path is not None else self.folder / "adapter"
+        if final.exists() and not final.is_dir():
+            raise MedAdaptError(f"{final} is a file; save() writes an adapter folder: give a folder path")
+        with self._train:
+            backbone = self.segmenter.backbone
+            if backbone.adapter_config is None:
+                raise MedAdaptError("nothing to save yet: the model has no adapter until a mask is accepted")
+            if self._dirty:
+                self.publish()
+            meta = {"class_names": self.class_names, "label_values": self.label_values,
+                    "online": {"steps": self.steps, "samples": len(self.buffer), "version": self.version}}
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new.", dir=final.parent))
+            try:
+                save_adapter(backbone, tmp, metadata=meta)
+                _swap(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    # ------------------------------------------------------------------ background worker
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Train in a background thread: ``steps_per_sample`` steps per sample added from now on, then publish
+        (and save, with ``autosave``), then wait for more. Does nothing when already running."""
+        if self.running:
+            return
+        self._stopping.clear()
+        self._pending, self._busy = 0, False
+        ready = threading.Event()
+        before = torch.get_num_threads()
+        self._thread = threading.Thread(target=self._work, args=(ready,), name="medadapt-online-learner", daemon=True)
+        self._thread.start()
+        ready.wait(timeout=30)
+        if self.config.worker_threads:
+            torch.set_num_threads(before)  # the default for threads started later, which the worker changed
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the worker after its current step (what it trained is published); re-raises its error, if any."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise MedAdaptError(f"the online learner's worker did not stop within {timeout} s")
+        self._thread = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise MedAdaptError(f"the online learner's worker stopped on an error: {error}") from error
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has trained on every sample added (or stopped); False on timeout."""
+        with self._wake:
+            return self._wake.wait_for(lambda: (self._pending == 0 and not self._busy) or not self.running, timeout)
+
+    def _work(self, ready: threading.Event) -> None:
+        try:
+            if self.config.worker_threads:
+                torch.set_num_threads(self.config.worker_threads)
+        finally:
+            ready.set()
+        try:
+            while not self._stopping.is_set():
+                with self._wake:
+                    self._wake.wait_for(lambda: self._pending > 0 or self._stopping.is_set())
+                    if self._stopping.is_set():
+                        break
+                    todo, self._pending, self._busy = self._pending * self.config.steps_per_sample, 0, True
+                for _ in range(todo):
+                    if self._stopping.is_set():
+                        break
+                    with self._train:
+                        self._step()
+                self.publish()
+                if self.config.autosave:
+                    self.save()
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+        except BaseException as exc:  # kept for stop() to raise; the serving side goes on with the last weights
+            self.error = exc
+        finally:
+            with self._wake:
+                self._busy = False
+                self._wake.notify_all()
+
+
+def _swap(tmp: Path, final: Path) -> None:
+    """Put folder ``tmp`` in place of ``final``: the old one is moved aside first and removed last."""
+    aside = final.with_name(f".{final.name}.old")
+    if aside.exists():
+        shutil.rmtree(aside)
+    if final.exists():
+        final.rename(aside)
+    tmp.rename(final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _recover(final: Path) -> Path:
+    """``final``, moved back from aside when a :func:`_swap` was interrupted between its two renames; folders
+    of saves interrupted before the swap are removed."""
+    aside = final.with_name(f".{final.name}.old")
+    if not final.exists() and aside.is_dir():
+        aside.rename(final)
+    for tmp in final.parent.glob(f".{final.name}.new.*") if final.parent.is_dir() else ():
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+__all__ = ["OnlineConfig", "OnlineLearner"]
