@@ -128,7 +128,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     from .app import annotate
 
     annotate(args.data, adapter=args.adapter, model=args.model, checkpoint=args.checkpoint, host=args.host,
-             port=args.port, labels=args.labels, axis=args.axis, window=args.window, device=args.device)
+             port=args.port, labels=args.labels, axis=args.axis, window=args.window, device=args.device,
+             learn=args.learn)
     return 0
 
 
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=int, default=2, help="axis to slice volumes along (default 2)")
     p.add_argument("--window", default=None, help="CT window preset for what the model sees (e.g. abdomen)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the model online from every accepted mask (default; --no-learn serves it as loaded)")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("demo", parents=[common],

@@ -30,6 +30,7 @@ except ImportError as exc:  # the web app is an optional extra
     raise MedAdaptError(f"medadapt annotate needs FastAPI and uvicorn ({exc}): pip install 'medadapt[app]'") from exc
 
 from ..inference import Segmenter
+from .learning import accept_hook, online_segmenter
 from .session import Annotator, OnAccept
 from .sources import UnknownItem, find_items
 
@@ -188,16 +189,36 @@ def serve(annotator: Annotator, host: str = "127.0.0.1", port: int = 8000, *, lo
 
 def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, host: str = "127.0.0.1",
              port: int = 8000, labels=None, axis: int = 2, window=None, device: str | None = None,
-             on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
+             learn: bool = True, on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
              log: Callable[[str], Any] = print) -> None:
-    """``medadapt annotate``: load the model, list DATA and serve the annotation page."""
+    """``medadapt annotate``: load the model, list DATA and serve the annotation page.
+
+    ``learn``: every accepted mask trains the model online (:mod:`medadapt.app.learning`; its replay
+    buffer and adapter in ``LABELS/online/``), unless ``on_accept`` is given; ``False`` serves the model
+    as loaded, optimised for inference."""
     source = find_items(data, labels, axis)  # a wrong DATA fails before the model loads
     _check_port(host, port)
-    seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
+    learner = None
+    if learn and on_accept is None:
+        seg, learner = online_segmenter(model, Path(source.labels_dir) / "online", adapter=adapter,
+                                        checkpoint=checkpoint, device=device)
+        model_version = lambda: learner.version  # noqa: E731
+    else:
+        seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
-                          model_version=model_version, model_name=model)
+                          model_version=model_version, model_name=model,
+                          lock=None if learner is None else learner.lock)
+    if learner is not None:
+        annotator.on_accept = accept_hook(learner, annotator.classes)
+        log(f"online learning on: accepted masks train the model in the background ({learner.folder})")
     log(f"{len(source.items)} images from {data}; accepted labels go to {source.labels_dir}")
-    serve(annotator, host, port, log=log)
+    try:
+        serve(annotator, host, port, log=log)
+    finally:
+        annotator.close()
+        if learner is not None:
+            learner.stop()
+            learner.save()
 
 
 __all__ = ["annotate", "create_app", "serve"]

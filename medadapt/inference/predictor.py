@@ -40,7 +40,7 @@ from .volume_api import VolumeMethods
 ArrayLike = np.ndarray | Sequence
 
 
-def _adapter_path(path: str | os.PathLike) -> str:
+def adapter_path(path: str | os.PathLike) -> str:
     """A run folder (``RUN/adapter/``), an adapter folder, or the adapter file itself."""
     from pathlib import Path
 
@@ -152,7 +152,7 @@ class Segmenter(VolumeMethods):
         else:
             backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
             if adapter is not None:
-                backbone = load_adapter(backbone, _adapter_path(adapter)).eval()
+                backbone = load_adapter(backbone, adapter_path(adapter)).eval()
             seg = cls(backbone, device=device, precision=precision)
         folder = _student_folder(adapter) if student and adapter is not None else None
         if folder is not None:

@@ -1,0 +1,70 @@
+"""Online learning inside the annotation app: every accepted mask teaches the model in the background.
+
+:func:`online_segmenter` builds the serving segmenter and its
+:class:`~medadapt.training.OnlineLearner` (folder ``LABELS/online/``: the
+replay buffer and the adapter checkpoint); :func:`accept_hook` is the
+``on_accept`` the :class:`~medadapt.app.session.Annotator` calls. The page
+never waits for training: the learner trains a private copy and publishes its
+weights between two prompts, and the next proposal comes from the new weights.
+A restarted app resumes from the checkpoint and the buffer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..adapters import load_adapter
+from ..foundation import build_backbone
+from ..inference import Segmenter
+from ..inference.predictor import adapter_path
+from ..training import OnlineLearner
+
+
+def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint=None, device=None
+                     ) -> tuple[Segmenter, OnlineLearner]:
+    """A trainable (float32) segmenter and the learner serving it. The learner's own checkpoint in
+    ``folder`` wins over ``adapter``, which only seeds a new folder."""
+    backbone = build_backbone(model, None if checkpoint is None else str(checkpoint))
+    resuming = (Path(folder) / "adapter").exists()
+    if adapter is not None and not resuming:
+        backbone = load_adapter(backbone, adapter_path(adapter))
+    seg = Segmenter(backbone, device=device)
+    learner = OnlineLearner(seg, folder)
+    learner.start()
+    return seg, learner
+
+
+def accept_hook(learner: OnlineLearner, classes: Callable[[], dict[str, int]]):
+    """``on_accept`` for the annotator: the slice's label map (label values) becomes a learner sample
+    listing every class the app knows (a class absent from the slice is taught as absent there)."""
+
+    def on_accept(image_id, label_map, meta, embedding, prompts) -> None:
+        named = sorted(classes().items(), key=lambda kv: kv[1])
+        index = np.zeros(int(max(int(label_map.max()), max(v for _, v in named))) + 1, np.int64)
+        for k, (_, value) in enumerate(named, start=1):
+            index[value] = k
+        learner.add(embedding, meta, index[np.asarray(label_map, np.int64)], [n for n, _ in named],
+                    prompts=plain_prompts(prompts), image_id=str(image_id))
+
+    return on_accept
+
+
+def plain_prompts(prompts: list[dict]) -> dict[str, list]:
+    """The page's prompts (``{"kind": "point" | "box" | "scribble", ...}``) as the replay buffer keeps them:
+    ``points`` / ``labels`` (clicks), ``boxes`` and ``scribbles`` (``[label, [[x, y], ...]]``)."""
+    out: dict[str, list] = {"points": [], "labels": [], "boxes": [], "scribbles": []}
+    for p in prompts:
+        if p["kind"] == "point":
+            out["points"].append([float(p["x"]), float(p["y"])])
+            out["labels"].append(int(p["label"]))
+        elif p["kind"] == "box":
+            out["boxes"].append([float(p[k]) for k in ("x0", "y0", "x1", "y1")])
+        else:
+            out["scribbles"].append([int(p["label"]), [[float(x), float(y)] for x, y in p["points"]]])
+    return out
+
+
+__all__ = ["accept_hook", "online_segmenter", "plain_prompts"]
