@@ -126,8 +126,12 @@ def markdown(rows: list[dict], args) -> str:
     for name in dict.fromkeys(r["set"] for r in rows):
         if (name, "frozen") in by and (name, "replay") in by and by[(name, "frozen")] > 0:
             cut = 1 - by[(name, "replay")] / by[(name, "frozen")]
-            lines.append(f"\n{name}: online learning with replay needs {100 * cut:.0f}% fewer clicks to Dice 0.90 "
-                         "than the frozen model (last images).")
+            line = (f"\n{name}: online learning with replay needs {100 * cut:.0f}% fewer clicks to Dice 0.90 than "
+                    "the frozen model (last images)")
+            if by.get((name, "frozen_box"), 0) > 0:
+                line += f", {100 * (1 - by[(name, 'replay')] / by[(name, 'frozen_box')]):.0f}% fewer than the frozen " \
+                        "model given a box first"
+            lines.append(line + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ pytest.importorskip("fastapi", reason="the annotation app needs the app extra: p
 from fastapi.testclient import TestClient  # noqa: E402
 
 from medadapt.app import Annotator, create_app, decode_rle, find_items, serve  # noqa: E402
+from medadapt.app.learning import accept_hook, online_segmenter  # noqa: E402
 from medadapt.app.server import annotate  # noqa: E402
 from medadapt.cli import build_parser, main  # noqa: E402
 from medadapt.io.imaging import volume_slice  # noqa: E402
@@ -304,3 +305,35 @@ def test_datasets_and_series_keep_labels_where_their_layout_does(tmp_path):
     assert item.label_path == nn.resolve() / "labelsTr" / "c1.nii.gz" and item.slices == 3 and item.is_volume
     other = find_items(nn, labels=tmp_path / "mine")
     assert other.items[0].label_path == (tmp_path / "mine" / "c1.nii.gz").resolve()
+
+
+def test_accepted_masks_train_the_served_model_and_a_restart_resumes(images, tmp_path):
+    folder, truth = images
+    seg, learner = online_segmenter("litemedsam", tmp_path / "online", device="cpu",
+                                    config={"steps_per_sample": 2, "batch_size": 2})
+    annotator = Annotator(seg, folder, lock=learner.lock, model_version=lambda: learner.version, prefetch=False)
+    annotator.on_accept = accept_hook(learner, annotator.classes)
+    api = client(annotator)
+    try:
+        assert seg.classes == []  # no adapter yet: the first accepted mask creates the class
+        for name in ("a.png", "b.png"):
+            item = ids(api)[name]
+            disc, _ = truth[name]
+            api.post(url(item, 0, "open"), json={"class_name": "foreground"})
+            api.post(url(item, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(disc)})
+            done = api.post(url(item, 0, "accept"), json={"class_name": "foreground"}).json()
+            assert done["accepted"] and "on_accept_error" not in done
+        assert learner.wait_idle(timeout=300)
+        assert seg.classes == ["foreground"] and len(learner.buffer) == 2 and learner.version >= 1
+        assert api.get("/api/state").json()["model_version"] == learner.version
+        sample = learner.buffer.get(0)
+        assert set(np.unique(sample.target.numpy())) <= {0, 1} and sample.target.sum() > 0
+    finally:
+        annotator.close()
+        learner.stop()
+        learner.save()
+    again, resumed = online_segmenter("litemedsam", tmp_path / "online", device="cpu")
+    try:
+        assert again.classes == ["foreground"] and len(resumed.buffer) == 2
+    finally:
+        resumed.stop()

@@ -20,11 +20,11 @@ from ..adapters import load_adapter
 from ..foundation import build_backbone
 from ..inference import Segmenter
 from ..inference.predictor import adapter_path
-from ..training import OnlineLearner
+from ..training import OnlineConfig, OnlineLearner
 
 
-def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint=None, device=None
-                     ) -> tuple[Segmenter, OnlineLearner]:
+def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint=None, device=None,
+                     config: OnlineConfig | dict | None = None) -> tuple[Segmenter, OnlineLearner]:
     """A trainable (float32) segmenter and the learner serving it. The learner's own checkpoint in
     ``folder`` wins over ``adapter``, which only seeds a new folder."""
     backbone = build_backbone(model, None if checkpoint is None else str(checkpoint))
@@ -32,7 +32,7 @@ def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint
     if adapter is not None and not resuming:
         backbone = load_adapter(backbone, adapter_path(adapter))
     seg = Segmenter(backbone, device=device)
-    learner = OnlineLearner(seg, folder)
+    learner = OnlineLearner(seg, folder, config)
     learner.start()
     return seg, learner
 
