@@ -1,7 +1,8 @@
 """``medadapt annotate`` in a real browser: headless Chromium drives the page served by the real server.
 
-The server runs as ``python -m medadapt annotate DATA --port P`` (the command
-users type) in a subprocess with the real LiteMedSAM; selenium drives Debian's
+The server runs as ``python -m medadapt annotate DATA --port P --no-learn`` (the
+command users type; online learning, which would open each image with a learned
+proposal, is tested through the API in test_annotate_api.py) in a subprocess with the real LiteMedSAM; selenium drives Debian's
 Chromium through the system chromedriver (nothing is downloaded). With
 ``MEDADAPT_SCREENSHOTS=docs/images`` the test also segments the liver on a
 bundled CT slice and saves the screenshots the documentation shows.
@@ -64,7 +65,8 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         out = self.log.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "medadapt", "annotate", str(self.data), "--port",
-                                      str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT)
+                                      str(port), "--device", "cpu", "--no-learn"],
+                                     stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

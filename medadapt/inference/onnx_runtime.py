@@ -185,6 +185,8 @@ class ExportedBackbone(nn.Module):
         self.text_head = None
         self.class_prompts = None
         self.context_adapter = None
+        self.depth_adapter = None
+        self.depth_slices = 1  # slices decoded per embedding: an export decodes one slice at a time
         self.compute_dtype = None
         self.inference_only = True
         self.lora_merged = bool(manifest.get("lora_merged", False))
