@@ -27,6 +27,7 @@ from scipy import ndimage
 from ..core.errors import MedAdaptError
 from ..inference import Segmenter
 from ..prompts.regions import mask_box
+from ..prompts.simulate import most_interior
 from ..training import OnlineLearner
 from .metrics import binary_dice as dice
 
@@ -57,10 +58,7 @@ def next_click(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int] |
             best, best_size, label = components == k, int(sizes[k]), lab
     if best is None:
         return None
-    # distance to the region's border, the image edge counting as border
-    depth = ndimage.distance_transform_edt(np.pad(best, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return np.array([x, y], np.float32), label
+    return most_interior(best), label  # the image edge counts as the region's border
 
 
 @dataclass

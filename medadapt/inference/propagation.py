@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..core.config import check_fields, check_ranges
 from ..core.errors import MedAdaptError
 from ..prompts.regions import largest_component, mask_box
+from ..prompts.simulate import most_interior
 from ..prompts.types import Prompts
 from .volume import VolumeSession
 
@@ -110,10 +110,7 @@ class SlicePrompts:
 
 def interior_point(mask: np.ndarray) -> np.ndarray:
     """(x, y) of the pixel farthest from the edge of the mask's largest component."""
-    part = largest_component(mask)
-    depth = ndimage.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
-    return np.array([x, y], dtype=np.float32)
+    return most_interior(largest_component(mask))
 
 
 class Propagation:

@@ -122,7 +122,7 @@ def _pad(points: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np
     return out_p, out_l
 
 
-def _most_interior(mask: np.ndarray) -> np.ndarray:
+def most_interior(mask: np.ndarray) -> np.ndarray:
     """(x, y) of the foreground pixel farthest from the background (first in raster order on ties)."""
     dist = _interior_distance(mask)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
@@ -251,7 +251,7 @@ def corrective_click(
     sizes[0] = 0  # background of the label image
     region = components == int(np.argmax(sizes))
     if mode == "center":
-        xy = _most_interior(region)
+        xy = most_interior(region)
     else:
         xy = _choose(region, 1, _rng(rng))[0]
     return xy, label
@@ -407,7 +407,7 @@ def prompts_from_prediction(
         offset = np.array([xa, ya], dtype=np.float32)
         pts, labs = [], []
         if n_pos:
-            center = _most_interior(comp)
+            center = most_interior(comp)
             pts.append(center[None])
             if n_pos > 1:
                 taken = np.zeros_like(comp)
@@ -478,6 +478,7 @@ __all__ = [
     "box_from_mask",
     "corrective_click",
     "iterative_clicks",
+    "most_interior",
     "nonempty",
     "prompts_from_prediction",
     "sample_points",
