@@ -50,6 +50,9 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
     cfg = build_config(FinetuneConfig, raw)
     if cfg.ssl is not None and not cfg.prompts.automatic:
         raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
+    if cfg.data.get("scribbles", "none") != "none" and (cfg.ssl is not None or cfg.distill is not None):
+        raise MedAdaptError("data.scribbles: training from scribbles runs without ssl or distill sections; "
+                            "set ssl: null and distill: null, or train on full masks")
     if cfg.ssl is not None and not cfg.data.get("unlabeled"):
         raise MedAdaptError("ssl: needs unlabelled cases; set data.unlabeled (ids, a split name, or 'rest:train')")
     return cfg

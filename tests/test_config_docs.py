@@ -23,7 +23,7 @@ from medadapt.data.config import SELECTION_KEYS
 from medadapt.recipes import FinetuneConfig
 from medadapt.ssl import DistillConfig, SSLConfig
 from medadapt.student import StudentConfig
-from medadapt.training.config import PromptTrainingConfig, TrainConfig
+from medadapt.training.config import PromptTrainingConfig, ScribbleLossConfig, TrainConfig
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -39,6 +39,7 @@ SECTIONS = {
     PromptTrainingConfig: "## prompts",
     LearnedTextConfig: "### prompts.text",
     TrainConfig: "## train",
+    ScribbleLossConfig: "## scribble_loss",
     SSLConfig: "## ssl",
     DistillConfig: "## distill",
     StudentConfig: "### distill.student",

@@ -26,6 +26,7 @@ LAYOUTS = ("auto", "nnunet", "folder")
 SPLITS = ("labeled", "unlabeled", "val", "test")
 ON_ERROR = ("stop", "skip")
 SLICE_FILTERS = ("labeled", "all")
+SCRIBBLES = ("none", "files", "simulate")
 FOREGROUND = "foreground"
 
 #: Keys of a split selection mapping (``labeled: {range: ["000", "004"]}``), applied in this order.
@@ -95,7 +96,16 @@ class DataConfig:
     the file; ``skip`` warns and records it in ``SliceDataset.skipped``.
     ``slice_filter`` ``labeled`` trains on slices holding a target class (at
     least ``min_foreground`` pixels of them), ``all`` on every non-constant
-    slice. See ``docs/data.md`` for the layouts and ``docs/configuration.md``
+    slice.
+
+    Scribbles: ``scribbles`` says what the labelled cases' labels are.
+    ``none``: full masks. ``files``: the label files hold sparse strokes, with
+    ``unlabeled_value`` (default 255) wherever nobody drew; those pixels read
+    as -1, and validation masks must not use that value. ``simulate``: strokes
+    are drawn from the full masks of the labelled cases (for benchmarks; the
+    trainer does it, seeded per slice). A slice's strokes must name every
+    target class it holds: a class without a stroke is taken to be absent
+    there. See ``docs/data.md`` for the layouts and ``docs/configuration.md``
     for every key.
     """
 
@@ -116,6 +126,8 @@ class DataConfig:
     on_error: str = "stop"
     slice_filter: str = "labeled"
     min_foreground: int = 0
+    scribbles: str = "none"
+    unlabeled_value: int = 255
 
     def __post_init__(self) -> None:
         if not isinstance(self.root, (str, os.PathLike)) or not str(self.root):
@@ -136,6 +148,10 @@ class DataConfig:
         _choice("layout", self.layout, LAYOUTS)
         _choice("on_error", self.on_error, ON_ERROR)
         _choice("slice_filter", self.slice_filter, SLICE_FILTERS)
+        _choice("scribbles", self.scribbles, SCRIBBLES)
+        if isinstance(self.unlabeled_value, bool) or not isinstance(self.unlabeled_value, int):
+            raise MedAdaptError(f"data.unlabeled_value must be an integer label value (e.g. 255), "
+                                f"got {short_repr(self.unlabeled_value)}")
         if isinstance(self.axis, bool) or self.axis not in (0, 1, 2):
             raise MedAdaptError(f"data.axis must be 0, 1 or 2 (the volume axis to slice along), got {short_repr(self.axis)}")
         for key in ("images", "labels"):

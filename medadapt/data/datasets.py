@@ -83,14 +83,21 @@ def _integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def remap_labels(labels: np.ndarray, classes: list[tuple[str, int]], *, binary_255: bool = False) -> np.ndarray:
+def remap_labels(labels: np.ndarray, classes: list[tuple[str, int]], *, binary_255: bool = False,
+                 unlabeled: int | None = None) -> np.ndarray:
     """Stored label values -> 0..K, target ``k`` (1-based) for ``classes[k-1]``'s value, all else 0.
 
     ``binary_255``: a 2-D mask holding only 0 and 255 counts 255 as value 1,
     so 0/255 masks work with ``classes: [foreground]`` or ``[1]``. Only such
     exactly-0/255 masks: in a multi-label mask, 255 stays its own label.
+    ``unlabeled`` (scribble files): pixels of that stored value become -1, not
+    background.
     """
     labels = np.asarray(labels)
+    if unlabeled is not None:
+        out = remap_labels(np.where(labels == unlabeled, 0, labels), classes)
+        out[labels == unlabeled] = -1
+        return out
     if binary_255 and len(classes) == 1 and classes[0][1] == 1 and (labels == 255).any():
         if np.isin(labels, (0, 255)).all():
             labels = (labels == 255).astype(np.int64)
@@ -129,7 +136,8 @@ def _read_case(
             f"label {label_path} has shape {lab_shape} but image {case.image_path} has shape {img_shape}"
             f"{' (slices along axis %d first)' % config.axis if volume else ''}; they must be on the same grid",
         )
-    return image, remap_labels(raw, classes, binary_255=not volume), volume
+    unlabeled = config.unlabeled_value if config.scribbles == "files" else None
+    return image, remap_labels(raw, classes, binary_255=not volume, unlabeled=unlabeled), volume
 
 
 def prepare_slice(image: np.ndarray, config: DataConfig, *, name: str = "image") -> np.ndarray:

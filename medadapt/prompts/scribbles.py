@@ -339,7 +339,7 @@ def simulate_scribbles(mask: Any, rng: np.random.Generator | None = None, *, pos
 
 def simulate_scribble_labels(label_map: Any, rng: np.random.Generator | None = None, *, positive: int = 1,
                              negative: int = 1, length: float = 0.8, negative_length: float = 0.5,
-                             width: float = WIDTH) -> np.ndarray:
+                             width: float = WIDTH, background: int = 0) -> np.ndarray:
     """A sparse label map for training from scribbles: H x W int64, -1 where nothing was scribbled.
 
     Every 8-connected component of every class of the H x W integer
@@ -347,7 +347,10 @@ def simulate_scribble_labels(label_map: Any, rng: np.random.Generator | None = N
     ``positive`` strokes set to its label value and ``negative`` background
     strokes around it, drawn in background pixels ``width / 2 + 1.5`` pixels
     from any object. A map without objects gets ``positive`` strokes through
-    its background. Scribbled pixels always carry their true label.
+    its background. ``background`` more strokes run along the middle of the
+    background as a whole (away from every object), as a user marks what is
+    not a target far from the targets too. Scribbled pixels always carry their
+    true label.
     """
     labels = np.asarray(label_map)
     if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
@@ -356,6 +359,7 @@ def simulate_scribble_labels(label_map: Any, rng: np.random.Generator | None = N
     gen, width = _rng(rng), _check_width(width)
     length, negative_length = _check_fraction(length, "length"), _check_fraction(negative_length, "negative_length")
     positive, negative = _count(positive, "positive"), _count(negative, "negative")
+    background_strokes = _count(background, "background")
     background = labels == 0
     free = ndimage.distance_transform_edt(background) > width / 2 + 1.5
     strokes: list[tuple[np.ndarray, int]] = []
@@ -372,6 +376,8 @@ def simulate_scribble_labels(label_map: Any, rng: np.random.Generator | None = N
             strokes += [(xy + [x0, y0], v) for xy, v in found]
     if background.all():
         strokes += [(xy, 0) for xy, _ in _positive_strokes(background, positive, length, width, gen)]
+    elif background_strokes and free.any():
+        strokes += [(xy, 0) for xy, _ in _positive_strokes(free, background_strokes, length, width, gen)]
     out = np.full(labels.shape, -1, dtype=np.int64)
     for xy, value in strokes:
         drawn = _stroke_pixels(xy, labels.shape, max(width, 1.0) / 2)

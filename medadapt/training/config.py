@@ -47,6 +47,40 @@ class PromptTrainingConfig:
 
 
 @dataclass
+class ScribbleLossConfig:
+    """How a run whose labels are scribbles (``data.scribbles``) learns from them.
+
+    Scribbled pixels always get the full loss (cross-entropy and Dice on those
+    pixels only). Two more terms are optional (off by default: on synthetic
+    discs each one lowered the validation Dice that the partial loss alone
+    reached; see ``docs/training.md``):
+
+    * ``pseudo_weight`` > 0: every other pixel of a labelled slice is taught
+      by a pseudo-label that the promptable decoder draws from the slice's own
+      strokes (clicks sampled along them, redrawn at each step by the model
+      being trained), where its winning probability reaches ``confidence`` and,
+      with ``agree``, where the automatic head already gives the same class.
+      The weight ramps up from 0 over ``ramp_epochs``.
+    * ``affinity_weight`` > 0: neighbouring pixels of similar intensity are
+      asked to agree (``affinity_sigma``: the intensity scale, in standard
+      deviations of the slice).
+
+    Prompted training (``prompts.prompted``) uses ``points`` positive and
+    ``negatives`` negative clicks sampled from the strokes as prompts, scored
+    on the scribbled pixels.
+    """
+
+    pseudo_weight: float = 0.0
+    confidence: float = 0.8
+    agree: bool = True
+    ramp_epochs: float = 1.0
+    affinity_weight: float = 0.0
+    affinity_sigma: float = 0.3
+    points: int = 5
+    negatives: int = 5
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and run control."""
 
@@ -78,6 +112,7 @@ class TrainingConfig:
     adapter: dict[str, Any] = field(default_factory=lambda: {"train": ["mask_decoder"]})
     prompts: PromptTrainingConfig = field(default_factory=PromptTrainingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scribble_loss: ScribbleLossConfig = field(default_factory=ScribbleLossConfig)
     output: str = "runs/finetune"
     name: str | None = None
 
@@ -96,6 +131,7 @@ def build_config(cls: type[C], raw: dict[str, Any]) -> C:
         raise MedAdaptError("the config needs a 'data:' section (root, classes, labeled, val ...)")
     raw["prompts"] = build_dataclass(PromptTrainingConfig, raw.get("prompts") or {}, "prompts")
     raw["train"] = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
+    raw["scribble_loss"] = build_dataclass(ScribbleLossConfig, raw.get("scribble_loss") or {}, "scribble_loss")
     cfg = build_dataclass(cls, raw, "config")
     check_run_name(cfg.name, cfg.output)
     AdapterConfig.from_dict(cfg.adapter)  # checked now, so a typo fails before anything runs
@@ -130,6 +166,13 @@ _RANGES = {
     ("prompts", "n_neg"): (lambda v: v >= 0, ">= 0"),
     ("prompts", "corrective_clicks"): (lambda v: v >= 0, ">= 0"),
     ("prompts", "prompted_weight"): (lambda v: v >= 0, ">= 0"),
+    ("scribble_loss", "pseudo_weight"): (lambda v: v >= 0, ">= 0"),
+    ("scribble_loss", "confidence"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("scribble_loss", "ramp_epochs"): (lambda v: v >= 0, ">= 0"),
+    ("scribble_loss", "affinity_weight"): (lambda v: v >= 0, ">= 0"),
+    ("scribble_loss", "affinity_sigma"): (lambda v: v > 0, "> 0"),
+    ("scribble_loss", "points"): (lambda v: v >= 1, ">= 1"),
+    ("scribble_loss", "negatives"): (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -201,5 +244,5 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
 
 
 __all__ = [
-    "PromptTrainingConfig", "TrainConfig", "TrainingConfig", "apply_overrides", "build_config", "check_run_name", "read_config",
+    "PromptTrainingConfig", "ScribbleLossConfig", "TrainConfig", "TrainingConfig", "apply_overrides", "build_config", "check_run_name", "read_config",
 ]

@@ -46,9 +46,9 @@ from ..inference.predictor import Segmenter
 from .losses import automatic_loss
 from .online_config import OnlineConfig
 from .online_model import joined, new_class_tokens, training_copy
+from .prompted import prompted_loss
 from .replay import ReplayBuffer, check_classes, check_label_map
 from .samples import to_model_frame
-from .trainer import prompted_loss
 
 TOKENS = ("class_prompts.tokens", "class_prompts.mask_tokens")
 

@@ -44,8 +44,14 @@ def to_model_frame(label: np.ndarray, meta: ImageMeta, image_size: int, mask_siz
     t = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
     t = F.interpolate(t, size=meta.input_size, mode="nearest")
     t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]))
-    t = F.interpolate(t, size=(mask_size, mask_size), mode="nearest")
-    return t[0, 0].long()
+    out = F.interpolate(t, size=(mask_size, mask_size), mode="nearest")
+    if mask_size < image_size and bool((t < 0).any()):
+        # scribbles (-1 unlabelled): a thin stroke must survive the coarser grid, so a cell that came out
+        # unlabelled takes a stroke value found anywhere in it
+        for v in torch.unique(t[t >= 0]).tolist():
+            hit = F.adaptive_max_pool2d((t == v).float(), mask_size) > 0
+            out = torch.where((out < 0) & hit, torch.full_like(out, v), out)
+    return out[0, 0].long()
 
 
 def prepare(backbone: Backbone, slices: Sequence) -> list[ModelSample]:

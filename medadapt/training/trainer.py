@@ -23,6 +23,7 @@ import math
 import os
 import random
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,19 +47,20 @@ from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text
 from ..data import DataConfig, SliceDataset, discover_cases, split_cases
-from ..foundation import Backbone, build_backbone
+from ..foundation import build_backbone
 from ..foundation.decoding import labels_from_logits
 from ..inference.optimize import bf16_is_fast
 from ..inference.predictor import Segmenter
 from ..io.overlay import legend, overlay
-from ..prompts.simulate import box_from_mask, corrective_click, sample_points
-from ..prompts.types import PAD_LABEL, Prompts
+from ..prompts.scribbles import simulate_scribble_labels
 from .augment import random_view
-from .config import PromptTrainingConfig, TrainingConfig, check_run_name
+from .config import TrainingConfig, check_run_name
 from .distributed import Split, World, current, data_parallel, launched, rank_device, start, stop
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
-from .losses import automatic_loss, binary_mask_loss
+from .losses import automatic_loss
+from .prompted import decode_simulated, prompted_loss
 from .samples import EmbeddingCache, ModelSample, prepare, to_device, to_model_frame
+from .scribbles import grid_image, scribble_loss
 from .text_prompts import train_text_prompts
 
 
@@ -79,82 +81,6 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def prompted_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, pc: PromptTrainingConfig,
-                  rng: np.random.Generator, world: World = World(), part: Split | None = None) -> torch.Tensor:
-    """Simulated box/point prompts for one present class per slice, then corrective clicks.
-
-    ``target`` is the whole batch's label maps on the decoder grid; ``emb`` this rank's rows of it (``part``;
-    all of them in one process). ``pc`` gives the prompt modes, box jitter, clicks and corrective clicks (any
-    object with those fields of :class:`PromptTrainingConfig`). Prompts and clicks are drawn from ``rng`` for
-    every row, on every rank alike; each rank decodes its own rows.
-    """
-    part = part or world.split(target.shape[0])
-    proc = model.processor
-    device = emb.device
-    scale = proc.image_size / proc.mask_size
-    rows, masks, boxes, points, labels = [], [], [], [], []
-    for b in range(target.shape[0]):
-        present = [int(v) for v in torch.unique(target[b]).tolist() if v > 0]
-        if not present:
-            continue
-        k = present[int(rng.integers(len(present)))]
-        m = (target[b] == k).cpu().numpy()
-        mode = pc.prompted[int(rng.integers(len(pc.prompted)))]
-        box = box_from_mask(m, jitter=pc.box_jitter, rng=rng) * scale if "box" in mode else None
-        if "points" in mode:
-            pts, lab = sample_points(m, pc.n_pos, pc.n_neg, rng)
-            pts = pts * scale
-        else:
-            pts, lab = np.zeros((0, 2), np.float32), np.zeros((0,), np.int64)
-        rows.append(b)
-        masks.append(m)
-        boxes.append(box)
-        points.append(pts)
-        labels.append(lab)
-    if not rows:
-        return torch.zeros((), device=device)
-    tgt = torch.from_numpy(np.stack(masks)).float().to(device)
-    total = torch.zeros((), device=device)
-    prev = None
-    # this rank's prompted rows (contiguous: rows ascend); one without any decodes row 0 and drops it
-    mine = [j for j, b in enumerate(rows) if part.start <= b < part.stop]
-    own = slice(mine[0], mine[-1] + 1) if mine else slice(0, 1)
-    at = [rows[j] - part.start for j in mine] if mine else [0]
-    bounds = np.cumsum([0, *part.counts])
-    counts = [sum(1 for b in rows if lo <= b < hi) for lo, hi in zip(bounds, bounds[1:])]
-    for it in range(1 + pc.corrective_clicks):
-        low = world.gather(decode_simulated(model, emb[at], boxes[own], points[own], labels[own],
-                                            None if prev is None else prev[own]), counts)
-        total = total + binary_mask_loss(low, tgt)
-        if it == pc.corrective_clicks:
-            break
-        pred = (low.detach() > 0).cpu().numpy()
-        for j in range(len(rows)):
-            click = corrective_click(pred[j], masks[j], rng)
-            if click is not None:
-                points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
-                labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
-        prev = low.detach()[:, None]
-    return total / (1 + pc.corrective_clicks)
-
-
-def decode_simulated(model: Backbone, emb, boxes, points, labels, prev) -> torch.Tensor:
-    """Decode one simulated prompt per row (box or None, clicks, previous logits) as one :class:`Prompts`."""
-    n = len(boxes)
-    kmax = max(len(p) for p in points)
-    pts = lab = None
-    if kmax > 0:  # click sets of different lengths, padded with SAM's 'not a point' (label -1)
-        pts = np.zeros((n, kmax, 2), np.float32)
-        lab = np.full((n, kmax), PAD_LABEL, np.int64)
-        for j, (p, l) in enumerate(zip(points, labels)):
-            pts[j, : len(p)], lab[j, : len(l)] = p, l
-    box = np.stack([np.full(4, np.nan, np.float32) if b is None else b for b in boxes]).astype(np.float32)
-    prompts = Prompts(boxes=None if np.isnan(box).all() else box, points=pts, point_labels=lab,
-                      masks=None if prev is None else prev[:, 0].float().cpu().numpy())
-    low, _ = model.decode_prompts(emb, prompts)
-    return low[:, 0]
 
 
 class Trainer:
@@ -193,6 +119,12 @@ class Trainer:
             self.skipped += list(val_ds.skipped)
         if not self.train_slices:
             raise MedAdaptError("the labelled cases contain no slice with a target class; check data.classes")
+        self.scribbles = self.data_cfg.scribbles != "none"
+        if self.data_cfg.scribbles == "simulate":
+            self.train_slices = simulate_scribbles_on(self.train_slices, tc.seed)
+        if self.scribbles and (extensions or self.world.size > 1):
+            raise MedAdaptError("training from scribbles (data.scribbles) runs on one process without ssl or "
+                                "distillation sections; remove those sections, or train on full masks")
 
         adapter = AdapterConfig.from_dict(config.adapter)
         if config.prompts.automatic:
@@ -302,6 +234,14 @@ class Trainer:
             emb = self.embeddings(part.take(batch), part.take(pixels))
         total = torch.zeros((), device=self.device)
         c = len(self.class_names)
+        if self.scribbles:  # one process (checked at start): the whole batch is this rank's
+            sc = self.cfg.scribble_loss
+            ramp = 1.0 if sc.ramp_epochs == 0 else min(1.0, self.progress() / sc.ramp_epochs)
+            pix = torch.stack([s.pixels for s in batch]) if self.cache is not None else pixels
+            image = grid_image(pix, self.model.processor.mask_size).to(self.device)
+            prompted = self.cfg.prompts.prompted_weight if self.cfg.prompts.prompted else 0.0
+            return scribble_loss(self.model, emb, target, image, c, sc, self.rng, ramp,
+                                 automatic=self.cfg.prompts.automatic, prompted_weight=prompted)
         if self.cfg.prompts.automatic:
             low = part.gather(self.model.decode_classes(emb, torch.arange(c, device=self.device)))
             total = total + automatic_loss(low.float(), target)
@@ -465,6 +405,21 @@ class Trainer:
         }
 
 
+#: background strokes across the whole slice, besides one around each object (data.scribbles: simulate)
+SIMULATED_BACKGROUND_STROKES = 2
+
+
+def simulate_scribbles_on(slices: list, seed: int) -> list:
+    """The slices with their full masks replaced by simulated scribbles (-1 unscribbled), seeded per slice
+    (run seed, case id, slice index), so the same run draws the same strokes: per object one stroke along its
+    middle and one in the background around it, and two strokes along the middle of the background."""
+    out = []
+    for s in slices:
+        rng = np.random.default_rng([seed, zlib.crc32(s.case_id.encode()), 0 if s.index is None else s.index + 1])
+        out.append(replace(s, label=simulate_scribble_labels(s.label, rng, background=SIMULATED_BACKGROUND_STROKES)))
+    return out
+
+
 def _views(slices: list, n: int, seed: int) -> list:
     """``n`` augmented copies of each labelled slice (for the embedding cache), seeded."""
     rng = np.random.default_rng(seed + 7919)
@@ -515,6 +470,9 @@ def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = 
     """
     saved = yaml.safe_load((run / "config.yaml").read_text())
     now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # a section added to the recipe after the run was written counts as its defaults
+    defaults = yaml.safe_load(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
                          {k: v for k, v in now.items() if k not in ignore})
 
@@ -707,4 +665,4 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
 
 
 __all__ = ["train", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes", "prompted_loss",
-           "decode_simulated"]
+           "decode_simulated"]  # the last two live in medadapt.training.prompted
