@@ -337,3 +337,28 @@ def test_accepted_masks_train_the_served_model_and_a_restart_resumes(images, tmp
         assert again.classes == ["foreground"] and len(resumed.buffer) == 2
     finally:
         resumed.stop()
+
+
+def test_answers_carry_guidance_where_the_model_is_least_sure(images, litemedsam):
+    """The answer to a box shows an unsure region along the object's edge, with a point in it; a prompt that
+    changes the answer moves guidance to where the two answers disagree."""
+    from scipy import ndimage
+
+    folder, truth = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    a = ids(api)["a.png"]
+    assert api.post(url(a, 0, "open"), json={}).json()["guidance"] is None  # nothing answered yet
+    disc = truth["a.png"][0]
+    answer = api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(disc)}).json()
+    g = answer["guidance"]
+    region = decode_rle(g["region"])
+    edge = ndimage.distance_transform_edt(disc) + ndimage.distance_transform_edt(~disc) <= 4
+    assert region.any() and (region & edge).sum() / region.sum() > 0.8
+    x, y = g["point"]
+    assert region[int(round(y)), int(round(x))] and 0.5 <= g["uncertainty"] <= 1.0
+    cut = {"kind": "point", "x": 70.0, "y": 60.0, "label": 0}  # a negative click at the disc's centre
+    changed = api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": cut}).json()
+    before, after = decode_rle(answer["mask"]), decode_rle(changed["mask"])
+    flipped = before != after
+    assert flipped.sum() > 10  # the click changed the answer, and guidance shows (part of) the change
+    assert (decode_rle(changed["guidance"]["region"]) & flipped).any()

@@ -23,8 +23,10 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from ..core.errors import MedAdaptError
+from ..inference.guidance import guidance, uncertainty_map
 from ..io.imaging import apply_window, load_image, load_volume, volume_slice
 from .encoding import EmbeddingLRU, Encoded, Prefetcher, encode_image, show_encoded
 from .objects import AnnotatedObject, Answer, check_prompt, decode, prompt_from_dict, prompt_to_dict
@@ -221,7 +223,22 @@ class Annotator:
             self._objects.popitem(last=False)
         return obj
 
-    def _answer(self, item: Item, k: int, obj: AnnotatedObject | None) -> dict[str, Any]:
+    def _guidance(self, obj: AnnotatedObject | None, encoded: Encoded | None) -> dict[str, Any] | None:
+        """Where the model is least sure about the object: its answer's margin, and where it disagrees with
+        the automatic proposal (once prompts changed it) or else with the answer before the last prompt."""
+        current = None if obj is None or encoded is None else obj.current()
+        if current is None:
+            return None
+        reference = obj.proposal if obj.steps and obj.proposal is not None else obj.before_last() if obj.steps else None
+        full = lambda a: self.seg.backbone.processor.postprocess_logits(  # noqa: E731
+            torch.from_numpy(a.logits), encoded.meta).numpy()
+        shown = guidance(uncertainty_map(full(current), None if reference is None else full(reference)))
+        if shown is None:
+            return None
+        return {"region": encode_rle(shown.region), "point": [float(v) for v in shown.point],
+                "uncertainty": round(shown.uncertainty, 3)}
+
+    def _answer(self, item: Item, k: int, obj: AnnotatedObject | None, encoded: Encoded | None = None) -> dict[str, Any]:
         current = None if obj is None else obj.current()
         return {
             "item": item.id, "slice": k, "class_name": None if obj is None else obj.class_name,
@@ -230,6 +247,7 @@ class Annotator:
             "mask": None if current is None or not current.mask.any() else encode_rle(current.mask),
             "score": None if current is None else current.score,
             "decode_ms": self.last_decode_ms, "model_version": self.version(),
+            "guidance": self._guidance(obj, encoded),
         }
 
     def _touch(self) -> None:
@@ -258,7 +276,7 @@ class Annotator:
             else:
                 window = [lo, hi]
             out = {
-                **self._answer(item, k, obj), "width": size[1], "height": size[0],
+                **self._answer(item, k, obj, encoded), "width": size[1], "height": size[0],
                 "channels": 1 if raw.ndim == 2 else raw.shape[2], "range": [lo, hi], "window": window,
                 "blank": encoded is None, "labels": encode_labels(self.store.slice_labels(item, k, size)),
                 "accepted": k in self.store.accepted_slices(item),
@@ -295,7 +313,7 @@ class Annotator:
             self.last_decode_ms = (time.perf_counter() - start) * 1000
             obj.prompts.append(p)
             obj.steps.append(answer)
-            out = self._answer(item, k, obj)
+            out = self._answer(item, k, obj, encoded)
         self._touch()
         return out
 
@@ -310,7 +328,7 @@ class Annotator:
                 if obj.prompts:
                     show_encoded(self.seg, encoded)
                     obj.steps[-1] = decode(self.seg, obj.prompts, obj.before_last())
-            return self._answer(item, k, obj)
+            return self._answer(item, k, obj, encoded)
 
     def clear(self, item_id: str, k: int) -> dict[str, Any]:
         """Drop the object's prompts and its proposal: an empty object."""

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from ..core.errors import MedAdaptError
 from ..inference import Segmenter
+from ..inference.guidance import guidance, uncertainty_map
 from ..prompts.regions import mask_box
 from ..prompts.simulate import most_interior
 from ..training import OnlineLearner
@@ -35,17 +36,25 @@ REPORTED_CLICKS = (1, 3, 5)
 THRESHOLDS = (0.85, 0.90)
 
 
-def next_click(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int] | None:
+def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
     """The click that fixes most: at the most interior pixel of the largest connected wrong region.
 
     Missed object pixels and spurious ones compete as regions (one region of
     either kind, whichever is larger); the label is 1 for a missed region and
     0 for a spurious one. Returns ``((x, y) float32, label)``, or None when
-    ``pred`` equals ``target``.
+    ``pred`` equals ``target``. ``focus`` (H x W bool, the region guidance
+    points at): a user who follows guidance looks there first, and clicks on
+    the largest wrong region inside it when there is one.
     """
     p, t = np.asarray(pred, bool), np.asarray(target, bool)
     if p.shape != t.shape or p.ndim != 2:
         raise MedAdaptError(f"pred and target must be H x W masks of one shape; got {p.shape} and {t.shape}")
+    if focus is not None:
+        f = np.asarray(focus, bool)
+        if f.shape != t.shape:
+            raise MedAdaptError(f"focus must be an H x W mask like the target; got {f.shape} and {t.shape}")
+        if (f & (p != t)).any():
+            return next_click(p & f, t & f)
     best, best_size, label = None, 0, 1
     for error, lab in ((t & ~p, 1), (p & ~t, 0)):
         components, n = ndimage.label(error)
@@ -86,16 +95,20 @@ class ClickSession:
 
 
 Decode = Callable[[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
+Guide = Callable[[np.ndarray], np.ndarray]  # an answer's low-resolution logits -> H x W uncertainty
 
 
 def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarray, np.ndarray | None] | None = None,
-                    *, max_clicks: int = 20, stop_at: float = 0.90, box: np.ndarray | None = None) -> ClickSession:
+                    *, max_clicks: int = 20, stop_at: float = 0.90, box: np.ndarray | None = None,
+                    guide: Guide | None = None) -> ClickSession:
     """Click until Dice reaches ``stop_at`` or ``max_clicks`` clicks.
 
     ``decode(points K x 2, labels K, previous_logits or None, box or None) -> (mask H x W bool, logits)``
     answers the interactions so far; ``proposal`` is the ``(mask, logits)`` the image opened with (None:
     empty, no logits). With ``box`` (``[x0, y0, x1, y1]``), the first interaction draws that box instead of
-    clicking (it counts as one click, and stays with every later click).
+    clicking (it counts as one click, and stays with every later click). ``guide(logits) -> H x W
+    uncertainty`` makes the user follow guidance: each click goes to a wrong region inside the region
+    :func:`~medadapt.inference.guidance.guidance` shows, when it holds one.
     """
     if max_clicks < 1:
         raise MedAdaptError(f"max_clicks must be >= 1; got {max_clicks}")
@@ -110,7 +123,8 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
         scores.append(dice(mask, t))
         clicks.append((float("nan"), float("nan"), -1))  # the box, in the click count
     while scores[-1] < stop_at and len(clicks) < max_clicks:
-        click = next_click(mask, t)
+        shown = guidance(guide(logits)) if guide is not None and logits is not None else None
+        click = next_click(mask, t, None if shown is None else shown.region)
         if click is None:
             break
         xy, lab = click
@@ -141,9 +155,14 @@ def _proposal(seg: Segmenter, class_name: str) -> tuple[np.ndarray, np.ndarray] 
     return pred.masks[0], pred.logits[0]
 
 
+def _guide(seg: Segmenter, proposal: tuple[np.ndarray, np.ndarray] | None) -> Guide:
+    reference = None if proposal is None else seg.full_size_logits(proposal[1])
+    return lambda logits: uncertainty_map(seg.full_size_logits(logits), reference)
+
+
 def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.ndarray]], class_name: str, *,
                     learner: OnlineLearner | None = None, steps_per_image: int = 0, max_clicks: int = 20,
-                    stop_at: float = 0.90, first: str = "click",
+                    stop_at: float = 0.90, first: str = "click", guided: bool = False,
                     on_image: Callable[[int, ClickSession], None] | None = None) -> list[ClickSession]:
     """The simulated user annotates ``stream`` (``(image_id, image, target mask)`` triples) one by one.
 
@@ -151,7 +170,9 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
     it and it trains ``steps_per_image`` steps before the next image: what its background worker does while
     the user moves on, made synchronous so that runs repeat exactly. Without one the model stays frozen.
     ``first="box"``: the user's first interaction is a tight box around the target (models trained with
-    boxes, such as LiteMedSAM, barely answer a lone click); ``"click"``: clicks only.
+    boxes, such as LiteMedSAM, barely answer a lone click); ``"click"``: clicks only. ``guided``: the user
+    follows the app's guidance (:mod:`medadapt.inference.guidance`: the answer's own margin and its
+    disagreement with the automatic proposal).
     """
     if first not in ("click", "box"):
         raise MedAdaptError(f"first must be 'click' or 'box'; got {first!r}")
@@ -163,7 +184,9 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
         seg.set_image(image)
         proposal = _proposal(seg, class_name)
         box = mask_box(np.asarray(target, bool)) if first == "box" else None
-        session = simulate_clicks(_decoder(seg), target, proposal, max_clicks=max_clicks, stop_at=stop_at, box=box)
+        guide = _guide(seg, proposal) if guided else None
+        session = simulate_clicks(_decoder(seg), target, proposal, max_clicks=max_clicks, stop_at=stop_at, box=box,
+                                  guide=guide)
         session.seconds = time.perf_counter() - start
         session.image_id = image_id
         if learner is not None:

@@ -15,6 +15,7 @@
 """
 
 from .batch import BatchResult, read_manifest, segment_batch
+from .guidance import Guidance, guidance, uncertainty_map
 from .learned_text import TextClassMatch, match_text_to_classes
 from .optimize import bf16_is_fast, optimize_for_inference, resolve_precision
 from .prediction import Prediction
@@ -25,7 +26,7 @@ from .text import segment_from_text
 from .volume import VolumeGeometry
 
 __all__ = [
-    "BatchResult", "Prediction", "Segmenter", "TextClassMatch", "bf16_is_fast", "match_text_to_classes",
+    "BatchResult", "Guidance", "Prediction", "Segmenter", "TextClassMatch", "bf16_is_fast", "match_text_to_classes",
     "optimize_for_inference", "PropagationConfig", "read_manifest", "refine_automatic", "resolve_precision",
-    "segment_batch", "segment_from_text", "VolumeGeometry",
+    "segment_batch", "segment_from_text", "VolumeGeometry", "guidance", "uncertainty_map",
 ]

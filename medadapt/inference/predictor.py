@@ -203,6 +203,16 @@ class Segmenter(VolumeMethods):
         """The current image's embedding (1 x C x h x w, as the encoder gave it) and its geometry."""
         return self._require_image()
 
+    def full_size_logits(self, logits: np.ndarray | torch.Tensor) -> np.ndarray:
+        """An answer's low-resolution logits (m x m, as in :class:`Prediction`) at the current image's size
+        (H x W float32), through the processor's one mapping."""
+        meta = self._require_meta()
+        low = torch.as_tensor(np.asarray(logits, np.float32))
+        m = self.backbone.processor.mask_size
+        if low.shape[-2:] != (m, m):
+            raise MedAdaptError(f"logits must be m x m low-resolution logits ({m} x {m}); got shape {tuple(low.shape)}")
+        return self.backbone.processor.postprocess_logits(low, meta).cpu().numpy().astype(np.float32)
+
     def forget_answers(self) -> None:
         """Forget answers kept for the current image: the backbone's decoder-side weights changed in place
         (an online learner published). The embedding stays valid while the encoder is unchanged."""

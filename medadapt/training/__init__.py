@@ -7,7 +7,15 @@ from a :class:`TrainingContext`. The full recipe with every section, and
 segmenter from accepted masks kept in a :class:`ReplayBuffer`, while it serves.
 """
 
-from .config import PromptTrainingConfig, TrainConfig, TrainingConfig, apply_overrides, build_config, read_config
+from .config import (
+    PromptTrainingConfig,
+    ScribbleLossConfig,
+    TrainConfig,
+    TrainingConfig,
+    apply_overrides,
+    build_config,
+    read_config,
+)
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .online import OnlineLearner
 from .online_config import OnlineConfig
@@ -17,7 +25,7 @@ from .trainer import Trainer, config_changes, run_folder, train
 
 __all__ = [
     "ExtensionFactory", "LabeledBatch", "OnlineConfig", "OnlineLearner", "PromptTrainingConfig", "ReplayBuffer",
-    "ReplaySample", "TrainConfig", "Trainer", "TrainingConfig",
+    "ReplaySample", "ScribbleLossConfig", "TrainConfig", "Trainer", "TrainingConfig",
     "TrainingContext", "TrainingExtension", "apply_overrides", "build_config", "config_changes", "fit_text_head",
     "read_config", "run_folder", "train", "train_text_prompts",
 ]

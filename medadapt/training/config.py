@@ -53,7 +53,7 @@ class ScribbleLossConfig:
     Scribbled pixels always get the full loss (cross-entropy and Dice on those
     pixels only). Two more terms are optional (off by default: on synthetic
     discs each one lowered the validation Dice that the partial loss alone
-    reached; see ``docs/training.md``):
+    reached; see ``docs/scribbles.md``):
 
     * ``pseudo_weight`` > 0: every other pixel of a labelled slice is taught
       by a pseudo-label that the promptable decoder draws from the slice's own

@@ -258,12 +258,14 @@ function wire() {
     });
   }
   $("opacity").addEventListener("input", drawMask);
+  $("guide").addEventListener("change", () => { drawMask(); drawMarks(); });
   window.addEventListener("resize", layout);
   document.addEventListener("keydown", (ev) => {
     if (ev.target instanceof HTMLInputElement && ev.target.type === "text") return;
     const tools = { 1: "point", 2: "box", 3: "scribble" };
     if (tools[ev.key]) document.querySelector(`input[value="${tools[ev.key]}"]`).checked = true;
     else if (ev.key === "x") $("negative").checked = !$("negative").checked;
+    else if (ev.key === "g") { $("guide").checked = !$("guide").checked; drawMask(); drawMarks(); }
     else if (ev.key === "z") send("undo");
     else if (ev.key === "Escape") send("clear");
     else if (ev.key === "Enter") send("accept", { class_name: currentClass() });

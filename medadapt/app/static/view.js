@@ -7,7 +7,7 @@ const PALETTE = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [2
 const S = {
   items: [], classes: [], item: null, slice: 0, info: null, pixels: null, w: 0, h: 0, c: 1, scale: 1,
   level: 0, width: 1, labels: [], object: null, objectMask: null, pending: [], chain: Promise.resolve(),
-  drag: null, openSeq: 0,
+  drag: null, openSeq: 0, guide: null, guidePoint: null,
 };
 
 function decodeRle(rle) {
@@ -92,7 +92,17 @@ function drawMask() {
       }
     }
   }
+  let unsure = 0;
+  if (S.guide && $("guide").checked) {  // where the model is least sure: a light veil, under the marks
+    for (let i = 0; i < S.guide.length; i++) {
+      if (!S.guide[i]) continue;
+      unsure++;
+      d[i * 4] = Math.round((d[i * 4] + 255) / 2); d[i * 4 + 1] = Math.round((d[i * 4 + 1] + 255) / 2);
+      d[i * 4 + 2] = Math.round((d[i * 4 + 2] + 255) / 2); d[i * 4 + 3] = Math.max(d[i * 4 + 3], 90);
+    }
+  }
   ctx.putImageData(img, 0, 0);
+  cv.dataset.guidePixels = String(unsure);
   cv.dataset.maskPixels = String(count);
   cv.dataset.labelPixels = String(labelled);
 }
@@ -106,6 +116,15 @@ function drawMarks() {
   const prompts = [...((S.object && S.object.prompts) || []), ...S.pending];
   if (S.drag && S.drag.kind !== "point") prompts.push(S.drag);
   ctx.lineWidth = 2;
+  if (S.guidePoint && $("guide").checked) {  // the suggested place to look (and click, if it is wrong there)
+    const [x, y] = toScreen(S.guidePoint[0], S.guidePoint[1]);
+    ctx.strokeStyle = "#ffffff";
+    ctx.setLineDash([4, 3]);
+    ctx.beginPath();
+    ctx.arc(x, y, 10, 0, 2 * Math.PI);
+    ctx.stroke();
+    ctx.setLineDash([]);
+  }
   for (const p of prompts) {
     const col = p.label === 0 ? "#ff5252" : "#69f0ae";
     if (p.kind === "point") {
@@ -136,6 +155,8 @@ function drawMarks() {
 function showObject(obj) {
   S.object = obj;
   S.objectMask = obj && obj.mask ? decodeRle(obj.mask) : null;
+  S.guide = obj && obj.guidance ? decodeRle(obj.guidance.region) : null;
+  S.guidePoint = obj && obj.guidance ? obj.guidance.point : null;
   drawMask();
   drawMarks();
   $("marks").dataset.prompts = String(obj && obj.prompts ? obj.prompts.length : 0);
