@@ -173,7 +173,8 @@ def main() -> None:
             with log.open("a") as f:
                 f.write(json.dumps(r) + "\n")
             print(f"{name} {system}: {r['last']} ({r['wall_s']:.0f} s)", flush=True)
-    rows = [done[(n, s)] for n in args.sets for s in args.systems if (n, s) in done]
+    # the table holds every system finished in RUN for these sets, not only those run by this call
+    rows = [done[(n, s)] for n in args.sets for s in SYSTEMS if (n, s) in done]
     text = markdown(rows, args)
     print(text)
     if not args.no_write:
