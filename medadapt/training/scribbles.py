@@ -29,13 +29,7 @@ from .config import ScribbleLossConfig
 from .losses import automatic_loss, soft_dice_loss
 from .prompted import decode_simulated
 
-UNLABELED = -1  # a pixel nobody scribbled
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0))  # neighbour offsets of the affinity term
-
-
-def is_partial(target: torch.Tensor) -> bool:
-    """Whether a batch of decoder-grid targets holds unlabelled pixels (scribbles, not masks)."""
-    return bool((target < 0).any())
 
 
 def stroke_clicks(target: torch.Tensor, k: int, n_pos: int, n_neg: int,
@@ -175,4 +169,4 @@ def scribble_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, imag
     return total
 
 
-__all__ = ["UNLABELED", "affinity_loss", "grid_image", "is_partial", "pseudo_labels", "scribble_loss", "stroke_clicks"]
+__all__ = ["affinity_loss", "grid_image", "pseudo_labels", "scribble_loss", "stroke_clicks"]
