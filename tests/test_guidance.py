@@ -42,27 +42,31 @@ def test_guidance_shows_the_most_uncertain_region_and_a_point_inside_it():
 
 
 def test_a_guided_click_goes_to_the_error_inside_the_shown_region():
-    target = _disc(100, 100, 30, 30, 15) | _disc(100, 100, 70, 70, 6)
+    target = _disc(100, 100, 30, 30, 15) | _disc(100, 100, 70, 70, 9)  # 707 and 253 pixels
     pred = np.zeros_like(target)
     (x, y), _ = next_click(pred, target)
     assert (x, y) == (30, 30)  # unguided: the larger miss
-    focus = _disc(100, 100, 70, 70, 10)
+    focus = _disc(100, 100, 70, 70, 12)
     (x, y), label = next_click(pred, target, focus)
     assert (x, y) == (70, 70) and label == 1  # guided: the miss the user was shown
     (x, y), _ = next_click(pred, target, _disc(100, 100, 90, 10, 5))  # the shown region is right: look elsewhere
     assert (x, y) == (30, 30)
+    sliver = np.zeros_like(target)
+    sliver[70, 60:66] = True  # the shown region holds only a sliver of the small miss: not worth a click there
+    (x, y), _ = next_click(pred, target, sliver)
+    assert (x, y) == (30, 30)
 
 
 def test_simulate_clicks_follows_the_guide():
-    target = _disc(64, 64, 20, 20, 8) | _disc(64, 64, 45, 45, 4)
+    target = _disc(64, 64, 20, 20, 8) | _disc(64, 64, 45, 45, 6)
     clicks = []
 
     def decode(points, labels, previous, box):
         clicks.append(tuple(points[-1]))
         return np.zeros_like(target), np.zeros((4, 4), np.float32)
 
-    def guide(logits):  # always shows the small disc as unsure
-        return _disc(64, 64, 45, 45, 6).astype(np.float32)
+    def guide(logits, before):  # always shows the small disc as unsure
+        return _disc(64, 64, 45, 45, 8).astype(np.float32)
 
     proposal = (np.zeros_like(target), np.zeros((4, 4), np.float32))
     simulate_clicks(decode, target, proposal, max_clicks=2, guide=guide)

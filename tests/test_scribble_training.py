@@ -128,3 +128,22 @@ def test_simulated_background_strokes_reach_away_from_the_objects():
     assert not ((near_only == 0) & far).any()
     assert ((with_background == 0) & far).sum() > 30
     assert (with_background[labels == 1] != 0).all() and (with_background[labels == 0] != 1).all()
+
+
+def test_padding_and_outside_pixels_are_unmarked_in_scribbles_but_background_in_masks():
+    from medadapt.training.augment import random_view
+    from medadapt.training.samples import to_model_frame
+
+    model = build_backbone("tiny_sam_vit")
+    proc = model.processor
+    _, meta = proc.preprocess(np.zeros((32, 64), np.float32))  # wide: the bottom of the square is padding
+    strokes = np.full((32, 64), -1)
+    strokes[10, 5:40] = 1
+    mask = (strokes == 1).astype(np.int64)
+    sparse = to_model_frame(strokes, meta, proc.image_size, proc.mask_size)
+    dense = to_model_frame(mask, meta, proc.image_size, proc.mask_size)
+    bottom = proc.mask_size * 3 // 4  # inside the padded half
+    assert (sparse[bottom:] == -1).all() and (dense[bottom:] == 0).all() and (sparse == 1).any()
+    image = np.random.default_rng(0).random((32, 64)).astype(np.float32)
+    _, view = random_view(image, strokes, np.random.default_rng(1), rotate_deg=30, shift=0.2)
+    assert set(np.unique(view)) <= {-1, 1} and (view == -1).mean() > 0.9  # nothing became a background stroke

@@ -229,7 +229,9 @@ class Annotator:
         current = None if obj is None or encoded is None else obj.current()
         if current is None:
             return None
-        reference = obj.proposal if obj.steps and obj.proposal is not None else obj.before_last() if obj.steps else None
+        reference = None  # an answer nobody prompted yet (the proposal) has only its margin
+        if obj.steps:
+            reference = obj.proposal if obj.proposal is not None else obj.before_last()
         full = lambda a: self.seg.backbone.processor.postprocess_logits(  # noqa: E731
             torch.from_numpy(a.logits), encoded.meta).numpy()
         shown = guidance(uncertainty_map(full(current), None if reference is None else full(reference)))

@@ -103,9 +103,9 @@ class DataConfig:
     ``unlabeled_value`` (default 255) wherever nobody drew; those pixels read
     as -1, and validation masks must not use that value. ``simulate``: strokes
     are drawn from the full masks of the labelled cases (for benchmarks; the
-    trainer does it, seeded per slice). A slice's strokes must name every
-    target class it holds: a class without a stroke is taken to be absent
-    there. See ``docs/data.md`` for the layouts and ``docs/configuration.md``
+    trainer does it, seeded per slice). A slice's strokes should name every
+    target class it holds: the optional pseudo-labels take a class without a
+    stroke to be absent there. See ``docs/data.md`` for the layouts and ``docs/configuration.md``
     for every key.
     """
 

@@ -33,6 +33,7 @@ from ..training import OnlineLearner
 from .metrics import binary_dice as dice
 
 REPORTED_CLICKS = (1, 3, 5)
+FOCUS_SHARE = 0.25  # a guided user clicks inside the shown region if its error is this share of the largest
 THRESHOLDS = (0.85, 0.90)
 
 
@@ -44,7 +45,9 @@ def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = 
     0 for a spurious one. Returns ``((x, y) float32, label)``, or None when
     ``pred`` equals ``target``. ``focus`` (H x W bool, the region guidance
     points at): a user who follows guidance looks there first, and clicks on
-    the largest wrong region inside it when there is one.
+    the largest wrong region inside it when it is worth a click (at least a
+    quarter the size of the largest wrong region anywhere); otherwise the user
+    looks elsewhere, as without guidance.
     """
     p, t = np.asarray(pred, bool), np.asarray(target, bool)
     if p.shape != t.shape or p.ndim != 2:
@@ -53,8 +56,16 @@ def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = 
         f = np.asarray(focus, bool)
         if f.shape != t.shape:
             raise MedAdaptError(f"focus must be an H x W mask like the target; got {f.shape} and {t.shape}")
-        if (f & (p != t)).any():
+        if (f & (p != t)).any() and _largest_error(p & f, t & f)[1] >= FOCUS_SHARE * _largest_error(p, t)[1]:
             return next_click(p & f, t & f)
+    best, best_size, label = _largest_error(p, t)
+    if best is None:
+        return None
+    return most_interior(best), label  # the image edge counts as the region's border
+
+
+def _largest_error(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+    """(the largest connected wrong region, its size, 1 if missed / 0 if spurious)."""
     best, best_size, label = None, 0, 1
     for error, lab in ((t & ~p, 1), (p & ~t, 0)):
         components, n = ndimage.label(error)
@@ -65,9 +76,7 @@ def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = 
         k = int(np.argmax(sizes))
         if sizes[k] > best_size:
             best, best_size, label = components == k, int(sizes[k]), lab
-    if best is None:
-        return None
-    return most_interior(best), label  # the image edge counts as the region's border
+    return best, best_size, label
 
 
 @dataclass
@@ -95,7 +104,8 @@ class ClickSession:
 
 
 Decode = Callable[[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
-Guide = Callable[[np.ndarray], np.ndarray]  # an answer's low-resolution logits -> H x W uncertainty
+# (an answer's low-resolution logits, the answer's before the last click or None) -> H x W uncertainty
+Guide = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 
 def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarray, np.ndarray | None] | None = None,
@@ -106,8 +116,8 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
     ``decode(points K x 2, labels K, previous_logits or None, box or None) -> (mask H x W bool, logits)``
     answers the interactions so far; ``proposal`` is the ``(mask, logits)`` the image opened with (None:
     empty, no logits). With ``box`` (``[x0, y0, x1, y1]``), the first interaction draws that box instead of
-    clicking (it counts as one click, and stays with every later click). ``guide(logits) -> H x W
-    uncertainty`` makes the user follow guidance: each click goes to a wrong region inside the region
+    clicking (it counts as one click, and stays with every later click). ``guide(logits, before) -> H x W
+    uncertainty`` (``before``: the logits the last click refined, None at first) makes the user follow guidance: each click goes to a wrong region inside the region
     :func:`~medadapt.inference.guidance.guidance` shows, when it holds one.
     """
     if max_clicks < 1:
@@ -118,12 +128,13 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
     mask, logits = proposal if proposal is not None else (np.zeros_like(t), None)
     scores = [dice(mask, t)]
     points, labels, clicks = [], [], []
+    before = None
     if box is not None and scores[-1] < stop_at:
         mask, logits = decode(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), logits, box)
         scores.append(dice(mask, t))
         clicks.append((float("nan"), float("nan"), -1))  # the box, in the click count
     while scores[-1] < stop_at and len(clicks) < max_clicks:
-        shown = guidance(guide(logits)) if guide is not None and logits is not None else None
+        shown = guidance(guide(logits, before)) if guide is not None and logits is not None else None
         click = next_click(mask, t, None if shown is None else shown.region)
         if click is None:
             break
@@ -131,6 +142,7 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
         points.append(xy)
         labels.append(lab)
         clicks.append((float(xy[0]), float(xy[1]), int(lab)))
+        before = logits
         mask, logits = decode(np.stack(points), np.array(labels, np.int64), logits, box)
         scores.append(dice(mask, t))
     scores += [scores[-1]] * (max_clicks + 1 - len(scores))
@@ -156,8 +168,15 @@ def _proposal(seg: Segmenter, class_name: str) -> tuple[np.ndarray, np.ndarray] 
 
 
 def _guide(seg: Segmenter, proposal: tuple[np.ndarray, np.ndarray] | None) -> Guide:
-    reference = None if proposal is None else seg.full_size_logits(proposal[1])
-    return lambda logits: uncertainty_map(seg.full_size_logits(logits), reference)
+    """The app's rule (:meth:`medadapt.app.Annotator`): disagreement with a non-empty proposal, else with the
+    answer before the last click, and the answer's own margin."""
+    shown = proposal is not None and bool(np.asarray(proposal[0]).any())
+    fixed = seg.full_size_logits(proposal[1]) if shown else None
+
+    def guide(logits, before):
+        reference = fixed if shown else None if before is None else seg.full_size_logits(before)
+        return uncertainty_map(seg.full_size_logits(logits), reference)
+    return guide
 
 
 def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.ndarray]], class_name: str, *,

@@ -207,7 +207,8 @@ class Segmenter(VolumeMethods):
         """An answer's low-resolution logits (m x m, as in :class:`Prediction`) at the current image's size
         (H x W float32), through the processor's one mapping."""
         meta = self._require_meta()
-        low = torch.as_tensor(np.asarray(logits, np.float32))
+        low = logits.detach().float().cpu() if isinstance(logits, torch.Tensor) else torch.as_tensor(
+            np.asarray(logits, np.float32))
         m = self.backbone.processor.mask_size
         if low.shape[-2:] != (m, m):
             raise MedAdaptError(f"logits must be m x m low-resolution logits ({m} x {m}); got shape {tuple(low.shape)}")

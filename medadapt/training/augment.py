@@ -25,7 +25,8 @@ def random_view(
 
     The image is interpolated linearly and the label by nearest neighbour with
     the same matrix, so they stay aligned; pixels from outside the image are
-    filled with the image minimum and background.
+    filled with the image minimum and background (unlabelled, -1, in a scribble
+    map that holds -1).
     """
     img = np.asarray(image, dtype=np.float32)
     lab = np.asarray(label)
@@ -44,7 +45,7 @@ def random_view(
         return ndimage.affine_transform(x, m, offset=offset, order=order, mode="constant", cval=fill)
 
     out = warp(img, 1, lo)
-    out_lab = warp(lab, 0, 0).astype(lab.dtype)
+    out_lab = warp(lab, 0, -1 if lab.min() < 0 else 0).astype(lab.dtype)  # scribbles: outside is unlabelled
     g = float(np.exp(rng.uniform(-gamma, gamma)))
     if hi > lo:
         out = lo + (hi - lo) * np.clip((out - lo) / (hi - lo), 0, 1) ** g

@@ -43,7 +43,10 @@ def to_model_frame(label: np.ndarray, meta: ImageMeta, image_size: int, mask_siz
     """An H x W label map -> the decoder's m x m grid (nearest), padded like the image."""
     t = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
     t = F.interpolate(t, size=meta.input_size, mode="nearest")
-    t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]))
+    # padding is background in a mask; in scribbles (-1 unlabelled) it is unlabelled: nobody drew there, and
+    # thousands of trivially easy padded "strokes" would swamp the real ones
+    fill = -1.0 if bool((t < 0).any()) else 0.0
+    t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]), value=fill)
     out = F.interpolate(t, size=(mask_size, mask_size), mode="nearest")
     if mask_size < image_size and bool((t < 0).any()):
         # scribbles (-1 unlabelled): a thin stroke must survive the coarser grid, so a cell that came out

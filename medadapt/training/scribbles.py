@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import MedAdaptError
 from ..foundation import Backbone
 from .config import ScribbleLossConfig
 from .losses import automatic_loss, soft_dice_loss
@@ -126,12 +127,12 @@ def grid_image(pixels: torch.Tensor, mask_size: int) -> torch.Tensor:
     return g[:, 0]
 
 
-def scribble_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, image: torch.Tensor, n_classes: int,
+def scribble_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None, n_classes: int,
                   cfg: ScribbleLossConfig, rng: np.random.Generator, ramp: float, *, automatic: bool,
                   prompted_weight: float) -> torch.Tensor:
     """The loss of one batch of scribble targets (B x m x m, -1 unlabelled) on embeddings ``emb``.
 
-    ``image`` (B x m x m) feeds the affinity term; ``ramp`` in [0, 1] scales
+    ``image`` (B x m x m; needed when ``cfg.affinity_weight`` > 0) feeds the affinity term; ``ramp`` in [0, 1] scales
     the pseudo-label weight (0 at the start of training). ``automatic``
     trains the class tokens; ``prompted_weight`` > 0 trains stroke-click
     prompts as well.
@@ -150,6 +151,8 @@ def scribble_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, imag
     if low is not None:
         total = total + automatic_loss(low, labels, weight)
         if cfg.affinity_weight > 0:
+            if image is None:
+                raise MedAdaptError("scribble_loss: the affinity term needs the slices' image (image=None)")
             total = total + cfg.affinity_weight * affinity_loss(low, image, cfg.affinity_sigma)
     if prompted_weight > 0:
         rows, ks, clicks = [], [], []

@@ -181,7 +181,8 @@ class Trainer:
 
     def progress(self) -> float:
         """Epochs done so far, fractional."""
-        return self.epoch + self.step_in_epoch / max(1, self.steps_per_epoch)
+        batches = math.ceil(len(self.train_samples) / (self.cfg.train.batch_size * self.world.size))
+        return self.epoch + self.step_in_epoch / max(1, batches)  # step_in_epoch counts batches, not updates
 
     # ------------------------------------------------------------------ embeddings
     def encode_all(self) -> None:
@@ -237,8 +238,10 @@ class Trainer:
         if self.scribbles:  # one process (checked at start): the whole batch is this rank's
             sc = self.cfg.scribble_loss
             ramp = 1.0 if sc.ramp_epochs == 0 else min(1.0, self.progress() / sc.ramp_epochs)
-            pix = torch.stack([s.pixels for s in batch]) if self.cache is not None else pixels
-            image = grid_image(pix, self.model.processor.mask_size).to(self.device)
+            image = None
+            if sc.affinity_weight > 0:  # the slice's intensities, only for the affinity term
+                pix = torch.stack([s.pixels for s in batch]) if self.cache is not None else pixels
+                image = grid_image(pix, self.model.processor.mask_size).to(self.device)
             prompted = self.cfg.prompts.prompted_weight if self.cfg.prompts.prompted else 0.0
             return scribble_loss(self.model, emb, target, image, c, sc, self.rng, ramp,
                                  automatic=self.cfg.prompts.automatic, prompted_weight=prompted)
@@ -274,7 +277,8 @@ class Trainer:
             self.step_in_epoch = bi
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.step(idx)
-            (loss / tc.grad_accum).backward()
+            if loss.requires_grad:  # a scribble batch with nothing to learn from gives a constant 0
+                (loss / tc.grad_accum).backward()
             if (bi + 1) % tc.grad_accum == 0 or bi == len(batches) - 1:
                 self.opt.step()
                 self.sched.step()
