@@ -116,7 +116,8 @@ def markdown(rows: list[dict], args) -> str:
         f"{args.images} images per stream; learners train {args.steps} decoder steps (batch {args.batch}, "
         "`OnlineConfig` defaults otherwise) after each accepted image. `frozen_box` draws a tight box first "
         f"(one click). NoC and Dice@k: mean over the last {args.last} images (in brackets: over all). Wall time: "
-        "the whole stream, model and learner, on the CPU.", "",
+        "the whole stream, model and learner, on the CPU. Each (stream, system) runs once and is kept in "
+        "RUN/results.jsonl; the table holds every one finished there.", "",
         "| stream | system | NoC@85 | NoC@90 | Dice@0 | Dice@1 | Dice@3 | Dice@5 | not at 0.90 | wall (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
