@@ -147,3 +147,15 @@ def test_padding_and_outside_pixels_are_unmarked_in_scribbles_but_background_in_
     image = np.random.default_rng(0).random((32, 64)).astype(np.float32)
     _, view = random_view(image, strokes, np.random.default_rng(1), rotate_deg=30, shift=0.2)
     assert set(np.unique(view)) <= {-1, 1} and (view == -1).mean() > 0.9  # nothing became a background stroke
+
+
+def test_pseudo_label_and_affinity_terms_train_end_to_end(tmp_path):
+    """The optional terms (pseudo-labels gated by agreement with the automatic head, affinity) run a whole
+    epoch on the tiny model and give a finite loss."""
+    make_disc_dataset(tmp_path / "data", n=12, size=64)
+    raw = config(tmp_path / "data", tmp_path / "runs", epochs=1)
+    raw["data"]["scribbles"] = "simulate"
+    raw["scribble_loss"] = {"pseudo_weight": 1.0, "affinity_weight": 0.5, "ramp_epochs": 0}
+    run = finetune(config_from_dict(raw), log=lambda m: None)
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and history[0]["loss"] > 0

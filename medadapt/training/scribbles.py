@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone
+from ..foundation.decoding import labels_from_logits
 from .config import ScribbleLossConfig
 from .losses import automatic_loss, soft_dice_loss
 from .prompted import decode_simulated
@@ -113,12 +114,6 @@ def _weighted_mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torc
     return bce + soft_dice_loss(logits * weight.gt(0) + (-30.0) * weight.eq(0), target * weight.gt(0))
 
 
-def _automatic_labels(class_logits: torch.Tensor) -> torch.Tensor:
-    """The automatic rule: the class of the largest logit if it is positive, else background (0)."""
-    best, k = class_logits.max(1)
-    return torch.where(best > 0, k + 1, torch.zeros_like(k))
-
-
 def grid_image(pixels: torch.Tensor, mask_size: int) -> torch.Tensor:
     """Preprocessed pixels (B x 3 x S x S) -> the slice's intensity on the decoder grid (B x m x m)."""
     g = pixels.float().mean(1, keepdim=True)
@@ -146,7 +141,7 @@ def scribble_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, imag
     total = emb.new_zeros((), dtype=torch.float32)
     low = model.decode_classes(emb, torch.arange(n_classes, device=emb.device)).float() if automatic else None
     if low is not None and cfg.agree:  # only where the automatic head already says the same
-        trusted = trusted * labels.eq(_automatic_labels(low.detach())).float()
+        trusted = trusted * labels.eq(labels_from_logits(low.detach().transpose(0, 1))).float()
     weight = scribbled + cfg.pseudo_weight * ramp * trusted
     if low is not None:
         total = total + automatic_loss(low, labels, weight)
