@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_root, write_result  # noqa: E402
 
@@ -90,7 +92,8 @@ def run_system(root: Path, name: str, system: str, args, folder: Path) -> dict:
     learner = None
     if system in ("replay", "no_replay", "replay_guided"):
         shutil.rmtree(folder, ignore_errors=True)
-        config = OnlineConfig(replay=system != "no_replay", batch_size=args.batch, seed=args.seed)
+        config = OnlineConfig.from_dict({**online_overrides(args.online), "replay": system != "no_replay",
+                                         "batch_size": args.batch, "seed": args.seed})
         learner = OnlineLearner(seg, folder, config)
     start = time.perf_counter()
 
@@ -105,9 +108,21 @@ def run_system(root: Path, name: str, system: str, args, folder: Path) -> dict:
     wall = time.perf_counter() - start
     return {
         "set": name, "system": system, "wall_s": wall,
+        "online": None if learner is None else learner.config.to_dict(),
         "last": summarize_sessions(sessions, last=args.last), "all": summarize_sessions(sessions),
         "sessions": [{"id": s.image_id, "dice": s.dice, "clicks": s.clicks, "seconds": s.seconds} for s in sessions],
     }
+
+
+def online_overrides(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (``--online proposal_clicks=2``) as an ``OnlineConfig`` section; values read as YAML."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--online takes KEY=VALUE pairs of OnlineConfig; got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def markdown(rows: list[dict], args) -> str:
@@ -152,6 +167,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="learner steps after each accepted image")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--online", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="OnlineConfig settings for the learners (defaults otherwise), e.g. proposal_clicks=2")
     ap.add_argument("--data-root")
     ap.add_argument("--run", default="runs/interactive", help="resumable run folder")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results (settings search)")
@@ -183,7 +200,7 @@ def main() -> None:
             if name.endswith("_dev"):
                 continue
             mine = [r for r in rows if r["set"] == name]
-            payload = {"settings": {k: getattr(args, k) for k in ("images", "last", "steps", "batch", "seed")},
+            payload = {"settings": {k: getattr(args, k) for k in ("images", "last", "steps", "batch", "seed", "online")},
                        "rows": [{k: v for k, v in r.items() if k != "sessions"} for r in mine]}
             write_result(name, "interactive_stream", payload, markdown(mine, args),
                          title=f"Interactive annotation of a {name} stream: clicks with and without online learning")

@@ -9,6 +9,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the annotation app needs the app extra: pip install 'medadapt[app]'")
@@ -339,6 +340,41 @@ def test_accepted_masks_train_the_served_model_and_a_restart_resumes(images, tmp
         resumed.stop()
 
 
+def test_with_a_depth_adapter_volume_slices_carry_their_neighbours_and_it_learns_online(volume, tmp_path):
+    """A volume slice is decoded with its neighbours' embeddings, the learner keeps them in its buffer, and the
+    depth adapter (zero-initialised) trains and is published into the serving model."""
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, DepthAdapterConfig, apply, save_adapter
+    from medadapt.foundation import build_backbone
+
+    path, truth, _ = volume
+    adapted, _ = apply(build_backbone("litemedsam"), AdapterConfig(
+        train=["mask_decoder"], depth=DepthAdapterConfig(hidden=8, neighbours=1),
+        automatic=AutomaticConfig(class_names=["foreground"], label_values=[1])))
+    save_adapter(adapted, tmp_path / "adapter")
+    seg, learner = online_segmenter("litemedsam", tmp_path / "online", adapter=tmp_path / "adapter", device="cpu",
+                                    config={"steps_per_sample": 2, "batch_size": 1, "prompted": []})
+    assert seg.backbone.depth_slices == 3 and not seg.backbone.depth_adapter.up.weight.any()
+    annotator = Annotator(seg, path, lock=learner.lock, model_version=lambda: learner.version, prefetch=False)
+    annotator.on_accept = accept_hook(learner, annotator.classes)
+    api = client(annotator)
+    try:
+        (item,) = api.get("/api/state").json()["items"]
+        api.post(url(item["id"], 0, "open"), json={"class_name": "foreground"})
+        assert annotator.cache.encoded == 2  # slice 0 and its neighbour above; below it, slice 0 repeats
+        disc = volume_slice(truth[::-1], 0, 2)
+        api.post(url(item["id"], 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(disc)})
+        done = api.post(url(item["id"], 0, "accept"), json={"class_name": "foreground"}).json()
+        assert done["accepted"] and "on_accept_error" not in done
+        assert learner.wait_idle(timeout=300) and learner.error is None
+        stack = learner.buffer.get(0).embedding
+        assert stack.shape == (3, seg.backbone.embed_dim, 64, 64) and torch.equal(stack[0], stack[1])
+        assert not torch.equal(stack[1], stack[2])
+        assert seg.backbone.depth_adapter.up.weight.abs().sum() > 0  # trained and published
+    finally:
+        annotator.close()
+        learner.stop()
+
+
 def test_answers_carry_guidance_where_the_model_is_least_sure(images, litemedsam):
     """The answer to a box shows an unsure region along the object's edge, with a point in it; a prompt that
     changes the answer moves guidance to where the two answers disagree."""
@@ -362,3 +398,24 @@ def test_answers_carry_guidance_where_the_model_is_least_sure(images, litemedsam
     flipped = before != after
     assert flipped.sum() > 10  # the click changed the answer, and guidance shows (part of) the change
     assert (decode_rle(changed["guidance"]["region"]) & flipped).any()
+
+
+def test_serving_threads_leave_the_learner_its_core(images, litemedsam):
+    import torch
+
+    from medadapt import MedAdaptError
+    from medadapt.app.server import serving_threads
+
+    assert serving_threads(0) is None  # the worker takes the process default: nothing to leave
+    assert serving_threads(1) == max(1, torch.get_num_threads() - 1)
+    with pytest.raises(MedAdaptError, match="threads must be"):
+        Annotator(litemedsam, images[0], threads=0)
+    before = torch.get_num_threads()
+    annotator = Annotator(litemedsam, images[0], threads=1, prefetch=False)
+    try:
+        api = client(annotator)
+        item = ids(api)["a.png"]
+        assert api.post(url(item, 0, "open"), json={}).status_code == 200
+    finally:
+        annotator.close()
+        torch.set_num_threads(before)

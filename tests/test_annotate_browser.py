@@ -55,8 +55,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 class Server:
     """``medadapt annotate DATA`` in a subprocess on a free loopback port."""
 
-    def __init__(self, data: Path, log: Path) -> None:
-        self.data, self.log, self.proc, self.url = data, log, None, ""
+    def __init__(self, data: Path, log: Path, args: tuple[str, ...] = ("--no-learn",)) -> None:
+        self.data, self.log, self.args, self.proc, self.url = data, log, tuple(args), None, ""
 
     def start(self) -> None:
         with socket.socket() as s:
@@ -65,7 +65,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         out = self.log.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "medadapt", "annotate", str(self.data), "--port",
-                                      str(port), "--device", "cpu", "--no-learn"],
+                                      str(port), "--device", "cpu", *self.args],
                                      stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

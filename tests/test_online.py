@@ -286,3 +286,31 @@ def test_learner_refuses_bad_input(base, scenes, tmp_path):
     assert len(learner.buffer) == 0 and seg.classes == []  # nothing was created by a refused sample
     with pytest.raises(MedAdaptError, match="whole number of steps"):
         learner.step(0)
+
+
+def test_proposal_clicks_train_the_correction_of_the_automatic_proposal(base, scenes, tmp_path):
+    from medadapt.training.prompted import proposal_loss
+
+    seg = serving(base)
+    learner = OnlineLearner(seg, tmp_path / "run", OnlineConfig(**{**FAST, "proposal_clicks": 2}))
+    s = scenes[0]
+    learner.add(s["embedding"], s["meta"], s["label"] == 1, ["disc"], image_id="a")
+    model, emb = learner.model, s["embedding"].float()
+    m = model.processor.mask_size
+    target = np.zeros((1, m, m), bool)
+    target[0, 60:140, 60:140] = True
+    right = torch.where(torch.from_numpy(target), 10.0, -10.0)
+    rng = np.random.default_rng(0)
+    assert float(proposal_loss(model, emb, right, target, 2, rng)) == 0.0  # nothing to click on: no term
+    wrong = torch.full((1, m, m), -10.0)
+    loss = proposal_loss(model, emb, wrong, target, 2, rng)
+    assert loss.requires_grad and float(loss) > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mask_decoder.parameters())
+    # in the learner, the term starts from the class tokens' own answer, with or without the automatic loss
+    before = learner.step(2)
+    assert np.isfinite(before) and learner.steps == 2
+    only = OnlineLearner(serving(base), tmp_path / "run2", OnlineConfig(**{**FAST, "train_classes": False,
+                                                                          "prompted": [], "proposal_clicks": 1}))
+    only.add(s["embedding"], s["meta"], s["label"] == 1, ["disc"], image_id="a")
+    assert only.step(1) > 0

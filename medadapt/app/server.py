@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 
+import torch
+
 from ..core.errors import MedAdaptError
 
 try:
@@ -187,6 +189,14 @@ def serve(annotator: Annotator, host: str = "127.0.0.1", port: int = 8000, *, lo
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+def serving_threads(worker_threads: int) -> int | None:
+    """Torch threads for the threads that serve requests beside a learner that trains with ``worker_threads``:
+    the cores it leaves (at least one); None (torch's default) when the worker takes the process default."""
+    if not worker_threads:
+        return None
+    return max(1, torch.get_num_threads() - worker_threads)
+
+
 def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, host: str = "127.0.0.1",
              port: int = 8000, labels=None, axis: int = 2, window=None, device: str | None = None,
              learn: bool = True, on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
@@ -207,7 +217,8 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
         seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
                           model_version=model_version, model_name=model,
-                          lock=None if learner is None else learner.lock)
+                          lock=None if learner is None else learner.lock,
+                          threads=None if learner is None else serving_threads(learner.config.worker_threads))
     if learner is not None:
         annotator.on_accept = accept_hook(learner, annotator.classes)
         log(f"online learning on: accepted masks train the model in the background ({learner.folder})")

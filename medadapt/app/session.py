@@ -8,7 +8,9 @@ Hooks for online learning: ``on_accept(image_id, label_map, meta, embedding,
 prompts)`` is called after each accepted mask is saved, with the item id
 (``"ID:K"`` for slice K of a volume), the slice's whole label map (H x W
 int64, class label values), the embedding's :class:`~medadapt.foundation.ImageMeta`,
-the image embedding (1 x C x h x w) and the object's prompts as plain dicts;
+the image embedding (1 x C x h x w; 1 x S x C x h x w, the slice with its
+neighbours, for a volume and a model with a depth adapter) and the object's
+prompts as plain dicts;
 ``model_version()`` is reported by :meth:`Annotator.state` and with every mask,
 and a change of it recomputes the automatic proposal of a slice without prompts
 when it is opened again.
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from ..core.errors import MedAdaptError
+from ..foundation.depth import neighbour_stack
 from ..inference.guidance import guidance, uncertainty_map
 from ..io.imaging import apply_window, load_image, load_volume, volume_slice
 from .encoding import EmbeddingLRU, Encoded, Prefetcher, encode_image, show_encoded
@@ -44,12 +47,18 @@ class Annotator:
 
     ``window``: a CT window preset or (level, width) applied to what the model
     sees (the page's window/level sliders only change the display).
+    ``threads``: torch threads for the model's work in the threads that serve
+    requests (None: torch's default); with an online learner training beside
+    them, the cores it leaves free, so that the two never share a core.
     """
 
     def __init__(self, segmenter, data, *, labels=None, axis: int = 2, window=None,
                  on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
                  lock=None, cache_size: int = 16, prefetch: bool = True, prefetch_idle_s: float = 0.5,
-                 model_name: str = "") -> None:
+                 model_name: str = "", threads: int | None = None) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise MedAdaptError(f"threads must be a whole number >= 1 or None (torch's default); got {threads!r}")
+        self.threads = threads
         self.seg = segmenter
         self.source = find_items(data, labels, axis)
         self.store = LabelStore(self.source)
@@ -165,7 +174,26 @@ class Annotator:
 
     # ------------------------------------------------------------------ encoding
     def _encoded(self, item: Item, k: int, raw: np.ndarray | None = None) -> Encoded | None:
-        """The slice's embedding, from the cache or encoded now; None for a blank (constant) slice."""
+        """The slice as the decoder reads it; None for a blank (constant) slice. With a depth adapter, a volume
+        slice's embedding comes with its neighbours' (1 x S x C x h x w; past the ends the nearest slice
+        repeats), so that the app decodes, and the online learner trains, as volume inference does.
+
+        Every use of the model starts here, so the calling thread takes ``threads`` torch threads here."""
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # this thread's team: the learner's worker keeps its own
+        centre = self._slice_encoded(item, k, raw)
+        n = getattr(self.seg.backbone, "depth_slices", 1) // 2
+        if centre is None or n == 0 or not item.is_volume:
+            return centre
+        parts = [centre.embedding[0] if j == k else self._neighbour(item, j) for j in range(k - n, k + n + 1)]
+        return Encoded(neighbour_stack(parts, n)[None], centre.meta, centre.image)
+
+    def _neighbour(self, item: Item, j: int) -> torch.Tensor | None:
+        found = self._slice_encoded(item, j) if 0 <= j < item.slices else None
+        return None if found is None else found.embedding[0]
+
+    def _slice_encoded(self, item: Item, k: int, raw: np.ndarray | None = None) -> Encoded | None:
+        """The slice's own embedding, from the cache or encoded now; None for a blank (constant) slice."""
         found = self.cache.get((item.id, k))
         if found is not None:
             return found

@@ -5,11 +5,18 @@ An :class:`OnlineLearner` wraps the serving :class:`~medadapt.inference.Segmente
 Each accepted mask goes, with the image embedding the segmenter already
 computed, into an on-disk :class:`~medadapt.training.replay.ReplayBuffer`. A
 private copy of the decoder side (prompt encoder, mask decoder, class tokens,
-context adapter; the image encoder is left out and never run) trains on the
-cached embeddings with the trainer's losses: the automatic loss on the learned
-class tokens and the prompted loss with simulated boxes/clicks and corrective
-clicks. :meth:`OnlineLearner.publish` copies the trained weights into the
-serving model; serving never waits for a training step.
+context and depth adapters; the image encoder is left out and never run)
+trains on the cached embeddings with the trainer's losses: the automatic loss
+on the learned class tokens, the prompted loss with simulated boxes/clicks and
+corrective clicks, and (``proposal_clicks``) corrective clicks that start from
+the class tokens' own proposal, which is how the app opens each image.
+:meth:`OnlineLearner.publish` copies the trained weights into the serving
+model; serving never waits for a training step.
+
+A model with a depth adapter reads each slice with its neighbours: the app
+hands over a volume slice's embedding with its neighbours'
+(1 x S x C x h x w), so the depth adapter trains on what it reads when it
+serves; a lone 2-D image stands in for its own neighbours.
 
 The first accepted mask of a bare backbone gives it an adapter (mask decoder
 trained, learned class tokens); a class name never seen before adds a class
@@ -46,7 +53,7 @@ from ..inference.predictor import Segmenter
 from .losses import automatic_loss
 from .online_config import OnlineConfig
 from .online_model import joined, new_class_tokens, training_copy
-from .prompted import prompted_loss
+from .prompted import prompted_loss, proposal_loss
 from .replay import ReplayBuffer, check_classes, check_label_map
 from .samples import to_model_frame
 
@@ -101,7 +108,7 @@ class OnlineLearner:
         self.rng = np.random.default_rng([self.config.seed, self.steps])
         grid = tuple(backbone.prompt_encoder.image_embedding_size)
         for r in self.buffer.records:
-            if tuple(r.get("embedding_shape", ())) != (backbone.embed_dim, *grid):
+            if tuple(r.get("embedding_shape", ()))[-3:] != (backbone.embed_dim, *grid):
                 raise MedAdaptError(f"the replay buffer in {self.folder} holds embeddings of shape "
                                     f"{r.get('embedding_shape')}, not those of {backbone.info.name}; give another folder")
         with self._train:
@@ -207,9 +214,12 @@ class OnlineLearner:
         label = check_label_map(label_map, len(names), tuple(meta.original_size))
         backbone = self.segmenter.backbone
         want = (1, backbone.embed_dim, *backbone.prompt_encoder.image_embedding_size)
-        if not isinstance(embedding, torch.Tensor) or tuple(embedding.shape) != want:
+        stack = (1, backbone.depth_slices, *want[1:])
+        shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else None
+        if shape != want and not (backbone.depth_slices > 1 and shape == stack):
             raise MedAdaptError(f"embedding must be this model's 1 x C x h x w tensor {want} (Segmenter.embedding()"
-                                f"[0]); got {tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else embedding!r}")
+                                f"[0]){f', or {stack} for a volume slice with its neighbours' if stack != want else ''}"
+                                f"; got {shape if shape is not None else embedding!r}")
         if backbone.text_head is not None and set(names) - set(self.class_names):
             raise MedAdaptError(f"this adapter has learned text prompts for {self.class_names}; it cannot learn new "
                                 f"classes {sorted(set(names) - set(self.class_names))} online")
@@ -238,12 +248,13 @@ class OnlineLearner:
         idx = self.buffer.sample(cfg.batch_size, self.rng, newest=cfg.newest, replay=cfg.replay)
         samples = [self.buffer.get(i) for i in idx]
         device = model.device
-        emb = torch.stack([s.embedding for s in samples]).to(device, torch.float32)
+        emb = torch.stack([decoder_input(s.embedding, model.depth_slices) for s in samples]).to(device, torch.float32)
         target = torch.stack([s.target for s in samples]).to(device)
         for part in (model.prompt_encoder, model.mask_decoder, model.class_prompts, model.context_adapter):
             if part is not None:
                 part.train()
         total = torch.zeros((), device=device)
+        low = None
         if cfg.train_classes:
             names = self.class_names
             low = model.decode_classes(emb, torch.arange(len(names), device=device)).float()
@@ -255,6 +266,8 @@ class OnlineLearner:
                 total = total + automatic_loss(part, target[rows]) * (len(rows) / len(samples))
         if cfg.prompted:
             total = total + cfg.prompted_weight * prompted_loss(model, emb, target, cfg, self.rng)
+        if cfg.proposal_clicks:
+            total = total + cfg.proposal_weight * self._proposal_term(emb, target, samples, low)
         self.optimizer.zero_grad(set_to_none=True)
         if total.requires_grad:
             total.backward()
@@ -263,6 +276,27 @@ class OnlineLearner:
         self.last_batch = idx
         self._dirty = True
         return float(total.detach())
+
+    def _proposal_term(self, emb: torch.Tensor, target: torch.Tensor, samples: list, low: torch.Tensor | None):
+        """:func:`~medadapt.training.prompted.proposal_loss` for one annotated class per sample, starting from
+        the class tokens' answer for it (``low``: this step's B x K class logits, when the automatic loss made
+        them)."""
+        names, rows, ids, masks = self.class_names, [], [], []
+        for b, s in enumerate(samples):
+            present = [int(v) for v in torch.unique(target[b]).tolist() if v > 0]
+            if not present:
+                continue
+            k = present[int(self.rng.integers(len(present)))]
+            rows.append(b)
+            ids.append(names.index(s.classes[k - 1]))
+            masks.append((target[b] == k).cpu().numpy())
+        if not rows:
+            return torch.zeros((), device=emb.device)
+        if low is None:
+            with torch.no_grad():
+                low = self.model.decode_classes(emb, torch.arange(len(names), device=emb.device)).float()
+        proposal = low[torch.tensor(rows), torch.tensor(ids)]
+        return proposal_loss(self.model, emb[rows], proposal, np.stack(masks), self.config.proposal_clicks, self.rng)
 
     def publish(self) -> int:
         """Copy the trained weights into the serving model (under :attr:`lock`); returns the new ``version``."""
@@ -372,6 +406,20 @@ class OnlineLearner:
             with self._wake:
                 self._busy = False
                 self._wake.notify_all()
+
+
+def decoder_input(embedding: torch.Tensor, slices: int) -> torch.Tensor:
+    """A stored embedding as a model with ``slices`` slices per embedding reads it: C x h x w without a depth
+    adapter (the centre of a stack), S x C x h x w with one (a lone image stands in for its neighbours, as
+    :meth:`~medadapt.foundation.Backbone.adapt_embedding` does)."""
+    if embedding.ndim == 4:
+        if slices == 1:
+            return embedding[embedding.shape[0] // 2]
+        if embedding.shape[0] != slices:
+            raise MedAdaptError(f"a replay sample holds {embedding.shape[0]} slices per embedding; this model's "
+                                f"depth adapter reads {slices}: give another folder")
+        return embedding
+    return embedding if slices == 1 else embedding[None].expand(slices, *embedding.shape)
 
 
 def _swap(tmp: Path, final: Path) -> None:

@@ -31,6 +31,8 @@ class OnlineConfig:
     n_neg: int = 0
     corrective_clicks: int = 1
     prompted_weight: float = 1.0
+    proposal_clicks: int = 0  # corrective clicks trained from the class tokens' proposal (what the app opens with)
+    proposal_weight: float = 1.0
     worker_threads: int = 1  # torch threads of the background worker; 0 = the process default
     autosave: bool = True  # the background worker saves the checkpoint after each burst
     seed: int = 0
@@ -51,10 +53,13 @@ class OnlineConfig:
             "n_neg": (lambda v: v >= 0, ">= 0"),
             "corrective_clicks": (lambda v: v >= 0, ">= 0"),
             "prompted_weight": (lambda v: v >= 0, ">= 0"),
+            "proposal_clicks": (lambda v: v >= 0, ">= 0"),
+            "proposal_weight": (lambda v: v >= 0, ">= 0"),
             "worker_threads": (lambda v: v >= 0, ">= 0 (0: the process default)"),
         })
-        if not self.train_classes and not self.prompted:
-            raise MedAdaptError("nothing to train: set online train_classes: true and/or prompted: [box, points]")
+        if not self.train_classes and not self.prompted and not self.proposal_clicks:
+            raise MedAdaptError("nothing to train: set online train_classes: true, prompted: [box, points] and/or "
+                                "proposal_clicks: 2")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "OnlineConfig":

@@ -76,6 +76,38 @@ def prompted_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, pc: 
     return total / (1 + pc.corrective_clicks)
 
 
+def proposal_loss(model: Backbone, emb: torch.Tensor, proposal: torch.Tensor, masks: np.ndarray, clicks: int,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """Corrective clicks that start from an automatic proposal, as a user of the app corrects one.
+
+    ``proposal``: N x m x m logits on the decoder grid (the class tokens' answer for each row's object; used as
+    the first previous mask, without gradient), ``masks``: N x m x m bool, the objects. Each of ``clicks``
+    passes clicks at the centre of the largest wrong region of the last answer (all clicks so far, with the
+    last answer's logits as the mask prompt, as :func:`medadapt.evaluation.interactive.simulate_clicks` decodes)
+    and scores the answer. Rows already right get no click and are decoded again as they stand.
+    """
+    if clicks < 1 or len(masks) == 0:
+        return torch.zeros((), device=emb.device)
+    scale = model.processor.image_size / model.processor.mask_size
+    tgt = torch.from_numpy(np.asarray(masks, np.float32)).to(emb.device)
+    points = [np.zeros((0, 2), np.float32) for _ in masks]
+    labels = [np.zeros((0,), np.int64) for _ in masks]
+    prev, total = proposal.detach(), torch.zeros((), device=emb.device)
+    for _ in range(clicks):
+        pred = (prev > 0).cpu().numpy()
+        for j in range(len(masks)):
+            click = corrective_click(pred[j], masks[j], rng)
+            if click is not None:
+                points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
+                labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
+        if not any(len(p) for p in points):
+            break
+        low = decode_simulated(model, emb, [None] * len(masks), points, labels, prev[:, None])
+        total = total + binary_mask_loss(low, tgt)
+        prev = low.detach()
+    return total / clicks
+
+
 def decode_simulated(model: Backbone, emb, boxes, points, labels, prev) -> torch.Tensor:
     """Decode one simulated prompt per row (box or None, clicks, previous logits) as one :class:`Prompts`."""
     n = len(boxes)
@@ -93,4 +125,4 @@ def decode_simulated(model: Backbone, emb, boxes, points, labels, prev) -> torch
     return low[:, 0]
 
 
-__all__ = ["decode_simulated", "prompted_loss"]
+__all__ = ["decode_simulated", "prompted_loss", "proposal_loss"]

@@ -8,7 +8,8 @@ classes the label values stand for, the prompts that produced it, the time).
 Layout of the folder::
 
     index.json                  the records, in order (oldest first)
-    samples/<uid>.safetensors   embedding (C x h x w float16) + target (m x m int16),
+    samples/<uid>.safetensors   embedding (C x h x w float16, or S x C x h x w: a volume slice with its
+                                neighbours, for a depth adapter) + target (m x m int16),
                                 the record in the file's metadata
 
 Every file is written atomically and flushed to the disk, a sample's file
@@ -48,7 +49,7 @@ MAX_CLASSES = 32767  # targets are stored as int16
 class ReplaySample:
     """One accepted sample as read back: tensors on the CPU and its record."""
 
-    embedding: torch.Tensor  # C x h x w float16, as the encoder gave it
+    embedding: torch.Tensor  # C x h x w float16 as the encoder gave it (S x C x h x w: with its neighbours)
     target: torch.Tensor  # m x m int64 on the decoder grid: 0 background, k = record["classes"][k - 1]
     record: dict[str, Any]
 
@@ -135,7 +136,8 @@ class ReplayBuffer:
             prompts: dict[str, Any] | None = None, image_id: str | None = None) -> int:
         """Store one accepted sample; returns its index (the newest: ``len(self) - 1``).
 
-        ``embedding``: the encoder's 1 x C x h x w (or C x h x w) output; ``target``: the m x m label map on
+        ``embedding``: the encoder's 1 x C x h x w (or C x h x w) output, or 1 x S x C x h x w for a volume
+        slice with its neighbours (what a depth adapter reads); ``target``: the m x m label map on
         the decoder grid (as :func:`~medadapt.training.samples.to_model_frame` makes it), value k meaning
         ``classes[k - 1]`` and 0 background; ``prompts``: what produced it, as plain lists (saved, not used
         for training). A sample with the ``image_id`` of an earlier one replaces it (a corrected mask
@@ -277,10 +279,11 @@ def _check_embedding(embedding: Any) -> torch.Tensor:
         raise MedAdaptError(f"embedding must be a torch tensor (the encoder's 1 x C x h x w output, e.g. "
                             f"Segmenter.embedding()[0]); got {type(embedding).__name__}")
     e = embedding.detach()
-    if e.ndim == 4 and e.shape[0] == 1:
+    if e.ndim in (4, 5) and e.shape[0] == 1:
         e = e[0]
-    if e.ndim != 3 or min(e.shape) < 1:
-        raise MedAdaptError(f"embedding must be 1 x C x h x w (one image); got shape {tuple(embedding.shape)}")
+    if e.ndim not in (3, 4) or min(e.shape) < 1 or (e.ndim == 4 and e.shape[0] % 2 == 0):
+        raise MedAdaptError(f"embedding must be 1 x C x h x w (one image), or 1 x S x C x h x w (a slice with its "
+                            f"neighbours, S odd); got shape {tuple(embedding.shape)}")
     if not e.is_floating_point():
         raise MedAdaptError(f"embedding must hold floating-point values; got {e.dtype}")
     e = e.to("cpu", torch.float16).contiguous()

@@ -1,0 +1,114 @@
+"""Click-to-redrawn-mask latency of ``medadapt annotate``, measured in headless Chromium.
+
+The real server (``python -m medadapt annotate DATA``, LiteMedSAM: a 256-pixel model, on the CPU) runs in a
+subprocess; selenium drives Debian's Chromium as ``tests/test_annotate_browser.py`` does (its helpers are
+reused). On each image the user draws a box, then clicks ``--clicks`` times inside the object, then accepts.
+Each latency is the page's own figure (the ``data-latency-ms`` attribute of the prompt canvas): from the
+click to the redrawn mask, with the request, the run-length decoding and the canvas draw. The image is
+encoded when it opens, so every click runs the decoder only. Two servers: ``--no-learn`` (the model as
+loaded) and the default online learning, whose background worker trains on each accepted mask while the
+user clicks on the next image.
+
+    python benchmarks/annotate_latency.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from common import write_result  # noqa: E402
+from conftest import disc_image  # noqa: E402
+from test_annotate_browser import CHROMEDRIVER, CHROMIUM, Server, accept, bbox, click, drag_box, load, open_item  # noqa: E402
+
+IMAGES = {f"disc_{i}.png": dict(center=(60 + 12 * i, 80 + 20 * i), radius=28 + 3 * i, seed=10 + i) for i in range(4)}
+OFFSETS = [(0, 0), (8, 4), (-8, -4), (4, -8), (-4, 8), (10, 0), (0, 10), (-10, 0), (0, -10), (6, 6)]
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def measure(folder: Path, truth: dict, learn: bool, clicks: int) -> list[dict]:
+    server = Server(folder, folder.parent / f"server_{'learn' if learn else 'nolearn'}.log",
+                    args=() if learn else ("--no-learn",))
+    server.start()
+    driver = browser()
+    rows = []
+    try:
+        load(driver, server.url)
+        for name, spec in IMAGES.items():
+            open_item(driver, name)
+            drag_box(driver, bbox(truth[name]))
+            cy, cx = spec["center"]
+            for dx, dy in OFFSETS[:clicks]:
+                rows.append({"image": name, "ms": click(driver, cx + dx, cy + dy)})
+            accept(driver, name)
+    finally:
+        driver.quit()
+        server.stop()
+    return rows
+
+
+def summary(values: list[float]) -> dict:
+    v = np.asarray(values, float)
+    return {"clicks": int(v.size), "median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)),
+            "max_ms": float(v.max()), "over_150": int((v > 150).sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clicks", type=int, default=10, help="clicks per image (at most 10)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for learn in (False, True):
+            folder = Path(tmp) / ("learn" if learn else "nolearn") / "images"
+            folder.mkdir(parents=True)
+            truth = {}
+            for name, spec in IMAGES.items():
+                image, mask = disc_image(**spec)
+                Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / name)
+                truth[name] = mask
+            rows = measure(folder, truth, learn, min(args.clicks, len(OFFSETS)))
+            key = "online learning" if learn else "no learning"
+            results[key] = {"summary": summary([r["ms"] for r in rows]), "clicks": rows}
+            print(key, results[key]["summary"], flush=True)
+    lines = [
+        f"Headless Chromium drives `medadapt annotate` (LiteMedSAM, 256-pixel input, CPU): on each of "
+        f"{len(IMAGES)} images (240 x 180) a box, then {args.clicks} positive clicks inside the object, then "
+        "accept. Latency: from the click to the redrawn mask, as the page measures it (`performance.now()` "
+        "around the request, the run-length decoding and the canvas draw). With online learning the background "
+        "worker trains on each accepted mask while the next image is clicked.", "",
+        "| server | clicks | median (ms) | 90th percentile (ms) | slowest (ms) | clicks over 150 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        s = r["summary"]
+        lines.append(f"| {key} | {s['clicks']} | {s['median_ms']:.0f} | {s['p90_ms']:.0f} | {s['max_ms']:.0f} "
+                     f"| {s['over_150']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        write_result("synthetic", "annotate_latency", {"clicks_per_image": args.clicks, "results": results}, text,
+                     title="Annotation app: click to redrawn mask, in the browser")
+
+
+if __name__ == "__main__":
+    main()
