@@ -104,7 +104,7 @@ def run_system(root: Path, name: str, system: str, args, folder: Path) -> dict:
     sessions = annotate_stream(seg, stream(root, name, args.images), CLASS[name], learner=learner,
                                steps_per_image=args.steps if learner else 0,
                                first="box" if system == "frozen_box" else "click",
-                               guided=system.endswith("_guided"), on_image=show)
+                               guided=system.endswith("_guided"), local=args.local, on_image=show)
     wall = time.perf_counter() - start
     return {
         "set": name, "system": system, "wall_s": wall,
@@ -167,6 +167,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="learner steps after each accepted image")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--local", action="store_true", help="clicks change the answer only near them "
+                    "(medadapt.inference.local), for every system")
     ap.add_argument("--online", nargs="*", default=[], metavar="KEY=VALUE",
                     help="OnlineConfig settings for the learners (defaults otherwise), e.g. proposal_clicks=2")
     ap.add_argument("--data-root")
@@ -200,7 +202,7 @@ def main() -> None:
             if name.endswith("_dev"):
                 continue
             mine = [r for r in rows if r["set"] == name]
-            payload = {"settings": {k: getattr(args, k) for k in ("images", "last", "steps", "batch", "seed", "online")},
+            payload = {"settings": {k: getattr(args, k) for k in ("images", "last", "steps", "batch", "seed", "online", "local")},
                        "rows": [{k: v for k, v in r.items() if k != "sessions"} for r in mine]}
             write_result(name, "interactive_stream", payload, markdown(mine, args),
                          title=f"Interactive annotation of a {name} stream: clicks with and without online learning")

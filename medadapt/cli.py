@@ -129,7 +129,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
     annotate(args.data, adapter=args.adapter, model=args.model, checkpoint=args.checkpoint, host=args.host,
              port=args.port, labels=args.labels, axis=args.axis, window=args.window, device=args.device,
-             learn=args.learn)
+             learn=args.learn, local=args.local)
     return 0
 
 
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=True,
                    help="train the model online from every accepted mask (default; --no-learn serves it as loaded)")
+    p.add_argument("--local", action=argparse.BooleanOptionalAction, default=False,
+                   help="a click changes the mask only near it (--no-local: the whole object is decoded again)")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("demo", parents=[common],

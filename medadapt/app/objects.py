@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import MedAdaptError
+from ..inference.local import local_update
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,9 @@ class AnnotatedObject:
         return self.steps[-2] if len(self.steps) >= 2 else self.proposal
 
 
-def decode(seg, prompts: list[Prompt], previous: Answer | None) -> Answer:
-    """Decode one object from all its prompts on ``seg``'s current image, refining ``previous``."""
+def decode(seg, prompts: list[Prompt], previous: Answer | None, local: bool = False) -> Answer:
+    """Decode one object from all its prompts on ``seg``'s current image, refining ``previous``; with
+    ``local``, a click changes ``previous`` only near it (:func:`~medadapt.inference.local.local_update`)."""
     clicks = [p for p in prompts if isinstance(p, Click)]
     boxes = [p for p in prompts if isinstance(p, Box)]
     scribbles = [p for p in prompts if isinstance(p, Scribble)]
@@ -136,8 +138,12 @@ def decode(seg, prompts: list[Prompt], previous: Answer | None) -> Answer:
         kwargs["mask_input"] = previous.logits
     single_click = len(prompts) == 1 and len(clicks) == 1 and previous is None
     pred = seg.predict(multimask=single_click, **kwargs)
-    return Answer(np.asarray(pred.masks[0], dtype=bool), np.asarray(pred.logits[0], dtype=np.float32),
-                  float(pred.scores[0]))
+    mask, logits = np.asarray(pred.masks[0], dtype=bool), np.asarray(pred.logits[0], dtype=np.float32)
+    last = prompts[-1] if prompts else None
+    if local and previous is not None and isinstance(last, Click):
+        mask, logits = local_update((previous.mask, previous.logits), (mask, logits), np.array([last.x, last.y]),
+                                    seg.low_res_mask)
+    return Answer(mask, logits, float(pred.scores[0]))
 
 
 __all__ = ["AnnotatedObject", "Answer", "Box", "Click", "Prompt", "Scribble", "check_prompt", "decode",

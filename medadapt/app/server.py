@@ -199,13 +199,13 @@ def serving_threads(worker_threads: int) -> int | None:
 
 def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, host: str = "127.0.0.1",
              port: int = 8000, labels=None, axis: int = 2, window=None, device: str | None = None,
-             learn: bool = True, on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
-             log: Callable[[str], Any] = print) -> None:
+             learn: bool = True, local: bool = False, on_accept: OnAccept | None = None,
+             model_version: Callable[[], Any] | None = None, log: Callable[[str], Any] = print) -> None:
     """``medadapt annotate``: load the model, list DATA and serve the annotation page.
 
     ``learn``: every accepted mask trains the model online (:mod:`medadapt.app.learning`; its replay
     buffer and adapter in ``LABELS/online/``), unless ``on_accept`` is given; ``False`` serves the model
-    as loaded, optimised for inference."""
+    as loaded, optimised for inference. ``local``: clicks change the mask only near them."""
     source = find_items(data, labels, axis)  # a wrong DATA fails before the model loads
     _check_port(host, port)
     learner = None
@@ -216,7 +216,7 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
     else:
         seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
-                          model_version=model_version, model_name=model,
+                          model_version=model_version, model_name=model, local=local,
                           lock=None if learner is None else learner.lock,
                           threads=None if learner is None else serving_threads(learner.config.worker_threads))
     if learner is not None:

@@ -50,15 +50,18 @@ class Annotator:
     ``threads``: torch threads for the model's work in the threads that serve
     requests (None: torch's default); with an online learner training beside
     them, the cores it leaves free, so that the two never share a core.
+    ``local``: a click changes the mask only near it (local corrections,
+    :mod:`medadapt.inference.local`), not the whole object.
     """
 
     def __init__(self, segmenter, data, *, labels=None, axis: int = 2, window=None,
                  on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
                  lock=None, cache_size: int = 16, prefetch: bool = True, prefetch_idle_s: float = 0.5,
-                 model_name: str = "", threads: int | None = None) -> None:
+                 model_name: str = "", threads: int | None = None, local: bool = False) -> None:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise MedAdaptError(f"threads must be a whole number >= 1 or None (torch's default); got {threads!r}")
         self.threads = threads
+        self.local = bool(local)
         self.seg = segmenter
         self.source = find_items(data, labels, axis)
         self.store = LabelStore(self.source)
@@ -339,7 +342,7 @@ class Annotator:
             obj.class_name = class_name
             start = time.perf_counter()
             show_encoded(self.seg, encoded)
-            answer = decode(self.seg, [*obj.prompts, p], obj.current())
+            answer = decode(self.seg, [*obj.prompts, p], obj.current(), self.local)
             self.last_decode_ms = (time.perf_counter() - start) * 1000
             obj.prompts.append(p)
             obj.steps.append(answer)
@@ -357,7 +360,7 @@ class Annotator:
                 obj.steps.pop()
                 if obj.prompts:
                     show_encoded(self.seg, encoded)
-                    obj.steps[-1] = decode(self.seg, obj.prompts, obj.before_last())
+                    obj.steps[-1] = decode(self.seg, obj.prompts, obj.before_last(), self.local)
             return self._answer(item, k, obj, encoded)
 
     def clear(self, item_id: str, k: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from scipy import ndimage
 from ..core.errors import MedAdaptError
 from ..inference import Segmenter
 from ..inference.guidance import guidance, uncertainty_map
+from ..inference.local import local_update
 from ..prompts.regions import mask_box
 from ..prompts.simulate import most_interior
 from ..training import OnlineLearner
@@ -149,14 +150,18 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
     return ClickSession(dice=scores, clicks=clicks)
 
 
-def _decoder(seg: Segmenter) -> Decode:
+def _decoder(seg: Segmenter, local: bool = False) -> Decode:
     def decode(points, labels, previous, box):
         # a lone first click without a mask is ambiguous: let the decoder pick among its three answers
         multimask = previous is None and box is None and len(points) == 1
         pred = seg.predict(boxes=None if box is None else [box], points=points if len(points) else None,
                            point_labels=labels if len(points) else None,
                            mask_input=previous if (len(points) or box is None) else None, multimask=multimask)
-        return pred.masks[0], pred.logits[0]
+        answer = pred.masks[0], pred.logits[0]
+        if local and previous is not None and len(points):
+            before = seg.full_size_logits(previous) > 0, np.asarray(previous, np.float32)
+            answer = local_update(before, answer, points[-1], seg.low_res_mask)
+        return answer
     return decode
 
 
@@ -181,7 +186,7 @@ def _guide(seg: Segmenter, proposal: tuple[np.ndarray, np.ndarray] | None) -> Gu
 
 def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.ndarray]], class_name: str, *,
                     learner: OnlineLearner | None = None, steps_per_image: int = 0, max_clicks: int = 20,
-                    stop_at: float = 0.90, first: str = "click", guided: bool = False,
+                    stop_at: float = 0.90, first: str = "click", guided: bool = False, local: bool = False,
                     on_image: Callable[[int, ClickSession], None] | None = None) -> list[ClickSession]:
     """The simulated user annotates ``stream`` (``(image_id, image, target mask)`` triples) one by one.
 
@@ -191,7 +196,8 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
     ``first="box"``: the user's first interaction is a tight box around the target (models trained with
     boxes, such as LiteMedSAM, barely answer a lone click); ``"click"``: clicks only. ``guided``: the user
     follows the app's guidance (:mod:`medadapt.inference.guidance`: the answer's own margin and its
-    disagreement with the automatic proposal).
+    disagreement with the automatic proposal). ``local``: each click changes the answer only near it
+    (:func:`~medadapt.inference.local.local_update`), as the app does with local corrections on.
     """
     if first not in ("click", "box"):
         raise MedAdaptError(f"first must be 'click' or 'box'; got {first!r}")
@@ -204,7 +210,7 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
         proposal = _proposal(seg, class_name)
         box = mask_box(np.asarray(target, bool)) if first == "box" else None
         guide = _guide(seg, proposal) if guided else None
-        session = simulate_clicks(_decoder(seg), target, proposal, max_clicks=max_clicks, stop_at=stop_at, box=box,
+        session = simulate_clicks(_decoder(seg, local), target, proposal, max_clicks=max_clicks, stop_at=stop_at, box=box,
                                   guide=guide)
         session.seconds = time.perf_counter() - start
         session.image_id = image_id

@@ -214,6 +214,15 @@ class Segmenter(VolumeMethods):
             raise MedAdaptError(f"logits must be m x m low-resolution logits ({m} x {m}); got shape {tuple(low.shape)}")
         return self.backbone.processor.postprocess_logits(low, meta).cpu().numpy().astype(np.float32)
 
+    def low_res_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A full-size H x W mask on the answers' low-resolution grid (m x m bool), through the processor's one
+        mapping (the inverse of :meth:`full_size_logits`)."""
+        meta = self._require_meta()
+        m = np.asarray(mask, bool)
+        if m.shape != tuple(meta.original_size):
+            raise MedAdaptError(f"mask must be H x W like the current image {tuple(meta.original_size)}; got {m.shape}")
+        return (self.backbone.processor.mask_to_low_res(m, meta)[0, 0] > 0).numpy()
+
     def forget_answers(self) -> None:
         """Forget answers kept for the current image: the backbone's decoder-side weights changed in place
         (an online learner published). The embedding stays valid while the encoder is unchanged."""
