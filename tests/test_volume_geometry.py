@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from medadapt.core.errors import MedAdaptError
 from medadapt.io import load_image, load_mask, load_volume, save_mask
+from medadapt.io.imaging import volume_affine
 from medadapt.io.volumes import canonical_affine, to_stored
 
 RNG = np.random.default_rng(7)
@@ -73,6 +74,7 @@ def _threshold(volume: np.ndarray) -> np.ndarray:
 def test_a_label_map_comes_back_with_the_references_affine_and_stored_voxels(tmp_path, orientation, kind) -> None:
     ref, stored = _reference(tmp_path, orientation, kind)
     volume, affine = load_volume(ref)
+    assert np.array_equal(volume_affine(ref), affine)  # the same affine from the header alone
     labels = _threshold(volume)
     out = save_mask(labels, tmp_path / "labels.nii.gz", reference=ref)
 
@@ -152,6 +154,7 @@ def _series(folder: Path, orientation, n: int = 4, rows: int = 5, cols: int = 6)
 def test_a_dicom_series_reference_gives_the_load_volume_geometry(tmp_path, orientation) -> None:
     _series(tmp_path / "series", orientation)
     volume, affine = load_volume(tmp_path / "series")
+    assert np.array_equal(volume_affine(tmp_path / "series"), affine)
     labels = (volume > 200).astype(np.uint8)
     out = save_mask(labels, tmp_path / "labels.nii.gz", reference=tmp_path / "series")
     back, back_affine = load_volume(out)

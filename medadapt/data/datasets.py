@@ -23,7 +23,16 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..core.errors import MedAdaptError
-from ..io.imaging import apply_window, clip_percentiles, load_image, load_mask, load_volume, validate_image, voxel_size
+from ..io.imaging import (
+    apply_window,
+    clip_percentiles,
+    load_image,
+    load_mask,
+    load_volume,
+    validate_image,
+    volume_affine,
+    voxel_size,
+)
 from .cases import Case
 from .config import DataConfig, resolve_classes
 
@@ -264,7 +273,7 @@ def case_spacing(case: Case, config: DataConfig) -> tuple[float, float, float]:
     (for HD95 in mm); ``(1, 1, 1)`` - pixel units - for 2-D files."""
     if not _is_volume(case.image_path):
         return (1.0, 1.0, 1.0)
-    size = voxel_size(load_volume(case.image_path)[1])  # canonical axes
+    size = voxel_size(volume_affine(case.image_path))  # canonical axes, from the header alone
     a, b = [i for i in range(3) if i != config.axis]
     return (float(size[config.axis]), float(size[b]), float(size[a]))
 

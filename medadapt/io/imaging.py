@@ -44,6 +44,7 @@ from .volumes import (
     canonical_affine,
     canonical_shape,
     check_declared_size,
+    nifti_affine,
     nifti_shape,
     nifti_slice,
     nifti_volume,
@@ -222,6 +223,18 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         canonical = nib.as_closest_canonical(nib.Nifti1Image(series.volume(), series.affine))
         data = canonical.get_fdata(dtype=np.float32)
     return data, np.asarray(canonical.affine, dtype=np.float64)
+
+
+def volume_affine(path: PathLike) -> np.ndarray:
+    """:func:`load_volume`'s affine without reading the voxels (a NIfTI header, or a DICOM series' headers)."""
+    p = _existing(path, "volume")
+    if not p.is_dir() and path_suffix(p) not in _NIFTI:
+        raise MedAdaptError(f"volume_affine reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM "
+                            f"series, not {p}")
+    if not p.is_dir():
+        return nifti_affine(p)
+    series = DicomSeries(p)
+    return canonical_affine(series.shape, series.affine)
 
 
 def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
@@ -521,6 +534,7 @@ __all__ = [
     "load_volume",
     "save_mask",
     "validate_image",
+    "volume_affine",
     "volume_slice",
     "voxel_size",
 ]

@@ -270,8 +270,14 @@ def stored_geometry(path: Path) -> tuple[Any, tuple[int, ...]]:
     return img, _volume_shape(path, img)
 
 
+def nifti_affine(path: Path) -> np.ndarray:
+    """:func:`nifti_volume`'s affine, from the header alone."""
+    img, shape = stored_geometry(path)
+    return canonical_affine(shape, img.affine)
+
+
 __all__ = [
     "canonical_affine", "canonical_shape", "canonical_slice", "check_affine", "check_declared_size",
-    "first_line", "max_volume_bytes", "nifti_shape", "nifti_slice", "nifti_volume", "open_nifti", "reading",
+    "first_line", "max_volume_bytes", "nifti_affine", "nifti_shape", "nifti_slice", "nifti_volume", "open_nifti", "reading",
     "stored_geometry", "to_stored",
 ]
