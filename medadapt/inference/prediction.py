@@ -17,7 +17,7 @@ class Prediction:
         scores: N predicted IoU of each returned mask.
         logits: N x m x m low-resolution logits of each returned mask; pass one
             back as ``mask_input`` to refine it with more clicks.
-        all_masks / all_scores: N x 3 x H x W and N x 3, only with ``multimask``.
+        all_masks / all_scores / all_logits: N x 3 x H x W, N x 3 and N x 3 x m x m, only with ``multimask``.
     """
 
     masks: np.ndarray
@@ -25,6 +25,7 @@ class Prediction:
     logits: np.ndarray
     all_masks: np.ndarray | None = None
     all_scores: np.ndarray | None = None
+    all_logits: np.ndarray | None = None
     labels: list[str] = field(default_factory=list)
     label_values: list[int] = field(default_factory=list)
 

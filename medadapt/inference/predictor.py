@@ -500,6 +500,7 @@ class Segmenter(VolumeMethods):
         if multimask:
             pred.all_masks = masks(low)
             pred.all_scores = iou.cpu().numpy()
+            pred.all_logits = low.cpu().numpy()
         return pred
 
 

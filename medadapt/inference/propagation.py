@@ -137,7 +137,7 @@ class Propagation:
         inter = (masks & like).reshape(len(masks), -1).sum(1)
         union = (masks | like).reshape(len(masks), -1).sum(1)
         best = int(np.argmax(inter / np.maximum(union, 1)))
-        low = session.seg.backbone.processor.mask_to_low_res(masks[best], session.meta)[:, 0]
+        low = torch.from_numpy(pred.all_logits[0, best : best + 1])  # the candidate's own logits
         return SliceAnswer(low, float(pred.all_scores[0, best]), masks[best])
 
     def _answer_prompts(self, k: int, p: SlicePrompts) -> SliceAnswer:
