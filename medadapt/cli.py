@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", nargs="+", action="append", metavar="[Z] X Y LABEL",
                    help="click at (X, Y); LABEL 1 = foreground, 0 = background; repeatable. On a volume: "
                         "Z X Y LABEL")
-    p.add_argument("--out", required=True, help="output mask: .png, .nii or .nii.gz")
+    p.add_argument("--out", required=True, help="output mask: .png, .nii or .nii.gz; .dcm (DICOM-SEG) for a DICOM "
+                   "series")
     p.add_argument("--overlay", default=None, help="also write an overlay PNG here")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out / --overlay if they exist (the input image is never replaced)")

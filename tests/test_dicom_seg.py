@@ -171,3 +171,28 @@ def test_clear_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError
     with pytest.raises(MedAdaptError, match=r"pip install medadapt\[dicom-seg\]"):
         write_dicom_seg(labels, tmp_path / "ct", out, ["lesion"])
+
+
+def test_predict_writes_a_dicom_seg_for_a_series(tmp_path, capsys) -> None:
+    """``medadapt predict SERIES --box ... --out seg.dcm``: the propagated object as a DICOM-SEG on the series."""
+    from medadapt.cli import main
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    uid, study, frame, sops = generate_uid(), generate_uid(), generate_uid(), []
+    block = np.zeros((4, 40, 48), bool)
+    block[:, 12:28, 14:34] = True
+    for k in range(4):
+        pixels = np.where(block[k], 300, 20).astype(np.int16)
+        f = write_dicom(folder / f"im{k:02d}.dcm", pixels, z=2.0 * k, series=uid, instance=k + 1,
+                        StudyInstanceUID=study, FrameOfReferenceUID=frame)
+        sops.append(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+    out = tmp_path / "seg.dcm"
+    assert main(["predict", str(folder), "--model", "tiny_sam_vit", "--box", "1", "14", "12", "33", "27",
+                 "--out", str(out)]) == 0
+    seg = hd.seg.segread(out)
+    assert seg.number_of_segments == 1 and seg.get_segment_description(1).SegmentLabel == "object"
+    assert {s[2] for s in seg.get_source_image_uids()} == set(sops)
+    assert main(["predict", str(folder), "--model", "tiny_sam_vit", "--box", "1", "14", "12", "33", "27",
+                 "--out", str(tmp_path / "seg.png")]) == 2
+    assert "DICOM-SEG (.dcm) for a DICOM series" in capsys.readouterr().err

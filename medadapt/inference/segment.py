@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import MedAdaptError
+from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import load_image, save_mask
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
@@ -203,7 +204,9 @@ def segment_volume_file(
     refine: bool = False,
     overwrite: bool = False,
 ) -> SegmentFileResult:
-    """Segment a whole volume (NIfTI or DICOM series folder) and write a NIfTI mask in the input's geometry.
+    """Segment a whole volume (NIfTI or DICOM series folder) and write a NIfTI mask in the input's geometry,
+    or, for a DICOM series and an ``out`` ending in ``.dcm``, a DICOM-SEG of the series
+    (:func:`~medadapt.io.write_dicom_seg`: one segment per class; a prompted object is the segment ``object``).
 
     ``boxes`` are ``[Z, X0, Y0, X1, Y1]`` and ``points`` ``[Z, X, Y, LABEL]``: slice ``Z`` along ``axis`` as
     ``load_image(volume, slice_index=Z, axis=axis)`` shows it. Prompts on one or a few slices give one
@@ -211,8 +214,13 @@ def segment_volume_file(
     class on every slice (a label map with the training data's label values).
     """
     out = Path(out)
-    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
-        raise MedAdaptError(f"a volume's mask is written as NIfTI: --out must end in .nii or .nii.gz; got {out}")
+    dicom_seg = out.name.lower().endswith(".dcm")
+    if dicom_seg and not Path(volume).is_dir():
+        raise MedAdaptError(f"--out {out}: a DICOM-SEG (.dcm) refers to a DICOM series; {volume} is not a series "
+                            "folder, so write NIfTI (.nii.gz)")
+    if not dicom_seg and not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
+        raise MedAdaptError(f"a volume's mask is written as NIfTI (.nii or .nii.gz), or as DICOM-SEG (.dcm) for a "
+                            f"DICOM series; got --out {out}")
     check_output(out, volume, "--out", overwrite)
     if not boxes and not points and adapter is None:
         raise MedAdaptError("give a prompt on a slice (--box Z X0 Y0 X1 Y1 or --point Z X Y LABEL), or "
@@ -226,11 +234,15 @@ def segment_volume_file(
         mask = seg.predict_volume(boxes=by_box or None, points=by_point or None, point_labels=by_label or None)
         labels = mask.astype(np.uint8)
         areas, scores, names = [int(mask.sum())], [float(np.mean(list(seg.volume_object.scores().values()) or [0.0]))], []
+        values = [1]
     else:
         labels = seg.predict_volume(refine=refine)
         values = seg.backbone.adapter_config.automatic.label_values
         areas, scores, names = [int((labels == v).sum()) for v in values], [float("nan")] * len(values), seg.classes
-    save_mask(labels, out, reference=volume)
+    if dicom_seg:
+        write_dicom_seg(labels, volume, out, list(names) or ["object"], list(values), allow_empty=True)
+    else:
+        save_mask(labels, out, reference=volume)
     return SegmentFileResult(out, None, areas, scores, list(names))
 
 
