@@ -173,7 +173,10 @@ def main() -> None:
                     help="OnlineConfig settings for the learners (defaults otherwise), e.g. proposal_clicks=2")
     ap.add_argument("--data-root")
     ap.add_argument("--run", default="runs/interactive", help="resumable run folder")
-    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results (settings search)")
+    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results")
+    ap.add_argument("--experiment", default=None, help="write the table under benchmarks/results/SET/EXPERIMENT, "
+                    "the dev streams' too (a settings comparison on them); default: interactive_stream, reported "
+                    "streams only")
     args = ap.parse_args()
     root = data_root(args.data_root)
     run = Path(args.run)
@@ -199,12 +202,16 @@ def main() -> None:
     print(text)
     if not args.no_write:
         for name in dict.fromkeys(r["set"] for r in rows):
-            if name.endswith("_dev"):
+            if name.endswith("_dev") and args.experiment is None:
                 continue
             mine = [r for r in rows if r["set"] == name]
-            payload = {"settings": {k: getattr(args, k) for k in ("images", "last", "steps", "batch", "seed", "online", "local")},
-                       "rows": [{k: v for k, v in r.items() if k != "sessions"} for r in mine]}
-            write_result(name, "interactive_stream", payload, markdown(mine, args),
+            settings = {k: getattr(args, k) for k in ("images", "last", "steps", "batch", "seed", "online", "local")}
+            payload = {"settings": settings, "rows": [{k: v for k, v in r.items() if k != "sessions"} for r in mine]}
+            text = markdown(mine, args)
+            if args.experiment:
+                text += (f"\nSettings of this run: learner overrides {settings['online'] or 'none'}, local corrections "
+                         f"{'on' if args.local else 'off'}.\n")
+            write_result(name, args.experiment or "interactive_stream", payload, text,
                          title=f"Interactive annotation of a {name} stream: clicks with and without online learning")
 
 

@@ -404,18 +404,29 @@ def test_serving_threads_leave_the_learner_its_core(images, litemedsam):
     import torch
 
     from medadapt import MedAdaptError
-    from medadapt.app.server import serving_threads
+    from medadapt.app.server import serving_threads, threads_beside
+    from medadapt.training import OnlineConfig
 
     assert serving_threads(0) is None  # the worker takes the process default: nothing to leave
+
+    class Learner:  # what threads_beside reads of an OnlineLearner
+        config, training = OnlineConfig(worker_threads=1), False
+
+    pick = threads_beside(Learner)
+    assert pick() == torch.get_num_threads()
+    Learner.training = True
+    assert pick() == max(1, torch.get_num_threads() - 1)
     assert serving_threads(1) == max(1, torch.get_num_threads() - 1)
     with pytest.raises(MedAdaptError, match="threads must be"):
         Annotator(litemedsam, images[0], threads=0)
     before = torch.get_num_threads()
     annotator = Annotator(litemedsam, images[0], threads=1, prefetch=False)
     try:
+        assert not annotator.busy()
         api = client(annotator)
         item = ids(api)["a.png"]
         assert api.post(url(item, 0, "open"), json={}).status_code == 200
+        assert annotator.busy(60.0) and not annotator.busy(0.0)
     finally:
         annotator.close()
         torch.set_num_threads(before)

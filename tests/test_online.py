@@ -225,6 +225,22 @@ def test_background_worker_publishes_and_saves(base, scenes, tmp_path):
     learner.stop()  # stopping again does nothing
 
 
+def test_the_worker_waits_while_the_serving_side_is_busy(base, scenes, tmp_path):
+    learner = OnlineLearner(serving(base), tmp_path / "run", OnlineConfig(**FAST, steps_per_sample=1))
+    busy = threading.Event()
+    busy.set()
+    learner.pause = busy.is_set
+    learner.start()
+    try:
+        s = scenes[0]
+        learner.add(s["embedding"], s["meta"], s["label"] == 1, ["disc"], image_id="a")
+        assert not learner.wait_idle(timeout=1.5) and learner.steps == 0  # the user is working: no step
+        busy.clear()
+        assert learner.wait_idle(timeout=240) and learner.steps == 1 and not learner.training
+    finally:
+        learner.stop(timeout=120)
+
+
 def test_save_loads_with_from_pretrained_and_reopening_resumes(base, scenes, tmp_path):
     seg = serving(base)
     learner = OnlineLearner(seg, tmp_path / "run", OnlineConfig(**FAST))

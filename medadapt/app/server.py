@@ -197,6 +197,13 @@ def serving_threads(worker_threads: int) -> int | None:
     return max(1, torch.get_num_threads() - worker_threads)
 
 
+def threads_beside(learner) -> Callable[[], int]:
+    """Torch threads for each request: all of this process's while the learner is between steps, the cores
+    its step leaves while one runs."""
+    full, fewer = torch.get_num_threads(), serving_threads(learner.config.worker_threads)
+    return lambda: fewer if learner.training and fewer is not None else full
+
+
 def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, host: str = "127.0.0.1",
              port: int = 8000, labels=None, axis: int = 2, window=None, device: str | None = None,
              learn: bool = True, local: bool = False, on_accept: OnAccept | None = None,
@@ -218,9 +225,10 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
     annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
                           model_version=model_version, model_name=model, local=local,
                           lock=None if learner is None else learner.lock,
-                          threads=None if learner is None else serving_threads(learner.config.worker_threads))
+                          threads=None if learner is None else threads_beside(learner))
     if learner is not None:
         annotator.on_accept = accept_hook(learner, annotator.classes)
+        learner.pause = annotator.busy  # the learner's steps wait until the user pauses
         log(f"online learning on: accepted masks train the model in the background ({learner.folder})")
     log(f"{len(source.items)} images from {data}; accepted labels go to {source.labels_dir}")
     try:

@@ -48,8 +48,9 @@ class Annotator:
     ``window``: a CT window preset or (level, width) applied to what the model
     sees (the page's window/level sliders only change the display).
     ``threads``: torch threads for the model's work in the threads that serve
-    requests (None: torch's default); with an online learner training beside
-    them, the cores it leaves free, so that the two never share a core.
+    requests (None: torch's default), or a callable that gives them for each
+    request; with an online learner training beside them, the cores its step
+    leaves free, so that the two never share a core.
     ``local``: a click changes the mask only near it (local corrections,
     :mod:`medadapt.inference.local`), not the whole object.
     """
@@ -58,8 +59,10 @@ class Annotator:
                  on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
                  lock=None, cache_size: int = 16, prefetch: bool = True, prefetch_idle_s: float = 0.5,
                  model_name: str = "", threads: int | None = None, local: bool = False) -> None:
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise MedAdaptError(f"threads must be a whole number >= 1 or None (torch's default); got {threads!r}")
+        if threads is not None and not callable(threads) and (isinstance(threads, bool) or not isinstance(threads, int)
+                                                              or threads < 1):
+            raise MedAdaptError(f"threads must be a whole number >= 1, a callable giving one, or None (torch's "
+                                f"default); got {threads!r}")
         self.threads = threads
         self.local = bool(local)
         self.seg = segmenter
@@ -76,6 +79,7 @@ class Annotator:
         self._objects: OrderedDict[tuple[str, int], AnnotatedObject] = OrderedDict()
         self._volumes: OrderedDict[str, np.ndarray] = OrderedDict()  # the 2 volumes read last (load_volume data)
         self.last_decode_ms: float | None = None
+        self._last_activity = 0.0
         self.prefetcher = Prefetcher(self._prefetch, prefetch_idle_s) if prefetch else None
 
     def close(self) -> None:
@@ -182,8 +186,9 @@ class Annotator:
         repeats), so that the app decodes, and the online learner trains, as volume inference does.
 
         Every use of the model starts here, so the calling thread takes ``threads`` torch threads here."""
-        if self.threads and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)  # this thread's team: the learner's worker keeps its own
+        threads = self.threads() if callable(self.threads) else self.threads
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)  # this thread's team: the learner's worker keeps its own
         centre = self._slice_encoded(item, k, raw)
         n = getattr(self.seg.backbone, "depth_slices", 1) // 2
         if centre is None or n == 0 or not item.is_volume:
@@ -284,8 +289,14 @@ class Annotator:
         }
 
     def _touch(self) -> None:
+        self._last_activity = time.monotonic()
         if self.prefetcher is not None:
             self.prefetcher.touch()
+
+    def busy(self, quiet_s: float = 1.0) -> bool:
+        """Whether a request came within the last ``quiet_s`` seconds (the user is working): background work
+        such as an online learner's next step waits for a quiet moment."""
+        return time.monotonic() - self._last_activity < quiet_s
 
     def open(self, item_id: str, k: int, class_name: str | None = None) -> dict[str, Any]:
         """Show slice ``k`` of an item: its pixel geometry, its saved labels and the object being annotated

@@ -37,8 +37,9 @@ import copy
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +69,9 @@ class OnlineLearner:
     of the learner while it holds it: the learner takes its own training lock first, then ``lock``).
     ``version`` counts changes to the serving model (publications, new classes); ``steps`` training steps;
     ``last_batch`` the buffer indices of the last step's batch; ``error`` what stopped the background worker.
+    ``pause``: a callable the background worker asks before each step; while it returns True (the user is
+    working, e.g. :meth:`medadapt.app.session.Annotator.busy`) no step starts. ``training``: a background step
+    is running now (a serving thread may then use fewer torch threads).
     """
 
     def __init__(self, segmenter: Segmenter, folder: str | Path, config: OnlineConfig | dict | None = None) -> None:
@@ -89,6 +93,8 @@ class OnlineLearner:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.error: BaseException | None = None  # what stopped the background worker; stop() raises it
+        self.pause: Callable[[], bool] | None = None  # True while the serving side wants the CPU: no step starts
+        self.training = False  # a background step is running now
         self.version = self.steps = 0
         self.last_batch: list[int] = []
         self.model: Backbone | None = None
@@ -390,10 +396,16 @@ class OnlineLearner:
                         break
                     todo, self._pending, self._busy = self._pending * self.config.steps_per_sample, 0, True
                 for _ in range(todo):
+                    while self.pause is not None and self.pause() and not self._stopping.is_set():
+                        time.sleep(0.05)  # the user is working: the next step waits for a quiet moment
                     if self._stopping.is_set():
                         break
                     with self._train:
-                        self._step()
+                        self.training = True
+                        try:
+                            self._step()
+                        finally:
+                            self.training = False
                 self.publish()
                 if self.config.autosave:
                     self.save()
