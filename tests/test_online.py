@@ -320,7 +320,7 @@ def test_proposal_clicks_train_the_correction_of_the_automatic_proposal(base, sc
     assert float(proposal_loss(model, emb, right, target, 2, rng)) == 0.0  # nothing to click on: no term
     wrong = torch.full((1, m, m), -10.0)
     loss = proposal_loss(model, emb, wrong, target, 2, rng)
-    assert loss.requires_grad and float(loss) > 0
+    assert loss.requires_grad and float(loss.detach()) > 0
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mask_decoder.parameters())
     # in the learner, the term starts from the class tokens' own answer, with or without the automatic loss
