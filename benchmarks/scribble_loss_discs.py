@@ -12,7 +12,8 @@ the background as a whole). Variants (``scribble_loss`` settings):
 * ``pseudo_no_agree``: ``pseudo_weight: 1, agree: false``;
 * ``affinity``: ``affinity_weight: 0.5``.
 
-Validation Dice per epoch and the last epoch go to ``benchmarks/results/synthetic/scribble_loss_discs/``.
+Validation Dice per epoch and the last epoch go to ``benchmarks/results/synthetic/scribble_loss_discs/``
+(``scribble_loss_discs_backgroundN/`` with ``--background N``).
 These data are synthetic and chosen on nothing else: they are where the defaults were set.
 """
 
@@ -67,7 +68,8 @@ def main() -> None:
     for name, history in rows.items():
         lines.append(f"| {name} | `{VARIANTS[name] or 'defaults'}` | {' / '.join(f'{v:.3f}' for v in history)} "
                      f"| {history[-1]:.3f} |")
-    write_result("synthetic", "scribble_loss_discs", {"background": args.background, "val_dice": rows},
+    name = "scribble_loss_discs" + (f"_background{args.background}" if args.background else "")
+    write_result("synthetic", name, {"background": args.background, "val_dice": rows},
                  "\n".join(lines) + "\n", title="scribble_loss terms on synthetic discs")
     print("\n".join(lines))
 
