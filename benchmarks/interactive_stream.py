@@ -109,6 +109,7 @@ def run_system(root: Path, name: str, system: str, args, folder: Path) -> dict:
     return {
         "set": name, "system": system, "wall_s": wall,
         "online": None if learner is None else learner.config.to_dict(),
+        "overrides": online_overrides(args.online), "local": args.local, "steps": args.steps, "batch": args.batch,
         "last": summarize_sessions(sessions, last=args.last), "all": summarize_sessions(sessions),
         "sessions": [{"id": s.image_id, "dice": s.dice, "clicks": s.clicks, "seconds": s.seconds} for s in sessions],
     }
@@ -187,9 +188,16 @@ def main() -> None:
         for line in log.read_text().splitlines():
             r = json.loads(line)
             done[(r["set"], r["system"])] = r
+    wanted = {"overrides": online_overrides(args.online), "local": args.local, "steps": args.steps,
+              "batch": args.batch}
     for name in args.sets:
         for system in args.systems:
             if (name, system) in done:
+                old = done[(name, system)]
+                differ = [k for k, v in wanted.items() if k in old and old[k] != v]
+                if differ:
+                    raise SystemExit(f"{run} holds {name}/{system} run with other settings ({', '.join(differ)}); "
+                                     "give another --run folder for these settings")
                 continue
             r = run_system(root, name, system, args, run / f"learner_{name}_{system}")
             done[(name, system)] = r

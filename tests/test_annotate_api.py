@@ -427,6 +427,9 @@ def test_serving_threads_leave_the_learner_its_core(images, litemedsam):
         item = ids(api)["a.png"]
         assert api.post(url(item, 0, "open"), json={}).status_code == 200
         assert annotator.busy(60.0) and not annotator.busy(0.0)
+        with annotator._using():  # model work running (or waiting for the lock) counts however long it takes
+            assert annotator.busy(0.0)
+        assert not annotator.busy(0.0)
     finally:
         annotator.close()
         torch.set_num_threads(before)

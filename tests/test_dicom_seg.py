@@ -196,3 +196,6 @@ def test_predict_writes_a_dicom_seg_for_a_series(tmp_path, capsys) -> None:
     assert main(["predict", str(folder), "--model", "tiny_sam_vit", "--box", "1", "14", "12", "33", "27",
                  "--out", str(tmp_path / "seg.png")]) == 2
     assert "DICOM-SEG (.dcm) for a DICOM series" in capsys.readouterr().err
+    assert main(["predict", str(folder), "--model", "tiny_sam_vit", "--box", "1", "14", "12", "33", "27",
+                 "--out", str(folder / "seg.dcm")]) == 2  # it would join the series
+    assert "inside the series folder" in capsys.readouterr().err and not (folder / "seg.dcm").exists()

@@ -60,6 +60,15 @@ def test_overlap_keeps_the_chosen_candidate_and_its_own_logits(blobs_session):
     mask = seg.predict_volume(boxes={5: tight_box(a[5])}, propagation=PropagationConfig(overlap=True))
     # (overlap is not the default: on these blobs its walks stop early, 3-D Dice 0.28 against 0.85 without it)
     assert dice(mask[5], a[5]) > 0.8 and (mask & b).sum() < 0.02 * b.sum()
+    # a step that picks the candidate most like its neighbour keeps that candidate's own logits (not the mask
+    # mapped back to +/-10), as the next step's mask prompt
+    from medadapt.prompts.types import Prompts
+
+    walker = seg.volume_object
+    start = walker.answers[5]
+    step = walker._decode(4, -1, Prompts(masks=start.low.numpy()), like=start.mask)
+    assert len(np.unique(step.low.numpy())) > 2
+    assert ((step.low.numpy()[0] > 0) == seg.low_res_mask(step.mask)).mean() > 0.95
 
 
 def test_the_other_blob_from_a_box_on_its_own_slice(blobs_session):

@@ -22,7 +22,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -80,6 +81,8 @@ class Annotator:
         self._volumes: OrderedDict[str, np.ndarray] = OrderedDict()  # the 2 volumes read last (load_volume data)
         self.last_decode_ms: float | None = None
         self._last_activity = 0.0
+        self._in_use = 0  # model work running or waiting for the lock now (see _using)
+        self._count = threading.Lock()
         self.prefetcher = Prefetcher(self._prefetch, prefetch_idle_s) if prefetch else None
 
     def close(self) -> None:
@@ -197,17 +200,19 @@ class Annotator:
         return Encoded(neighbour_stack(parts, n)[None], centre.meta, centre.image)
 
     def _neighbour(self, item: Item, j: int) -> torch.Tensor | None:
-        found = self._slice_encoded(item, j) if 0 <= j < item.slices else None
+        """A neighbour's embedding; a blank neighbour is encoded too, as volume inference does."""
+        found = self._slice_encoded(item, j, blank=True) if 0 <= j < item.slices else None
         return None if found is None else found.embedding[0]
 
-    def _slice_encoded(self, item: Item, k: int, raw: np.ndarray | None = None) -> Encoded | None:
-        """The slice's own embedding, from the cache or encoded now; None for a blank (constant) slice."""
+    def _slice_encoded(self, item: Item, k: int, raw: np.ndarray | None = None, blank: bool = False) -> Encoded | None:
+        """The slice's own embedding, from the cache or encoded now; None for a blank (constant) slice unless
+        ``blank``."""
         found = self.cache.get((item.id, k))
-        if found is not None:
-            return found
+        if found is not None:  # a blank slice is cached only as some slice's neighbour
+            return found if blank or found.image.max() != found.image.min() else None
         raw = self._raw(item, k) if raw is None else raw
         image = self._model_image(raw)
-        if image.max() == image.min():
+        if image.max() == image.min() and not blank:
             return None
         encoded = encode_image(self.seg, image)
         self.cache.encoded += 1
@@ -215,7 +220,7 @@ class Annotator:
         return encoded
 
     def _prefetch(self, key: tuple[str, int]) -> None:
-        with self.lock:
+        with self._using():
             if key not in self.cache:
                 self._encoded(self.source.item(key[0]), key[1])
 
@@ -288,21 +293,34 @@ class Annotator:
             "guidance": self._guidance(obj, encoded),
         }
 
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        """Hold the model lock for model work; :meth:`busy` says so from the moment the work waits for it."""
+        with self._count:
+            self._in_use += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._count:
+                self._in_use -= 1
+
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
         if self.prefetcher is not None:
             self.prefetcher.touch()
 
     def busy(self, quiet_s: float = 1.0) -> bool:
-        """Whether a request came within the last ``quiet_s`` seconds (the user is working): background work
-        such as an online learner's next step waits for a quiet moment."""
-        return time.monotonic() - self._last_activity < quiet_s
+        """Whether the model is in use (a request or a background encoding is running) or a request came
+        within the last ``quiet_s`` seconds (the user is working): background work such as an online learner's
+        next step waits for a quiet moment."""
+        return self._in_use > 0 or time.monotonic() - self._last_activity < quiet_s
 
     def open(self, item_id: str, k: int, class_name: str | None = None) -> dict[str, Any]:
         """Show slice ``k`` of an item: its pixel geometry, its saved labels and the object being annotated
         (the adapter's automatic proposal for ``class_name`` when the slice is new)."""
         self._touch()
-        with self.lock:
+        with self._using():
             item = self._locate(item_id, k)
             class_name = class_name or next(iter(self.classes()))
             self.class_value(class_name)
@@ -343,7 +361,7 @@ class Annotator:
         """Add one prompt (``{"kind": "point", "x", "y", "label"}``, ``{"kind": "box", "x0", "y0", "x1",
         "y1"}`` or ``{"kind": "scribble", "points": [[x, y], ...], "label"}``) and re-decode the object."""
         self._touch()
-        with self.lock:
+        with self._using():
             item, encoded, obj = self._working(item_id, k)
             self.class_value(class_name)
             p = prompt_from_dict(prompt)
@@ -364,7 +382,7 @@ class Annotator:
     def undo(self, item_id: str, k: int) -> dict[str, Any]:
         """Remove the object's last prompt and decode it again from the prompts left."""
         self._touch()
-        with self.lock:
+        with self._using():
             item, encoded, obj = self._working(item_id, k)
             if obj is not None and obj.prompts:
                 obj.prompts.pop()
@@ -385,7 +403,7 @@ class Annotator:
     def accept(self, item_id: str, k: int, class_name: str) -> dict[str, Any]:
         """Save the object's mask as ``class_name`` into the slice's label file; the slice starts a new object."""
         self._touch()
-        with self.lock:
+        with self._using():
             item, encoded, obj = self._working(item_id, k)
             value = self.class_value(class_name)
             current = None if obj is None else obj.current()

@@ -151,6 +151,8 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
 
 
 def _decoder(seg: Segmenter, local: bool = False) -> Decode:
+    shown: dict[str, np.ndarray] = {}  # the last answer given: its mask, and the logits it came with
+
     def decode(points, labels, previous, box):
         # a lone first click without a mask is ambiguous: let the decoder pick among its three answers
         multimask = previous is None and box is None and len(points) == 1
@@ -159,8 +161,9 @@ def _decoder(seg: Segmenter, local: bool = False) -> Decode:
                            mask_input=previous if (len(points) or box is None) else None, multimask=multimask)
         answer = pred.masks[0], pred.logits[0]
         if local and previous is not None and len(points):
-            before = seg.full_size_logits(previous) > 0, np.asarray(previous, np.float32)
-            answer = local_update(before, answer, points[-1], seg.low_res_mask)
+            mask = shown["mask"] if shown.get("logits") is previous else seg.full_size_logits(previous) > 0
+            answer = local_update((mask, np.asarray(previous, np.float32)), answer, points[-1], seg.low_res_mask)
+        shown["mask"], shown["logits"] = answer
         return answer
     return decode
 

@@ -57,7 +57,10 @@ def local_update(previous: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray,
         return old_mask, old_logits
     selection = np.isin(components, keep)
     mask = np.where(selection, new_mask, old_mask)
-    low = np.asarray(low_res_selection(selection), bool).reshape(new_logits.shape)
+    # every logits cell a kept change touches: a change thinner than a cell must still reach the next prompt
+    cell = int(np.ceil(max(h, w) / max(new_logits.shape))) + 1
+    low = np.asarray(low_res_selection(ndimage.binary_dilation(selection, iterations=cell)), bool)
+    low = low.reshape(new_logits.shape)
     return mask, np.where(low, new_logits, old_logits).astype(np.float32)
 
 

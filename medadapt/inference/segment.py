@@ -218,6 +218,9 @@ def segment_volume_file(
     if dicom_seg and not Path(volume).is_dir():
         raise MedAdaptError(f"--out {out}: a DICOM-SEG (.dcm) refers to a DICOM series; {volume} is not a series "
                             "folder, so write NIfTI (.nii.gz)")
+    if dicom_seg and Path(out).resolve().parent == Path(volume).resolve():
+        raise MedAdaptError(f"--out {out} lies inside the series folder {volume}: a DICOM-SEG there would be read as "
+                            "part of the series next time; write it elsewhere")
     if not dicom_seg and not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
         raise MedAdaptError(f"a volume's mask is written as NIfTI (.nii or .nii.gz), or as DICOM-SEG (.dcm) for a "
                             f"DICOM series; got --out {out}")

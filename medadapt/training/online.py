@@ -114,9 +114,13 @@ class OnlineLearner:
         self.rng = np.random.default_rng([self.config.seed, self.steps])
         grid = tuple(backbone.prompt_encoder.image_embedding_size)
         for r in self.buffer.records:
-            if tuple(r.get("embedding_shape", ()))[-3:] != (backbone.embed_dim, *grid):
+            shape = tuple(r.get("embedding_shape", ()))
+            if shape[-3:] != (backbone.embed_dim, *grid):
                 raise MedAdaptError(f"the replay buffer in {self.folder} holds embeddings of shape "
                                     f"{r.get('embedding_shape')}, not those of {backbone.info.name}; give another folder")
+            if len(shape) == 4 and backbone.depth_slices > 1 and shape[0] != backbone.depth_slices:
+                raise MedAdaptError(f"the replay buffer in {self.folder} holds slices with {shape[0]} slices each; "
+                                    f"this model's depth adapter reads {backbone.depth_slices}: give another folder")
         with self._train:
             self._register([c for r in self.buffer.records for c in r["classes"]])
 
