@@ -66,12 +66,7 @@ def prompted_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, pc: 
         total = total + binary_mask_loss(low, tgt)
         if it == pc.corrective_clicks:
             break
-        pred = (low.detach() > 0).cpu().numpy()
-        for j in range(len(rows)):
-            click = corrective_click(pred[j], masks[j], rng)
-            if click is not None:
-                points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
-                labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
+        add_corrective_clicks(low.detach(), masks, points, labels, scale, rng)
         prev = low.detach()[:, None]
     return total / (1 + pc.corrective_clicks)
 
@@ -94,18 +89,25 @@ def proposal_loss(model: Backbone, emb: torch.Tensor, proposal: torch.Tensor, ma
     labels = [np.zeros((0,), np.int64) for _ in masks]
     prev, total = proposal.detach(), torch.zeros((), device=emb.device)
     for _ in range(clicks):
-        pred = (prev > 0).cpu().numpy()
-        for j in range(len(masks)):
-            click = corrective_click(pred[j], masks[j], rng)
-            if click is not None:
-                points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
-                labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
+        add_corrective_clicks(prev, masks, points, labels, scale, rng)
         if not any(len(p) for p in points):
             break
         low = decode_simulated(model, emb, [None] * len(masks), points, labels, prev[:, None])
         total = total + binary_mask_loss(low, tgt)
         prev = low.detach()
     return total / clicks
+
+
+def add_corrective_clicks(logits: torch.Tensor, masks, points: list, labels: list, scale: float,
+                          rng: np.random.Generator) -> None:
+    """Append to each row's clicks (model-input frame, ``scale`` from the decoder grid) the click that fixes
+    the largest error of its answer (``logits`` N x m x m against ``masks``); rows already right get none."""
+    pred = (logits > 0).cpu().numpy()
+    for j in range(len(masks)):
+        click = corrective_click(pred[j], masks[j], rng)
+        if click is not None:
+            points[j] = np.concatenate([points[j], click[0][None] * scale]).astype(np.float32)
+            labels[j] = np.concatenate([labels[j], [click[1]]]).astype(np.int64)
 
 
 def decode_simulated(model: Backbone, emb, boxes, points, labels, prev) -> torch.Tensor:
