@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             run.mkdir(parents=True, exist_ok=True)
             times_path.write_text(json.dumps(times))
         log = (run / "distill" / "log.csv").read_text().splitlines()
+        for later in sorted((run / "distill").glob("round*/log.csv"), key=lambda p: int(p.parent.name[5:])):
+            log += [f"{later.parent.name}: {row}" for row in later.read_text().splitlines()]
         results[seed] = {"run": str(run), "times": times, "distill_log": log}
         for split in args.splits:
             for student in (True, False) if split in args.decoder_splits else (True,):

@@ -4,12 +4,13 @@
         [--modes automatic,box] [--result DATASET/EXPERIMENT]
 
 Trains with ``medadapt finetune`` (best epoch chosen on the config's val split),
-then runs ``medadapt evaluate`` on that same val split and writes
+then runs ``medadapt evaluate`` on that same val split (or, with ``--split test``, on the
+recipe's ``data.test`` cases, never used for a choice) and writes
 ``benchmarks/results/DATASET/EXPERIMENT/`` (by default run ``acdc_3labeled`` ->
 ``acdc/finetune_3labeled``): ``summary.md`` and ``results.json`` with mean 3-D
 Dice per case for each class and mode, wall times and the machine, and the
-run's ``log.csv``. The val split is the only held-out split these data have
-here (the ACDC test patients are not in ../shared/data), so the numbers are
+run's ``log.csv``. Scored on val (the default, for recipes without a test
+split: the ACDC test patients are not in ../shared/data), the numbers are
 validation numbers and are reported as such. A run folder that
 already has ``metrics.json`` (a finished ``medadapt finetune``) is evaluated, not
 trained again; its training time is then read from that file.
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modes", default="automatic,box")
     ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the run name)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--split", choices=["val", "test"], default="val",
+                    help="the split scored: val (where the epoch was chosen) or the recipe's data.test, never "
+                         "used for a choice")
     args = ap.parse_args(argv)
 
     from medadapt.evaluation.evaluate import evaluate_run
@@ -53,15 +57,16 @@ def main(argv: list[str] | None = None) -> None:
         run = finetune(cfg, resume=args.resume)
         t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    report = evaluate_run(run, split="val", modes=args.modes.split(","), units="px")
+    report = evaluate_run(run, split=args.split, modes=args.modes.split(","), units="px")
     t_eval = time.perf_counter() - t0
     summary = report.summary()
     name = cfg.name or Path(args.config).stem
     dataset, experiment = parse_result(args.result) if args.result else result_name(name, "finetune")
     about = (
         f"Config `{args.config}` {' '.join(args.overrides)}; backbone {cfg.backbone}; adapter {cfg.adapter}; "
-        f"{cfg.train.epochs} epochs; best epoch selected on the val split, evaluated on the same val split "
-        f"(mean 3-D Dice per case; HD95 in pixels).\n\n"
+        f"{cfg.train.epochs} epochs; best epoch selected on the val split, evaluated on "
+        + ("the same val split " if args.split == "val" else "the test split (`data.test`, never used for a choice) ")
+        + "(mean 3-D Dice per case; HD95 in pixels).\n\n"
         f"Training {t_train / 60:.1f} min (the run's last `medadapt finetune` call: a resumed run's "
         f"earlier calls are not counted), evaluation {t_eval / 60:.1f} min.\n"
     )

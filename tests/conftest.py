@@ -57,6 +57,17 @@ def tiny_run(root, out, *, labeled, val, test=None, classes=("disc", "square")):
     return finetune(config_from_dict(cfg), log=lambda m: None)
 
 
+def with_changes(raw: dict, changes: dict) -> dict:
+    """A recipe dict with ``section__key=value`` (or ``section=value``) changes applied in place."""
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            raw[section][name] = value
+        else:
+            raw[section] = value
+    return raw
+
+
 @pytest.fixture(scope="session")
 def disc():
     return disc_image()

@@ -243,3 +243,40 @@ def test_student_learns_from_pseudo_labels(tmp_path):
     distill(run, ["distill.unlabeled_batch_size=0"], **QUIET)
     alone = last_val()
     assert taught > alone + 0.01, (taught, alone)
+
+
+def test_later_rounds_learn_from_the_previous_students_labels(distilled, tmp_path):
+    """rounds=2: the first student relabels the unlabelled cases, and the second starts from it."""
+    import shutil
+
+    from medadapt.ssl import student_label_stack
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(distilled / "config.yaml", run / "config.yaml")
+    shutil.copytree(distilled / "adapter", run / "adapter")
+    shutil.copytree(distilled / "distill" / "pseudo", run / "distill" / "pseudo")
+    _tiny_distill(run, "distill.rounds=2")
+    files = sorted((run / "distill" / "round2" / "pseudo").glob("*.npz"))
+    assert [f.stem for f in files] == ["006", "007", "008", "009"]
+    state = torch.load(run / "distill" / "state.pt", weights_only=True)
+    assert state["step"] == 6  # round 1 finished; its EMA teacher labelled round 2's slices
+    net = build_network(StudentConfig(**TINY_STUDENT), 2)
+    net.load_state_dict(state["ema"])
+    first = Student(StudentConfig(**TINY_STUDENT), ["disc", "square"], [1, 2], network=net)
+    z = load_pseudo_labels(files[0])
+    label, conf = student_label_stack(first, z["image"])
+    assert np.array_equal(z["label"], label)
+    assert np.allclose(z["confidence"], np.round(conf * 255) / 255, atol=1e-6)
+    log = (run / "distill" / "round2" / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and "val_dice_ema" in log[0]
+    info = json.loads((run / "student" / "student.json").read_text())
+    assert info["rounds"] == 2 and info["steps"] == 6
+    second = load_student(run / "student")
+    assert not all(torch.equal(a, b) for a, b in zip(second.network.state_dict().values(),
+                                                        net.state_dict().values()))
+    with pytest.raises(MedAdaptError, match="other distill settings.*rounds"):
+        distill(
+            run, ["distill.student.channels=[4,8,16]", "distill.student.size=64", "distill.student.res_units=1",
+                  "distill.iterations=6", "distill.val_every=3", "distill.batch_size=2",
+                  "distill.unlabeled_batch_size=2", "distill.tta=false", "distill.rounds=3"], resume=True, **QUIET)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import two_class_dataset
+from conftest import two_class_dataset, with_changes
 from test_hostile import _written, listing, refused, scan
 
 from medadapt.core.errors import MedAdaptError
@@ -324,12 +324,7 @@ def _recipe(root: Path, text: str | None = None, **changes) -> Path:
            "data": {"root": str(root / "data"), "layout": "folder", "classes": [1], "labeled": ["0"]},
            "prompts": {"automatic": True, "prompted": []}, "train": {"epochs": 1},
            "output": str(root / "runs"), "name": "run"}
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            raw[section][name] = value
-        else:
-            raw[section] = value
+    with_changes(raw, changes)
     path = root / "recipe.yaml"
     path.write_text(text if text is not None else yaml.safe_dump(raw))
     return path

@@ -60,6 +60,7 @@ from ..core.errors import MedAdaptError
 from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
 from ..data.datasets import _is_volume
 from ..inference.predictor import Segmenter
+from ..io.imaging import display_orientation
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
@@ -159,13 +160,29 @@ def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) ->
         for z, probs in enumerate(planes):
             if usable[z]:
                 out["automatic"][z] = np.asarray(values)[probs[1:].argmax(0)] * (probs.argmax(0) > 0)
+    # a depth adapter decodes each slice of a volume with its neighbours, as predict_volume does
+    stacked = seg.backbone.depth_slices > 1 and len(image_slices) > 1
+    if stacked:  # the slices are display planes already: the session's planes must be these same planes
+        seg.set_volume(np.stack([display_orientation(p) for p in image_slices]), axis=0)
+    try:
+        _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out)
+    finally:
+        if stacked:
+            seg.reset_volume()
+    return out
+
+
+def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out) -> None:
     for z, (img, lab) in enumerate(zip(image_slices, label_slices)):
         present = [(k, v) for k, v in enumerate(values) if (lab == v).any()]
         label_modes = [m for m in LABEL_MODES if m in modes and not (by_student and m == "automatic")]
         needs_image = label_modes or texts or (present and any(m in modes for m in ("box", "1-click")))
         if not needs_image or np.ptp(img) == 0:
             continue
-        seg.set_image(img)
+        if stacked:
+            seg.show_plane(seg.volume, z)
+        else:
+            seg.set_image(img)
         if texts:
             for t, m in zip(texts, seg.predict(text=list(texts)).masks):
                 out[f"text:{t}"][z] = m
@@ -189,7 +206,6 @@ def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) ->
             pts = [prompts_from_prediction(m, min_size=1).points[0, :1] for m in masks]
             for (k, _), p in zip(present, seg.predict(points=pts, point_labels=[[1]] * len(pts)).masks):
                 out["1-click"][k, z] = p
-    return out
 
 
 def evaluate_run(

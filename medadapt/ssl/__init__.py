@@ -7,7 +7,8 @@
 * :mod:`.geometry` -- the 8 flips and quarter turns of the model's frame, for images, labels, boxes, points.
 * :mod:`.loop` -- :class:`SemiSupervised`, the unsupervised loss the trainer adds.
 * :mod:`.distill` -- :func:`distill_run`: weak-to-strong distillation into a MONAI student
-  (:mod:`.distill_config`, :mod:`.foundation_labels`, :mod:`.student_training`).
+  (:mod:`.distill_config`, :mod:`.foundation_labels`, :mod:`.student_training`,
+  :mod:`.student_labels` for later rounds).
 
 ``medadapt finetune`` runs it when a config names ``data.unlabeled`` cases and
 has an ``ssl:`` section. (This is ``medadapt.ssl``; a top-level ``ssl`` would
@@ -29,6 +30,7 @@ from .pseudo import (
     drop_small_classes,
     refine_with_prompts,
 )
+from .student_labels import relabel_cases, student_label_stack
 from .student_training import SliceBank, StudentTrainer, slice_bank
 from .teacher import EMATeacher
 
@@ -38,4 +40,5 @@ __all__ = [
     "confident_labels", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points", "drop_small_classes",
     "feature_dropout", "intensity",
     "paste", "rampup", "random_boxes", "refine_with_prompts",
+    "relabel_cases", "student_label_stack",
 ]

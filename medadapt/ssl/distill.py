@@ -6,7 +6,10 @@
 2. A MONAI student learns from the labelled slices, the confident
    pseudo-labels and its own EMA teacher (:mod:`.student_training`); its
    state is checkpointed in ``RUN/distill/`` and a killed run resumes.
-3. The EMA teacher is written to ``RUN/student/``, where
+3. With ``rounds`` > 1, the student relabels the unlabelled slices
+   (``RUN/distill/roundR/pseudo/``) and a student starting from it trains
+   again on those labels (``RUN/distill/roundR/``), round after round.
+4. The last EMA teacher is written to ``RUN/student/``, where
    :class:`medadapt.inference.Segmenter` finds it and answers automatic
    predictions with it (prompts still go to the promptable decoder).
 
@@ -33,6 +36,7 @@ from ..inference import Segmenter
 from ..student import Student, grey_stack, save_student
 from .distill_config import DistillConfig
 from .foundation_labels import label_cases, load_pseudo_labels
+from .student_labels import relabel_cases
 from .student_training import StudentTrainer, slice_bank
 
 
@@ -73,6 +77,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         raise MedAdaptError(f"{work} holds a distillation already: add --resume to continue it, or delete {work}")
     if resume and saved.is_file():
         before = json.loads(saved.read_text())
+        before["distill"].setdefault("rounds", 1)  # recorded before rounds existed: one round
         changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
                          if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every")
         if changed or before.get("seed") != seed:
@@ -95,18 +100,32 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         pseudo.append((z["image"], z["label"], z["confidence"]))
     labeled = [(grey_stack(im), lab, None) for im, lab in (load_volume_case(c, data) for c in splits["labeled"])]
     val = [(grey_stack(im), lab) for im, lab in (load_volume_case(c, data) for c in splits["val"])]
-    trainer = StudentTrainer(config, names, values, slice_bank(labeled, config.student),
-                             slice_bank(pseudo, config.student), work, seed,
-                             validate=(lambda s: score_student(s, val)) if val else None, log=log)
-    log(f"student: {config.student.network}, {len(trainer.labeled)} labelled and {len(trainer.pseudo)} "
-        f"pseudo-labelled slices, {config.iterations} steps")
-    if resume and trainer.state_path.is_file():
-        trainer.load_state()
-        log(f"resumed at step {trainer.step}")
-    student = trainer.run()
+    labeled_bank = slice_bank(labeled, config.student)
+    validate = (lambda s: score_student(s, val)) if val else None
+    student, previous = None, None
+    for r in range(1, config.rounds + 1):
+        folder = work if r == 1 else work / f"round{r}"
+        if r > 1:  # the previous round's student labels the unlabelled slices again
+            files = relabel_cases(student, files, folder / "pseudo")
+            pseudo = [(z["image"], z["label"], z["confidence"]) for z in map(load_pseudo_labels, files)]
+        trainer = StudentTrainer(config, names, values, labeled_bank, slice_bank(pseudo, config.student), folder,
+                                 seed + r - 1, validate=validate, log=log)
+        if previous is not None:
+            trainer.start_from(previous)
+        if config.rounds > 1:
+            log(f"round {r} of {config.rounds}")
+        log(f"student: {config.student.network}, {len(trainer.labeled)} labelled and {len(trainer.pseudo)} "
+            f"pseudo-labelled slices, {config.iterations} steps")
+        if resume and trainer.state_path.is_file():
+            trainer.load_state()
+            log(f"resumed at step {trainer.step}")
+        student = trainer.run()
+        previous = student.network
+        del pseudo
     last = trainer.history[-1] if trainer.history else {}
-    save_student(student, out, metadata={"run": run.name, "steps": trainer.step, "seed": seed,
-                                         "val_dice": last.get("val_dice_ema"), "distill": settings["distill"]})
+    save_student(student, out, metadata={"run": run.name, "steps": trainer.step, "rounds": config.rounds,
+                                         "seed": seed, "val_dice": last.get("val_dice_ema"),
+                                         "distill": settings["distill"]})
     log(f"student written to {out}" + (f" (val Dice {last['val_dice_ema']:.4f})" if "val_dice_ema" in last else ""))
     return out
 

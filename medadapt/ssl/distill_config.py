@@ -27,6 +27,11 @@ class DistillConfig:
     view where that teacher is at least ``consistency_threshold`` sure
     (``consistency_weight``, ramped up over the first ``rampup`` share of the
     steps). The EMA teacher is what is saved as the student.
+
+    Rounds: with ``rounds`` > 1, each later round relabels the unlabelled
+    slices with the previous round's student (flip-averaged), and a student
+    starting from the previous one trains for another ``iterations`` steps on
+    those labels; the last round's student is saved.
     """
 
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -47,6 +52,7 @@ class DistillConfig:
     intensity: float = 0.5
     cutmix: float = 0.5
     mix_area: tuple[float, float] = (0.25, 0.5)
+    rounds: int = 1
     val_every: int = 250
     seed: int | None = None  # None: the run's train.seed
 
@@ -79,6 +85,7 @@ RANGES: Ranges = {
     "intensity": (lambda v: 0.0 <= v <= 1.0, "a strength in [0, 1]"),
     "cutmix": (_unit, "a probability in [0, 1]"),
     "mix_area": (lambda v: len(v) == 2 and 0.0 < v[0] <= v[1] < 1.0, "[low, high] shares of the image in (0, 1)"),
+    "rounds": (lambda v: 1 <= v <= 100, "a whole number of rounds in 1..100"),
     "val_every": (lambda v: 1 <= v, "a number of steps >= 1"),
     "seed": (lambda v: v is None or 0 <= v < 2**32, "a whole number in 0..2^32-1"),
 }

@@ -123,6 +123,13 @@ class StudentTrainer:
 
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
 
+    def start_from(self, network: torch.nn.Module) -> None:
+        """Start the student and its EMA teacher from ``network``'s weights (a previous round's student);
+        the optimiser and schedule start afresh."""
+        state = network.state_dict()
+        self.net.load_state_dict(state)
+        self.ema.load_state_dict(state)
+
     # ------------------------------------------------------------------ state
     @property
     def state_path(self) -> Path:

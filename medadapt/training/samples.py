@@ -20,8 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
 from ..foundation import Backbone, ImageMeta
+from ..foundation.depth import neighbour_stack
 from ..inference.optimize import optimize_for_inference, resolve_precision
 from .distributed import World
 
@@ -37,6 +39,7 @@ class ModelSample:
     case_id: str
     index: int | None
     key: str  # content hash of ``pixels``
+    neighbours: tuple[str | None, ...] = ()  # with a depth adapter: cache keys of slices k-n..k+n (None: absent)
 
 
 def to_model_frame(label: np.ndarray, meta: ImageMeta, image_size: int, mask_size: int) -> torch.Tensor:
@@ -178,7 +181,25 @@ class EmbeddingCache:
         if todo:
             for i, e in zip(todo, self._encode([samples[i] for i in todo])):
                 out[i] = e
+        if samples and samples[0].neighbours:  # B x S x C x h x w: each slice with its neighbours
+            n = len(samples[0].neighbours) // 2
+            out = [neighbour_stack([e if k == s.key else self._by_key(k) for k in s.neighbours], n)
+                   for s, e in zip(samples, out)]
         return to_device(torch.stack([e.to(dtype) for e in out]), device)
+
+    def _by_key(self, key: str | None) -> torch.Tensor | None:
+        """A neighbour's embedding (encoded by :meth:`fill`); None for a slice that is not there."""
+        if key is None:
+            return None
+        if key in self.memory:
+            return self.memory[key]
+        from safetensors.torch import load_file
+
+        path = self.dir / f"{key}.safetensors" if self.dir else None
+        if path is None or not path.is_file():
+            raise MedAdaptError(f"the embedding of a neighbouring slice ({key[:12]}) was never encoded: "
+                                "encode the neighbour samples with fill() before reading stacks")
+        return load_file(str(path))["embedding"]
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -55,6 +55,7 @@ from ..io.overlay import legend, overlay
 from ..prompts.scribbles import simulate_scribble_labels
 from .augment import random_view
 from .config import TrainingConfig, check_run_name
+from .depth import link_neighbours, samples_with_neighbours
 from .distributed import Split, World, current, data_parallel, launched, rank_device, start, stop
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .losses import automatic_loss
@@ -141,10 +142,19 @@ class Trainer:
         if self.use_cache and not self.encoder_frozen:
             raise MedAdaptError("train.cache_embeddings: on needs a frozen, unadapted image encoder")
 
-        self.train_samples = prepare(self.model, self.train_slices)
-        if self.use_cache and tc.cache_views > 0:
-            self.train_samples += prepare(self.model, _views(self.train_slices, tc.cache_views, tc.seed))
-        self.val_samples = prepare(self.model, self.val_slices)
+        self.depth = 0 if adapter.depth is None else int(adapter.depth.neighbours)
+        self.context_samples: list[ModelSample] = []  # neighbours encoded for a depth adapter, not trained on
+        if self.depth:
+            self._check_depth(extensions)
+            context = SliceDataset(splits["labeled"], self.data_cfg, keep="all", with_labels=False)
+            self.train_samples, self.context_samples = samples_with_neighbours(
+                self.model, self.train_slices, list(context), self.depth, tc.cache_views, tc.seed)
+            self.val_samples = link_neighbours(prepare(self.model, self.val_slices), self.depth)
+        else:
+            self.train_samples = prepare(self.model, self.train_slices)
+            if self.use_cache and tc.cache_views > 0:
+                self.train_samples += prepare(self.model, _views(self.train_slices, tc.cache_views, tc.seed))
+            self.val_samples = prepare(self.model, self.val_slices)
         precision = "bfloat16" if self.amp else "float32"
         self.cache = EmbeddingCache(self.model, tc.cache_dir, precision) if self.use_cache else None
         # Prompt tokens sit at the scale of SAM's prompt embeddings (|x| ~ 0.4 per channel): at the
@@ -173,6 +183,16 @@ class Trainer:
         self.extensions: list[TrainingExtension] = [make(self.context) for make in extensions]
         self.step: Callable[[list[int]], torch.Tensor] = self.loss  # DistributedDataParallel's, across ranks
 
+    def _check_depth(self, extensions: Sequence[ExtensionFactory]) -> None:
+        """A depth adapter trains on cached neighbour embeddings, from labelled slices alone."""
+        if not self.use_cache:
+            raise MedAdaptError("adapter.depth trains on cached embeddings of each slice's neighbours: keep the "
+                                "image encoder frozen and unadapted (no adapter.lora or adapter.spatial) and "
+                                "train.cache_embeddings auto or on")
+        if extensions:
+            raise MedAdaptError("adapter.depth trains from the labelled volumes only: the semi-supervised loop "
+                                "reads unlabelled slices one at a time, without their neighbours; set ssl: null")
+
     def distribute(self) -> None:
         """Across several ranks, run each step's forward inside DistributedDataParallel (a collective: call it
         on every rank, once they all hold the same weights)."""
@@ -188,7 +208,7 @@ class Trainer:
     def encode_all(self) -> None:
         if self.cache is None:
             return
-        todo = self.train_samples + self.val_samples
+        todo = self.train_samples + self.context_samples + self.val_samples
         for ext in self.extensions:
             todo += ext.samples_to_encode()
         # across ranks each encodes its share (the bar shows rank 0's) and they pass each other the embeddings
