@@ -104,7 +104,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         args.inputs, args.out, prompts=args.prompts, model=args.model, checkpoint=args.checkpoint,
         adapter=args.adapter, device=args.device, axis=args.axis, window=args.window, refine=args.refine,
         multimask=args.multimask, workers=args.workers, retry_failed=args.retry_failed, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, series_format=args.series_format,
     )
     parts = [f"{r.ok} written ({r.images} images, {r.volumes} volumes) in {r.seconds:.1f} s", f"{r.failed} failed",
              f"{r.skipped} already done"] + [f"{r.not_retried} failed before (--retry-failed retries them)"] * bool(
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
     p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
     p.add_argument("--axis", type=int, default=2, help="axis volumes are segmented along, slice by slice (default 2)")
+    p.add_argument("--series-format", choices=["nifti", "dicom-seg"], default="nifti",
+                   help="what a DICOM series' mask is written as: NAME.nii.gz (default) or NAME.seg.dcm, a "
+                        "DICOM-SEG on the series' images (needs highdicom: pip install medadapt[dicom-seg])")
     p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
     p.add_argument("--refine", action="store_true", help="automatic mode: self-prompt each class (see predict)")
     p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")

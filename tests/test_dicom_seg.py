@@ -199,3 +199,38 @@ def test_predict_writes_a_dicom_seg_for_a_series(tmp_path, capsys) -> None:
     assert main(["predict", str(folder), "--model", "tiny_sam_vit", "--box", "1", "14", "12", "33", "27",
                  "--out", str(folder / "seg.dcm")]) == 2  # it would join the series
     assert "inside the series folder" in capsys.readouterr().err and not (folder / "seg.dcm").exists()
+
+
+def test_segment_writes_a_dicom_seg_per_series_when_asked(tmp_path, capsys) -> None:
+    """``medadapt segment IN OUT --series-format dicom-seg``: each series gets NAME.seg.dcm on its own images;
+    a folder made with NIfTI outputs is not resumed with the other format."""
+    from medadapt.cli import main
+
+    sops = {}
+    for name, shift in (("a", 0), ("b", 6)):
+        folder = tmp_path / "in" / name
+        folder.mkdir(parents=True)
+        uid, study, frame = generate_uid(), generate_uid(), generate_uid()
+        block = np.zeros((3, 40, 48), bool)
+        block[:, 12 + shift:28 + shift, 14:34] = True
+        sops[name] = []
+        for k in range(3):
+            f = write_dicom(folder / f"im{k:02d}.dcm", np.where(block[k], 300, 20).astype(np.int16), z=2.0 * k,
+                            series=uid, instance=k + 1, StudyInstanceUID=study, FrameOfReferenceUID=frame)
+            sops[name].append(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text('{"a": {"slices": {"1": {"boxes": [[14, 12, 33, 27]]}}}, '
+                       '"b": {"slices": {"1": {"boxes": [[14, 18, 33, 33], [2, 2, 10, 10]]}}}}')
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "in"), str(out), "--model", "tiny_sam_vit", "--prompts", str(prompts),
+            "--workers", "0", "--no-progress"]
+    assert main([*args, "--series-format", "dicom-seg"]) == 0
+    assert sorted(p.name for p in out.glob("*.dcm")) == ["a.seg.dcm", "b.seg.dcm"]
+    one, two = hd.seg.segread(out / "a.seg.dcm"), hd.seg.segread(out / "b.seg.dcm")
+    assert one.number_of_segments == 1 and one.get_segment_description(1).SegmentLabel == "object"
+    assert [two.get_segment_description(n).SegmentLabel for n in (1, 2)] == ["object 1", "object 2"]
+    assert {s[2] for s in one.get_source_image_uids()} == set(sops["a"])
+    assert {s[2] for s in two.get_source_image_uids()} == set(sops["b"])
+    capsys.readouterr()
+    assert main(args) == 2  # the same folder with NIfTI outputs: refused, not mixed
+    assert "series_format" in capsys.readouterr().err

@@ -30,6 +30,7 @@ import torch
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json
+from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
     apply_window,
     display_orientation,
@@ -38,7 +39,7 @@ from ..io.imaging import (
     save_mask,
     volume_slice,
 )
-from .batch_inputs import BatchItem, find_inputs, read_prompts
+from .batch_inputs import SERIES_FORMATS, BatchItem, find_inputs, read_prompts
 from .predictor import Segmenter
 from .segment import prediction_to_labels
 
@@ -161,9 +162,21 @@ def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, ax
     return labels
 
 
-def _save(labels: np.ndarray, item: BatchItem, affine: np.ndarray | None) -> None:
+def _segments(seg: Segmenter, labels: np.ndarray, automatic: bool) -> tuple[list[str], list[int]]:
+    """The DICOM-SEG segments of a label volume: the learned classes, or one ``object`` per prompt value."""
+    if automatic:
+        return list(seg.classes), list(seg.backbone.adapter_config.automatic.label_values)
+    top = max(1, int(labels.max()))
+    return (["object"] if top == 1 else [f"object {v}" for v in range(1, top + 1)]), list(range(1, top + 1))
+
+
+def _save(labels: np.ndarray, item: BatchItem, affine: np.ndarray | None,
+          segments: tuple[list[str], list[int]] | None = None) -> None:
     if item.out.name.endswith(".npy"):
         atomic_write(item.out, lambda tmp: np.save(tmp, labels))
+    elif item.path.is_dir() and item.out.name.endswith(".dcm"):  # a DICOM-SEG on the series' own images
+        names, values = segments
+        write_dicom_seg(labels, item.path, item.out, names, values, allow_empty=True)
     elif item.path.is_dir():  # DICOM series: the series' own geometry (load_volume's RAS affine)
         import nibabel as nib
 
@@ -187,6 +200,9 @@ def distributed_rank() -> tuple[int, int]:
     return rank, world
 
 
+_SETTING_DEFAULTS = {"series_format": "nifti"}
+
+
 def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to resume into a folder whose masks came from another model, adapter or prompts file."""
     path = out_dir / "segment.json"
@@ -195,6 +211,7 @@ def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = {}
+        old = {**_SETTING_DEFAULTS, **old}  # a folder written before a setting existed had its default
         changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
         if changed:
             raise MedAdaptError(f"{out_dir} holds masks made with other settings ({'; '.join(changed)}); choose "
@@ -221,12 +238,15 @@ def segment_batch(
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
+    series_format: str = "nifti",
 ) -> BatchResult:
     """Segment every input of a folder, dataset or list and write one mask per input under ``out_dir``.
 
     Outputs keep the input's relative path and format: a PNG gives a PNG label
     map, a NIfTI file a NIfTI label volume with its affine and header, a
-    DICOM-series folder ``NAME.nii.gz`` with the series' geometry, ``.npy`` a
+    DICOM-series folder ``NAME.nii.gz`` with the series' geometry (or, with
+    ``series_format="dicom-seg"``, ``NAME.seg.dcm``: a DICOM-SEG on the series'
+    images, one segment per class or per prompt), ``.npy`` a
     ``.npy``; JPEG, TIFF, BMP and single DICOM files give PNG. Without
     ``prompts``, the adapter's classes are segmented automatically (volumes
     slice by slice along ``axis``); ``prompts`` (a JSON file or mapping, see
@@ -250,7 +270,9 @@ def segment_batch(
         rank, world_size = distributed_rank()
     if not 0 <= rank < world_size:
         raise MedAdaptError(f"rank {rank} must lie in 0..world_size-1 (world_size={world_size})")
-    items = find_inputs(inputs, out)
+    if series_format not in SERIES_FORMATS:
+        raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
+    items = find_inputs(inputs, out, series_format)
     table = read_prompts(prompts, items) if prompts is not None else {}
     if segmenter is None and adapter is None and prompts is None:
         raise MedAdaptError("the pretrained model needs prompts: pass --prompts prompts.json (boxes or points per "
@@ -271,7 +293,7 @@ def segment_batch(
                 "weights": getattr(info, "fingerprint", ""), "classes": segmenter.classes,
                 "adapter": None if adapter is None else str(Path(adapter).resolve()),
                 "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
-                "refine": refine, "multimask": multimask}
+                "refine": refine, "multimask": multimask, "series_format": series_format}
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
     _check_settings(out, settings, overwrite)
     atomic_write_json(out / "segment.json", settings)
@@ -321,7 +343,8 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
                 labels = _predict_volume(seg, pixels, entry, axis, refine, multimask)
             else:
                 labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask)
-            _save(labels, item, record["affine"].numpy() if "affine" in record else None)
+            segments = _segments(seg, labels, entry is None) if item.out.name.endswith(".dcm") else None
+            _save(labels, item, record["affine"].numpy() if "affine" in record else None, segments)
             row.update(status="ok", error="")
             result.ok += 1
             result.volumes += item.volume

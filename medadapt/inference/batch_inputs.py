@@ -62,21 +62,27 @@ def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _output_name(name: str, path: Path, volume: bool) -> str:
+SERIES_FORMATS = ("nifti", "dicom-seg")
+
+
+def _output_name(name: str, path: Path, volume: bool, series_format: str = "nifti") -> str:
     base = Path(path).name if name == "." else name
-    if path.is_dir():
-        return base + ".nii.gz"  # a DICOM series -> a NIfTI label volume with the series' geometry
+    if path.is_dir():  # a DICOM series -> a NIfTI label volume with the series' geometry, or a DICOM-SEG on it
+        return base + (".seg.dcm" if series_format == "dicom-seg" else ".nii.gz")
     ext = path_suffix(path)
     if volume or ext == ".npy":
         return base
     return base[: len(base) - len(ext)] + ".png"  # JPEG, TIFF, BMP and 2-D DICOM -> a lossless PNG label map
 
 
-def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike) -> list[BatchItem]:
+def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike, series_format: str = "nifti") -> list[BatchItem]:
     """The items of a batch: a folder (searched recursively), a dataset (nnU-Net ``imagesTr/...`` or
     ``images/`` + ``masks/``: its images only), a list file (``.txt``, one path a line, relative to the
     list's folder), a list of paths, or one file. Names are relative to the folder, or to the deepest folder
-    holding every listed file."""
+    holding every listed file. A DICOM series' output is ``NAME.nii.gz``, or ``NAME.seg.dcm`` with
+    ``series_format="dicom-seg"``."""
+    if series_format not in SERIES_FORMATS:
+        raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
     out = Path(out_dir).expanduser().resolve()
     if isinstance(inputs, (str, os.PathLike)) and path_suffix(inputs) == ".txt" and Path(inputs).is_file():
         base = Path(inputs).parent
@@ -113,7 +119,7 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike) -> lis
     items, owner = [], {}
     for name, path in pairs:
         volume = path.is_dir() or path_suffix(path) in _VOLUME
-        target = out / _output_name(name, path, volume)
+        target = out / _output_name(name, path, volume, series_format)
         item = BatchItem(name, path, volume, target)
         if target in owner:
             item.error = f"its output {target.name} is also the output of {owner[target]}; rename one of them"
