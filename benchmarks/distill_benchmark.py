@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -103,14 +104,27 @@ def main(argv: list[str] | None = None) -> None:
         times_path = run / "benchmark_times.json"
         times = json.loads(times_path.read_text()) if times_path.is_file() else {}
         t0 = time.perf_counter()
-        if not (run / "student" / "student.json").is_file():
+        made = run / "student" / "student.json"
+        if made.is_file():  # a finished run is scored only if it is this recipe's
+            from dataclasses import asdict
+
+            want = json.loads(json.dumps(asdict(cfg.distill)))
+            had = json.loads(made.read_text()).get("distill")
+            if had != want:
+                raise SystemExit(f"{run}/student was distilled with other settings than {args.config}: delete "
+                                 f"{run}/student and {run}/distill, or pass the overrides it was made with")
+        if not made.is_file():
             finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
             times["finetune_and_distill_s"] = times.get("finetune_and_distill_s", 0.0) + time.perf_counter() - t0
             run.mkdir(parents=True, exist_ok=True)
             times_path.write_text(json.dumps(times))
+        rounds = sorted((int(m.group(1)), p) for p in (run / "distill").glob("round*/log.csv")
+                        if (m := re.fullmatch(r"round(\d+)", p.parent.name)) and int(m.group(1)) <= cfg.distill.rounds)
         log = (run / "distill" / "log.csv").read_text().splitlines()
-        for later in sorted((run / "distill").glob("round*/log.csv"), key=lambda p: int(p.parent.name[5:])):
-            log += [f"{later.parent.name}: {row}" for row in later.read_text().splitlines()]
+        if rounds:
+            log = [f"round1: {row}" for row in log]
+        for r, later in rounds:
+            log += [f"round{r}: {row}" for row in later.read_text().splitlines()]
         results[seed] = {"run": str(run), "times": times, "distill_log": log}
         for split in args.splits:
             for student in (True, False) if split in args.decoder_splits else (True,):

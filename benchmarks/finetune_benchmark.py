@@ -1,7 +1,7 @@
-"""Few-label fine-tuning benchmark: train from a config, then evaluate on its validation cases.
+"""Few-label fine-tuning benchmark: train from a config, then evaluate on its val (or test) cases.
 
     .venv/bin/python benchmarks/finetune_benchmark.py configs/acdc/3labeled.yaml [key=value ...]
-        [--modes automatic,box] [--result DATASET/EXPERIMENT]
+        [--modes automatic,box] [--split val|test] [--result DATASET/EXPERIMENT]
 
 Trains with ``medadapt finetune`` (best epoch chosen on the config's val split),
 then runs ``medadapt evaluate`` on that same val split (or, with ``--split test``, on the
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = report.summary()
     name = cfg.name or Path(args.config).stem
     dataset, experiment = parse_result(args.result) if args.result else result_name(name, "finetune")
+    if args.split == "test" and not args.result:
+        experiment += "_test"  # beside the val figures, not over them
     about = (
         f"Config `{args.config}` {' '.join(args.overrides)}; backbone {cfg.backbone}; adapter {cfg.adapter}; "
         f"{cfg.train.epochs} epochs; best epoch selected on the val split, evaluated on "
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     md = about + "\n" + report.table() + "\n"
     logs = {"log.csv": run / "log.csv"} if (run / "log.csv").is_file() else {}
-    path = write_result(dataset, experiment, {"config": cfg.to_dict(), "summary": summary, "train_s": t_train,
+    path = write_result(dataset, experiment, {"config": cfg.to_dict(), "split": args.split, "summary": summary, "train_s": t_train,
                                               "eval_s": t_eval, "run": str(run)},
                         about + "\n```\n" + report.table() + "\n```\n", files=logs)
     print(md)

@@ -8,6 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import with_changes
 from safetensors.torch import load_file
 
@@ -49,9 +50,20 @@ def test_a_view_moves_a_slice_and_its_neighbours_together():
     assert plain.neighbours[0] in keys and keys[plain.neighbours[0]].index == 1  # unlabelled slice 1 is encoded
     assert plain.neighbours[2] in keys and keys[plain.neighbours[2]].index == 3
     assert view.neighbours[0] not in keys and view.neighbours[0] in {e.key for e in extra}
-    linked = link_neighbours(prepare(backbone, _slices(volume)), 2)
+    samples = prepare(backbone, _slices(volume))
+    linked = link_neighbours(samples, samples, 2)
     assert linked[0].neighbours[:2] == (None, None) and linked[0].neighbours[2] == linked[0].key
     assert linked[1].neighbours[0] is None and linked[1].neighbours[3:] == (linked[2].key, linked[3].key)
+    # the centres' views are the views a model without a depth adapter trains on: the two compare like for like
+    from medadapt.training.trainer import _views
+
+    train, _ = samples_with_neighbours(backbone, _slices(volume), _slices(volume), 1, views=2, seed=5)
+    assert [s.key for s in train[4:]] == [s.key for s in prepare(backbone, _views(_slices(volume), 2, 5))]
+    # a constant plane (padding) is a neighbour too, encoded as inference encodes it
+    volume[1][:] = 0.0
+    train, extra = samples_with_neighbours(backbone, _slices(volume, labelled=[2]), _slices(volume), 1, views=0,
+                                           seed=0)
+    assert train[0].neighbours[0] is not None and train[0].neighbours[0] in {e.key for e in extra}
 
 
 def _tube_dataset(root, n=3, seed=0):
@@ -106,6 +118,8 @@ def test_a_recipe_trains_the_depth_adapter(tmp_path):
     from medadapt.inference import Segmenter
 
     seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=run, device="cpu")
+    with torch.no_grad():  # a strongly mixing adapter: answers without the neighbours would differ
+        torch.nn.init.normal_(seg.backbone.depth_adapter.up.weight, std=2.0)
     data = DataConfig.from_dict(_recipe(tmp_path).data)
     volume, label = load_volume_case(split_cases(data, discover_cases(data))["val"][0], data)
     scored = _predict_slices(seg, list(volume), list(label), [1], ["automatic"])["automatic"]
@@ -114,6 +128,11 @@ def test_a_recipe_trains_the_depth_adapter(tmp_path):
 
     planes = seg.predict_volume(np.stack([display_orientation(p) for p in volume]), axis=0)
     assert np.array_equal(scored, np.stack([display_orientation(p) for p in planes]))
+    alone = []
+    for plane in volume:
+        seg.set_image(plane)
+        alone.append(seg.predict().masks[0])
+    assert not np.array_equal(scored > 0, np.stack(alone))  # what decoding without the neighbours gives
 
 
 def test_depth_training_refuses_what_it_cannot_do(tmp_path):
@@ -122,3 +141,31 @@ def test_depth_training_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(MedAdaptError, match="frozen and unadapted"):
         finetune(_recipe(tmp_path, adapter={"train": ["mask_decoder"], "depth": {"hidden": 8},
                                             "lora": {"rank": 2}}, name="lora"), **QUIET)
+
+
+def test_pseudo_labels_of_a_depth_model_read_the_neighbours(tmp_path):
+    """label_cases decodes each slice of a volume with its neighbours when the model has a depth adapter:
+    with the adapter's output at zero it gives what slice-by-slice labelling gives, otherwise not."""
+    from test_depth_adapter import depth_model
+
+    from medadapt.inference import Segmenter
+    from medadapt.ssl import label_slice
+    from medadapt.ssl.foundation_labels import label_volume
+
+    seg = Segmenter(depth_model(seed=1), device="cpu")
+    yy, xx = np.mgrid[:32, :32]
+    rng = np.random.default_rng(0)
+    images = np.stack([40 + 120 * (((yy - 16) ** 2 + (xx - 12 - k) ** 2) <= 36) + rng.normal(0, 8, (32, 32))
+                       for k in range(5)]).astype(np.float32)
+    images[0] = 0.0  # a constant plane: left unlabelled
+    slice_by_slice = lambda: [label_slice(seg, p, refine=False, tta=True) for p in images[1:]]  # noqa: E731
+    label, conf = label_volume(seg, images, refine=False, tta=True)
+    assert conf[0].max() == 0 and label[0].max() == 0
+    assert not np.allclose(conf[1:], np.stack([c for _, c in slice_by_slice()]))
+    with torch.no_grad():
+        seg.backbone.depth_adapter.up.weight.zero_()
+    label, conf = label_volume(seg, images, refine=False, tta=True)
+    alone = slice_by_slice()
+    assert np.array_equal(label[1:], np.stack([lab for lab, _ in alone]))
+    assert np.allclose(conf[1:], np.stack([c for _, c in alone]), atol=1e-5)
+    assert seg.volume is None

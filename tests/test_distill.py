@@ -4,6 +4,7 @@ the run folder, answers automatic predictions, and its training resumes exactly.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -20,12 +21,12 @@ TINY_STUDENT = {"channels": [4, 8, 16], "size": 64, "res_units": 1}
 QUIET = {"log": lambda m: None}
 
 
-def _tiny_distill(run, *overrides):
+def _tiny_distill(run, *overrides, resume=False):
     """Distil the tiny run with a tiny student (seconds); its config gains a distill section via overrides."""
     base = ["distill.student.channels=[4,8,16]", "distill.student.size=64", "distill.student.res_units=1",
             "distill.iterations=6", "distill.val_every=3", "distill.batch_size=2", "distill.unlabeled_batch_size=2",
             "distill.tta=false"]
-    return distill(run, [*base, *overrides], **QUIET)
+    return distill(run, [*base, *overrides], resume=resume, **QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +248,6 @@ def test_student_learns_from_pseudo_labels(tmp_path):
 
 def test_later_rounds_learn_from_the_previous_students_labels(distilled, tmp_path):
     """rounds=2: the first student relabels the unlabelled cases, and the second starts from it."""
-    import shutil
 
     from medadapt.ssl import student_label_stack
 
@@ -273,10 +273,21 @@ def test_later_rounds_learn_from_the_previous_students_labels(distilled, tmp_pat
     info = json.loads((run / "student" / "student.json").read_text())
     assert info["rounds"] == 2 and info["steps"] == 6
     second = load_student(run / "student")
-    assert not all(torch.equal(a, b) for a, b in zip(second.network.state_dict().values(),
-                                                        net.state_dict().values()))
+    fresh = build_network(StudentConfig(**TINY_STUDENT), 2)
+    gap = lambda a, b: sum(float((x - y).abs().sum()) for x, y in zip(a.state_dict().values(),  # noqa: E731
+                                                                       b.state_dict().values()))
+    assert 0 < gap(second.network, net) < gap(fresh, net) / 5  # round 2 started from round 1's student
+    # a round 2 interrupted before its first state: the resumed run keeps round 1 and the relabelled files
+    stamp = {f.name: f.stat().st_mtime_ns for f in files}
+    (run / "distill" / "round2" / "state.pt").unlink()
+    shutil.rmtree(run / "student")
+    _tiny_distill(run, "distill.rounds=2", resume=True)
+    assert {f.name: f.stat().st_mtime_ns for f in files} == stamp
+    again = load_student(run / "student")
+    assert gap(again.network, second.network) == 0  # the same round 2 as the uninterrupted run
+    # more rounds continue a finished run; fewer are refused
+    _tiny_distill(run, "distill.rounds=3", resume=True)
+    assert json.loads((run / "student" / "student.json").read_text())["rounds"] == 3
+    assert (run / "distill" / "round3" / "log.csv").is_file()
     with pytest.raises(MedAdaptError, match="other distill settings.*rounds"):
-        distill(
-            run, ["distill.student.channels=[4,8,16]", "distill.student.size=64", "distill.student.res_units=1",
-                  "distill.iterations=6", "distill.val_every=3", "distill.batch_size=2",
-                  "distill.unlabeled_batch_size=2", "distill.tta=false", "distill.rounds=3"], resume=True, **QUIET)
+        _tiny_distill(run, "distill.rounds=2", resume=True)

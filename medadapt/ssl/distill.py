@@ -79,7 +79,8 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         before = json.loads(saved.read_text())
         before["distill"].setdefault("rounds", 1)  # recorded before rounds existed: one round
         changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
-                         if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every")
+                         if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every"
+                         and not (k == "rounds" and config.rounds > before["distill"]["rounds"]))  # more rounds: on
         if changed or before.get("seed") != seed:
             raise MedAdaptError(f"--resume with other distill settings ({', '.join(changed) or 'seed'}); "
                                 f"use the settings of {saved} or start again in another run")
@@ -120,10 +121,10 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
             trainer.load_state()
             log(f"resumed at step {trainer.step}")
         student = trainer.run()
-        previous = student.network
-        del pseudo
-    last = trainer.history[-1] if trainer.history else {}
-    save_student(student, out, metadata={"run": run.name, "steps": trainer.step, "rounds": config.rounds,
+        previous, steps = student.network, trainer.step
+        last = trainer.history[-1] if trainer.history else {}
+        del pseudo, trainer  # the next round builds its own from the relabelled slices
+    save_student(student, out, metadata={"run": run.name, "steps": steps, "rounds": config.rounds,
                                          "seed": seed, "val_dice": last.get("val_dice_ema"),
                                          "distill": settings["distill"]})
     log(f"student written to {out}" + (f" (val Dice {last['val_dice_ema']:.4f})" if "val_dice_ema" in last else ""))

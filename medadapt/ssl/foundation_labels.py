@@ -1,6 +1,7 @@
 """Pseudo-labels from the adapted foundation model, with a per-pixel confidence, cached per case.
 
-Each slice of an unlabelled case is segmented in automatic mode, self-prompted
+Each slice of an unlabelled case is segmented in automatic mode (a model with
+a depth adapter reads each slice of a volume with its neighbours), self-prompted
 (each class's mask becomes a box the decoder answers) and, with ``tta``, also
 mirrored left-right and mirrored back; the per-class probabilities of the
 views are averaged. A pixel's label is the most probable class where some
@@ -24,7 +25,15 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
 from ..data import DataConfig, load_volume_case
 from ..data.cases import Case
+from ..io.imaging import display_orientation
 from ..student import grey_stack
+
+
+def _from_probabilities(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    best = probs.max(0)
+    label = np.where(best > 0.5, probs.argmax(0) + 1, 0).astype(np.uint8)
+    confidence = np.where(label > 0, best, 1.0 - best).astype(np.float32)
+    return label, confidence
 
 
 def label_slice(seg, image: np.ndarray, *, refine: bool = True, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -36,11 +45,32 @@ def label_slice(seg, image: np.ndarray, *, refine: bool = True, tta: bool = True
         p = seg.probabilities(seg.predict(refine=refine))
         p = p[:, :, ::-1] if mirror else p
         probs = p if probs is None else probs + p
-    probs = probs / len(views)
-    best = probs.max(0)
-    label = np.where(best > 0.5, probs.argmax(0) + 1, 0).astype(np.uint8)
-    confidence = np.where(label > 0, best, 1.0 - best).astype(np.float32)
-    return label, confidence
+    return _from_probabilities(probs / len(views))
+
+
+def label_volume(seg, images: np.ndarray, *, refine: bool = True, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_slice` for every non-constant plane of an N x H x W stack of display planes, each decoded
+    with its neighbours (for a model with a depth adapter, as ``predict_volume`` decodes them); labels
+    uint8 and confidences float32, N x H x W (0 on constant planes)."""
+    label = np.zeros(images.shape, np.uint8)
+    conf = np.zeros(images.shape, np.float32)
+    usable = [bool(np.isfinite(p).all() and p.max() != p.min()) for p in images]
+    probs: dict[int, np.ndarray] = {}
+    views = [False, True] if tta else [False]
+    for mirror in views:
+        planes = images[:, :, ::-1] if mirror else images
+        seg.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0)
+        try:
+            for k in (k for k, ok in enumerate(usable) if ok):
+                seg.show_plane(seg.volume, k)
+                p = seg.probabilities(seg.predict(refine=refine))
+                p = p[:, :, ::-1] if mirror else p
+                probs[k] = p if k not in probs else probs[k] + p
+        finally:
+            seg.reset_volume()
+    for k, p in probs.items():
+        label[k], conf[k] = _from_probabilities(p / len(views))
+    return label, conf
 
 
 def _path(folder: Path, case: Case) -> Path:
@@ -74,14 +104,18 @@ def label_cases(seg, cases: Sequence[Case], config: DataConfig, folder: str | os
             out.append(path)
             continue
         images, _ = load_volume_case(case, config, with_labels=False)
+        if seg.backbone.depth_slices > 1 and images.shape[0] > 1:  # each plane with its neighbours
+            label, c = label_volume(seg, images, refine=refine, tta=tta)
+            conf = np.round(c * 255).astype(np.uint8)
+        else:
+            label = np.zeros(images.shape[:3], np.uint8)
+            conf = np.zeros(images.shape[:3], np.uint8)
+            for k, plane in enumerate(images):
+                if not np.isfinite(plane).all() or plane.max() == plane.min():
+                    continue
+                lab, c = label_slice(seg, plane, refine=refine, tta=tta)
+                label[k], conf[k] = lab, np.round(c * 255).astype(np.uint8)
         images = grey_stack(images)  # colour 2-D images: the student reads grey levels
-        label = np.zeros(images.shape, np.uint8)
-        conf = np.zeros(images.shape, np.uint8)
-        for k, plane in enumerate(images):
-            if not np.isfinite(plane).all() or plane.max() == plane.min():
-                continue
-            lab, c = label_slice(seg, plane, refine=refine, tta=tta)
-            label[k], conf[k] = lab, np.round(c * 255).astype(np.uint8)
         atomic_write(path, lambda tmp: np.savez(tmp, image=images, label=label, confidence=conf))
         out.append(path)
         bar.update()
@@ -90,4 +124,4 @@ def label_cases(seg, cases: Sequence[Case], config: DataConfig, folder: str | os
     return out
 
 
-__all__ = ["label_cases", "label_slice", "load_pseudo_labels"]
+__all__ = ["label_cases", "label_slice", "label_volume", "load_pseudo_labels"]

@@ -55,7 +55,7 @@ from ..io.overlay import legend, overlay
 from ..prompts.scribbles import simulate_scribble_labels
 from .augment import random_view
 from .config import TrainingConfig, check_run_name
-from .depth import link_neighbours, samples_with_neighbours
+from .depth import case_planes, link_neighbours, samples_with_neighbours
 from .distributed import Split, World, current, data_parallel, launched, rank_device, start, stop
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .losses import automatic_loss
@@ -146,10 +146,12 @@ class Trainer:
         self.context_samples: list[ModelSample] = []  # neighbours encoded for a depth adapter, not trained on
         if self.depth:
             self._check_depth(extensions)
-            context = SliceDataset(splits["labeled"], self.data_cfg, keep="all", with_labels=False)
             self.train_samples, self.context_samples = samples_with_neighbours(
-                self.model, self.train_slices, list(context), self.depth, tc.cache_views, tc.seed)
-            self.val_samples = link_neighbours(prepare(self.model, self.val_slices), self.depth)
+                self.model, self.train_slices, case_planes(splits["labeled"], self.data_cfg), self.depth,
+                tc.cache_views, tc.seed)
+            val_planes = prepare(self.model, case_planes(self.val_cases, self.data_cfg))
+            self.val_samples = link_neighbours(prepare(self.model, self.val_slices), val_planes, self.depth)
+            self.context_samples += val_planes
         else:
             self.train_samples = prepare(self.model, self.train_slices)
             if self.use_cache and tc.cache_views > 0:
@@ -208,13 +210,16 @@ class Trainer:
     def encode_all(self) -> None:
         if self.cache is None:
             return
-        todo = self.train_samples + self.context_samples + self.val_samples
+        todo = self.train_samples + self.val_samples
         for ext in self.extensions:
             todo += ext.samples_to_encode()
+        known = {s.key for s in todo}
+        todo += [s for s in self.context_samples if s.key not in known and not known.add(s.key)]
         # across ranks each encodes its share (the bar shows rank 0's) and they pass each other the embeddings
         with tqdm(total=math.ceil(len(todo) / self.world.size), desc="encoding (cached once)", unit="slice",
                   leave=False, disable=not self.world.main) as bar:
             self.cache.fill(todo, progress=bar.update, world=self.world)
+        self.context_samples = []  # only their embeddings are read from here on (by key)
 
     def embeddings(self, batch: list[ModelSample], pixels: torch.Tensor | None = None) -> torch.Tensor:
         if self.cache is not None:
