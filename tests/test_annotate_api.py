@@ -433,3 +433,55 @@ def test_serving_threads_leave_the_learner_its_core(images, litemedsam):
     finally:
         annotator.close()
         torch.set_num_threads(before)
+
+
+def test_scribbles_of_accepted_objects_are_kept_as_strokes_training_reads(images, litemedsam):
+    """An accepted object's scribbles go to LABELS/strokes/NAME: its class value on its strokes, 0 on background
+    strokes, 255 where nobody drew; a recipe with scribbles: files reads them back as the same strokes."""
+    from medadapt.data import DataConfig, SliceDataset, discover_cases, split_cases
+    from medadapt.prompts.scribbles import rasterize_strokes
+
+    folder, truth = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    api.post("/api/classes", json={"name": "square"})
+    a = ids(api)["a.png"]
+    disc, square = truth["a.png"]
+    inside = {"kind": "scribble", "points": [[60, 55], [70, 60], [80, 65]], "label": 1}
+    outside = {"kind": "scribble", "points": [[10, 150], [40, 150]], "label": 0}
+    for prompt in (box_around(disc), inside, outside):
+        api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": prompt})
+    done = api.post(url(a, 0, "accept"), json={"class_name": "foreground"}).json()
+    assert done.get("saved", {}).get("strokes") is True, done
+    api.post(url(a, 0, "prompts"), json={"class_name": "square", "prompt": box_around(square, 2)})
+    assert api.post(url(a, 0, "accept"), json={"class_name": "square"}).json()["saved"]["strokes"] is False
+    strokes = np.asarray(Image.open(folder / "labels" / "strokes" / "a.png"))
+    drawn = rasterize_strokes([(inside["points"], 1), (outside["points"], 0)], disc.shape)
+    assert np.array_equal(strokes == 1, drawn == 1) and np.array_equal(strokes == 0, drawn == 0)
+    assert set(np.unique(strokes)) == {0, 1, 255}  # the square's box drew no stroke
+    cfg = DataConfig.from_dict({"root": str(folder), "layout": "folder", "images": ".", "labels": "labels/strokes",
+                                "classes": ["foreground"], "labeled": ["a"], "scribbles": "files",
+                                "unlabeled_value": 255})
+    (read,) = SliceDataset(split_cases(cfg, discover_cases(cfg))["labeled"], cfg)
+    assert np.array_equal(read.label == 1, drawn == 1) and np.array_equal(read.label == 0, drawn == 0)
+    assert (read.label == -1).sum() == (drawn == -1).sum()
+
+
+def test_strokes_on_a_volume_slice_go_into_a_stroke_volume_in_its_geometry(volume, litemedsam):
+    from medadapt.io.imaging import load_volume
+    from medadapt.prompts.scribbles import rasterize_strokes
+
+    path, truth, _ = volume
+    api = client(Annotator(litemedsam, path, prefetch=False))
+    (item,) = api.get("/api/state").json()["items"]
+    disc = volume_slice(truth[::-1], 2, 2)
+    stroke = {"kind": "scribble", "points": [[30, 20], [36, 24]], "label": 1}
+    for prompt in (box_around(disc), stroke):
+        api.post(url(item["id"], 2, "prompts"), json={"class_name": "foreground", "prompt": prompt})
+    assert api.post(url(item["id"], 2, "accept"), json={"class_name": "foreground"}).json()["saved"]["strokes"]
+    saved = nib.load(path.parent / "labels" / "strokes" / "scan.nii.gz")
+    assert np.array_equal(saved.affine, nib.load(path).affine) and saved.shape == truth.shape
+    data, _ = load_volume(path.parent / "labels" / "strokes" / "scan.nii.gz")
+    plane = volume_slice(data, 2, 2)
+    drawn = rasterize_strokes([(stroke["points"], 1)], disc.shape)
+    assert np.array_equal(plane == 1, drawn == 1) and (plane[drawn == -1] == 255).all()
+    assert (volume_slice(data, 3, 2) == 255).all()  # untouched slices: nobody drew there

@@ -33,10 +33,10 @@ from ..foundation.depth import neighbour_stack
 from ..inference.guidance import guidance, uncertainty_map
 from ..io.imaging import apply_window, load_image, load_volume, volume_slice
 from .encoding import EmbeddingLRU, Encoded, Prefetcher, encode_image, show_encoded
-from .objects import AnnotatedObject, Answer, check_prompt, decode, prompt_from_dict, prompt_to_dict
+from .objects import AnnotatedObject, Answer, Scribble, check_prompt, decode, prompt_from_dict, prompt_to_dict
 from .rle import encode_labels, encode_rle
 from .sources import Item, UnknownItem, find_items
-from .store import LabelStore
+from .store import UNMARKED, LabelStore
 
 log = logging.getLogger("medadapt.app")
 OnAccept = Callable[[str, np.ndarray, Any, Any, list], Any]
@@ -411,11 +411,15 @@ class Annotator:
                 raise MedAdaptError(f"nothing to accept on slice {k} of {item.name}: the mask is empty; add a prompt "
                                     "(click, box or scribble) first")
             labels = self.store.accept(item, k, current.mask, value, class_name)
+            strokes = [(np.asarray(p.points, np.float32), p.label) for p in obj.prompts if isinstance(p, Scribble)]
+            if strokes and value < UNMARKED:
+                self.store.accept_strokes(item, k, strokes, value, current.mask.shape)
             prompts = [prompt_to_dict(p) for p in obj.prompts]
             self._objects.pop((item.id, k), None)
             out = {**self._answer(item, k, None), "labels": encode_labels(labels), "accepted": True,
                    "item_state": self.item_state(item), "saved": {"class_name": class_name, "value": value,
-                                                                   "file": item.label_path.name}}
+                                                                   "file": item.label_path.name,
+                                                                   "strokes": bool(strokes) and value < UNMARKED}}
         if self.on_accept is not None:
             image_id = f"{item.id}:{k}" if item.is_volume else item.id
             try:

@@ -6,6 +6,11 @@ slice at a time. Accepting reads the label file as it is on disk, paints the
 accepted object into it and writes it back atomically, so an earlier accepted
 slice or class is never lost (where two objects overlap, the later one wins).
 
+Scribbles of an accepted object are also kept as strokes, in a label file of
+the same name under ``LABELS/strokes/``: the class value on its strokes, 0 on
+background strokes and 255 wherever nobody drew, the form that training from
+scribbles reads (``data.scribbles: files``, ``unlabeled_value: 255``).
+
 The session file (``annotate-session.json`` in the labels folder, written
 atomically) records which slices were accepted, the classes made in the app
 and where the user was.
@@ -23,9 +28,12 @@ from ..core.files import atomic_write_json
 from ..io.dicom import DicomSeries
 from ..io.imaging import display_orientation, load_mask, load_volume, save_mask
 from ..io.volumes import nifti_shape
+from ..prompts.scribbles import rasterize_strokes
 from .sources import Item, Source
 
 SESSION_FORMAT = 1
+STROKES_DIR = "strokes"
+UNMARKED = 255  # a stroke file's value wherever nobody drew
 
 
 def _read_session(source: Source) -> dict[str, Any]:
@@ -112,6 +120,43 @@ class LabelStore:
                                 f"{tuple(shape)}; move the label file away or fix it")
         return np.rint(data).astype(np.int32)
 
+    def strokes_path(self, item: Item):
+        """Where the strokes drawn on ``item`` are kept: ``LABELS/strokes/`` + its label file's name."""
+        return item.label_path.parent / STROKES_DIR / item.label_path.name
+
+    def accept_strokes(self, item: Item, k: int, strokes: list[tuple[np.ndarray, int]], value: int,
+                       size: tuple[int, int]) -> None:
+        """Draw scribble ``strokes`` ((points N x 2 as x, y; 1 object, 0 background) in display orientation) of
+        an accepted object into slice ``k``'s stroke file: ``value`` on its strokes, 0 on background strokes,
+        :data:`UNMARKED` wherever nobody drew (what ``data.scribbles: files`` with ``unlabeled_value: 255``
+        reads). Later strokes win where strokes cross."""
+        drawn = rasterize_strokes([(np.asarray(xy, np.float32), int(label)) for xy, label in strokes], size)
+        path = self.strokes_path(item)
+        if item.is_volume:
+            shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
+            volume = np.full(shape, UNMARKED, np.uint8)
+            if path.exists():
+                data, _ = load_volume(path)
+                if data.shape != tuple(shape):
+                    raise MedAdaptError(f"the stroke volume {path} has shape {data.shape} but {item.name} has "
+                                        f"{tuple(shape)}; move the stroke file away or fix it")
+                volume = np.rint(data).astype(np.uint8)
+            index: list[Any] = [slice(None)] * 3
+            index[self.source.axis] = k
+            plane = display_orientation(volume[tuple(index)])
+            plane[drawn == 1], plane[drawn == 0] = value, 0
+            volume[tuple(index)] = display_orientation(plane)
+            save_mask(volume, path, reference=item.path)
+        else:
+            plane = np.full(size, UNMARKED, np.uint8)
+            if path.exists():
+                plane = load_mask(path).astype(np.uint8)
+                if plane.shape != tuple(size):
+                    raise MedAdaptError(f"the stroke file {path} holds a {plane.shape} map but {item.name} is "
+                                        f"{tuple(size)}; move the stroke file away or fix it")
+            plane[drawn == 1], plane[drawn == 0] = value, 0
+            save_mask(plane, path)
+
     def accept(self, item: Item, k: int, mask: np.ndarray, value: int, class_name: str) -> np.ndarray:
         """Paint ``mask`` (H x W bool, display orientation) with ``value`` into slice ``k``'s labels on disk and
         record the slice as accepted; returns the slice's new label map."""
@@ -139,4 +184,4 @@ class LabelStore:
         return new
 
 
-__all__ = ["LabelStore", "SESSION_FORMAT"]
+__all__ = ["LabelStore", "SESSION_FORMAT", "STROKES_DIR", "UNMARKED"]
