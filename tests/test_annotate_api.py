@@ -446,18 +446,23 @@ def test_scribbles_of_accepted_objects_are_kept_as_strokes_training_reads(images
     api.post("/api/classes", json={"name": "square"})
     a = ids(api)["a.png"]
     disc, square = truth["a.png"]
+    api.post(url(a, 0, "prompts"), json={"class_name": "square", "prompt": box_around(square, 2)})
+    assert api.post(url(a, 0, "accept"), json={"class_name": "square"}).json()["saved"]["strokes"] is False
     inside = {"kind": "scribble", "points": [[60, 55], [70, 60], [80, 65]], "label": 1}
     outside = {"kind": "scribble", "points": [[10, 150], [40, 150]], "label": 0}
-    for prompt in (box_around(disc), inside, outside):
+    across = {"kind": "scribble", "points": [[120, 116], [170, 116]], "label": 0}  # "not the disc", over the square
+    for prompt in (box_around(disc), inside, outside, across):
         api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": prompt})
     done = api.post(url(a, 0, "accept"), json={"class_name": "foreground"}).json()
     assert done.get("saved", {}).get("strokes") is True, done
-    api.post(url(a, 0, "prompts"), json={"class_name": "square", "prompt": box_around(square, 2)})
-    assert api.post(url(a, 0, "accept"), json={"class_name": "square"}).json()["saved"]["strokes"] is False
     strokes = np.asarray(Image.open(folder / "labels" / "strokes" / "a.png"))
-    drawn = rasterize_strokes([(inside["points"], 1), (outside["points"], 0)], disc.shape)
-    assert np.array_equal(strokes == 1, drawn == 1) and np.array_equal(strokes == 0, drawn == 0)
+    drawn = rasterize_strokes([(inside["points"], 1), (outside["points"], 0), (across["points"], 0)], disc.shape)
+    labels = np.asarray(Image.open(folder / "labels" / "a.png"))
+    assert ((drawn == 0) & (labels == 2)).any()  # the stroke does cross the accepted square
+    assert np.array_equal(strokes == 1, drawn == 1)
+    assert np.array_equal(strokes == 0, (drawn == 0) & (labels == 0))  # the square's pixels stay unmarked
     assert set(np.unique(strokes)) == {0, 1, 255}  # the square's box drew no stroke
+    drawn[(drawn == 0) & (labels != 0)] = -1
     cfg = DataConfig.from_dict({"root": str(folder), "layout": "folder", "images": ".", "labels": "labels/strokes",
                                 "classes": ["foreground"], "labeled": ["a"], "scribbles": "files",
                                 "unlabeled_value": 255})

@@ -410,10 +410,12 @@ class Annotator:
             if current is None or not current.mask.any():
                 raise MedAdaptError(f"nothing to accept on slice {k} of {item.name}: the mask is empty; add a prompt "
                                     "(click, box or scribble) first")
-            labels = self.store.accept(item, k, current.mask, value, class_name)
             strokes = [(np.asarray(p.points, np.float32), p.label) for p in obj.prompts if isinstance(p, Scribble)]
-            if strokes and value < UNMARKED:
-                self.store.accept_strokes(item, k, strokes, value, current.mask.shape)
+            if strokes and value < UNMARKED:  # first: a stroke file that cannot be written leaves nothing half done
+                after = self.store.slice_labels(item, k, current.mask.shape).copy()
+                after[current.mask] = value
+                self.store.accept_strokes(item, k, strokes, value, after)
+            labels = self.store.accept(item, k, current.mask, value, class_name)
             prompts = [prompt_to_dict(p) for p in obj.prompts]
             self._objects.pop((item.id, k), None)
             out = {**self._answer(item, k, None), "labels": encode_labels(labels), "accepted": True,

@@ -125,12 +125,15 @@ class LabelStore:
         return item.label_path.parent / STROKES_DIR / item.label_path.name
 
     def accept_strokes(self, item: Item, k: int, strokes: list[tuple[np.ndarray, int]], value: int,
-                       size: tuple[int, int]) -> None:
+                       labels: np.ndarray) -> None:
         """Draw scribble ``strokes`` ((points N x 2 as x, y; 1 object, 0 background) in display orientation) of
-        an accepted object into slice ``k``'s stroke file: ``value`` on its strokes, 0 on background strokes,
-        :data:`UNMARKED` wherever nobody drew (what ``data.scribbles: files`` with ``unlabeled_value: 255``
-        reads). Later strokes win where strokes cross."""
+        an accepted object into slice ``k``'s stroke file: ``value`` on its strokes, 0 on its background strokes
+        where the slice's accepted ``labels`` are background too (a stroke that says "not this object" on
+        another object says nothing about that one), :data:`UNMARKED` wherever nobody drew (what
+        ``data.scribbles: files`` with ``unlabeled_value: 255`` reads). Later strokes win where strokes cross."""
+        size = labels.shape
         drawn = rasterize_strokes([(np.asarray(xy, np.float32), int(label)) for xy, label in strokes], size)
+        background = (drawn == 0) & (labels == 0)
         path = self.strokes_path(item)
         if item.is_volume:
             shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
@@ -144,7 +147,7 @@ class LabelStore:
             index: list[Any] = [slice(None)] * 3
             index[self.source.axis] = k
             plane = display_orientation(volume[tuple(index)])
-            plane[drawn == 1], plane[drawn == 0] = value, 0
+            plane[drawn == 1], plane[background] = value, 0
             volume[tuple(index)] = display_orientation(plane)
             save_mask(volume, path, reference=item.path)
         else:
@@ -154,7 +157,7 @@ class LabelStore:
                 if plane.shape != tuple(size):
                     raise MedAdaptError(f"the stroke file {path} holds a {plane.shape} map but {item.name} is "
                                         f"{tuple(size)}; move the stroke file away or fix it")
-            plane[drawn == 1], plane[drawn == 0] = value, 0
+            plane[drawn == 1], plane[background] = value, 0
             save_mask(plane, path)
 
     def accept(self, item: Item, k: int, mask: np.ndarray, value: int, class_name: str) -> np.ndarray:

@@ -162,11 +162,21 @@ def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, ax
     return labels
 
 
-def _segments(seg: Segmenter, labels: np.ndarray, automatic: bool) -> tuple[list[str], list[int]]:
-    """The DICOM-SEG segments of a label volume: the learned classes, or one ``object`` per prompt value."""
-    if automatic:
+def _prompt_count(prompts: dict) -> int:
+    """Objects one slice's prompts ask for: a box each, or a point set each (one set of points is one)."""
+    if prompts.get("boxes") is not None:
+        return len(prompts["boxes"])
+    points = prompts.get("points") or []
+    nested = bool(points) and all(isinstance(s, list) and s and isinstance(s[0], list) for s in points)
+    return len(points) if nested else 1
+
+
+def _segments(seg: Segmenter, labels: np.ndarray, entry: dict | None) -> tuple[list[str], list[int]]:
+    """The DICOM-SEG segments of a label volume: the learned classes, or one ``object`` per prompt value
+    (as many as the most prompts on one slice, whether or not each found something)."""
+    if entry is None:
         return list(seg.classes), list(seg.backbone.adapter_config.automatic.label_values)
-    top = max(1, int(labels.max()))
+    top = max([1, int(labels.max()), *(_prompt_count(e) for e in entry.values())])
     return (["object"] if top == 1 else [f"object {v}" for v in range(1, top + 1)]), list(range(1, top + 1))
 
 
@@ -293,7 +303,9 @@ def segment_batch(
                 "weights": getattr(info, "fingerprint", ""), "classes": segmenter.classes,
                 "adapter": None if adapter is None else str(Path(adapter).resolve()),
                 "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
-                "refine": refine, "multimask": multimask, "series_format": series_format}
+                "refine": refine, "multimask": multimask}
+    if any(item.path.is_dir() for item in items):  # only a DICOM series' output depends on it
+        settings["series_format"] = series_format
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
     _check_settings(out, settings, overwrite)
     atomic_write_json(out / "segment.json", settings)
@@ -343,7 +355,7 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
                 labels = _predict_volume(seg, pixels, entry, axis, refine, multimask)
             else:
                 labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask)
-            segments = _segments(seg, labels, entry is None) if item.out.name.endswith(".dcm") else None
+            segments = _segments(seg, labels, entry) if item.out.name.endswith(".dcm") else None
             _save(labels, item, record["affine"].numpy() if "affine" in record else None, segments)
             row.update(status="ok", error="")
             result.ok += 1
