@@ -110,14 +110,17 @@ class LabelStore:
                                 f"{tuple(size)}; move the label file away or fix it")
         return labels
 
-    def _volume_labels(self, item: Item) -> np.ndarray:
+    def _volume_labels(self, item: Item, path=None, fill: int = 0, what: str = "label") -> np.ndarray:
+        """The label volume at ``path`` (default the item's label file) in ``item``'s shape, int32; ``fill``
+        everywhere when there is none yet (``what`` names the file in errors)."""
+        path = item.label_path if path is None else path
         shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
-        if not item.label_path.exists():
-            return np.zeros(shape, dtype=np.int32)
-        data, _ = load_volume(item.label_path)
+        if not path.exists():
+            return np.full(shape, fill, dtype=np.int32)
+        data, _ = load_volume(path)
         if data.shape != tuple(shape):
-            raise MedAdaptError(f"the label volume {item.label_path} has shape {data.shape} but {item.name} has "
-                                f"{tuple(shape)}; move the label file away or fix it")
+            raise MedAdaptError(f"the {what} volume {path} has shape {data.shape} but {item.name} has "
+                                f"{tuple(shape)}; move the {what} file away or fix it")
         return np.rint(data).astype(np.int32)
 
     def strokes_path(self, item: Item):
@@ -136,14 +139,7 @@ class LabelStore:
         background = (drawn == 0) & (labels == 0)
         path = self.strokes_path(item)
         if item.is_volume:
-            shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
-            volume = np.full(shape, UNMARKED, np.uint8)
-            if path.exists():
-                data, _ = load_volume(path)
-                if data.shape != tuple(shape):
-                    raise MedAdaptError(f"the stroke volume {path} has shape {data.shape} but {item.name} has "
-                                        f"{tuple(shape)}; move the stroke file away or fix it")
-                volume = np.rint(data).astype(np.uint8)
+            volume = self._volume_labels(item, path, UNMARKED, "stroke").astype(np.uint8)
             index: list[Any] = [slice(None)] * 3
             index[self.source.axis] = k
             plane = display_orientation(volume[tuple(index)])
