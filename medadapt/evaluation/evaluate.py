@@ -60,7 +60,6 @@ from ..core.errors import MedAdaptError
 from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
 from ..data.datasets import _is_volume
 from ..inference.predictor import Segmenter
-from ..io.imaging import display_orientation
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
@@ -163,7 +162,7 @@ def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) ->
     # a depth adapter decodes each slice of a volume with its neighbours, as predict_volume does
     stacked = seg.backbone.depth_slices > 1 and len(image_slices) > 1
     if stacked:  # the slices are display planes already: the session's planes must be these same planes
-        seg.set_volume(np.stack([display_orientation(p) for p in image_slices]), axis=0)
+        seg.set_planes(image_slices)
     try:
         _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out)
     finally:

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import MedAdaptError
+from ..io.imaging import display_orientation
 from .propagation import Propagation, PropagationConfig
 from .volume import VolumeSession
 from .volume_answers import automatic_volume
@@ -45,6 +46,11 @@ class VolumeMethods:
         self.reset_volume()
         budget = None if cache_mb is None else int(float(cache_mb) * 2**20)
         self._volume = VolumeSession(self, volume, spacing=spacing, axis=axis, cache_bytes=budget, window=window)
+
+    def set_planes(self, planes: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Take a stack of display planes (N x H x W, as ``load_volume_case`` gives a case's slices) as the volume
+        along axis 0: slice ``k`` is ``planes[k]`` as it stands, for :meth:`show_plane` and :meth:`predict_volume`."""
+        self.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0)
 
     def reset_volume(self) -> None:
         """Forget the current volume, its cached embeddings and its object."""

@@ -25,7 +25,6 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
 from ..data import DataConfig, load_volume_case
 from ..data.cases import Case
-from ..io.imaging import display_orientation
 from ..student import grey_stack
 
 
@@ -59,7 +58,7 @@ def label_volume(seg, images: np.ndarray, *, refine: bool = True, tta: bool = Tr
     views = [False, True] if tta else [False]
     for mirror in views:
         planes = images[:, :, ::-1] if mirror else images
-        seg.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0)
+        seg.set_planes(planes)
         try:
             for k in (k for k, ok in enumerate(usable) if ok):
                 seg.show_plane(seg.volume, k)
