@@ -81,6 +81,13 @@ def litemedsam():
     return Segmenter.from_pretrained("litemedsam", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def litemedsam_cache(tmp_path_factory):
+    """One on-disk embedding cache (``train.cache_dir``) for the tests that fine-tune LiteMedSAM on the same
+    synthetic images: it is keyed by content and model, so each image is encoded once in the session."""
+    return tmp_path_factory.mktemp("litemedsam_cache")
+
+
 @pytest.fixture()
 def tiny_sam():
     from medadapt import Segmenter

@@ -220,7 +220,7 @@ def test_confidence_threshold_decides_which_pseudo_pixels_count(tmp_path):
 
 
 # --------------------------------------------------------------------------- the mechanism
-def test_student_learns_from_pseudo_labels(tmp_path):
+def test_student_learns_from_pseudo_labels(tmp_path, litemedsam_cache):
     """LiteMedSAM fine-tuned on 2 labelled images labels 14 images of a shifted domain; a student taught by
     those pseudo-labels beats the same student trained on the 2 labelled images alone (on 4 shifted val images)."""
     from medadapt.data.synthetic import shifted_ellipses, shifted_ellipses_config
@@ -229,6 +229,7 @@ def test_student_learns_from_pseudo_labels(tmp_path):
     raw = shifted_ellipses_config(root, tmp_path, seed=0, semi_supervised=False, n_labeled=2, n_val=4, n=20, epochs=3)
     raw["data"]["unlabeled"] = [f"{i:03d}" for i in range(6, 20)]
     raw["train"]["cache_views"] = 2
+    raw["train"]["cache_dir"] = str(litemedsam_cache)
     raw["distill"] = {"student": {"channels": [8, 16, 32, 64], "size": 96, "res_units": 1}, "iterations": 120,
                       "val_every": 60, "batch_size": 4, "unlabeled_batch_size": 8, "tta": False}
     run = finetune(config_from_dict(raw), **QUIET)

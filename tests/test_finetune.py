@@ -51,9 +51,10 @@ def discs(tmp_path_factory):
     return make_disc_dataset(tmp_path_factory.mktemp("discs"))
 
 
-def test_finetune_pretrained_model_learns_automatic_segmentation(discs, tmp_path):
+def test_finetune_pretrained_model_learns_automatic_segmentation(discs, tmp_path, litemedsam_cache):
     """Real LiteMedSAM, decoder + class tokens on cached embeddings: automatic Dice must rise."""
-    run = finetune(config_from_dict(config(discs, tmp_path, "litemedsam", epochs=6, lr=3e-4)), log=lambda m: None)
+    raw = config(discs, tmp_path, "litemedsam", epochs=6, lr=3e-4, cache_dir=str(litemedsam_cache))
+    run = finetune(config_from_dict(raw), log=lambda m: None)
     metrics = json.loads((run / "metrics.json").read_text())
     first = metrics["history"][0]["val_dice"]
     assert metrics["best_val_dice"] > 0.85, metrics["history"]

@@ -105,10 +105,10 @@ def test_scribble_label_files_train_from_strokes_only(tmp_path):
     assert torch.isfinite(loss) and loss.requires_grad
 
 
-def test_training_from_simulated_scribbles_learns_the_discs(discs, tmp_path):
+def test_training_from_simulated_scribbles_learns_the_discs(discs, tmp_path, litemedsam_cache):
     """Real LiteMedSAM: strokes simulated from the masks (about 2% of the pixels) train an automatic model
     that segments whole discs on the validation images."""
-    raw = config(discs, tmp_path, "litemedsam", epochs=5, lr=3e-4)
+    raw = config(discs, tmp_path, "litemedsam", epochs=5, lr=3e-4, cache_dir=str(litemedsam_cache))
     raw["data"]["scribbles"] = "simulate"
     run = finetune(config_from_dict(raw), log=lambda m: None)
     history = json.loads((run / "metrics.json").read_text())["history"]

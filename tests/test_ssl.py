@@ -457,7 +457,7 @@ def test_a_turned_strong_view_comes_with_its_pseudo_label_turned(tmp_path, encod
         config_from_dict({**raw, "ssl": {"geometric_views": 8}})
 
 
-def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):
+def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path, litemedsam_cache):
     """The mechanism, end to end, with the real LiteMedSAM: unlabelled images of the shifted domain help.
 
     ``medadapt.data.synthetic``: 2 labelled source-domain images, 30 unlabelled
@@ -475,8 +475,9 @@ def test_semi_supervised_beats_supervised_only_on_a_domain_shift(tmp_path):
     root = shifted_ellipses(tmp_path / "data")
     result = {}
     for semi in (False, True):
-        run = finetune(config_from_dict(shifted_ellipses_config(root, tmp_path, 0, semi_supervised=semi)),
-                       log=lambda m: None)
+        raw = shifted_ellipses_config(root, tmp_path, 0, semi_supervised=semi)
+        raw["train"]["cache_dir"] = str(litemedsam_cache)
+        run = finetune(config_from_dict(raw), log=lambda m: None)
         result[semi] = list(csv.DictReader(open(run / "log.csv")))
     last3 = {k: np.mean([float(r["val_dice"]) for r in rows[-3:]]) for k, rows in result.items()}
     assert last3[True] >= last3[False] + 0.05, last3
