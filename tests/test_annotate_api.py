@@ -111,7 +111,7 @@ def test_prompts_redraw_the_mask_and_undo_redecodes(images, litemedsam):
     body = {"class_name": "foreground", "prompt": box_around(disc)}
     first = api.post(url(a, 0, "prompts"), json=body).json()
     assert first["source"] == "prompts" and dice(decode_rle(first["mask"]), disc) > 0.9
-    assert first["decode_ms"] > 0
+    assert 0 < first["decode_ms"] <= first["server_ms"]  # the server's figure holds the decoder's
     neg = {"class_name": "foreground", "prompt": {"kind": "point", "x": 95.0, "y": 30.0, "label": 0}}
     second = api.post(url(a, 0, "prompts"), json=neg).json()
     assert [p["kind"] for p in second["prompts"]] == ["box", "point"]

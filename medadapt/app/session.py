@@ -361,6 +361,7 @@ class Annotator:
         """Add one prompt (``{"kind": "point", "x", "y", "label"}``, ``{"kind": "box", "x0", "y0", "x1",
         "y1"}`` or ``{"kind": "scribble", "points": [[x, y], ...], "label"}``) and re-decode the object."""
         self._touch()
+        entered = time.perf_counter()
         with self._using():
             item, encoded, obj = self._working(item_id, k)
             self.class_value(class_name)
@@ -376,6 +377,7 @@ class Annotator:
             obj.prompts.append(p)
             obj.steps.append(answer)
             out = self._answer(item, k, obj, encoded)
+        out["server_ms"] = (time.perf_counter() - entered) * 1000  # waiting for the model, decoding, the answer
         self._touch()
         return out
 

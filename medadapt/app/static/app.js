@@ -151,6 +151,8 @@ function send(what, body) {
       showObject(obj);
       const ms = performance.now() - t0;
       $("marks").dataset.latencyMs = ms.toFixed(1);
+      $("marks").dataset.serverMs = obj.server_ms == null ? "" : obj.server_ms.toFixed(1);
+      $("marks").dataset.decodeMs = obj.decode_ms == null ? "" : obj.decode_ms.toFixed(1);
       const decoder = obj.decode_ms == null ? "" : ` (decoder ${obj.decode_ms.toFixed(0)} ms)`;
       const empty = what === "prompts" && !obj.mask ? "; the mask is empty: box-trained models such as " +
         "LiteMedSAM answer boxes, not lone clicks; drag a box around the object, then click to refine" : "";
