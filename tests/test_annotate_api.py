@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 import time
 
 import nibabel as nib
@@ -286,6 +287,39 @@ def test_the_next_image_is_encoded_in_the_background(images, litemedsam):
         annotator.open(items[1].id, 0)
         assert annotator.cache.encoded == 2  # no encoder run: the embedding was waiting
     finally:
+        annotator.close()
+
+
+def test_a_click_is_answered_while_the_next_image_encodes_and_opening_it_waits_for_that_encoding(images, litemedsam):
+    """The prefetcher encodes without the model lock (the encoder is frozen): a prompt on the open image is
+    decoded at once, and opening the image being encoded waits for its embedding instead of encoding it again."""
+    folder, truth = images
+    annotator = Annotator(litemedsam, folder, prefetch=True, prefetch_idle_s=0.5)
+    encoder = litemedsam.backbone.image_encoder
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    real = encoder.forward
+
+    def held(x):  # the real encoder, finishing only when the test lets it (or after 30 s)
+        started.set()
+        release.wait(30)
+        out = real(x)
+        finished.set()
+        return out
+
+    try:
+        a, b = annotator.source.items[:2]
+        annotator.open(a.id, 0)
+        encoder.forward = held
+        assert started.wait(60), "the next image was never encoded in the background"
+        answer = annotator.prompt(a.id, 0, "foreground", box_around(truth["a.png"][0]))
+        assert not finished.is_set(), "the click waited for the background encoding"
+        assert dice(decode_rle(answer["mask"]), truth["a.png"][0]) > 0.9
+        release.set()
+        opened = annotator.open(b.id, 0)
+        assert not opened["blank"] and annotator.cache.encoded == 2  # a, then b once, by the prefetcher
+    finally:
+        release.set()
+        del encoder.forward  # back to the class's method: the session's model is shared
         annotator.close()
 
 

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -83,6 +83,8 @@ class Annotator:
         self._last_activity = 0.0
         self._in_use = 0  # model work running or waiting for the lock now (see _using)
         self._count = threading.Lock()
+        self._io = threading.RLock()  # the volumes read last, shared by requests and the prefetcher
+        self._inflight: dict[tuple[str, int], threading.Event] = {}  # slices being encoded now, by any thread
         self.prefetcher = Prefetcher(self._prefetch, prefetch_idle_s) if prefetch else None
 
     def close(self) -> None:
@@ -160,16 +162,17 @@ class Annotator:
         """Slice ``k`` of ``item`` as stored (display orientation, float32), for the page and the model."""
         if not item.is_volume:
             return load_image(item.path)
-        if item.id not in self._volumes:
-            while len(self._volumes) >= 2:  # the current volume and the one prefetched after it
-                self._volumes.popitem(last=False)
-            data, _ = load_volume(item.path)
-            finite = np.isfinite(data)
-            if not finite.all():  # masked NIfTIs: NaN reads as the darkest value
-                data = np.where(finite, data, data[finite].min() if finite.any() else 0.0).astype(np.float32)
-            self._volumes[item.id] = data
-        self._volumes.move_to_end(item.id)
-        return volume_slice(self._volumes[item.id], k, self.source.axis)
+        with self._io:
+            if item.id not in self._volumes:
+                while len(self._volumes) >= 2:  # the current volume and the one prefetched after it
+                    self._volumes.popitem(last=False)
+                data, _ = load_volume(item.path)
+                finite = np.isfinite(data)
+                if not finite.all():  # masked NIfTIs: NaN reads as the darkest value
+                    data = np.where(finite, data, data[finite].min() if finite.any() else 0.0).astype(np.float32)
+                self._volumes[item.id] = data
+            self._volumes.move_to_end(item.id)
+            return volume_slice(self._volumes[item.id], k, self.source.axis)
 
     def _model_image(self, raw: np.ndarray) -> np.ndarray:
         return raw if self.window is None else apply_window(raw, self.window)
@@ -206,21 +209,38 @@ class Annotator:
 
     def _slice_encoded(self, item: Item, k: int, raw: np.ndarray | None = None, blank: bool = False) -> Encoded | None:
         """The slice's own embedding, from the cache or encoded now; None for a blank (constant) slice unless
-        ``blank``."""
-        found = self.cache.get((item.id, k))
-        if found is not None:  # a blank slice is cached only as some slice's neighbour
-            return found if blank or found.image.max() != found.image.min() else None
-        raw = self._raw(item, k) if raw is None else raw
-        image = self._model_image(raw)
-        if image.max() == image.min() and not blank:
-            return None
-        encoded = encode_image(self.seg, image)
-        self.cache.encoded += 1
-        self.cache.put((item.id, k), encoded)
-        return encoded
+        ``blank``. A slice another thread is encoding (the prefetcher) is waited for, not encoded twice."""
+        key = (item.id, k)
+        while True:
+            found = self.cache.get(key)
+            if found is not None:  # a blank slice is cached only as some slice's neighbour
+                return found if blank or found.image.max() != found.image.min() else None
+            with self._count:
+                running = self._inflight.get(key)
+                if running is None:
+                    mine = self._inflight[key] = threading.Event()
+            if running is None:
+                break
+            running.wait()  # then read the cache again (or encode it here, if that thread found it blank)
+        try:
+            raw = self._raw(item, k) if raw is None else raw
+            image = self._model_image(raw)
+            if image.max() == image.min() and not blank:
+                return None
+            encoded = encode_image(self.seg, image)
+            with self._count:
+                self.cache.encoded += 1
+            self.cache.put(key, encoded)
+            return encoded
+        finally:
+            with self._count:
+                del self._inflight[key]
+            mine.set()
 
     def _prefetch(self, key: tuple[str, int]) -> None:
-        with self._using():
+        # counted as in use (background learning waits) but without the model lock: the image encoder is frozen
+        # while serving, so a click decodes at once instead of waiting seconds for this encoding to end
+        with self._using(lock=False):
             if key not in self.cache:
                 self._encoded(self.source.item(key[0]), key[1])
 
@@ -294,12 +314,13 @@ class Annotator:
         }
 
     @contextmanager
-    def _using(self) -> Iterator[None]:
-        """Hold the model lock for model work; :meth:`busy` says so from the moment the work waits for it."""
+    def _using(self, lock: bool = True) -> Iterator[None]:
+        """Hold the model lock for model work; :meth:`busy` says so from the moment the work waits for it
+        (``lock=False``: only say so, for work that reads no weight the learner changes)."""
         with self._count:
             self._in_use += 1
         try:
-            with self.lock:
+            with self.lock if lock else nullcontext():
                 yield
         finally:
             with self._count:
