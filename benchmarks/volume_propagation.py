@@ -81,6 +81,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", nargs="+", default=["la", "brats", "acdc"], choices=["la", "brats", "acdc"])
     ap.add_argument("--run", default="runs/volume_propagation", help="resumable run folder")
     ap.add_argument("--limit", type=int, default=None, help="first N volumes of each set")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="ID",
+                    help="only these volumes (file names without .nii.gz), e.g. a set's selection volumes")
+    ap.add_argument("--experiment", default=None,
+                    help="the report's name under benchmarks/results/<set>/ (default: box_propagation, or "
+                         "propagation_selection with --grid)")
     ap.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
                     help="score every combination of these PropagationConfig values instead, e.g. "
                          "min_score=0.5,0.7 overlap=0,1 (booleans as 0/1)")
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
         methods = {"propagated": PropagationConfig(), "box_chain": NAIVE, "every_slice": None}
     for name in args.sets:
         for case, image, label, classes in cases(root, name, args.limit):
+            if args.cases and case not in args.cases:
+                continue
             todo = [(v, m) for v in classes for m in methods if (name, case, v, m) not in done]
             if not todo:
                 continue
@@ -137,36 +144,38 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
             seg.reset_volume()
     if args.grid:
-        summarise_grid([log])
+        summarise_grid([log], args)
     else:
         summarise(log, args)
     return 0
 
 
-def summarise_grid(logs: list[Path]) -> None:
-    """Mean Dice of each setting over the selection objects (ACDC val frames x classes, and BraTS edema)."""
+def summarise_grid(logs: list[Path], args) -> None:
+    """Mean Dice of each setting over the selection objects, overall and per set; ranked by the overall mean."""
     rows = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
     by = {}
     for r in rows:
         by.setdefault(r["method"], []).append(r)
     full = max(len(v) for v in by.values())
-    table = ["| setting | mean Dice, all objects | ACDC val (objects) | BraTS edema |", "|---|---|---|---|"]
+    sets = [s for s in args.sets if any(r["set"] == s for r in rows)]
+    table = ["| setting | mean Dice, all objects | " + " | ".join(f"{s} (objects)" for s in sets) + " |",
+             "|---" * (2 + len(sets)) + "|"]
     ranked = sorted((m for m in by if len(by[m]) == full), key=lambda m: -np.mean([r["dice"] for r in by[m]]))
     payload = {}
     for m in ranked:
-        acdc = [r["dice"] for r in by[m] if r["set"] == "acdc"]
-        brats = [r["dice"] for r in by[m] if r["set"] == "brats"]
-        table.append(f"| {m[5:]} | {np.mean([r['dice'] for r in by[m]]):.3f} | {np.mean(acdc):.3f} ({len(acdc)}) | "
-                     f"{np.mean(brats) if brats else float('nan'):.3f} |")
-        payload[m[5:]] = {"mean_dice": float(np.mean([r["dice"] for r in by[m]])), "acdc": float(np.mean(acdc)),
-                          "brats": float(np.mean(brats)) if brats else None,
-                          "objects": [[r["case"], r["label"], r["dice"]] for r in by[m]]}
-    md = ("Propagation settings scored on the selection volumes (the first 8 ACDC validation frames, one object "
-          "per class, and the BraTS FLAIR edema volume), one ground-truth box on the slice where each structure "
-          "is largest. The defaults of `PropagationConfig` are the best row by the mean over all objects; the "
-          "left-atrium volumes were not used.\n\n" + "\n".join(table))
-    write_result("acdc", "propagation_selection", {"settings": payload}, md,
-                 title="Choosing the propagation settings (ACDC val and BraTS, not LA)")
+        per = {s: [r["dice"] for r in by[m] if r["set"] == s] for s in sets}
+        table.append(f"| {m[5:]} | {np.mean([r['dice'] for r in by[m]]):.3f} | "
+                     + " | ".join(f"{np.mean(v):.3f} ({len(v)})" for v in per.values()) + " |")
+        payload[m[5:]] = {"mean_dice": float(np.mean([r["dice"] for r in by[m]])),
+                          **{s: float(np.mean(v)) for s, v in per.items()},
+                          "objects": [[r["set"], r["case"], r["label"], r["dice"]] for r in by[m]]}
+    volumes = sorted({(r["set"], r["case"]) for r in rows})
+    md = ("Propagation settings scored on selection volumes, one ground-truth box on the slice where each "
+          "structure is largest; settings not named in a row are `PropagationConfig`'s defaults of the run that "
+          "scored it. Rows are ranked by the mean over all objects. Volumes: "
+          + ", ".join(f"{s} {c}" for s, c in volumes) + ".\n\n" + "\n".join(table))
+    write_result(sets[-1], args.experiment or "propagation_selection", {"settings": payload}, md,
+                 title=f"Choosing the propagation settings on {' and '.join(sets)}")
 
 
 def summarise(log: Path, args) -> None:
@@ -202,7 +211,7 @@ def summarise(log: Path, args) -> None:
             "([selection](../../acdc/propagation_selection/summary.md)), never on LA.\n\n"
             + "\n".join(table) + "\n\n" + "\n".join(per)
         )
-        write_result(name, "box_propagation", {"results": payload}, md)
+        write_result(name, args.experiment or "box_propagation", {"results": payload}, md)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..core.config import check_fields, check_ranges
 from ..core.errors import MedAdaptError
@@ -46,10 +47,15 @@ class PropagationConfig:
         max_drop: stop when the predicted IoU falls more than this below the best of the walk so far (its
             prompted slice included); 1 never stops on it.
         margin: the box around the previous answer grows by this fraction of its size on each side.
+        box_threshold: the box surrounds the previous answer's pixels whose probability is at least this
+            (the parts connected to its mask): 0.5 is the mask itself; lower reaches into the rim the model
+            was unsure of, so that a structure that widens from slice to slice is not cut by the last box.
         mask_prompt: pass the previous answer's logits as a dense mask prompt.
         point: add a positive point at the previous answer's most interior pixel.
         overlap: ask the decoder for its three candidate masks and keep the one that overlaps the previous
             answer most (consistency along the walk) instead of the one with the highest predicted IoU.
+            For models trained with several candidates (SAM, MedSAM): LiteMedSAM's extra candidates predict an
+            IoU of about 0.25 on the left-atrium MR volumes, below ``min_score``, so its walks there stop at once.
         patience: slices a walk may pass that fail the stopping rules (each still prompted from the last
             slice that passed); it stops when one more fails in a row. A failed slice keeps its answer
             when a later one passes.
@@ -59,6 +65,7 @@ class PropagationConfig:
     min_area_ratio: float = 0.2
     max_drop: float = 0.15
     margin: float = 0.05
+    box_threshold: float = 0.5
     mask_prompt: bool = False
     point: bool = False
     overlap: bool = False
@@ -70,6 +77,8 @@ class PropagationConfig:
             raise MedAdaptError(f"propagation.patience must be a whole number >= 0; got {self.patience!r}")
         unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
         check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit})
+        if not 0.0 < self.box_threshold <= 0.5:
+            raise MedAdaptError(f"propagation.box_threshold must be a probability in (0, 0.5]; got {self.box_threshold!r}")
 
 
 class SliceAnswer:
@@ -161,7 +170,7 @@ class Propagation:
         if not last.any() or self.session.is_blank(k):
             return None, False
         prompts = Prompts(
-            boxes=mask_box(last, cfg.margin)[None],
+            boxes=mask_box(self._reach(prev, last), cfg.margin)[None],
             points=interior_point(last)[None, None] if cfg.point else None,
             point_labels=np.ones((1, 1), np.int64) if cfg.point else None,
             masks=prev.low.numpy() if cfg.mask_prompt else None,
@@ -171,6 +180,18 @@ class Propagation:
         passes = not (answer.score < cfg.min_score or area == 0 or area < cfg.min_area_ratio * last.sum()
                       or answer.score < best - cfg.max_drop)
         return answer, passes
+
+    def _reach(self, prev: SliceAnswer, last: np.ndarray) -> np.ndarray:
+        """What the next box surrounds: the mask, and with ``box_threshold`` below 0.5 the less sure pixels
+        around it (only the parts connected to the mask)."""
+        t = self.config.box_threshold
+        if t >= 0.5:
+            return last
+        proc = self.session.seg.backbone.processor
+        soft = (proc.postprocess_logits(prev.low, self.session.meta)[0] > float(np.log(t / (1 - t)))).numpy()
+        parts, _ = ndimage.label(soft | last)
+        keep = np.unique(parts[last])
+        return np.isin(parts, keep[keep > 0])
 
     def _walk(self, start: int, direction: int) -> None:
         """Answers from ``start`` towards ``direction`` until the structure ends or a prompted slice."""

@@ -324,7 +324,6 @@ class Trainer:
         self.model.eval()
         c = len(self.class_names)
         stats: dict[str, np.ndarray] = {}
-        proc = self.model.processor
         for i in range(0, len(self.val_samples), 8):
             batch = self.val_samples[i : i + 8]
             if self.cache is not None:
@@ -332,9 +331,8 @@ class Trainer:
             else:
                 emb = self.model.encode(torch.stack([s.pixels for s in batch]).to(self.device))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                low = self.model.decode_classes(emb, torch.arange(c, device=self.device)).float()
-            for s, lg in zip(batch, low):
-                pred = labels_from_logits(proc.postprocess_logits(lg, s.meta)).cpu().numpy()
+                preds = automatic_labels(self.model, emb, batch, c)
+            for s, pred in zip(batch, preds):
                 st = stats.setdefault(s.case_id, np.zeros((c, 3)))
                 for k in range(c):
                     p, t = pred == k + 1, s.label == k + 1
@@ -667,6 +665,14 @@ def _tensorboard(run: Path):
     return SummaryWriter(str(run / "tensorboard"))
 
 
+def automatic_labels(model, emb: torch.Tensor, samples: Sequence, c: int) -> list[np.ndarray]:
+    """Automatic-mode label maps (each sample's original frame) from a batch of embeddings: the ``c`` learned
+    classes decoded together, one label per pixel. Validation and the validation overlay both decode this way."""
+    low = model.decode_classes(emb, torch.arange(c, device=emb.device)).float()
+    return [labels_from_logits(model.processor.postprocess_logits(lg, s.meta)).cpu().numpy()
+            for s, lg in zip(samples, low)]
+
+
 @torch.inference_mode()
 def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     """A PNG grid of validation slices with the best model's automatic masks (decoded as validation decodes
@@ -680,8 +686,7 @@ def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
     for sl, s in with_fg[::step][:n]:
         emb = (tr.cache.get([s], tr.device, torch.float32) if tr.cache is not None
                else model.encode(s.pixels[None].to(tr.device)))
-        low = model.decode_classes(emb, torch.arange(c, device=tr.device)).float()
-        labels = labels_from_logits(model.processor.postprocess_logits(low[0], s.meta)).cpu().numpy()
+        labels = automatic_labels(model, emb, [s], c)[0]
         masks = np.stack([labels == k + 1 for k in range(c)])  # mask i is class names[i], drawn in colour i
         tiles.append(Image.fromarray(overlay(sl.image, masks)).resize((256, 256)))
     if not tiles:
