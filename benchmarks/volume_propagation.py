@@ -37,7 +37,11 @@ from medadapt.inference.propagation import Propagation, PropagationConfig  # noq
 from medadapt.io.imaging import load_volume, volume_slice, voxel_size  # noqa: E402
 from medadapt.prompts.regions import mask_box  # noqa: E402
 
-NAIVE = PropagationConfig(min_score=0.0, min_area_ratio=0.0, margin=0.0, mask_prompt=False, point=False)
+# The volumes PropagationConfig's defaults were chosen on (--grid); --chosen-on adds more. Summaries give the mean
+# over the other volumes too ("held out").
+SELECTION = [f"patient{p:03d}_frame{f:02d}" for p in (2, 19, 28, 30) for f in (1, 2)] + ["BraTS2021_01646"]
+NAIVE = PropagationConfig(min_score=0.0, min_area_ratio=0.0, margin=0.0, mask_prompt=False, point=False,
+                          box_threshold=0.5, patience=0)
 
 
 def cases(root: Path, name: str, limit: int | None) -> list[tuple[str, Path, Path, dict[int, str]]]:
@@ -53,6 +57,18 @@ def cases(root: Path, name: str, limit: int | None) -> list[tuple[str, Path, Pat
     else:
         raise SystemExit(f"unknown set {name}")
     return out[:limit]
+
+
+def parse_list(item: str) -> tuple[str, list]:
+    """``KEY=V1,V2`` -> (KEY, [values of the PropagationConfig field's type]); booleans as 0/1."""
+    key, _, values = item.partition("=")
+    kind = type(getattr(PropagationConfig(), key))
+    return key, [kind(int(v)) if kind is bool else kind(v) for v in values.split(",")]
+
+
+def parse_values(items: list[str]) -> dict:
+    """``["KEY=V", ...]`` -> PropagationConfig keyword arguments."""
+    return {key: values[0] for key, values in map(parse_list, items)}
 
 
 def slice_boxes(gt: np.ndarray, axis: int) -> dict[int, np.ndarray]:
@@ -89,6 +105,11 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
                     help="score every combination of these PropagationConfig values instead, e.g. "
                          "min_score=0.5,0.7 overlap=0,1 (booleans as 0/1)")
+    ap.add_argument("--config", nargs="+", default=None, metavar="KEY=V",
+                    help="propagate with these PropagationConfig values instead of the defaults (booleans as 0/1); "
+                         "box_chain, which does not depend on them, is left out")
+    ap.add_argument("--chosen-on", nargs="+", default=[], metavar="ID",
+                    help="volumes the settings were chosen on besides the defaults' (left out of 'held out')")
     ap.add_argument("--axis", type=int, default=2)
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
@@ -100,15 +121,13 @@ def main(argv=None) -> int:
     seg = Segmenter.from_pretrained("litemedsam")
     root = data_root(args.data_root)
     if args.grid:
-        grid = {}
-        for item in args.grid:
-            key, _, values = item.partition("=")
-            kind = type(getattr(PropagationConfig(), key))
-            grid[key] = [kind(int(v)) if kind is bool else kind(v) for v in values.split(",")]
+        grid = {key: values for key, values in (parse_list(item) for item in args.grid)}
         methods = {"grid:" + ",".join(f"{k}={v}" for k, v in zip(grid, combo)): PropagationConfig(**dict(zip(grid, combo)))
                    for combo in itertools.product(*grid.values())}
     else:
         methods = {"propagated": PropagationConfig(), "box_chain": NAIVE, "every_slice": None}
+        if args.config:
+            methods = {"propagated": PropagationConfig(**parse_values(args.config)), "every_slice": None}
     for name in args.sets:
         for case, image, label, classes in cases(root, name, args.limit):
             if args.cases and case not in args.cases:
@@ -184,31 +203,43 @@ def summarise(log: Path, args) -> None:
         sel = [r for r in rows if r["set"] == name]
         if not sel:
             continue
-        table = ["| method | mean Dice | min | max | HD95 mm (median) | volumes x structures |", "|---|---|---|---|---|---|"]
+        chosen = set(SELECTION) | set(args.chosen_on)
+        table = ["| method | mean Dice | held out | min | max | HD95 mm (median) | volumes x structures |",
+                 "|---|---|---|---|---|---|---|"]
         payload = {}
         for method in ("propagated", "every_slice", "box_chain"):
             rs = [r for r in sel if r["method"] == method]
             if not rs:
                 continue
             d = np.array([r["dice"] for r in rs])
+            held = [r["dice"] for r in rs if r["case"] not in chosen]
             hd = [r["hd95_mm"] for r in rs if r["hd95_mm"] is not None]
-            table.append(f"| {method} | {d.mean():.3f} | {d.min():.3f} | {d.max():.3f} | "
+            table.append(f"| {method} | {d.mean():.3f} | {np.mean(held) if held else float('nan'):.3f} "
+                         f"({len(held)}) | {d.min():.3f} | {d.max():.3f} | "
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
-            payload[method] = {"mean_dice": round(float(d.mean()), 4), "rows": rs}
+            payload[method] = {"mean_dice": round(float(d.mean()), 4),
+                               "held_out_mean_dice": round(float(np.mean(held)), 4) if held else None, "rows": rs}
         per = ["| volume | structure | slice | propagated | every slice | box chain |", "|---|---|---|---|---|---|"]
         for r in [r for r in sel if r["method"] == "propagated"]:
             other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
-            per.append(f"| {r['case']} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | "
+            mark = " (selection)" if r["case"] in chosen else ""
+            per.append(f"| {r['case']}{mark} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | "
                        f"{other.get('every_slice', float('nan')):.3f} | {other.get('box_chain', float('nan')):.3f} |")
         md = (
             "One ground-truth box (tight around the structure) on the slice where it is largest, propagated by "
-            "`Segmenter.predict_volume(boxes={z: box})` with the default `PropagationConfig` (LiteMedSAM, "
+            "`Segmenter.predict_volume(boxes={z: box})` with "
+            + (f"`PropagationConfig({', '.join(args.config)})`" if args.config else "the default `PropagationConfig`")
+            + " (LiteMedSAM, "
             f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
             "structure, each decoded alone (the ceiling of slice-wise boxes). `box_chain`: the previous slice's "
             "mask box as the only prompt, no stopping rule. 3-D Dice per volume and structure; HD95 in mm from "
-            "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The propagation "
-            "settings were chosen on BraTS and ACDC validation frames "
-            "([selection](../../acdc/propagation_selection/summary.md)), never on LA.\n\n"
+            "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The settings were "
+            "chosen on " + ("4 left-atrium volumes, 8 ACDC validation frames and the BraTS volume "
+                            "([LA](../../la/propagation_selection/summary.md), "
+                            "[ACDC and BraTS](../../acdc/propagation_selection_rim/summary.md))" if args.chosen_on else
+                            "the BraTS volume and 8 ACDC validation frames "
+                            "([selection](../../acdc/propagation_selection/summary.md))")
+            + "; `held out` is the mean over the volumes not used for that choice, marked `(selection)` below.\n\n"
             + "\n".join(table) + "\n\n" + "\n".join(per)
         )
         write_result(name, args.experiment or "box_propagation", {"results": payload}, md)

@@ -253,7 +253,7 @@ def test_patience_carries_a_walk_past_a_slice_that_fails(litemedsam):
     vol[6] = 40.0 + np.random.default_rng(3).normal(0, 6, vol[6].shape)  # blob a is missing on slice 6
     litemedsam.set_volume(vol, axis=0)
     try:
-        strict = litemedsam.predict_volume(boxes={4: tight_box(a[4])})
+        strict = litemedsam.predict_volume(boxes={4: tight_box(a[4])}, propagation=PropagationConfig(patience=0))
         patient = litemedsam.predict_volume(boxes={4: tight_box(a[4])}, propagation=PropagationConfig(patience=1))
     finally:
         litemedsam.reset_volume()

@@ -8,7 +8,9 @@ interior pixel. The defaults (a box alone; stop when the predicted IoU falls
 0.15 below the walk's best, or below 0.5) scored best on the BraTS FLAIR edema
 volume and 8 ACDC validation frames (``benchmarks/volume_propagation.py
 --grid``): LiteMedSAM was trained with boxes, and mask and point prompts made
-its walks worse there. A walk
+its walks worse there. A box around the answer's less sure rim as well
+(``box_threshold``) scored best on 4 left-atrium volumes but not on the held-out
+ones, so it is off by default. A walk
 stops where the structure ends: when the decoder's predicted IoU falls below
 ``min_score`` or more than ``max_drop`` below the best of the walk, the mask vanishes, or its area collapses below
 ``min_area_ratio`` of the previous slice's; and it stops before the next
