@@ -231,8 +231,10 @@ def summarise(log: Path, args) -> None:
             + (f"`PropagationConfig({', '.join(args.config)})`" if args.config else "the default `PropagationConfig`")
             + " (LiteMedSAM, "
             f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
-            "structure, each decoded alone (the ceiling of slice-wise boxes). `box_chain`: the previous slice's "
-            "mask box as the only prompt, no stopping rule. 3-D Dice per volume and structure; HD95 in mm from "
+            "structure, each decoded alone (the ceiling of slice-wise boxes). "
+            + ("" if args.config else "`box_chain`: the previous slice's mask box as the only prompt, no stopping "
+               "rule. ")
+            + "3-D Dice per volume and structure; HD95 in mm from "
             "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The settings were "
             "chosen on " + ("4 left-atrium volumes, 8 ACDC validation frames and the BraTS volume "
                             "([LA](../../la/propagation_selection/summary.md), "
