@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     seg = Segmenter.from_pretrained("litemedsam")
     root = data_root(args.data_root)
     if args.grid:
-        grid = {key: values for key, values in (parse_list(item) for item in args.grid)}
+        grid = dict(map(parse_list, args.grid))
         methods = {"grid:" + ",".join(f"{k}={v}" for k, v in zip(grid, combo)): PropagationConfig(**dict(zip(grid, combo)))
                    for combo in itertools.product(*grid.values())}
     else:
@@ -236,12 +236,11 @@ def summarise(log: Path, args) -> None:
                "rule. ")
             + "3-D Dice per volume and structure; HD95 in mm from "
             "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The settings were "
-            "chosen on " + ("4 left-atrium volumes, 8 ACDC validation frames and the BraTS volume "
-                            "([LA](../../la/propagation_selection/summary.md), "
-                            "[ACDC and BraTS](../../acdc/propagation_selection_rim/summary.md))" if args.chosen_on else
-                            "the BraTS volume and 8 ACDC validation frames "
+            "chosen on " + (f"{', '.join(sorted(chosen))} (`--chosen-on` and the defaults' selection volumes)"
+                            if args.chosen_on else "the BraTS volume and 8 ACDC validation frames "
                             "([selection](../../acdc/propagation_selection/summary.md))")
-            + "; `held out` is the mean over the volumes not used for that choice, marked `(selection)` below.\n\n"
+            + "; `held out` is the mean over the volumes not used for that choice; those used are marked "
+            "`(selection)` below.\n\n"
             + "\n".join(table) + "\n\n" + "\n".join(per)
         )
         write_result(name, args.experiment or "box_propagation", {"results": payload}, md)

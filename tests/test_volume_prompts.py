@@ -269,18 +269,21 @@ def test_box_threshold_reaches_into_the_unsure_rim_connected_to_the_mask(tiny_sa
 
     seg = tiny_sam
     seg.set_volume(two_blobs()[0], axis=0)
-    session = seg.volume
-    y, x = np.mgrid[: session.meta.original_size[0], : session.meta.original_size[1]]  # the decoder's frame
-    core = (y - 28) ** 2 + (x - 32) ** 2 <= 10**2
-    rim = ((y - 28) ** 2 + (x - 32) ** 2 <= 20**2) & ~core  # connected to the mask
-    far = (y - 68) ** 2 + (x - 32) ** 2 <= 6**2  # as unsure, but apart from it
-    proc = seg.backbone.processor
-    low = sum(wt * (proc.mask_to_low_res(m, session.meta)[:, 0] > 0).float() for wt, m in ((12.0, core), (9.0, rim | far)))
-    answer = SliceAnswer(low - 10.0, 0.9, core)  # logit 2 on the mask, -1 (p = 0.27) on the rim and the far blob
-    strict = Propagation(session, PropagationConfig())._reach(answer, core)
-    assert np.array_equal(strict, core)  # 0.5: the box surrounds the mask itself
-    loose = Propagation(session, PropagationConfig(box_threshold=0.2))._reach(answer, core)
-    seg.reset_volume()
+    try:
+        session = seg.volume
+        y, x = np.mgrid[: session.meta.original_size[0], : session.meta.original_size[1]]  # the decoder's frame
+        core = (y - 28) ** 2 + (x - 32) ** 2 <= 10**2
+        rim = ((y - 28) ** 2 + (x - 32) ** 2 <= 20**2) & ~core  # connected to the mask
+        far = (y - 68) ** 2 + (x - 32) ** 2 <= 6**2  # as unsure, but apart from it
+        proc = seg.backbone.processor
+        low = sum(wt * (proc.mask_to_low_res(m, session.meta)[:, 0] > 0).float()
+                  for wt, m in ((12.0, core), (9.0, rim | far)))
+        answer = SliceAnswer(low - 10.0, 0.9, core)  # logit 2 on the mask, -1 (p = 0.27) on the rim and far blob
+        strict = Propagation(session, PropagationConfig())._reach(answer, core)
+        assert np.array_equal(strict, core)  # 0.5: the box surrounds the mask itself
+        loose = Propagation(session, PropagationConfig(box_threshold=0.2))._reach(answer, core)
+    finally:
+        seg.reset_volume()
     # (tiny_sam's 16 x 16 logits blur the rim's outer edge)
     assert loose[core].all() and loose[rim].mean() > 0.4 and not loose[far].any()
     for bad in (0.0, 0.7):

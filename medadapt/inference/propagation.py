@@ -78,9 +78,8 @@ class PropagationConfig:
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
             raise MedAdaptError(f"propagation.patience must be a whole number >= 0; got {self.patience!r}")
         unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-        check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit})
-        if not 0.0 < self.box_threshold <= 0.5:
-            raise MedAdaptError(f"propagation.box_threshold must be a probability in (0, 0.5]; got {self.box_threshold!r}")
+        check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit,
+                                           "box_threshold": (lambda v: 0.0 < v <= 0.5, "a probability in (0, 0.5]")})
 
 
 class SliceAnswer:
