@@ -110,6 +110,8 @@ def main(argv=None) -> int:
                          "box_chain, which does not depend on them, is left out")
     ap.add_argument("--chosen-on", nargs="+", default=[], metavar="ID",
                     help="volumes the settings were chosen on besides the defaults' (left out of 'held out')")
+    ap.add_argument("--adapter", default=None, metavar="RUN",
+                    help="an adapted model (a finetune run folder): also scores its walks without class proposals")
     ap.add_argument("--axis", type=int, default=2)
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
     log = run / "results.jsonl"
     done = {(r["set"], r["case"], r["label"], r["method"]) for r in map(json.loads, log.read_text().splitlines())} \
         if log.exists() else set()
-    seg = Segmenter.from_pretrained("litemedsam")
+    seg = Segmenter.from_pretrained("litemedsam", adapter=args.adapter)
     root = data_root(args.data_root)
     if args.grid:
         grid = dict(map(parse_list, args.grid))
@@ -126,8 +128,11 @@ def main(argv=None) -> int:
                    for combo in itertools.product(*grid.values())}
     else:
         methods = {"propagated": PropagationConfig(), "box_chain": NAIVE, "every_slice": None}
-        if args.config:
-            methods = {"propagated": PropagationConfig(**parse_values(args.config)), "every_slice": None}
+        if args.config or args.adapter:
+            given = parse_values(args.config or [])
+            methods = {"propagated": PropagationConfig(**given), "every_slice": None}
+            if args.adapter:
+                methods["no_proposals"] = PropagationConfig(**{**given, "proposals": False})
     for name in args.sets:
         for case, image, label, classes in cases(root, name, args.limit):
             if args.cases and case not in args.cases:
@@ -207,7 +212,7 @@ def summarise(log: Path, args) -> None:
         table = ["| method | mean Dice | held out | min | max | HD95 mm (median) | volumes x structures |",
                  "|---|---|---|---|---|---|---|"]
         payload = {}
-        for method in ("propagated", "every_slice", "box_chain"):
+        for method in ("propagated", "no_proposals", "every_slice", "box_chain"):
             rs = [r for r in sel if r["method"] == method]
             if not rs:
                 continue
@@ -219,21 +224,24 @@ def summarise(log: Path, args) -> None:
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
             payload[method] = {"mean_dice": round(float(d.mean()), 4),
                                "held_out_mean_dice": round(float(np.mean(held)), 4) if held else None, "rows": rs}
-        per = ["| volume | structure | slice | propagated | every slice | box chain |", "|---|---|---|---|---|---|"]
+        last = "without proposals" if args.adapter else "box chain"
+        per = [f"| volume | structure | slice | propagated | every slice | {last} |", "|---|---|---|---|---|---|"]
         for r in [r for r in sel if r["method"] == "propagated"]:
             other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
             mark = " (selection)" if r["case"] in chosen else ""
             per.append(f"| {r['case']}{mark} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | "
-                       f"{other.get('every_slice', float('nan')):.3f} | {other.get('box_chain', float('nan')):.3f} |")
+                       f"{other.get('every_slice', float('nan')):.3f} | "
+                       f"{other.get('no_proposals' if args.adapter else 'box_chain', float('nan')):.3f} |")
         md = (
             "One ground-truth box (tight around the structure) on the slice where it is largest, propagated by "
             "`Segmenter.predict_volume(boxes={z: box})` with "
             + (f"`PropagationConfig({', '.join(args.config)})`" if args.config else "the default `PropagationConfig`")
-            + " (LiteMedSAM, "
-            f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
+            + (f" (LiteMedSAM adapted by `{args.adapter}`; `no_proposals`: the same walks without its class "
+               "proposals, `proposals=False`; " if args.adapter else " (LiteMedSAM, ")
+            + f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
             "structure, each decoded alone (the ceiling of slice-wise boxes). "
-            + ("" if args.config else "`box_chain`: the previous slice's mask box as the only prompt, no stopping "
-               "rule. ")
+            + ("" if args.config or args.adapter
+               else "`box_chain`: the previous slice's mask box as the only prompt, no stopping rule. ")
             + "3-D Dice per volume and structure; HD95 in mm from "
             "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The settings were "
             "chosen on " + (f"{', '.join(sorted(chosen))} (`--chosen-on` and the defaults' selection volumes)"

@@ -289,3 +289,60 @@ def test_box_threshold_reaches_into_the_unsure_rim_connected_to_the_mask(tiny_sa
     for bad in (0.0, 0.7):
         with pytest.raises(MedAdaptError, match="box_threshold"):
             PropagationConfig(box_threshold=bad)
+
+
+def test_an_adapted_models_class_proposal_guides_each_next_box():
+    from scipy import ndimage
+
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.foundation import build_backbone
+    from medadapt.inference.propagation import Propagation
+    from medadapt.prompts.regions import mask_box
+
+    model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"], automatic=AutomaticConfig(
+        class_names=["a"], label_values=[1])))
+    seg = Segmenter(model.eval(), device="cpu")
+    vol, a, _ = two_blobs()
+    seg.set_volume(vol, axis=0)
+    try:
+        seg.show_plane(seg.volume, 5)
+        proposal = seg.predict().masks[0]
+        assert proposal.any(), "the class proposal on the prompted slice is empty: pick another slice"
+        boxes = {}
+        decode = seg.decode_embedding
+
+        def spy(embedding, meta, prompts, **kw):  # records the box each slice is decoded from
+            boxes.setdefault(len(boxes), None if prompts.boxes is None else np.asarray(prompts.boxes[0]))
+            return decode(embedding, meta, prompts, **kw)
+
+        seg.decode_embedding = spy
+        guided = Propagation(seg.volume, PropagationConfig(min_score=0.0, max_drop=1.0, min_area_ratio=0.0))
+        cols = np.nonzero(proposal.any(0))[0]
+        given = proposal.copy()
+        given[:, (cols.min() + cols.max()) // 2 :] = False  # the left half of the class proposal: IoU about 0.5
+        guided.start({5: {"mask": given}})
+        assert guided.guide == "a"
+        assert 0 in boxes, "slice 6 was not decoded"
+        seg.show_plane(seg.volume, 6)
+        parts, _ = ndimage.label(seg.predict().masks[0])
+        keep = np.unique(parts[given])
+        assert (keep > 0).any()
+        region = np.isin(parts, keep[keep > 0])
+        assert np.allclose(boxes[0], mask_box(region, 0.05), atol=1e-4)  # slice 6 came from the proposal's box
+        assert not np.allclose(mask_box(region, 0.05), mask_box(given, 0.05), atol=0.5)  # not the given mask's
+        boxes.clear()
+        plain = Propagation(seg.volume, PropagationConfig(min_score=0.0, max_drop=1.0, min_area_ratio=0.0,
+                                                          proposals=False))
+        plain.start({5: {"mask": given}})
+        assert plain.guide is None
+        assert np.allclose(boxes[0], mask_box(given, 0.05), atol=1e-4)  # the previous answer's box
+        elsewhere = np.zeros_like(proposal)
+        rows = np.nonzero(~proposal.any(1))[0]
+        elsewhere[rows[:3], :3] = True  # rows the proposal does not touch: IoU 0
+        apart = Propagation(seg.volume, PropagationConfig())
+        apart.start({5: {"mask": elsewhere}})
+        assert apart.guide is None  # no class matches the object: the walk is not guided
+    finally:
+        seg.decode_embedding = decode
+        seg.reset_volume()

@@ -18,6 +18,13 @@ prompted slice. A slice between two prompted slices is reached from both
 sides, and the two answers' logits are averaged with weights that favour the
 nearer prompt.
 
+With an adapted model (one with learned classes), the class whose automatic
+proposal on the prompted slice overlaps its answer best (IoU at least
+``GUIDE_IOU``) guides the walk: each next box surrounds that class's proposal
+on the next slice, the parts of it that touch the previous answer, so the
+model's own view of each slice, not the last box, decides how far the object
+reaches there (``proposals``; the previous answer's box where no part touches).
+
 A correction on any slice (more points, a new box or mask) re-decodes that
 slice and walks again from it only: the walks that reached it from its
 prompted neighbours are cut there, and every other slice keeps its answer.
@@ -37,6 +44,8 @@ from ..prompts.regions import largest_component, mask_box
 from ..prompts.simulate import most_interior
 from ..prompts.types import Prompts
 from .volume import VolumeSession
+
+GUIDE_IOU = 0.3  # the least overlap of a class proposal with the prompted answer for the class to guide the walk
 
 
 @dataclass
@@ -58,6 +67,8 @@ class PropagationConfig:
             answer most (consistency along the walk) instead of the one with the highest predicted IoU.
             For models trained with several candidates (SAM, MedSAM): LiteMedSAM's extra candidates predict an
             IoU of about 0.25 on the left-atrium MR volumes, below ``min_score``, so its walks there stop at once.
+        proposals: with an adapted model, let the learned class that matches the prompted object guide each
+            next box (see the module docstring); no effect on a model without learned classes.
         patience: slices a walk may pass that fail the stopping rules (each still prompted from the last
             slice that passed); it stops when one more fails in a row. A failed slice keeps its answer
             when a later one passes.
@@ -71,6 +82,7 @@ class PropagationConfig:
     mask_prompt: bool = False
     point: bool = False
     overlap: bool = False
+    proposals: bool = True
     patience: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +145,7 @@ class Propagation:
         self.answers: dict[int, SliceAnswer] = {}  # the prompted slices
         self.chains: dict[tuple[int, int], list[SliceAnswer]] = {}  # (start, +1/-1) -> answers at start +- 1, 2, ...
         self.decoded = 0  # decoder passes so far
+        self.guide: str | None = None  # the learned class whose proposals guide the walks (see proposals)
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, k: int, direction: int, prompts: Prompts, like: np.ndarray | None = None) -> SliceAnswer:
@@ -170,8 +183,14 @@ class Propagation:
         last = prev.mask
         if not last.any() or self.session.is_blank(k):
             return None, False
+        region = self._reach(prev, last)
+        if self.guide is not None:
+            parts, _ = ndimage.label(self._proposal(k))
+            keep = np.unique(parts[last])
+            if (keep > 0).any():
+                region = np.isin(parts, keep[keep > 0])
         prompts = Prompts(
-            boxes=mask_box(self._reach(prev, last), cfg.margin)[None],
+            boxes=mask_box(region, cfg.margin)[None],
             points=interior_point(last)[None, None] if cfg.point else None,
             point_labels=np.ones((1, 1), np.int64) if cfg.point else None,
             masks=prev.low.numpy() if cfg.mask_prompt else None,
@@ -193,6 +212,30 @@ class Propagation:
         parts, _ = ndimage.label(soft | last)
         keep = np.unique(parts[last])
         return np.isin(parts, keep[keep > 0])
+
+    @torch.inference_mode()
+    def _proposal(self, k: int) -> np.ndarray:
+        """The guiding class's automatic mask on slice ``k`` (display frame)."""
+        session = self.session
+        return session.seg._predict_automatic(session.embedding(k, 1), session.meta, [self.guide]).masks[0]
+
+    def _choose_guide(self) -> str | None:
+        """The learned class whose proposal on the prompted slices overlaps their answers best, if any reaches
+        ``GUIDE_IOU``; None for a model without learned classes or with ``proposals`` off."""
+        seg = self.session.seg
+        if not self.config.proposals or not seg.classes:
+            return None
+        best, guide = GUIDE_IOU, None
+        for name in seg.classes:
+            inter = union = 0
+            for z, answer in self.answers.items():
+                self.guide = name
+                p, m = self._proposal(z), answer.mask
+                inter, union = inter + int((p & m).sum()), union + int((p | m).sum())
+            iou = inter / max(union, 1)
+            if iou >= best:
+                best, guide = iou, name
+        return guide
 
     def _walk(self, start: int, direction: int) -> None:
         """Answers from ``start`` towards ``direction`` until the structure ends or a prompted slice."""
@@ -228,6 +271,7 @@ class Propagation:
             self.prompts[z] = p
         for z in sorted(self.prompts):
             self.answers[z] = self._answer_prompts(z, self.prompts[z])
+        self.guide = self._choose_guide()
         for z in sorted(self.prompts):
             self._walk(z, 1)
             self._walk(z, -1)
@@ -299,4 +343,4 @@ class Propagation:
         return {k: a.score for k in range(len(self.session)) if (a := self.answer(k)) is not None}
 
 
-__all__ = ["Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point"]
+__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point"]
