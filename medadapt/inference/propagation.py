@@ -130,6 +130,13 @@ class SlicePrompts:
     dense: torch.Tensor | None = None  # the slice's previous answer, refined by later clicks
 
 
+def touching(candidate: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The connected parts of ``candidate`` that overlap ``mask`` (empty where none does)."""
+    parts, _ = ndimage.label(candidate)
+    keep = np.unique(parts[mask])
+    return np.isin(parts, keep[keep > 0])
+
+
 def interior_point(mask: np.ndarray) -> np.ndarray:
     """(x, y) of the pixel farthest from the edge of the mask's largest component."""
     return most_interior(largest_component(mask))
@@ -183,12 +190,9 @@ class Propagation:
         last = prev.mask
         if not last.any() or self.session.is_blank(k):
             return None, False
-        region = self._reach(prev, last)
-        if self.guide is not None:
-            parts, _ = ndimage.label(self._proposal(k))
-            keep = np.unique(parts[last])
-            if (keep > 0).any():
-                region = np.isin(parts, keep[keep > 0])
+        region = touching(self._proposal(k, self.guide), last) if self.guide is not None else None
+        if region is None or not region.any():
+            region = self._reach(prev, last)
         prompts = Prompts(
             boxes=mask_box(region, cfg.margin)[None],
             points=interior_point(last)[None, None] if cfg.point else None,
@@ -209,15 +213,13 @@ class Propagation:
             return last
         proc = self.session.seg.backbone.processor
         soft = (proc.postprocess_logits(prev.low, self.session.meta)[0] > float(np.log(t / (1 - t)))).numpy()
-        parts, _ = ndimage.label(soft | last)
-        keep = np.unique(parts[last])
-        return np.isin(parts, keep[keep > 0])
+        return touching(soft | last, last)
 
     @torch.inference_mode()
-    def _proposal(self, k: int) -> np.ndarray:
-        """The guiding class's automatic mask on slice ``k`` (display frame)."""
+    def _proposal(self, k: int, name: str) -> np.ndarray:
+        """Class ``name``'s automatic mask on slice ``k`` (display frame)."""
         session = self.session
-        return session.seg._predict_automatic(session.embedding(k, 1), session.meta, [self.guide]).masks[0]
+        return session.seg._predict_automatic(session.embedding(k, 1), session.meta, [name]).masks[0]
 
     def _choose_guide(self) -> str | None:
         """The learned class whose proposal on the prompted slices overlaps their answers best, if any reaches
@@ -229,8 +231,7 @@ class Propagation:
         for name in seg.classes:
             inter = union = 0
             for z, answer in self.answers.items():
-                self.guide = name
-                p, m = self._proposal(z), answer.mask
+                p, m = self._proposal(z, name), answer.mask
                 inter, union = inter + int((p & m).sum()), union + int((p | m).sum())
             iou = inter / max(union, 1)
             if iou >= best:
@@ -343,4 +344,4 @@ class Propagation:
         return {k: a.score for k in range(len(self.session)) if (a := self.answer(k)) is not None}
 
 
-__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point"]
+__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point", "touching"]
