@@ -346,3 +346,38 @@ def test_an_adapted_models_class_proposal_guides_each_next_box():
     finally:
         seg.decode_embedding = decode
         seg.reset_volume()
+
+
+def test_class_proposals_come_from_one_joint_decode_per_slice_as_automatic_mode_shows_them():
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.foundation import build_backbone
+    from medadapt.inference.propagation import Propagation
+
+    model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"], automatic=AutomaticConfig(
+        class_names=["a", "b"], label_values=[1, 2])))
+    seg = Segmenter(model.eval(), device="cpu")
+    vol, a, _ = two_blobs()
+    seg.set_volume(vol, axis=0)
+    calls = []
+    joint = seg.backbone.decode_classes
+
+    def count(embedding, ids):
+        calls.append(ids.tolist())
+        return joint(embedding, ids)
+
+    try:
+        seg.show_plane(seg.volume, 5)
+        shown = seg.predict()
+        obj = Propagation(seg.volume, PropagationConfig())
+        seg.backbone.decode_classes = count
+        for name, mask in zip(shown.labels, shown.masks):
+            assert np.array_equal(obj._proposal(5, name), mask)  # what automatic mode shows on the slice
+        assert calls == [[0, 1]]  # both classes in one decoder pass, reused for the second class
+        calls.clear()
+        show = seg.volume.mask_to_display
+        obj.start({4: {"mask": show(np.take(a, 4, 0))}, 6: {"mask": show(np.take(a, 6, 0))}})
+        assert calls[:2] == [[0, 1], [0, 1]]  # choosing the guide: one joint pass per prompted slice
+    finally:
+        seg.backbone.decode_classes = joint
+        seg.reset_volume()

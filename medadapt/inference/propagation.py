@@ -153,6 +153,7 @@ class Propagation:
         self.chains: dict[tuple[int, int], list[SliceAnswer]] = {}  # (start, +1/-1) -> answers at start +- 1, 2, ...
         self.decoded = 0  # decoder passes so far
         self.guide: str | None = None  # the learned class whose proposals guide the walks (see proposals)
+        self._proposals: tuple[int | None, dict[str, np.ndarray]] = (None, {})  # the last slice's class proposals
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, k: int, direction: int, prompts: Prompts, like: np.ndarray | None = None) -> SliceAnswer:
@@ -217,9 +218,14 @@ class Propagation:
 
     @torch.inference_mode()
     def _proposal(self, k: int, name: str) -> np.ndarray:
-        """Class ``name``'s automatic mask on slice ``k`` (display frame)."""
-        session = self.session
-        return session.seg._predict_automatic(session.embedding(k, 1), session.meta, [name]).masks[0]
+        """Class ``name``'s automatic mask on slice ``k`` (display frame), from the decode of all the learned
+        classes together, as automatic mode shows it (the classes compete for pixels inside the decoder, so a
+        class decoded alone would answer differently). One decoder pass per slice serves every class."""
+        if self._proposals[0] != k:
+            session = self.session
+            pred = session.seg._predict_automatic(session.embedding(k, 1), session.meta, list(session.seg.classes))
+            self._proposals = (k, dict(zip(pred.labels, pred.masks)))
+        return self._proposals[1][name]
 
     def _choose_guide(self) -> str | None:
         """The learned class whose proposal on the prompted slices overlaps their answers best, if any reaches
@@ -227,13 +233,17 @@ class Propagation:
         seg = self.session.seg
         if not self.config.proposals or not seg.classes:
             return None
+        inter = dict.fromkeys(seg.classes, 0)
+        union = dict.fromkeys(seg.classes, 0)
+        for z, answer in self.answers.items():
+            m = answer.mask
+            for name in seg.classes:
+                p = self._proposal(z, name)
+                inter[name] += int((p & m).sum())
+                union[name] += int((p | m).sum())
         best, guide = GUIDE_IOU, None
         for name in seg.classes:
-            inter = union = 0
-            for z, answer in self.answers.items():
-                p, m = self._proposal(z, name), answer.mask
-                inter, union = inter + int((p & m).sum()), union + int((p | m).sum())
-            iou = inter / max(union, 1)
+            iou = inter[name] / max(union[name], 1)
             if iou >= best:
                 best, guide = iou, name
         return guide
