@@ -6,7 +6,10 @@ frame, one object each) the ground truth gives one tight box on the slice where 
 
 * ``every_slice``: a ground-truth box on every slice that holds the structure, each slice decoded alone (the
   ceiling of slice-wise boxes);
-* ``box_chain``: the previous slice's mask box as the only prompt, no mask prompt, no point, no stopping rule.
+* ``box_chain``: the previous slice's mask box as the only prompt, no mask prompt, no point, no stopping rule;
+* ``in_extent``: the same walks as ``propagated`` without the stopping rules, cut to the slices that hold the
+  structure (the ground truth's extent): what a perfect stopping rule would give, so the gap between it and
+  ``every_slice`` is the slices' masks, not where the walks end.
 
 Dice and HD95 (mm, from the file's spacing) per volume in 3-D. ``--grid`` scores propagation settings; choose
 them on BraTS and ACDC val (``--sets brats acdc``), never on the set you report. Each finished
@@ -40,6 +43,7 @@ from medadapt.prompts.regions import mask_box  # noqa: E402
 # The volumes PropagationConfig's defaults were chosen on (--grid); --chosen-on adds more. Summaries give the mean
 # over the other volumes too ("held out").
 SELECTION = [f"patient{p:03d}_frame{f:02d}" for p in (2, 19, 28, 30) for f in (1, 2)] + ["BraTS2021_01646"]
+UNSTOPPED = dict(min_score=0.0, min_area_ratio=0.0, max_drop=1.0, patience=0)  # in_extent: only a vanished mask ends a walk
 NAIVE = PropagationConfig(min_score=0.0, min_area_ratio=0.0, margin=0.0, mask_prompt=False, point=False,
                           box_threshold=0.5, patience=0)
 
@@ -86,10 +90,20 @@ def every_slice(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray:
     return out
 
 
+def in_extent(pred: np.ndarray, gt: np.ndarray, axis: int) -> np.ndarray:
+    """``pred`` on the slices that hold the structure, empty on the others."""
+    keep = np.any(gt, axis=tuple(i for i in range(3) if i != axis))
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return pred & keep.reshape(shape)
+
+
 def score(pred: np.ndarray, gt: np.ndarray, spacing) -> dict:
     dice = dice_per_class(pred.astype(np.uint8), gt.astype(np.uint8), [1])[1]
     hd = hd95_per_class(pred.astype(np.uint8), gt.astype(np.uint8), [1], spacing=spacing)[1]
-    return {"dice": round(float(dice), 4), "hd95_mm": None if np.isnan(hd) else round(float(hd), 2)}
+    inter = int((pred & gt).sum())
+    return {"dice": round(float(dice), 4), "hd95_mm": None if np.isnan(hd) else round(float(hd), 2),
+            "precision": round(inter / max(int(pred.sum()), 1), 4), "recall": round(inter / max(int(gt.sum()), 1), 4)}
 
 
 def main(argv=None) -> int:
@@ -127,12 +141,13 @@ def main(argv=None) -> int:
         methods = {"grid:" + ",".join(f"{k}={v}" for k, v in zip(grid, combo)): PropagationConfig(**dict(zip(grid, combo)))
                    for combo in itertools.product(*grid.values())}
     else:
-        methods = {"propagated": PropagationConfig(), "box_chain": NAIVE, "every_slice": None}
-        if args.config or args.adapter:
-            given = parse_values(args.config or [])
-            methods = {"propagated": PropagationConfig(**given), "every_slice": None}
-            if args.adapter:
-                methods["no_proposals"] = PropagationConfig(**{**given, "proposals": False})
+        given = parse_values(args.config or [])
+        methods = {"propagated": PropagationConfig(**given), "every_slice": None,
+                   "in_extent": PropagationConfig(**{**given, **UNSTOPPED})}
+        if not (args.config or args.adapter):
+            methods["box_chain"] = NAIVE
+        if args.adapter:
+            methods["no_proposals"] = PropagationConfig(**{**given, "proposals": False})
     for name in args.sets:
         for case, image, label, classes in cases(root, name, args.limit):
             if args.cases and case not in args.cases:
@@ -156,6 +171,8 @@ def main(argv=None) -> int:
                     obj = Propagation(seg.volume, methods[method])
                     obj.start({z: {"box": boxes[z]}})
                     pred = obj.volume()
+                    if method == "in_extent":
+                        pred = in_extent(pred, gt, args.axis)
                 wall = time.perf_counter() - start
                 row = {"set": name, "case": case, "label": value, "structure": classes[value], "method": method,
                        "slice": z, "gt_slices": len(boxes), "pred_slices": int(np.any(pred, axis=tuple(
@@ -212,7 +229,7 @@ def summarise(log: Path, args) -> None:
         table = ["| method | mean Dice | held out | min | max | HD95 mm (median) | volumes x structures |",
                  "|---|---|---|---|---|---|---|"]
         payload = {}
-        for method in ("propagated", "no_proposals", "every_slice", "box_chain"):
+        for method in ("propagated", "no_proposals", "in_extent", "every_slice", "box_chain"):
             rs = [r for r in sel if r["method"] == method]
             if not rs:
                 continue
@@ -225,12 +242,14 @@ def summarise(log: Path, args) -> None:
             payload[method] = {"mean_dice": round(float(d.mean()), 4),
                                "held_out_mean_dice": round(float(np.mean(held)), 4) if held else None, "rows": rs}
         last = "without proposals" if args.adapter else "box chain"
-        per = [f"| volume | structure | slice | propagated | every slice | {last} |", "|---|---|---|---|---|---|"]
+        per = [f"| volume | structure | slice | propagated | precision / recall | in extent | every slice | {last} |",
+               "|---|---|---|---|---|---|---|---|"]
         for r in [r for r in sel if r["method"] == "propagated"]:
             other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
             mark = " (selection)" if r["case"] in chosen else ""
-            per.append(f"| {r['case']}{mark} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | "
-                       f"{other.get('every_slice', float('nan')):.3f} | "
+            pr = f"{r['precision']:.2f} / {r['recall']:.2f}" if "precision" in r else "-"
+            per.append(f"| {r['case']}{mark} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | {pr} | "
+                       f"{other.get('in_extent', float('nan')):.3f} | {other.get('every_slice', float('nan')):.3f} | "
                        f"{other.get('no_proposals' if args.adapter else 'box_chain', float('nan')):.3f} |")
         md = (
             "One ground-truth box (tight around the structure) on the slice where it is largest, propagated by "
@@ -239,7 +258,8 @@ def summarise(log: Path, args) -> None:
             + (f" (LiteMedSAM adapted by `{args.adapter}`; `no_proposals`: the same walks without its class "
                "proposals, `proposals=False`; " if args.adapter else " (LiteMedSAM, ")
             + f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
-            "structure, each decoded alone (the ceiling of slice-wise boxes). "
+            "structure, each decoded alone (the ceiling of slice-wise boxes). `in_extent`: the same walks without "
+            "stopping rules, cut to the slices that hold the structure (a perfect stopping rule). "
             + ("" if args.config or args.adapter
                else "`box_chain`: the previous slice's mask box as the only prompt, no stopping rule. ")
             + "3-D Dice per volume and structure; HD95 in mm from "
