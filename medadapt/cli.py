@@ -126,10 +126,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from .app import annotate
+    from .training.config import apply_overrides
 
     annotate(args.data, adapter=args.adapter, model=args.model, checkpoint=args.checkpoint, host=args.host,
              port=args.port, labels=args.labels, axis=args.axis, window=args.window, device=args.device,
-             learn=args.learn, local=args.local)
+             learn=args.learn, local=args.local,
+             online=apply_overrides({}, args.online) if args.online else None)
     return 0
 
 
@@ -373,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the model online from every accepted mask (default; --no-learn serves it as loaded)")
     p.add_argument("--local", action=argparse.BooleanOptionalAction, default=False,
                    help="a click changes the mask only near it (--no-local: the whole object is decoded again)")
+    p.add_argument("--online", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="online learner settings (OnlineConfig fields, values as YAML), e.g. proposal_clicks=6 "
+                        "(see docs/annotate.md)")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("demo", parents=[common],

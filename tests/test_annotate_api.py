@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import socket
 import threading
 import time
 
@@ -20,6 +21,7 @@ from medadapt.app import Annotator, create_app, decode_rle, find_items, serve  #
 from medadapt.app.learning import accept_hook, online_segmenter  # noqa: E402
 from medadapt.app.server import annotate  # noqa: E402
 from medadapt.cli import build_parser, main  # noqa: E402
+from medadapt.core.errors import MedAdaptError  # noqa: E402
 from medadapt.io.imaging import volume_slice  # noqa: E402
 
 
@@ -271,6 +273,32 @@ def test_the_server_binds_loopback_by_default(tmp_path, capsys):
         assert inspect.signature(function).parameters["host"].default == "127.0.0.1"
     assert main(["annotate", str(tmp_path / "missing")]) == 2
     assert "DATA not found" in capsys.readouterr().err
+
+
+def test_online_learner_settings_reach_the_learner_and_bad_ones_fail_before_the_model_loads(images, monkeypatch,
+                                                                                            capsys):
+    import medadapt.app.server as server
+    from medadapt.training import OnlineConfig
+
+    folder, _ = images
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    seen = []
+
+    def learner_stand_in(model, folder, **kw):  # records what the learner would be built with, then stops
+        seen.append(kw["config"])
+        raise MedAdaptError("stopped before the model loads")
+
+    monkeypatch.setattr(server, "online_segmenter", learner_stand_in)
+    assert main(["annotate", str(folder), "--port", port, "--online", "proposal_clicks=6", "lr=1.0e-4"]) == 2
+    assert isinstance(seen[0], OnlineConfig) and seen[0].proposal_clicks == 6 and seen[0].lr == 1.0e-4
+    assert main(["annotate", str(folder), "--port", port, "--online", "proposal_click=6"]) == 2
+    assert "unknown key(s) ['proposal_click']" in capsys.readouterr().err and len(seen) == 1
+    assert main(["annotate", str(folder), "--port", port, "--no-learn", "--online", "proposal_clicks=6"]) == 2
+    assert "--no-learn" in capsys.readouterr().err and len(seen) == 1
+    assert main(["annotate", str(folder), "--port", port]) == 2
+    assert seen[-1] is None  # no settings: the learner's defaults
 
 
 def test_the_next_image_is_encoded_in_the_background(images, litemedsam):

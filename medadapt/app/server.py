@@ -32,6 +32,7 @@ except ImportError as exc:  # the web app is an optional extra
     raise MedAdaptError(f"medadapt annotate needs FastAPI and uvicorn ({exc}): pip install 'medadapt[app]'") from exc
 
 from ..inference import Segmenter
+from ..training import OnlineConfig
 from .learning import accept_hook, online_segmenter
 from .session import Annotator, OnAccept
 from .sources import UnknownItem, find_items
@@ -206,19 +207,25 @@ def threads_beside(learner) -> Callable[[], int]:
 
 def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, host: str = "127.0.0.1",
              port: int = 8000, labels=None, axis: int = 2, window=None, device: str | None = None,
-             learn: bool = True, local: bool = False, on_accept: OnAccept | None = None,
-             model_version: Callable[[], Any] | None = None, log: Callable[[str], Any] = print) -> None:
+             learn: bool = True, local: bool = False, online: OnlineConfig | dict | None = None,
+             on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
+             log: Callable[[str], Any] = print) -> None:
     """``medadapt annotate``: load the model, list DATA and serve the annotation page.
 
     ``learn``: every accepted mask trains the model online (:mod:`medadapt.app.learning`; its replay
     buffer and adapter in ``LABELS/online/``), unless ``on_accept`` is given; ``False`` serves the model
-    as loaded, optimised for inference. ``local``: clicks change the mask only near them."""
+    as loaded, optimised for inference. ``online``: how the learner trains (:class:`~medadapt.training.OnlineConfig`
+    or its fields as a dict; its defaults otherwise). ``local``: clicks change the mask only near them."""
     source = find_items(data, labels, axis)  # a wrong DATA fails before the model loads
     _check_port(host, port)
+    if online is not None:
+        if not learn or on_accept is not None:
+            raise MedAdaptError("online learner settings (--online) need online learning: drop --no-learn")
+        online = online if isinstance(online, OnlineConfig) else OnlineConfig.from_dict(online)  # typos fail here
     learner = None
     if learn and on_accept is None:
         seg, learner = online_segmenter(model, Path(source.labels_dir) / "online", adapter=adapter,
-                                        checkpoint=checkpoint, device=device)
+                                        checkpoint=checkpoint, device=device, config=online)
         model_version = lambda: learner.version  # noqa: E731
     else:
         seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
