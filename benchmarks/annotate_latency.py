@@ -56,9 +56,9 @@ def browser():
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
-def measure(folder: Path, truth: dict, learn: bool, clicks: int, think: float) -> list[dict]:
+def measure(folder: Path, truth: dict, learn: bool, clicks: int, think: float, online: list[str]) -> list[dict]:
     server = Server(folder, folder.parent / f"server_{'learn' if learn else 'nolearn'}.log",
-                    args=() if learn else ("--no-learn",))
+                    args=(("--online", *online) if online else ()) if learn else ("--no-learn",))
     server.start()
     driver = browser()
     rows = []
@@ -93,6 +93,9 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=10, help="clicks per image (at most 10)")
     ap.add_argument("--think", type=float, nargs="+", default=[0.0, 1.5],
                     help="seconds the user looks before each click; one run per value (default 0 and 1.5)")
+    ap.add_argument("--online", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="the learning server's settings (`medadapt annotate --online`), e.g. proposal_clicks=6")
+    ap.add_argument("--experiment", default="annotate_latency", help="the report's name under benchmarks/results/synthetic/")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     results = {}
@@ -106,7 +109,7 @@ def main() -> None:
                     image, mask = disc_image(**spec)
                     Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / name)
                     truth[name] = mask
-                rows = measure(folder, truth, learn, min(args.clicks, len(OFFSETS)), think)
+                rows = measure(folder, truth, learn, min(args.clicks, len(OFFSETS)), think, args.online)
                 key = f"{'online learning' if learn else 'no learning'}, clicks {think:g} s apart"
                 results[key] = {"think_s": think, "learn": learn, "summary": summary(rows),
                                 "clicks": rows}
@@ -119,7 +122,8 @@ def main() -> None:
         "worker trains on each accepted mask between the user's clicks (a step starts after a second without a "
         "request; while one runs, the page's requests use the other core). Server and decoder: the medians of "
         "the server's own figures for the same clicks (the prompt call from entry to answer, waiting for the "
-        "model included; the decoder call alone); the rest of a click is HTTP, the page and the browser.", "",
+        "model included; the decoder call alone); the rest of a click is HTTP, the page and the browser."
+        + (f" The learning server runs with `--online {' '.join(args.online)}`." if args.online else ""), "",
         "| server | clicks | median (ms) | 90th percentile (ms) | slowest (ms) | clicks over 150 ms "
         "| server median (ms) | decoder median (ms) |",
         "|---|---|---|---|---|---|---|---|",
@@ -131,7 +135,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_result("synthetic", "annotate_latency", {"clicks_per_image": args.clicks, "results": results}, text,
+        write_result("synthetic", args.experiment, {"clicks_per_image": args.clicks, "online": args.online,
+                                                    "results": results}, text,
                      title="Annotation app: click to redrawn mask, in the browser")
 
 
