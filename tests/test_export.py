@@ -73,10 +73,18 @@ def _pair(torch_backbone, folder):
     return Segmenter(torch_backbone, device="cpu"), Segmenter.from_pretrained(folder, runtime="onnxruntime")
 
 
-def _assert_same(a, b):
+def _assert_same(a, b, seg=None):
+    """Two answers agree: logits within TOL, and masks equal, except (given ``seg``, the reference segmenter on the
+    same image) at pixels where the reference's full-size logit is within TOL of the threshold, which logits that
+    agree to TOL may put on either side (it depends on the CPU's kernels)."""
     assert a.masks.shape == b.masks.shape
     assert np.abs(a.logits - b.logits).max() <= TOL
-    assert np.array_equal(a.masks, b.masks)
+    differ = a.masks != b.masks
+    if differ.any():
+        assert seg is not None, "the masks differ"
+        near = np.abs(seg.full_size_logits(a.logits)) <= 2 * TOL
+        assert near[differ].all(), "the masks differ where the logits are not at the threshold"
+        assert differ.mean() < 1e-3
     assert np.allclose(a.scores, b.scores, atol=TOL)
 
 
@@ -125,7 +133,7 @@ def test_adapted_run_exports_with_lora_merged_and_class_decoding(adapted):
     assert a.labels == b.labels and a.label_values == b.label_values
     _assert_same(ref.predict(classes=["square"]), onnx.predict(classes=["square"]))
     _assert_same(ref.predict(refine=True), onnx.predict(refine=True))
-    _assert_same(ref.predict(boxes=BOXES5), onnx.predict(boxes=BOXES5))
+    _assert_same(ref.predict(boxes=BOXES5), onnx.predict(boxes=BOXES5), ref)
     volume = np.stack([disc_image(seed=s)[0] for s in range(3)], axis=2)
     assert np.array_equal(ref.predict_volume(volume), onnx.predict_volume(volume))
 

@@ -183,7 +183,8 @@ class EmbeddingCache:
                 out[i] = e
         if samples and samples[0].neighbours:  # B x S x C x h x w: each slice with its neighbours
             n = len(samples[0].neighbours) // 2
-            out = [neighbour_stack([e if k == s.key else self._by_key(k) for k in s.neighbours], n)
+            # cast before stacking: under CPU bf16 autocast, stacking float16 slices is refused
+            out = [neighbour_stack([_cast(e if k == s.key else self._by_key(k), dtype) for k in s.neighbours], n)
                    for s, e in zip(samples, out)]
         return to_device(torch.stack([e.to(dtype) for e in out]), device)
 
@@ -200,6 +201,10 @@ class EmbeddingCache:
             raise MedAdaptError(f"the embedding of a neighbouring slice ({key[:12]}) was never encoded: "
                                 "encode the neighbour samples with fill() before reading stacks")
         return load_file(str(path))["embedding"]
+
+
+def _cast(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if x is None else x.to(dtype)
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
