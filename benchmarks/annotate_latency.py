@@ -95,7 +95,8 @@ def main() -> None:
                     help="seconds the user looks before each click; one run per value (default 0 and 1.5)")
     ap.add_argument("--online", nargs="+", default=[], metavar="KEY=VALUE",
                     help="the learning server's settings (`medadapt annotate --online`), e.g. proposal_clicks=6")
-    ap.add_argument("--experiment", default="annotate_latency", help="the report's name under benchmarks/results/synthetic/")
+    ap.add_argument("--experiment", default="annotate_latency",
+                    help="the report's name under benchmarks/results/synthetic/")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     results = {}

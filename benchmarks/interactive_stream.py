@@ -34,16 +34,16 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_root, write_result  # noqa: E402
 
+from medadapt.core.errors import MedAdaptError  # noqa: E402
 from medadapt.evaluation.interactive import annotate_stream, summarize_sessions  # noqa: E402
 from medadapt.foundation import build_backbone  # noqa: E402
 from medadapt.inference import Segmenter  # noqa: E402
 from medadapt.io.imaging import load_image, load_mask  # noqa: E402
 from medadapt.training import OnlineConfig, OnlineLearner  # noqa: E402
+from medadapt.training.config import apply_overrides  # noqa: E402
 
 SYSTEMS = ("frozen", "frozen_box", "replay", "no_replay", "replay_guided")
 CLASS = {"hc18": "fetal head", "hc18_dev": "fetal head", "acdc": "myocardium", "acdc_dev": "myocardium"}
@@ -117,13 +117,10 @@ def run_system(root: Path, name: str, system: str, args, folder: Path) -> dict:
 
 def online_overrides(pairs: list[str]) -> dict:
     """``KEY=VALUE`` pairs (``--online proposal_clicks=2``) as an ``OnlineConfig`` section; values read as YAML."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--online takes KEY=VALUE pairs of OnlineConfig; got {pair!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    try:
+        return apply_overrides({}, pairs)  # as `medadapt annotate --online` reads them
+    except MedAdaptError as exc:
+        raise SystemExit(f"--online takes KEY=VALUE pairs of OnlineConfig: {exc}") from None
 
 
 def markdown(rows: list[dict], args) -> str:

@@ -43,7 +43,8 @@ from medadapt.prompts.regions import mask_box  # noqa: E402
 # The volumes PropagationConfig's defaults were chosen on (--grid); --chosen-on adds more. Summaries give the mean
 # over the other volumes too ("held out").
 SELECTION = [f"patient{p:03d}_frame{f:02d}" for p in (2, 19, 28, 30) for f in (1, 2)] + ["BraTS2021_01646"]
-UNSTOPPED = dict(min_score=0.0, min_area_ratio=0.0, max_drop=1.0, patience=0)  # in_extent: only a vanished mask ends a walk
+# in_extent: no stopping rule, only a vanished mask ends a walk
+UNSTOPPED = dict(min_score=0.0, min_area_ratio=0.0, max_drop=1.0, patience=0)
 NAIVE = PropagationConfig(min_score=0.0, min_area_ratio=0.0, margin=0.0, mask_prompt=False, point=False,
                           box_threshold=0.5, patience=0)
 

@@ -220,7 +220,8 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
     _check_port(host, port)
     if online is not None:
         if not learn or on_accept is not None:
-            raise MedAdaptError("online learner settings (--online) need online learning: drop --no-learn")
+            raise MedAdaptError("online learner settings (--online) need the app's online learner: drop --no-learn "
+                                "(learn=False) and on_accept")
         online = online if isinstance(online, OnlineConfig) else OnlineConfig.from_dict(online)  # typos fail here
     learner = None
     if learn and on_accept is None:
