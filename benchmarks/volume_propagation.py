@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_root, write_result  # noqa: E402
@@ -39,6 +40,7 @@ from medadapt.inference import Segmenter  # noqa: E402
 from medadapt.inference.propagation import Propagation, PropagationConfig  # noqa: E402
 from medadapt.io.imaging import load_volume, volume_slice, voxel_size  # noqa: E402
 from medadapt.prompts.regions import mask_box  # noqa: E402
+from medadapt.prompts.types import Prompts  # noqa: E402
 
 # The volumes PropagationConfig's defaults were chosen on (--grid); --chosen-on adds more. Summaries give the mean
 # over the other volumes too ("held out").
@@ -91,6 +93,21 @@ def every_slice(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray:
     return out
 
 
+def every_slice_both(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray:
+    """``every_slice`` answered as ``PropagationConfig.base`` answers a walk: the adapted and the base decoder
+    each decode the box, and their probabilities are averaged."""
+    session = seg.volume
+    proc, out = seg.backbone.processor, np.zeros(session.data.shape, bool)
+    for k, box in boxes.items():
+        emb, prompts = session.embedding(k), Prompts(boxes=box[None])
+        own = seg.decode_embedding(emb, session.meta, prompts)
+        base = seg.decode_embedding(emb, session.meta, prompts, mask_decoder=seg.base_decoder)
+        prob = (torch.sigmoid(torch.from_numpy(own.logits[:1])) + torch.sigmoid(torch.from_numpy(base.logits[:1]))) / 2
+        low = torch.logit(prob.clamp(1e-6, 1 - 1e-6))
+        session.write_plane(out, k, (proc.postprocess_logits(low, session.meta)[0] > 0).numpy())
+    return out
+
+
 def in_extent(pred: np.ndarray, gt: np.ndarray, axis: int) -> np.ndarray:
     """``pred`` on the slices that hold the structure, empty on the others."""
     keep = np.any(gt, axis=tuple(i for i in range(3) if i != axis))
@@ -126,7 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chosen-on", nargs="+", default=[], metavar="ID",
                     help="volumes the settings were chosen on besides the defaults' (left out of 'held out')")
     ap.add_argument("--adapter", default=None, metavar="RUN",
-                    help="an adapted model (a finetune run folder): also scores its walks without class proposals")
+                    help="an adapted model (a finetune run folder): also scores its decoder's walks alone "
+                         "(without_base), and without class proposals (no_proposals)")
     ap.add_argument("--axis", type=int, default=2)
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
@@ -147,8 +165,11 @@ def main(argv=None) -> int:
                    "in_extent": PropagationConfig(**{**given, **UNSTOPPED})}
         if not (args.config or args.adapter):
             methods["box_chain"] = NAIVE
-        if args.adapter:
-            methods["no_proposals"] = PropagationConfig(**{**given, "proposals": False})
+        if args.adapter:  # the adapted decoder's walk alone, with and without its class proposals
+            methods["without_base"] = PropagationConfig(**{**given, "base": False})
+            methods["no_proposals"] = PropagationConfig(**{**given, "proposals": False, "base": False})
+            if seg.base_decoder is not None:
+                methods["every_slice_both"] = "both"
     for name in args.sets:
         for case, image, label, classes in cases(root, name, args.limit):
             if args.cases and case not in args.cases:
@@ -168,6 +189,8 @@ def main(argv=None) -> int:
                 encoded, enc_s, start = seg.volume.encoded, seg.volume.encode_seconds, time.perf_counter()
                 if methods[method] is None:
                     pred = every_slice(seg, boxes)
+                elif methods[method] == "both":
+                    pred = every_slice_both(seg, boxes)
                 else:
                     obj = Propagation(seg.volume, methods[method])
                     obj.start({z: {"box": boxes[z]}})
@@ -230,7 +253,8 @@ def summarise(log: Path, args) -> None:
         table = ["| method | mean Dice | held out | min | max | HD95 mm (median) | volumes x structures |",
                  "|---|---|---|---|---|---|---|"]
         payload = {}
-        for method in ("propagated", "no_proposals", "in_extent", "every_slice", "box_chain"):
+        for method in ("propagated", "without_base", "no_proposals", "in_extent", "every_slice", "every_slice_both",
+                       "box_chain"):
             rs = [r for r in sel if r["method"] == method]
             if not rs:
                 continue
@@ -242,22 +266,26 @@ def summarise(log: Path, args) -> None:
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
             payload[method] = {"mean_dice": round(float(d.mean()), 4),
                                "held_out_mean_dice": round(float(np.mean(held)), 4) if held else None, "rows": rs}
-        last = "without proposals" if args.adapter else "box chain"
-        per = [f"| volume | structure | slice | propagated | precision / recall | in extent | every slice | {last} |",
-               "|---|---|---|---|---|---|---|---|"]
+        extra = ["without_base", "every_slice_both", "no_proposals"] if args.adapter else ["box_chain"]
+        per = ["| volume | structure | slice | propagated | precision / recall | in extent | every slice | "
+               + " | ".join(m.replace("_", " ") for m in extra) + " |", "|---" * (7 + len(extra)) + "|"]
         for r in [r for r in sel if r["method"] == "propagated"]:
             other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
             mark = " (selection)" if r["case"] in chosen else ""
             pr = f"{r['precision']:.2f} / {r['recall']:.2f}" if "precision" in r else "-"
             per.append(f"| {r['case']}{mark} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | {pr} | "
                        f"{other.get('in_extent', float('nan')):.3f} | {other.get('every_slice', float('nan')):.3f} | "
-                       f"{other.get('no_proposals' if args.adapter else 'box_chain', float('nan')):.3f} |")
+                       + " | ".join(f"{other.get(m, float('nan')):.3f}" for m in extra) + " |")
         md = (
             "One ground-truth box (tight around the structure) on the slice where it is largest, propagated by "
             "`Segmenter.predict_volume(boxes={z: box})` with "
             + (f"`PropagationConfig({', '.join(args.config)})`" if args.config else "the default `PropagationConfig`")
-            + (f" (LiteMedSAM adapted by `{args.adapter}`; `no_proposals`: the same walks without its class "
-               "proposals, `proposals=False`; " if args.adapter else " (LiteMedSAM, ")
+            + (f" (LiteMedSAM adapted by `{args.adapter}`: the adapted decoder's walk, guided by its class "
+               "proposals, and the base decoder's walk, their probabilities averaged on each slice; "
+               "`without_base`: the adapted decoder's walk alone, `base=False`; `no_proposals`: that walk without "
+               "its class proposals, `proposals=False, base=False`; `every_slice_both`: `every_slice` with the two "
+               "decoders' probabilities averaged on each slice, the ceiling of the propagated answer; "
+               if args.adapter else " (LiteMedSAM, ")
             + f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
             "structure, each decoded alone (the ceiling of slice-wise boxes). `in_extent`: the same walks without "
             "stopping rules, cut to the slices that hold the structure (a perfect stopping rule). "

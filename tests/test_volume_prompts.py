@@ -381,3 +381,55 @@ def test_class_proposals_come_from_one_joint_decode_per_slice_as_automatic_mode_
     finally:
         seg.backbone.decode_classes = joint
         seg.reset_volume()
+
+
+def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_average(tmp_path):
+    import torch
+
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, LoraConfig, apply, keeps_base_encoder, save_adapter
+    from medadapt.foundation import build_backbone
+    from medadapt.inference.propagation import Propagation
+    from medadapt.prompts.types import Prompts
+
+    model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"], automatic=AutomaticConfig(
+        class_names=["a"], label_values=[1])))
+    with torch.no_grad():  # the adapted decoder now answers differently from the base one
+        for p in model.mask_decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_adapter(model, tmp_path / "adapter")
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=tmp_path / "adapter", device="cpu", precision="float32")
+    base = build_backbone("tiny_sam_vit").mask_decoder
+    assert seg.base_decoder is not None  # kept from the base weights, before the adapter was loaded
+    assert all(torch.equal(a, b) for a, b in zip(seg.base_decoder.state_dict().values(), base.state_dict().values()))
+    assert Segmenter.from_pretrained("tiny_sam_vit", device="cpu").base_decoder is None  # no adapter, no base walk
+    assert not keeps_base_encoder(apply(build_backbone("tiny_sam_vit"), AdapterConfig(lora=LoraConfig(rank=2)))[0])
+    assert not keeps_base_encoder(apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["image_encoder"]))[0])
+
+    vol, a, _ = two_blobs()
+    seg.set_volume(vol, axis=0)
+    try:
+        loose = PropagationConfig(min_score=0.0, max_drop=1.0, min_area_ratio=0.0)
+        prompts = seg.volume.slice_prompts(boxes={5: tight_box(a[5])})
+        both = Propagation(seg.volume, loose)
+        both.start(prompts)
+        assert both.partner is not None and both.partner.decoder is seg.base_decoder and both.partner.guide is None
+        own, other = both._own(5), both.partner.answer(5)
+        assert not torch.allclose(own.low, other.low, atol=1e-3)  # two decoders, two answers
+        fused = both.answer(5)
+        expected = torch.logit(((torch.sigmoid(own.low) + torch.sigmoid(other.low)) / 2).clamp(1e-6, 1 - 1e-6))
+        assert torch.allclose(fused.low, expected, atol=1e-3)
+        proc = seg.backbone.processor
+        assert np.array_equal(fused.mask, (proc.postprocess_logits(fused.low, seg.volume.meta)[0] > 0).numpy())
+        emb = seg.volume.embedding(5)
+        alone = seg.decode_embedding(emb, seg.volume.meta, Prompts(boxes=prompts[5]["box"][None]),
+                                     mask_decoder=seg.base_decoder)
+        assert torch.allclose(other.low, torch.from_numpy(alone.logits[:1]), atol=1e-2)  # the base decoder's answer
+        one = Propagation(seg.volume, PropagationConfig(min_score=0.0, max_drop=1.0, min_area_ratio=0.0, base=False))
+        one.start(prompts)
+        assert one.partner is None and torch.equal(one.answer(5).low, own.low)
+        both.add(5, points=[[tight_box(a[5])[0] + 3, 24]], labels=[0])  # a correction reaches both walks
+        assert len(both.prompts[5].points) == len(both.partner.prompts[5].points) == 1
+        assert both.volume().shape == vol.shape
+    finally:
+        seg.reset_volume()

@@ -6,7 +6,16 @@ a depth adapter across slices.
     print(summary)
 """
 
-from .apply import AdapterSummary, add_text_head, apply, merge_lora, set_train_mode, summarize, trainable_state
+from .apply import (
+    AdapterSummary,
+    add_text_head,
+    apply,
+    keeps_base_encoder,
+    merge_lora,
+    set_train_mode,
+    summarize,
+    trainable_state,
+)
 from .config import (
     AdapterConfig,
     AutomaticConfig,
@@ -22,6 +31,6 @@ from .targets import TARGETS, resolve_targets
 __all__ = [
     "AdapterConfig", "AdapterSummary", "AutomaticConfig", "ContextAdapterConfig", "DepthAdapterConfig", "LearnedTextConfig", "LoraConfig",
     "SpatialAdapterConfig", "TARGETS",
-    "add_text_head", "apply", "load_adapted", "load_adapter", "merge_lora", "read_adapter_info", "resolve_targets",
+    "add_text_head", "apply", "keeps_base_encoder", "load_adapted", "load_adapter", "merge_lora", "read_adapter_info", "resolve_targets",
     "save_adapter", "set_train_mode", "summarize", "trainable_state",
 ]

@@ -187,6 +187,16 @@ def set_train_mode(model: nn.Module, training: bool = True) -> nn.Module:
     return model
 
 
+def keeps_base_encoder(model: nn.Module) -> bool:
+    """Whether an adapted backbone still encodes images and prompts exactly as its base did: no LoRA, no
+    spatial adapters, neither encoder trained. The base model's mask decoder can then read its embeddings
+    (a context adapter acts in front of its own decoder only)."""
+    cfg = getattr(model, "adapter_config", None)
+    if cfg is None:
+        return True
+    return cfg.lora is None and cfg.spatial is None and not {"image_encoder", "prompt_encoder"} & set(cfg.train)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold LoRA weights into the base linear layers and remove the LoRA modules.
 
@@ -215,6 +225,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
+    "keeps_base_encoder",
     "AdapterSummary", "PartCount", "apply", "summarize", "set_train_mode", "merge_lora", "trainable_state",
     "is_adapter_param", "add_lora", "add_spatial", "add_context", "add_depth", "add_class_prompts", "add_text_head",
 ]

@@ -421,7 +421,8 @@ class EvaluationReport:
             lines.append(fmt(cells))
         if (self.has_hd95 or self.has_nsd) and self.hd95_unit in _PIXEL_UNITS:
             what = " and ".join(n for n, has in (("HD95", self.has_hd95), ("the NSD tolerance", self.has_nsd)) if has)
-            lines += ["", f"{what} in pixels ({self.hd95_unit}), not mm: the data gave no voxel spacing"]
+            lines += ["", f"{what} in pixels ({self.hd95_unit}), not mm: the data gave no voxel spacing, or pixels "
+                          "were asked for (units='px', e.g. for a placeholder spacing)"]
         return "\n".join(lines)
 
     def __str__(self) -> str:

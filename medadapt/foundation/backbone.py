@@ -144,7 +144,8 @@ class Backbone(nn.Module):
         return _predict_class_masks(self.mask_decoder, cp, image_embeddings, pe, dense, class_ids, dtype)
 
     def decode_prompts(
-        self, image_embeddings: torch.Tensor, prompts: Prompts, multimask: bool = False
+        self, image_embeddings: torch.Tensor, prompts: Prompts, multimask: bool = False,
+        mask_decoder: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a :class:`~medadapt.prompts.Prompts` given in the model input frame.
 
@@ -152,19 +153,19 @@ class Backbone(nn.Module):
         s x s (one image per prompt). Objects with a box and objects without one
         go through the decoder in separate calls (:meth:`Prompts.decode_groups`);
         their answers come back in the prompts' order. Returns low-resolution
-        logits N x K x m x m and predicted IoU N x K as :meth:`decode` does.
+        logits N x K x m x m and predicted IoU N x K as :meth:`decode` does; ``mask_decoder`` as there.
         """
         device = image_embeddings.device
         groups = prompts.decode_groups()
         if len(groups) == 1:
             sparse, dense = self.encode_prompts(**groups[0][1].to_torch(device))
-            return self.decode(image_embeddings, sparse, dense, multimask=multimask)
+            return self.decode(image_embeddings, sparse, dense, multimask=multimask, mask_decoder=mask_decoder)
         n, per_prompt = len(prompts), image_embeddings.shape[0] > 1
         low = iou = None
         for idx, group in groups:
             emb = image_embeddings[torch.as_tensor(idx, device=device)] if per_prompt else image_embeddings
             sparse, dense = self.encode_prompts(**group.to_torch(device))
-            lo, sc = self.decode(emb, sparse, dense, multimask=multimask)
+            lo, sc = self.decode(emb, sparse, dense, multimask=multimask, mask_decoder=mask_decoder)
             if low is None:
                 low = torch.empty(n, *lo.shape[1:], device=device)
                 iou = torch.empty(n, *sc.shape[1:], device=device)

@@ -8,13 +8,14 @@ and mask decoder, with all of its prompts in one decoder batch.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..adapters import load_adapter
+from ..adapters import keeps_base_encoder, load_adapter
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone, ImageMeta, build_backbone
@@ -104,6 +105,9 @@ class Segmenter(VolumeMethods):
         self._text_model = None  # a medadapt.prompts.ClipTextModel, see set_text_model
         self._auto_cache: Prediction | None = None  # the all-class automatic answer for the current image
         self.student: Student | None = None  # answers automatic predictions when set (see set_student)
+        # the base model's mask decoder, kept by from_pretrained for an adapter that left the image encoder as it
+        # was (its embeddings are the base model's): propagation walks with it beside the adapted decoder
+        self.base_decoder: torch.nn.Module | None = None
         self._volume: VolumeSession | None = None  # see set_volume
         self._object: Propagation | None = None  # the object predict_volume propagated last
 
@@ -151,9 +155,13 @@ class Segmenter(VolumeMethods):
                                     device=device), device="cpu")
         else:
             backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
+            base = copy.deepcopy(backbone.mask_decoder).eval() if adapter is not None else None
             if adapter is not None:
                 backbone = load_adapter(backbone, adapter_path(adapter)).eval()
             seg = cls(backbone, device=device, precision=precision)
+            if base is not None and keeps_base_encoder(backbone):
+                dtype = next(backbone.mask_decoder.parameters()).dtype
+                seg.base_decoder = base.requires_grad_(False).to(device=seg.device, dtype=dtype)
         folder = _student_folder(adapter) if student and adapter is not None else None
         if folder is not None:
             seg.set_student(load_student(folder))
@@ -346,10 +354,11 @@ class Segmenter(VolumeMethods):
 
     @torch.inference_mode()
     def decode_embedding(self, embedding: torch.Tensor, meta: ImageMeta, prompts: Prompts,
-                         multimask: bool = False) -> Prediction:
+                         multimask: bool = False, mask_decoder: torch.nn.Module | None = None) -> Prediction:
         """Decode prompts (original-image pixels) on an image embedding of geometry ``meta``: what
         :meth:`predict_prompts` does on the current image, for callers that keep embeddings themselves
-        (a volume's slices)."""
+        (a volume's slices). ``mask_decoder``: another decoder of the same architecture answers instead
+        (e.g. :attr:`base_decoder`), reading the embedding as encoded."""
         if len(prompts) > self.max_prompts:
             raise MedAdaptError(
                 f"{len(prompts)} prompts in one call; the limit is {self.max_prompts} (Segmenter.max_prompts): "
@@ -359,7 +368,8 @@ class Segmenter(VolumeMethods):
         low, iou = [], []
         step = self.max_prompts_per_batch or (4 if self.device.type == "cpu" else 64)
         for s in range(0, len(framed), step):
-            lo, sc = self.backbone.decode_prompts(embedding, framed.select(slice(s, s + step)), multimask=multimask)
+            lo, sc = self.backbone.decode_prompts(embedding, framed.select(slice(s, s + step)), multimask=multimask,
+                                                  mask_decoder=mask_decoder)
             low.append(lo.float())
             iou.append(sc.float())
         return self._finish(torch.cat(low), torch.cat(iou), meta, multimask)
