@@ -217,9 +217,13 @@ class ExportedBackbone(nn.Module):
         return image_embeddings
 
     def decode_prompts(
-        self, image_embeddings: torch.Tensor, prompts: Prompts, multimask: bool = False
+        self, image_embeddings: torch.Tensor, prompts: Prompts, multimask: bool = False, mask_decoder=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`Backbone.decode_prompts`, for one image: N x K low-res logits and N x K predicted IoU."""
+        """As :meth:`Backbone.decode_prompts`, for one image: N x K low-res logits and N x K predicted IoU.
+        An exported model holds one decoder: ``mask_decoder`` (another one) is refused."""
+        if mask_decoder is not None:
+            raise MedAdaptError("an exported model runs its own decoder only; decode with another mask decoder "
+                                "through the torch runtime (Segmenter.from_pretrained without runtime=)")
         emb = self._embedding(image_embeddings)
         n, size = len(prompts), self.processor.mask_size
         low = np.empty((n, 3 if multimask else 1, size, size), np.float32)
