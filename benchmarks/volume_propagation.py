@@ -37,7 +37,7 @@ from common import data_root, write_result  # noqa: E402
 
 from medadapt.evaluation.metrics import dice_per_class, hd95_per_class  # noqa: E402
 from medadapt.inference import Segmenter  # noqa: E402
-from medadapt.inference.propagation import Propagation, PropagationConfig  # noqa: E402
+from medadapt.inference.propagation import Propagation, PropagationConfig, mean_probability  # noqa: E402
 from medadapt.io.imaging import load_volume, volume_slice, voxel_size  # noqa: E402
 from medadapt.prompts.regions import mask_box  # noqa: E402
 from medadapt.prompts.types import Prompts  # noqa: E402
@@ -102,8 +102,7 @@ def every_slice_both(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray
         emb, prompts = session.embedding(k), Prompts(boxes=box[None])
         own = seg.decode_embedding(emb, session.meta, prompts)
         base = seg.decode_embedding(emb, session.meta, prompts, mask_decoder=seg.base_decoder)
-        prob = (torch.sigmoid(torch.from_numpy(own.logits[:1])) + torch.sigmoid(torch.from_numpy(base.logits[:1]))) / 2
-        low = torch.logit(prob.clamp(1e-6, 1 - 1e-6))
+        low = mean_probability([torch.from_numpy(own.logits[:1]), torch.from_numpy(base.logits[:1])], 2)
         session.write_plane(out, k, (proc.postprocess_logits(low, session.meta)[0] > 0).numpy())
     return out
 

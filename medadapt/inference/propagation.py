@@ -150,6 +150,13 @@ def touching(candidate: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.isin(parts, keep[keep > 0])
 
 
+def mean_probability(lows: list[torch.Tensor], count: int) -> torch.Tensor:
+    """The logits of the mean probability of ``count`` answers, of which ``lows`` (logits) are given: the
+    answers not given count as probability 0."""
+    prob = sum(torch.sigmoid(low) for low in lows) / count
+    return torch.logit(prob.clamp(1e-6, 1 - 1e-6))
+
+
 def interior_point(mask: np.ndarray) -> np.ndarray:
     """(x, y) of the pixel farthest from the edge of the mask's largest component."""
     return most_interior(largest_component(mask))
@@ -165,7 +172,7 @@ class Propagation:
         self.session = session
         self.config = config or PropagationConfig()
         self.decoder = decoder
-        base = getattr(session.seg, "base_decoder", None)
+        base = session.seg.base_decoder
         # the base model's walk: same prompts, the base decoder, no learned classes to guide it
         self.partner = Propagation(session, replace(self.config, proposals=False, base=False), decoder=base) \
             if self.config.base and decoder is None and base is not None else None
@@ -346,18 +353,12 @@ class Propagation:
         own = self._own(k)
         if self.partner is None:
             return own
-        other = self.partner.answer(k)
-        if own is None or other is None:  # the walk that did not reach k counts as background there
-            found = own or other
-            if found is None:
-                return None
-            prob = torch.sigmoid(found.low) / 2
-        else:
-            prob = (torch.sigmoid(own.low) + torch.sigmoid(other.low)) / 2
-        low = torch.logit(prob.clamp(1e-6, 1 - 1e-6))
+        found = [a for a in (own, self.partner.answer(k)) if a is not None]
+        if not found:
+            return None
+        low = mean_probability([a.low for a in found], 2)  # the walk that did not reach k counts as background
         mask = (self.session.seg.backbone.processor.postprocess_logits(low, self.session.meta)[0] > 0).numpy()
-        scores = [a.score for a in (own, other) if a is not None]
-        return SliceAnswer(low, sum(scores) / len(scores), mask)
+        return SliceAnswer(low, sum(a.score for a in found) / len(found), mask)
 
     def _own(self, k: int) -> SliceAnswer | None:
         """Slice ``k``'s answer from this walk alone (see :meth:`answer`)."""
@@ -398,4 +399,5 @@ class Propagation:
         return {k: a.score for k in range(len(self.session)) if (a := self.answer(k)) is not None}
 
 
-__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point", "touching"]
+__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "interior_point",
+           "mean_probability", "touching"]
