@@ -46,7 +46,7 @@ from medadapt.prompts.types import Prompts  # noqa: E402
 # over the other volumes too ("held out").
 SELECTION = [f"patient{p:03d}_frame{f:02d}" for p in (2, 19, 28, 30) for f in (1, 2)] + ["BraTS2021_01646"]
 # in_extent: no stopping rule, only a vanished mask ends a walk
-UNSTOPPED = dict(min_score=0.0, min_area_ratio=0.0, max_drop=1.0, patience=0)
+UNSTOPPED = dict(min_score=0.0, min_area_ratio=0.0, max_drop=1.0, patience=0, base_patience=0)
 NAIVE = PropagationConfig(min_score=0.0, min_area_ratio=0.0, margin=0.0, mask_prompt=False, point=False,
                           box_threshold=0.5, patience=0)
 

@@ -262,6 +262,8 @@ def test_patience_carries_a_walk_past_a_slice_that_fails(litemedsam):
     assert np.array_equal(strict[:6], patient[:6])  # below the gap nothing changes
     with pytest.raises(MedAdaptError, match="patience"):
         PropagationConfig(patience=-1)
+    with pytest.raises(MedAdaptError, match="base_patience"):
+        PropagationConfig(base_patience=True)
 
 
 def test_box_threshold_reaches_into_the_unsure_rim_connected_to_the_mask(tiny_sam):
@@ -414,6 +416,7 @@ def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_aver
         both = Propagation(seg.volume, loose)
         both.start(prompts)
         assert both.partner is not None and both.partner.decoder is seg.base_decoder and both.partner.guide is None
+        assert both.partner.config.patience == loose.base_patience == 1 and both.config.patience == 0
         own, other = both._own(5), both.partner.answer(5)
         assert not torch.allclose(own.low, other.low, atol=1e-3)  # two decoders, two answers
         fused = both.answer(5)

@@ -32,7 +32,10 @@ probabilities (a slice one walk did not reach counts as background there). On
 the left atrium, decoders adapted on two volumes overrun the structure
 (precision 0.50-0.80) while the base decoder's walks shrink (recall
 0.43-0.82); the average was chosen over either alone on the validation
-volumes.
+volumes. The base walk may pass one slice that fails the stopping rules
+(``base_patience``): its shrinking answers fail them before the adapted
+walk's do, and the average ends where the shorter walk ends; chosen on the
+two validation and two training volumes of the left-atrium recipe.
 
 A correction on any slice (more points, a new box or mask) re-decodes that
 slice and walks again from it only: the walks that reached it from its
@@ -84,6 +87,8 @@ class PropagationConfig:
         patience: slices a walk may pass that fail the stopping rules (each still prompted from the last
             slice that passed); it stops when one more fails in a row. A failed slice keeps its answer
             when a later one passes.
+        base_patience: ``patience`` of the base decoder's walk (``base``): its answers shrink inside the
+            structure and fail the rules before the adapted walk's, and the average ends where it ends.
     """
 
     min_score: float = 0.5
@@ -97,11 +102,14 @@ class PropagationConfig:
     proposals: bool = True
     base: bool = True
     patience: int = 0
+    base_patience: int = 1
 
     def __post_init__(self) -> None:
         check_fields(self, "propagation")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
-            raise MedAdaptError(f"propagation.patience must be a whole number >= 0; got {self.patience!r}")
+        for name in ("patience", "base_patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise MedAdaptError(f"propagation.{name} must be a whole number >= 0; got {v!r}")
         unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
         check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit,
                                            "box_threshold": (lambda v: 0.0 < v <= 0.5, "a probability in (0, 0.5]")})
@@ -174,7 +182,8 @@ class Propagation:
         self.decoder = decoder
         base = session.seg.base_decoder
         # the base model's walk: same prompts, the base decoder, no learned classes to guide it
-        self.partner = Propagation(session, replace(self.config, proposals=False, base=False), decoder=base) \
+        self.partner = Propagation(session, replace(self.config, proposals=False, base=False,
+                                                    patience=self.config.base_patience), decoder=base) \
             if self.config.base and decoder is None and base is not None else None
         self.prompts: dict[int, SlicePrompts] = {}
         self.answers: dict[int, SliceAnswer] = {}  # the prompted slices
