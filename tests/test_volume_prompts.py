@@ -264,6 +264,8 @@ def test_patience_carries_a_walk_past_a_slice_that_fails(litemedsam):
         PropagationConfig(patience=-1)
     with pytest.raises(MedAdaptError, match="base_patience"):
         PropagationConfig(base_patience=True)
+    with pytest.raises(MedAdaptError, match="base_threshold"):
+        PropagationConfig(base_threshold=1.0)
 
 
 def test_box_threshold_reaches_into_the_unsure_rim_connected_to_the_mask(tiny_sam):
@@ -391,7 +393,7 @@ def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_aver
     from medadapt import Segmenter
     from medadapt.adapters import AdapterConfig, AutomaticConfig, LoraConfig, apply, keeps_base_encoder, save_adapter
     from medadapt.foundation import build_backbone
-    from medadapt.inference.propagation import Propagation
+    from medadapt.inference.propagation import Propagation, SliceAnswer, fused_mask, mean_probability
     from medadapt.prompts.types import Prompts
 
     model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"], automatic=AutomaticConfig(
@@ -423,7 +425,16 @@ def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_aver
         expected = torch.logit(((torch.sigmoid(own.low) + torch.sigmoid(other.low)) / 2).clamp(1e-6, 1 - 1e-6))
         assert torch.allclose(fused.low, expected, atol=1e-3)
         proc = seg.backbone.processor
-        assert np.array_equal(fused.mask, (proc.postprocess_logits(fused.low, seg.volume.meta)[0] > 0).numpy())
+        cut = float(np.log(loose.base_threshold / (1 - loose.base_threshold)))
+        assert np.array_equal(fused.mask, (proc.postprocess_logits(fused.low, seg.volume.meta)[0] >= cut).numpy())
+        sure, against = torch.full_like(own.low, 3.0), torch.full_like(own.low, -9.0)  # p 0.95 and 0.0001
+        split = mean_probability([sure, against], 2)  # one decoder sure of the pixel, the other sure against
+        assert fused_mask(seg.volume, split, 0.45).all() and not fused_mask(seg.volume, split, 0.5).any()
+        walked = SliceAnswer(sure, 0.9, np.ones_like(fused.mask))  # the adapted walk alone reaches slice 6, sure
+        kept = both.chains, both.partner.chains
+        both.chains, both.partner.chains = {(5, 1): [walked]}, {}
+        assert both._own(6) is walked and not both.answer(6).mask.any()  # a slice only one walk reached: background
+        both.chains, both.partner.chains = kept
         emb = seg.volume.embedding(5)
         alone = seg.decode_embedding(emb, seg.volume.meta, Prompts(boxes=prompts[5]["box"][None]),
                                      mask_decoder=seg.base_decoder)
