@@ -37,7 +37,12 @@ from common import data_root, write_result  # noqa: E402
 
 from medadapt.evaluation.metrics import dice_per_class, hd95_per_class  # noqa: E402
 from medadapt.inference import Segmenter  # noqa: E402
-from medadapt.inference.propagation import Propagation, PropagationConfig, fused_mask, mean_probability  # noqa: E402
+from medadapt.inference.propagation import (  # noqa: E402
+    Propagation,
+    PropagationConfig,
+    mean_probability,
+    probability_mask,
+)
 from medadapt.io.imaging import load_volume, volume_slice, voxel_size  # noqa: E402
 from medadapt.prompts.regions import mask_box  # noqa: E402
 from medadapt.prompts.types import Prompts  # noqa: E402
@@ -95,16 +100,16 @@ def every_slice(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray:
 
 def every_slice_both(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray:
     """``every_slice`` answered as ``PropagationConfig.base`` answers a walk: the adapted and the base decoder
-    each decode the box, and their probabilities are averaged (a pixel is in where the mean reaches
+    each decode the box, and their probabilities are averaged (a pixel is in where the mean is above
     ``base_threshold``)."""
-    session = seg.volume
+    session, threshold = seg.volume, PropagationConfig().base_threshold
     out = np.zeros(session.data.shape, bool)
     for k, box in boxes.items():
         emb, prompts = session.embedding(k), Prompts(boxes=box[None])
         own = seg.decode_embedding(emb, session.meta, prompts)
         base = seg.decode_embedding(emb, session.meta, prompts, mask_decoder=seg.base_decoder)
         low = mean_probability([torch.from_numpy(own.logits[:1]), torch.from_numpy(base.logits[:1])], 2)
-        session.write_plane(out, k, fused_mask(session, low, PropagationConfig().base_threshold))
+        session.write_plane(out, k, probability_mask(session, low, threshold))
     return out
 
 

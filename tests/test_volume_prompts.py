@@ -393,7 +393,7 @@ def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_aver
     from medadapt import Segmenter
     from medadapt.adapters import AdapterConfig, AutomaticConfig, LoraConfig, apply, keeps_base_encoder, save_adapter
     from medadapt.foundation import build_backbone
-    from medadapt.inference.propagation import Propagation, SliceAnswer, fused_mask, mean_probability
+    from medadapt.inference.propagation import Propagation, SliceAnswer, mean_probability, probability_mask
     from medadapt.prompts.types import Prompts
 
     model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"], automatic=AutomaticConfig(
@@ -426,10 +426,10 @@ def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_aver
         assert torch.allclose(fused.low, expected, atol=1e-3)
         proc = seg.backbone.processor
         cut = float(np.log(loose.base_threshold / (1 - loose.base_threshold)))
-        assert np.array_equal(fused.mask, (proc.postprocess_logits(fused.low, seg.volume.meta)[0] >= cut).numpy())
+        assert np.array_equal(fused.mask, (proc.postprocess_logits(fused.low, seg.volume.meta)[0] > cut).numpy())
         sure, against = torch.full_like(own.low, 3.0), torch.full_like(own.low, -9.0)  # p 0.95 and 0.0001
         split = mean_probability([sure, against], 2)  # one decoder sure of the pixel, the other sure against
-        assert fused_mask(seg.volume, split, 0.45).all() and not fused_mask(seg.volume, split, 0.5).any()
+        assert probability_mask(seg.volume, split, 0.45).all() and not probability_mask(seg.volume, split, 0.5).any()
         walked = SliceAnswer(sure, 0.9, np.ones_like(fused.mask))  # the adapted walk alone reaches slice 6, sure
         kept = both.chains, both.partner.chains
         both.chains, both.partner.chains = {(5, 1): [walked]}, {}

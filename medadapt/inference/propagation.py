@@ -35,7 +35,7 @@ the left atrium, decoders adapted on two volumes overrun the structure
 volumes. The base walk may pass one slice that fails the stopping rules
 (``base_patience``): its shrinking answers fail them before the adapted
 walk's do, and the average ends where the shorter walk ends. A pixel
-belongs to the object where the mean probability is at least 0.45
+belongs to the object where the mean probability is above 0.45
 (``base_threshold``), so that a pixel one decoder is sure of (0.9) is kept
 where the other is sure against it. Both were chosen on the two validation
 and two training volumes of the left-atrium recipe.
@@ -93,7 +93,7 @@ class PropagationConfig:
         base_patience: ``patience`` of the base decoder's walk (``base``): its answers shrink inside the
             structure and fail the rules before the adapted walk's, and the average ends where it ends.
         base_threshold: with a base walk, a pixel of a slice that both walks reached belongs to the object
-            where the mean of their two probabilities is at least this. At 0.5 a pixel that one decoder is sure
+            where the mean of their two probabilities is above this. At 0.5 a pixel that one decoder is sure
             of and the other sure against is left out (their mean falls just below 0.5); at 0.45 it is kept
             where the sure decoder's probability is at least 0.9. A slice only one walk reached stays background.
     """
@@ -174,11 +174,11 @@ def mean_probability(lows: list[torch.Tensor], count: int) -> torch.Tensor:
     return torch.logit(prob.clamp(1e-6, 1 - 1e-6))
 
 
-def fused_mask(session: VolumeSession, low: torch.Tensor, threshold: float) -> np.ndarray:
-    """The mask (display frame) of the pixels whose probability under the fused logits ``low`` (from
-    :func:`mean_probability`) is at least ``threshold``."""
+def probability_mask(session: VolumeSession, low: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """The mask (display frame) of the pixels whose probability under the low-resolution logits ``low`` is
+    above ``threshold``."""
     logits = session.seg.backbone.processor.postprocess_logits(low, session.meta)[0]
-    return (logits >= float(np.log(threshold / (1 - threshold)))).numpy()
+    return (logits > float(np.log(threshold / (1 - threshold)))).numpy()
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray:
@@ -265,9 +265,7 @@ class Propagation:
         t = self.config.box_threshold
         if t >= 0.5:
             return last
-        proc = self.session.seg.backbone.processor
-        soft = (proc.postprocess_logits(prev.low, self.session.meta)[0] > float(np.log(t / (1 - t)))).numpy()
-        return touching(soft | last, last)
+        return touching(probability_mask(self.session, prev.low, t) | last, last)
 
     @torch.inference_mode()
     def _proposal(self, k: int, name: str) -> np.ndarray:
@@ -382,7 +380,7 @@ class Propagation:
         if not found:
             return None
         low = mean_probability([a.low for a in found], 2)  # the walk that did not reach k counts as background
-        mask = fused_mask(self.session, low, self.config.base_threshold) if len(found) == 2 \
+        mask = probability_mask(self.session, low, self.config.base_threshold) if len(found) == 2 \
             else np.zeros(found[0].mask.shape, bool)  # a slice only one walk reached stays background
         return SliceAnswer(low, sum(a.score for a in found) / len(found), mask)
 
@@ -407,9 +405,7 @@ class Propagation:
         (d0, a0), (d1, a1) = found
         w0 = d1 / (d0 + d1)  # the nearer prompt weighs more
         low = w0 * a0.low + (1 - w0) * a1.low
-        proc, meta = self.session.seg.backbone.processor, self.session.meta
-        mask = (proc.postprocess_logits(low, meta)[0] > 0).numpy()
-        return SliceAnswer(low, w0 * a0.score + (1 - w0) * a1.score, mask)
+        return SliceAnswer(low, w0 * a0.score + (1 - w0) * a1.score, probability_mask(self.session, low))
 
     def volume(self) -> np.ndarray:
         """The object's mask, a bool array of the volume's shape (the user's frame)."""
@@ -425,5 +421,5 @@ class Propagation:
         return {k: a.score for k in range(len(self.session)) if (a := self.answer(k)) is not None}
 
 
-__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts", "fused_mask",
-           "interior_point", "mean_probability", "touching"]
+__all__ = ["GUIDE_IOU", "Propagation", "PropagationConfig", "SliceAnswer", "SlicePrompts",
+           "interior_point", "mean_probability", "probability_mask", "touching"]
