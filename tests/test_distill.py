@@ -210,6 +210,23 @@ def test_student_training_resumes_exactly(tmp_path):
         StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET).load_state()
 
 
+def test_bf16_autocast_trains_float32_weights_to_another_result(tmp_path):
+    scfg, lab, pse = _banks()
+    trained = {}
+    for amp in ("off", "bf16"):
+        cfg = DistillConfig(student=scfg, iterations=3, val_every=3, batch_size=2, unlabeled_batch_size=2, amp=amp)
+        trained[amp] = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / amp, seed=0, **QUIET)
+        trained[amp].run()
+    assert trained["bf16"].amp and not trained["off"].amp
+    assert all(p.dtype == torch.float32 for p in trained["bf16"].net.parameters())
+    assert np.isfinite(trained["bf16"].history[-1]["loss"])
+    pairs = zip(trained["off"].net.parameters(), trained["bf16"].net.parameters())
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the forward passes did run in bf16
+    assert DistillConfig(amp=False).amp == "off"  # YAML's bare off
+    with pytest.raises(MedAdaptError, match=r"distill\.amp"):
+        DistillConfig(amp="fp16")
+
+
 def test_confidence_threshold_decides_which_pseudo_pixels_count(tmp_path):
     scfg, lab, pse = _banks()
     for threshold, expect in ((0.0, 1.0), (0.999, 0.0)):

@@ -78,6 +78,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     if resume and saved.is_file():
         before = json.loads(saved.read_text())
         before["distill"].setdefault("rounds", 1)  # recorded before rounds existed: one round
+        before["distill"].setdefault("amp", "off")  # recorded before amp existed: float32
         changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
                          if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every"
                          and not (k == "rounds" and config.rounds > before["distill"]["rounds"]))  # more rounds: on

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_text
+from ..inference.optimize import bf16_is_fast
 from ..student import Student, StudentConfig, build_network, context_stack, to_input, to_target
 from .distill_config import DistillConfig
 from .perturb import intensity, paste, random_boxes
@@ -112,6 +113,7 @@ class StudentTrainer:
         self.names, self.values = list(class_names), list(label_values)
         torch.manual_seed(seed)
         self.device = pick_device(device)
+        self.amp = config.amp == "bf16" or (config.amp == "auto" and bf16_is_fast(self.device))
         self.net = build_network(config.student, len(self.names)).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -165,6 +167,10 @@ class StudentTrainer:
             for e, s in zip(self.ema.buffers(), self.net.buffers()):
                 e.copy_(s)
 
+    def _autocast(self):
+        """bfloat16 autocast for the forward passes when ``amp`` asks for it (losses are taken in float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     def train_step(self) -> dict[str, float]:
         cfg, gen = self.cfg, self.gen
         self.net.train()
@@ -178,7 +184,7 @@ class StudentTrainer:
             xw, yu, wu = (t.to(self.device) for t in
                           dihedral_batch([self.pseudo.x[iu].float(), self.pseudo.y[iu], self.pseudo.w[iu]], gen))
             self.ema.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 pt = self.ema(xw).float().softmax(1)
             conf_t, yt = pt.max(1)
             xs = intensity(xw, cfg.intensity, gen)
@@ -189,10 +195,12 @@ class StudentTrainer:
                 perm = torch.roll(torch.arange(xs.shape[0], device=xs.device), 1)
                 xs, yu, mu = paste(xs, xs[perm], boxes), paste(yu, yu[perm], boxes), paste(mu, mu[perm], boxes)
                 yt, mt = paste(yt, yt[perm], boxes), paste(mt, mt[perm], boxes)
-            logits = self.net(torch.cat([xl, xs]))
+            with self._autocast():
+                logits = self.net(torch.cat([xl, xs]))
             ll, ls = logits[: xl.shape[0]], logits[xl.shape[0]:]
         else:
-            ll = self.net(xl)
+            with self._autocast():
+                ll = self.net(xl)
         loss = self.dice_ce(ll.float(), yl[:, None].long())
         parts["labeled"] = float(loss.detach())
         if use_u:
