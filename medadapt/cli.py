@@ -60,12 +60,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.image, out=args.out, boxes=[[float(v) for v in b] for b in boxes],
             points=[[float(v) for v in p[:3]] + [_label(p[3])] for p in points], model=args.model,
             checkpoint=args.checkpoint, axis=args.axis, window=args.window, device=args.device,
-            adapter=args.adapter, refine=args.refine, overwrite=args.overwrite)
+            adapter=args.adapter, refine=args.refine, overwrite=args.overwrite, cleanup=args.cleanup)
         names = [f"class {t!r}" for t in result.labels] or ["object"]
         for name, area in zip(names, result.areas):
             print(f"{name}: {area} voxels")
         print(f"mask written to {result.out}")
         return 0
+    if args.cleanup:
+        raise MedAdaptError("--cleanup applies to a whole volume in automatic mode (--adapter RUN, no prompt, no "
+                            "--slice)")
     points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
     labels = [_label(v) for _, _, v in args.point] if args.point else None
     result = segment_file(
@@ -172,6 +175,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
         metrics=_csv(args.metrics), student=not args.no_student, tolerance=args.nsd_tolerance, units=args.units,
+        cleanup=args.cleanup,
     )
     print(report.table())
     return 0
@@ -247,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", action="store_true",
                    help="with --adapter and no prompt: re-prompt each class with a box around its own largest "
                         "component (self-prompting; no ground truth needed)")
+    p.add_argument("--cleanup", nargs="+", choices=("largest", "holes"), default=None, metavar="STEP",
+                   help="a volume in automatic mode: largest (each class keeps its largest 3-D component) and/or holes (holes filled slice by slice); see docs/volumes.md")
     p.add_argument("--text", action="append", default=None, metavar="NAME",
                    help="segment a named structure: with --adapter of a model trained with learned text "
                         "prompts, or zero-shot with --clip; repeat for several")
@@ -336,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score a learned text prompt against the class it names, e.g. 'LV cavity=left "
                         "ventricle'; repeatable")
     p.add_argument("--device", default=None)
+    p.add_argument("--cleanup", nargs="+", choices=("largest", "holes"), default=None, metavar="STEP",
+                   help="clean up the automatic and self-prompted label maps before scoring: largest (each class keeps its largest 3-D component) and/or holes (holes filled slice by slice)")
     p.add_argument("--no-student", action="store_true",
                    help="score the adapted decoder in automatic mode even when the run holds a distilled student")
     p.set_defaults(func=_cmd_evaluate)

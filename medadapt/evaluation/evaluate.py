@@ -59,6 +59,7 @@ from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
 from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
 from ..data.datasets import _is_volume
+from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
@@ -221,6 +222,7 @@ def evaluate_run(
     tolerance: float = 2.0,
     units: str = "auto",
     student: bool = True,
+    cleanup: Sequence[str] | None = None,
 ) -> EvaluationReport:
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
 
@@ -248,7 +250,14 @@ def evaluate_run(
             spacings); ``"mm"``: mm, refusing cases without a spacing.
         student: a run distilled by ``medadapt distill`` answers automatic mode with its
             student; ``False`` scores the adapted decoder instead.
+        cleanup: clean-ups of each case's automatic and self-prompted label maps before
+            scoring: any of ``"largest"`` (each class's largest 3-D component) and
+            ``"holes"`` (holes filled slice by slice); see :mod:`medadapt.inference.cleanup`.
     """
+    try:
+        cleanup = check_cleanup(cleanup)
+    except MedAdaptError as exc:
+        raise MedAdaptError(f"--cleanup: {exc}") from exc
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise MedAdaptError(f"unknown evaluation mode(s) {bad or list(modes)}; choose from {list(MODES)}")
@@ -304,7 +313,7 @@ def evaluate_run(
     if wrong:
         raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
     report = EvaluationReport(hd95_unit="mm" if in_mm else "px", metrics=metrics,
-                              nsd_tolerance=tolerance if with_nsd else None)
+                              nsd_tolerance=tolerance if with_nsd else None, cleanup=cleanup)
     from tqdm import tqdm
 
     def hd95(pred: np.ndarray, target: np.ndarray, classes: list[int], spacing) -> dict[int, float]:
@@ -323,6 +332,8 @@ def evaluate_run(
         # voxel size in mm in the (N, H, W) order of the stacks; None: pixel units
         spacing = case_spacing(case, config) if in_mm and (with_hd95 or with_nsd) else None
         preds = _predict_slices(seg, image_slices, label_slices, values, modes, tuple(texts))
+        for mode in (m for m in modes if m in LABEL_MODES and cleanup):
+            preds[mode] = clean_labels(preds[mode], cleanup, axis=0)  # the stacks' slices run along axis 0
         for mode in modes:
             if mode in LABEL_MODES:
                 dice = dice_per_class(preds[mode], gt, values)

@@ -159,6 +159,8 @@ class EvaluationReport:
             (default ``("dice", "hd95")``); a result's value of a metric left out must be nan.
         nsd_tolerance: the NSD tolerance in ``hd95_unit``; needed with ``"nsd"``,
             ignored (stored as ``None``) without it.
+        cleanup: the clean-ups applied to the automatic label maps before scoring
+            (see :mod:`medadapt.inference.cleanup`); stored in the JSON file.
 
     Results keep insertion order; summaries list modes and classes in the order
     they were first added, so the table follows the order the run used.
@@ -170,8 +172,10 @@ class EvaluationReport:
         hd95_unit: str = "mm",
         metrics: Iterable[str] = _METRICS,
         nsd_tolerance: float | None = None,
+        cleanup: Iterable[str] = (),
     ) -> None:
         self.hd95_unit = str(hd95_unit)
+        self.cleanup = tuple(str(c) for c in cleanup)
         self.metrics = tuple(dict.fromkeys(str(m) for m in metrics))
         if "dice" not in self.metrics or any(m not in _ALL_METRICS for m in self.metrics):
             raise MedAdaptError(
@@ -443,6 +447,7 @@ class EvaluationReport:
             "hd95_unit": self.hd95_unit,
             "metrics": list(self.metrics),
             "nsd_tolerance": self.nsd_tolerance,
+            "cleanup": list(self.cleanup),
             "cases": [r.to_row() for r in self._results],
             "summary": summary,
         }
@@ -493,6 +498,6 @@ class EvaluationReport:
             raise MedAdaptError(f"malformed evaluation report {p}: 'metrics' must be a list, got {metrics!r}")
         try:
             return cls(results, hd95_unit=str(doc.get("hd95_unit", "mm")), metrics=metrics,
-                       nsd_tolerance=doc.get("nsd_tolerance"))
+                       nsd_tolerance=doc.get("nsd_tolerance"), cleanup=doc.get("cleanup") or ())
         except MedAdaptError as exc:
             raise MedAdaptError(f"malformed evaluation report {p}: {exc}") from exc

@@ -19,6 +19,7 @@ from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import load_image, save_mask
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
+from .cleanup import check_cleanup
 from .prediction import Prediction, paint_labels
 from .predictor import Segmenter
 
@@ -203,6 +204,7 @@ def segment_volume_file(
     adapter: str | os.PathLike | None = None,
     refine: bool = False,
     overwrite: bool = False,
+    cleanup: Sequence[str] | None = None,
 ) -> SegmentFileResult:
     """Segment a whole volume (NIfTI or DICOM series folder) and write a NIfTI mask in the input's geometry,
     or, for a DICOM series and an ``out`` ending in ``.dcm``, a DICOM-SEG of the series
@@ -211,7 +213,8 @@ def segment_volume_file(
     ``boxes`` are ``[Z, X0, Y0, X1, Y1]`` and ``points`` ``[Z, X, Y, LABEL]``: slice ``Z`` along ``axis`` as
     ``load_image(volume, slice_index=Z, axis=axis)`` shows it. Prompts on one or a few slices give one
     object, propagated through the volume (0/1 mask). Without prompts, ``adapter`` segments every learned
-    class on every slice (a label map with the training data's label values).
+    class on every slice (a label map with the training data's label values), cleaned up by ``cleanup``
+    (see :mod:`medadapt.inference.cleanup`).
     """
     out = Path(out)
     dicom_seg = out.name.lower().endswith(".dcm")
@@ -230,6 +233,8 @@ def segment_volume_file(
                             "--adapter RUN to segment every learned class")
     if refine and (boxes or points or adapter is None):
         raise MedAdaptError("--refine refines automatic segmentation: use it with --adapter RUN and no prompts")
+    if check_cleanup(cleanup) and (boxes or points or adapter is None):
+        raise MedAdaptError("--cleanup cleans up automatic segmentation: use it with --adapter RUN and no prompts")
     by_box, by_point, by_label = _volume_prompts(boxes, points)
     seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     seg.set_volume(volume, axis=axis, window=window)
@@ -239,7 +244,7 @@ def segment_volume_file(
         areas, scores, names = [int(mask.sum())], [float(np.mean(list(seg.volume_object.scores().values()) or [0.0]))], []
         values = [1]
     else:
-        labels = seg.predict_volume(refine=refine)
+        labels = seg.predict_volume(refine=refine, cleanup=cleanup)
         values = seg.backbone.adapter_config.automatic.label_values
         areas, scores, names = [int((labels == v).sum()) for v in values], [float("nan")] * len(values), seg.classes
     if dicom_seg:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..core.errors import MedAdaptError
 from ..io.imaging import display_orientation
+from .cleanup import check_cleanup, clean_labels
 from .propagation import Propagation, PropagationConfig
 from .volume import VolumeSession
 from .volume_answers import automatic_volume
@@ -85,6 +86,7 @@ class VolumeMethods:
         point_labels: dict | None = None,
         masks: dict | None = None,
         propagation: PropagationConfig | None = None,
+        cleanup: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Segment a whole volume: one object from prompts on a few slices, or every learned class.
 
@@ -96,7 +98,8 @@ class VolumeMethods:
 
         Without prompts, an adapted model segments every learned class (``classes`` picks some) and
         returns the integer label map (0 = background); ``refine`` self-prompts each slice, and a
-        student (see :meth:`set_student`) answers when there is one.
+        student (see :meth:`set_student`) answers when there is one. ``cleanup`` (any of
+        ``"largest"``, ``"holes"``) cleans the label map up (see :mod:`medadapt.inference.cleanup`).
 
         ``volume`` (optional) is given to :meth:`set_volume` first, with ``axis`` (default 2 here);
         without it the volume of the last :meth:`set_volume` is used.
@@ -109,14 +112,16 @@ class VolumeMethods:
         if axis is not None and volume is None and int(axis) % 3 != session.axis:
             raise MedAdaptError(f"the volume was set with axis={session.axis}; call set_volume(..., axis={axis}) "
                                 "to slice it along another axis")
+        steps = check_cleanup(cleanup)
         prompts = session.slice_prompts(boxes, points, point_labels, masks)
         if prompts:
-            if classes is not None or refine:
-                raise MedAdaptError("classes= and refine= apply to automatic mode; do not combine them with prompts")
+            if classes is not None or refine or steps:
+                raise MedAdaptError("classes=, refine= and cleanup= apply to automatic mode; do not combine them "
+                                    "with prompts")
             self._object = Propagation(session, propagation)
             self._object.start(prompts)
             return self._object.volume()
-        return automatic_volume(self, session, classes, refine)
+        return clean_labels(automatic_volume(self, session, classes, refine), steps, axis=session.axis)
 
     def correct_volume(self, z: int, *, box=None, points=None, point_labels=None, mask=None) -> np.ndarray:
         """Refine the last propagated object from slice ``z``: points (with ``point_labels``), a new box or
