@@ -107,7 +107,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         args.inputs, args.out, prompts=args.prompts, model=args.model, checkpoint=args.checkpoint,
         adapter=args.adapter, device=args.device, axis=args.axis, window=args.window, refine=args.refine,
         multimask=args.multimask, workers=args.workers, retry_failed=args.retry_failed, overwrite=args.overwrite,
-        progress=not args.no_progress, series_format=args.series_format,
+        progress=not args.no_progress, series_format=args.series_format, cleanup=args.cleanup,
     )
     parts = [f"{r.ok} written ({r.images} images, {r.volumes} volumes) in {r.seconds:.1f} s", f"{r.failed} failed",
              f"{r.skipped} already done"] + [f"{r.not_retried} failed before (--retry-failed retries them)"] * bool(
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "DICOM-SEG on the series' images (needs highdicom: pip install medadapt[dicom-seg])")
     p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
     p.add_argument("--refine", action="store_true", help="automatic mode: self-prompt each class (see predict)")
+    p.add_argument("--cleanup", nargs="+", choices=("largest", "holes"), default=None, metavar="STEP",
+                   help="automatic mode: largest (each class keeps its largest component, 3-D in a volume) and/or "
+                        "holes (holes filled slice by slice); see docs/volumes.md")
     p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="DataLoader processes that read ahead (default min(2, CPUs); 0 reads in the main process)")

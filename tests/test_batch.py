@@ -27,7 +27,7 @@ from pydicom.uid import generate_uid
 from medadapt import Segmenter
 from medadapt.cli import main
 from medadapt.core.errors import MedAdaptError
-from medadapt.inference import read_manifest, segment_batch
+from medadapt.inference import keep_largest, read_manifest, segment_batch
 from medadapt.io.imaging import load_mask, load_volume, volume_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,6 +265,17 @@ def test_automatic_mode_on_a_dataset_from_the_command_line(tmp_path, capsys):
     written = nib.load(out / "images" / "vol.nii.gz")
     assert written.shape == load_volume(data / "images" / "vol.nii.gz")[0].shape
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    cleaned = tmp_path / "cleaned"  # each class's largest component, in 2-D and in 3-D
+    assert main([args[0], args[1], str(cleaned), *args[3:], "--cleanup", "largest"]) == 0
+    capsys.readouterr()
+    changed = 0
+    for i in range(4):
+        name = f"images/{i:03d}.png"
+        assert np.array_equal(load_mask(cleaned / name), keep_largest(load_mask(out / name)))
+        changed += not np.array_equal(load_mask(cleaned / name), load_mask(out / name))
+    assert changed  # the one-epoch model leaves islands for the clean-up to remove
+    assert np.array_equal(np.asarray(nib.load(cleaned / "images" / "vol.nii.gz").dataobj),
+                          keep_largest(np.asarray(written.dataobj)))
     (tmp_path / "p.json").write_text(json.dumps({"images/000.png": {"boxes": [[2, 2, 30, 30]]}}))
     assert main([*args, "--prompts", str(tmp_path / "p.json")]) == 2  # other settings than the masks in OUT
     err = capsys.readouterr().err

@@ -40,6 +40,7 @@ from ..io.imaging import (
     volume_slice,
 )
 from .batch_inputs import SERIES_FORMATS, BatchItem, find_inputs, read_prompts
+from .cleanup import check_cleanup, clean_labels
 from .predictor import Segmenter
 from .segment import prediction_to_labels
 
@@ -135,20 +136,20 @@ class _Reader(torch.utils.data.Dataset):
 
 # --------------------------------------------------------------------------- the model
 def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png: bool, refine: bool,
-                   multimask: bool) -> np.ndarray:
+                   multimask: bool, cleanup: tuple[str, ...] = ()) -> np.ndarray:
     seg.set_image(image)
     if prompts is None:
         pred = seg.predict(refine=refine)
-    else:
-        pred = seg.predict(boxes=prompts["boxes"], points=prompts["points"], point_labels=prompts["point_labels"],
-                           multimask=multimask)
-    return prediction_to_labels(pred, automatic=prompts is None, binary_value=255 if png else 1)
+        return clean_labels(prediction_to_labels(pred, automatic=True, binary_value=255 if png else 1), cleanup)
+    pred = seg.predict(boxes=prompts["boxes"], points=prompts["points"], point_labels=prompts["point_labels"],
+                       multimask=multimask)
+    return prediction_to_labels(pred, automatic=False, binary_value=255 if png else 1)
 
 
 def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, axis: int, refine: bool,
-                    multimask: bool) -> np.ndarray:
+                    multimask: bool, cleanup: tuple[str, ...] = ()) -> np.ndarray:
     if prompts is None:
-        return seg.predict_volume(volume, axis=axis, refine=refine)
+        return seg.predict_volume(volume, axis=axis, refine=refine, cleanup=cleanup)
     labels = np.zeros(volume.shape, dtype=np.uint16)
     for k, entry in sorted(prompts.items()):
         if k >= volume.shape[axis]:
@@ -249,6 +250,7 @@ def segment_batch(
     world_size: int | None = None,
     progress: bool = True,
     series_format: str = "nifti",
+    cleanup: Sequence[str] | None = None,
 ) -> BatchResult:
     """Segment every input of a folder, dataset or list and write one mask per input under ``out_dir``.
 
@@ -273,13 +275,15 @@ def segment_batch(
     ``output`` and ``finished`` (UTC). A re-run
     skips existing outputs and files that failed before (``retry_failed``
     retries them; ``overwrite`` redoes everything). ``rank`` / ``world_size``
-    (default: torchrun's ``RANK`` / ``WORLD_SIZE``) shard the inputs.
+    (default: torchrun's ``RANK`` / ``WORLD_SIZE``) shard the inputs. ``cleanup`` (any of
+    ``"largest"``, ``"holes"``) cleans up the automatic label maps (see :mod:`medadapt.inference.cleanup`).
     """
     out = Path(out_dir).expanduser()
     if rank is None or world_size is None:
         rank, world_size = distributed_rank()
     if not 0 <= rank < world_size:
         raise MedAdaptError(f"rank {rank} must lie in 0..world_size-1 (world_size={world_size})")
+    cleanup = check_cleanup(cleanup)
     if series_format not in SERIES_FORMATS:
         raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
     items = find_inputs(inputs, out, series_format)
@@ -306,6 +310,8 @@ def segment_batch(
                 "refine": refine, "multimask": multimask}
     if any(item.path.is_dir() for item in items):  # only a DICOM series' output depends on it
         settings["series_format"] = series_format
+    if cleanup:  # absent when off, so folders written before clean-ups existed resume
+        settings["cleanup"] = list(cleanup)
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
     _check_settings(out, settings, overwrite)
     atomic_write_json(out / "segment.json", settings)
@@ -328,11 +334,12 @@ def segment_batch(
             os.unlink(stale)
     return _run(segmenter, pending, table, out, manifest, axis=axis, window=window, refine=refine,
                 multimask=multimask, workers=workers, progress=progress and rank == 0,
-                counts=(skipped, not_retried))
+                counts=(skipped, not_retried), cleanup=cleanup)
 
 
 def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifest: Path, *, axis: int, window: Any,
-         refine: bool, multimask: bool, workers: int, progress: bool, counts: tuple[int, int]) -> BatchResult:
+         refine: bool, multimask: bool, workers: int, progress: bool, counts: tuple[int, int],
+         cleanup: tuple[str, ...] = ()) -> BatchResult:
     from tqdm.auto import tqdm
 
     result = BatchResult(0, 0, *counts, images=0, volumes=0, seconds=0.0, waited=0.0, manifest=manifest)
@@ -352,9 +359,9 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
                 raise MedAdaptError("the prompts file has no prompts for it, and the model learned no classes to "
                                     "segment it automatically")
             if item.volume:
-                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask)
+                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask, cleanup)
             else:
-                labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask)
+                labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask, cleanup)
             segments = _segments(seg, labels, entry) if item.out.name.endswith(".dcm") else None
             _save(labels, item, record["affine"].numpy() if "affine" in record else None, segments)
             row.update(status="ok", error="")
