@@ -95,3 +95,15 @@ def test_evaluate_records_the_cleanup_it_scored(tmp_path):
     assert EvaluationReport.from_json(tmp_path / "ev" / "evaluation.json").cleanup == ("largest",)
     with pytest.raises(MedAdaptError, match="--cleanup"):
         evaluate_run(run, modes=["automatic"], cleanup=["holes", "smooth"], out_dir=tmp_path / "ev2")
+
+
+def test_the_command_line_refuses_a_cleanup_for_one_image_or_prompts(tmp_path, capsys):
+    from PIL import Image
+
+    from medadapt.cli import main
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--box", "1", "1", "8", "8", "--cleanup", "largest",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "--cleanup applies to a whole volume" in capsys.readouterr().err
+    assert not (tmp_path / "m.png").exists()
