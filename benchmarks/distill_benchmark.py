@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             from dataclasses import asdict
 
             want = json.loads(json.dumps(asdict(cfg.distill)))
-            had = {"rounds": 1, **(json.loads(made.read_text()).get("distill") or {})}  # made before rounds: one
+            # made before rounds existed: one round; before amp existed: float32
+            had = {"rounds": 1, "amp": "off", **(json.loads(made.read_text()).get("distill") or {})}
             if {**had, "val_every": None} != {**want, "val_every": None}:
                 raise SystemExit(f"{run}/student was distilled with other settings than {args.config}: delete "
                                  f"{run}/student and {run}/distill, or pass the overrides it was made with")
