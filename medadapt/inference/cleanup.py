@@ -16,8 +16,8 @@ clean-ups, both off unless asked for (``cleanup=`` of
   Slice by slice: a hole is rarely closed above and below as well, and with
   thick slices closure across them means little.
 
-``"largest"`` runs before ``"holes"`` whatever the order asked, so a hole left
-by a removed island is not filled. What each does to the reported benchmarks
+``"largest"`` runs before ``"holes"`` whatever the order asked: an island
+inside a hole is removed first, and the hole is then filled. What each does to the reported benchmarks
 is in ``docs/volumes.md``.
 """
 
