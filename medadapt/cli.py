@@ -60,7 +60,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.image, out=args.out, boxes=[[float(v) for v in b] for b in boxes],
             points=[[float(v) for v in p[:3]] + [_label(p[3])] for p in points], model=args.model,
             checkpoint=args.checkpoint, axis=args.axis, window=args.window, device=args.device,
-            adapter=args.adapter, refine=args.refine, overwrite=args.overwrite, cleanup=args.cleanup)
+            adapter=args.adapter, refine=args.refine, overwrite=args.overwrite, cleanup=_cleanup(args.cleanup))
         names = [f"class {t!r}" for t in result.labels] or ["object"]
         for name, area in zip(names, result.areas):
             print(f"{name}: {area} voxels")
@@ -107,7 +107,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         args.inputs, args.out, prompts=args.prompts, model=args.model, checkpoint=args.checkpoint,
         adapter=args.adapter, device=args.device, axis=args.axis, window=args.window, refine=args.refine,
         multimask=args.multimask, workers=args.workers, retry_failed=args.retry_failed, overwrite=args.overwrite,
-        progress=not args.no_progress, series_format=args.series_format, cleanup=args.cleanup,
+        progress=not args.no_progress, series_format=args.series_format, cleanup=_cleanup(args.cleanup),
     )
     parts = [f"{r.ok} written ({r.images} images, {r.volumes} volumes) in {r.seconds:.1f} s", f"{r.failed} failed",
              f"{r.skipped} already done"] + [f"{r.not_retried} failed before (--retry-failed retries them)"] * bool(
@@ -175,7 +175,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
         metrics=_csv(args.metrics), student=not args.no_student, tolerance=args.nsd_tolerance, units=args.units,
-        cleanup=args.cleanup,
+        cleanup=_cleanup(args.cleanup),
     )
     print(report.table())
     return 0
@@ -194,6 +194,11 @@ def split_pair(
 def _csv(value: str) -> list[str]:
     """``'dice, hd95'`` -> ``['dice', 'hd95']`` (empty items dropped; the library checks the names)."""
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _cleanup(value: str | None) -> list[str] | None:
+    """``--cleanup largest,holes`` -> ``['largest', 'holes']`` (the library names what it does not know)."""
+    return None if value is None else _csv(value)
 
 
 def _label(value: str) -> int:
@@ -251,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", action="store_true",
                    help="with --adapter and no prompt: re-prompt each class with a box around its own largest "
                         "component (self-prompting; no ground truth needed)")
-    p.add_argument("--cleanup", nargs="+", choices=("largest", "holes"), default=None, metavar="STEP",
-                   help="a volume in automatic mode: largest (each class keeps its largest 3-D component) and/or holes (holes filled slice by slice); see docs/volumes.md")
+    p.add_argument("--cleanup", default=None, metavar="LIST",
+                   help="a volume in automatic mode, comma-separated: largest (each class keeps its largest 3-D "
+                        "component), holes (holes filled slice by slice); see docs/volumes.md")
     p.add_argument("--text", action="append", default=None, metavar="NAME",
                    help="segment a named structure: with --adapter of a model trained with learned text "
                         "prompts, or zero-shot with --clip; repeat for several")
@@ -284,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "DICOM-SEG on the series' images (needs highdicom: pip install medadapt[dicom-seg])")
     p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
     p.add_argument("--refine", action="store_true", help="automatic mode: self-prompt each class (see predict)")
-    p.add_argument("--cleanup", nargs="+", choices=("largest", "holes"), default=None, metavar="STEP",
-                   help="automatic mode: largest (each class keeps its largest component, 3-D in a volume) and/or "
-                        "holes (holes filled slice by slice); see docs/volumes.md")
+    p.add_argument("--cleanup", default=None, metavar="LIST",
+                   help="automatic mode, comma-separated: largest (each class keeps its largest component, 3-D in a "
+                        "volume), holes (holes filled slice by slice); see docs/volumes.md")
     p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="DataLoader processes that read ahead (default min(2, CPUs); 0 reads in the main process)")
@@ -345,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score a learned text prompt against the class it names, e.g. 'LV cavity=left "
                         "ventricle'; repeatable")
     p.add_argument("--device", default=None)
-    p.add_argument("--cleanup", nargs="+", choices=("largest", "holes"), default=None, metavar="STEP",
-                   help="clean up the automatic and self-prompted label maps before scoring: largest (each class keeps its largest 3-D component) and/or holes (holes filled slice by slice)")
+    p.add_argument("--cleanup", default=None, metavar="LIST",
+                   help="clean up the automatic and self-prompted label maps before scoring, comma-separated: "
+                        "largest (each class keeps its largest 3-D component), holes (holes filled slice by slice)")
     p.add_argument("--no-student", action="store_true",
                    help="score the adapted decoder in automatic mode even when the run holds a distilled student")
     p.set_defaults(func=_cmd_evaluate)

@@ -266,7 +266,7 @@ def test_automatic_mode_on_a_dataset_from_the_command_line(tmp_path, capsys):
     assert written.shape == load_volume(data / "images" / "vol.nii.gz")[0].shape
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
     cleaned = tmp_path / "cleaned"  # each class's largest component, in 2-D and in 3-D
-    assert main([args[0], args[1], str(cleaned), *args[3:], "--cleanup", "largest"]) == 0
+    assert main([args[0], "--cleanup", "largest", args[1], str(cleaned), *args[3:]]) == 0  # before IN OUT too
     capsys.readouterr()
     changed = 0
     for i in range(4):
@@ -274,6 +274,8 @@ def test_automatic_mode_on_a_dataset_from_the_command_line(tmp_path, capsys):
         assert np.array_equal(load_mask(cleaned / name), keep_largest(load_mask(out / name)))
         changed += not np.array_equal(load_mask(cleaned / name), load_mask(out / name))
     assert changed  # the one-epoch model leaves islands for the clean-up to remove
+    assert main([args[0], args[1], str(cleaned), *args[3:]]) == 2  # resumed without the clean-up: refused
+    assert "cleanup" in capsys.readouterr().err
     assert np.array_equal(np.asarray(nib.load(cleaned / "images" / "vol.nii.gz").dataobj),
                           keep_largest(np.asarray(written.dataobj)))
     (tmp_path / "p.json").write_text(json.dumps({"images/000.png": {"boxes": [[2, 2, 30, 30]]}}))

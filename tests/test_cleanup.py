@@ -107,3 +107,5 @@ def test_the_command_line_refuses_a_cleanup_for_one_image_or_prompts(tmp_path, c
                  "--out", str(tmp_path / "m.png")]) == 2
     assert "--cleanup applies to a whole volume" in capsys.readouterr().err
     assert not (tmp_path / "m.png").exists()
+    assert main(["evaluate", "--cleanup", "largest,smooth", str(tmp_path)]) == 2  # a list, then the run
+    assert "unknown clean-up ['smooth']" in capsys.readouterr().err

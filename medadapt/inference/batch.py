@@ -211,7 +211,7 @@ def distributed_rank() -> tuple[int, int]:
     return rank, world
 
 
-_SETTING_DEFAULTS = {"series_format": "nifti"}
+_SETTING_DEFAULTS = {"series_format": "nifti", "cleanup": []}
 
 
 def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
@@ -310,8 +310,7 @@ def segment_batch(
                 "refine": refine, "multimask": multimask}
     if any(item.path.is_dir() for item in items):  # only a DICOM series' output depends on it
         settings["series_format"] = series_format
-    if cleanup:  # absent when off, so folders written before clean-ups existed resume
-        settings["cleanup"] = list(cleanup)
+    settings["cleanup"] = list(cleanup)  # a folder written before clean-ups existed reads as [] (none)
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
     _check_settings(out, settings, overwrite)
     atomic_write_json(out / "segment.json", settings)
