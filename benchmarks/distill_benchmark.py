@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         if made.is_file():  # a finished run is scored only if it is this recipe's
             from dataclasses import asdict
 
+            from medadapt.ssl.distill import recorded_settings
+
             want = json.loads(json.dumps(asdict(cfg.distill)))
-            # made before rounds existed: one round; before amp existed: float32
-            had = {"rounds": 1, "amp": "off", **(json.loads(made.read_text()).get("distill") or {})}
+            had = recorded_settings(json.loads(made.read_text()).get("distill"))
             if {**had, "val_every": None} != {**want, "val_every": None}:
                 raise SystemExit(f"{run}/student was distilled with other settings than {args.config}: delete "
                                  f"{run}/student and {run}/distill, or pass the overrides it was made with")

@@ -63,6 +63,16 @@ def score_student(student: Student, volumes: list[tuple[np.ndarray, np.ndarray]]
     return float(np.mean(per_volume)) if per_volume else float("nan")
 
 
+# what a distillation recorded before a setting existed ran with: one round, float32
+_RECORDED_DEFAULTS = {"rounds": 1, "amp": "off"}
+
+
+def recorded_settings(distill: dict | None) -> dict:
+    """A recorded ``distill`` section (``RUN/distill/settings.json``, ``RUN/student/student.json``) with the
+    settings it predates filled in as they ran, so it compares with a config of today."""
+    return {**_RECORDED_DEFAULTS, **(distill or {})}
+
+
 def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig, *, seed: int,
                 backbone: str, checkpoint: str | None = None, resume: bool = False,
                 log: Callable[[str], None] = print) -> Path:
@@ -77,8 +87,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         raise MedAdaptError(f"{work} holds a distillation already: add --resume to continue it, or delete {work}")
     if resume and saved.is_file():
         before = json.loads(saved.read_text())
-        before["distill"].setdefault("rounds", 1)  # recorded before rounds existed: one round
-        before["distill"].setdefault("amp", "off")  # recorded before amp existed: float32
+        before["distill"] = recorded_settings(before["distill"])
         changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
                          if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every"
                          and not (k == "rounds" and config.rounds > before["distill"]["rounds"]))  # more rounds: on
@@ -140,4 +149,4 @@ def _plain(value):
     return value
 
 
-__all__ = ["distill_run", "score_student", "volume_dice"]
+__all__ = ["distill_run", "recorded_settings", "score_student", "volume_dice"]
