@@ -229,6 +229,28 @@ def test_bf16_autocast_trains_float32_weights_to_another_result(tmp_path):
         DistillConfig(amp="fp16")
 
 
+def test_affine_views_move_images_labels_and_confidences_together(tmp_path):
+    from medadapt.ssl.student_training import affine_batch
+
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    label[:, 8:20, 10:24] = 1
+    image = label[:, None].float() * 3 - 1  # the image is its label, so both must move alike
+    conf = torch.full((4, 32, 32), 255, dtype=torch.uint8)
+    same = affine_batch([image, label, conf], 0.0, 20.0, (0.85, 1.15), gen)
+    assert all(torch.equal(a, b) for a, b in zip(same, [image, label, conf]))
+    x, y, w = affine_batch([image, label, conf], 1.0, 30.0, (0.7, 0.8), gen)
+    assert x.dtype == image.dtype and y.dtype == torch.uint8 and w.dtype == torch.uint8
+    assert not torch.equal(y, label)  # rotated and zoomed out
+    assert ((x[:, 0] > 0.5) == (y == 1)).float().mean() > 0.97
+    assert (w == 0).any() and (w[:, 16, 16] == 255).all()  # from outside the slice: no confidence
+    assert (y.flatten(1).sum(1) < label.flatten(1).sum(1)).all()  # zoomed out: the structure shrinks
+    with pytest.raises(MedAdaptError, match=r"distill\.zoom"):
+        DistillConfig(zoom=[1.2, 0.9])
+    with pytest.raises(MedAdaptError, match=r"distill\.affine"):
+        DistillConfig(affine=2.0)
+
+
 def test_confidence_threshold_decides_which_pseudo_pixels_count(tmp_path):
     scfg, lab, pse = _banks()
     for threshold, expect in ((0.0, 1.0), (0.999, 0.0)):

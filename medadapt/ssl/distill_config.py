@@ -26,7 +26,10 @@ class DistillConfig:
     (``pseudo_weight``) and against the student's own EMA teacher on the weak
     view where that teacher is at least ``consistency_threshold`` sure
     (``consistency_weight``, ramped up over the first ``rampup`` share of the
-    steps). The EMA teacher is what is saved as the student.
+    steps). The EMA teacher is what is saved as the student. Both batches
+    are flipped and turned by quarter turns at random; ``affine`` (a share of
+    the slices) adds a rotation of up to ``rotate`` degrees and a zoom drawn
+    from ``zoom``.
 
     ``amp``: the student's forward passes under bfloat16 autocast (weights,
     optimiser and losses stay float32). ``"off"`` (the default) never;
@@ -60,6 +63,9 @@ class DistillConfig:
     intensity: float = 0.5
     cutmix: float = 0.5
     mix_area: tuple[float, float] = (0.25, 0.5)
+    affine: float = 0.0
+    rotate: float = 20.0
+    zoom: tuple[float, float] = (0.85, 1.15)
     rounds: int = 1
     amp: str = "off"
     val_every: int = 250
@@ -74,6 +80,7 @@ class DistillConfig:
             self.amp = "off"
         check_fields(self, "distill")
         self.mix_area = tuple(float(v) for v in self.mix_area)
+        self.zoom = tuple(float(v) for v in self.zoom)
         check_ranges(self, "distill", RANGES)
 
 
@@ -96,6 +103,9 @@ RANGES: Ranges = {
     "intensity": (lambda v: 0.0 <= v <= 1.0, "a strength in [0, 1]"),
     "cutmix": (_unit, "a probability in [0, 1]"),
     "mix_area": (lambda v: len(v) == 2 and 0.0 < v[0] <= v[1] < 1.0, "[low, high] shares of the image in (0, 1)"),
+    "affine": (_unit, "a share of the slices in [0, 1]"),
+    "rotate": (lambda v: 0.0 <= v <= 180.0, "an angle in degrees in [0, 180]"),
+    "zoom": (lambda v: len(v) == 2 and 0.25 <= v[0] <= v[1] <= 4.0, "[low, high] zoom factors in [0.25, 4]"),
     "rounds": (lambda v: 1 <= v <= 100, "a whole number of rounds in 1..100"),
     "amp": (lambda v: v in ("auto", "bf16", "off"), "auto | bf16 | off"),
     "val_every": (lambda v: 1 <= v, "a number of steps >= 1"),

@@ -84,6 +84,33 @@ def dihedral_batch(tensors: Sequence[torch.Tensor], gen: torch.Generator) -> lis
     return out
 
 
+def affine_batch(tensors: Sequence[torch.Tensor], share: float, rotate: float, zoom: tuple[float, float],
+                 gen: torch.Generator) -> list[torch.Tensor]:
+    """A random rotation (up to ``rotate`` degrees either way) and zoom (a factor in ``zoom``) for a ``share``
+    of the samples, the same per sample for every tensor (B x C x S x S images, bilinear; B x S x S label
+    maps and confidences, nearest). What comes in from outside the slice is zero: background with no
+    confidence, and the slice's own edge for images."""
+    b = tensors[0].shape[0]
+    r = torch.rand(b, 3, generator=gen)
+    pick = r[:, 0] < share
+    if share <= 0 or not bool(pick.any()):
+        return list(tensors)
+    angle = torch.deg2rad((r[:, 1] * 2 - 1) * rotate)
+    factor = zoom[0] + (zoom[1] - zoom[0]) * r[:, 2]
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    theta[~pick] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = []
+    for t in tensors:
+        image = t.is_floating_point() and t.ndim == 4
+        v = t.float() if image else t[:, None].float()
+        grid = F.affine_grid(theta.to(v.device), list(v.shape), align_corners=False)
+        w = F.grid_sample(v, grid, mode="bilinear" if image else "nearest",
+                          padding_mode="border" if image else "zeros", align_corners=False)
+        out.append(w.to(t.dtype) if image else w[:, 0].round().to(t.dtype))
+    return out
+
+
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice over the foreground classes, counting pixels by ``weight`` (B x S x S)."""
     probs = logits.float().softmax(1)[:, 1:]
@@ -171,18 +198,24 @@ class StudentTrainer:
         """bfloat16 autocast for the forward passes when ``amp`` asks for it (losses are taken in float32)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    def _geometric(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The weak view's geometry: a flip and quarter turn, then (``affine``) a small rotation and zoom."""
+        cfg = self.cfg
+        views = dihedral_batch(tensors, self.gen)
+        return affine_batch(views, cfg.affine, cfg.rotate, cfg.zoom, self.gen) if cfg.affine > 0 else views
+
     def train_step(self) -> dict[str, float]:
         cfg, gen = self.cfg, self.gen
         self.net.train()
         il = torch.randint(0, len(self.labeled), (cfg.batch_size,), generator=gen)
-        xl, yl = (t.to(self.device) for t in dihedral_batch([self.labeled.x[il].float(), self.labeled.y[il]], gen))
+        xl, yl = (t.to(self.device) for t in self._geometric([self.labeled.x[il].float(), self.labeled.y[il]]))
         xl = intensity(xl, cfg.intensity, gen)
         parts = {}
         use_u = cfg.unlabeled_batch_size > 0 and len(self.pseudo) > 0
         if use_u:
             iu = torch.randint(0, len(self.pseudo), (cfg.unlabeled_batch_size,), generator=gen)
             xw, yu, wu = (t.to(self.device) for t in
-                          dihedral_batch([self.pseudo.x[iu].float(), self.pseudo.y[iu], self.pseudo.w[iu]], gen))
+                          self._geometric([self.pseudo.x[iu].float(), self.pseudo.y[iu], self.pseudo.w[iu]]))
             self.ema.eval()
             with torch.no_grad(), self._autocast():
                 pt = self.ema(xw).float().softmax(1)
@@ -263,4 +296,4 @@ class StudentTrainer:
         atomic_write_text(self.folder / "log.csv", buf.getvalue())
 
 
-__all__ = ["SliceBank", "StudentTrainer", "dihedral_batch", "masked_ce", "slice_bank", "soft_dice"]
+__all__ = ["SliceBank", "StudentTrainer", "affine_batch", "dihedral_batch", "masked_ce", "slice_bank", "soft_dice"]
