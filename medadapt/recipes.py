@@ -46,8 +46,6 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
         if raw["distill"] is not True and not isinstance(raw["distill"], dict):
             raise MedAdaptError(f"distill must be a section of settings ({{}} for the defaults) or null; got {raw['distill']!r}")
         section = dict(raw["distill"]) if isinstance(raw["distill"], dict) else {}
-        if section.get("amp") is False:  # YAML reads a bare `off` as false
-            section["amp"] = "off"
         raw["distill"] = build_dataclass(DistillConfig, section, "distill")
     cfg = build_config(FinetuneConfig, raw)
     if cfg.ssl is not None and not cfg.prompts.automatic:

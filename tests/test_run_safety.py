@@ -195,6 +195,22 @@ def test_yaml_numbers_and_bad_overrides(tmp_path):
         load_config(path, ["prompts=yes"])
 
 
+def test_yaml_on_and_off_read_as_the_setting_means_them(tmp_path):
+    from medadapt.recipes import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: x, classes: [1]}\ntrain: {amp: off}\nprompts: {automatic: yes}\n"
+                    "distill: {amp: off, tta: no}\n")
+    cfg = load_config(path)
+    assert cfg.train.amp == "off" and cfg.distill.amp == "off"  # text settings keep the word
+    assert cfg.prompts.automatic is True and cfg.distill.tta is False  # true-or-false settings read it as one
+    assert load_config(path, ["train.amp=bf16", "distill.tta=on"]).distill.tta is True
+    with pytest.raises(MedAdaptError, match=r"train\.amp.*'on'"):
+        load_config(path, ["train.amp=on"])
+    with pytest.raises(MedAdaptError, match=r"prompts\.automatic: 'maybe' is not true or false"):
+        load_config(path, ["prompts.automatic=maybe"])
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", '{"backbone": "tiny_sam_vit"}', "{not json", '{"adapter": 3}'])
 def test_a_broken_adapter_description_is_one_line(tmp_path, text):
     from medadapt.adapters import read_adapter_info

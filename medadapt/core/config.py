@@ -8,15 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import reprlib
 import types
 import typing
 from dataclasses import fields
 from typing import Any, Callable, Literal, Sequence, TypeVar, Union
 
+import yaml
+
 from .errors import MedAdaptError
 
 T = TypeVar("T")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as configs mean it: only ``true`` and ``false`` are booleans (YAML 1.2). YAML 1.1 also reads
+    ``yes``, ``no``, ``on`` and ``off`` as booleans, so ``amp: off`` would reach a text setting as false."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+#: the YAML 1.1 booleans that :func:`load_yaml` leaves as text, read as booleans where a setting is one
+_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def load_yaml(text: str) -> Any:
+    """Parse a config or an override value (safe: no Python objects). ``yes``/``no``/``on``/``off`` stay text,
+    so a text setting keeps them as written; a true-or-false setting still accepts them (see
+    :func:`build_dataclass`). Raises ``yaml.YAMLError`` on invalid YAML."""
+    return yaml.load(text, Loader=_ConfigLoader)
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
@@ -36,7 +61,8 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str) -> T:
     dataclasses given as mappings): ``epochs: "ten"``, ``epochs: 1.5`` or
     ``lr: fast`` is a one-line error naming the key, the value and what is
     allowed. A number written the way YAML reads as text (``3e-4``) is
-    accepted where a float is expected. Ranges are checked by each config.
+    accepted where a float is expected, and ``yes``/``no``/``on``/``off``
+    where a boolean is. Ranges are checked by each config.
     """
     if not isinstance(data, dict):
         raise MedAdaptError(f"'{where}' must be a mapping of keys to values (a YAML section); got {short_repr(data)}")
@@ -93,6 +119,8 @@ def _checked(value: Any, hint: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if isinstance(value, str) and value.lower() in _WORDS and not _fits(value, hint) and _fits(True, hint):
+        return _WORDS[value.lower()]  # `yes`/`no`/`on`/`off` where a boolean is wanted
     if not _fits(value, hint):
         raise MedAdaptError(f"{key}: {short_repr(value)} is not {_describe(hint)}")
     return value

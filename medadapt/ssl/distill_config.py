@@ -76,8 +76,6 @@ class DistillConfig:
             from ..core.config import build_dataclass
 
             self.student = build_dataclass(StudentConfig, self.student, "distill.student")
-        if self.amp is False:  # YAML reads a bare `off` as false
-            self.amp = "off"
         check_fields(self, "distill")
         self.mix_area = tuple(float(v) for v in self.mix_area)
         self.zoom = tuple(float(v) for v in self.zoom)

@@ -18,7 +18,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from ..adapters.config import AdapterConfig, LearnedTextConfig
-from ..core.config import build_dataclass, check_ranges
+from ..core.config import build_dataclass, check_ranges, load_yaml
 from ..core.errors import MedAdaptError
 
 C = TypeVar("C", bound="TrainingConfig")
@@ -217,7 +217,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if not isinstance(node, dict):
                 raise MedAdaptError(f"override {key}: {p} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = load_yaml(value)
         except yaml.YAMLError as exc:
             first = str(exc).strip().splitlines()[0]
             raise MedAdaptError(f"override {item!r}: the value is not valid YAML ({first}); quote text values") from None
@@ -235,7 +235,7 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
     if not p.is_file():
         raise MedAdaptError(f"config not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise MedAdaptError(f"config {p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):

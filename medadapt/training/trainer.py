@@ -43,6 +43,7 @@ from ..adapters import (
     set_train_mode,
     trainable_state,
 )
+from ..core.config import load_yaml
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text
@@ -494,10 +495,10 @@ def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = 
     Both sides go through the same YAML round trip, so a tuple in memory
     equals the list it was saved as.
     """
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    now = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    saved = load_yaml((run / "config.yaml").read_text())
+    now = load_yaml(yaml.safe_dump(config.to_dict(), sort_keys=False))
     # a section added to the recipe after the run was written counts as its defaults
-    defaults = yaml.safe_load(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
+    defaults = load_yaml(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
                          {k: v for k, v in now.items() if k not in ignore})
