@@ -31,23 +31,14 @@ VARIANTS = {"none": (), "largest": ("largest",), "holes": ("holes",), "largest +
 
 def _predict(run: Path, split: str, modes: list[str], student: bool) -> tuple[list[str], list[str], dict]:
     """(class names, case ids, {mode: [(prediction, ground truth)]}) for every case of ``split``."""
-    from medadapt.adapters import read_adapter_info
-    from medadapt.data import load_volume_case
-    from medadapt.evaluation.evaluate import _cases, _data_config, _predict_slices, _run_paths
-    from medadapt.inference import Segmenter
+    from medadapt.evaluation import predict_split
 
-    adapter, run_dir = _run_paths(run)
-    config = _data_config(None, run_dir)
-    cases = _cases(config, split, None)
-    seg = Segmenter.from_pretrained(read_adapter_info(adapter)["backbone"], adapter=adapter, student=student)
-    values = list(range(1, len(seg.classes) + 1))
-    out: dict[str, list] = {m: [] for m in modes}
-    for case in cases:
-        volume, label = load_volume_case(case, config)
-        preds = _predict_slices(seg, list(volume), list(label), values, modes)
+    classes, ids, out = [], [], {m: [] for m in modes}
+    for case in predict_split(run, split, modes, student=student):
+        classes, ids = case.classes, ids + [case.case_id]
         for m in modes:
-            out[m].append((preds[m], np.asarray(label)))
-    return list(seg.classes), [c.case_id for c in cases], out
+            out[m].append((case.predictions[m], case.label))
+    return classes, ids, out
 
 
 def _score(pairs: list, n_classes: int) -> dict:

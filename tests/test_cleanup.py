@@ -109,3 +109,26 @@ def test_the_command_line_refuses_a_cleanup_for_one_image_or_prompts(tmp_path, c
     assert not (tmp_path / "m.png").exists()
     assert main(["evaluate", "--cleanup", "largest,smooth", str(tmp_path)]) == 2  # a list, then the run
     assert "unknown clean-up ['smooth']" in capsys.readouterr().err
+
+
+def test_predict_split_gives_the_predictions_evaluate_scores(tmp_path):
+    from conftest import tiny_run, two_class_dataset
+
+    from medadapt.evaluation import dice_per_class, predict_split
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    root = two_class_dataset(tmp_path / "data", n=5)
+    run = tiny_run(root, tmp_path / "runs", labeled=["000", "001", "002"], val=["003", "004"])
+    cases = list(predict_split(run, "val", ["automatic", "box"]))
+    assert [c.case_id for c in cases] == ["003", "004"]
+    report = evaluate_run(run, modes=["automatic"], metrics=["dice"], out_dir=tmp_path / "ev")
+    for case in cases:
+        auto, box = case.predictions["automatic"], case.predictions["box"]
+        assert auto.shape == case.label.shape and box.shape == (len(case.classes), *case.label.shape)
+        dice = dice_per_class(auto, case.label, list(range(1, len(case.classes) + 1)))
+        scored = {r.class_name: r.dice for r in report.results if r.case_id == case.case_id}
+        assert scored == pytest.approx({n: dice[k + 1] for k, n in enumerate(case.classes)}, nan_ok=True)
+    with pytest.raises(MedAdaptError, match="unknown mode"):
+        next(predict_split(run, "val", ["scribble"]))
+    with pytest.raises(MedAdaptError, match="split 'test' has no cases"):
+        next(predict_split(run, "test"))
