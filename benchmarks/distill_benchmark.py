@@ -12,7 +12,9 @@ run the same command again after an interruption. Choices (the recipe's
 settings, the decoder's best epoch) are made on val; the test split is never
 used for a choice, and the student is the last step's EMA teacher.
 Written to ``benchmarks/results/DATASET/EXPERIMENT`` (default: the recipe's
-name, e.g. ``acdc/distill_3labeled``).
+name, e.g. ``acdc/distill_3labeled``). Prose the tables cannot say (the split,
+the wall time by stage, what falls short) is kept in ``about.md`` in that
+folder and included in ``summary.md`` each time the script writes it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import parse_result, write_result  # noqa: E402
+from benchmarks.common import parse_result, result_dir, write_result  # noqa: E402
 
 ARMS = ("student", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         for arm in (a for a in ARMS if f"{split}:{a}" in next(iter(results.values()))):
             vals = [r[f"{split}:{arm}"]["mean"] for r in results.values()]
             lines.append(f"| mean of {len(vals)} | {arm} | " + " | " * (len(classes) - 1) + f" | **{sum(vals) / len(vals):.3f}** | |")
+    about = result_dir(dataset, experiment) / "about.md"  # what the tables cannot say, kept beside them
     md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, args.seeds))}. "
           "Automatic mode throughout (no ground truth makes a prompt): the distilled student, the adapted decoder "
           "alone, and the decoder self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
              "weight (`distill.pseudo_weight=0`), in `RUN_peer/`: a FixMatch / mean-teacher-style semi-supervised "
              "UNet at the student's budget. Its later rounds train on from the previous round with the schedule "
              "restarted; the relabelled slices carry no weight there either.\n" if args.peer else "")
+          + (f"\n{about.read_text().strip()}\n" if about.is_file() else "")
           + "\n".join(lines) + "\n")
     path = write_result(dataset, experiment, {"seeds": results}, md)
     print(md)
