@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, args.seeds))}. "
           "Automatic mode throughout (no ground truth makes a prompt): the distilled student, the adapted decoder "
           "alone, and the decoder self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
-          + (" UNet peer (no pseudo-labels): the student's network, steps, rounds, batches, augmentations and "
+          + ("\nUNet peer (no pseudo-labels): the student's network, steps, rounds, batches, augmentations and "
              "EMA-teacher consistency on the same unlabelled slices, with the foundation pseudo-labels given no "
              "weight (`distill.pseudo_weight=0`), in `RUN_peer/`: a FixMatch / mean-teacher-style semi-supervised "
              "UNet at the student's budget. Its later rounds train on from the previous round with the schedule "
