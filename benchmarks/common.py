@@ -167,6 +167,17 @@ def write_result(dataset: str, experiment: str, payload: dict, markdown: str, *,
     return atomic_write_text(folder / "summary.md", md)
 
 
+def copy_for_distillation(run: Path, twin: Path) -> None:
+    """Make ``twin`` a distillable copy of the distilled run ``run``: its config, adapter and foundation
+    pseudo-labels (not its student), unless ``twin`` holds a config already (a resumed copy)."""
+    if (twin / "config.yaml").is_file():
+        return
+    twin.mkdir(exist_ok=True)
+    shutil.copyfile(run / "config.yaml", twin / "config.yaml")
+    shutil.copytree(run / "adapter", twin / "adapter", dirs_exist_ok=True)
+    shutil.copytree(run / "distill" / "pseudo", twin / "distill" / "pseudo", dirs_exist_ok=True)
+
+
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (``sync`` waits for a GPU)."""
     for _ in range(warmup):

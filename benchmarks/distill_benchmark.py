@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import parse_result, result_dir, write_result  # noqa: E402
+from benchmarks.common import copy_for_distillation, parse_result, result_dir, write_result  # noqa: E402
 
 ARMS = ("student", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
 
@@ -59,18 +59,12 @@ def _evaluate(run: Path, split: str, student: bool) -> tuple[dict, float | None]
 
 def _peer(run: Path) -> Path:
     """RUN_peer: the run's config, adapter and cached slices, distilled with ``distill.pseudo_weight=0``."""
-    import shutil
-
     from medadapt.recipes import distill
 
     peer = run.parent / f"{run.name}_peer"
     if (peer / "student" / "student.json").is_file():
         return peer
-    if not (peer / "config.yaml").is_file():
-        peer.mkdir(exist_ok=True)
-        shutil.copyfile(run / "config.yaml", peer / "config.yaml")
-        shutil.copytree(run / "adapter", peer / "adapter", dirs_exist_ok=True)
-        shutil.copytree(run / "distill" / "pseudo", peer / "distill" / "pseudo", dirs_exist_ok=True)
+    copy_for_distillation(run, peer)
     t0 = time.perf_counter()
     distill(peer, ["distill.pseudo_weight=0"], resume=(peer / "distill" / "state.pt").is_file())
     times_path = peer / "benchmark_times.json"

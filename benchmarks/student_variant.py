@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import parse_result, result_name, write_result  # noqa: E402
+from benchmarks.common import copy_for_distillation, parse_result, result_name, write_result  # noqa: E402
 
 
 def _log(path: Path) -> list[dict]:
@@ -47,11 +46,7 @@ def _variant(run: Path, twin: Path, overrides: list[str]) -> None:
             raise SystemExit(f"{twin}/student was distilled with other settings than --set {' '.join(overrides)}: "
                              f"delete {twin} or pass the settings it was made with")
         return
-    if not (twin / "config.yaml").is_file():
-        twin.mkdir(exist_ok=True)
-        shutil.copyfile(run / "config.yaml", twin / "config.yaml")
-        shutil.copytree(run / "adapter", twin / "adapter", dirs_exist_ok=True)
-        shutil.copytree(run / "distill" / "pseudo", twin / "distill" / "pseudo", dirs_exist_ok=True)
+    copy_for_distillation(run, twin)
     distill(twin, overrides, resume=(twin / "distill" / "state.pt").is_file())
 
 
