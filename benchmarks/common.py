@@ -178,6 +178,24 @@ def copy_for_distillation(run: Path, twin: Path) -> None:
     shutil.copytree(run / "distill" / "pseudo", twin / "distill" / "pseudo", dirs_exist_ok=True)
 
 
+def has_student(run: Path, settings, fix: str) -> bool:
+    """Whether ``run`` holds a finished student; refuses (SystemExit) one made with other ``distill:``
+    settings than ``settings`` (a :class:`~medadapt.ssl.distill.DistillConfig`; ``val_every`` may differ).
+    ``fix`` ends the message: what to delete or pass instead."""
+    from dataclasses import asdict
+
+    from medadapt.ssl.distill import recorded_settings
+
+    made = run / "student" / "student.json"
+    if not made.is_file():
+        return False
+    want = json.loads(json.dumps(asdict(settings)))
+    had = recorded_settings(json.loads(made.read_text()).get("distill"))
+    if {**had, "val_every": None} != {**want, "val_every": None}:
+        raise SystemExit(f"{run}/student was distilled with other settings than {fix}")
+    return True
+
+
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (``sync`` waits for a GPU)."""
     for _ in range(warmup):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import copy_for_distillation, parse_result, result_dir, write_result  # noqa: E402
+from benchmarks.common import copy_for_distillation, has_student, parse_result, result_dir, write_result  # noqa: E402
 
 ARMS = ("student", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
 
@@ -100,18 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         times_path = run / "benchmark_times.json"
         times = json.loads(times_path.read_text()) if times_path.is_file() else {}
         t0 = time.perf_counter()
-        made = run / "student" / "student.json"
-        if made.is_file():  # a finished run is scored only if it is this recipe's
-            from dataclasses import asdict
-
-            from medadapt.ssl.distill import recorded_settings
-
-            want = json.loads(json.dumps(asdict(cfg.distill)))
-            had = recorded_settings(json.loads(made.read_text()).get("distill"))
-            if {**had, "val_every": None} != {**want, "val_every": None}:
-                raise SystemExit(f"{run}/student was distilled with other settings than {args.config}: delete "
-                                 f"{run}/student and {run}/distill, or pass the overrides it was made with")
-        if not made.is_file():
+        if not has_student(run, cfg.distill, f"{args.config}: delete {run}/student and {run}/distill, or pass the "
+                           "overrides it was made with"):
             finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
             times["finetune_and_distill_s"] = times.get("finetune_and_distill_s", 0.0) + time.perf_counter() - t0
             run.mkdir(parents=True, exist_ok=True)

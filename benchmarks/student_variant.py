@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import copy_for_distillation, parse_result, result_name, write_result  # noqa: E402
+from benchmarks.common import copy_for_distillation, has_student, parse_result, result_name, write_result  # noqa: E402
 
 
 def _log(path: Path) -> list[dict]:
@@ -36,15 +34,10 @@ def _variant(run: Path, twin: Path, overrides: list[str]) -> None:
     """Distil ``twin`` (a copy of ``run``'s config, adapter and pseudo-labels) with ``overrides``, unless it holds
     a student made with exactly these settings."""
     from medadapt.recipes import distill, load_config
-    from medadapt.ssl.distill import recorded_settings
 
-    made = twin / "student" / "student.json"
-    if made.is_file():
-        want = json.loads(json.dumps(asdict(load_config(twin / "config.yaml", overrides).distill)))
-        had = recorded_settings(json.loads(made.read_text()).get("distill"))
-        if {**had, "val_every": None} != {**want, "val_every": None}:
-            raise SystemExit(f"{twin}/student was distilled with other settings than --set {' '.join(overrides)}: "
-                             f"delete {twin} or pass the settings it was made with")
+    settings = load_config(twin / "config.yaml", overrides).distill if (twin / "config.yaml").is_file() else None
+    if settings is not None and has_student(twin, settings, f"--set {' '.join(overrides)}: delete {twin} or pass "
+                                            "the settings it was made with"):
         return
     copy_for_distillation(run, twin)
     distill(twin, overrides, resume=(twin / "distill" / "state.pt").is_file())

@@ -128,7 +128,7 @@ def test_predict_split_gives_the_predictions_evaluate_scores(tmp_path):
         dice = dice_per_class(auto, case.label, list(range(1, len(case.classes) + 1)))
         scored = {r.class_name: r.dice for r in report.results if r.case_id == case.case_id}
         assert scored == pytest.approx({n: dice[k + 1] for k, n in enumerate(case.classes)}, nan_ok=True)
-    with pytest.raises(MedAdaptError, match="unknown mode"):
+    with pytest.raises(MedAdaptError, match="unknown evaluation mode"):
         next(predict_split(run, "val", ["scribble"]))
     with pytest.raises(MedAdaptError, match="split 'test' has no cases"):
         next(predict_split(run, "test"))

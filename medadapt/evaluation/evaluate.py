@@ -141,6 +141,30 @@ def _cases(config: DataConfig, split: str, data: str | os.PathLike | None):
     return splits[split]
 
 
+def _check_request(modes: Sequence[str], limit: int | None) -> None:
+    """Refuse unknown modes and a ``limit`` that is not a case count, before anything is read."""
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise MedAdaptError(f"unknown evaluation mode(s) {bad or list(modes)}; choose from {list(MODES)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MedAdaptError(f"--limit must be a number of cases >= 1 (score the first N cases); got {limit!r}")
+
+
+def _load_model(adapter: Path, info: dict, config: DataConfig, device: str | None,
+                student: bool) -> tuple[Segmenter, list[str]]:
+    """The run's model and its class names, refused when the data config names other classes."""
+    seg = Segmenter.from_pretrained(info["backbone"], adapter=adapter, device=device, student=student)
+    names = list(info.get("metadata", {}).get("class_names") or seg.classes)
+    if not names:
+        raise MedAdaptError(f"adapter {adapter} has no class names in its metadata")
+    if len(config.classes) != len(names):
+        raise MedAdaptError(
+            f"the data config names {len(config.classes)} classes {config.classes} but the adapter has "
+            f"{len(names)} {names}; data.classes must list the adapter's classes in the same order"
+        )
+    return seg, names
+
+
 def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) -> dict[str, np.ndarray]:
     """Every mode for every slice, encoding each slice once.
 
@@ -258,9 +282,7 @@ def evaluate_run(
         cleanup = check_cleanup(cleanup)
     except MedAdaptError as exc:
         raise MedAdaptError(f"--cleanup: {exc}") from exc
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise MedAdaptError(f"unknown evaluation mode(s) {bad or list(modes)}; choose from {list(MODES)}")
+    _check_request(modes, limit)
     metrics = list(dict.fromkeys(metrics))
     if any(m not in METRICS for m in metrics) or "dice" not in metrics:
         raise MedAdaptError(
@@ -273,8 +295,6 @@ def evaluate_run(
         raise MedAdaptError(f"--tolerance: {exc} (the NSD tolerance, in mm, or pixels for 2-D images)") from exc
     if units not in UNITS:
         raise MedAdaptError(f"--units {units!r}: choose auto (mm where the data has a voxel spacing), mm or px")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise MedAdaptError(f"--limit must be a number of cases >= 1 (score the first N cases); got {limit!r}")
     adapter, run_dir = _run_paths(run)
     out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
     if out.exists() and not out.is_dir():
@@ -297,16 +317,7 @@ def evaluate_run(
             "NSD are in pixels for every case, the volumes' spacing unused",
             stacklevel=2,
         )
-    seg = Segmenter.from_pretrained(info["backbone"], adapter=adapter, device=device, student=student)
-    meta = info.get("metadata", {})
-    names = meta.get("class_names") or seg.classes
-    if not names:
-        raise MedAdaptError(f"adapter {adapter} has no class names in its metadata")
-    if len(config.classes) != len(names):
-        raise MedAdaptError(
-            f"the data config names {len(config.classes)} classes {config.classes} but the adapter has "
-            f"{len(names)} {list(names)}; data.classes must list the adapter's classes in the same order"
-        )
+    seg, names = _load_model(adapter, info, config, device, student)
     values = list(range(1, len(names) + 1))  # labels are remapped to 1..C in class order by the data loader
     texts = dict(texts or {})
     wrong = {t: c for t, c in texts.items() if c not in names}

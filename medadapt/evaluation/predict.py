@@ -17,8 +17,7 @@ import numpy as np
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
 from ..data import load_volume_case
-from ..inference.predictor import Segmenter
-from .evaluate import MODES, _cases, _data_config, _predict_slices, _run_paths
+from .evaluate import _cases, _check_request, _data_config, _load_model, _predict_slices, _run_paths
 
 
 @dataclass
@@ -41,17 +40,11 @@ def predict_split(run: str | os.PathLike, split: str = "val", modes: Sequence[st
                   student: bool = True) -> Iterator[CasePrediction]:
     """Predict every case of ``split`` (as :func:`~medadapt.evaluation.evaluate.evaluate_run` reads ``run``,
     ``data``, ``split``, ``limit`` and ``student``), yielding one :class:`CasePrediction` at a time."""
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise MedAdaptError(f"unknown mode(s) {bad or list(modes)}; choose from {list(MODES)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise MedAdaptError(f"limit must be a number of cases >= 1; got {limit!r}")
+    _check_request(modes, limit)
     adapter, run_dir = _run_paths(run)
     config = _data_config(data, run_dir)
     cases = _cases(config, split, data)[:limit]  # found before the model loads: a wrong split fails fast
-    seg = Segmenter.from_pretrained(read_adapter_info(adapter)["backbone"], adapter=adapter, device=device,
-                                    student=student)
-    classes = list(seg.classes)
+    seg, classes = _load_model(adapter, read_adapter_info(adapter), config, device, student)
     values = list(range(1, len(classes) + 1))  # the data loader maps labels to 1..C in class order
     for case in cases:
         volume, label = load_volume_case(case, config)
