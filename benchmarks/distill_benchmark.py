@@ -6,8 +6,10 @@
 For each seed: ``medadapt finetune RECIPE train.seed=S name=NAME_sS`` (the
 adapted foundation model; its ``distill:`` section then distils the student
 into ``RUN/student/``), then ``medadapt evaluate`` on the recipe's ``test``
-split and ``val`` split in automatic mode: the student, the adapted decoder
-alone (``--no-student``) and the decoder self-prompted. Every stage resumes:
+split and ``val`` split in automatic mode: the student, the student's masks
+self-prompted through the decoder (``--refine``), the adapted decoder alone
+(``--no-student``) and the decoder self-prompted. Which of the student's two
+answers a seed reports is chosen on val. Every stage resumes:
 run the same command again after an interruption. Choices (the recipe's
 settings, the decoder's best epoch) are made on val; the test split is never
 used for a choice, and the student is the last step's EMA teacher.
@@ -15,6 +17,8 @@ Written to ``benchmarks/results/DATASET/EXPERIMENT`` (default: the recipe's
 name, e.g. ``acdc/distill_3labeled``). Prose the tables cannot say (the split,
 the wall time by stage, what falls short) is kept in ``about.md`` in that
 folder and included in ``summary.md`` each time the script writes it.
+``--finished-only`` writes the report from the seeds (and peers) already
+finished, and trains nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import copy_for_distillation, has_student, parse_result, result_dir, write_result  # noqa: E402
 
-ARMS = ("student", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
+ARMS = ("student", "student, self-prompted", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
+STUDENT_ANSWERS = ("student", "student, self-prompted")  # the student's automatic answers; one is chosen on val
 
 
 def _summary(report, mode: str) -> dict:
@@ -39,22 +44,48 @@ def _summary(report, mode: str) -> dict:
             "mean": mean["dice_mean"], "hd95": mean["hd95_mean"], "cases": mean["n"]}
 
 
-def _evaluate(run: Path, split: str, student: bool) -> tuple[dict, float | None]:
-    """{arm: summary} for the student (automatic) or the decoder (automatic and self-prompted, one encoding)."""
+def _evaluate(run: Path, split: str, answer: str) -> tuple[dict, float | None]:
+    """{arm: summary} for ``answer``: ``student`` (automatic), ``refined`` (the student's masks self-prompted
+    through the decoder) or ``decoder`` (automatic and self-prompted, one encoding)."""
     from medadapt.evaluation.evaluate import evaluate_run
     from medadapt.evaluation.report import EvaluationReport
 
-    out = run / f"eval_{split}_{'student' if student else 'decoder'}"
-    modes = ["automatic"] if student else ["automatic", "self-prompted"]
+    out = run / f"eval_{split}_{answer}"
+    student, modes = {"student": (True, ["automatic"]), "refined": (True, ["self-prompted"]),
+                      "decoder": (False, ["automatic", "self-prompted"])}[answer]
     t0 = time.perf_counter()
     if (out / "evaluation.json").is_file():
         report, seconds = EvaluationReport.from_json(out / "evaluation.json"), None
     else:
         report = evaluate_run(run, split=split, modes=modes, out_dir=out, student=student, units="px")
         seconds = time.perf_counter() - t0
-    if student:
+    if answer == "student":
         return {"student": _summary(report, "automatic")}, seconds
+    if answer == "refined":
+        return {"student, self-prompted": _summary(report, "self-prompted")}, seconds
     return {"decoder": _summary(report, "automatic"), "decoder, self-prompted": _summary(report, "self-prompted")}, seconds
+
+
+def _chosen(results: dict, splits: list[str]) -> list[str]:
+    """Table rows: per seed, the student's answer with the higher val Dice, and its Dice on every split."""
+    if "val" not in splits:
+        return []
+    rows = ["\n### The student's answer chosen on val\n",
+            "| seed | chosen on val | " + " | ".join(f"{s} mean Dice" for s in splits) + " |",
+            "|---|---" + "|---" * len(splits) + "|"]
+    means = {s: [] for s in splits}
+    for seed, r in results.items():
+        have = [a for a in STUDENT_ANSWERS if all(f"{s}:{a}" in r for s in splits)]
+        if not have:
+            continue
+        pick = max(have, key=lambda a: r[f"val:{a}"]["mean"])  # ties keep the plain student
+        for s in splits:
+            means[s].append(r[f"{s}:{pick}"]["mean"])
+        rows.append(f"| {seed} | {pick} | " + " | ".join(f"**{r[f'{s}:{pick}']['mean']:.3f}**" for s in splits) + " |")
+    n = len(means[splits[0]])
+    if n > 1:
+        rows.append(f"| mean of {n} | | " + " | ".join(f"**{sum(v) / n:.3f}**" for v in means.values()) + " |")
+    return rows if n else []
 
 
 def _peer(run: Path) -> Path:
@@ -86,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                          "augmentations and EMA-teacher consistency on the same unlabelled slices, without the "
                          "foundation pseudo-labels (distill.pseudo_weight=0), in RUN_peer/")
     ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the recipe's name)")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: report the seeds and peers already finished, leave out the rest")
     args = ap.parse_args(argv)
 
     from medadapt.recipes import finetune, load_config
@@ -100,8 +133,12 @@ def main(argv: list[str] | None = None) -> None:
         times_path = run / "benchmark_times.json"
         times = json.loads(times_path.read_text()) if times_path.is_file() else {}
         t0 = time.perf_counter()
-        if not has_student(run, cfg.distill, f"{args.config}: delete {run}/student and {run}/distill, or pass the "
-                           "overrides it was made with"):
+        finished = has_student(run, cfg.distill, f"{args.config}: delete {run}/student and {run}/distill, or pass "
+                               "the overrides it was made with")
+        if not finished and args.finished_only:
+            print(f"seed {seed}: no finished student in {run}; left out (--finished-only)", flush=True)
+            continue
+        if not finished:
             finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
             times["finetune_and_distill_s"] = times.get("finetune_and_distill_s", 0.0) + time.perf_counter() - t0
             run.mkdir(parents=True, exist_ok=True)
@@ -115,15 +152,18 @@ def main(argv: list[str] | None = None) -> None:
             log += [f"round{r}: {row}" for row in later.read_text().splitlines()]
         results[seed] = {"run": str(run), "times": times, "distill_log": log}
         for split in args.splits:
-            for student in (True, False) if split in args.decoder_splits else (True,):
-                arms, seconds = _evaluate(run, split, student)
+            for answer in ("student", "refined", "decoder") if split in args.decoder_splits else ("student", "refined"):
+                arms, seconds = _evaluate(run, split, answer)
                 results[seed].update({f"{split}:{arm}": v for arm, v in arms.items()})
                 if seconds is not None:
-                    times[f"evaluate_{split}_{'student' if student else 'decoder'}_s"] = seconds
-        if args.peer:
+                    times[f"evaluate_{split}_{answer}_s"] = seconds
+        peer = run.parent / f"{run.name}_peer"
+        if args.peer and args.finished_only and not (peer / "student" / "student.json").is_file():
+            print(f"seed {seed}: no finished peer in {peer}; left out (--finished-only)", flush=True)
+        elif args.peer:
             peer = _peer(run)
             for split in args.splits:
-                arms, seconds = _evaluate(peer, split, True)
+                arms, seconds = _evaluate(peer, split, "student")
                 results[seed][f"{split}:UNet peer (no pseudo-labels)"] = arms["student"]
                 if seconds is not None:
                     times[f"evaluate_{split}_peer_s"] = seconds
@@ -135,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     base = load_config(args.config, args.overrides)
     dataset, experiment = (parse_result(args.result) if args.result
                            else (base.name.partition("_")[0], "distill_" + base.name.partition("_")[2].replace("_distill", "")))
+    if not results:
+        raise SystemExit("no seed has a finished student to report (--finished-only)")
     classes = list(next(iter(results.values()))[f"{args.splits[0]}:student"]["per_class"])
     lines = []
     for split in args.splits:
@@ -145,20 +187,21 @@ def main(argv: list[str] | None = None) -> None:
                 e = r[f"{split}:{arm}"]
                 cells = " | ".join(f"{e['per_class'][c]:.3f}" for c in classes)
                 lines.append(f"| {seed} | {arm} | {cells} | **{e['mean']:.3f}** | {e['hd95']:.1f} |")
-        for arm in (a for a in ARMS if f"{split}:{a}" in next(iter(results.values()))):
-            vals = [r[f"{split}:{arm}"]["mean"] for r in results.values()]
+        for arm in (a for a in ARMS if any(f"{split}:{a}" in r for r in results.values())):
+            vals = [r[f"{split}:{arm}"]["mean"] for r in results.values() if f"{split}:{arm}" in r]
             lines.append(f"| mean of {len(vals)} | {arm} | " + " | " * (len(classes) - 1) + f" | **{sum(vals) / len(vals):.3f}** | |")
     about = result_dir(dataset, experiment) / "about.md"  # what the tables cannot say, kept beside them
     md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, args.seeds))}. "
-          "Automatic mode throughout (no ground truth makes a prompt): the distilled student, the adapted decoder "
-          "alone, and the decoder self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
+          "Automatic mode throughout (no ground truth makes a prompt): the distilled student, its masks "
+          "self-prompted through the adapted decoder (`--refine`), the adapted decoder alone, and the decoder "
+          "self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
           + ("\nUNet peer (no pseudo-labels): the student's network, steps, rounds, batches, augmentations and "
              "EMA-teacher consistency on the same unlabelled slices, with the foundation pseudo-labels given no "
              "weight (`distill.pseudo_weight=0`), in `RUN_peer/`: a FixMatch / mean-teacher-style semi-supervised "
              "UNet at the student's budget. Its later rounds train on from the previous round with the schedule "
              "restarted; the relabelled slices carry no weight there either.\n" if args.peer else "")
           + (f"\n{about.read_text().strip()}\n" if about.is_file() else "")
-          + "\n".join(lines) + "\n")
+          + "\n".join(lines + _chosen(results, args.splits)) + "\n")
     path = write_result(dataset, experiment, {"seeds": results}, md)
     print(md)
     print(f"written to {path}")

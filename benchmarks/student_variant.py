@@ -1,23 +1,29 @@
 """One round of a distilled run's student trained again with other settings, from the same pseudo-labels and seed.
 
     .venv/bin/python benchmarks/student_variant.py RUN --name NAME --set distill.KEY=VALUE [...]
-        [--result DATASET/EXPERIMENT] [--about TEXT]
+        [--round 2] [--result DATASET/EXPERIMENT] [--about TEXT]
 
 RUN is a distilled run (``benchmarks/distill_benchmark.py`` or ``medadapt
 distill``): its first round is the reference. Its config, adapter and
 foundation pseudo-labels are copied to ``RUN_NAME/``, and one round of the
 same length is distilled there with the ``--set`` overrides (resumable: run
 the same command again; a finished variant is only read). The report
-compares the two first rounds' validation Dice and wall time step by step;
+compares the two rounds' validation Dice and wall time step by step;
 nothing is scored on a test split, so a variant chosen on it is chosen on
 validation, as the protocol asks. Examples: ``--name bf16 --set
 distill.amp=bf16``; ``--name ctx1 --set distill.student.context=1``.
+
+``--round 2`` compares the run's second round instead, for settings that act
+only after the first round (``distill.relabel``): the run's finished first
+round is copied too, and the variant relabels from it and trains round 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,9 +36,14 @@ def _log(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _variant(run: Path, twin: Path, overrides: list[str]) -> None:
-    """Distil ``twin`` (a copy of ``run``'s config, adapter and pseudo-labels) with ``overrides``, unless it holds
-    a student made with exactly these settings."""
+LATER_ROUNDS = {"relabel"}  # settings that act only after the first round
+
+
+def _variant(run: Path, twin: Path, overrides: list[str], round_: int) -> None:
+    """Distil ``twin`` (a copy of ``run``'s config, adapter and pseudo-labels, and for ``round_`` 2 its finished
+    first round) with ``overrides``, unless it holds a student made with exactly these settings."""
+    from dataclasses import asdict
+
     from medadapt.recipes import distill, load_config
 
     settings = load_config(twin / "config.yaml", overrides).distill if (twin / "config.yaml").is_file() else None
@@ -40,7 +51,13 @@ def _variant(run: Path, twin: Path, overrides: list[str]) -> None:
                                             "the settings it was made with"):
         return
     copy_for_distillation(run, twin)
-    distill(twin, overrides, resume=(twin / "distill" / "state.pt").is_file())
+    if round_ == 2 and not (twin / "distill" / "settings.json").is_file():  # round 1 as the run finished it
+        for name in ("state.pt", "log.csv"):
+            shutil.copyfile(run / "distill" / name, twin / "distill" / name)
+        recorded = json.loads((run / "distill" / "settings.json").read_text())
+        want = json.loads(json.dumps(asdict(load_config(twin / "config.yaml", overrides).distill)))
+        (twin / "distill" / "settings.json").write_text(json.dumps({**recorded, "distill": want}))
+    distill(twin, overrides, resume=(twin / "distill" / "settings.json").is_file())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", required=True, help="the variant's name: its folder is RUN_NAME")
     ap.add_argument("--set", nargs="+", required=True, dest="overrides", metavar="distill.KEY=VALUE",
                     help="the settings that differ from the run's first round")
+    ap.add_argument("--round", type=int, choices=(1, 2), default=1, dest="round_",
+                    help="the round compared: 1, or 2 for settings that act only after round 1 (distill.relabel)")
     ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT")
     ap.add_argument("--about", default="", help="what else the report should say, in prose")
     args = ap.parse_args(argv)
@@ -56,9 +75,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--name {args.name!r}: letters, digits, - and _ only (it names the folder RUN_NAME)")
     run = Path(args.run)
     twin = run.parent / f"{run.name}_{args.name}"
-    overrides = [*args.overrides, "distill.rounds=1"]
-    _variant(run, twin, overrides)
-    ref, var = _log(run / "distill" / "log.csv"), _log(twin / "distill" / "log.csv")
+    if args.round_ == 2:
+        keys = {o.partition("=")[0].removeprefix("distill.") for o in args.overrides}
+        if keys - LATER_ROUNDS:
+            raise SystemExit(f"--round 2 copies the run's first round, so it takes only settings that act after it "
+                             f"({', '.join(sorted(LATER_ROUNDS))}); got {', '.join(sorted(keys - LATER_ROUNDS))}")
+        if not (run / "distill" / "round2" / "log.csv").is_file():
+            raise SystemExit(f"{run} has no second round to compare with (distill/round2/log.csv)")
+    overrides = [*args.overrides, f"distill.rounds={args.round_}"]
+    _variant(run, twin, overrides, args.round_)
+    logs = "distill/log.csv" if args.round_ == 1 else "distill/round2/log.csv"
+    ref, var = _log(run / logs), _log(twin / logs)
     label = " ".join(args.overrides)
     lines = [f"| step | reference val Dice | `{label}` val Dice | reference seconds | variant seconds |",
              "|---|---|---|---|---|"]
@@ -68,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     n = min(len(ref), len(var))
     last_a, last_b = ref[n - 1], var[n - 1]
     speed = float(last_a["seconds"]) / float(last_b["seconds"])
-    md = (f"The first round of `{run}` (the reference) against the same round trained again with `{label}` in "
+    which = "first round" if args.round_ == 1 else "second round (from the same first round)"
+    md = (f"The {which} of `{run}` (the reference) against the same round trained again with `{label}` in "
           f"`{twin}`: the same config otherwise, adapter, foundation pseudo-labels and seed. Validation Dice of the "
           f"EMA teacher (the student) on the run's val split, and wall time with validation. At step "
           f"{last_b['step']}: reference {float(last_a['val_dice_ema']):.3f}, variant "
@@ -79,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         run.name.rsplit("_s", 1)[0], f"student_{args.name}")
     path = write_result(dataset, experiment, {"run": str(run), "variant": str(twin), "overrides": args.overrides,
                                               "reference": ref, "variant_log": var}, md,
-                        files={"log_reference.csv": run / "distill" / "log.csv",
-                               f"log_{args.name}.csv": twin / "distill" / "log.csv"})
+                        files={"log_reference.csv": run / logs, f"log_{args.name}.csv": twin / logs})
     print(md)
     print(f"written to {path}")
 

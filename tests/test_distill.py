@@ -289,6 +289,68 @@ def test_student_learns_from_pseudo_labels(tmp_path, litemedsam_cache):
     assert taught > alone + 0.01, (taught, alone)
 
 
+def test_refined_relabelling_gives_the_decoders_answer_to_the_students_boxes(distilled, tmp_path, monkeypatch):
+    """relabel=refined: round 2's labels are the first student's masks self-prompted through the decoder (as
+    predict(refine=True) answers them); a pixel keeps the student's confidence where the label is the student's
+    own, and confidence 1 where the decoder changed it. The tiny decoder's answers never overlap the tiny
+    student's masks by the IoU of 0.5 that a replacement needs, so this test lets every answer replace."""
+    from medadapt.data import DataConfig, discover_cases
+    from medadapt.inference import student_answers
+
+    real = student_answers.refine_student
+    calls = []
+
+    def every_answer(seg, pred, probs, idx, min_iou=0.5):
+        calls.append(1)
+        return real(seg, pred, probs, idx, min_iou=0.0)
+
+    monkeypatch.setattr(student_answers, "refine_student", every_answer)
+    from medadapt.recipes import load_config
+    from medadapt.ssl import student_label_stack
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(distilled / "config.yaml", run / "config.yaml")
+    shutil.copytree(distilled / "adapter", run / "adapter")
+    shutil.copytree(distilled / "distill" / "pseudo", run / "distill" / "pseudo")
+    _tiny_distill(run, "distill.rounds=2", "distill.relabel=refined")
+    assert calls  # round 2 relabelled through the decoder
+    files = sorted((run / "distill" / "round2" / "pseudo").glob("*.npz"))
+    assert [f.stem for f in files] == ["006", "007", "008", "009"]
+    state = torch.load(run / "distill" / "state.pt", weights_only=True)
+    net = build_network(StudentConfig(**TINY_STUDENT), 2)
+    net.load_state_dict(state["ema"])
+    first = Student(StudentConfig(**TINY_STUDENT), ["disc", "square"], [1, 2], network=net)
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=run, device="cpu", student=False)
+    seg.set_student(first)
+    data = DataConfig.from_dict(load_config(run / "config.yaml").data)
+    images = {c.case_id: c for c in discover_cases(data)}
+    agree, changed = [], 0
+    for f in files:
+        z = load_pseudo_labels(f)
+        own, own_conf = student_label_stack(first, z["image"])
+        same = z["label"] == own
+        assert np.allclose(z["confidence"][same], np.round(own_conf[same] * 255) / 255, atol=1e-6)
+        changed += int((~same).sum())
+        assert np.all(z["confidence"][~same] == 1.0)  # where the decoder changed the student's answer
+        from medadapt.data import load_volume_case
+
+        planes, _ = load_volume_case(images[f.stem], data, with_labels=False)
+        for k, plane in enumerate(planes):
+            seg.set_image(plane)
+            answer = seg.predict(refine=True)
+            label = np.zeros(plane.shape[:2], np.uint8)
+            for m, v in zip(answer.masks, answer.label_values):
+                label[m] = [1, 2].index(v) + 1
+            agree.append(float((label == z["label"][k]).mean()))
+    assert min(agree) == 1.0, agree  # the labels are the refined answers
+    assert changed > 0  # the decoder changed some of the student's pixels, so the relabelling is not the student's
+    info = json.loads((run / "student" / "student.json").read_text())
+    assert info["distill"]["relabel"] == "refined" and info["rounds"] == 2
+    with pytest.raises(MedAdaptError, match="relabel.*student \\| refined"):
+        DistillConfig(relabel="decoder")
+
+
 def test_later_rounds_learn_from_the_previous_students_labels(distilled, tmp_path):
     """rounds=2: the first student relabels the unlabelled cases, and the second starts from it."""
 

@@ -7,7 +7,8 @@
    pseudo-labels and its own EMA teacher (:mod:`.student_training`); its
    state is checkpointed in ``RUN/distill/`` and a killed run resumes.
 3. With ``rounds`` > 1, the student relabels the unlabelled slices
-   (``RUN/distill/roundR/pseudo/``) and a student starting from it trains
+   (``RUN/distill/roundR/pseudo/``; with ``relabel: refined`` its masks
+   self-prompted through the decoder) and a student starting from it trains
    again on those labels (``RUN/distill/roundR/``), round after round.
 4. The last EMA teacher is written to ``RUN/student/``, where
    :class:`medadapt.inference.Segmenter` finds it and answers automatic
@@ -64,7 +65,8 @@ def score_student(student: Student, volumes: list[tuple[np.ndarray, np.ndarray]]
 
 
 # what a distillation recorded before a setting existed ran with: one round, float32
-_RECORDED_DEFAULTS = {"rounds": 1, "amp": "off", "affine": 0.0, "rotate": 20.0, "zoom": [0.85, 1.15]}
+_RECORDED_DEFAULTS = {"rounds": 1, "amp": "off", "affine": 0.0, "rotate": 20.0, "zoom": [0.85, 1.15],
+                      "relabel": "student"}
 
 
 def recorded_settings(distill: dict | None) -> dict:
@@ -117,7 +119,13 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     for r in range(1, config.rounds + 1):
         folder = work if r == 1 else work / f"round{r}"
         if r > 1:  # the previous round's student labels the unlabelled slices again
-            files = relabel_cases(student, files, folder / "pseudo")
+            refiner = None
+            if config.relabel == "refined":  # ... its masks self-prompted through the run's decoder
+                refiner = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
+                refiner.set_student(student)
+            files = relabel_cases(student, files, folder / "pseudo", seg=refiner, cases=splits["unlabeled"],
+                                  data=data, log=log)
+            del refiner
             pseudo = [(z["image"], z["label"], z["confidence"]) for z in map(load_pseudo_labels, files)]
         trainer = StudentTrainer(config, names, values, labeled_bank, slice_bank(pseudo, config.student), folder,
                                  seed + r - 1, validate=validate, log=log)

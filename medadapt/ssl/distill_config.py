@@ -43,9 +43,13 @@ class DistillConfig:
     pseudo-labels): not shown to be as good, so it is not the default.
 
     Rounds: with ``rounds`` > 1, each later round relabels the unlabelled
-    slices with the previous round's student (flip-averaged), and a student
-    starting from the previous one trains for another ``iterations`` steps on
-    those labels; the last round's student is saved.
+    slices with the previous round's student, and a student starting from
+    the previous one trains for another ``iterations`` steps on those labels;
+    the last round's student is saved. ``relabel``: ``"student"`` (the
+    default) labels with the student's flip-averaged answer, its probability
+    as the confidence; ``"refined"`` self-prompts the student's masks through
+    the run's decoder first, as ``predict(refine=True)`` does (each slice is
+    encoded once), and trusts the decoder where it changed them.
     """
 
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -70,6 +74,7 @@ class DistillConfig:
     rotate: float = 20.0
     zoom: tuple[float, float] = (0.85, 1.15)
     rounds: int = 1
+    relabel: str = "student"
     amp: str = "off"
     val_every: int = 250
     seed: int | None = None  # None: the run's train.seed
@@ -108,6 +113,7 @@ RANGES: Ranges = {
     "rotate": (lambda v: 0.0 <= v <= 180.0, "an angle in degrees in [0, 180]"),
     "zoom": (lambda v: len(v) == 2 and 0.25 <= v[0] <= v[1] <= 4.0, "[low, high] zoom factors in [0.25, 4]"),
     "rounds": (lambda v: 1 <= v <= 100, "a whole number of rounds in 1..100"),
+    "relabel": (lambda v: v in ("student", "refined"), "student | refined"),
     "amp": (lambda v: v in ("auto", "bf16", "off"), "auto | bf16 | off"),
     "val_every": (lambda v: 1 <= v, "a number of steps >= 1"),
     "seed": (lambda v: v is None or 0 <= v < 2**32, "a whole number in 0..2^32-1"),

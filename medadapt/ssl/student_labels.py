@@ -4,7 +4,9 @@ The student answers every slice of an unlabelled case (its neighbours as
 context, averaged with the mirrored slice as :class:`~medadapt.student.Student`
 does); a pixel's label is the most probable class (background included) and
 its confidence that probability. Constant slices get confidence 0 and teach
-nothing. Each case is written as one ``.npz`` in the layout of
+nothing. With ``relabel: refined`` the student's masks are self-prompted
+through the run's decoder first (:func:`refined_label_stack`). Each case is
+written as one ``.npz`` in the layout of
 :func:`~medadapt.ssl.foundation_labels.label_cases`, so
 :func:`~medadapt.ssl.foundation_labels.load_pseudo_labels` reads both.
 """
@@ -13,12 +15,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
+from ..data import DataConfig, load_volume_case
+from ..data.cases import Case
 from ..student import Student
+from .foundation_labels import load_pseudo_labels
 
 
 def student_label_stack(student: Student, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,22 +40,67 @@ def student_label_stack(student: Student, images: np.ndarray) -> tuple[np.ndarra
     return label, conf
 
 
-def relabel_cases(student: Student, sources: Sequence[str | os.PathLike], folder: str | os.PathLike) -> list[Path]:
-    """Label the images of each pseudo-label file in ``sources`` with ``student`` into ``folder`` (same
-    names); files already there are kept, so an interrupted relabelling resumes."""
-    from .foundation_labels import load_pseudo_labels
+def refined_label_stack(seg, images: np.ndarray, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The student of ``seg`` (a :class:`~medadapt.inference.Segmenter` with a student set) self-prompted through
+    its decoder, for a case's display planes ``images`` (``grey``: the same planes as the student reads them).
 
+    A pixel's label is the refined answer (``predict(refine=True)``: the decoder's answer to a box around each
+    class's largest component replaces the student's mask where the two agree). Its confidence is the
+    student's probability where that keeps the student's own label, and 1 where the decoder's answer changed
+    it. Constant planes teach nothing."""
+    student = seg.student
+    label, conf = student_label_stack(student, grey)
+    depth = seg.backbone.depth_slices > 1 and images.shape[0] > 1  # each plane with its neighbours
+    if depth:
+        seg.set_planes(images)
+    try:
+        for k in (k for k in range(len(images)) if conf[k].any()):
+            if depth:
+                seg.show_plane(seg.volume, k)
+            else:
+                seg.set_image(images[k])
+            answer = seg.predict(refine=True)
+            refined = np.zeros(label.shape[1:], np.uint8)
+            for mask, value in zip(answer.masks, answer.label_values):
+                refined[np.asarray(mask, bool)] = student.label_values.index(value) + 1
+            conf[k] = np.where(refined == label[k], conf[k], 1.0)
+            label[k] = refined
+    finally:
+        if depth:
+            seg.reset_volume()
+    return label, conf
+
+
+def relabel_cases(student: Student, sources: Sequence[str | os.PathLike], folder: str | os.PathLike, *,
+                  seg=None, cases: Sequence[Case] = (), data: DataConfig | None = None,
+                  log: Callable[[str], None] = print) -> list[Path]:
+    """Label the images of each pseudo-label file in ``sources`` with ``student`` into ``folder`` (same
+    names); files already there are kept, so an interrupted relabelling resumes. With ``seg`` (the run's
+    Segmenter, ``student`` set on it), the student's masks are refined by the decoder
+    (:func:`refined_label_stack`); the decoder reads each case as ``data`` loads it (``cases``, in the order of
+    ``sources``)."""
+    if seg is not None and (len(cases) != len(sources) or data is None):
+        raise MedAdaptError("relabelling through the decoder needs the cases of the sources, in order, and their data")
     folder = Path(folder)
     out = []
-    for src in map(Path, sources):
+    todo = sum(not (folder / Path(src).name).is_file() for src in sources)
+    if seg is not None and todo:
+        log(f"relabelling {todo} cases: the student's masks self-prompted through the decoder")
+    for k, src in enumerate(map(Path, sources)):
         path = folder / src.name
         if not path.is_file():
             images = load_pseudo_labels(src)["image"]
-            label, conf = student_label_stack(student, images)
+            if seg is None:
+                label, conf = student_label_stack(student, images)
+            else:
+                planes, _ = load_volume_case(cases[k], data, with_labels=False)
+                label, conf = refined_label_stack(seg, planes, images)
             conf8 = np.round(conf * 255).astype(np.uint8)
             atomic_write(path, lambda tmp: np.savez(tmp, image=images, label=label, confidence=conf8))
         out.append(path)
+    if seg is not None:
+        seg.reset_image()
     return out
 
 
-__all__ = ["relabel_cases", "student_label_stack"]
+__all__ = ["refined_label_stack", "relabel_cases", "student_label_stack"]
