@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             vals = [r[f"{split}:{arm}"]["mean"] for r in results.values() if f"{split}:{arm}" in r]
             lines.append(f"| mean of {len(vals)} | {arm} | " + " | " * (len(classes) - 1) + f" | **{sum(vals) / len(vals):.3f}** | |")
     about = result_dir(dataset, experiment) / "about.md"  # what the tables cannot say, kept beside them
-    md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, args.seeds))}. "
+    md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, results))}. "
           "Automatic mode throughout (no ground truth makes a prompt): the distilled student, its masks "
           "self-prompted through the adapted decoder (`--refine`), the adapted decoder alone, and the decoder "
           "self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
