@@ -10,6 +10,7 @@ they are not tests and a user's clone may not have that folder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,6 +196,34 @@ def has_student(run: Path, settings, fix: str) -> bool:
     if {**had, "val_every": None} != {**want, "val_every": None}:
         raise SystemExit(f"{run}/student was distilled with other settings than {fix}")
     return True
+
+
+@contextlib.contextmanager
+def timed_stage(path: Path, key: str, every: float = 30.0):
+    """Add the wall time of the ``with`` block to ``key`` in the JSON file ``path`` (other keys kept), written
+    every ``every`` seconds while it runs (once the stage has made ``path``'s folder), so a stage killed and
+    resumed later counts the time it had run."""
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    before, t0 = times.get(key, 0.0), time.perf_counter()
+    done = threading.Event()
+
+    def write() -> None:
+        atomic_write_text(path, json.dumps({**times, key: before + time.perf_counter() - t0}))
+
+    def tick() -> None:  # not before the stage has made the folder (a run folder made early may be refused)
+        while not done.wait(every):
+            if path.parent.is_dir():
+                write()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        if path.parent.is_dir():
+            write()
 
 
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import copy_for_distillation, has_student, parse_result, result_dir, write_result  # noqa: E402
+from benchmarks.common import copy_for_distillation, has_student, parse_result, result_dir, timed_stage, write_result  # noqa: E402
 
 ARMS = ("student", "student, self-prompted", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
 STUDENT_ANSWERS = ("student", "student, self-prompted")  # the student's automatic answers; one is chosen on val
@@ -96,11 +96,8 @@ def _peer(run: Path) -> Path:
     if (peer / "student" / "student.json").is_file():
         return peer
     copy_for_distillation(run, peer)
-    t0 = time.perf_counter()
-    distill(peer, ["distill.pseudo_weight=0"], resume=(peer / "distill" / "state.pt").is_file())
-    times_path = peer / "benchmark_times.json"
-    before = json.loads(times_path.read_text())["peer_s"] if times_path.is_file() else 0.0
-    times_path.write_text(json.dumps({"peer_s": before + time.perf_counter() - t0}))
+    with timed_stage(peer / "benchmark_times.json", "peer_s"):
+        distill(peer, ["distill.pseudo_weight=0"], resume=(peer / "distill" / "state.pt").is_file())
     return peer
 
 
@@ -131,18 +128,15 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.config} has no distill: section")
         run = Path(cfg.output) / cfg.name
         times_path = run / "benchmark_times.json"
-        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-        t0 = time.perf_counter()
         finished = has_student(run, cfg.distill, f"{args.config}: delete {run}/student and {run}/distill, or pass "
                                "the overrides it was made with")
         if not finished and args.finished_only:
             print(f"seed {seed}: no finished student in {run}; left out (--finished-only)", flush=True)
             continue
         if not finished:
-            finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
-            times["finetune_and_distill_s"] = times.get("finetune_and_distill_s", 0.0) + time.perf_counter() - t0
-            run.mkdir(parents=True, exist_ok=True)
-            times_path.write_text(json.dumps(times))
+            with timed_stage(times_path, "finetune_and_distill_s"):
+                finetune(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
+        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
         rounds = sorted((int(m.group(1)), p) for p in (run / "distill").glob("round*/log.csv")
                         if (m := re.fullmatch(r"round(\d+)", p.parent.name)) and int(m.group(1)) <= cfg.distill.rounds)
         log = (run / "distill" / "log.csv").read_text().splitlines()
