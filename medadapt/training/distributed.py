@@ -24,6 +24,7 @@ How a run is split (``docs/distributed.md``):
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import inspect
 import os
@@ -79,6 +80,9 @@ def stop(*, wait: bool = False) -> None:
     until every rank is done, so that no rank tears its connections down while another still uses them."""
     global _STARTED
     if _STARTED and dist.is_initialized():
+        # a DistributedDataParallel model still in a reference cycle would hold the process group until the
+        # interpreter shuts down, and gloo's threads would be torn down then: free it now, while all is whole
+        gc.collect()
         if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
