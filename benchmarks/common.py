@@ -202,7 +202,8 @@ def has_student(run: Path, settings, fix: str) -> bool:
 def timed_stage(path: Path, key: str, every: float = 30.0):
     """Add the wall time of the ``with`` block to ``key`` in the JSON file ``path`` (other keys kept), written
     every ``every`` seconds while it runs (once the stage has made ``path``'s folder), so a stage killed and
-    resumed later counts the time it had run."""
+    resumed later counts the time it had run. The other keys are read on entry and written back each time:
+    nothing else should write the file during the block."""
     times = json.loads(path.read_text()) if path.is_file() else {}
     before, t0 = times.get(key, 0.0), time.perf_counter()
     done = threading.Event()

@@ -7,7 +7,8 @@ For each seed: ``medadapt finetune RECIPE train.seed=S name=NAME_sS`` (the
 adapted foundation model; its ``distill:`` section then distils the student
 into ``RUN/student/``), then ``medadapt evaluate`` on the recipe's ``test``
 split and ``val`` split in automatic mode: the student, the student's masks
-self-prompted through the decoder (``--refine``), the adapted decoder alone
+self-prompted through the decoder (``predict(refine=True)``; ``medadapt
+evaluate``'s self-prompted mode for a run with a student), the adapted decoder alone
 (``--no-student``) and the decoder self-prompted. Which of the student's two
 answers a seed reports is chosen on val. Every stage resumes:
 run the same command again after an interruption. Choices (the recipe's
@@ -18,7 +19,7 @@ name, e.g. ``acdc/distill_3labeled``). Prose the tables cannot say (the split,
 the wall time by stage, what falls short) is kept in ``about.md`` in that
 folder and included in ``summary.md`` each time the script writes it.
 ``--finished-only`` writes the report from the seeds (and peers) already
-finished, and trains nothing.
+finished, and trains nothing (scores not yet computed are computed).
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def _peer(run: Path) -> Path:
         return peer
     copy_for_distillation(run, peer)
     with timed_stage(peer / "benchmark_times.json", "peer_s"):
-        distill(peer, ["distill.pseudo_weight=0"], resume=(peer / "distill" / "state.pt").is_file())
+        # relabel=student: relabelled slices carry no weight here, so nothing is refined through the decoder
+        distill(peer, ["distill.pseudo_weight=0", "distill.relabel=student"],
+                resume=(peer / "distill" / "state.pt").is_file())
     return peer
 
 
@@ -108,16 +111,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--splits", nargs="+", default=["test", "val"], help="splits the student is scored on")
     ap.add_argument("--decoder-splits", nargs="+", default=["test"],
-                    help="splits the adapted decoder is scored on (each costs an encoding of every slice)")
+                    help="splits the adapted decoder is scored on (each costs an encoding of every slice; the "
+                         "student's self-prompted answer costs one on every split of --splits when it holds val)")
     ap.add_argument("--peer", action="store_true",
                     help="also train the same-budget semi-supervised UNet peer: the same student, steps, batches, "
                          "augmentations and EMA-teacher consistency on the same unlabelled slices, without the "
                          "foundation pseudo-labels (distill.pseudo_weight=0), in RUN_peer/")
     ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the recipe's name)")
     ap.add_argument("--finished-only", action="store_true",
-                    help="train nothing: report the seeds and peers already finished, leave out the rest")
+                    help="train nothing: report the seeds and peers already finished (scoring what is not scored "
+                         "yet), leave out the rest")
     args = ap.parse_args(argv)
 
+    from medadapt.core.files import atomic_write_text
     from medadapt.recipes import finetune, load_config
 
     results: dict = {}
@@ -146,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             log += [f"round{r}: {row}" for row in later.read_text().splitlines()]
         results[seed] = {"run": str(run), "times": times, "distill_log": log}
         for split in args.splits:
-            for answer in ("student", "refined", "decoder") if split in args.decoder_splits else ("student", "refined"):
+            # the student's self-prompted answer only where val can choose between it and the student alone
+            answers = ["student", *(["refined"] if "val" in args.splits else [])]
+            for answer in [*answers, *(["decoder"] if split in args.decoder_splits else [])]:
                 arms, seconds = _evaluate(run, split, answer)
                 results[seed].update({f"{split}:{arm}": v for arm, v in arms.items()})
                 if seconds is not None:
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                 if seconds is not None:
                     times[f"evaluate_{split}_peer_s"] = seconds
             times["peer_s"] = json.loads((peer / "benchmark_times.json").read_text())["peer_s"]
-        times_path.write_text(json.dumps(times))
+        atomic_write_text(times_path, json.dumps(times))
         print(json.dumps({k: v["mean"] for k, v in results[seed].items() if isinstance(v, dict) and "mean" in v}),
               flush=True)
 
@@ -187,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     about = result_dir(dataset, experiment) / "about.md"  # what the tables cannot say, kept beside them
     md = (f"Recipe `{args.config}` {' '.join(args.overrides)}, seeds {', '.join(map(str, results))}. "
           "Automatic mode throughout (no ground truth makes a prompt): the distilled student, its masks "
-          "self-prompted through the adapted decoder (`--refine`), the adapted decoder alone, and the decoder "
-          "self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
+          "self-prompted through the adapted decoder (`predict(refine=True)`), the adapted decoder alone, and the "
+          "decoder self-prompted. Mean 3-D Dice per volume, classes averaged; HD95 in pixels.\n"
           + ("\nUNet peer (no pseudo-labels): the student's network, steps, rounds, batches, augmentations and "
              "EMA-teacher consistency on the same unlabelled slices, with the foundation pseudo-labels given no "
              "weight (`distill.pseudo_weight=0`), in `RUN_peer/`: a FixMatch / mean-teacher-style semi-supervised "

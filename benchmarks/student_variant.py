@@ -44,7 +44,9 @@ def _variant(run: Path, twin: Path, overrides: list[str], round_: int) -> None:
     first round) with ``overrides``, unless it holds a student made with exactly these settings."""
     from dataclasses import asdict
 
+    from medadapt.core.files import atomic_write_text
     from medadapt.recipes import distill, load_config
+    from medadapt.ssl.distill import recorded_settings
 
     settings = load_config(twin / "config.yaml", overrides).distill if (twin / "config.yaml").is_file() else None
     if settings is not None and has_student(twin, settings, f"--set {' '.join(overrides)}: delete {twin} or pass "
@@ -52,11 +54,17 @@ def _variant(run: Path, twin: Path, overrides: list[str], round_: int) -> None:
         return
     copy_for_distillation(run, twin)
     if round_ == 2 and not (twin / "distill" / "settings.json").is_file():  # round 1 as the run finished it
-        for name in ("state.pt", "log.csv"):
-            shutil.copyfile(run / "distill" / name, twin / "distill" / name)
         recorded = json.loads((run / "distill" / "settings.json").read_text())
         want = json.loads(json.dumps(asdict(load_config(twin / "config.yaml", overrides).distill)))
-        (twin / "distill" / "settings.json").write_text(json.dumps({**recorded, "distill": want}))
+        had = recorded_settings(recorded["distill"])
+        other = sorted(k for k in set(had) | set(want) if k not in {*LATER_ROUNDS, "rounds", "val_every"}
+                       and had.get(k) != want.get(k))
+        if other:
+            raise SystemExit(f"{run}'s first round was distilled with other settings than its config.yaml says "
+                             f"({', '.join(other)}): --round 2 would not start from the first round it claims")
+        for name in ("state.pt", "log.csv"):
+            shutil.copyfile(run / "distill" / name, twin / "distill" / name)
+        atomic_write_text(twin / "distill" / "settings.json", json.dumps({**recorded, "distill": want}))
     distill(twin, overrides, resume=(twin / "distill" / "settings.json").is_file())
 
 
@@ -75,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--name {args.name!r}: letters, digits, - and _ only (it names the folder RUN_NAME)")
     run = Path(args.run)
     twin = run.parent / f"{run.name}_{args.name}"
+    keys = {o.partition("=")[0].removeprefix("distill.") for o in args.overrides}
+    if args.round_ == 1 and keys & LATER_ROUNDS:
+        raise SystemExit(f"{', '.join(sorted(keys & LATER_ROUNDS))} acts only after the first round: pass --round 2")
     if args.round_ == 2:
-        keys = {o.partition("=")[0].removeprefix("distill.") for o in args.overrides}
         if keys - LATER_ROUNDS:
             raise SystemExit(f"--round 2 copies the run's first round, so it takes only settings that act after it "
                              f"({', '.join(sorted(LATER_ROUNDS))}); got {', '.join(sorted(keys - LATER_ROUNDS))}")

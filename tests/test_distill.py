@@ -312,8 +312,9 @@ def test_refined_relabelling_gives_the_decoders_answer_to_the_students_boxes(dis
     run.mkdir()
     shutil.copyfile(distilled / "config.yaml", run / "config.yaml")
     shutil.copytree(distilled / "adapter", run / "adapter")
-    shutil.copytree(distilled / "distill" / "pseudo", run / "distill" / "pseudo")
-    _tiny_distill(run, "distill.rounds=2", "distill.relabel=refined")
+    shutil.copytree(distilled / "distill", run / "distill")  # a finished one-round distillation
+    # relabel acts from round 2 on, so a one-round run resumes for more rounds with either
+    _tiny_distill(run, "distill.rounds=2", "distill.relabel=refined", resume=True)
     assert calls  # round 2 relabelled through the decoder
     files = sorted((run / "distill" / "round2" / "pseudo").glob("*.npz"))
     assert [f.stem for f in files] == ["006", "007", "008", "009"]
@@ -347,6 +348,10 @@ def test_refined_relabelling_gives_the_decoders_answer_to_the_students_boxes(dis
     assert changed > 0  # the decoder changed some of the student's pixels, so the relabelling is not the student's
     info = json.loads((run / "student" / "student.json").read_text())
     assert info["distill"]["relabel"] == "refined" and info["rounds"] == 2
+    from medadapt.ssl.student_labels import relabel_cases
+
+    with pytest.raises(MedAdaptError, match="the case of every pseudo-label file"):
+        relabel_cases(first, files, tmp_path / "again", seg=seg, cases=[images["000"], images["001"]], data=data)
     with pytest.raises(MedAdaptError, match="relabel.*student \\| refined"):
         DistillConfig(relabel="decoder")
 

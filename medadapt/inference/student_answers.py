@@ -43,11 +43,14 @@ def _prediction(student: Student, probs: np.ndarray, idx: Sequence[int], low_res
                       labels=[student.class_names[i] for i in idx], label_values=[student.label_values[i] for i in idx])
 
 
-def student_prediction(seg, image: np.ndarray, idx: Sequence[int], refine: bool) -> Prediction:
-    """The student's answer for ``seg``'s current image (classes ``idx``), self-prompted if ``refine``."""
+def student_prediction(seg, image: np.ndarray, idx: Sequence[int], refine: bool,
+                       probs: np.ndarray | None = None) -> Prediction:
+    """The student's answer for ``seg``'s current image (classes ``idx``), self-prompted if ``refine``.
+    ``probs``: the student's (K + 1) x H x W probabilities for the image when already computed (e.g. with the
+    image's neighbours in a volume); by default it reads the image alone."""
     student: Student = seg.student
     meta = seg._require_meta()
-    probs = student.predict_planes([image])[0]
+    probs = student.predict_planes([image])[0] if probs is None else probs
     pred = _prediction(student, probs, idx, lambda m: seg.backbone.processor.mask_to_low_res(m, meta)[:, 0].numpy())
     return refine_student(seg, pred, probs, idx) if refine else pred
 

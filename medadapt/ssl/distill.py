@@ -92,7 +92,8 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         before["distill"] = recorded_settings(before["distill"])
         changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
                          if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every"
-                         and not (k == "rounds" and config.rounds > before["distill"]["rounds"]))  # more rounds: on
+                         and not (k == "rounds" and config.rounds > before["distill"]["rounds"])  # more rounds: on
+                         and not (k == "relabel" and before["distill"]["rounds"] == 1))  # it acts from round 2
         if changed or before.get("seed") != seed:
             raise MedAdaptError(f"--resume with other distill settings ({', '.join(changed) or 'seed'}); "
                                 f"use the settings of {saved} or start again in another run")
@@ -120,7 +121,8 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         folder = work if r == 1 else work / f"round{r}"
         if r > 1:  # the previous round's student labels the unlabelled slices again
             refiner = None
-            if config.relabel == "refined":  # ... its masks self-prompted through the run's decoder
+            missing = any(not (folder / "pseudo" / Path(f).name).is_file() for f in files)
+            if config.relabel == "refined" and missing:  # ... its masks self-prompted through the run's decoder
                 refiner = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
                 refiner.set_student(student)
             files = relabel_cases(student, files, folder / "pseudo", seg=refiner, cases=splits["unlabeled"],

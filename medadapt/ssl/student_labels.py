@@ -23,6 +23,7 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
 from ..data import DataConfig, load_volume_case
 from ..data.cases import Case
+from ..inference.student_answers import student_prediction
 from ..student import Student
 from .foundation_labels import load_pseudo_labels
 
@@ -44,27 +45,32 @@ def refined_label_stack(seg, images: np.ndarray, grey: np.ndarray) -> tuple[np.n
     """The student of ``seg`` (a :class:`~medadapt.inference.Segmenter` with a student set) self-prompted through
     its decoder, for a case's display planes ``images`` (``grey``: the same planes as the student reads them).
 
-    A pixel's label is the refined answer (``predict(refine=True)``: the decoder's answer to a box around each
-    class's largest component replaces the student's mask where the two agree). Its confidence is the
-    student's probability where that keeps the student's own label, and 1 where the decoder's answer changed
-    it. Constant planes teach nothing."""
+    The student answers each plane with its neighbours, as :func:`student_label_stack` does; its masks are then
+    refined as ``predict(refine=True)`` refines them (the decoder's answer to a box around each class's largest
+    component replaces the student's mask where the two agree). A pixel's label is the refined answer. Its
+    confidence is the student's probability where that keeps the student's own label, and 1 where the decoder's
+    answer changed it. Constant planes teach nothing."""
     student = seg.student
-    label, conf = student_label_stack(student, grey)
+    probs = student.predict_planes(list(grey))
+    label = np.zeros(grey.shape, np.uint8)
+    conf = np.zeros(grey.shape, np.float32)
+    idx = list(range(len(student.class_names)))
     depth = seg.backbone.depth_slices > 1 and images.shape[0] > 1  # each plane with its neighbours
     if depth:
         seg.set_planes(images)
     try:
-        for k in (k for k in range(len(images)) if conf[k].any()):
+        for k, (plane, p) in enumerate(zip(grey, probs)):
+            if not np.isfinite(plane).all() or plane.max() == plane.min():
+                continue
             if depth:
                 seg.show_plane(seg.volume, k)
             else:
                 seg.set_image(images[k])
-            answer = seg.predict(refine=True)
-            refined = np.zeros(label.shape[1:], np.uint8)
+            answer = student_prediction(seg, images[k], idx, refine=True, probs=p)
             for mask, value in zip(answer.masks, answer.label_values):
-                refined[np.asarray(mask, bool)] = student.label_values.index(value) + 1
-            conf[k] = np.where(refined == label[k], conf[k], 1.0)
-            label[k] = refined
+                label[k][np.asarray(mask, bool)] = student.label_values.index(value) + 1
+            own = p.argmax(0)
+            conf[k] = np.where(label[k] == own, p.max(0), 1.0)
     finally:
         if depth:
             seg.reset_volume()
@@ -77,23 +83,29 @@ def relabel_cases(student: Student, sources: Sequence[str | os.PathLike], folder
     """Label the images of each pseudo-label file in ``sources`` with ``student`` into ``folder`` (same
     names); files already there are kept, so an interrupted relabelling resumes. With ``seg`` (the run's
     Segmenter, ``student`` set on it), the student's masks are refined by the decoder
-    (:func:`refined_label_stack`); the decoder reads each case as ``data`` loads it (``cases``, in the order of
-    ``sources``)."""
-    if seg is not None and (len(cases) != len(sources) or data is None):
-        raise MedAdaptError("relabelling through the decoder needs the cases of the sources, in order, and their data")
+    (:func:`refined_label_stack`); the decoder reads each case of ``cases`` (the file ``CASE_ID.npz``) as
+    ``data`` loads it."""
+    by_id = {c.case_id: c for c in cases}
+    if seg is not None and (data is None or any(Path(src).stem not in by_id for src in sources)):
+        raise MedAdaptError("relabelling through the decoder needs the data config and the case of every "
+                            "pseudo-label file (named CASE_ID.npz)")
     folder = Path(folder)
     out = []
     todo = sum(not (folder / Path(src).name).is_file() for src in sources)
     if seg is not None and todo:
         log(f"relabelling {todo} cases: the student's masks self-prompted through the decoder")
-    for k, src in enumerate(map(Path, sources)):
+    for src in map(Path, sources):
         path = folder / src.name
         if not path.is_file():
             images = load_pseudo_labels(src)["image"]
             if seg is None:
                 label, conf = student_label_stack(student, images)
             else:
-                planes, _ = load_volume_case(cases[k], data, with_labels=False)
+                planes, _ = load_volume_case(by_id[src.stem], data, with_labels=False)
+                if planes.shape[:3] != images.shape:
+                    raise MedAdaptError(
+                        f"case {src.stem} loads as {planes.shape[:3]} planes but {src} holds {images.shape}: the "
+                        f"data changed since it was pseudo-labelled; delete {src.parent} to label it again")
                 label, conf = refined_label_stack(seg, planes, images)
             conf8 = np.round(conf * 255).astype(np.uint8)
             atomic_write(path, lambda tmp: np.savez(tmp, image=images, label=label, confidence=conf8))
