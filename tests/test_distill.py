@@ -170,6 +170,32 @@ def test_predict_volume_with_the_student_matches_its_slices(distilled):
     assert np.array_equal(out[:, :, 0], display_orientation(lab))
 
 
+def test_a_25d_students_refined_answers_read_each_slice_with_its_neighbours(distilled, monkeypatch):
+    """predict_volume(refine=True) and evaluate's self-prompted mode refine the answers a 2.5-D student gives
+    with each slice's neighbours, the ones automatic mode gives: with no decoder answer accepted, the refined
+    maps are the automatic ones, though the student answers a slice alone differently."""
+    from medadapt.evaluation.evaluate import _predict_slices
+    from medadapt.inference import student_answers
+
+    real = student_answers.refine_student
+    monkeypatch.setattr(student_answers, "refine_student",
+                        lambda seg, pred, probs, idx, min_iou=0.5: real(seg, pred, probs, idx, min_iou=2.0))
+    torch.manual_seed(0)
+    student = Student(StudentConfig(**{**TINY_STUDENT, "context": 1}), ["disc", "square"], [1, 2])
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu", student=False)
+    seg.set_student(student)
+    rng = np.random.default_rng(3)
+    vol = (rng.random((5, 64, 64)) * 255).astype(np.float32)
+    auto = seg.predict_volume(vol, axis=0)
+    assert len(np.unique(auto)) > 1
+    assert np.array_equal(seg.predict_volume(vol, axis=0, refine=True), auto)
+    planes = list(vol)
+    out = _predict_slices(seg, planes, [np.zeros((64, 64), np.int64)] * 5, [1, 2], ["automatic", "self-prompted"])
+    assert np.array_equal(out["self-prompted"], out["automatic"])
+    single = np.stack([student.predict_planes([p])[0].argmax(0) for p in planes])
+    assert not np.array_equal(single, out["automatic"])  # the neighbours matter to this student
+
+
 def test_a_student_for_other_classes_is_refused(distilled, tmp_path):
     seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu", student=False)
     other = Student(StudentConfig(**TINY_STUDENT), ["liver"], [1])

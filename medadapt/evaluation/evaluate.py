@@ -61,6 +61,7 @@ from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, s
 from ..data.datasets import _is_volume
 from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
+from ..inference.student_answers import student_prediction
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
@@ -176,12 +177,14 @@ def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) ->
     shape = (len(image_slices), *label_slices[0].shape)
     out = {m: (np.zeros(shape, np.int64) if m in LABEL_MODES else np.zeros((len(values), *shape), bool)) for m in modes}
     out.update({f"text:{t}": np.zeros(shape, bool) for t in texts})
-    # a run's student answers automatic mode from the slices and their neighbours (no encoding)
+    # a run's student answers automatic mode from the slices and their neighbours (no encoding); the
+    # self-prompted mode refines those same answers
     by_student = seg.student is not None and "automatic" in modes
+    student_probs = (seg.student.predict_planes(list(image_slices))
+                     if seg.student is not None and any(m in LABEL_MODES for m in modes) else None)
     if by_student:
         usable = [np.ptp(img) != 0 for img in image_slices]
-        planes = seg.student.predict_planes(list(image_slices))
-        for z, probs in enumerate(planes):
+        for z, probs in enumerate(student_probs):
             if usable[z]:
                 out["automatic"][z] = np.asarray(values)[probs[1:].argmax(0)] * (probs.argmax(0) > 0)
     # a depth adapter decodes each slice of a volume with its neighbours, as predict_volume does
@@ -189,14 +192,15 @@ def _predict_slices(seg, image_slices, label_slices, values, modes, texts=()) ->
     if stacked:  # the slices are display planes already: the session's planes must be these same planes
         seg.set_planes(image_slices)
     try:
-        _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out)
+        _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out, student_probs)
     finally:
         if stacked:
             seg.reset_volume()
     return out
 
 
-def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out) -> None:
+def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_student, stacked, out,
+                   student_probs=None) -> None:
     for z, (img, lab) in enumerate(zip(image_slices, label_slices)):
         present = [(k, v) for k, v in enumerate(values) if (lab == v).any()]
         label_modes = [m for m in LABEL_MODES if m in modes and not (by_student and m == "automatic")]
@@ -211,7 +215,10 @@ def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_stu
             for t, m in zip(texts, seg.predict(text=list(texts)).masks):
                 out[f"text:{t}"][z] = m
         for mode in label_modes:  # the second reuses the first's decode (Segmenter caches it per image)
-            p = seg.predict(refine=mode == "self-prompted")
+            if student_probs is not None:  # only self-prompted is left: the student's answer, refined
+                p = student_prediction(seg, img, list(range(len(values))), True, probs=student_probs[z])
+            else:
+                p = seg.predict(refine=mode == "self-prompted")
             for m, v in zip(p.masks, values):
                 out[mode][z][m] = v
         if not present:
