@@ -48,14 +48,13 @@ def _variant(run: Path, twin: Path, overrides: list[str], round_: int) -> None:
     from medadapt.recipes import distill, load_config
     from medadapt.ssl.distill import recorded_settings
 
-    settings = load_config(twin / "config.yaml", overrides).distill if (twin / "config.yaml").is_file() else None
-    if settings is not None and has_student(twin, settings, f"--set {' '.join(overrides)}: delete {twin} or pass "
-                                            "the settings it was made with"):
+    copy_for_distillation(run, twin)  # nothing to copy when the twin has its config
+    settings = load_config(twin / "config.yaml", overrides).distill
+    if has_student(twin, settings, f"--set {' '.join(overrides)}: delete {twin} or pass the settings it was made with"):
         return
-    copy_for_distillation(run, twin)
     if round_ == 2 and not (twin / "distill" / "settings.json").is_file():  # round 1 as the run finished it
         recorded = json.loads((run / "distill" / "settings.json").read_text())
-        want = json.loads(json.dumps(asdict(load_config(twin / "config.yaml", overrides).distill)))
+        want = json.loads(json.dumps(asdict(settings)))
         had = recorded_settings(recorded["distill"])
         other = sorted(k for k in set(had) | set(want) if k not in {*LATER_ROUNDS, "rounds", "val_every"}
                        and had.get(k) != want.get(k))

@@ -72,19 +72,6 @@ def label_volume(seg, images: np.ndarray, *, refine: bool = True, tta: bool = Tr
     return label, conf
 
 
-def label_stack(seg, images: np.ndarray, *, refine: bool = True, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(labels uint8 N x H x W, confidences float32, 0 on constant planes) of a case's N display planes: each
-    plane with its neighbours for a model with a depth adapter (:func:`label_volume`), else one by one."""
-    if seg.backbone.depth_slices > 1 and images.shape[0] > 1:
-        return label_volume(seg, images, refine=refine, tta=tta)
-    label = np.zeros(images.shape[:3], np.uint8)
-    conf = np.zeros(images.shape[:3], np.float32)
-    for k, plane in enumerate(images):
-        if np.isfinite(plane).all() and plane.max() != plane.min():
-            label[k], conf[k] = label_slice(seg, plane, refine=refine, tta=tta)
-    return label, conf
-
-
 def _path(folder: Path, case: Case) -> Path:
     return folder / f"{case.case_id}.npz"
 
@@ -116,8 +103,17 @@ def label_cases(seg, cases: Sequence[Case], config: DataConfig, folder: str | os
             out.append(path)
             continue
         images, _ = load_volume_case(case, config, with_labels=False)
-        label, c = label_stack(seg, images, refine=refine, tta=tta)
-        conf = np.round(c * 255).astype(np.uint8)
+        if seg.backbone.depth_slices > 1 and images.shape[0] > 1:  # each plane with its neighbours
+            label, c = label_volume(seg, images, refine=refine, tta=tta)
+            conf = np.round(c * 255).astype(np.uint8)
+        else:
+            label = np.zeros(images.shape[:3], np.uint8)
+            conf = np.zeros(images.shape[:3], np.uint8)
+            for k, plane in enumerate(images):
+                if not np.isfinite(plane).all() or plane.max() == plane.min():
+                    continue
+                lab, c = label_slice(seg, plane, refine=refine, tta=tta)
+                label[k], conf[k] = lab, np.round(c * 255).astype(np.uint8)
         images = grey_stack(images)  # colour 2-D images: the student reads grey levels
         atomic_write(path, lambda tmp: np.savez(tmp, image=images, label=label, confidence=conf))
         out.append(path)
@@ -127,4 +123,4 @@ def label_cases(seg, cases: Sequence[Case], config: DataConfig, folder: str | os
     return out
 
 
-__all__ = ["label_cases", "label_slice", "label_stack", "label_volume", "load_pseudo_labels"]
+__all__ = ["label_cases", "label_slice", "label_volume", "load_pseudo_labels"]
