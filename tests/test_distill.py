@@ -377,7 +377,7 @@ def test_refined_relabelling_gives_the_decoders_answer_to_the_students_boxes(dis
     from medadapt.ssl.student_labels import relabel_cases
 
     with pytest.raises(MedAdaptError, match="the case of every pseudo-label file"):
-        relabel_cases(first, files, tmp_path / "again", seg=seg, cases=[images["000"], images["001"]], data=data)
+        relabel_cases(first, files, tmp_path / "again", refiner=lambda: seg, cases=[images["000"], images["001"]], data=data)
     with pytest.raises(MedAdaptError, match="relabel.*student \\| refined"):
         DistillConfig(relabel="decoder")
 

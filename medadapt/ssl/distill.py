@@ -120,14 +120,13 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     for r in range(1, config.rounds + 1):
         folder = work if r == 1 else work / f"round{r}"
         if r > 1:  # the previous round's student labels the unlabelled slices again
-            refiner = None
-            missing = any(not (folder / "pseudo" / Path(f).name).is_file() for f in files)
-            if config.relabel == "refined" and missing:  # ... its masks self-prompted through the run's decoder
-                refiner = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
-                refiner.set_student(student)
-            files = relabel_cases(student, files, folder / "pseudo", seg=refiner, cases=splits["unlabeled"],
-                                  data=data, log=log)
-            del refiner
+            def refiner(student=student):  # ... with refined: its masks self-prompted through the run's decoder
+                seg = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
+                seg.set_student(student)
+                return seg
+
+            files = relabel_cases(student, files, folder / "pseudo", cases=splits["unlabeled"], data=data, log=log,
+                                  refiner=refiner if config.relabel == "refined" else None)
             pseudo = [(z["image"], z["label"], z["confidence"]) for z in map(load_pseudo_labels, files)]
         trainer = StudentTrainer(config, names, values, labeled_bank, slice_bank(pseudo, config.student), folder,
                                  seed + r - 1, validate=validate, log=log)

@@ -23,6 +23,7 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
 from ..data import DataConfig, load_volume_case
 from ..data.cases import Case
+from ..inference import Segmenter
 from ..inference.student_answers import student_prediction
 from ..student import Student
 from .foundation_labels import load_pseudo_labels
@@ -41,7 +42,7 @@ def student_label_stack(student: Student, images: np.ndarray) -> tuple[np.ndarra
     return label, conf
 
 
-def refined_label_stack(seg, images: np.ndarray, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def refined_label_stack(seg: Segmenter, images: np.ndarray, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The student of ``seg`` (a :class:`~medadapt.inference.Segmenter` with a student set) self-prompted through
     its decoder, for a case's display planes ``images`` (``grey``: the same planes as the student reads them).
 
@@ -78,21 +79,22 @@ def refined_label_stack(seg, images: np.ndarray, grey: np.ndarray) -> tuple[np.n
 
 
 def relabel_cases(student: Student, sources: Sequence[str | os.PathLike], folder: str | os.PathLike, *,
-                  seg=None, cases: Sequence[Case] = (), data: DataConfig | None = None,
-                  log: Callable[[str], None] = print) -> list[Path]:
+                  refiner: Callable[[], Segmenter] | None = None, cases: Sequence[Case] = (),
+                  data: DataConfig | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """Label the images of each pseudo-label file in ``sources`` with ``student`` into ``folder`` (same
-    names); files already there are kept, so an interrupted relabelling resumes. With ``seg`` (the run's
-    Segmenter, ``student`` set on it), the student's masks are refined by the decoder
-    (:func:`refined_label_stack`); the decoder reads each case of ``cases`` (the file ``CASE_ID.npz``) as
-    ``data`` loads it."""
+    names); files already there are kept, so an interrupted relabelling resumes. With ``refiner`` (a
+    function returning the run's Segmenter with ``student`` set on it, called only when a file is missing),
+    the student's masks are refined by the decoder (:func:`refined_label_stack`); the decoder reads each
+    case of ``cases`` (the file ``CASE_ID.npz``) as ``data`` loads it."""
     by_id = {c.case_id: c for c in cases}
-    if seg is not None and (data is None or any(Path(src).stem not in by_id for src in sources)):
+    if refiner is not None and (data is None or any(Path(src).stem not in by_id for src in sources)):
         raise MedAdaptError("relabelling through the decoder needs the data config and the case of every "
                             "pseudo-label file (named CASE_ID.npz)")
     folder = Path(folder)
     out = []
     todo = sum(not (folder / Path(src).name).is_file() for src in sources)
-    if seg is not None and todo:
+    seg = refiner() if refiner is not None and todo else None
+    if seg is not None:
         log(f"relabelling {todo} cases: the student's masks self-prompted through the decoder")
     for src in map(Path, sources):
         path = folder / src.name
