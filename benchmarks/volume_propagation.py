@@ -266,8 +266,8 @@ def summarise(log: Path, args) -> None:
             d = np.array([r["dice"] for r in rs])
             held = [r["dice"] for r in rs if r["case"] not in chosen]
             hd = [r["hd95_mm"] for r in rs if r["hd95_mm"] is not None]
-            table.append(f"| {method} | {d.mean():.3f} | {np.mean(held) if held else float('nan'):.3f} "
-                         f"({len(held)}) | {d.min():.3f} | {d.max():.3f} | "
+            held_cell = f"{np.mean(held):.3f} ({len(held)})" if held else "none (all chosen on)"
+            table.append(f"| {method} | {d.mean():.3f} | {held_cell} | {d.min():.3f} | {d.max():.3f} | "
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
             payload[method] = {"mean_dice": round(float(d.mean()), 4),
                                "held_out_mean_dice": round(float(np.mean(held)), 4) if held else None, "rows": rs}
