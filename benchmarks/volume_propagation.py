@@ -266,11 +266,12 @@ def summarise(log: Path, args) -> None:
             d = np.array([r["dice"] for r in rs])
             held = [r["dice"] for r in rs if r["case"] not in chosen]
             hd = [r["hd95_mm"] for r in rs if r["hd95_mm"] is not None]
-            held_cell = f"{np.mean(held):.3f} ({len(held)})" if held else "none (all chosen on)"
+            held_mean = float(np.mean(held)) if held else None
+            held_cell = f"{held_mean:.3f} ({len(held)})" if held else "none (all chosen on)"
             table.append(f"| {method} | {d.mean():.3f} | {held_cell} | {d.min():.3f} | {d.max():.3f} | "
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
             payload[method] = {"mean_dice": round(float(d.mean()), 4),
-                               "held_out_mean_dice": round(float(np.mean(held)), 4) if held else None, "rows": rs}
+                               "held_out_mean_dice": None if held_mean is None else round(held_mean, 4), "rows": rs}
         extra = ["without_base", "every_slice_both", "no_proposals"] if args.adapter else ["box_chain"]
         per = ["| volume | structure | slice | propagated | precision / recall | in extent | every slice | "
                + " | ".join(m.replace("_", " ") for m in extra) + " |", "|---" * (7 + len(extra)) + "|"]
