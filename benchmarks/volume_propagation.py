@@ -2,7 +2,8 @@
 
 For each volume and structure (LA: the left atrium; BraTS: the FLAIR edema; ACDC val: RV, MYO and LV of each
 frame, one object each) the ground truth gives one tight box on the slice where the structure is largest, and
-``Segmenter.predict_volume(boxes={z: box})`` propagates it. Two references run on the same cached embeddings:
+``Segmenter.predict_volume(boxes={z: box})`` propagates it (``--boxes-at``: boxes on more slices, fused).
+Two references run on the same cached embeddings:
 
 * ``every_slice``: a ground-truth box on every slice that holds the structure, each slice decoded alone (the
   ceiling of slice-wise boxes);
@@ -16,6 +17,7 @@ them on BraTS and ACDC val (``--sets brats acdc``), never on the set you report.
 (volume, structure, method) is appended to RUN/results.jsonl, so a stopped run resumes.
 
     python benchmarks/volume_propagation.py --sets la brats acdc
+    python benchmarks/volume_propagation.py --sets la --boxes-at 0.15 0.85   # three boxes per structure
     python benchmarks/volume_propagation.py --sets brats acdc --limit 8 --run runs/volume_grid \
         --grid min_score=0.5,0.7,0.8 min_area_ratio=0,0.2 mask_prompt=0,1 point=0,1
 """
@@ -89,6 +91,14 @@ def slice_boxes(gt: np.ndarray, axis: int) -> dict[int, np.ndarray]:
             if np.take(gt, k, axis).any()}
 
 
+def prompted_slices(boxes: dict[int, np.ndarray], largest: int, fractions: list[float]) -> list[int]:
+    """The slice where the structure is largest and, for each fraction f of ``--boxes-at``, the slice at f of its
+    extent (0 its first slice, 1 its last; the nearest slice that holds it)."""
+    ks = sorted(boxes)
+    wanted = [ks[0] + f * (ks[-1] - ks[0]) for f in fractions]
+    return sorted({largest, *(min(ks, key=lambda k: abs(k - w)) for w in wanted)})
+
+
 def every_slice(seg: Segmenter, boxes: dict[int, np.ndarray]) -> np.ndarray:
     session = seg.volume
     out = np.zeros(session.data.shape, bool)
@@ -150,14 +160,21 @@ def main(argv=None) -> int:
     ap.add_argument("--adapter", default=None, metavar="RUN",
                     help="an adapted model (a finetune run folder): also scores its decoder's walks alone "
                          "(without_base), and without class proposals (no_proposals)")
+    ap.add_argument("--boxes-at", nargs="+", type=float, default=[], metavar="F",
+                    help="ground-truth boxes also on the slices at these fractions of each structure's extent "
+                         "(0 its first slice, 1 its last), e.g. 0.15 0.85: a user who boxes it near its ends too "
+                         "(reported as box_propagation_<n>boxes)")
     ap.add_argument("--axis", type=int, default=2)
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
+    if any(not 0.0 <= f <= 1.0 for f in args.boxes_at):
+        ap.error(f"--boxes-at takes fractions of the extent in [0, 1]; got {args.boxes_at}")
+    at = sorted(set(args.boxes_at))
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     log = run / "results.jsonl"
-    done = {(r["set"], r["case"], r["label"], r["method"]) for r in map(json.loads, log.read_text().splitlines())} \
-        if log.exists() else set()
+    done = {(r["set"], r["case"], r["label"], r["method"]) for r in map(json.loads, log.read_text().splitlines())
+            if r.get("boxes_at", []) == at} if log.exists() else set()
     seg = Segmenter.from_pretrained("litemedsam", adapter=args.adapter)
     root = data_root(args.data_root)
     if args.grid:
@@ -168,7 +185,7 @@ def main(argv=None) -> int:
         given = parse_values(args.config or [])
         methods = {"propagated": PropagationConfig(**given), "every_slice": None,
                    "in_extent": PropagationConfig(**{**given, **UNSTOPPED})}
-        if not (args.config or args.adapter):
+        if not (args.config or args.adapter or at):
             methods["box_chain"] = NAIVE
         if args.adapter:  # the adapted decoder's walk alone, with and without its class proposals
             methods["without_base"] = PropagationConfig(**{**given, "base": False})
@@ -191,6 +208,7 @@ def main(argv=None) -> int:
                     continue
                 boxes = slice_boxes(gt, args.axis)
                 z = max(boxes, key=lambda k: int(np.take(gt, k, args.axis).sum()))
+                zs = prompted_slices(boxes, z, at)
                 encoded, enc_s, start = seg.volume.encoded, seg.volume.encode_seconds, time.perf_counter()
                 if methods[method] is None:
                     pred = every_slice(seg, boxes)
@@ -198,13 +216,13 @@ def main(argv=None) -> int:
                     pred = every_slice_both(seg, boxes)
                 else:
                     obj = Propagation(seg.volume, methods[method])
-                    obj.start({z: {"box": boxes[z]}})
+                    obj.start({k: {"box": boxes[k]} for k in zs})
                     pred = obj.volume()
                     if method == "in_extent":
                         pred = in_extent(pred, gt, args.axis)
                 wall = time.perf_counter() - start
                 row = {"set": name, "case": case, "label": value, "structure": classes[value], "method": method,
-                       "slice": z, "gt_slices": len(boxes), "pred_slices": int(np.any(pred, axis=tuple(
+                       "slice": z, **({"boxes_at": at, "prompted": zs} if at else {}), "gt_slices": len(boxes), "pred_slices": int(np.any(pred, axis=tuple(
                            i for i in range(3) if i != args.axis)).sum()),
                        **score(pred, gt, spacing), "seconds": round(wall, 2),
                        "encoded": seg.volume.encoded - encoded,
@@ -220,9 +238,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def where_else(at: list[float], table: bool = True) -> str:
+    """The report's words for ``--boxes-at`` (``table``: the report lists the prompted slices)."""
+    if not at:
+        return ""
+    return (" and on the slices at " + ", ".join(f"{f:g}" for f in at) + " of its extent (0 its first slice, 1 its "
+            "last; `--boxes-at`" + ("; the `slice` column lists the prompted slices)" if table else ")"))
+
+
 def summarise_grid(logs: list[Path], args) -> None:
     """Mean Dice of each setting over the selection objects, overall and per set; ranked by the overall mean."""
-    rows = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
+    at = sorted(set(args.boxes_at))
+    rows = [r for log in logs for line in log.read_text().splitlines()
+            if (r := json.loads(line)).get("boxes_at", []) == at]
     by = {}
     for r in rows:
         by.setdefault(r["method"], []).append(r)
@@ -241,15 +269,16 @@ def summarise_grid(logs: list[Path], args) -> None:
                           "objects": [[r["set"], r["case"], r["label"], r["dice"]] for r in by[m]]}
     volumes = sorted({(r["set"], r["case"]) for r in rows})
     md = ("Propagation settings scored on selection volumes, one ground-truth box on the slice where each "
-          "structure is largest; settings not named in a row are `PropagationConfig`'s defaults of the run that "
+          f"structure is largest{where_else(at, table=False)}; settings not named in a row are `PropagationConfig`'s defaults of the run that "
           "scored it. Rows are ranked by the mean over all objects. Volumes: "
           + ", ".join(f"{s} {c}" for s, c in volumes) + ".\n\n" + "\n".join(table))
-    write_result(sets[-1], args.experiment or "propagation_selection", {"settings": payload}, md,
+    write_result(sets[-1], args.experiment or "propagation_selection" + (f"_{1 + len(at)}boxes" if at else ""), {"settings": payload}, md,
                  title=f"Choosing the propagation settings on {' and '.join(sets)}")
 
 
 def summarise(log: Path, args) -> None:
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    at = sorted(set(args.boxes_at))
+    rows = [r for line in log.read_text().splitlines() if (r := json.loads(line)).get("boxes_at", []) == at]
     for name in args.sets:
         sel = [r for r in rows if r["set"] == name]
         if not sel:
@@ -279,12 +308,13 @@ def summarise(log: Path, args) -> None:
             other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
             mark = " (selection)" if r["case"] in chosen else ""
             pr = f"{r['precision']:.2f} / {r['recall']:.2f}" if "precision" in r else "-"
-            per.append(f"| {r['case']}{mark} | {r['structure']} | {r['slice']} | {r['dice']:.3f} | {pr} | "
+            where = " ".join(map(str, r.get("prompted", [r["slice"]])))
+            per.append(f"| {r['case']}{mark} | {r['structure']} | {where} | {r['dice']:.3f} | {pr} | "
                        f"{other.get('in_extent', float('nan')):.3f} | {other.get('every_slice', float('nan')):.3f} | "
                        + " | ".join(f"{other.get(m, float('nan')):.3f}" for m in extra) + " |")
         md = (
-            "One ground-truth box (tight around the structure) on the slice where it is largest, propagated by "
-            "`Segmenter.predict_volume(boxes={z: box})` with "
+            "One ground-truth box (tight around the structure) on the slice where it is largest"
+            + where_else(at) + ", propagated by `Segmenter.predict_volume(boxes={z: box, ...})` with "
             + (f"`PropagationConfig({', '.join(args.config)})`" if args.config else "the default `PropagationConfig`")
             + (f" (LiteMedSAM adapted by `{args.adapter}`: the adapted decoder's walk, guided by its class "
                "proposals, and the base decoder's walk, their probabilities averaged on each slice; "
@@ -306,7 +336,8 @@ def summarise(log: Path, args) -> None:
             "`(selection)` below.\n\n"
             + "\n".join(table) + "\n\n" + "\n".join(per)
         )
-        write_result(name, args.experiment or "box_propagation", {"results": payload}, md)
+        write_result(name, args.experiment or "box_propagation" + (f"_{1 + len(at)}boxes" if at else ""),
+                     {"results": payload, "boxes_at": at}, md)
 
 
 if __name__ == "__main__":
