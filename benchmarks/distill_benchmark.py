@@ -89,6 +89,17 @@ def _chosen(results: dict, splits: list[str]) -> list[str]:
     return rows if n else []
 
 
+def keep_reported(path: Path, results: dict) -> dict:
+    """The seeds of the report at ``path`` (its results.json) that ``results`` does not hold, each with a
+    ``measured`` block: the machine and command of the report that measured it."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    return {int(seed): {**r, "measured": r.get("measured") or {"machine": old.get("machine", {}),
+                                                                "command": old.get("command", "?")}}
+            for seed, r in old.get("seeds", {}).items() if int(seed) not in results}
+
+
 def _peer(run: Path) -> Path:
     """RUN_peer: the run's config, adapter and cached slices, distilled with ``distill.pseudo_weight=0``."""
     from medadapt.recipes import distill
@@ -118,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                          "augmentations and EMA-teacher consistency on the same unlabelled slices, without the "
                          "foundation pseudo-labels (distill.pseudo_weight=0), in RUN_peer/")
     ap.add_argument("--result", default=None, help="DATASET/EXPERIMENT (default: from the recipe's name)")
+    ap.add_argument("--keep-reported", action="store_true",
+                    help="keep the seeds of the existing report that this command does not run, with the machine, "
+                         "date and command that measured them (for a seed whose run folder is gone)")
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: report the seeds and peers already finished (scoring what is not scored "
                          "yet), leave out the rest")
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     base = load_config(args.config, args.overrides)
     dataset, experiment = (parse_result(args.result) if args.result
                            else (base.name.partition("_")[0], "distill_" + base.name.partition("_")[2].replace("_distill", "")))
+    kept = keep_reported(result_dir(dataset, experiment) / "results.json", results) if args.keep_reported else {}
+    results = dict(sorted({**results, **kept}.items()))
     if not results:
         raise SystemExit("no seed has a finished student to report (--finished-only)")
     classes = list(next(iter(results.values()))[f"{args.splits[0]}:student"]["per_class"])
@@ -203,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
              "UNet at the student's budget. Its later rounds train on from the previous round with the schedule "
              "restarted; the relabelled slices carry no weight there either.\n" if args.peer else "")
           + (f"\n{about.read_text().strip()}\n" if about.is_file() else "")
+          + "".join(f"\nSeed {seed} is carried over from the report it was measured for (`--keep-reported`): "
+                    f"{m['machine'].get('date', '?')}, commit {m['machine'].get('commit', '?')}, "
+                    f"{m['machine'].get('cpu', '?')}, `{m['command']}`.\n"
+                    for seed, m in ((seed, kept[seed]["measured"]) for seed in kept))
           + "\n".join(lines + _chosen(results, args.splits)) + "\n")
     path = write_result(dataset, experiment, {"seeds": results}, md)
     print(md)
