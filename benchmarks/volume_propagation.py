@@ -301,17 +301,18 @@ def summarise(log: Path, args) -> None:
                          f"{np.median(hd) if hd else float('nan'):.1f} | {len(rs)} |")
             payload[method] = {"mean_dice": round(float(d.mean()), 4),
                                "held_out_mean_dice": None if held_mean is None else round(held_mean, 4), "rows": rs}
-        extra = ["without_base", "every_slice_both", "no_proposals"] if args.adapter else ["box_chain"]
-        per = ["| volume | structure | slice | propagated | precision / recall | in extent | every slice | "
-               + " | ".join(m.replace("_", " ") for m in extra) + " |", "|---" * (7 + len(extra)) + "|"]
+        extra = ["without_base", "every_slice_both", "no_proposals"] if args.adapter else ["box_chain"] * (not at)
+        head = ["volume", "structure", "slice", "propagated", "precision / recall", "in extent", "every slice",
+                *(m.replace("_", " ") for m in extra)]
+        per = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for r in [r for r in sel if r["method"] == "propagated"]:
             other = {x["method"]: x["dice"] for x in sel if x["case"] == r["case"] and x["label"] == r["label"]}
             mark = " (selection)" if r["case"] in chosen else ""
             pr = f"{r['precision']:.2f} / {r['recall']:.2f}" if "precision" in r else "-"
             where = " ".join(map(str, r.get("prompted", [r["slice"]])))
-            per.append(f"| {r['case']}{mark} | {r['structure']} | {where} | {r['dice']:.3f} | {pr} | "
-                       f"{other.get('in_extent', float('nan')):.3f} | {other.get('every_slice', float('nan')):.3f} | "
-                       + " | ".join(f"{other.get(m, float('nan')):.3f}" for m in extra) + " |")
+            cells = [f"{r['case']}{mark}", r["structure"], where, f"{r['dice']:.3f}", pr,
+                     *(f"{other.get(m, float('nan')):.3f}" for m in ["in_extent", "every_slice", *extra])]
+            per.append("| " + " | ".join(cells) + " |")
         md = (
             "One ground-truth box (tight around the structure) on the slice where it is largest"
             + where_else(at) + ", propagated by `Segmenter.predict_volume(boxes={z: box, ...})` with "
@@ -325,7 +326,7 @@ def summarise(log: Path, args) -> None:
             + f"slices along axis {args.axis}). `every_slice`: a ground-truth box on every slice that holds the "
             "structure, each decoded alone (the ceiling of slice-wise boxes). `in_extent`: the same walks without "
             "stopping rules, cut to the slices that hold the structure (a perfect stopping rule). "
-            + ("" if args.config or args.adapter
+            + ("" if args.config or args.adapter or at
                else "`box_chain`: the previous slice's mask box as the only prompt, no stopping rule. ")
             + "3-D Dice per volume and structure; HD95 in mm from "
             "the file's spacing (ACDC stores 1 mm in-plane: read its HD95 as pixels in-plane). The settings were "
