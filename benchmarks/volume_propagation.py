@@ -315,7 +315,8 @@ def summarise(log: Path, args) -> None:
             per.append("| " + " | ".join(cells) + " |")
         md = (
             "One ground-truth box (tight around the structure) on the slice where it is largest"
-            + where_else(at) + ", propagated by `Segmenter.predict_volume(boxes={z: box, ...})` with "
+            + where_else(at) + ", propagated by `Segmenter.predict_volume(boxes={z: box" + (", ..." if at else "")
+            + "})` with "
             + (f"`PropagationConfig({', '.join(args.config)})`" if args.config else "the default `PropagationConfig`")
             + (f" (LiteMedSAM adapted by `{args.adapter}`: the adapted decoder's walk, guided by its class "
                "proposals, and the base decoder's walk, their probabilities averaged on each slice; "
