@@ -78,12 +78,16 @@ def machine() -> dict:
         info["commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "medadapt", "benchmarks"],
-                                 cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        if changed:  # the code that ran is not the commit alone
-            info["commit"] += " with uncommitted changes to medadapt/ or benchmarks/"
     except Exception:
         info["commit"] = "unknown"
+    try:  # the code that ran is not the commit alone (the reports under benchmarks/results do not count)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "medadapt",
+                                  "benchmarks", ":(exclude)benchmarks/results"],
+                                 cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        if changed:
+            info["commit"] += " with uncommitted changes to medadapt/ or benchmarks/"
+    except Exception:
+        pass
     return info
 
 

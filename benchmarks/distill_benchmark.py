@@ -195,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     results = dict(sorted({**results, **kept}.items()))
     if not results:
         raise SystemExit("no seed has a finished student to report (--finished-only)")
-    classes = list(next(iter(results.values()))[f"{args.splits[0]}:student"]["per_class"])
+    have = [r for r in results.values() if f"{args.splits[0]}:student" in r]
+    if not have:
+        raise SystemExit(f"no seed has the student scored on {args.splits[0]}")
+    classes = list(have[0][f"{args.splits[0]}:student"]["per_class"])
     lines = []
     for split in args.splits:
         lines.append(f"\n### {split} split\n\n| seed | answer | " + " | ".join(classes) + " | mean Dice | HD95 (px) |\n|---"

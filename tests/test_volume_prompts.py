@@ -117,6 +117,25 @@ def test_between_two_prompted_slices_the_walks_go_through_and_keep_what_either_s
         PropagationConfig(fusion="union")
 
 
+def test_a_correction_between_two_prompts_takes_over_the_slices_nearer_to_it(blobs_session):
+    seg, vol, a, b = blobs_session
+    boxes = {3: tight_box(a[3]), 8: tight_box(a[8])}
+    strict = PropagationConfig(min_score=0.99)  # only walks that go through between prompts answer
+    seg.predict_volume(boxes=boxes, propagation=strict)
+    obj = seg.volume_object
+    assert (3, 1) in obj.through and len(obj.chains[(3, 1)]) == 4
+    seg.correct_volume(6, box=tight_box(a[6]))
+    assert len(obj.chains[(3, 1)]) == 1 and len(obj.chains[(8, -1)]) == 0  # slice 4 stays; 5 and 7 go to slice 6
+    assert len(obj.chains[(6, -1)]) == 2 and len(obj.chains[(6, 1)]) == 1  # the walks from 6 go through both ways
+    assert all(obj.answer(k) is not None and obj.answer(k).mask.any() for k in range(3, 9))
+    # the object is absent on slice 6 after all: the walks that went through to it walk again with the rules
+    seg.predict_volume(boxes=boxes, propagation=strict)
+    obj = seg.volume_object
+    seg.correct_volume(6, mask=np.zeros_like(a[6]))
+    assert not obj.answer(6).mask.any()
+    assert all(obj.answer(k) is None for k in (4, 5, 7)) and not obj.through
+
+
 def test_array_and_moved_axis_give_the_same_mask(litemedsam):
     vol, a, _ = two_blobs(depth=6, h=48, w=56)
     litemedsam.set_volume(vol, axis=0, cache_mb=64)

@@ -44,8 +44,12 @@ where the other is sure against it. Both were chosen on the two validation
 and two training volumes of the left-atrium recipe.
 
 A correction on any slice (more points, a new box or mask) re-decodes that
-slice and walks again from it only: the walks that reached it from its
-prompted neighbours are cut there, and every other slice keeps its answer.
+slice and walks again from it only. The walks that reached it from its
+prompted neighbours keep the slices nearer to those neighbours than to it, and
+the walk from the correction answers the rest, so that a correction which
+removes a leak is not undone by the other walk; every other slice keeps its
+answer. Where a correction says the object is absent (an empty answer), a
+neighbour's walk that went through to that slice walks again with the rules.
 """
 
 from __future__ import annotations
@@ -220,6 +224,7 @@ class Propagation:
         self.prompts: dict[int, SlicePrompts] = {}
         self.answers: dict[int, SliceAnswer] = {}  # the prompted slices
         self.chains: dict[tuple[int, int], list[SliceAnswer]] = {}  # (start, +1/-1) -> answers at start +- 1, 2, ...
+        self.through: set[tuple[int, int]] = set()  # the walks that went on to the next prompt without the rules
         self.decoded = 0  # decoder passes so far
         self.guide: str | None = None  # the learned class whose proposals guide the walks (see proposals)
         self._proposals: tuple[int | None, dict[str, np.ndarray]] = (None, {})  # the last slice's class proposals
@@ -327,6 +332,7 @@ class Propagation:
         ahead = [s for s in self.prompts if (s - start) * direction > 0]
         end = min(ahead, key=lambda s: abs(s - start)) if ahead else None
         through = self.config.through and end is not None and prev.mask.any() and self.answers[end].mask.any()
+        (self.through.add if through else self.through.discard)((start, direction))
         while 0 <= k < len(self.session) and k not in self.prompts:
             answer, passes = self._step(k, direction, prev, best)
             if through:  # the object reaches the next prompted slice: no rule ends the walk before it
@@ -386,14 +392,28 @@ class Propagation:
         self.answers[z] = self._answer_prompts(z, p)
         below = [s for s in self.prompts if s < z]
         above = [s for s in self.prompts if s > z]
-        if below:  # the walk up from the prompted slice below now ends before z
-            s = max(below)
-            self.chains[(s, 1)] = self.chains.get((s, 1), [])[: z - s - 1]
+        if below:
+            self._cut(max(below), 1, z)
         if above:
-            s = min(above)
-            self.chains[(s, -1)] = self.chains.get((s, -1), [])[: s - z - 1]
+            self._cut(min(above), -1, z)
         self._walk(z, 1)
         self._walk(z, -1)
+
+    def _cut(self, s: int, direction: int, z: int) -> None:
+        """The walk from prompted slice ``s`` towards ``z``, which has just been prompted (a correction).
+
+        Where ``z`` holds the object, the walk keeps the slices nearer to ``s`` than to ``z``: the others are
+        answered by the walk from ``z`` alone, so a correction that removes a leak is not undone by the max of
+        the two walks. Where ``z``'s answer is empty (the object is absent there), a walk that went through to
+        ``z`` without the stopping rules walks again with them; any other walk is cut before ``z``."""
+        gap = abs(z - s) - 1
+        if self.answers[z].mask.any():
+            keep = -(-(gap + 1) // 2) - 1  # the slices strictly nearer to s than to z
+            self.chains[(s, direction)] = self.chains.get((s, direction), [])[:keep]
+        elif (s, direction) in self.through:
+            self._walk(s, direction)
+        else:
+            self.chains[(s, direction)] = self.chains.get((s, direction), [])[:gap]
 
     # ------------------------------------------------------------------ answers
     def answer(self, k: int) -> SliceAnswer | None:
