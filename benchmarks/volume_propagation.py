@@ -169,12 +169,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if any(not 0.0 <= f <= 1.0 for f in args.boxes_at):
         ap.error(f"--boxes-at takes fractions of the extent in [0, 1]; got {args.boxes_at}")
-    at = sorted(set(args.boxes_at))
+    at = args.boxes_at = sorted(set(args.boxes_at))
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     log = run / "results.jsonl"
-    done = {(r["set"], r["case"], r["label"], r["method"]) for r in map(json.loads, log.read_text().splitlines())
-            if r.get("boxes_at", []) == at} if log.exists() else set()
+    done = {(r["set"], r["case"], r["label"], r["method"]) for r in protocol_rows([log], at)} if log.exists() else set()
     seg = Segmenter.from_pretrained("litemedsam", adapter=args.adapter)
     root = data_root(args.data_root)
     if args.grid:
@@ -238,6 +237,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def protocol_rows(logs: list[Path], at: list[float]) -> list[dict]:
+    """The rows of the results.jsonl files ``logs`` measured with ``--boxes-at`` ``at`` (one-box rows carry none)."""
+    return [r for log in logs for line in log.read_text().splitlines()
+            if (r := json.loads(line)).get("boxes_at", []) == at]
+
+
 def where_else(at: list[float], table: bool = True) -> str:
     """The report's words for ``--boxes-at`` (``table``: the report lists the prompted slices)."""
     if not at:
@@ -248,9 +253,8 @@ def where_else(at: list[float], table: bool = True) -> str:
 
 def summarise_grid(logs: list[Path], args) -> None:
     """Mean Dice of each setting over the selection objects, overall and per set; ranked by the overall mean."""
-    at = sorted(set(args.boxes_at))
-    rows = [r for log in logs for line in log.read_text().splitlines()
-            if (r := json.loads(line)).get("boxes_at", []) == at]
+    at = args.boxes_at
+    rows = protocol_rows(logs, at)
     by = {}
     for r in rows:
         by.setdefault(r["method"], []).append(r)
@@ -277,8 +281,8 @@ def summarise_grid(logs: list[Path], args) -> None:
 
 
 def summarise(log: Path, args) -> None:
-    at = sorted(set(args.boxes_at))
-    rows = [r for line in log.read_text().splitlines() if (r := json.loads(line)).get("boxes_at", []) == at]
+    at = args.boxes_at
+    rows = protocol_rows([log], at)
     for name in args.sets:
         sel = [r for r in rows if r["set"] == name]
         if not sel:

@@ -137,11 +137,10 @@ class PropagationConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise MedAdaptError(f"propagation.{name} must be a whole number >= 0; got {v!r}")
         unit = (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-        if self.fusion not in FUSIONS:
-            raise MedAdaptError(f"propagation.fusion must be one of {', '.join(FUSIONS)}; got {self.fusion!r}")
         check_ranges(self, "propagation", {"min_score": unit, "min_area_ratio": unit, "max_drop": unit, "margin": unit,
                                            "box_threshold": (lambda v: 0.0 < v <= 0.5, "a probability in (0, 0.5]"),
-                                           "base_threshold": (lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")})
+                                           "base_threshold": (lambda v: 0.0 < v < 1.0, "a probability in (0, 1)"),
+                                           "fusion": (lambda v: v in FUSIONS, f"one of {', '.join(FUSIONS)}")})
 
 
 class SliceAnswer:
