@@ -287,6 +287,21 @@ def test_confidence_threshold_decides_which_pseudo_pixels_count(tmp_path):
         assert parts["pseudo_share"] == pytest.approx(expect, abs=0.01)
 
 
+def test_agreement_cuts_the_weight_of_pseudo_pixels_the_ema_teacher_labels_otherwise(tmp_path):
+    scfg, lab, pse = _banks()
+    share = {}
+    for agreement in (0.0, 0.5, 1.0):  # the same seed: the same views, the same teacher, the same disagreement
+        cfg = DistillConfig(student=scfg, iterations=1, batch_size=2, unlabeled_batch_size=4, threshold=0.0,
+                            cutmix=0.0, rampup=0.0, agreement=agreement)
+        trainer = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / str(agreement), seed=0, **QUIET)
+        share[agreement] = trainer.train_step()["pseudo_share"]
+    assert share[0.0] == pytest.approx(1.0)
+    assert 0.0 < share[1.0] < 1.0  # an untrained teacher agrees with some pixels and not with others
+    assert share[0.5] == pytest.approx(1 - 0.5 * (1 - share[1.0]), abs=1e-5)
+    with pytest.raises(MedAdaptError, match=r"distill\.agreement"):
+        DistillConfig(agreement=1.5)
+
+
 # --------------------------------------------------------------------------- the mechanism
 def test_student_learns_from_pseudo_labels(tmp_path, litemedsam_cache):
     """LiteMedSAM fine-tuned on 2 labelled images labels 14 images of a shifted domain; a student taught by

@@ -26,7 +26,11 @@ class DistillConfig:
     (``pseudo_weight``) and against the student's own EMA teacher on the weak
     view where that teacher is at least ``consistency_threshold`` sure
     (``consistency_weight``, ramped up over the first ``rampup`` share of the
-    steps). The EMA teacher is what is saved as the student. Both batches
+    steps). ``agreement`` in [0, 1]: a pseudo-labelled pixel whose class
+    differs from the EMA teacher's (weak view) has its weight cut by this
+    share, ramped in with the consistency loss; 1 trusts the foundation only
+    where the student's teacher agrees with it. The EMA teacher is what is
+    saved as the student. Both batches
     are flipped and turned by quarter turns at random; ``affine`` (a share of
     the slices) adds a rotation of up to ``rotate`` degrees and a zoom drawn
     from ``zoom``. On the ACDC recipe's first round, ``affine: 0.5`` reached
@@ -65,6 +69,7 @@ class DistillConfig:
     pseudo_weight: float = 1.0
     consistency_weight: float = 1.0
     consistency_threshold: float = 0.95
+    agreement: float = 0.0
     rampup: float = 0.2
     ema_decay: float = 0.99
     intensity: float = 0.5
@@ -104,6 +109,7 @@ RANGES: Ranges = {
     "weight_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "pseudo_weight": (lambda v: 0.0 <= v <= 100.0, "a loss weight in [0, 100]"),
     "consistency_weight": (lambda v: 0.0 <= v <= 100.0, "a loss weight in [0, 100]"),
+    "agreement": (_unit, "a share in [0, 1] (0: the foundation label counts wherever it is confident)"),
     "rampup": (_unit, "a share of the steps in [0, 1]"),
     "ema_decay": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "intensity": (lambda v: 0.0 <= v <= 1.0, "a strength in [0, 1]"),

@@ -7,7 +7,10 @@ teacher labels, and a strong view (the weak one with random gamma, contrast,
 noise and blur, then CutMix inside the batch) that the student learns from,
 against the foundation pseudo-label where its confidence passes the
 threshold and against the EMA teacher's answer where that is sure enough
-(FixMatch / UniMatch style). Labels, confidences and teacher answers are
+(FixMatch / UniMatch style). With ``agreement``, a foundation label counts
+less where the EMA teacher's class differs from it (ramped in with the
+consistency loss): the student's own answer, once it has learnt from the
+labelled slices, vetoes the foundation's mistakes. Labels, confidences and teacher answers are
 mixed with the same boxes as the images.
 
 The state (student, teacher, optimiser, schedule, random streams, log) is
@@ -211,6 +214,7 @@ class StudentTrainer:
         xl, yl = (t.to(self.device) for t in self._geometric([self.labeled.x[il].float(), self.labeled.y[il]]))
         xl = intensity(xl, cfg.intensity, gen)
         parts = {}
+        ramp = min(1.0, (self.step + 1) / max(1.0, cfg.rampup * cfg.iterations))
         use_u = cfg.unlabeled_batch_size > 0 and len(self.pseudo) > 0
         if use_u:
             iu = torch.randint(0, len(self.pseudo), (cfg.unlabeled_batch_size,), generator=gen)
@@ -223,6 +227,8 @@ class StudentTrainer:
             xs = intensity(xw, cfg.intensity, gen)
             mu = (wu.float() / 255 >= cfg.threshold).float()
             mt = (conf_t >= cfg.consistency_threshold).float()
+            if cfg.agreement > 0:  # where the EMA teacher's class differs, the foundation label counts less
+                mu = mu * (1 - cfg.agreement * ramp * (yt != yu).float())
             if float(torch.rand((), generator=gen)) < cfg.cutmix:
                 boxes = random_boxes(xs.shape[0], cfg.mix_area, gen, xs.device)
                 perm = torch.roll(torch.arange(xs.shape[0], device=xs.device), 1)
@@ -237,7 +243,6 @@ class StudentTrainer:
         loss = self.dice_ce(ll.float(), yl[:, None].long())
         parts["labeled"] = float(loss.detach())
         if use_u:
-            ramp = min(1.0, (self.step + 1) / max(1.0, cfg.rampup * cfg.iterations))
             lp = masked_ce(ls, yu, mu) + soft_dice(ls, yu, mu)
             lc = masked_ce(ls, yt, mt)
             loss = loss + cfg.pseudo_weight * lp + ramp * cfg.consistency_weight * lc
