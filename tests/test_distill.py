@@ -302,6 +302,17 @@ def test_agreement_cuts_the_weight_of_pseudo_pixels_the_ema_teacher_labels_other
         DistillConfig(agreement=1.5)
 
 
+def test_pseudo_decay_lowers_the_pseudo_label_weight_linearly_over_the_round(tmp_path):
+    scfg, lab, pse = _banks()
+    cfg = DistillConfig(student=scfg, iterations=4, batch_size=2, unlabeled_batch_size=2, pseudo_weight=2.0,
+                        pseudo_decay=0.75)
+    trainer = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path, seed=0, **QUIET)
+    weights = [trainer.train_step()["pseudo_weight"] for _ in range(4)]
+    assert weights == pytest.approx([2.0, 1.625, 1.25, 0.875])
+    with pytest.raises(MedAdaptError, match=r"distill\.pseudo_decay"):
+        DistillConfig(pseudo_decay=-0.1)
+
+
 # --------------------------------------------------------------------------- the mechanism
 def test_student_learns_from_pseudo_labels(tmp_path, litemedsam_cache):
     """LiteMedSAM fine-tuned on 2 labelled images labels 14 images of a shifted domain; a student taught by

@@ -23,7 +23,8 @@ class DistillConfig:
     slices (Dice + cross-entropy on the ground truth) and
     ``unlabeled_batch_size`` pseudo-labelled slices seen through a strong view
     (intensity, CutMix): cross-entropy against the foundation pseudo-label
-    (``pseudo_weight``) and against the student's own EMA teacher on the weak
+    (``pseudo_weight``, falling linearly over a round to ``1 - pseudo_decay``
+    of itself at the round's end) and against the student's own EMA teacher on the weak
     view where that teacher is at least ``consistency_threshold`` sure
     (``consistency_weight``, ramped up over the first ``rampup`` share of the
     steps). ``agreement`` in [0, 1]: a pseudo-labelled pixel whose class
@@ -67,6 +68,7 @@ class DistillConfig:
     lr: float = 1.0e-3
     weight_decay: float = 1.0e-4
     pseudo_weight: float = 1.0
+    pseudo_decay: float = 0.0
     consistency_weight: float = 1.0
     consistency_threshold: float = 0.95
     agreement: float = 0.0
@@ -108,6 +110,7 @@ RANGES: Ranges = {
     "lr": (lambda v: 0.0 < v <= 1.0, "a learning rate in (0, 1]"),
     "weight_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "pseudo_weight": (lambda v: 0.0 <= v <= 100.0, "a loss weight in [0, 100]"),
+    "pseudo_decay": (_unit, "a share in [0, 1] (1: the pseudo-label weight falls to 0 over each round)"),
     "consistency_weight": (lambda v: 0.0 <= v <= 100.0, "a loss weight in [0, 100]"),
     "agreement": (_unit, "a share in [0, 1] (0: the foundation label counts wherever it is confident)"),
     "rampup": (_unit, "a share of the steps in [0, 1]"),

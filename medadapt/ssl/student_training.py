@@ -10,7 +10,9 @@ threshold and against the EMA teacher's answer where that is sure enough
 (FixMatch / UniMatch style). With ``agreement``, a foundation label counts
 less where the EMA teacher's class differs from it (ramped in with the
 consistency loss): the student's own answer, once it has learnt from the
-labelled slices, vetoes the foundation's mistakes. Labels, confidences and teacher answers are
+labelled slices, vetoes the foundation's mistakes. With ``pseudo_decay`` the
+foundation labels' weight falls linearly over the round, leaving the
+student to its own consistency by the end. Labels, confidences and teacher answers are
 mixed with the same boxes as the images.
 
 The state (student, teacher, optimiser, schedule, random streams, log) is
@@ -245,9 +247,10 @@ class StudentTrainer:
         if use_u:
             lp = masked_ce(ls, yu, mu) + soft_dice(ls, yu, mu)
             lc = masked_ce(ls, yt, mt)
-            loss = loss + cfg.pseudo_weight * lp + ramp * cfg.consistency_weight * lc
+            wp = cfg.pseudo_weight * (1 - cfg.pseudo_decay * self.step / cfg.iterations)
+            loss = loss + wp * lp + ramp * cfg.consistency_weight * lc
             parts.update(pseudo=float(lp.detach()), consistency=float(lc.detach()), pseudo_share=float(mu.mean()),
-                         teacher_share=float(mt.mean()))
+                         teacher_share=float(mt.mean()), pseudo_weight=wp)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
