@@ -66,8 +66,7 @@ def score_student(student: Student, volumes: list[tuple[np.ndarray, np.ndarray]]
 
 # what a distillation recorded before a setting existed ran with: one round, float32
 _RECORDED_DEFAULTS = {"rounds": 1, "amp": "off", "affine": 0.0, "rotate": 20.0, "zoom": [0.85, 1.15],
-                      "relabel": "student", "agreement": 0.0,
-                      "pseudo_decay": 0.0}
+                      "relabel": "student", "agreement": 0.0, "pseudo_decay": 0.0}
 
 
 def recorded_settings(distill: dict | None) -> dict:

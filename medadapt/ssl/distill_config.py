@@ -24,17 +24,16 @@ class DistillConfig:
     ``unlabeled_batch_size`` pseudo-labelled slices seen through a strong view
     (intensity, CutMix): cross-entropy against the foundation pseudo-label
     (``pseudo_weight``, falling linearly over a round to ``1 - pseudo_decay``
-    of itself at the round's end) and against the student's own EMA teacher on the weak
-    view where that teacher is at least ``consistency_threshold`` sure
-    (``consistency_weight``, ramped up over the first ``rampup`` share of the
-    steps). ``agreement`` in [0, 1]: a pseudo-labelled pixel whose class
+    of itself at the round's end) and against the student's own EMA teacher
+    on the weak view where that teacher is at least ``consistency_threshold``
+    sure (``consistency_weight``, ramped up over the first ``rampup`` share of
+    the steps). ``agreement`` in [0, 1]: a pseudo-labelled pixel whose class
     differs from the EMA teacher's (weak view) has its weight cut by this
     share, ramped in with the consistency loss; 1 trusts the foundation only
     where the student's teacher agrees with it. The EMA teacher is what is
-    saved as the student. Both batches
-    are flipped and turned by quarter turns at random; ``affine`` (a share of
-    the slices) adds a rotation of up to ``rotate`` degrees and a zoom drawn
-    from ``zoom``. On the ACDC recipe's first round, ``affine: 0.5`` reached
+    saved as the student. Both batches are flipped and turned by quarter
+    turns at random; ``affine`` (a share of the slices) adds a rotation of up
+    to ``rotate`` degrees and a zoom drawn from ``zoom``. On the ACDC recipe's first round, ``affine: 0.5`` reached
     a validation Dice of 0.847 after 2000 steps against 0.851 without (same
     pseudo-labels and seed; ``benchmarks/results/acdc/student_affine_3labeled``),
     so it is off by default.

@@ -12,8 +12,8 @@ less where the EMA teacher's class differs from it (ramped in with the
 consistency loss): the student's own answer, once it has learnt from the
 labelled slices, vetoes the foundation's mistakes. With ``pseudo_decay`` the
 foundation labels' weight falls linearly over the round, leaving the
-student to its own consistency by the end. Labels, confidences and teacher answers are
-mixed with the same boxes as the images.
+student to its own consistency by the end. Labels, confidences and teacher
+answers are mixed with the same boxes as the images.
 
 The state (student, teacher, optimiser, schedule, random streams, log) is
 written atomically every ``val_every`` steps, and a run resumes from it
