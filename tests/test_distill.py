@@ -453,3 +453,49 @@ def test_later_rounds_learn_from_the_previous_students_labels(distilled, tmp_pat
     assert (run / "distill" / "round3" / "log.csv").is_file()
     with pytest.raises(MedAdaptError, match="other distill settings.*rounds"):
         _tiny_distill(run, "distill.rounds=2", resume=True)
+
+
+def test_compare_peer_goes_on_from_the_first_round_that_scores_higher_on_val(distilled, tmp_path):
+    """compare_peer: round 1 is trained again without the foundation's labels, and the rounds go on from the EMA
+    teacher that scores higher on val; with poisoned pseudo-labels (every pixel a square, fully confident) that is
+    the one without them, and round 2 relabels from it and gives the labels no weight."""
+    import yaml
+
+    from medadapt.ssl import student_label_stack
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(distilled / "config.yaml", run / "config.yaml")
+    shutil.copytree(distilled / "adapter", run / "adapter")
+    shutil.copytree(distilled / "distill" / "pseudo", run / "distill" / "pseudo")
+    for f in (run / "distill" / "pseudo").glob("*.npz"):
+        with np.load(f) as z:
+            image, label, conf = z["image"], z["label"], z["confidence"]
+        np.savez(f, image=image, label=np.full_like(label, 2), confidence=np.full_like(conf, 255))
+    steps = ["distill.iterations=30", "distill.val_every=15", "distill.rounds=2", "distill.compare_peer=true"]
+    _tiny_distill(run, *steps)
+    last = lambda p: float((p / "log.csv").read_text().splitlines()[-1].split(",")[-3])  # noqa: E731 val_dice_ema
+    header = (run / "distill" / "peer" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[-3] == "val_dice_ema"
+    with_labels, without = last(run / "distill"), last(run / "distill" / "peer")
+    info = json.loads((run / "student" / "student.json").read_text())
+    assert info["first_round"] == {"foundation": with_labels, "peer": without, "chosen": "peer"}
+    assert without > with_labels  # the poisoned labels cost the student with them
+    peer_state = torch.load(run / "distill" / "peer" / "state.pt", weights_only=True)
+    peer_net = build_network(StudentConfig(**TINY_STUDENT), 2)
+    peer_net.load_state_dict(peer_state["ema"])
+    peer = Student(StudentConfig(**TINY_STUDENT), ["disc", "square"], [1, 2], network=peer_net)
+    z = load_pseudo_labels(run / "distill" / "round2" / "pseudo" / "006.npz")
+    assert np.array_equal(z["label"], student_label_stack(peer, z["image"])[0])  # round 2 relabelled from the peer
+    assert "pseudo_weight" in (run / "distill" / "round2" / "log.csv").read_text().splitlines()[0]
+    weights = {row.split(",")[header.index("pseudo_weight")] for row in
+               (run / "distill" / "round2" / "log.csv").read_text().splitlines()[1:]}
+    assert weights == {"0.0"}
+    # the choice needs a validation split
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["data"]["val"]
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "adapter", bare / "adapter")
+    (bare / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(MedAdaptError, match="compare_peer chooses on the validation split"):
+        _tiny_distill(bare, *steps)

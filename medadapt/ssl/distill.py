@@ -10,6 +10,11 @@
    (``RUN/distill/roundR/pseudo/``; with ``relabel: refined`` its masks
    self-prompted through the decoder) and a student starting from it trains
    again on those labels (``RUN/distill/roundR/``), round after round.
+   With ``compare_peer``, the first round is also trained without the
+   foundation's pseudo-labels (``RUN/distill/peer/``: the same student,
+   seed and unlabelled slices, ``pseudo_weight: 0``), and the rounds go on
+   from whichever EMA teacher scores higher on ``data.val`` at the last
+   step; the choice is recorded in ``RUN/student/student.json``.
 4. The last EMA teacher is written to ``RUN/student/``, where
    :class:`medadapt.inference.Segmenter` finds it and answers automatic
    predictions with it (prompts still go to the promptable decoder).
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +71,7 @@ def score_student(student: Student, volumes: list[tuple[np.ndarray, np.ndarray]]
 
 # what a distillation recorded before a setting existed ran with: one round, float32
 _RECORDED_DEFAULTS = {"rounds": 1, "amp": "off", "affine": 0.0, "rotate": 20.0, "zoom": [0.85, 1.15],
-                      "relabel": "student", "agreement": 0.0, "pseudo_decay": 0.0}
+                      "relabel": "student", "agreement": 0.0, "pseudo_decay": 0.0, "compare_peer": False}
 
 
 def recorded_settings(distill: dict | None) -> dict:
@@ -102,6 +107,9 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     splits = split_cases(unl_data, discover_cases(unl_data))
     if not splits["unlabeled"]:
         raise MedAdaptError("distillation needs unlabelled cases: set data.unlabeled or distill.unlabeled")
+    if config.compare_peer and not splits["val"]:
+        raise MedAdaptError("distill.compare_peer chooses on the validation split, and this run has none: set data.val, "
+                            "or set distill.compare_peer: false")
     log(f"distillation: {len(splits['labeled'])} labelled, {len(splits['unlabeled'])} unlabelled, "
         f"{len(splits['val'])} validation cases")
     seg = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
@@ -140,12 +148,33 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
             trainer.load_state()
             log(f"resumed at step {trainer.step}")
         student = trainer.run()
-        previous, steps = student.network, trainer.step
         last = trainer.history[-1] if trainer.history else {}
+        if r == 1 and config.compare_peer:  # the same round without the foundation's labels; val keeps the better
+            (work / "peer").mkdir(parents=True, exist_ok=True)
+            peer = StudentTrainer(replace(config, pseudo_weight=0.0), names, values, labeled_bank, trainer.pseudo,
+                                  work / "peer", seed, validate=validate, log=log)
+            log("the same round without the foundation pseudo-labels (distill.compare_peer)")
+            if resume and peer.state_path.is_file():
+                peer.load_state()
+                log(f"resumed at step {peer.step}")
+            peer_student = peer.run()
+            peer_last = peer.history[-1] if peer.history else {}
+            first = {"foundation": last.get("val_dice_ema"), "peer": peer_last.get("val_dice_ema")}
+            first["chosen"] = "peer" if first["peer"] > first["foundation"] else "foundation"
+            log(f"first round, val Dice of the EMA teacher: with the foundation pseudo-labels "
+                f"{first['foundation']:.4f}, without {first['peer']:.4f}; the rounds go on from the "
+                + ("student without them" if first["chosen"] == "peer" else "student with them"))
+            if first["chosen"] == "peer":  # later rounds give pseudo-labels no weight either, so relabel cheaply
+                student, last, trainer, config = peer_student, peer_last, peer, replace(
+                    config, pseudo_weight=0.0, relabel="student")
+            settings["first_round"] = first
+            del peer, peer_student
+        previous, steps = student.network, trainer.step
         del pseudo, trainer  # the next round builds its own from the relabelled slices
     save_student(student, out, metadata={"run": run.name, "steps": steps, "rounds": config.rounds,
                                          "seed": seed, "val_dice": last.get("val_dice_ema"),
-                                         "distill": settings["distill"]})
+                                         "distill": settings["distill"],
+                                         **({"first_round": settings["first_round"]} if "first_round" in settings else {})})
     log(f"student written to {out}" + (f" (val Dice {last['val_dice_ema']:.4f})" if "val_dice_ema" in last else ""))
     return out
 
