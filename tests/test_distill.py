@@ -3,6 +3,7 @@ the run folder, answers automatic predictions, and its training resumes exactly.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -474,10 +475,8 @@ def test_compare_peer_goes_on_from_the_first_round_that_scores_higher_on_val(dis
         np.savez(f, image=image, label=np.full_like(label, 2), confidence=np.full_like(conf, 255))
     steps = ["distill.iterations=30", "distill.val_every=15", "distill.rounds=2", "distill.compare_peer=true"]
     _tiny_distill(run, *steps)
-    last = lambda p: float((p / "log.csv").read_text().splitlines()[-1].split(",")[-3])  # noqa: E731 val_dice_ema
-    header = (run / "distill" / "peer" / "log.csv").read_text().splitlines()[0].split(",")
-    assert header[-3] == "val_dice_ema"
-    with_labels, without = last(run / "distill"), last(run / "distill" / "peer")
+    rows = lambda p: list(csv.DictReader((p / "log.csv").read_text().splitlines()))  # noqa: E731
+    with_labels, without = (float(rows(p)[-1]["val_dice_ema"]) for p in (run / "distill", run / "distill" / "peer"))
     info = json.loads((run / "student" / "student.json").read_text())
     assert info["first_round"] == {"foundation": with_labels, "peer": without, "chosen": "peer"}
     assert without > with_labels  # the poisoned labels cost the student with them
@@ -487,10 +486,7 @@ def test_compare_peer_goes_on_from_the_first_round_that_scores_higher_on_val(dis
     peer = Student(StudentConfig(**TINY_STUDENT), ["disc", "square"], [1, 2], network=peer_net)
     z = load_pseudo_labels(run / "distill" / "round2" / "pseudo" / "006.npz")
     assert np.array_equal(z["label"], student_label_stack(peer, z["image"])[0])  # round 2 relabelled from the peer
-    assert "pseudo_weight" in (run / "distill" / "round2" / "log.csv").read_text().splitlines()[0]
-    weights = {row.split(",")[header.index("pseudo_weight")] for row in
-               (run / "distill" / "round2" / "log.csv").read_text().splitlines()[1:]}
-    assert weights == {"0.0"}
+    assert {row["pseudo_weight"] for row in rows(run / "distill" / "round2")} == {"0.0"}
     # the choice needs a validation split
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     del cfg["data"]["val"]

@@ -124,7 +124,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     val = [(grey_stack(im), lab) for im, lab in (load_volume_case(c, data) for c in splits["val"])]
     labeled_bank = slice_bank(labeled, config.student)
     validate = (lambda s: score_student(s, val)) if val else None
-    student, previous = None, None
+    student, previous, first_round = None, None, None
     for r in range(1, config.rounds + 1):
         folder = work if r == 1 else work / f"round{r}"
         if r > 1:  # the previous round's student labels the unlabelled slices again
@@ -144,39 +144,39 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
             log(f"round {r} of {config.rounds}")
         log(f"student: {config.student.network}, {len(trainer.labeled)} labelled and {len(trainer.pseudo)} "
             f"pseudo-labelled slices, {config.iterations} steps")
-        if resume and trainer.state_path.is_file():
-            trainer.load_state()
-            log(f"resumed at step {trainer.step}")
-        student = trainer.run()
-        last = trainer.history[-1] if trainer.history else {}
+        student, last = _train(trainer, resume, log)
         if r == 1 and config.compare_peer:  # the same round without the foundation's labels; val keeps the better
             (work / "peer").mkdir(parents=True, exist_ok=True)
             peer = StudentTrainer(replace(config, pseudo_weight=0.0), names, values, labeled_bank, trainer.pseudo,
                                   work / "peer", seed, validate=validate, log=log)
             log("the same round without the foundation pseudo-labels (distill.compare_peer)")
-            if resume and peer.state_path.is_file():
-                peer.load_state()
-                log(f"resumed at step {peer.step}")
-            peer_student = peer.run()
-            peer_last = peer.history[-1] if peer.history else {}
-            first = {"foundation": last.get("val_dice_ema"), "peer": peer_last.get("val_dice_ema")}
-            first["chosen"] = "peer" if first["peer"] > first["foundation"] else "foundation"
+            peer_student, peer_last = _train(peer, resume, log)
+            first_round = {"foundation": last.get("val_dice_ema"), "peer": peer_last.get("val_dice_ema")}
+            first_round["chosen"] = "peer" if first_round["peer"] > first_round["foundation"] else "foundation"
             log(f"first round, val Dice of the EMA teacher: with the foundation pseudo-labels "
-                f"{first['foundation']:.4f}, without {first['peer']:.4f}; the rounds go on from the "
-                + ("student without them" if first["chosen"] == "peer" else "student with them"))
-            if first["chosen"] == "peer":  # later rounds give pseudo-labels no weight either, so relabel cheaply
+                f"{first_round['foundation']:.4f}, without {first_round['peer']:.4f}; the rounds go on from the "
+                + ("student without them" if first_round["chosen"] == "peer" else "student with them"))
+            if first_round["chosen"] == "peer":  # later rounds give pseudo-labels no weight either, so relabel cheaply
                 student, last, trainer, config = peer_student, peer_last, peer, replace(
                     config, pseudo_weight=0.0, relabel="student")
-            settings["first_round"] = first
             del peer, peer_student
         previous, steps = student.network, trainer.step
         del pseudo, trainer  # the next round builds its own from the relabelled slices
     save_student(student, out, metadata={"run": run.name, "steps": steps, "rounds": config.rounds,
                                          "seed": seed, "val_dice": last.get("val_dice_ema"),
                                          "distill": settings["distill"],
-                                         **({"first_round": settings["first_round"]} if "first_round" in settings else {})})
+                                         **({"first_round": first_round} if first_round else {})})
     log(f"student written to {out}" + (f" (val Dice {last['val_dice_ema']:.4f})" if "val_dice_ema" in last else ""))
     return out
+
+
+def _train(trainer: StudentTrainer, resume: bool, log: Callable[[str], None]) -> tuple[Student, dict]:
+    """Run ``trainer`` to its last step, from its saved state when resuming: the student and the last log row."""
+    if resume and trainer.state_path.is_file():
+        trainer.load_state()
+        log(f"resumed at step {trainer.step}")
+    student = trainer.run()
+    return student, (trainer.history[-1] if trainer.history else {})
 
 
 def _plain(value):
