@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medadapt.evaluation.evaluate import evaluate_run
     from medadapt.recipes import finetune, load_config
-    from medadapt.training.trainer import config_changes, run_folder
+    from medadapt.training.run_folder import config_changes, run_folder
 
     cfg = load_config(args.config, args.overrides)
     run = run_folder(cfg)

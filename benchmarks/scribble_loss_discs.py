@@ -47,7 +47,7 @@ def main() -> None:
     from test_finetune import config, make_disc_dataset
 
     from medadapt.recipes import config_from_dict, finetune
-    from medadapt.training import trainer
+    from medadapt.training import scribbles
 
     work = Path(tempfile.mkdtemp(prefix="scribble_discs_"))
     root = make_disc_dataset(work / "discs")
@@ -56,7 +56,7 @@ def main() -> None:
         raw = config(root, work / "runs", "litemedsam", epochs=6, lr=3e-4, cache_dir=str(work / "cache"))
         raw["data"]["scribbles"] = "simulate"
         raw["name"], raw["scribble_loss"] = name, settings
-        with mock.patch.object(trainer, "SIMULATED_BACKGROUND_STROKES", args.background):
+        with mock.patch.object(scribbles, "SIMULATED_BACKGROUND_STROKES", args.background):
             run = finetune(config_from_dict(raw), log=lambda m: None)
         history = [h["val_dice"] for h in json.loads((run / "metrics.json").read_text())["history"]]
         rows[name] = history

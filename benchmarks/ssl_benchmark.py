@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from medadapt.recipes import finetune, load_config
-    from medadapt.training.trainer import run_folder
+    from medadapt.training.run_folder import run_folder
 
     rows, out, logs = [], {"config": args.config, "overrides": args.overrides, "seeds": {}}, {}
     for seed in args.seeds:

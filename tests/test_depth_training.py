@@ -55,10 +55,10 @@ def test_a_view_moves_a_slice_and_its_neighbours_together():
     assert linked[0].neighbours[:2] == (None, None) and linked[0].neighbours[2] == linked[0].key
     assert linked[1].neighbours[0] is None and linked[1].neighbours[3:] == (linked[2].key, linked[3].key)
     # the centres' views are the views a model without a depth adapter trains on: the two compare like for like
-    from medadapt.training.trainer import _views
+    from medadapt.training.augment import augmented_copies
 
     train, _ = samples_with_neighbours(backbone, _slices(volume), _slices(volume), 1, views=2, seed=5)
-    assert [s.key for s in train[4:]] == [s.key for s in prepare(backbone, _views(_slices(volume), 2, 5))]
+    assert [s.key for s in train[4:]] == [s.key for s in prepare(backbone, augmented_copies(_slices(volume), 2, 5))]
     # a constant plane (padding) is a neighbour too, encoded as inference encodes it
     volume[1][:] = 0.0
     train, extra = samples_with_neighbours(backbone, _slices(volume, labelled=[2]), _slices(volume), 1, views=0,

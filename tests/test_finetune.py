@@ -144,13 +144,13 @@ def test_kill_then_resume_continues_from_the_last_checkpoint(discs, tmp_path):
 
 def test_resume_drops_log_rows_ahead_of_the_checkpoint(tmp_path):
     """A kill after an epoch's log row but before its checkpoint must not leave that epoch twice in log.csv."""
-    from medadapt.training.trainer import _truncate_log
+    from medadapt.training.run_folder import truncate_log
 
     log = tmp_path / "log.csv"
     log.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.2\n")
-    _truncate_log(log, 3)
+    truncate_log(log, 3)
     assert log.read_text() == "epoch,loss\n1,0.5\n2,0.4\n3,0.3\n"
-    _truncate_log(log, 3)  # nothing ahead: unchanged
+    truncate_log(log, 3)  # nothing ahead: unchanged
     assert log.read_text().count("\n") == 4
 
 

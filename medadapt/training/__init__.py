@@ -20,8 +20,10 @@ from .extension import ExtensionFactory, LabeledBatch, TrainingContext, Training
 from .online import OnlineLearner
 from .online_config import OnlineConfig
 from .replay import ReplayBuffer, ReplaySample
+from .run import train
+from .run_folder import config_changes, run_folder
 from .text_prompts import fit_text_head, train_text_prompts
-from .trainer import Trainer, config_changes, run_folder, train
+from .trainer import Trainer
 
 __all__ = [
     "ExtensionFactory", "LabeledBatch", "OnlineConfig", "OnlineLearner", "PromptTrainingConfig", "ReplayBuffer",

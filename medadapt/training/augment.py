@@ -8,6 +8,8 @@ of a few more encodings rather than an encoder pass per step).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage
 
@@ -52,4 +54,15 @@ def random_view(
     return out.astype(np.float32), out_lab
 
 
-__all__ = ["random_view"]
+def augmented_copies(slices: list, n: int, seed: int) -> list:
+    """``n`` augmented copies of each labelled slice (for the embedding cache), seeded."""
+    rng = np.random.default_rng(seed + 7919)
+    out = []
+    for v in range(n):
+        for s in slices:
+            image, label = random_view(s.image, s.label, rng)
+            out.append(replace(s, image=image, label=label))
+    return out
+
+
+__all__ = ["augmented_copies", "random_view"]

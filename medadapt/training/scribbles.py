@@ -20,6 +20,9 @@ alone, so "strokes -> mask" is itself learned, and with it the pseudo-labels.
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone
 from ..foundation.decoding import labels_from_logits
+from ..prompts.scribbles import simulate_scribble_labels
 from .config import ScribbleLossConfig
 from .losses import automatic_loss, soft_dice_loss
 from .prompted import decode_simulated
@@ -167,4 +171,20 @@ def scribble_loss(model: Backbone, emb: torch.Tensor, target: torch.Tensor, imag
     return total
 
 
-__all__ = ["affinity_loss", "grid_image", "pseudo_labels", "scribble_loss", "stroke_clicks"]
+#: background strokes across the whole slice, besides one around each object (data.scribbles: simulate)
+SIMULATED_BACKGROUND_STROKES = 2
+
+
+def simulate_scribbles_on(slices: list, seed: int) -> list:
+    """The slices with their full masks replaced by simulated scribbles (-1 unscribbled), seeded per slice
+    (run seed, case id, slice index), so the same run draws the same strokes: per object one stroke along its
+    middle and one in the background around it, and two strokes along the middle of the background."""
+    out = []
+    for s in slices:
+        rng = np.random.default_rng([seed, zlib.crc32(s.case_id.encode()), 0 if s.index is None else s.index + 1])
+        out.append(replace(s, label=simulate_scribble_labels(s.label, rng, background=SIMULATED_BACKGROUND_STROKES)))
+    return out
+
+
+__all__ = ["SIMULATED_BACKGROUND_STROKES", "affinity_loss", "grid_image", "pseudo_labels", "scribble_loss",
+           "simulate_scribbles_on", "stroke_clicks"]

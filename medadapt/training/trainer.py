@@ -1,67 +1,49 @@
-"""``train_sam``-style few-label fine-tuning of an adapted backbone.
+"""The state of one few-label fine-tuning run, step by step: :class:`Trainer`.
 
-One call, :func:`train`, does the whole run: data by case, adapters, cached
-embeddings when the encoder is frozen, automatic (learned class tokens) and
+It reads the data by case, applies the adapters, caches embeddings when the
+encoder is frozen, and trains with the automatic (learned class tokens) and
 prompted (simulated boxes/clicks with corrective clicks) losses, AdamW with
-warm-up + cosine, validation by mean 3-D Dice per case, best-on-validation
-selection, an atomic checkpoint every epoch and ``resume``. Launched by
-``torchrun`` on several ranks, each rank runs its share of every batch and
-rank 0 alone writes the run folder (:mod:`medadapt.training.distributed`).
-
-The run folder holds ``adapter/`` (best on validation), ``checkpoints/last.pt``
-(to resume), ``config.yaml``, ``log.csv`` (+ ``tensorboard/``),
-``metrics.json`` and ``val_overlays.png``.
+warm-up + cosine; it validates by mean 3-D Dice per case and saves and
+restores its state atomically. :func:`medadapt.training.run.train` drives it
+through a whole run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
 import json
 import math
-import os
 import random
-import time
-import zlib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import yaml
-from PIL import Image
 from tqdm import tqdm
 
 from ..adapters import (
     AdapterConfig,
     AutomaticConfig,
     apply,
-    load_adapter,
-    save_adapter,
     set_train_mode,
     trainable_state,
 )
-from ..core.config import load_yaml
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write, atomic_write_json, atomic_write_text
+from ..core.files import atomic_write
 from ..data import DataConfig, SliceDataset, discover_cases, split_cases
 from ..foundation import build_backbone
 from ..foundation.decoding import labels_from_logits
 from ..inference.optimize import bf16_is_fast
-from ..io.overlay import legend, overlay
-from ..prompts.scribbles import simulate_scribble_labels
-from .augment import random_view
-from .config import TrainingConfig, check_run_name
+from .augment import augmented_copies
+from .config import TrainingConfig
 from .depth import case_planes, link_neighbours, samples_with_neighbours
-from .distributed import Split, World, current, data_parallel, launched, rank_device, start, stop
+from .distributed import Split, current, data_parallel, rank_device
 from .extension import ExtensionFactory, LabeledBatch, TrainingContext, TrainingExtension
 from .losses import automatic_loss
-from .prompted import decode_simulated, prompted_loss
+from .prompted import prompted_loss
 from .samples import EmbeddingCache, ModelSample, prepare, to_device, to_model_frame
-from .scribbles import grid_image, scribble_loss
+from .scribbles import grid_image, scribble_loss, simulate_scribbles_on
 from .text_prompts import train_text_prompts
 
 
@@ -155,7 +137,7 @@ class Trainer:
         else:
             self.train_samples = prepare(self.model, self.train_slices)
             if self.use_cache and tc.cache_views > 0:
-                self.train_samples += prepare(self.model, _views(self.train_slices, tc.cache_views, tc.seed))
+                self.train_samples += prepare(self.model, augmented_copies(self.train_slices, tc.cache_views, tc.seed))
             self.val_samples = prepare(self.model, self.val_slices)
         precision = "bfloat16" if self.amp else "float32"
         self.cache = EmbeddingCache(self.model, tc.cache_dir, precision) if self.use_cache else None
@@ -432,32 +414,6 @@ class Trainer:
         }
 
 
-#: background strokes across the whole slice, besides one around each object (data.scribbles: simulate)
-SIMULATED_BACKGROUND_STROKES = 2
-
-
-def simulate_scribbles_on(slices: list, seed: int) -> list:
-    """The slices with their full masks replaced by simulated scribbles (-1 unscribbled), seeded per slice
-    (run seed, case id, slice index), so the same run draws the same strokes: per object one stroke along its
-    middle and one in the background around it, and two strokes along the middle of the background."""
-    out = []
-    for s in slices:
-        rng = np.random.default_rng([seed, zlib.crc32(s.case_id.encode()), 0 if s.index is None else s.index + 1])
-        out.append(replace(s, label=simulate_scribble_labels(s.label, rng, background=SIMULATED_BACKGROUND_STROKES)))
-    return out
-
-
-def _views(slices: list, n: int, seed: int) -> list:
-    """``n`` augmented copies of each labelled slice (for the embedding cache), seeded."""
-    rng = np.random.default_rng(seed + 7919)
-    out = []
-    for v in range(n):
-        for s in slices:
-            image, label = random_view(s.image, s.label, rng)
-            out.append(replace(s, image=image, label=label))
-    return out
-
-
 def _flat(prefix: str, state: Any) -> dict[str, Any]:
     """Nested dicts -> ``{"prefix.key.subkey": value}``."""
     if not isinstance(state, dict):
@@ -465,205 +421,10 @@ def _flat(prefix: str, state: Any) -> dict[str, Any]:
     return {k: v for key, sub in state.items() for k, v in _flat(f"{prefix}.{key}", sub).items()}
 
 
-def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, so a refusal says what to put back."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out: list[str] = []
-        for key in sorted(set(saved) | set(now), key=str):
-            out += _changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
-        return out
-    return [] if saved == now else [prefix.rstrip(".")]
-
-
-def run_folder(config: TrainingConfig) -> Path:
-    """Where ``finetune(config)`` writes: ``output/name`` (``$VARS`` expanded), or ``output`` without a name.
-
-    The folder is always inside ``output`` (the name is one folder name, and
-    one that is a link elsewhere is refused).
-    """
-    check_run_name(config.name, config.output)
-    out = Path(os.path.expandvars(config.output))
-    run = out / config.name if config.name else out
-    if config.name and run.is_symlink():
-        raise MedAdaptError(f"run folder {run} is a link to {run.resolve()}: choose another name")
-    return run
-
-
-def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys where ``config`` differs from the one saved in ``run/config.yaml`` (top-level ``ignore`` skipped).
-
-    Both sides go through the same YAML round trip, so a tuple in memory
-    equals the list it was saved as.
-    """
-    saved = load_yaml((run / "config.yaml").read_text())
-    now = load_yaml(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    # a section added to the recipe after the run was written counts as its defaults
-    defaults = load_yaml(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
-                         {k: v for k, v in now.items() if k not in ignore})
-
-
-def _check_run_dir(config: TrainingConfig, resume: bool) -> Path:
-    """The run folder, checked without writing anything: a checkpoint there needs ``resume``, and a resumed
-    run must keep its data/adapter/prompt settings."""
-    run = run_folder(config)
-    if (run / "checkpoints" / "last.pt").exists() and not resume:
-        raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
-    if resume and not (run / "checkpoints" / "last.pt").is_file():
-        raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
-    cfg_path = run / "config.yaml"
-    if resume and cfg_path.exists():
-        # train: a longer schedule may continue a run; distill: checked by the distillation itself
-        changed = config_changes(config, run, ignore=("train", "distill"))
-        if changed:
-            raise MedAdaptError(
-                f"--resume with a different data/adapter/prompt config than {cfg_path} "
-                f"(changed: {', '.join(changed)}); use the same config"
-            )
-    return run
-
-
-def train(config: TrainingConfig, *, extensions: Sequence[ExtensionFactory] = (), resume: bool = False,
-          log: Callable[[str], None] = print) -> Path:
-    """Fine-tune an adapted backbone as ``config`` says, with ``extensions`` plugged in; returns the run folder.
-
-    :func:`medadapt.recipes.finetune` calls this with the extensions a full
-    config names (the semi-supervised loop for an ``ssl:`` section). Launched
-    by ``torchrun`` on several ranks, every rank calls it; rank 0 alone reads
-    and writes the run folder, logs and shows progress (``docs/distributed.md``).
-    """
-    joined = launched() and current().size == 1  # this call makes the process group
-    world = start()
-    try:
-        return _train(config, extensions, resume, log if world.main else (lambda m: None), world)
-    except MedAdaptError as exc:
-        if world.main or getattr(exc, "reported", False):
-            raise
-        raise MedAdaptError(f"[rank {world.rank}] {exc}") from exc  # one rank's own error: it says so
-    finally:
-        if joined:
-            stop()
-
-
-def _train(config: TrainingConfig, extensions: Sequence[ExtensionFactory], resume: bool,
-           log: Callable[[str], None], world: World) -> Path:
-    # every check runs on every rank (rank 0 alone for the run folder) before anything is written; an error
-    # on any rank stops them all, and rank 0 reports it
-    run = world.agree(lambda: _check_run_dir(config, resume) if world.main else run_folder(config))
-    t0 = time.perf_counter()
-    tr = world.agree(lambda: Trainer(config, run, log, extensions))  # reads the data and builds the model
-    if world.main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
-        f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
-        + ("; embeddings cached (encoder frozen)" if tr.use_cache else "")
-        + (f"; {world.size} ranks, batch {config.train.batch_size} per rank" if world.size > 1 else ""))
-    for path, reason in tr.skipped:
-        log(f"skipped {path}: {reason}")
-    log(str(tr.summary))
-    if resume:  # rank 0 reads the checkpoint, every rank continues from it
-        state = world.broadcast_object(world.agree(lambda: tr.read_state() if world.main else None))
-        world.agree(lambda: tr.apply_state(state))
-        log(f"resumed after epoch {tr.epoch} (best val Dice {tr.best:.4f} at epoch {tr.best_epoch})")
-    tr.distribute()
-    tr.encode_all()
-    writer = _tensorboard(run) if config.train.tensorboard and world.main else None
-    log_path = run / "log.csv"
-    new_log = not log_path.exists() or not resume
-    if world.main and not new_log:
-        _truncate_log(log_path, tr.epoch)  # a kill between the log row and the checkpoint left a row ahead
-        t0 -= _logged_seconds(log_path)  # wall seconds keep counting across the interruption
-    with (open(log_path, "w" if new_log else "a", newline="") if world.main else contextlib.nullcontext()) as fh, tqdm(
-        range(tr.epoch, config.train.epochs), initial=tr.epoch, total=config.train.epochs, desc="epochs", unit="epoch",
-        disable=not world.main,
-    ) as bar:
-        w = csv.writer(fh) if fh is not None else None
-        columns = {k: f for ext in tr.extensions for k, f in ext.log_columns.items()}
-        if new_log and w is not None:
-            w.writerow(["epoch", "loss", "val_dice", *[f"val_{n}" for n in tr.class_names], "lr", "seconds", *columns])
-        for epoch in bar:
-            loss = tr.train_epoch(bar)
-            tr.epoch = epoch + 1
-            tr.check_ranks()
-            if w is None:  # ranks other than 0 write nothing
-                continue
-            row = {"epoch": tr.epoch, "loss": loss}
-            if tr.val_samples and config.prompts.automatic and (tr.epoch % config.train.val_every == 0 or tr.epoch == config.train.epochs):
-                val = tr.validate()
-                row.update(val_dice=val["dice"], per_class=val["per_class"])
-                row.update(val["extensions"])
-                if val["dice"] > tr.best:
-                    tr.best, tr.best_epoch = val["dice"], tr.epoch
-                    save_adapter(tr.model, run / "adapter", metadata=tr.metadata())
-            elif not tr.val_samples or not config.prompts.automatic:
-                save_adapter(tr.model, run / "adapter", metadata=tr.metadata())  # no validation: keep the last
-                tr.best_epoch = tr.epoch
-            tr.history.append(row)
-            pcs = row.get("per_class", {})
-            stats = {**tr.epoch_stats, **row}
-            w.writerow([tr.epoch, f"{loss:.5f}", f"{row.get('val_dice', float('nan')):.5f}",
-                        *[f"{pcs.get(n, float('nan')):.5f}" for n in tr.class_names],
-                        f"{tr.sched.get_last_lr()[0]:.3e}", f"{time.perf_counter() - t0:.1f}",
-                        *[format(stats.get(k, float("nan")), f) for k, f in columns.items()]])
-            fh.flush()
-            if writer is not None:
-                writer.add_scalar("loss", loss, tr.epoch)
-                if "val_dice" in row:
-                    writer.add_scalar("val/dice", row["val_dice"], tr.epoch)
-            extra = {k: format(stats.get(k, float("nan")), ".3f") for k in columns}
-            # shown with the bar's next update (one line per epoch where output is a log file)
-            bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_dice', float('nan')):.3f}",
-                            best=f"{tr.best:.3f}", **extra, refresh=False)
-            tr.save_state()
-    if not world.main:
-        return run
-    if writer is not None:
-        writer.close()
-    metrics = {
-        "best_epoch": tr.best_epoch, "best_val_dice": tr.best, "classes": tr.class_names,
-        "train_slices": len(tr.train_slices), "val_slices": len(tr.val_slices),
-        "val_cases": [c.case_id for c in tr.val_cases], "seconds": time.perf_counter() - t0,
-        "history": tr.history, "trainable_parameters": tr.summary.trainable,
-    }
-    atomic_write_json(run / "metrics.json", metrics, default=float)
-    if tr.val_slices and config.prompts.automatic:
-        _overlay_grid(run, tr)
-    log(f"best validation Dice {tr.best:.4f} at epoch {tr.best_epoch}; run folder {run}")
-    return run
-
-
-def _logged_seconds(path: Path) -> float:
-    """The ``seconds`` of the last row of a run's ``log.csv`` (0 when it has none)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    try:
-        return float(rows[-1]["seconds"]) if rows else 0.0
-    except (KeyError, ValueError):
-        return 0.0
-
-
 def _interactive(bar) -> bool:
     """Whether the progress bar redraws in place (a terminal) rather than appending lines (a log file)."""
     fp = getattr(bar, "fp", None)
     return bool(fp is not None and hasattr(fp, "isatty") and fp.isatty())
-
-
-def _truncate_log(path: Path, epoch: int) -> None:
-    """Keep the header and the rows of epochs up to ``epoch`` (the checkpoint's), atomically."""
-    lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= epoch]
-    if len(keep) != len(lines):
-        atomic_write_text(path, "".join(keep))
-
-
-def _tensorboard(run: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: the CSV log remains
-        return None
-    return SummaryWriter(str(run / "tensorboard"))
 
 
 def automatic_labels(model, emb: torch.Tensor, samples: Sequence, c: int) -> list[np.ndarray]:
@@ -674,33 +435,4 @@ def automatic_labels(model, emb: torch.Tensor, samples: Sequence, c: int) -> lis
             for s, lg in zip(samples, low)]
 
 
-@torch.inference_mode()
-def _overlay_grid(run: Path, tr: Trainer, n: int = 8) -> None:
-    """A PNG grid of validation slices with the best model's automatic masks (decoded as validation decodes
-    them, from the cached embeddings when the run has them), and a legend strip below it naming each class in
-    the colour :func:`~medadapt.io.overlay.overlay` gives it."""
-    model = load_adapter(build_backbone(tr.cfg.backbone, tr.cfg.checkpoint), run / "adapter").to(tr.device).eval()
-    with_fg = [(sl, s) for sl, s in zip(tr.val_slices, tr.val_samples) if s.label is not None and s.label.any()]
-    step = max(1, len(with_fg) // n)
-    names, c = list(tr.class_names), len(tr.class_names)
-    tiles = []
-    for sl, s in with_fg[::step][:n]:
-        emb = (tr.cache.get([s], tr.device, torch.float32) if tr.cache is not None
-               else model.encode(s.pixels[None].to(tr.device)))
-        labels = automatic_labels(model, emb, [s], c)[0]
-        masks = np.stack([labels == k + 1 for k in range(c)])  # mask i is class names[i], drawn in colour i
-        tiles.append(Image.fromarray(overlay(sl.image, masks)).resize((256, 256)))
-    if not tiles:
-        return
-    cols = 4
-    rows = math.ceil(len(tiles) / cols)
-    key = Image.fromarray(legend(names, 256 * cols))
-    grid = Image.new("RGB", (256 * cols, 256 * rows + key.height))
-    for i, t in enumerate(tiles):
-        grid.paste(t, ((i % cols) * 256, (i // cols) * 256))
-    grid.paste(key, (0, 256 * rows))
-    atomic_write(run / "val_overlays.png", lambda tmp: grid.save(tmp, format="PNG"))
-
-
-__all__ = ["train", "Trainer", "seed_everything", "lr_lambda", "run_folder", "config_changes", "prompted_loss",
-           "decode_simulated"]  # the last two live in medadapt.training.prompted
+__all__ = ["Trainer", "automatic_labels", "lr_lambda", "seed_everything"]

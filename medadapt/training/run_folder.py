@@ -1,0 +1,100 @@
+"""The run folder of a fine-tuning run: where it is, whether it may be written or resumed, and its log.
+
+A resumed run must keep the data, adapter and prompt settings it was started
+with (:func:`config_changes` names the keys that differ); a longer ``train``
+schedule may continue it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core.config import load_yaml
+from ..core.errors import MedAdaptError
+from ..core.files import atomic_write_text
+from .config import TrainingConfig, check_run_name
+
+
+def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, so a refusal says what to put back."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += _changed_keys(saved.get(key), now.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == now else [prefix.rstrip(".")]
+
+
+def run_folder(config: TrainingConfig) -> Path:
+    """Where ``finetune(config)`` writes: ``output/name`` (``$VARS`` expanded), or ``output`` without a name.
+
+    The folder is always inside ``output`` (the name is one folder name, and
+    one that is a link elsewhere is refused).
+    """
+    check_run_name(config.name, config.output)
+    out = Path(os.path.expandvars(config.output))
+    run = out / config.name if config.name else out
+    if config.name and run.is_symlink():
+        raise MedAdaptError(f"run folder {run} is a link to {run.resolve()}: choose another name")
+    return run
+
+
+def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys where ``config`` differs from the one saved in ``run/config.yaml`` (top-level ``ignore`` skipped).
+
+    Both sides go through the same YAML round trip, so a tuple in memory
+    equals the list it was saved as.
+    """
+    saved = load_yaml((run / "config.yaml").read_text())
+    now = load_yaml(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # a section added to the recipe after the run was written counts as its defaults
+    defaults = load_yaml(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
+                         {k: v for k, v in now.items() if k not in ignore})
+
+
+def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
+    """The run folder, checked without writing anything: a checkpoint there needs ``resume``, and a resumed
+    run must keep its data/adapter/prompt settings."""
+    run = run_folder(config)
+    if (run / "checkpoints" / "last.pt").exists() and not resume:
+        raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
+    if resume and not (run / "checkpoints" / "last.pt").is_file():
+        raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
+    cfg_path = run / "config.yaml"
+    if resume and cfg_path.exists():
+        # train: a longer schedule may continue a run; distill: checked by the distillation itself
+        changed = config_changes(config, run, ignore=("train", "distill"))
+        if changed:
+            raise MedAdaptError(
+                f"--resume with a different data/adapter/prompt config than {cfg_path} "
+                f"(changed: {', '.join(changed)}); use the same config"
+            )
+    return run
+
+
+def logged_seconds(path: Path) -> float:
+    """The ``seconds`` of the last row of a run's ``log.csv`` (0 when it has none)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    try:
+        return float(rows[-1]["seconds"]) if rows else 0.0
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def truncate_log(path: Path, epoch: int) -> None:
+    """Keep the header and the rows of epochs up to ``epoch`` (the checkpoint's), atomically."""
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= epoch]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
+
+
+__all__ = ["check_run_dir", "config_changes", "logged_seconds", "run_folder", "truncate_log"]
