@@ -16,7 +16,7 @@ from medadapt.core.errors import MedAdaptError
 from medadapt.inference import Segmenter
 from medadapt.recipes import config_from_dict, distill, finetune
 from medadapt.ssl import DistillConfig, StudentTrainer, label_slice, load_pseudo_labels, slice_bank
-from medadapt.student import Student, StudentConfig, build_network, load_student, save_student
+from medadapt.student import Student, StudentConfig, build_network, has_student, load_student, save_student
 
 TINY_STUDENT = {"channels": [4, 8, 16], "size": 64, "res_units": 1}
 QUIET = {"log": lambda m: None}
@@ -54,6 +54,8 @@ def test_config_sections_refuse_typos_and_ranges():
         DistillConfig(threshold=1.5)
     with pytest.raises(MedAdaptError, match=r"distill\.iterations"):
         DistillConfig(iterations=0)
+    with pytest.raises(MedAdaptError, match="multiple of 32"):  # five halvings of 48 do not come out even
+        StudentConfig(channels=[4, 8, 16, 32, 64, 128], size=48)
 
 
 @pytest.mark.parametrize("network", ["unet", "segresnet", "dynunet"])
@@ -87,6 +89,17 @@ def test_student_round_trip_and_refusals(tmp_path):
     (tmp_path / "s" / "student.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(MedAdaptError, match="not a medadapt student"):
         load_student(tmp_path / "s")
+    import safetensors.torch
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    save_student(student, tmp_path / "s")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(safetensors.torch, "save_file", fail)
+        with pytest.raises(MedAdaptError, match="could not write.*disk full"):
+            save_student(student, tmp_path / "s")
+    assert not has_student(tmp_path / "s")  # weights not replaced: the old description is gone too
 
 
 # --------------------------------------------------------------------------- pseudo-labels
@@ -130,6 +143,22 @@ def test_distill_refuses_to_overwrite_or_resume_with_other_settings(distilled):
         distill(distilled, ["train.epochs=3"], **QUIET)
     with pytest.raises(MedAdaptError, match="not a run folder"):
         distill(distilled / "student", **QUIET)
+
+
+def test_distill_refuses_a_changed_adapter_a_scribble_run_and_records_nothing_for_a_failed_start(distilled, tmp_path):
+    run = shutil.copytree(distilled, tmp_path / "run")
+    with open(run / "adapter" / "adapter.json", "a") as fh:  # the fine-tuning went on: another adapter
+        fh.write("\n")
+    with pytest.raises(MedAdaptError, match="adapter .* changed after this distillation began"):
+        _tiny_distill(run, resume=True)
+    shutil.rmtree(run / "distill")
+    with pytest.raises(MedAdaptError, match="distill.unlabeled here"):
+        _tiny_distill(run, "distill.unlabeled=['004']")  # a val case: refused before anything is written
+    assert not (run / "distill" / "settings.json").exists()
+    cfg = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg.replace("data:\n", "data:\n  scribbles: simulate\n", 1))
+    with pytest.raises(MedAdaptError, match="trained from scribbles"):
+        distill(run, **QUIET)
 
 
 # --------------------------------------------------------------------------- predictions
@@ -234,6 +263,9 @@ def test_student_training_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
     (tmp_path / "b" / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(MedAdaptError, match="cannot resume"):
+        StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET).load_state()
+    torch.save({"step": 3}, tmp_path / "b" / "state.pt")
+    with pytest.raises(MedAdaptError, match="does not fit this student"):
         StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET).load_state()
 
 

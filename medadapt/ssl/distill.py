@@ -26,6 +26,7 @@ step's teacher is the student.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, replace
@@ -88,23 +89,23 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     work, out = run / "distill", run / "student"
     if not (run / "adapter" / "adapter.json").is_file():
         raise MedAdaptError(f"{run} is not a finished fine-tuning run (no adapter/adapter.json): run medadapt finetune first")
-    settings = {"distill": _plain(asdict(config)), "seed": seed}
+    if data.scribbles != "none":
+        raise MedAdaptError(f"{run} was trained from scribbles (data.scribbles: {data.scribbles}); the student "
+                            "trains on full label maps, so distil a run trained on full masks")
+    # the adapter's weights are part of what the pseudo-labels came from: a fine-tuning that went on refuses
+    settings = {"distill": _plain(asdict(config)), "seed": seed, "adapter": adapter_fingerprint(run)}
     saved = work / "settings.json"
     if saved.is_file() and not resume:
         raise MedAdaptError(f"{work} holds a distillation already: add --resume to continue it, or delete {work}")
     if resume and saved.is_file():
-        before = json.loads(saved.read_text())
-        before["distill"] = recorded_settings(before["distill"])
-        changed = sorted(k for k in set(before["distill"]) | set(settings["distill"])
-                         if before["distill"].get(k) != settings["distill"].get(k) and k != "val_every"
-                         and not (k == "rounds" and config.rounds > before["distill"]["rounds"])  # more rounds: on
-                         and not (k == "relabel" and before["distill"]["rounds"] == 1))  # it acts from round 2
-        if changed or before.get("seed") != seed:
-            raise MedAdaptError(f"--resume with other distill settings ({', '.join(changed) or 'seed'}); "
-                                f"use the settings of {saved} or start again in another run")
-    atomic_write_json(saved, settings)
+        _check_resumable(json.loads(saved.read_text()), settings, config, saved)
     unl_data = data if config.unlabeled is None else DataConfig.from_dict({**asdict(data), "unlabeled": config.unlabeled})
-    splits = split_cases(unl_data, discover_cases(unl_data))
+    try:
+        splits = split_cases(unl_data, discover_cases(unl_data))
+    except MedAdaptError as exc:
+        if config.unlabeled is None:
+            raise
+        raise MedAdaptError(f"{exc} (the unlabelled cases are distill.unlabeled here: {config.unlabeled!r})") from exc
     if not splits["unlabeled"]:
         raise MedAdaptError("distillation needs unlabelled cases: set data.unlabeled or distill.unlabeled")
     if config.compare_peer and not splits["val"]:
@@ -114,6 +115,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         f"{len(splits['val'])} validation cases")
     seg = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
     names, values = seg.classes, seg.backbone.adapter_config.automatic.label_values
+    atomic_write_json(saved, settings)  # recorded once the run is known to start: a failed check locks nothing
     files = label_cases(seg, splits["unlabeled"], data, work / "pseudo", refine=config.refine, tta=config.tta, log=log)
     del seg
     pseudo = []
@@ -177,6 +179,36 @@ def _train(trainer: StudentTrainer, resume: bool, log: Callable[[str], None]) ->
         log(f"resumed at step {trainer.step}")
     student = trainer.run()
     return student, (trainer.history[-1] if trainer.history else {})
+
+
+def adapter_fingerprint(run: Path) -> str:
+    """SHA-256 of the run's adapter files (``RUN/adapter/``): which adapter a distillation's labels came from."""
+    h = hashlib.sha256()
+    for f in sorted((run / "adapter").iterdir()):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _check_resumable(before: dict, settings: dict, config: DistillConfig, saved: Path) -> None:
+    """A distillation resumes only with the settings, seed and adapter it began with (more rounds are allowed,
+    and ``relabel`` may change while it has one round)."""
+    work = saved.parent
+    if before.get("adapter", settings["adapter"]) != settings["adapter"]:  # runs that predate it recorded none
+        raise MedAdaptError(f"the adapter in {work.parent / 'adapter'} changed after this distillation began (the "
+                            f"fine-tuning went on), so its pseudo-labels are stale: delete {work} to distil the "
+                            "new adapter")
+    recorded = recorded_settings(before["distill"])
+    changed = sorted(k for k in set(recorded) | set(settings["distill"])
+                     if recorded.get(k) != settings["distill"].get(k) and k != "val_every"
+                     and not (k == "rounds" and config.rounds > recorded["rounds"])  # more rounds: on
+                     and not (k == "relabel" and recorded["rounds"] == 1))  # it acts from round 2
+    if changed or before.get("seed") != settings["seed"]:
+        raise MedAdaptError(f"--resume with other distill settings ({', '.join(changed) or 'seed'}); "
+                            f"use the settings of {saved}, or delete {work} to start again")
 
 
 def _plain(value):

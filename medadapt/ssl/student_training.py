@@ -182,13 +182,17 @@ class StudentTrainer:
             state = torch.load(self.state_path, map_location=self.device, weights_only=True)
         except Exception as exc:  # a truncated or foreign file
             raise MedAdaptError(f"cannot resume from {self.state_path}: {str(exc).splitlines()[0]}") from exc
-        self.net.load_state_dict(state["net"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.gen.set_state(state["gen"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step, self.seconds, self.history = state["step"], state["seconds"], list(state["history"])
+        try:
+            self.net.load_state_dict(state["net"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.gen.set_state(state["gen"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
+            self.step, self.seconds, self.history = state["step"], state["seconds"], list(state["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise MedAdaptError(f"{self.state_path} does not fit this student ({str(exc).splitlines()[0]}); "
+                                f"delete it to train the round again") from exc
 
     # ------------------------------------------------------------------ one step
     def _ema_update(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..core.config import Ranges, check_fields, check_ranges
+from ..core.errors import MedAdaptError
 
 NETWORKS = ("unet", "segresnet", "dynunet")
 
@@ -34,6 +35,11 @@ class StudentConfig:
         check_fields(self, "distill.student")
         self.channels = [int(c) for c in self.channels]
         check_ranges(self, "distill.student", RANGES)
+        levels = 2 ** (len(self.channels) - 1)  # each level below the first halves the slice
+        if self.size % levels:
+            raise MedAdaptError(
+                f"distill.student.size {self.size} does not halve evenly through {len(self.channels)} levels "
+                f"(channels {self.channels}): use a multiple of {levels}, e.g. {max(levels, self.size // levels * levels)}")
 
     @property
     def in_channels(self) -> int:

@@ -19,11 +19,13 @@ FORMAT = "medadapt-student-1"
 
 
 def save_student(student: Student, folder: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Write the student's weights and description into ``folder`` (atomically, weights first)."""
+    """Write the student's weights and description into ``folder`` (each atomically; the description last)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in student.network.state_dict().items()}
+    # the description goes first and comes back last, so a folder caught between the two holds no student
+    (folder / DESCRIPTION).unlink(missing_ok=True)
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
     atomic_write_json(folder / DESCRIPTION, {"format": FORMAT, **student.metadata(), **(metadata or {})})
     return folder
