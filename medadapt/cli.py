@@ -58,7 +58,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise MedAdaptError("--text, --overlay and --multimask apply to one image or slice (--slice K)")
         result = segment_volume_file(
             args.image, out=args.out, boxes=[[float(v) for v in b] for b in boxes],
-            points=[[float(v) for v in p[:3]] + [_label(p[3])] for p in points], model=args.model,
+            points=[[_coordinate(v) for v in p[:3]] + [_label(p[3])] for p in points], model=args.model,
             checkpoint=args.checkpoint, axis=args.axis, window=args.window, device=args.device,
             adapter=args.adapter, refine=args.refine, overwrite=args.overwrite, cleanup=_cleanup(args.cleanup))
         names = [f"class {t!r}" for t in result.labels] or ["object"]
@@ -69,7 +69,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.cleanup:
         raise MedAdaptError("--cleanup applies to a whole volume in automatic mode (--adapter RUN, no prompt, no "
                             "--slice)")
-    points = [(float(x), float(y)) for x, y, _ in args.point] if args.point else None
+    points = [(_coordinate(x), _coordinate(y)) for x, y, _ in args.point] if args.point else None
     labels = [_label(v) for _, _, v in args.point] if args.point else None
     result = segment_file(
         args.image,
@@ -199,6 +199,14 @@ def _csv(value: str) -> list[str]:
 def _cleanup(value: str | None) -> list[str] | None:
     """``--cleanup largest,holes`` -> ``['largest', 'holes']`` (the library names what it does not know)."""
     return None if value is None else _csv(value)
+
+
+def _coordinate(value: str) -> float:
+    """A --point coordinate (Z, X or Y) as a number, or an error that says what --point takes."""
+    try:
+        return float(value)
+    except ValueError:
+        raise MedAdaptError(f"--point takes numbers: [Z] X Y LABEL, e.g. --point 120 88 1; got {value!r}") from None
 
 
 def _label(value: str) -> int:

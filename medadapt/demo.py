@@ -21,8 +21,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .adapters import AdapterConfig, AutomaticConfig, apply
+from .core.config import load_yaml
+from .core.errors import MedAdaptError
 from .evaluation.metrics import binary_dice
 from .foundation import build_backbone
 from .inference.predictor import Segmenter
@@ -78,14 +81,34 @@ def demo_finetune_config(out_dir: Path, epochs: int = 20) -> dict:
     }
 
 
+#: a file in the demo's run folder: the demo replaces only a folder that holds it
+DEMO_MARKER = ".medadapt-demo"
+
+
+def _written_by_demo(run: Path) -> bool:
+    """The folder holds the demo's marker, or (written before the marker) a config that trains on the bundled images."""
+    if (run / DEMO_MARKER).is_file():
+        return True
+    try:
+        data = load_yaml((run / "config.yaml").read_text()).get("data") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return data.get("root") == str(demo_root() / "hc18") and data.get("labeled") == [f"{i:03d}" for i in range(12)]
+
+
 def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, device: str | None = None) -> dict:
     """Fine-tune on the bundled HC18 images; automatic Dice on held-aside exams before and after."""
     import shutil
 
     out = Path(out_dir)
     run = out / "finetune"
-    if run.exists():
-        shutil.rmtree(run)  # the demo always starts fresh
+    if run.exists():  # the demo starts fresh, but removes only a run folder it wrote itself
+        if not _written_by_demo(run):
+            raise MedAdaptError(f"{run} exists and was not written by the demo: it is left alone; give the demo "
+                                "another --out folder")
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    (run / DEMO_MARKER).write_text("written by medadapt demo; the demo replaces this folder when it runs again\n")
     cfg = config_from_dict(demo_finetune_config(out, epochs))
     if device:
         cfg.train.device = device

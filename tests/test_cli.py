@@ -56,6 +56,8 @@ def test_predict_several_boxes_writes_a_label_map_to_nifti(disc_png, tmp_path):
         (["predict", "missing.png", "--box", "1", "1", "5", "5", "--out", "m.png"], "not found"),
         (["predict", "{img}", "--box", "1", "1", "1", "5", "--out", "{tmp}/m.png"], "zero or negative area"),
         (["predict", "{img}", "--point", "5", "5", "2", "--out", "{tmp}/m.png"], "0 (background)"),
+        (["predict", "{img}", "--point", "a", "5", "1", "--out", "{tmp}/m.png"], "--point takes numbers"),
+        (["evaluate", "{tmp}", "--nsd-tolerance", "-1"], "--nsd-tolerance"),
         (["predict", "{img}", "--box", "1", "1", "5", "5", "--out", "{tmp}/m.jpg"], ".png, .nii or .nii.gz"),
         (["predict", "{img}", "--out", "{tmp}/m.png"], "at least one prompt"),
         (["predict", "{img}", "--box", "1", "1", "5", "5", "--refine", "--out", "{tmp}/m.png"], "--refine refines"),
@@ -87,6 +89,24 @@ def test_installed_entry_point_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "not found" in proc.stderr
+
+
+def test_demo_replaces_only_a_run_folder_it_wrote(tmp_path):
+    import yaml
+
+    from medadapt.demo import DEMO_MARKER, _written_by_demo, demo_finetune_config, run_finetune_demo
+
+    run = tmp_path / "out" / "finetune"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter.json").write_text("{}")  # a user's own run, named like the demo's
+    with pytest.raises(MedAdaptError, match="not written by the demo"):
+        run_finetune_demo(tmp_path / "out", epochs=1, device="cpu")
+    assert (run / "adapter" / "adapter.json").read_text() == "{}"
+    (run / "config.yaml").write_text(yaml.safe_dump(demo_finetune_config(tmp_path / "out")))
+    assert _written_by_demo(run)  # a demo run written before the marker existed
+    (run / "config.yaml").unlink()
+    (run / DEMO_MARKER).write_text("")
+    assert _written_by_demo(run)
 
 
 def test_demo_segments_bundled_images(tmp_path, capsys):

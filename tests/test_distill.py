@@ -14,7 +14,7 @@ from conftest import tiny_run, two_class_dataset
 
 from medadapt.core.errors import MedAdaptError
 from medadapt.inference import Segmenter
-from medadapt.recipes import config_from_dict, distill, finetune
+from medadapt.recipes import config_from_dict, distill, finetune, load_config
 from medadapt.ssl import DistillConfig, StudentTrainer, label_slice, load_pseudo_labels, slice_bank
 from medadapt.student import Student, StudentConfig, build_network, has_student, load_student, save_student
 
@@ -145,8 +145,11 @@ def test_distill_refuses_to_overwrite_or_resume_with_other_settings(distilled):
         distill(distilled / "student", **QUIET)
 
 
-def test_distill_refuses_a_changed_adapter_a_scribble_run_and_records_nothing_for_a_failed_start(distilled, tmp_path):
+def test_refusals_that_keep_a_student_true_to_its_adapter(distilled, tmp_path):
     run = shutil.copytree(distilled, tmp_path / "run")
+    shutil.rmtree(run / "checkpoints")  # no checkpoint: a new fine-tuning there is not a resume
+    with pytest.raises(MedAdaptError, match="holds the student of an earlier run"):
+        finetune(load_config(run / "config.yaml", [f"output={tmp_path}", "name=run"]), **QUIET)
     with open(run / "adapter" / "adapter.json", "a") as fh:  # the fine-tuning went on: another adapter
         fh.write("\n")
     with pytest.raises(MedAdaptError, match="adapter .* changed after this distillation began"):

@@ -558,6 +558,19 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     report = evaluate_run(scored_run, data=held, split="all", modes=["automatic"], metrics=["dice"],
                           out_dir=tmp_path / "ev")
     assert sorted({r.case_id for r in report}) == ["000", "001", "002"]
+    # an unlabelled image in the folder is left out of --split all; a class absent from a case is scored in
+    # automatic mode (an empty answer is right there) but not in box mode, which has no box to give for it
+    from PIL import Image
+
+    (held / "masks" / "002.png").unlink()
+    mask = np.array(Image.open(held / "masks" / "001.png"))
+    Image.fromarray(np.where(mask == 2, 0, mask).astype(np.uint8)).save(held / "masks" / "001.png")
+    report = evaluate_run(scored_run, data=held, split="all", modes=["automatic", "box"], metrics=["dice"],
+                          out_dir=tmp_path / "ev_absent")
+    rows = {(r.case_id, r.mode, r.class_name) for r in report}
+    assert {r.case_id for r in report} == {"000", "001"}
+    assert ("001", "automatic", "square") in rows and ("001", "box", "square") not in rows
+    assert ("001", "box", "disc") in rows and ("000", "box", "square") in rows
     with pytest.raises(MedAdaptError, match="--split all scores every labelled case"):
         evaluate_run(scored_run, data=held, split="val", modes=["automatic"], out_dir=tmp_path / "ev")
     data = yaml.safe_load((scored_run / "config.yaml").read_text())["data"]
@@ -584,7 +597,7 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
         ({"limit": 0}, "--limit must be a number of cases >= 1"),
         ({"metrics": ["hd95"]}, "choose dice or dice,hd95,nsd"),
         ({"metrics": ["dice", "hausdorff"]}, "choose dice or dice,hd95,nsd"),
-        ({"tolerance": -1.0}, "--tolerance"),
+        ({"tolerance": -1.0}, "--nsd-tolerance"),
         ({"units": "cm"}, "--units 'cm': choose auto"),
         ({"units": "mm"}, "--units mm: 2 of 2 cases are 2-D image files"),  # PNGs store no spacing
         ({"split": "train"}, "unknown split 'train'"),

@@ -148,6 +148,21 @@ def test_array_and_moved_axis_give_the_same_mask(litemedsam):
     assert np.array_equal(np.moveaxis(m2, 2, 0), m0)
 
 
+def test_planes_take_prompts_in_their_own_frame_and_give_masks_in_it(litemedsam):
+    """set_planes: slice k is planes[k] as it stands, for prompts and for the mask that comes back."""
+    vol, a, _ = two_blobs(depth=6, h=48, w=56)  # planes of 48 rows x 56 columns
+    litemedsam.set_volume(vol, axis=0)
+    m0 = litemedsam.predict_volume(boxes={3: tight_box(a[3])}, propagation=PropagationConfig(min_score=0.0))
+    planes = np.stack([np.rot90(p) for p in vol])  # 56 x 48 planes: another frame than the array's
+    litemedsam.set_planes(planes)
+    mask = litemedsam.predict_volume(boxes={3: tight_box(np.rot90(a[3]))}, propagation=PropagationConfig(min_score=0.0))
+    corrected = litemedsam.correct_volume(3, box=tight_box(np.rot90(a[3])))
+    litemedsam.reset_volume()
+    assert mask.shape == planes.shape == corrected.shape
+    assert dice(mask, np.stack([np.rot90(m) for m in a])) > 0.8
+    assert dice(mask, np.stack([np.rot90(m) for m in m0])) > 0.9  # the same object as in the array frame (SAM sees it turned)
+
+
 def test_a_volume_file_uses_the_display_frame(litemedsam, tmp_path):
     nib = pytest.importorskip("nibabel")
     from medadapt.io.imaging import load_image, load_volume

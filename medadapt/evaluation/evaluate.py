@@ -120,8 +120,12 @@ def _cases(config: DataConfig, split: str, data: str | os.PathLike | None):
     if split not in SPLITS:
         raise MedAdaptError(f"unknown split {split!r}; choose val, test or all (or labeled: the training cases)")
     cases = discover_cases(config)
-    if split == "all":
-        return cases
+    if split == "all":  # every labelled case; unlabelled ones are not scored
+        labelled = [c for c in cases if c.label_path is not None]
+        if not labelled:
+            raise MedAdaptError(f"--split all: none of the {len(cases)} cases found has a label file; evaluation "
+                                "needs labels (check data.labels or the --data folder)")
+        return labelled
     folder = data is not None and Path(data).suffix not in (".yaml", ".yml")
     try:
         splits = split_cases(config, cases)
@@ -299,7 +303,7 @@ def evaluate_run(
     try:
         tolerance = _check_tolerance(tolerance)
     except MedAdaptError as exc:
-        raise MedAdaptError(f"--tolerance: {exc} (the NSD tolerance, in mm, or pixels for 2-D images)") from exc
+        raise MedAdaptError(f"--nsd-tolerance (tolerance=): {exc} (the NSD tolerance, in mm, or pixels for 2-D images)") from exc
     if units not in UNITS:
         raise MedAdaptError(f"--units {units!r}: choose auto (mm where the data has a voxel spacing), mm or px")
     adapter, run_dir = _run_paths(run)
@@ -357,15 +361,20 @@ def evaluate_run(
                 dice = dice_per_class(preds[mode], gt, values)
                 hd = hd95(preds[mode], gt, values, spacing)
                 sd = nsd(preds[mode], gt, values, spacing)
-            else:
+                scored = dict(zip(values, names))
+            else:  # prompts come from the ground truth: a class absent from the case gets none and is not scored
+                scored = {v: n for v, n in zip(values, names) if (gt == v).any()}
                 dice, hd, sd = {}, {}, ({} if with_nsd else None)
                 for k, v in enumerate(values):
+                    if v not in scored:
+                        continue
                     pk, gk = preds[mode][k].astype(np.int64) * v, gt * (gt == v)
                     dice.update(dice_per_class(pk, gk, [v]))
                     hd.update(hd95(pk, gk, [v], spacing))
                     if sd is not None:
                         sd.update(nsd(pk, gk, [v], spacing))
-            report.add_case(case.case_id, mode, dict(zip(values, names)), dice, hd, sd)
+            if scored:
+                report.add_case(case.case_id, mode, scored, dice, hd, sd)
         for t, c in texts.items():
             v = values[names.index(c)]
             pk, gk = preds[f"text:{t}"].astype(np.int64) * v, gt * (gt == v)

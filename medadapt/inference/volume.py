@@ -40,7 +40,9 @@ class VolumeGeometry:
     spacing: tuple[float, float, float] | None  # mm per voxel along each array axis; None: unknown (pixels)
     affine: np.ndarray | None = None  # 4 x 4, for volumes read from a file (load_volume layout)
     source: str | None = None  # the file or folder it was read from
-    frame: str = "array"  # "array" (np.take planes) or "display" (files: volume_slice planes)
+    # "array" (np.take planes), "display" (files: volume_slice planes), "planes" (Segmenter.set_planes: each
+    # plane as given, prompts in its frame, masks stacked along axis 0)
+    frame: str = "array"
 
     @property
     def plane_spacing(self) -> tuple[float, float, float] | None:
@@ -133,26 +135,26 @@ class VolumeSession:
     # ------------------------------------------------------------------ user frame <-> display frame
     def user_plane_shape(self) -> tuple[int, int]:
         h, w = self.plane_size
-        return (h, w) if self.geometry.frame == "display" else (w, h)
+        return (h, w) if self.geometry.frame != "array" else (w, h)
 
     def points_to_display(self, points: np.ndarray) -> np.ndarray:
         """K x 2 (x, y) in the user's frame -> the display frame."""
         p = np.asarray(points, dtype=np.float32)
-        if self.geometry.frame == "display":
+        if self.geometry.frame != "array":
             return p
         h, w = self.user_plane_shape()  # np.take plane: h rows, w columns
         return np.stack([(h - 1) - p[..., 1], (w - 1) - p[..., 0]], axis=-1).astype(np.float32)
 
     def box_to_display(self, box: np.ndarray) -> np.ndarray:
         b = np.asarray(box, dtype=np.float32)
-        if self.geometry.frame == "display":
+        if self.geometry.frame != "array":
             return b
         corners = self.points_to_display(np.array([[b[0], b[1]], [b[2], b[3]]], np.float32))
         return np.array([corners[:, 0].min(), corners[:, 1].min(), corners[:, 0].max(), corners[:, 1].max()],
                         np.float32)
 
     def mask_to_display(self, mask: np.ndarray) -> np.ndarray:
-        return mask if self.geometry.frame == "display" else display_orientation(mask)
+        return mask if self.geometry.frame != "array" else display_orientation(mask)
 
     def slice_prompts(self, boxes=None, points=None, point_labels=None, masks=None) -> dict[int, dict]:
         """``{z: ...}`` prompt dicts in the user's frame -> ``{z: {box, points, labels, mask}}`` in the display
@@ -190,6 +192,13 @@ class VolumeSession:
                         raise MedAdaptError(f"masks[{z}] has shape {m.shape}; slice {z} is {size}")
                     entry["mask"] = self.mask_to_display(m.astype(bool))
         return out
+
+    def to_user(self, out: np.ndarray) -> np.ndarray:
+        """A volume-shaped answer (what :meth:`write_plane` fills) in the user's layout: the volume's own, or for
+        planes given to ``set_planes`` the planes' frame (N x H x W)."""
+        if self.geometry.frame != "planes":
+            return out
+        return np.stack([display_orientation(out[k]) for k in range(out.shape[0])])
 
     def write_plane(self, out: np.ndarray, k: int, display_mask: np.ndarray) -> None:
         """Put a display-frame plane into a volume-shaped array at slice ``k``."""

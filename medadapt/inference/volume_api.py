@@ -8,6 +8,7 @@ and its adapter's classes.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -50,8 +51,10 @@ class VolumeMethods:
 
     def set_planes(self, planes: np.ndarray | Sequence[np.ndarray]) -> None:
         """Take a stack of display planes (N x H x W, as ``load_volume_case`` gives a case's slices) as the volume
-        along axis 0: slice ``k`` is ``planes[k]`` as it stands, for :meth:`show_plane` and :meth:`predict_volume`."""
+        along axis 0: slice ``k`` is ``planes[k]`` as it stands, for :meth:`show_plane` and :meth:`predict_volume`
+        (prompts in the planes' frame: x along columns, y along rows; masks come back N x H x W)."""
         self.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0)
+        self._volume.geometry = replace(self._volume.geometry, frame="planes")
 
     def reset_volume(self) -> None:
         """Forget the current volume, its cached embeddings and its object."""
@@ -120,8 +123,8 @@ class VolumeMethods:
                                     "with prompts")
             self._object = Propagation(session, propagation)
             self._object.start(prompts)
-            return self._object.volume()
-        return clean_labels(automatic_volume(self, session, classes, refine), steps, axis=session.axis)
+            return session.to_user(self._object.volume())
+        return session.to_user(clean_labels(automatic_volume(self, session, classes, refine), steps, axis=session.axis))
 
     def correct_volume(self, z: int, *, box=None, points=None, point_labels=None, mask=None) -> np.ndarray:
         """Refine the last propagated object from slice ``z``: points (with ``point_labels``), a new box or
@@ -139,7 +142,7 @@ class VolumeMethods:
         (k, given), = one.items()
         self._object.add(k, box=given.get("box"), points=given.get("points"), labels=given.get("labels"),
                          mask=given.get("mask"))
-        return self._object.volume()
+        return session.to_user(self._object.volume())
 
 
 __all__ = ["VolumeMethods"]

@@ -65,6 +65,10 @@ def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
     run = run_folder(config)
     if (run / "checkpoints" / "last.pt").exists() and not resume:
         raise MedAdaptError(f"run folder {run} already has a checkpoint: pass --resume to continue it, or choose another output")
+    if not resume and ((run / "student").exists() or (run / "distill").exists()):
+        # a new adapter there would leave the old student answering automatic predictions for it
+        raise MedAdaptError(f"run folder {run} holds the student of an earlier run (student/, distill/): choose "
+                            "another name or output, or delete the folder to train there again")
     if resume and not (run / "checkpoints" / "last.pt").is_file():
         raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
     cfg_path = run / "config.yaml"
