@@ -272,6 +272,9 @@ def test_no_volume_and_bad_volumes_are_refused(tiny_sam):
         tiny_sam.set_volume(np.zeros((4, 4, 4)), axis=3)
     with pytest.raises(MedAdaptError, match="spacing"):
         tiny_sam.set_volume(np.zeros((4, 4, 4)), spacing=(1, 0, 1))
+    for budget in (-1, float("nan"), "x", True):
+        with pytest.raises(MedAdaptError, match="cache_mb is the in-memory embedding budget in MiB"):
+            tiny_sam.set_volume(np.zeros((4, 4, 4)), cache_mb=budget)
 
 
 def test_cli_propagates_a_box_on_a_nifti_and_keeps_its_affine(tmp_path, capsys):

@@ -21,6 +21,18 @@ from .volume import VolumeSession
 from .volume_answers import automatic_volume
 
 
+def _megabytes(value) -> float:
+    """``cache_mb`` as a number of MiB >= 0, or an error that says so."""
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = float("nan")
+    if isinstance(value, bool) or not mb >= 0 or mb == float("inf"):
+        raise MedAdaptError(f"cache_mb is the in-memory embedding budget in MiB, a number >= 0 (0 keeps every "
+                            f"embedding on disk but the latest); got {value!r}")
+    return mb
+
+
 class VolumeMethods:
     """Promptable and automatic segmentation of volumes (mixed into :class:`~medadapt.inference.Segmenter`)."""
 
@@ -46,7 +58,7 @@ class VolumeMethods:
         or 1024) and on disk in a temporary folder beyond it. ``window``: a CT window preset or (level, width).
         """
         self.reset_volume()
-        budget = None if cache_mb is None else int(float(cache_mb) * 2**20)
+        budget = None if cache_mb is None else int(_megabytes(cache_mb) * 2**20)
         self._volume = VolumeSession(self, volume, spacing=spacing, axis=axis, cache_bytes=budget, window=window)
 
     def set_planes(self, planes: np.ndarray | Sequence[np.ndarray]) -> None:

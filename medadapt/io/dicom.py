@@ -133,8 +133,14 @@ class DicomSeries:
         row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
         normal = np.cross(row_dir, col_dir)
         positioned = all("ImagePositionPatient" in ds for _, ds in slices)
+        for f, ds in slices[1:]:
+            other = [float(v) for v in ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+            if not np.allclose(other, iop, atol=1e-4):
+                raise MedAdaptError(f"{f} is oriented otherwise than {slices[0][0].name} (ImageOrientationPatient "
+                                    f"{other} against {iop}): a volume needs one orientation; is this one series?")
         if positioned:
             slices.sort(key=lambda s: float(np.dot([float(v) for v in s[1].ImagePositionPatient], normal)))
+            self._check_spacing([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in slices])
         else:
             slices.sort(key=lambda s: int(s[1].get("InstanceNumber", 0) or 0))
         first_ds = slices[0][1]
@@ -149,6 +155,21 @@ class DicomSeries:
         lps = np.eye(4)
         lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * col_spacing, col_dir * row_spacing, step, first
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
+
+    def _check_spacing(self, positions: list[float]) -> None:
+        """Sorted slice positions along the normal must step evenly: a repeated position (two acquisitions in one
+        series) or a gap would give every slice the wrong place and the volume the wrong spacing."""
+        steps = np.diff(positions)
+        if len(steps) == 0 or not np.linalg.norm(steps) > 0:
+            return  # one slice, or all at one position (refused below with its own message)
+        typical = float(np.median(steps))
+        if np.any(steps <= 1e-3 * max(typical, 1.0)):
+            raise MedAdaptError(f"the DICOM slices in {self.folder} repeat a position (ImagePositionPatient): "
+                                "several acquisitions or echoes in one series? keep one of them in the folder")
+        if float(np.ptp(steps)) > max(1e-3, 0.01 * typical):
+            raise MedAdaptError(f"the DICOM slices in {self.folder} are not evenly spaced (steps {steps.min():.3g} to "
+                                f"{steps.max():.3g} mm along the slice normal): a slice may be missing; complete the "
+                                "series or resample it to even spacing (e.g. as NIfTI) first")
 
     def _plane(self, k: int) -> np.ndarray:
         f, ds = self.slices[k]
