@@ -239,6 +239,11 @@ def test_bad_requests_get_a_4xx_saying_what_to_fix(images, litemedsam):
         response = api.get(path)
         assert response.status_code == 404 and b"[project]" not in response.content, path
     assert api.get("/api/state", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
+    # a page of another site open in the user's browser cannot change labels, objects or the model
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused(api.post(url(a, 0, "undo"), headers=headers), 403, "this app's own page")
+    assert api.post(url(a, 0, "undo"), headers={"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"}
+                    ).status_code == 200
     assert api.get("/static/app.js").status_code == 200 and "medadapt" in api.get("/").text
 
 

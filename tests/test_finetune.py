@@ -185,6 +185,25 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict({})
     with pytest.raises(MedAdaptError, match="key=value"):
         load_config(_write(tmp_path / "c.yaml", {"data": {"root": "x", "classes": [1]}}), ["epochs"])
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 3\ndata: {root: x, classes: [1]}\ntrain:\n  lr: 0.001\n")
+    with pytest.raises(MedAdaptError, match="found 'train' a second time"):  # YAML alone keeps the last silently
+        load_config(twice)
+
+
+def test_paths_in_configs_expand_variables_and_home_and_name_an_unset_variable(tmp_path, monkeypatch):
+    from medadapt.training.run_folder import run_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MY_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    cfg = config_from_dict({"data": {"root": "${MY_DATA}/acdc", "classes": [1]}, "output": "~/runs", "name": "a"})
+    assert run_folder(cfg) == tmp_path / "runs" / "a"
+    from medadapt.data import DataConfig
+
+    assert DataConfig.from_dict(cfg.data).root == str(tmp_path / "data" / "acdc")
+    with pytest.raises(MedAdaptError, match="variable NOT_SET_HERE is not set"):
+        DataConfig.from_dict({"root": "${NOT_SET_HERE}/acdc", "classes": [1]})
 
 
 def _write(path, data):

@@ -202,6 +202,23 @@ def test_new_class_keeps_learned_rows_and_replay_draws_old_samples(base, scenes,
     assert learner.last_batch == [1, 1]
 
 
+def test_new_classes_keep_the_label_values_of_the_users_files(base, scenes, tmp_path):
+    """A mask file that marks the disc 255 keeps 255 once the model learns the disc: its automatic answers
+    write the value the files hold (a value taken already goes to the next free one)."""
+    seg = serving(base)
+    learner = OnlineLearner(seg, tmp_path / "run", OnlineConfig(**FAST))
+    s0, s1 = scenes
+    learner.add(s0["embedding"], s0["meta"], s0["label"] == 1, ["disc"], image_id="a", label_values=[255])
+    assert learner.label_values == [255]
+    learner.add(s1["embedding"], s1["meta"], s1["label"], ["disc", "square"], image_id="b", label_values=[255, 7])
+    assert seg.classes == ["disc", "square"] and learner.label_values == [255, 7]
+    learner.add(s1["embedding"], s1["meta"], s1["label"] * (s1["label"] == 1), ["disc", "ring"], image_id="c",
+                label_values=[255, 7])  # 7 is the square's already
+    assert learner.label_values == [255, 7, 256]
+    with pytest.raises(MedAdaptError, match="one distinct value >= 1"):
+        learner.add(s0["embedding"], s0["meta"], s0["label"] == 1, ["disc"], label_values=[0])
+
+
 def test_background_worker_publishes_and_saves(base, scenes, tmp_path):
     seg = serving(base)
     learner = OnlineLearner(seg, tmp_path / "run", OnlineConfig(**FAST, steps_per_sample=2))

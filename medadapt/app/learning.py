@@ -47,7 +47,7 @@ def accept_hook(learner: OnlineLearner, classes: Callable[[], dict[str, int]]):
         for k, (_, value) in enumerate(named, start=1):
             index[value] = k
         learner.add(embedding, meta, index[np.asarray(label_map, np.int64)], [n for n, _ in named],
-                    prompts=plain_prompts(prompts), image_id=str(image_id))
+                    prompts=plain_prompts(prompts), image_id=str(image_id), label_values=[v for _, v in named])
 
     return on_accept
 

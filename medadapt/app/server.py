@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
+from urllib.parse import urlsplit
 
 import torch
 
@@ -95,6 +96,17 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "invalid request: " + "; ".join(parts)
 
 
+def _cross_site(request: Request) -> bool:
+    """Whether the browser says the request came from a page of another origin than this server's."""
+    if request.headers.get("sec-fetch-site", "") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:  # not sent by a browser's cross-origin request (curl, the tests, same-origin GET forms)
+        return False
+    host = request.headers.get("host", "")
+    return origin == "null" or urlsplit(origin).netloc.lower() != host.lower()
+
+
 def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The web app; ``allowed_hosts`` are the Host names it answers (default: loopback names only)."""
 
@@ -105,6 +117,16 @@ def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) 
 
     app = FastAPI(title="medadapt annotate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost"])
+
+    @app.middleware("http")
+    async def same_origin_writes(request: Request, call_next):
+        """A request that changes labels, objects or the model must come from this app's own page: a web page
+        elsewhere that the user has open could otherwise send one to the local server."""
+        if request.method not in ("GET", "HEAD", "OPTIONS") and _cross_site(request):
+            return JSONResponse({"detail": "refused: a request that changes state must come from this app's own "
+                                           "page (Origin / Sec-Fetch-Site say it came from another site)"},
+                                status_code=403)
+        return await call_next(request)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(MedAdaptError)

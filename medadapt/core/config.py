@@ -24,7 +24,23 @@ T = TypeVar("T")
 
 class _ConfigLoader(yaml.SafeLoader):
     """YAML as configs mean it: only ``true`` and ``false`` are booleans (YAML 1.2). YAML 1.1 also reads
-    ``yes``, ``no``, ``on`` and ``off`` as booleans, so ``amp: off`` would reach a text setting as false."""
+    ``yes``, ``no``, ``on`` and ``off`` as booleans, so ``amp: off`` would reach a text setting as false.
+    A key written twice in one mapping is an error (YAML keeps the last and drops the first silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"found {key!r} a second time (first on line {seen[key] + 1}): write each key once",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _BOOL = "tag:yaml.org,2002:bool"

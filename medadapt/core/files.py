@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MedAdaptError
+
+
+def expand_path(path: str | os.PathLike, what: str) -> str:
+    """A path from a config with ``${VARIABLES}`` and ``~`` expanded; a variable left unset is an error that
+    names it (``what``: the setting, for the message)."""
+    text = os.path.expanduser(os.path.expandvars(os.fspath(path)))
+    unset = sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", text)))
+    if unset:
+        raise MedAdaptError(f"{what} {os.fspath(path)}: the environment variable {', '.join(unset)} is not set; "
+                            f"set it (e.g. export {unset[0]}=/path/to/data) or write the path out")
+    return text
 
 
 def path_suffix(path: str | os.PathLike) -> str:

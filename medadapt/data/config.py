@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.config import check_fields, check_ranges, short_repr
 from ..core.errors import MedAdaptError
+from ..core.files import expand_path
 from ..io.imaging import Window, apply_window
 
 LAYOUTS = ("auto", "nnunet", "folder")
@@ -132,7 +133,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.root, (str, os.PathLike)) or not str(self.root):
             raise MedAdaptError(f"data.root must be the dataset folder (a path), got {short_repr(self.root)}")
-        self.root = os.path.expandvars(os.fspath(self.root))  # ${MEDADAPT_DATA}/acdc: recipes carry no machine paths
+        self.root = expand_path(self.root, "data.root")  # ${MEDADAPT_DATA}/acdc: recipes carry no machine paths
         check_fields(self, "data")
         if isinstance(self.classes, (str, int)) and not isinstance(self.classes, bool):
             self.classes = [self.classes]  # `classes: foreground` in YAML

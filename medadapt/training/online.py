@@ -61,6 +61,18 @@ from .samples import to_model_frame
 TOKENS = ("class_prompts.tokens", "class_prompts.mask_tokens")
 
 
+def _new_values(new: Sequence[str], taken: Sequence[int], wanted: dict[str, int] | None) -> list[int]:
+    """Label values for classes ``new``: the ``wanted`` one where it is free, else the next value above all."""
+    used, out = set(int(v) for v in taken), []
+    for name in new:
+        v = (wanted or {}).get(name)
+        if v is None or v in used:
+            v = max(used, default=0) + 1
+        used.add(v)
+        out.append(v)
+    return out
+
+
 class OnlineLearner:
     """Fine-tunes ``segmenter``'s decoder side from accepted masks kept in ``folder`` (see the module docstring).
 
@@ -135,13 +147,14 @@ class OnlineLearner:
         cfg = self.segmenter.backbone.adapter_config
         return list(cfg.automatic.label_values) if cfg is not None and cfg.automatic is not None else []
 
-    def _register(self, names: Sequence[str]) -> None:
-        """Make sure the serving model and the training copy know ``names`` (adapter and classes as needed)."""
+    def _register(self, names: Sequence[str], values: dict[str, int] | None = None) -> None:
+        """Make sure the serving model and the training copy know ``names`` (adapter and classes as needed);
+        ``values``: the label value a new class should carry, where free."""
         new = [n for n in dict.fromkeys(names) if n not in self.class_names]
         backbone = self.segmenter.backbone
         created = False
         if new and (backbone.adapter_config is None or backbone.adapter_config.automatic is None):
-            auto = AutomaticConfig(list(new), list(range(1, len(new) + 1)), self.config.tokens_per_class)
+            auto = AutomaticConfig(list(new), _new_values(new, [], values), self.config.tokens_per_class)
             with self.lock:
                 if backbone.adapter_config is None:
                     apply(backbone, AdapterConfig(train=["mask_decoder"], automatic=auto))
@@ -157,7 +170,7 @@ class OnlineLearner:
         if self.model is None:
             self._copy_model()
         if new and not created:
-            self._grow(new)
+            self._grow(new, values)
 
     def _copy_model(self) -> None:
         self.model = training_copy(self.segmenter.backbone, self._trains)
@@ -168,7 +181,7 @@ class OnlineLearner:
             return False
         return self.config.train_classes or not name.startswith("class_prompts.")
 
-    def _grow(self, new: list[str]) -> None:
+    def _grow(self, new: list[str], values: dict[str, int] | None = None) -> None:
         """Add classes ``new`` to both models: old rows kept, new rows initialised as ``apply`` does."""
         serving = self.segmenter.backbone
         if serving.text_head is not None:
@@ -176,8 +189,7 @@ class OnlineLearner:
                                 f"classes {new} online")
         auto = serving.adapter_config.automatic
         extra = new_class_tokens(self.model, len(new), auto.tokens_per_class, len(auto.class_names))
-        top = max(auto.label_values, default=0)
-        grown = AutomaticConfig(auto.class_names + new, auto.label_values + list(range(top + 1, top + 1 + len(new))),
+        grown = AutomaticConfig(auto.class_names + new, auto.label_values + _new_values(new, auto.label_values, values),
                                 auto.tokens_per_class)
         self.model.class_prompts = joined(self.model.class_prompts, extra).requires_grad_(self.config.train_classes)
         self.model.adapter_config.automatic = copy.deepcopy(grown)
@@ -208,16 +220,26 @@ class OnlineLearner:
 
     # ------------------------------------------------------------------ samples
     def add(self, embedding: torch.Tensor, meta: ImageMeta, label_map: np.ndarray, classes: Sequence[str] | str,
-            prompts: dict[str, Any] | None = None, image_id: str | None = None) -> int:
+            prompts: dict[str, Any] | None = None, image_id: str | None = None,
+            label_values: Sequence[int] | None = None) -> int:
         """Hand over an accepted annotation; returns its index in the buffer (the newest).
 
         ``embedding``, ``meta``: the image's embedding and geometry (``Segmenter.embedding()``);
         ``label_map``: H x W (the original image size) with 0 background and value k for ``classes[k - 1]``
         (a bool mask with one class); a class listed but absent from the map is taught as absent.
         ``prompts``: what produced it, e.g. ``{"points": [[x, y], ...], "labels": [1, ...], "box": [...]}``
-        (kept in the record). The same ``image_id`` again replaces the earlier sample.
+        (kept in the record). The same ``image_id`` again replaces the earlier sample. ``label_values``: the
+        value each of ``classes`` has in the user's label files, given to a class the model learns here for the
+        first time (so its automatic answers write the same values); by default new classes take the next free
+        values.
         """
         names = check_classes(classes)
+        values = None
+        if label_values is not None:
+            values = [int(v) for v in label_values]
+            if len(values) != len(names) or any(v < 1 for v in values) or len(set(values)) != len(values):
+                raise MedAdaptError(f"label_values must give one distinct value >= 1 for each of {names}; "
+                                    f"got {list(label_values)}")
         if not isinstance(meta, ImageMeta):
             raise MedAdaptError(f"meta must be the ImageMeta of the embedding (Segmenter.embedding()[1]); "
                                 f"got {type(meta).__name__}")
@@ -237,7 +259,7 @@ class OnlineLearner:
         target = to_model_frame(label, meta, proc.image_size, proc.mask_size)
         with self._train:
             index = self.buffer.add(embedding, target, names, prompts, image_id)
-            self._register(names)
+            self._register(names, None if values is None else dict(zip(names, values)))
         with self._wake:
             self._pending += 1
             self._wake.notify_all()

@@ -8,7 +8,6 @@ schedule may continue it.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import yaml
 
 from ..core.config import load_yaml
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write_text
+from ..core.files import atomic_write_text, expand_path
 from .config import TrainingConfig, check_run_name
 
 
@@ -37,7 +36,7 @@ def run_folder(config: TrainingConfig) -> Path:
     one that is a link elsewhere is refused).
     """
     check_run_name(config.name, config.output)
-    out = Path(os.path.expandvars(config.output))
+    out = Path(expand_path(config.output, "output"))
     run = out / config.name if config.name else out
     if config.name and run.is_symlink():
         raise MedAdaptError(f"run folder {run} is a link to {run.resolve()}: choose another name")

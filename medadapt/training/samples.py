@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, expand_path
 from ..foundation import Backbone, ImageMeta
 from ..foundation.depth import neighbour_stack
 from ..inference.optimize import optimize_for_inference, resolve_precision
@@ -99,7 +99,7 @@ class EmbeddingCache:
         self.backbone = backbone
         self.memory: dict[str, torch.Tensor] = {}
         tag = "" if dtype == torch.float32 else f"-{str(dtype).replace('torch.', '')}"
-        self.dir = Path(cache_dir) / f"{backbone.info.fingerprint}{tag}" if cache_dir else None
+        self.dir = Path(expand_path(cache_dir, "train.cache_dir")) / f"{backbone.info.fingerprint}{tag}" if cache_dir else None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
 
