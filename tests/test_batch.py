@@ -306,6 +306,33 @@ def test_names_lists_and_per_file_errors(tmp_path, tiny_sam):
     assert "no prompts for it" in read_manifest(tmp_path / "out2")["a.png"]["error"]
 
 
+def test_a_clashing_input_stays_failed_and_an_interrupted_overwrite_pass_is_finished_on_resume(tmp_path, tiny_sam,
+                                                                                                monkeypatch):
+    from medadapt.inference import batch
+
+    src = tmp_path / "in"
+    prompts = _pngs(src, 4)
+    img, mask = _disc(48, 48, 24, 24, r=9)
+    Image.fromarray(img.astype(np.uint8)).save(src / "img00.jpg")  # writes img00.png, as img00.png does
+    prompts["img00.jpg"] = {"boxes": [_box(mask)]}
+    first = segment_batch(src, tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (first.ok, first.failed) == (4, 1)
+    again = segment_batch(src, tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (again.ok, again.skipped, again.failed) == (0, 4, 1)  # not "skipped" with the other file's mask
+    assert read_manifest(tmp_path / "out")["img00.png"]["status"] == "failed"
+    # an --overwrite pass that stops after two files: the other outputs are still the earlier run's
+    run = batch._run
+    monkeypatch.setattr(batch, "_run", lambda seg, items, *a, **k: run(seg, items[:2], *a, **k))
+    segment_batch(src, tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False, overwrite=True)
+    monkeypatch.setattr(batch, "_run", run)
+    resumed = segment_batch(src, tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    # the pass reached img00.jpg (redone) and the clashing img00.png (failed); the three it did not reach are redone
+    assert (resumed.ok, resumed.skipped, resumed.failed) == (3, 1, 1)
+    settings = json.loads((tmp_path / "out" / "segment.json").read_text())
+    with pytest.raises(MedAdaptError, match="adapter_sha256"):  # the run folder was trained again in place
+        batch._check_settings(tmp_path / "out", {**settings, "adapter_sha256": "another"}, overwrite=False)
+
+
 @pytest.mark.parametrize("prompts, message", [
     (None, "needs prompts"),
     ({"nope.png": {"boxes": [[1, 1, 5, 5]]}}, "not an input"),

@@ -138,6 +138,16 @@ def test_adapted_run_exports_with_lora_merged_and_class_decoding(adapted):
     assert np.array_equal(ref.predict_volume(volume), onnx.predict_volume(volume))
 
 
+def test_the_manifest_names_what_the_torch_path_uses_and_the_export_leaves_out(adapted):
+    from medadapt.export.onnx_export import not_exported
+
+    run, result = adapted
+    assert result.manifest["not_exported"] == []  # LoRA in the encoder: no base decoder walk, no student
+    decoder_only, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"]))
+    assert not_exported(decoder_only, {"adapter": "RUN/adapter", "student": "RUN/student"}) == ["student", "base_decoder"]
+    assert not_exported(decoder_only, {"adapter": None}) == []
+
+
 def test_export_refuses_to_replace_without_overwrite(exported, tmp_path, capsys):
     assert main(["export", "tiny_sam_vit", "--out", str(exported)]) == 2
     err = capsys.readouterr().err.strip()

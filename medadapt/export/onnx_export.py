@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..adapters import load_adapter, merge_lora, read_adapter_info
+from ..adapters import keeps_base_encoder, load_adapter, merge_lora, read_adapter_info
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..foundation import Backbone, build_backbone, list_backbones
@@ -70,8 +70,11 @@ def load_source(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
     info = read_adapter_info(adapter)
     backbone = load_adapter(build_backbone(str(info.get("backbone")), ckpt), adapter).eval()
     weights = adapter / "adapter.safetensors" if adapter.is_dir() else adapter.with_suffix(".safetensors")
-    return backbone, {"backbone": backbone.info.name, "checkpoint": ckpt, "adapter": str(adapter),
-                      "adapter_sha256": sha256_file(weights)}
+    provenance = {"backbone": backbone.info.name, "checkpoint": ckpt, "adapter": str(adapter),
+                  "adapter_sha256": sha256_file(weights)}
+    if (path / "student" / "student.json").is_file():  # a distilled run: its student answers automatic mode
+        provenance["student"] = str(path / "student")
+    return backbone, provenance
 
 
 def export_onnx(
@@ -119,6 +122,9 @@ def export_onnx(
     try:
         graphs = _write_graphs(backbone, staging, opset, say)
         manifest = _manifest(backbone, provenance, graphs, staging, opset)
+        if manifest["not_exported"]:
+            say(f"not exported: {', '.join(manifest['not_exported'])}; the exported model answers without them "
+                "(docs/export.md)")
         atomic_write_json(staging / MANIFEST_NAME, manifest)
         say("checking onnxruntime against PyTorch ...")
         diffs = _compare(reference, ExportedBackbone.from_folder(staging))
@@ -231,8 +237,20 @@ def _manifest(backbone: Backbone, provenance: dict, graphs: dict, folder: Path, 
         "classes": None if auto is None else {"names": list(auto.class_names), "label_values": list(auto.label_values)},
         "adapter": None if cfg is None else cfg.to_dict(),
         "lora_merged": bool(backbone.lora_merged),
-        "not_exported": ["text_head"] if backbone.text_head is not None else [],
+        "not_exported": not_exported(backbone, provenance),
     }
+
+
+def not_exported(backbone: Backbone, provenance: dict) -> list[str]:
+    """What the torch path of the same source uses that the export leaves out: a learned text head, the run's
+    distilled student (automatic answers come from the exported decoder instead), and the pretrained decoder
+    that volume propagation averages with an adapted one (the exported walk uses the adapted decoder alone)."""
+    out = ["text_head"] if backbone.text_head is not None else []
+    if provenance.get("student"):
+        out.append("student")
+    if provenance.get("adapter") and keeps_base_encoder(backbone):
+        out.append("base_decoder")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- checking

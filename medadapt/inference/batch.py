@@ -214,19 +214,37 @@ def distributed_rank() -> tuple[int, int]:
 _SETTING_DEFAULTS = {"series_format": "nifti", "cleanup": []}
 
 
-def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse to resume into a folder whose masks came from another model, adapter or prompts file."""
+def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> str | None:
+    """Refuse to resume into a folder whose masks came from another model, adapter or prompts file. Returns when
+    an ``--overwrite`` pass over the folder began (None: there was none): outputs older than that are redone."""
     path = out_dir / "segment.json"
-    if path.exists() and not overwrite:
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
-        old = {**_SETTING_DEFAULTS, **old}  # a folder written before a setting existed had its default
-        changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
-        if changed:
-            raise MedAdaptError(f"{out_dir} holds masks made with other settings ({'; '.join(changed)}); choose "
-                                "another output folder, or pass --overwrite to redo every file")
+    if not path.exists() or overwrite:
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    if "adapter_sha256" not in old:  # written before the adapter's files were recorded: its path stands for it
+        old["adapter_sha256"] = settings.get("adapter_sha256")
+    old = {**_SETTING_DEFAULTS, **old}  # a folder written before a setting existed had its default
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    if changed:
+        raise MedAdaptError(f"{out_dir} holds masks made with other settings ({'; '.join(changed)}); choose "
+                            "another output folder, or pass --overwrite to redo every file")
+    return old.get("overwrite_started")
+
+
+def _adapter_digest(adapter: Path) -> str:
+    """SHA-256 over the weights and descriptions of an adapter (a run folder, an adapter folder or file) and of
+    a run's student: a model trained again in the same folder is another model."""
+    h = hashlib.sha256()
+    folders = [d for d in (adapter / "adapter", adapter / "student") if d.is_dir()] if adapter.is_dir() else []
+    files = ([adapter.with_suffix(".safetensors"), adapter.with_suffix(".json")] if adapter.is_file() else
+             [f for d in (folders or [adapter]) for f in sorted(d.iterdir())])
+    for f in files:
+        if f.is_file() and f.suffix in (".safetensors", ".json"):
+            h.update(f"{f.parent.name}/{f.name}".encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def segment_batch(
@@ -306,20 +324,31 @@ def segment_batch(
     settings = {"model": getattr(info, "name", type(segmenter.backbone).__name__),
                 "weights": getattr(info, "fingerprint", ""), "classes": segmenter.classes,
                 "adapter": None if adapter is None else str(Path(adapter).resolve()),
+                "adapter_sha256": None if adapter is None else _adapter_digest(Path(adapter)),
                 "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
                 "refine": refine, "multimask": multimask}
     if any(item.path.is_dir() for item in items):  # only a DICOM series' output depends on it
         settings["series_format"] = series_format
     settings["cleanup"] = list(cleanup)  # a folder written before clean-ups existed reads as [] (none)
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
-    _check_settings(out, settings, overwrite)
+    since = _check_settings(out, settings, overwrite)
+    if overwrite:  # until every file is redone, an output older than this pass may be the old model's
+        since = _now()
+    if since is not None:
+        settings["overwrite_started"] = since
     atomic_write_json(out / "segment.json", settings)
     mine = [item for i, item in enumerate(items) if i % world_size == rank]  # on the full list: same on every rank
     done, manifest = read_manifest(out), _manifest_path(out, rank, world_size)
     pending, skipped, not_retried = [], 0, 0
     for item in mine:
-        last = done.get(item.name, {}).get("status")
-        if item.out.exists() and not overwrite:
+        row = done.get(item.name, {})
+        last = row.get("status")
+        if item.error:  # an output name another input takes: recorded as failed on every run
+            pending.append(item)
+        elif since is not None and item.out.exists() and not overwrite and not (
+                last in ("ok", "skipped") and row.get("finished", "") >= since):
+            pending.append(item)  # written before an interrupted --overwrite pass reached it: redo it
+        elif item.out.exists() and not overwrite:
             skipped += 1
             if last not in ("ok", "skipped"):  # made by an earlier run whose line was lost, or by hand
                 _append(manifest, {"file": item.name, "status": "skipped", "seconds": "0", "read_seconds": "0", "output": str(item.out),
