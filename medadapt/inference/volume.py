@@ -8,7 +8,9 @@ the user's frame:
   slice ``z`` is what ``load_image(path, slice_index=z, axis=axis)`` returns
   and what a viewer shows; masks come back in the :func:`load_volume` layout;
 * a raw array uses the array frame: slice ``z`` is ``np.take(volume, z, axis)``,
-  a box's x runs along that slice's columns and y along its rows.
+  a box's x runs along that slice's columns and y along its rows;
+* display planes given to ``Segmenter.set_planes`` use their own frame: slice
+  ``k`` is ``planes[k]`` as it stands, and masks come back N x H x W.
 
 Slices are encoded when first needed, a few at a time in the direction the
 caller is heading, and their embeddings are kept by an :class:`EmbeddingCache`
