@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -90,6 +90,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while data := fh.read(chunk):
             digest.update(data)
+    return digest.hexdigest()
+
+
+def sha256_files(named: Iterable[tuple[str, str | os.PathLike]], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 over several files, each as its name, a zero byte and its bytes (read in chunks): a folder's
+    files stand for one model (an adapter, a run's student)."""
+    digest = hashlib.sha256()
+    for name, path in named:
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            while data := fh.read(chunk):
+                digest.update(data)
     return digest.hexdigest()
 
 

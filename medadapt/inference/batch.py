@@ -30,6 +30,7 @@ import torch
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json
+from ..foundation.checkpoint import sha256_files
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
     apply_window,
@@ -237,14 +238,11 @@ def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> str | Non
 def _adapter_digest(adapter: Path) -> str:
     """SHA-256 over the weights and descriptions of an adapter (a run folder, an adapter folder or file) and of
     a run's student: a model trained again in the same folder is another model."""
-    h = hashlib.sha256()
     folders = [d for d in (adapter / "adapter", adapter / "student") if d.is_dir()] if adapter.is_dir() else []
     files = ([adapter.with_suffix(".safetensors"), adapter.with_suffix(".json")] if adapter.is_file() else
              [f for d in (folders or [adapter]) for f in sorted(d.iterdir())])
-    for f in files:
-        if f.is_file() and f.suffix in (".safetensors", ".json"):
-            h.update(f"{f.parent.name}/{f.name}".encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
+    return sha256_files((f"{f.parent.name}/{f.name}", f) for f in files
+                        if f.is_file() and f.suffix in (".safetensors", ".json"))
 
 
 def segment_batch(

@@ -139,8 +139,10 @@ class DicomSeries:
                 raise MedAdaptError(f"{f} is oriented otherwise than {slices[0][0].name} (ImageOrientationPatient "
                                     f"{other} against {iop}): a volume needs one orientation; is this one series?")
         if positioned:
-            slices.sort(key=lambda s: float(np.dot([float(v) for v in s[1].ImagePositionPatient], normal)))
-            self._check_spacing([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in slices])
+            along = [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in slices]
+            order = sorted(range(len(slices)), key=along.__getitem__)  # stable, as the sort of the slices was
+            slices[:] = [slices[i] for i in order]
+            self._check_spacing([along[i] for i in order])
         else:
             slices.sort(key=lambda s: int(s[1].get("InstanceNumber", 0) or 0))
         first_ds = slices[0][1]

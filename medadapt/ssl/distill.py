@@ -26,7 +26,6 @@ step's teacher is the student.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, replace
@@ -39,6 +38,7 @@ import torch
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..data import DataConfig, discover_cases, load_volume_case, split_cases
+from ..foundation.checkpoint import sha256_files
 from ..inference import Segmenter
 from ..student import Student, grey_stack, save_student
 from .distill_config import DistillConfig
@@ -183,14 +183,7 @@ def _train(trainer: StudentTrainer, resume: bool, log: Callable[[str], None]) ->
 
 def adapter_fingerprint(run: Path) -> str:
     """SHA-256 of the run's adapter files (``RUN/adapter/``): which adapter a distillation's labels came from."""
-    h = hashlib.sha256()
-    for f in sorted((run / "adapter").iterdir()):
-        if f.is_file():
-            h.update(f.name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
+    return sha256_files((f.name, f) for f in sorted((run / "adapter").iterdir()) if f.is_file())
 
 
 def _check_resumable(before: dict, settings: dict, config: DistillConfig, saved: Path) -> None:
