@@ -218,7 +218,7 @@ folder with the same model. Images/s and volumes/hour divide the files of each k
 (the manifest's `seconds`: waiting for the data, the model, the write); "waited" is the time the model loop waited
 for data, "read" the time spent reading and decoding (in the worker processes when workers >= 1).
 
-| DataLoader workers | wall (s) | files/s | images/s (PNG) | volumes/hour (NIfTI + DICOM) | waited (s) | read (s) |
+| reader processes (`--workers`) | wall (s) | files/s | images/s (PNG) | volumes/hour (NIfTI + DICOM) | waited (s) | read (s) |
 |---|---|---|---|---|---|---|
 {table}
 

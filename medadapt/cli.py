@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "volume), holes (holes filled slice by slice); see docs/volumes.md")
     p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="DataLoader processes that read ahead (default min(2, CPUs); 0 reads in the main process)")
+                   help="processes that read ahead (default min(2, CPUs); 0 reads in the main process)")
     p.add_argument("--retry-failed", action="store_true", help="retry the files the manifest records as failed")
     p.add_argument("--overwrite", action="store_true", help="redo every file, replacing earlier outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -232,6 +232,16 @@ def test_bad_requests_get_a_4xx_saying_what_to_fix(images, litemedsam):
     refused(api.post(url(a, 0, "prompts"), content=b'{"class_name": "foreground", "prompt": {"kind": "point", '
                      b'"x": NaN, "y": 3}}', headers={"Content-Type": "application/json"}), 422, "prompt.point.x")
     refused(api.post("/api/classes", json={"name": "  "}), 400, "class name")
+    # a body past the limit is refused unread, declared (Content-Length) or streamed (chunked)
+    huge = b'{"class_name": "' + b"x" * (3 << 20) + b'"}'
+    refused(api.post(url(a, 0, "prompts"), content=huge, headers={"Content-Type": "application/json"}), 413,
+            "too large")
+    refused(api.post(url(a, 0, "prompts"), content=iter([huge[:2 << 20], huge[2 << 20:]]),
+                     headers={"Content-Type": "application/json"}), 413, "too large")
+    longest = [[10.123456789012345, 12.123456789012345]] * 20000  # the longest scribble the API takes passes
+    assert api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": {
+        "kind": "scribble", "points": longest}}).status_code == 200
+    api.post(url(a, 0, "undo"))
     refused(api.post(url(a, 0, "open"), json={"class_name": "foreground", "path": "/etc/passwd"}), 422, "path")
     for path in ("/static/../pyproject.toml", "/static/%2e%2e/pyproject.toml", "/static/..%2fpyproject.toml",
                  "/api/items/..%2f..%2fpyproject.toml/slices/0/pixels", "/api/items/%2fetc%2fpasswd/slices/0/pixels",

@@ -225,6 +225,25 @@ def test_a_run_killed_part_way_resumes_where_it_stopped(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
 
 
+def test_a_reader_process_killed_on_one_file_fails_that_file_alone(tmp_path, tiny_sam, monkeypatch):
+    from medadapt.inference import batch_reading
+
+    prompts = _pngs(tmp_path / "in", 7)
+    read, main_process = batch_reading.load_image, os.getpid()
+
+    def killing(path, **kwargs):  # as the system kills a reader that asks for more memory than there is
+        if Path(path).name == "img03.png" and os.getpid() != main_process:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(batch_reading, "load_image", killing)
+    result = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=2, progress=False)
+    rows = read_manifest(tmp_path / "out")
+    assert (result.ok, result.failed) == (6, 1), {k: r["error"] for k, r in rows.items()}
+    assert rows["img03.png"]["status"] == "failed" and "process reading this file died" in rows["img03.png"]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"img{i:02d}.png" for i in range(7) if i != 3]
+
+
 def test_ranks_take_their_own_share_and_the_manifest_parts_merge(tmp_path, tiny_sam, monkeypatch):
     prompts = _pngs(tmp_path / "in", 7)
     results = [segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, rank=r,

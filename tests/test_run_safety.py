@@ -306,3 +306,25 @@ def test_a_checkpoint_written_before_extensions_had_their_entry_resumes(tmp_path
     raw["train"]["epochs"] = 2
     run = finetune(config_from_dict(raw), resume=True, log=lambda m: None)
     assert len(_rows(run)) == 2
+
+
+def test_a_file_is_on_disk_before_it_replaces_the_old_one_and_a_failed_sync_keeps_the_old(tmp_path, monkeypatch):
+    import os
+
+    from medadapt.core import files
+
+    target = tmp_path / "state.json"
+    files.atomic_write_json(target, {"step": 1})
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append("sync"), real_fsync(fd)))
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    files.atomic_write_json(target, {"step": 2})
+    assert events == ["sync", "replace"] and '"step": 2' in target.read_text()
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(files.os, "fsync", failing)
+    with pytest.raises(MedAdaptError, match="could not write .*state.json.*Input/output"):
+        files.atomic_write_json(target, {"step": 3})
+    assert '"step": 2' in target.read_text() and [p.name for p in tmp_path.iterdir()] == ["state.json"]

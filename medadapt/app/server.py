@@ -6,7 +6,8 @@ DNS rebinding). It serves its own static folder and the data it was given,
 by the opaque ids of its own listing; no route takes a file path. Errors are
 JSON ``{"detail": "..."}``: 404 for an unknown image id or slice, 400 for a
 request the data refuses (a prompt outside the image, an unknown class,
-malformed JSON), 422 for a body of the wrong shape.
+malformed JSON), 422 for a body of the wrong shape, 413 for a body larger than
+:data:`MAX_BODY_BYTES` (read no further than that).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .sources import UnknownItem, find_items
 
 STATIC = Path(str(resources.files("medadapt") / "app" / "static"))
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY_BYTES = 2 * 1024 * 1024  # the largest request the page sends, a 20000-point scribble, is about 0.8 MB
 
 
 class _Body(BaseModel):
@@ -107,6 +109,52 @@ def _cross_site(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc.lower() != host.lower()
 
 
+class _BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 without being read further (a declared
+    Content-Length over it is refused before any byte is read); a body within it is handed on whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not declared.isdigit():
+            return await self._answer(send, 400, "invalid Content-Length header: send a whole number of bytes")
+        too_large = f"request body too large (the limit is {self.limit} bytes): send a shorter scribble"
+        if int(declared) > self.limit:
+            return await self._answer(send, 413, too_large)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._answer(send, 413, too_large)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the disconnect, as the server would
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _answer(send, status: int, detail: str) -> None:
+        payload = JSONResponse({"detail": detail}).body
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
 def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The web app; ``allowed_hosts`` are the Host names it answers (default: loopback names only)."""
 
@@ -117,6 +165,7 @@ def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) 
 
     app = FastAPI(title="medadapt annotate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost"])
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)  # before any route reads a body
 
     @app.middleware("http")
     async def same_origin_writes(request: Request, call_next):

@@ -40,6 +40,14 @@ def _umask() -> int:
     return mask
 
 
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
 
@@ -55,6 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=path_suffix(target) or ".tmp")
         os.close(fd)
         write(tmp)
+        _sync(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the user's usual mode
         os.replace(tmp, target)
         tmp = None

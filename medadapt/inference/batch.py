@@ -1,6 +1,7 @@
 """Batch inference over many scans: :func:`segment_batch` is what ``medadapt segment IN OUT`` runs.
 
-DataLoader worker processes read each input (and apply the CT window); the
+Worker processes read each input (and apply the CT window;
+:mod:`.batch_reading`, where a reader process that dies costs only its file); the
 main process runs the model and writes each mask atomically, in the input's
 format and geometry, then appends one line to a manifest and flushes it to
 disk. A file that cannot be read or segmented becomes a ``failed`` line and
@@ -33,14 +34,12 @@ from ..core.files import atomic_write, atomic_write_json
 from ..foundation.checkpoint import sha256_files
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
-    apply_window,
     display_orientation,
-    load_image,
-    load_volume,
     save_mask,
     volume_slice,
 )
 from .batch_inputs import SERIES_FORMATS, BatchItem, find_inputs, read_prompts
+from .batch_reading import one_line, read_ahead
 from .cleanup import check_cleanup, clean_labels
 from .predictor import Segmenter
 from .segment import prediction_to_labels
@@ -60,7 +59,7 @@ class BatchResult:
     images: int  # 2-D outputs written
     volumes: int  # volume outputs written
     seconds: float  # wall time of the loop over the pending files
-    waited: float  # of which the model waited for data (DataLoader workers keep this near zero)
+    waited: float  # of which the model waited for data (the reader processes keep this near zero)
     manifest: Path
 
 
@@ -100,39 +99,6 @@ def _append(path: Path, row: dict[str, Any]) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = text if isinstance(exc, MedAdaptError) else f"{type(exc).__name__}: {text}"
-    return text[:500]
-
-
-# --------------------------------------------------------------------------- reading (worker processes)
-class _Reader(torch.utils.data.Dataset):
-    """Reads item i in a DataLoader worker; an unreadable file comes back as an error, not an exception."""
-
-    def __init__(self, items: Sequence[BatchItem], window: Any) -> None:
-        self.items, self.window = list(items), window
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item, start = self.items[i], time.perf_counter()
-        try:
-            if item.error:
-                raise MedAdaptError(item.error)
-            if item.volume:
-                data, affine = load_volume(item.path)
-                data = apply_window(data, self.window) if self.window is not None else data
-                record = {"pixels": torch.from_numpy(np.ascontiguousarray(data)),
-                          "affine": torch.from_numpy(np.ascontiguousarray(affine))}
-            else:
-                record = {"pixels": torch.from_numpy(np.ascontiguousarray(load_image(item.path, window=self.window)))}
-        except Exception as exc:  # any reader's failure is this file's failure, recorded in the manifest
-            record = {"error": _one_line(exc)}
-        return {"index": i, "read_seconds": time.perf_counter() - start, **record}
 
 
 # --------------------------------------------------------------------------- the model
@@ -283,7 +249,7 @@ def segment_batch(
     given; otherwise one is built from ``model``, ``checkpoint``, ``adapter``
     and ``device`` (under torchrun, ``cuda:LOCAL_RANK`` when CUDA is there).
 
-    ``workers`` DataLoader processes read ahead (default min(2, CPUs); 0 reads
+    ``workers`` processes read ahead (default min(2, CPUs); 0 reads
     in this process). ``OUT/manifest.csv`` gets one line per file: ``file``,
     ``status`` (ok, failed or skipped), ``seconds`` (what the file added to the
     run's wall time: waiting for its data, the model, the write),
@@ -370,17 +336,15 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
 
     result = BatchResult(0, 0, *counts, images=0, volumes=0, seconds=0.0, waited=0.0, manifest=manifest)
     start = last = time.perf_counter()
-    loader = torch.utils.data.DataLoader(_Reader(items, window), batch_size=None, shuffle=False, num_workers=workers,
-                                         prefetch_factor=2 if workers else None)
     bar = tqdm(total=len(items), unit="file", disable=not progress or not items, desc="segment")
-    for record in loader:
+    for record in read_ahead(items, window, workers):
         item = items[int(record["index"])]
         result.waited += time.perf_counter() - last
         row = {"file": item.name, "output": str(item.out)}
         try:
             if "error" in record:
                 raise MedAdaptError(record["error"])
-            pixels, entry = record["pixels"].numpy(), table.get(item.name)
+            pixels, entry = record["pixels"], table.get(item.name)
             if entry is None and not seg.classes:
                 raise MedAdaptError("the prompts file has no prompts for it, and the model learned no classes to "
                                     "segment it automatically")
@@ -389,13 +353,13 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
             else:
                 labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask, cleanup)
             segments = _segments(seg, labels, entry) if item.out.name.endswith(".dcm") else None
-            _save(labels, item, record["affine"].numpy() if "affine" in record else None, segments)
+            _save(labels, item, record["affine"] if "affine" in record else None, segments)
             row.update(status="ok", error="")
             result.ok += 1
             result.volumes += item.volume
             result.images += not item.volume
         except Exception as exc:  # one bad file is recorded and the rest go on
-            row.update(status="failed", error=_one_line(exc), output="")
+            row.update(status="failed", error=one_line(exc), output="")
             result.failed += 1
         row.update(read_seconds=f"{float(record['read_seconds']):.3f}", finished=_now())
         _append(manifest, {**row, "seconds": f"{time.perf_counter() - last:.3f}"})  # what this file added to the run
