@@ -248,7 +248,10 @@ def test_bad_requests_get_a_4xx_saying_what_to_fix(images, litemedsam):
                  "/pyproject.toml", "/static/../../medadapt/app/server.py"):
         response = api.get(path)
         assert response.status_code == 404 and b"[project]" not in response.content, path
-    assert api.get("/api/state", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
+    for host in ("attacker.example", "127.0.0.1.attacker.example", "[::2]:8000", "", "[::1"):  # DNS rebinding
+        assert api.get("/api/state", headers={"Host": host}).status_code == 400, host
+    for host in ("localhost:8000", "[::1]:8000", "LOCALHOST"):  # every loopback name, IPv6 in brackets
+        assert api.get("/api/state", headers={"Host": host}).status_code == 200, host
     # a page of another site open in the user's browser cannot change labels, objects or the model
     for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
         refused(api.post(url(a, 0, "undo"), headers=headers), 403, "this app's own page")

@@ -29,7 +29,6 @@ try:
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
 except ImportError as exc:  # the web app is an optional extra
     raise MedAdaptError(f"medadapt annotate needs FastAPI and uvicorn ({exc}): pip install 'medadapt[app]'") from exc
 
@@ -98,6 +97,14 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "invalid request: " + "; ".join(parts)
 
 
+def _host_name(header: str) -> str | None:
+    """The name in a Host header, lower case, without port or IPv6 brackets (``[::1]:8000`` is ``::1``)."""
+    try:
+        return urlsplit("//" + header).hostname
+    except ValueError:
+        return None
+
+
 def _cross_site(request: Request) -> bool:
     """Whether the browser says the request came from a page of another origin than this server's."""
     if request.headers.get("sec-fetch-site", "") == "cross-site":
@@ -164,13 +171,17 @@ def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) 
         annotator.close()
 
     app = FastAPI(title="medadapt annotate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost"])
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)  # before any route reads a body
+    hosts = {h.lower() for h in (allowed_hosts or LOOPBACK)}
 
     @app.middleware("http")
     async def same_origin_writes(request: Request, call_next):
-        """A request that changes labels, objects or the model must come from this app's own page: a web page
-        elsewhere that the user has open could otherwise send one to the local server."""
+        """Requests must name this server by a name it answers (a web page cannot reach it through DNS
+        rebinding), and a request that changes labels, objects or the model must come from this app's own
+        page: a web page elsewhere that the user has open could otherwise send one to the local server."""
+        if "*" not in hosts and _host_name(request.headers.get("host", "")) not in hosts:
+            return JSONResponse({"detail": "invalid Host header: open the app at the address medadapt annotate "
+                                           "printed"}, status_code=400)
         if request.method not in ("GET", "HEAD", "OPTIONS") and _cross_site(request):
             return JSONResponse({"detail": "refused: a request that changes state must come from this app's own "
                                            "page (Origin / Sec-Fetch-Site say it came from another site)"},
@@ -256,7 +267,7 @@ def serve(annotator: Annotator, host: str = "127.0.0.1", port: int = 8000, *, lo
         log(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read these images "
             "and write labels (there is no login); the default --host 127.0.0.1 keeps it to this machine")
     app = create_app(annotator, allowed_hosts=None if loopback else ["*"])
-    shown = "127.0.0.1" if host == "localhost" else host
+    shown = "127.0.0.1" if host == "localhost" else f"[{host}]" if ":" in host else host
     log(f"open http://{shown}:{port}/ in a browser (Ctrl+C stops the server)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
