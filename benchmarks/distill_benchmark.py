@@ -110,7 +110,7 @@ def _peer(run: Path) -> Path:
     copy_for_distillation(run, peer)
     with timed_stage(peer / "benchmark_times.json", "peer_s"):
         # relabel=student: relabelled slices carry no weight here, so nothing is refined through the decoder
-        distill(peer, ["distill.pseudo_weight=0", "distill.relabel=student"],
+        distill(peer, ["distill.pseudo_weight=0", "distill.relabel=student", "distill.compare_peer=false"],
                 resume=(peer / "distill" / "state.pt").is_file())
     return peer
 
