@@ -198,14 +198,14 @@ def main(argv: list[str] | None = None) -> None:
                              args.device, args.kill_after)
     check_outputs(scratch / "in", scratch / "out_killed", kinds)
     print(f"re-run: {rerun}\nkill and resume: {resume}", flush=True)
-    load = (load_before, os.getloadavg()[1])
+    load, cores = (load_before, os.getloadavg()[1]), os.cpu_count()
 
     n_img = sum(k == "image" for k in kinds.values())
     walls, reads = [v["wall_seconds"] for v in runs.values()], [v["read_seconds"] for v in runs.values()]
     pace = (f"Reading took {min(reads):.1f}-{max(reads):.1f} s of the {min(walls):.0f}-{max(walls):.0f} s runs and "
             f"the model waited at most {max(v['waited_seconds'] for v in runs.values()):.1f} s for data: on this CPU "
             f"the model sets the pace, {min(walls) / (n_img + slices):.1f}-{max(walls) / (n_img + slices):.1f} s per "
-            f"encoded image or slice, and the rows differ as the machine's load did, not by reader count.")
+            f"encoded image or slice, so the reader count matters little here.")
     table = "\n".join(
         f"| {w} | {v['wall_seconds']:.1f} | {v['files_per_s']:.2f} | {v['images_per_s']:.2f} | "
         f"{v['volumes_per_hour']:.0f} | {v['waited_seconds']:.1f} | {v['read_seconds']:.1f} |" for w, v in runs.items())
@@ -231,9 +231,10 @@ failed files, in {rerun['seconds']:.1f} s. `medadapt segment` killed with SIGKIL
 manifest lines (killed: {resume['killed']}), then run again, skipped {resume['resumed_skipped']} finished outputs and
 wrote the other {resume['resumed_ok']}.
 
-**How the figures were selected.** One run per reader count, no repeats. The CPU was shared with other
-work: the 5-minute load average was {load[0]:.1f} when the runs started and {load[1]:.1f} when they ended (2 cores), so
-absolute times are slower than on an idle machine and move from run to run; compare the rows with that in mind.
+**How the figures were selected.** One run per reader count, no repeats. The 5-minute load average was
+{load[0]:.1f} when the runs started and {load[1]:.1f} when they ended ({cores} cores; the runs themselves keep about
+{cores} busy): a start well above 0 means other work was still running or had just ended, and the rows then move
+with the machine's load as well as with the reader count.
 Nothing else is selected.
 """
     dataset, experiment = parse_result(args.result or f"speed/batch_{args.device.split(':')[0]}")
