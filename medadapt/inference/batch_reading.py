@@ -45,9 +45,6 @@ class Reader:
     def __init__(self, items: Sequence[BatchItem], window: Any) -> None:
         self.items, self.window = list(items), window
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         item, start = self.items[i], time.perf_counter()
         try:
@@ -87,6 +84,10 @@ _READER: Reader | None = None
 _CONTEXT = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
 
 
+def _pool(reader: Reader, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_CONTEXT, initializer=_start_reader, initargs=(reader, os.getpid()))
+
+
 def read_ahead(items: Sequence[BatchItem], window: Any, workers: int) -> Iterator[dict[str, Any]]:
     """Each item's record, in order (``record["index"]`` is its position in ``items``), read ahead by ``workers``
     processes (0: in this process, where a crash inside a reader ends the run)."""
@@ -96,8 +97,7 @@ def read_ahead(items: Sequence[BatchItem], window: Any, workers: int) -> Iterato
         return
     start = 0
     while start < len(items):
-        with ProcessPoolExecutor(workers, mp_context=_CONTEXT, initializer=_start_reader,
-                                 initargs=(reader, os.getpid())) as pool:
+        with _pool(reader, workers) as pool:
             pending, submitted, done = deque(), start, start
             try:
                 while done < len(items):
@@ -117,8 +117,7 @@ def read_ahead(items: Sequence[BatchItem], window: Any, workers: int) -> Iterato
 
 def _read_alone(reader: Reader, i: int, died: str) -> dict[str, Any]:
     try:
-        with ProcessPoolExecutor(1, mp_context=_CONTEXT, initializer=_start_reader,
-                                 initargs=(reader, os.getpid())) as pool:
+        with _pool(reader, 1) as pool:
             return pool.submit(_read, i).result()
     except BrokenProcessPool:
         return {"index": i, "read_seconds": 0.0,
