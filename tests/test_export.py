@@ -167,17 +167,21 @@ def _one_line_error(folder, match):
     assert "\n" not in str(info.value)
 
 
+def _flip_byte(path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
 def test_foreign_incomplete_or_altered_folders_give_one_line_errors(exported, tmp_path):
     _one_line_error(tmp_path / "missing", "export folder not found")
     _one_line_error(tmp_path, "not a medadapt export")
     copy = tmp_path / "copy"
     shutil.copytree(exported, copy)
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
-    with open(copy / "decoder.onnx", "r+b") as fh:  # one byte changed
-        fh.seek(1000)
-        byte = fh.read(1)
-        fh.seek(1000)
-        fh.write(bytes([byte[0] ^ 0xFF]))
+    _flip_byte(copy / "decoder.onnx", 1000)
     _one_line_error(copy, "checksum")
     (copy / "decoder.onnx").unlink()
     _one_line_error(copy, "missing")
@@ -186,6 +190,41 @@ def test_foreign_incomplete_or_altered_folders_give_one_line_errors(exported, tm
     (copy / MANIFEST_NAME).write_text("{not json")
     _one_line_error(copy, "not valid JSON")
     assert read_manifest(exported)["format_version"] == 1
+
+
+def test_weights_held_outside_a_graph_are_listed_checked_and_required(exported, tmp_path):
+    """A graph over 2 GB keeps its weights in a file beside it (ONNX external data): the manifest lists that file
+    with its checksum, and loading refuses the folder when it is altered, missing or named outside the folder."""
+    import onnx
+
+    from medadapt.export.onnx_export import external_data_files
+    from medadapt.foundation.checkpoint import sha256_file
+
+    assert external_data_files(exported / "decoder.onnx") == []  # small graphs hold their own weights
+    assert read_manifest(exported)["data_files"] == {}
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    graph = onnx.load(str(copy / "decoder.onnx"))
+    onnx.save_model(graph, str(copy / "decoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="decoder.onnx.data", size_threshold=1024)
+    assert external_data_files(copy / "decoder.onnx") == ["decoder.onnx.data"]
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["data_files"] = {"decoder.onnx": ["decoder.onnx.data"]}
+    manifest["sha256"].update({n: sha256_file(copy / n) for n in ("decoder.onnx", "decoder.onnx.data")})
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    image, _ = disc_image(seed=3)
+    answers = []
+    for folder in (exported, copy):
+        seg = Segmenter.from_pretrained(folder, runtime="onnxruntime")
+        seg.set_image(image)
+        answers.append(seg.predict(boxes=np.array([BOXES5[0]], np.float32)))
+    _assert_same(answers[0], answers[1])
+    _flip_byte(copy / "decoder.onnx.data", 100)  # one weight changed
+    _one_line_error(copy, "holds the weights of decoder.onnx, does not match the checksum")
+    (copy / "decoder.onnx.data").unlink()
+    _one_line_error(copy, "holds the weights of decoder.onnx, is missing")
+    (copy / MANIFEST_NAME).write_text(json.dumps({**manifest, "data_files": {"decoder.onnx": ["../decoder.onnx.data"]}}))
+    _one_line_error(copy, "not a file of the export folder")
 
 
 def test_runtime_arguments_are_checked(exported, monkeypatch):

@@ -233,12 +233,28 @@ def _manifest(backbone: Backbone, provenance: dict, graphs: dict, folder: Path, 
         "processor": asdict(backbone.processor),
         "embedding": {"channels": backbone.embed_dim, "size": [int(g) for g in grid]},
         "graphs": graphs,
-        "sha256": {name: sha256_file(folder / name) for name in graphs.values()},
+        "data_files": (data := {name: files for name in graphs.values() if (files := external_data_files(folder / name))}),
+        "sha256": {name: sha256_file(folder / name) for name in [*graphs.values(), *(f for fs in data.values() for f in fs)]},
         "classes": None if auto is None else {"names": list(auto.class_names), "label_values": list(auto.label_values)},
         "adapter": None if cfg is None else cfg.to_dict(),
         "lora_merged": bool(backbone.lora_merged),
         "not_exported": not_exported(backbone, provenance),
     }
+
+
+def external_data_files(graph: Path) -> list[str]:
+    """The files next to ``graph`` that hold its weights outside it (ONNX external data: what the exporter writes
+    for a model over 2 GB), by name; empty for a graph that holds its own weights."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(graph), load_external_data=False)
+    tensors = [*model.graph.initializer,
+               *(t for node in model.graph.node for a in node.attribute for t in [*([a.t] if a.HasField("t") else []),
+                                                                                 *a.tensors])]
+    names = {entry.value for t in tensors if uses_external_data(t) for entry in t.external_data
+             if entry.key == "location"}
+    return sorted(names)
 
 
 def not_exported(backbone: Backbone, provenance: dict) -> list[str]:

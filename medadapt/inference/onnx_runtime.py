@@ -52,7 +52,8 @@ _INSTALL = "pip install 'medadapt[export]'"
 def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The manifest of an export folder, checked: a one-line :class:`MedAdaptError` for a bad or foreign folder.
 
-    ``verify`` also compares every graph file with the SHA-256 the manifest records.
+    ``verify`` also compares every graph file, and every file holding a graph's weights outside it (``data_files``:
+    ONNX external data, for models over 2 GB), with the SHA-256 the manifest records.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -87,6 +88,22 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, A
         if verify and sha256_file(file) != manifest["sha256"].get(name):
             raise MedAdaptError(f"{file} does not match the checksum in {MANIFEST_NAME} (corrupt or replaced): "
                                 "export the model again")
+    data = manifest.get("data_files") or {}
+    if not isinstance(data, dict) or not set(data) <= set(graphs.values()):
+        raise MedAdaptError(f"{path}: data_files must map graph files to the files holding their weights; "
+                            "export the model again")
+    for graph, files in data.items():
+        for name in files if isinstance(files, list) else [files]:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise MedAdaptError(f"{path}: the weights of {graph} are named {name!r}, not a file of the export "
+                                    "folder: export the model again")
+            file = root / name
+            if not file.is_file():
+                raise MedAdaptError(f"{file}, which holds the weights of {graph}, is missing: the export is "
+                                    "incomplete; copy the whole folder or export the model again")
+            if verify and sha256_file(file) != manifest["sha256"].get(name):
+                raise MedAdaptError(f"{file}, which holds the weights of {graph}, does not match the checksum in "
+                                    f"{MANIFEST_NAME} (corrupt or replaced): export the model again")
     if ("classes" in graphs) != bool(manifest.get("classes")):
         raise MedAdaptError(f"{path}: a classes graph needs class names and label values, and they need the graph")
     return manifest
