@@ -420,6 +420,48 @@ def test_accepted_masks_train_the_served_model_and_a_restart_resumes(images, tmp
         resumed.stop()
 
 
+def test_the_app_stops_cleanly_with_nothing_learned_and_saves_or_says_why_not(images, tmp_path, monkeypatch):
+    """Stopping the app stops the learner and saves what it learned: with nothing accepted there is nothing to
+    save and no error; a save that fails (a full disk) is said, with where the samples wait; a worker that died
+    on an error does not keep what it learned before from being saved."""
+    import medadapt.app.server as server
+    from medadapt.app.learning import stop_learning
+    from medadapt.training import OnlineLearner
+
+    folder, truth = images
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(server, "serve", lambda *a, **k: None)  # the user stops the server at once
+    said = []
+    server.annotate(folder, port=port, log=said.append)
+    assert not any(line.startswith("error") for line in said) and not any("saved to" in line for line in said)
+
+    seg, learner = online_segmenter("litemedsam", tmp_path / "online", device="cpu",
+                                    config={"steps_per_sample": 1, "batch_size": 1, "prompted": []})
+    image = np.asarray(Image.open(folder / "a.png"))
+    seg.set_image(image)
+    emb, meta = seg.embedding()
+    learner.add(emb, meta, truth["a.png"][0], ["foreground"])
+    assert learner.wait_idle(timeout=240)
+
+    def no_space(self, path=None):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(OnlineLearner, "save", no_space)
+        problem = stop_learning(learner, said.append)
+    assert not learner.running
+    assert "could not save the online learner's model" in problem and "No space left on device" in problem
+    assert str(learner.buffer.folder) in problem
+
+    stop = learner.stop
+    monkeypatch.setattr(learner, "stop", lambda: (stop(), (_ for _ in ()).throw(
+        MedAdaptError("the online learner's worker stopped on an error: boom"))))
+    assert stop_learning(learner, said.append) == "the online learner's worker stopped on an error: boom"
+    assert (tmp_path / "online" / "adapter" / "adapter.json").is_file() and "saved to" in said[-1]
+
+
 def test_with_a_depth_adapter_volume_slices_carry_their_neighbours_and_it_learns_online(volume, tmp_path):
     """A volume slice is decoded with its neighbours' embeddings, the learner keeps them in its buffer, and the
     depth adapter (zero-initialised) trains and is published into the serving model."""

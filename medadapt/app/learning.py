@@ -3,7 +3,8 @@
 :func:`online_segmenter` builds the serving segmenter and its
 :class:`~medadapt.training.OnlineLearner` (folder ``LABELS/online/``: the
 replay buffer and the adapter checkpoint); :func:`accept_hook` is the
-``on_accept`` the :class:`~medadapt.app.session.Annotator` calls. The page
+``on_accept`` the :class:`~medadapt.app.session.Annotator` calls; :func:`stop_learning` stops the learner and
+saves what it learned when the app stops. The page
 never waits for training: the learner trains a private copy and publishes its
 weights between two prompts, and the next proposal comes from the new weights.
 A restarted app resumes from the checkpoint and the buffer.
@@ -12,7 +13,7 @@ A restarted app resumes from the checkpoint and the buffer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,6 +53,26 @@ def accept_hook(learner: OnlineLearner, classes: Callable[[], dict[str, int]]):
     return on_accept
 
 
+def stop_learning(learner: OnlineLearner, log: Callable[[str], Any] = print) -> str | None:
+    """Stop the online learner and save what it learned, each whatever became of the other; returns what went
+    wrong (None when nothing did). The accepted labels are already in their files: only the model's training
+    since its last save can be lost, and the replay buffer keeps every sample for a restarted app."""
+    problems = []
+    try:
+        learner.stop()
+    except Exception as exc:
+        problems.append(str(exc))
+    if learner.segmenter.backbone.adapter_config is not None:  # nothing accepted: nothing learned to save
+        target = learner.folder / "adapter"
+        try:
+            log(f"online learner saved to {learner.save(target)}")
+        except Exception as exc:
+            problems.append(f"could not save the online learner's model to {target} ({exc}); the accepted labels "
+                            f"are in their files and the samples in {learner.buffer.folder}: free the disk or fix "
+                            "the folder's permissions and start the app again to train on them")
+    return "; ".join(problems) or None
+
+
 def plain_prompts(prompts: list[dict]) -> dict[str, list]:
     """The page's prompts (``{"kind": "point" | "box" | "scribble", ...}``) as the replay buffer keeps them:
     ``points`` / ``labels`` (clicks), ``boxes`` and ``scribbles`` (``[label, [[x, y], ...]]``)."""
@@ -67,4 +88,4 @@ def plain_prompts(prompts: list[dict]) -> dict[str, list]:
     return out
 
 
-__all__ = ["accept_hook", "online_segmenter", "plain_prompts"]
+__all__ = ["accept_hook", "online_segmenter", "plain_prompts", "stop_learning"]

@@ -34,7 +34,7 @@ except ImportError as exc:  # the web app is an optional extra
 
 from ..inference import Segmenter
 from ..training import OnlineConfig
-from .learning import accept_hook, online_segmenter
+from .learning import accept_hook, online_segmenter, stop_learning
 from .session import Annotator, OnAccept
 from .sources import UnknownItem, find_items
 
@@ -324,10 +324,20 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
     try:
         serve(annotator, host, port, log=log)
     finally:
+        problems = [p for p in (_close(annotator), None if learner is None else stop_learning(learner, log)) if p]
+        for p in problems:
+            log(f"error: {p}")
+    if problems:
+        raise MedAdaptError("; ".join(problems))
+
+
+def _close(annotator: Annotator) -> str | None:
+    """Stop the annotator's background encoding; what went wrong, or None."""
+    try:
         annotator.close()
-        if learner is not None:
-            learner.stop()
-            learner.save()
+    except Exception as exc:  # the learner must still stop and save
+        return f"the background encoder did not stop cleanly ({exc})"
+    return None
 
 
 __all__ = ["annotate", "create_app", "serve"]
