@@ -125,6 +125,14 @@ def test_discover_plain_ids_and_missing_root(tmp_path: Path) -> None:
         discover_cases(DataConfig(root=str(tmp_path / "nope"), classes=[1]))
     with pytest.raises(MedAdaptError, match="imagesXX.*not found"):
         discover_cases(DataConfig(root=str(tmp_path), classes=[1], images="imagesXX"))
+    (tmp_path / "scans").mkdir()  # a custom image folder whose stems are also imagesTr's
+    save_nifti(synth_volume(1)[0], tmp_path / "scans" / "case_0001.nii.gz")
+    with pytest.warns(UserWarning, match="no label folder is paired with it.*set data.labels"):
+        (scan,) = discover_cases(DataConfig(root=str(tmp_path), classes=[1], images="scans"))
+    assert scan.label_path is None  # not labelsTr/case_0001, the label of another scan
+    with pytest.warns(UserWarning, match="have no image"):  # labelsTr's other file is said to be unused
+        (scan,) = discover_cases(DataConfig(root=str(tmp_path), classes=[1], images="scans", labels="labelsTr"))
+    assert scan.label_path == tmp_path / "labelsTr" / "case_0001.nii.gz"  # when the user says so
 
 
 def test_split_by_key_rest_and_patient_prefix(nnunet: Path) -> None:
