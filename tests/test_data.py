@@ -25,7 +25,7 @@ from medadapt.data import (
     split_cases,
     to_canonical,
 )
-from medadapt.io.imaging import load_image, load_volume
+from medadapt.io.imaging import load_image, load_mask, load_volume
 
 SHAPE = (12, 10, 5)  # x, y, z as stored
 AFFINE = np.diag([-1.5, 2.0, 3.0, 1.0])  # LAS: reorientation flips axis 0, so alignment is really tested
@@ -416,3 +416,27 @@ def test_class_mapping_with_dataset_json(nnunet: Path) -> None:
         resolve_classes(cfg(nnunet, classes={"aorta": 7}))
     with pytest.raises(MedAdaptError, match=r"unknown class 'aorta'.*\{aorta: VALUE\}"):
         resolve_classes(cfg(nnunet, classes=["aorta"]))  # with dataset.json labels a name must be one of them
+
+
+def test_a_label_on_another_voxel_grid_is_refused_and_large_label_values_stay_exact(tmp_path: Path) -> None:
+    """A label volume saved with another affine (here the x axis flipped, as a converter may write it) would be
+    the mirror image of the structure: it is refused, naming both files. Atlas label values beyond float32's
+    exact whole numbers (2^24) keep their identity."""
+    image, label = synth_volume(0)
+    save_nifti(image, tmp_path / "imagesTr" / "case1.nii.gz")
+    (tmp_path / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(label, np.diag([1.5, 2.0, 3.0, 1.0])), tmp_path / "labelsTr" / "case1.nii.gz")
+    config = DataConfig(root=str(tmp_path), classes=[1, 2, 3])
+    (case,) = discover_cases(config)
+    with pytest.raises(MedAdaptError, match="not the same voxel grid.*resample or re-save"):
+        load_volume_case(case, config)
+    big = np.where(label > 0, 614454276 + label.astype(np.int64), 0).astype(np.uint32)
+    nib.save(nib.Nifti1Image(big, AFFINE), tmp_path / "labelsTr" / "case1.nii.gz")  # same grid now
+    config = DataConfig(root=str(tmp_path), classes=[614454277, 614454278])
+    _, remapped = load_volume_case(case, config)
+    assert np.array_equal(np.bincount(remapped.ravel(), minlength=3)[1:],
+                          [(label == 1).sum(), (label == 2).sum()])  # float32 merged both into 614454272
+    k = int(np.argmax(big.any(axis=(0, 1))))
+    assert set(np.unique(load_mask(tmp_path / "labelsTr" / "case1.nii.gz", slice_index=k))) <= {
+        0, 614454277, 614454278, 614454279}
+    assert 614454277 in load_mask(tmp_path / "labelsTr" / "case1.nii.gz", slice_index=k)

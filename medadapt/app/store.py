@@ -117,7 +117,7 @@ class LabelStore:
         shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
         if not path.exists():
             return np.full(shape, fill, dtype=np.int32)
-        data, _ = load_volume(path)
+        data, _ = load_volume(path, dtype=np.float64)  # whole label values exact beyond float32's 2^24
         if data.shape != tuple(shape):
             raise MedAdaptError(f"the {what} volume {path} has shape {data.shape} but {item.name} has "
                                 f"{tuple(shape)}; move the {what} file away or fix it")

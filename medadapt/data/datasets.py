@@ -124,7 +124,8 @@ def _read_case(
     label_path = case.label_path if with_labels else None
     try:
         if volume:
-            image = _stack(load_volume(case.image_path)[0], config.axis)
+            data, grid = load_volume(case.image_path)
+            image = _stack(data, config.axis)
         else:
             image = load_image(case.image_path)[None]
     except MedAdaptError as exc:
@@ -133,7 +134,8 @@ def _read_case(
         return image, None, volume
     try:
         if volume:
-            raw = _stack(_integer_labels(load_volume(label_path)[0], label_path), config.axis)
+            data, label_grid = load_volume(label_path, dtype=np.float64)  # label values beyond 2^24 stay exact
+            raw = _stack(_integer_labels(data, label_path), config.axis)
         else:
             raw = load_mask(label_path)[None]
     except MedAdaptError as exc:
@@ -145,8 +147,26 @@ def _read_case(
             f"label {label_path} has shape {lab_shape} but image {case.image_path} has shape {img_shape}"
             f"{' (slices along axis %d first)' % config.axis if volume else ''}; they must be on the same grid",
         )
+    if volume:
+        try:
+            _same_grid(label_grid, grid, label_path, case.image_path)
+        except MedAdaptError as exc:
+            raise _FileError(label_path, str(exc)) from exc
     unlabeled = config.unlabeled_value if config.scribbles == "files" else None
     return image, remap_labels(raw, classes, binary_255=not volume, unlabeled=unlabeled), volume
+
+
+def _same_grid(label: np.ndarray, image: np.ndarray, label_path, image_path) -> None:
+    """Refuse a label volume whose voxels are not the image's: another spacing, orientation or origin (after
+    both are reoriented alike), beyond a hundredth of a voxel. A label saved with another affine (a flipped axis)
+    would otherwise teach and score the mirror image of the structure."""
+    voxel = float(np.sqrt((image[:3, :3] ** 2).sum(0)).min())
+    if not np.allclose(label[:3], image[:3], rtol=0.0, atol=0.01 * voxel):
+        raise MedAdaptError(
+            f"label {label_path} and image {image_path} have the same shape but not the same voxel grid (affines "
+            f"{np.round(label[:3], 3).tolist()} and {np.round(image[:3], 3).tolist()}): a label must lie on its "
+            "image's grid; resample or re-save it with the image's affine"
+        )
 
 
 def prepare_slice(image: np.ndarray, config: DataConfig, *, name: str = "image") -> np.ndarray:

@@ -187,21 +187,23 @@ def _read_dicom(path: Path, slice_index: int | None) -> np.ndarray:
     )
 
 
-def _read_slice(path: Path, slice_index: int | None, axis: int) -> np.ndarray:
-    """One slice of a NIfTI file or DICOM series folder, reading only what that slice needs."""
+def _read_slice(path: Path, slice_index: int | None, axis: int, dtype=np.float32) -> np.ndarray:
+    """One slice of a NIfTI file or DICOM series folder, reading only what that slice needs (a NIfTI slice as
+    ``dtype``: float64 for labels, whose whole values float32 holds exactly only up to 2^24)."""
     axis = _check_axis(axis)
     series = DicomSeries(path) if path.is_dir() else None
     shape = series.canonical_shape() if series is not None else nifti_shape(path)
     index = _slice_position(slice_index, shape[axis], f"{path} (volume of shape {shape}, axis={axis})")
-    plane = series.slice(index, axis) if series is not None else nifti_slice(path, index, axis)
+    plane = series.slice(index, axis) if series is not None else nifti_slice(path, index, axis, dtype)
     return _display(plane)
 
 
 # --------------------------------------------------------------------------- public API
-def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_volume(path: PathLike, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Load a NIfTI file or a folder holding one DICOM series as ``(data, affine)``.
 
-    ``data`` is float32, reoriented to closest canonical (RAS+) so every volume
+    ``data`` is float32 (``dtype=np.float64`` for label files: float32 holds whole numbers exactly only up to
+    2^24, and atlas label values go beyond), reoriented to closest canonical (RAS+) so every volume
     has the same axis meaning; ``affine`` (4x4, float64) maps its voxels to
     scanner millimetres. A DICOM series is sorted along the slice normal by
     ImagePositionPatient (InstanceNumber if positions are missing), rescaled to
@@ -214,14 +216,16 @@ def load_volume(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"load_volume reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM series, "
             f"not {p}; for a single 2-D file use load_image"
         )
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise MedAdaptError(f"load_volume reads float32 or float64 data; got dtype={dtype!r}")
     if not p.is_dir():
-        return nifti_volume(p)
+        return nifti_volume(p, dtype)
     import nibabel as nib
 
     series = DicomSeries(p)
     with reading(p, "a DICOM series"):
         canonical = nib.as_closest_canonical(nib.Nifti1Image(series.volume(), series.affine))
-        data = canonical.get_fdata(dtype=np.float32)
+        data = canonical.get_fdata(dtype=dtype)
     return data, np.asarray(canonical.affine, dtype=np.float64)
 
 
@@ -321,7 +325,7 @@ def load_mask(path: PathLike, *, slice_index: int | None = None, axis: int = 2) 
         raise MedAdaptError(f"mask {p} is a JPEG; JPEG is lossy and smears label edges - save masks as PNG")
     fmt = _format(p, MASK_EXTENSIONS, "mask file")
     if fmt in _NIFTI:
-        array = _read_slice(p, slice_index, axis)
+        array = _read_slice(p, slice_index, axis, np.float64)
     elif fmt == ".npy":
         array = _read_npy(p, slice_index)
     else:

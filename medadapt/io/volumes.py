@@ -146,8 +146,8 @@ def _volume_shape(path: Path, img: Any) -> tuple[int, ...]:
     return shape
 
 
-def nifti_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The whole volume as float32 in closest canonical (RAS+) orientation, and its affine."""
+def nifti_volume(path: Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The whole volume as ``dtype`` (float32 or float64) in closest canonical (RAS+) orientation, and its affine."""
     import nibabel as nib
 
     img = open_nifti(path)
@@ -158,7 +158,7 @@ def nifti_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
             img = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, None], img.affine, img.header)
         assert img.shape == shape
         canonical = nib.as_closest_canonical(img)
-        data = canonical.get_fdata(dtype=np.float32)
+        data = canonical.get_fdata(dtype=dtype)
     return data, np.asarray(canonical.affine, dtype=np.float64)
 
 
@@ -223,7 +223,7 @@ def to_stored(canonical: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(apply_orientation(np.asarray(canonical), inverse))
 
 
-def nifti_slice(path: Path, index: int, axis: int) -> np.ndarray:
+def nifti_slice(path: Path, index: int, axis: int, dtype=np.float32) -> np.ndarray:
     """Slice ``index`` along ``axis`` of :func:`nifti_volume`'s array, bit for bit, reading only that slice.
 
     A slice along the stored slowest axis (the last, in NIfTI's Fortran order)
@@ -254,7 +254,7 @@ def nifti_slice(path: Path, index: int, axis: int) -> np.ndarray:
         return np.concatenate(parts, axis=slow)
 
     with reading(path, "a NIfTI file"):  # the file handle kept open across the chunks closes with the proxy
-        return canonical_slice(read_slab, shape, img.affine, index, axis).astype(np.float32)
+        return canonical_slice(read_slab, shape, img.affine, index, axis).astype(dtype)
 
 
 def nifti_shape(path: Path) -> tuple[int, ...]:
