@@ -11,6 +11,7 @@ import pytest
 from medadapt import MedAdaptError
 from medadapt.inference.embedding_cache import EmbeddingCache
 from medadapt.inference.propagation import PropagationConfig
+from medadapt.io.imaging import load_mask, load_volume, volume_slice
 
 
 def two_blobs(depth: int = 12, h: int = 64, w: int = 80, seed: int = 0):
@@ -295,6 +296,15 @@ def test_cli_propagates_a_box_on_a_nifti_and_keeps_its_affine(tmp_path, capsys):
     assert main(["predict", str(path), "--model", "tiny_sam_vit", "--box", "4", "4", "30", "30",
                  "--out", str(tmp_path / "m2.nii.gz")]) == 2  # a 2-D box on a volume needs --slice
     assert "has 5 slices" in capsys.readouterr().err
+    png, one = tmp_path / "slice.png", tmp_path / "slice.nii.gz"  # one slice, as PNG and as NIfTI
+    for target in (png, one):
+        assert main(["predict", str(path), "--model", "tiny_sam_vit", "--slice", "2", "--box", "4", "4", "30", "30",
+                     "--out", str(target)]) == 0
+    written = nib.load(one)  # a label volume on the scan's grid, the mask on slice 2 only
+    assert np.allclose(written.affine, affine) and written.shape == nib.load(path).shape
+    labels, _ = load_volume(one)
+    assert labels[..., 2].any() and not np.delete(labels, 2, axis=2).any()
+    assert np.array_equal(volume_slice(labels, 2, 2) > 0, load_mask(png) > 0)  # where the PNG has it
 
 
 def test_nan_outside_the_body_is_read_as_background_not_as_a_blank_slice(tiny_sam):

@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import MedAdaptError
+from ..core.files import path_suffix
 from ..io.dicom_seg import write_dicom_seg
-from ..io.imaging import load_image, save_mask
+from ..io.imaging import load_image, put_slice, save_mask, volume_shape
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
 from .cleanup import check_cleanup
@@ -104,7 +105,9 @@ def segment_file(
 
     One box (or points only) writes a 0/255 binary PNG / 0-1 NIfTI; several
     boxes write a label map with value i for box i (1-based). Points given with
-    several boxes refine every box.
+    several boxes refine every box. A slice of a volume (``slice_index``) written
+    as NIfTI is a label volume with the scan's shape and geometry, the mask on
+    that slice and 0 elsewhere, so it overlays the scan.
 
     ``text`` segments named structures zero-shot instead (value i for text i
     when there are several); ``clip`` names the CLIP model, read offline (see
@@ -157,7 +160,16 @@ def segment_file(
     else:
         pred = seg.predict(boxes=boxes, points=points, point_labels=point_labels, multimask=multimask,
                            refine=refine)
-    save_mask(prediction_to_labels(pred, automatic=automatic, binary_value=255 if out.suffix == ".png" else 1), out)
+    labels = prediction_to_labels(pred, automatic=automatic, binary_value=255 if out.suffix == ".png" else 1)
+    source = Path(image)
+    if out.suffix != ".png" and (source.is_dir() or path_suffix(source) in (".nii", ".nii.gz")):
+        # a slice of a volume, written as NIfTI: a label volume on the scan's grid, the mask on that slice, so it
+        # overlays the scan in any viewer (a lone slice would carry no position)
+        full = np.zeros(volume_shape(source), labels.dtype)
+        k = 0 if slice_index is None else slice_index  # load_image accepted None only for a one-slice volume
+        save_mask(put_slice(full, k, labels, axis), out, reference=source)
+    else:
+        save_mask(labels, out)
     ov = None
     if overlay is not None:
         ov = Path(overlay)

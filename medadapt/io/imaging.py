@@ -241,6 +241,31 @@ def volume_affine(path: PathLike) -> np.ndarray:
     return canonical_affine(series.shape, series.affine)
 
 
+def volume_shape(path: PathLike) -> tuple[int, ...]:
+    """:func:`load_volume`'s array shape, from the NIfTI header or the DICOM series' headers (no voxels read)."""
+    p = _existing(path, "volume")
+    if not p.is_dir() and path_suffix(p) not in _NIFTI:
+        raise MedAdaptError(f"volume_shape reads NIfTI files ({', '.join(_NIFTI)}) or a folder holding one DICOM "
+                            f"series, not {p}")
+    return DicomSeries(p).canonical_shape() if p.is_dir() else nifti_shape(p)
+
+
+def put_slice(volume: np.ndarray, index: int, plane: np.ndarray, axis: int = 2) -> np.ndarray:
+    """Write a display-orientation ``plane`` (as :func:`volume_slice` returns one) into ``volume`` at slice
+    ``index`` along ``axis``, in place; returns ``volume``. The inverse of :func:`volume_slice`."""
+    axis = _check_axis(axis)
+    index = _slice_position(index, volume.shape[axis], f"volume of shape {volume.shape} along axis={axis}", "index")
+    cut = [slice(None)] * 3
+    cut[axis] = index
+    target = volume[tuple(cut)]
+    plane = _display(np.asarray(plane))
+    if plane.shape != target.shape:
+        raise MedAdaptError(f"a plane of shape {_display(plane).shape} does not fit slice {index} along axis {axis} "
+                            f"of a volume of shape {volume.shape}")
+    volume[tuple(cut)] = plane
+    return volume
+
+
 def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along each array axis of a volume with this 4 x 4 ``affine`` (e.g. :func:`load_volume`'s)."""
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
@@ -536,9 +561,11 @@ __all__ = [
     "load_image",
     "load_mask",
     "load_volume",
+    "put_slice",
     "save_mask",
     "validate_image",
     "volume_affine",
+    "volume_shape",
     "volume_slice",
     "voxel_size",
 ]
