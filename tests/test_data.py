@@ -125,6 +125,8 @@ def test_discover_plain_ids_and_missing_root(tmp_path: Path) -> None:
         discover_cases(DataConfig(root=str(tmp_path / "nope"), classes=[1]))
     with pytest.raises(MedAdaptError, match="imagesXX.*not found"):
         discover_cases(DataConfig(root=str(tmp_path), classes=[1], images="imagesXX"))
+    for spelled in ("./imagesTr", str(tmp_path / "imagesTr"), "imagesTr/"):  # the usual folder, spelled otherwise
+        assert all(c.label_path for c in discover_cases(DataConfig(root=str(tmp_path), classes=[1], images=spelled)))
     (tmp_path / "scans").mkdir()  # a custom image folder whose stems are also imagesTr's
     save_nifti(synth_volume(1)[0], tmp_path / "scans" / "case_0001.nii.gz")
     with pytest.warns(UserWarning, match="no label folder is paired with it.*set data.labels"):

@@ -91,12 +91,13 @@ def _folder_pairs(config: DataConfig, layout: str) -> list[tuple[Path, Path | No
             if not labels.is_dir():
                 raise MedAdaptError(f"label folder {labels} (data.labels) not found; fix data.labels")
         else:
-            if layout == "nnunet":  # imagesX pairs with labelsX; another name pairs with nothing, not labelsTr,
-                # whose files belong to imagesTr's cases (a stem in both would be paired with the wrong scan)
-                guesses = [name.replace("images", "labels", 1)] if name.startswith("images") else []
+            if layout == "nnunet":  # imagesX pairs with labelsX beside it; another name pairs with nothing, not
+                # labelsTr, whose files belong to imagesTr's cases (a stem in both would pair with the wrong scan)
+                guesses = [images.parent / images.name.replace("images", "labels", 1)] \
+                    if images.name.startswith("images") else []
             else:
-                guesses = ["masks", "labels"]
-            labels = next((root / g for g in guesses if (root / g).is_dir()), None)
+                guesses = [root / "masks", root / "labels"]
+            labels = next((g for g in guesses if g.is_dir()), None)
             if labels is None and not guesses:
                 warnings.warn(
                     f"{images} is not an nnU-Net images* folder, so no label folder is paired with it: its cases are "
@@ -105,7 +106,8 @@ def _folder_pairs(config: DataConfig, layout: str) -> list[tuple[Path, Path | No
                 )
             elif labels is None and name not in ("imagesTs", "imagesVal"):
                 warnings.warn(
-                    f"no label folder ({' or '.join(guesses)}) next to {images}: its cases are unlabeled; "
+                    f"no label folder ({' or '.join(g.name for g in guesses)}) next to {images}: its cases are "
+                    "unlabeled; "
                     "set data.labels if the labels live elsewhere",
                     stacklevel=3,
                 )
