@@ -10,11 +10,13 @@ place in the input's geometry; the tiny random SAM runs the bookkeeping tests
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -242,6 +244,31 @@ def test_a_reader_process_killed_on_one_file_fails_that_file_alone(tmp_path, tin
     assert (result.ok, result.failed) == (6, 1), {k: r["error"] for k, r in rows.items()}
     assert rows["img03.png"]["status"] == "failed" and "process reading this file died" in rows["img03.png"]["error"]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"img{i:02d}.png" for i in range(7) if i != 3]
+
+
+def test_a_stopped_run_ends_its_readers_at_once_without_waiting_for_the_reads_queued(tmp_path, monkeypatch):
+    """Ctrl-C (or an error in the run) closes the reading: the reads queued are cancelled and the readers, which
+    ignore Ctrl-C, are terminated; waiting for the queued reads would keep a stopped run alive for minutes."""
+    from medadapt.inference import batch_reading
+    from medadapt.inference.batch_inputs import BatchItem
+
+    main_process = os.getpid()
+
+    def slow(path, **kwargs):  # every file but the first takes a minute to read
+        if Path(path).name != "f0.png" and os.getpid() != main_process:
+            time.sleep(60)
+        return np.zeros((4, 4), np.float32)
+
+    monkeypatch.setattr(batch_reading, "load_image", slow)
+    items = [BatchItem(f"f{i}.png", tmp_path / f"f{i}.png", False, tmp_path / "out" / f"f{i}.png") for i in range(8)]
+    reading = batch_reading.read_ahead(items, None, workers=2)
+    assert next(reading)["index"] == 0
+    children = set(multiprocessing.active_children())
+    assert children
+    start = time.perf_counter()
+    reading.close()  # what the run's loop does when Ctrl-C or an error leaves it
+    assert time.perf_counter() - start < 20
+    assert not any(p.is_alive() for p in children)
 
 
 def test_ranks_take_their_own_share_and_the_manifest_parts_merge(tmp_path, tiny_sam, monkeypatch):

@@ -97,22 +97,40 @@ def read_ahead(items: Sequence[BatchItem], window: Any, workers: int) -> Iterato
         return
     start = 0
     while start < len(items):
-        with _pool(reader, workers) as pool:
-            pending, submitted, done = deque(), start, start
-            try:
-                while done < len(items):
-                    while submitted < len(items) and len(pending) < workers * PREFETCH:
-                        pending.append(pool.submit(_read, submitted))
-                        submitted += 1
-                    record = pending.popleft().result()
-                    done += 1
-                    yield record
-                return
-            except BrokenProcessPool as exc:
-                died = one_line(exc)
+        pool = _pool(reader, workers)
+        pending, submitted, done = deque(), start, start
+        try:
+            while done < len(items):
+                while submitted < len(items) and len(pending) < workers * PREFETCH:
+                    pending.append(pool.submit(_read, submitted))
+                    submitted += 1
+                record = pending.popleft().result()
+                done += 1
+                yield record
+            pool.shutdown()
+            return
+        except BrokenProcessPool as exc:
+            died = one_line(exc)
+            pool.shutdown()
+        except BaseException:  # Ctrl-C, an error in the run, or the run leaving the loop (GeneratorExit)
+            _stop(pool)
+            raise
         for i in range(done, submitted):  # one of these killed its reader: each alone, so that only that one fails
             yield _read_alone(reader, i, died)
         start = submitted
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End a pool at once: the reads queued are cancelled and the readers, which ignore Ctrl-C, terminated.
+    (Waiting for the queued reads would keep a stopped run alive for minutes, and a second Ctrl-C during that
+    wait could leave it hanging for good.)"""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout=5)
 
 
 def _read_alone(reader: Reader, i: int, died: str) -> dict[str, Any]:
