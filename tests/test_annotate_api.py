@@ -286,7 +286,12 @@ def test_an_adapter_names_the_classes_and_opens_each_image_with_its_proposal(ima
 
 
 def test_the_server_binds_loopback_by_default(tmp_path, capsys):
+    from medadapt.app.server import is_loopback
+
     assert build_parser().parse_args(["annotate", "data"]).host == "127.0.0.1"
+    # every spelling of this machine keeps the Host check; any other address is open to the network
+    assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "localhost", "LOCALHOST", "::1", "0:0:0:0:0:0:0:1")))
+    assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.5", "example.org", "127.0.0.1.example.org")))
     for function in (annotate, serve):
         assert inspect.signature(function).parameters["host"].default == "127.0.0.1"
     assert main(["annotate", str(tmp_path / "missing")]) == 2

@@ -12,6 +12,7 @@ malformed JSON), 422 for a body of the wrong shape, 413 for a body larger than
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -241,6 +242,17 @@ def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) 
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: ``localhost`` or a loopback address however it is spelled
+    (``127.0.0.2``, ``0:0:0:0:0:0:0:1``). Such a server keeps its Host check against DNS rebinding."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_port(host: str, port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise MedAdaptError(f"--port must be a TCP port number 1..65535; got {port!r}")
@@ -262,12 +274,12 @@ def serve(annotator: Annotator, host: str = "127.0.0.1", port: int = 8000, *, lo
     import uvicorn
 
     _check_port(host, port)
-    loopback = host in LOOPBACK
+    loopback = is_loopback(host)
     if not loopback:
         log(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read these images "
             "and write labels (there is no login); the default --host 127.0.0.1 keeps it to this machine")
-    app = create_app(annotator, allowed_hosts=None if loopback else ["*"])
-    shown = "127.0.0.1" if host == "localhost" else f"[{host}]" if ":" in host else host
+    app = create_app(annotator, allowed_hosts=[*LOOPBACK, host] if loopback else ["*"])
+    shown = "127.0.0.1" if host.lower() == "localhost" else f"[{host}]" if ":" in host else host
     log(f"open http://{shown}:{port}/ in a browser (Ctrl+C stops the server)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
