@@ -167,17 +167,19 @@ def test_a_dicom_series_reference_gives_the_load_volume_geometry(tmp_path, orien
         save_mask(labels[1:], tmp_path / "bad.nii.gz", reference=tmp_path / "series")
 
 
-@pytest.mark.parametrize("positions, orientations, message", [
-    ([0.0, 1.0, 1.0, 2.0], None, "repeat a position"),  # two echoes in one series
-    ([0.0, 1.0, 2.0, 4.0], None, "not evenly spaced"),  # a slice missing
-    ([0.0, 1.0, 2.0, 3.0], [(1, 0, 0, 0, 1, 0)] * 3 + [(0, 1, 0, 0, 0, -1)], "oriented otherwise"),
-], ids=["repeated", "gap", "orientation"])
-def test_a_series_that_is_not_one_even_stack_is_refused(tmp_path, positions, orientations, message) -> None:
+@pytest.mark.parametrize("positions, orientations, spacings, message", [
+    ([0.0, 1.0, 1.0, 2.0], None, None, "repeat a position"),  # two echoes in one series
+    ([0.0, 1.0, 2.0, 4.0], None, None, "not evenly spaced"),  # a slice missing
+    ([0.0, 1.0, 2.0, 3.0], [(1, 0, 0, 0, 1, 0)] * 3 + [(0, 1, 0, 0, 0, -1)], None, "oriented otherwise"),
+    ([0.0, 1.0, 2.0, 3.0], None, [(0.8, 0.8)] * 3 + [(1.6, 1.6)], "one pixel size"),
+], ids=["repeated", "gap", "orientation", "pixel-size"])
+def test_a_series_that_is_not_one_even_stack_is_refused(tmp_path, positions, orientations, spacings, message) -> None:
     uid = generate_uid()
     tmp_path.joinpath("series").mkdir()
     for k, z in enumerate(positions):
         write_dicom(tmp_path / "series" / f"im{k:02d}.dcm", RNG.integers(0, 400, (5, 6)), z=z, series=uid,
-                    instance=k + 1, orientation=(orientations or [(1, 0, 0, 0, 1, 0)] * 4)[k])
+                    instance=k + 1, orientation=(orientations or [(1, 0, 0, 0, 1, 0)] * 4)[k],
+                    spacing=(spacings or [(1, 1)] * 4)[k])
     with pytest.raises(MedAdaptError, match=message):
         load_volume(tmp_path / "series")
     even = tmp_path / "even"

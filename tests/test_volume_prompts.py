@@ -307,6 +307,33 @@ def test_cli_propagates_a_box_on_a_nifti_and_keeps_its_affine(tmp_path, capsys):
     assert np.array_equal(volume_slice(labels, 2, 2) > 0, load_mask(png) > 0)  # where the PNG has it
 
 
+def test_infinite_or_oversized_voxels_complex_files_and_prompts_on_blank_slices_are_refused(tiny_sam, tmp_path):
+    """An infinite voxel is a saturated one, not padding: read as the darkest value it would hide the object.
+    float64 values beyond float32 become infinite in the model. A complex NIfTI would keep only its real part.
+    A box on a constant slice (or in an all-zero volume) has nothing to segment."""
+    nib = pytest.importorskip("nibabel")
+    vol = np.random.default_rng(4).random((4, 32, 32)).astype(np.float32)
+    vol[:, 10:20, 10:20] = np.inf
+    with pytest.raises(MedAdaptError, match="400 infinite values; replace them first"):
+        tiny_sam.set_volume(vol)
+    with pytest.raises(MedAdaptError, match="beyond float32's range"):
+        tiny_sam.set_volume(np.where(np.isinf(vol), np.float64(1e300), vol.astype(np.float64)))
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 3), np.complex64), np.eye(4)), path)
+    with pytest.raises(MedAdaptError, match="complex values.*magnitude"):
+        tiny_sam.set_volume(path)
+    vol = np.random.default_rng(5).random((4, 32, 32)).astype(np.float32)
+    vol[1] = 0.0  # padding
+    tiny_sam.set_volume(vol, axis=0)
+    with pytest.raises(MedAdaptError, match="slice 1 is constant.*boxes must go on a slice that shows"):
+        tiny_sam.predict_volume(boxes={1: [4, 4, 20, 20]})
+    assert tiny_sam.predict_volume(boxes={2: [4, 4, 20, 20]}).shape == vol.shape
+    tiny_sam.set_volume(np.zeros((3, 16, 16), np.float32), axis=0)
+    with pytest.raises(MedAdaptError, match="slice 0 is constant"):
+        tiny_sam.predict_volume(points={0: [[8, 8]]}, point_labels={0: [1]})
+    tiny_sam.reset_volume()
+
+
 def test_nan_outside_the_body_is_read_as_background_not_as_a_blank_slice(tiny_sam):
     vol = np.random.default_rng(3).random((4, 24, 24)).astype(np.float32)
     vol[:, :3] = np.nan  # a masked NIfTI: NaN outside the body

@@ -92,8 +92,16 @@ class VolumeSession:
             finite = np.isfinite(data)
             if not finite.any():
                 raise MedAdaptError("the volume holds no finite value (all NaN or infinite): nothing to segment")
+            infinite = int(np.isinf(data).sum())
+            if infinite:  # not padding: a saturated voxel, which the darkest value would hide
+                raise MedAdaptError(f"the volume holds {infinite} infinite values; replace them first (e.g. clip "
+                                    "to the scanner's range); NaN outside the body is read as background")
             # NaN outside the body (masked NIfTIs) reads as the darkest value, as a viewer shows it
             data = np.where(finite, data, data[finite].min()).astype(data.dtype, copy=False)
+        if data.dtype.itemsize > 4 and np.issubdtype(data.dtype, np.floating) and data.size and \
+                np.abs(data).max() > np.finfo(np.float32).max:
+            raise MedAdaptError("the volume holds values beyond float32's range (about 3.4e38), which the model "
+                                "reads as infinite: rescale it first")
         self.seg = seg
         self.data = data
         self.geometry = VolumeGeometry(tuple(data.shape), axis, check_spacing(spacing, 3), affine, source, frame)
@@ -176,6 +184,9 @@ class VolumeSession:
         for name in ("boxes", "points", "masks"):
             for z, value in (given[name] or {}).items():
                 k = self.check_index(z)
+                if name != "masks" and self.is_blank(k):
+                    raise MedAdaptError(f"slice {z} is constant (every voxel the same value): nothing to segment "
+                                        f"there; {name} must go on a slice that shows the structure")
                 entry = out.setdefault(k, {})
                 if name == "boxes":
                     b = check_boxes(value, size)

@@ -133,11 +133,16 @@ class DicomSeries:
         row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
         normal = np.cross(row_dir, col_dir)
         positioned = all("ImagePositionPatient" in ds for _, ds in slices)
+        pixel = [float(v) for v in first_ds.get("PixelSpacing", [1, 1])]
         for f, ds in slices[1:]:
             other = [float(v) for v in ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
             if not np.allclose(other, iop, atol=1e-4):
                 raise MedAdaptError(f"{f} is oriented otherwise than {slices[0][0].name} (ImageOrientationPatient "
                                     f"{other} against {iop}): a volume needs one orientation; is this one series?")
+            spacing = [float(v) for v in ds.get("PixelSpacing", [1, 1])]
+            if not np.allclose(spacing, pixel, rtol=1e-4, atol=1e-6):
+                raise MedAdaptError(f"{f} has PixelSpacing {spacing}, {slices[0][0].name} has {pixel}: a volume "
+                                    "needs one pixel size; resample the series, or is this one series?")
         if positioned:
             along = [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in slices]
             order = sorted(range(len(slices)), key=along.__getitem__)  # stable, as the sort of the slices was

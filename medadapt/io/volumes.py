@@ -109,6 +109,9 @@ def open_nifti(path: Path, *, keep_file_open: bool = False) -> Any:
         raise MedAdaptError(f"{path} declares a volume of shape {shape}; every axis needs at least one voxel")
     check_declared_size(path, shape)
     check_affine(path, affine, "its qform/sform")
+    if img.get_data_dtype().kind == "c":  # read as float, a complex voxel keeps only its real part
+        raise MedAdaptError(f"{path} holds complex values ({img.get_data_dtype()}); save its magnitude (np.abs) "
+                            "as a real-valued NIfTI first")
     return img
 
 
