@@ -548,6 +548,25 @@ def test_evaluate_volumes_with_a_spacing_report_mm(scored_run, tmp_path, monkeyp
     assert mixed.hd95_unit == "px"
 
 
+def test_a_bad_image_stops_evaluation_naming_its_case(scored_run, tmp_path) -> None:
+    import nibabel as nib
+    import yaml
+
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    root = _nifti_twin(tmp_path / "vols")
+    path = root / "imagesTr" / "vol1_0000.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).copy()
+    data[10:19, 10:19, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+    (tmp_path / "vols.yaml").write_text(yaml.safe_dump({"data": {"root": str(root), "layout": "nnunet",
+                                                                 "classes": ["disc", "square"]}}))
+    with pytest.raises(MedAdaptError, match=r"case vol1 \(.*vol1_0000.nii.gz\): .*81 NaN"):
+        evaluate_run(scored_run, data=tmp_path / "vols.yaml", split="all", modes=["box"], metrics=["dice"],
+                     out_dir=tmp_path / "ev")
+
+
 def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     import yaml
     from conftest import two_class_dataset

@@ -353,7 +353,10 @@ def evaluate_run(
         gt = np.asarray(label)
         # voxel size in mm in the (N, H, W) order of the stacks; None: pixel units
         spacing = case_spacing(case, config) if in_mm and (with_hd95 or with_nsd) else None
-        preds = _predict_slices(seg, image_slices, label_slices, values, modes, tuple(texts))
+        try:
+            preds = _predict_slices(seg, image_slices, label_slices, values, modes, tuple(texts))
+        except MedAdaptError as exc:  # a bad image (NaN voxels...) is named, so the user knows which file to fix
+            raise MedAdaptError(f"case {case.case_id} ({case.image_path}): {exc}") from exc
         for mode in (m for m in modes if m in LABEL_MODES):
             preds[mode] = clean_labels(preds[mode], cleanup, axis=0)  # the stacks' slices run along axis 0
         for mode in modes:
