@@ -328,6 +328,10 @@ def test_infinite_or_oversized_voxels_complex_files_and_prompts_on_blank_slices_
     with pytest.raises(MedAdaptError, match="slice 1 is constant.*boxes must go on a slice that shows"):
         tiny_sam.predict_volume(boxes={1: [4, 4, 20, 20]})
     assert tiny_sam.predict_volume(boxes={2: [4, 4, 20, 20]}).shape == vol.shape
+    with pytest.raises(MedAdaptError, match=r"boxes must be numbers, \[x0, y0, x1, y1\]"):
+        tiny_sam.predict_volume(boxes={2: "4 4 20 20"})
+    with pytest.raises(MedAdaptError, match=r"masks\[2\] must be a bool or 0/1 array with no NaN"):
+        tiny_sam.predict_volume(masks={2: np.full((32, 32), np.nan)})  # all-NaN read as all foreground
     tiny_sam.set_volume(np.zeros((3, 16, 16), np.float32), axis=0)
     with pytest.raises(MedAdaptError, match="slice 0 is constant"):
         tiny_sam.predict_volume(points={0: [[8, 8]]}, point_labels={0: [1]})

@@ -23,7 +23,7 @@ and two intensity policies:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -169,9 +169,19 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / torch.clamp(hi - lo, min=1e-8)
 
 
+def _numbers(value: Any, name: str, form: str) -> np.ndarray:
+    """``value`` as a float64 array; a string or other non-numbers get an error that shows the form wanted."""
+    if isinstance(value, (str, bytes)):
+        raise MedAdaptError(f"{name} must be numbers, {form}; got the text {value!r}")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MedAdaptError(f"{name} must be numbers, {form}; got {value!r}") from None
+
+
 def check_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
     """Validate user boxes (N x 4, pixel coordinates) against the image size."""
-    b = np.asarray(boxes, dtype=np.float64)
+    b = _numbers(boxes, "boxes", "[x0, y0, x1, y1] (or N of them)")
     if b.ndim == 1:
         b = b[None]
     if b.ndim != 2 or b.shape[1] != 4:
@@ -199,7 +209,7 @@ def check_points(
     points: Sequence | np.ndarray, labels: Sequence | np.ndarray | None, original_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate point prompts: K x 2 (one prompt) or N x K x 2, labels 0/1."""
-    p = np.asarray(points, dtype=np.float64)
+    p = _numbers(points, "points", "[[x, y], ...]")
     if p.ndim == 2:
         p = p[None]
     if p.ndim != 3 or p.shape[-1] != 2 or p.shape[1] == 0:

@@ -203,6 +203,9 @@ class VolumeSession:
                     m = np.asarray(value)
                     if m.shape != size:
                         raise MedAdaptError(f"masks[{z}] has shape {m.shape}; slice {z} is {size}")
+                    if m.dtype.kind not in "biuf" or (m.dtype.kind == "f" and not np.isfinite(m).all()):
+                        raise MedAdaptError(f"masks[{z}] must be a bool or 0/1 array with no NaN; got dtype "
+                                            f"{m.dtype}{' with non-finite values' if m.dtype.kind == 'f' else ''}")
                     entry["mask"] = self.mask_to_display(m.astype(bool))
         return out
 
