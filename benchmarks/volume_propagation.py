@@ -273,8 +273,11 @@ def summarise_grid(logs: list[Path], args) -> None:
                           "objects": [[r["set"], r["case"], r["label"], r["dice"]] for r in by[m]]}
     volumes = sorted({(r["set"], r["case"]) for r in rows})
     md = ("Propagation settings scored on selection volumes, one ground-truth box on the slice where each "
-          f"structure is largest{where_else(at, table=False)}; settings not named in a row are `PropagationConfig`'s defaults of the run that "
-          "scored it. Rows are ranked by the mean over all objects. Volumes: "
+          f"structure is largest{where_else(at, table=False)}"
+          + (f", with LiteMedSAM adapted by `{args.adapter}` (its walk and the base decoder's, averaged)"
+             if args.adapter else "")
+          + "; settings not named in a row are `PropagationConfig`'s defaults of the run that scored it. Rows are "
+          "ranked by the mean over all objects. Volumes: "
           + ", ".join(f"{s} {c}" for s, c in volumes) + ".\n\n" + "\n".join(table))
     write_result(sets[-1], args.experiment or "propagation_selection" + (f"_{1 + len(at)}boxes" if at else ""), {"settings": payload}, md,
                  title=f"Choosing the propagation settings on {' and '.join(sets)}")
