@@ -261,14 +261,26 @@ def test_a_stopped_run_ends_its_readers_at_once_without_waiting_for_the_reads_qu
 
     monkeypatch.setattr(batch_reading, "load_image", slow)
     items = [BatchItem(f"f{i}.png", tmp_path / f"f{i}.png", False, tmp_path / "out" / f"f{i}.png") for i in range(8)]
+    others = set(multiprocessing.active_children())  # children an earlier test left are not this run's readers
     reading = batch_reading.read_ahead(items, None, workers=2)
     assert next(reading)["index"] == 0
-    children = set(multiprocessing.active_children())
-    assert children
+    children = set(multiprocessing.active_children()) - others
+    assert len(children) == 2
     start = time.perf_counter()
     reading.close()  # what the run's loop does when Ctrl-C or an error leaves it
     assert time.perf_counter() - start < 20
-    assert not any(p.is_alive() for p in children)
+
+    def ended(pid: int) -> bool:  # gone, or dead and waiting to be reaped by the pool's own thread
+        try:
+            return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    if Path("/proc/self/status").exists():  # Linux: ask the system, not Process.is_alive (which races the reaper)
+        deadline = time.monotonic() + 10
+        while not all(ended(p.pid) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(ended(p.pid) for p in children), [p.pid for p in children]
 
 
 def test_ranks_take_their_own_share_and_the_manifest_parts_merge(tmp_path, tiny_sam, monkeypatch):

@@ -131,6 +131,8 @@ def _stop(pool: ProcessPoolExecutor) -> None:
             p.terminate()
     for p in processes:
         p.join(timeout=5)
+        if p.is_alive():  # a reader that outlived SIGTERM
+            p.kill()
 
 
 def _read_alone(reader: Reader, i: int, died: str) -> dict[str, Any]:
