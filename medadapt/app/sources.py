@@ -29,9 +29,8 @@ from pathlib import Path
 from ..core.errors import MedAdaptError
 from ..core.files import path_suffix
 from ..data import DataConfig, detect_layout, discover_cases, label_table
-from ..io.dicom import DicomSeries, is_dicom
-from ..io.imaging import IMAGE_EXTENSIONS
-from ..io.volumes import nifti_shape
+from ..io.dicom import is_dicom
+from ..io.imaging import IMAGE_EXTENSIONS, volume_shape
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
 SESSION_FILE = "annotate-session.json"
@@ -90,8 +89,7 @@ def item_id(key: str) -> str:
 
 
 def _volume_slices(path: Path, axis: int) -> int:
-    shape = DicomSeries(path).canonical_shape() if path.is_dir() else nifti_shape(path)
-    return int(shape[axis])
+    return int(volume_shape(path)[axis])
 
 
 def _item(key: str, path: Path, label_path: Path, axis: int) -> Item:

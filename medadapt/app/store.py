@@ -25,9 +25,7 @@ import numpy as np
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
-from ..io.dicom import DicomSeries
-from ..io.imaging import display_orientation, load_mask, load_volume, save_mask
-from ..io.volumes import nifti_shape
+from ..io.imaging import display_orientation, load_mask, load_volume, save_mask, volume_shape
 from ..prompts.scribbles import rasterize_strokes
 from .sources import Item, Source
 
@@ -114,7 +112,7 @@ class LabelStore:
         """The label volume at ``path`` (default the item's label file) in ``item``'s shape, int32; ``fill``
         everywhere when there is none yet (``what`` names the file in errors)."""
         path = item.label_path if path is None else path
-        shape = DicomSeries(item.path).canonical_shape() if item.path.is_dir() else nifti_shape(item.path)
+        shape = volume_shape(item.path)
         if not path.exists():
             return np.full(shape, fill, dtype=np.int32)
         data, _ = load_volume(path, dtype=np.float64)  # whole label values exact beyond float32's 2^24

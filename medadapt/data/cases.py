@@ -107,8 +107,7 @@ def _folder_pairs(config: DataConfig, layout: str) -> list[tuple[Path, Path | No
             elif labels is None and name not in ("imagesTs", "imagesVal"):
                 warnings.warn(
                     f"no label folder ({' or '.join(g.name for g in guesses)}) next to {images}: its cases are "
-                    "unlabeled; "
-                    "set data.labels if the labels live elsewhere",
+                    "unlabeled; set data.labels if the labels live elsewhere",
                     stacklevel=3,
                 )
         pairs.append((images, labels))

@@ -26,6 +26,7 @@ from ..core.errors import MedAdaptError
 from ..io.imaging import (
     apply_window,
     clip_percentiles,
+    is_volume_path,
     load_image,
     load_mask,
     load_volume,
@@ -35,8 +36,6 @@ from ..io.imaging import (
 )
 from .cases import Case
 from .config import DataConfig, resolve_classes
-
-_VOLUME = (".nii", ".nii.gz")
 
 
 @dataclass
@@ -65,10 +64,6 @@ class _FileError(MedAdaptError):
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(message)
         self.path = path
-
-
-def _is_volume(path: Path) -> bool:
-    return path.is_dir() or path.name.lower().endswith(_VOLUME)
 
 
 def _stack(volume: np.ndarray, axis: int) -> np.ndarray:
@@ -120,7 +115,7 @@ def _read_case(
     case: Case, config: DataConfig, classes: list[tuple[str, int]], with_labels: bool
 ) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """(image stack (N,H,W[,3]) as stored, remapped label stack or None, whether it is a volume)."""
-    volume = _is_volume(case.image_path)
+    volume = is_volume_path(case.image_path)
     label_path = case.label_path if with_labels else None
     try:
         if volume:
@@ -160,7 +155,7 @@ def _same_grid(label: np.ndarray, image: np.ndarray, label_path, image_path) -> 
     """Refuse a label volume whose voxels are not the image's: another spacing, orientation or origin (after
     both are reoriented alike), beyond a hundredth of a voxel. A label saved with another affine (a flipped axis)
     would otherwise teach and score the mirror image of the structure."""
-    voxel = float(np.sqrt((image[:3, :3] ** 2).sum(0)).min())
+    voxel = min(voxel_size(image))
     if not np.allclose(label[:3], image[:3], rtol=0.0, atol=0.01 * voxel):
         raise MedAdaptError(
             f"label {label_path} and image {image_path} have the same shape but not the same voxel grid (affines "
@@ -291,7 +286,7 @@ def load_volume_case(
 def case_spacing(case: Case, config: DataConfig) -> tuple[float, float, float]:
     """Voxel size in mm in the ``(N, H, W)`` stack order of :func:`load_volume_case`
     (for HD95 in mm); ``(1, 1, 1)`` - pixel units - for 2-D files."""
-    if not _is_volume(case.image_path):
+    if not is_volume_path(case.image_path):
         return (1.0, 1.0, 1.0)
     size = voxel_size(volume_affine(case.image_path))  # canonical axes, from the header alone
     a, b = [i for i in range(3) if i != config.axis]

@@ -58,10 +58,10 @@ import numpy as np
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
 from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
-from ..data.datasets import _is_volume
 from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
 from ..inference.student_answers import student_prediction
+from ..io.imaging import is_volume_path as _is_volume  # the tests replace _is_volume
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class

@@ -82,12 +82,7 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, A
     for key, name in graphs.items():
         if name != GRAPH_NAMES[key]:
             raise MedAdaptError(f"{path}: graph {key} is {name!r}, expected {GRAPH_NAMES[key]!r}")
-        file = root / name
-        if not file.is_file():
-            raise MedAdaptError(f"{file} is missing: the export is incomplete; export the model again")
-        if verify and sha256_file(file) != manifest["sha256"].get(name):
-            raise MedAdaptError(f"{file} does not match the checksum in {MANIFEST_NAME} (corrupt or replaced): "
-                                "export the model again")
+        _check_file(root / name, manifest["sha256"].get(name), verify)
     data = manifest.get("data_files") or {}
     if not isinstance(data, dict) or not set(data) <= set(graphs.values()):
         raise MedAdaptError(f"{path}: data_files must map graph files to the files holding their weights; "
@@ -97,16 +92,21 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, A
             if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
                 raise MedAdaptError(f"{path}: the weights of {graph} are named {name!r}, not a file of the export "
                                     "folder: export the model again")
-            file = root / name
-            if not file.is_file():
-                raise MedAdaptError(f"{file}, which holds the weights of {graph}, is missing: the export is "
-                                    "incomplete; copy the whole folder or export the model again")
-            if verify and sha256_file(file) != manifest["sha256"].get(name):
-                raise MedAdaptError(f"{file}, which holds the weights of {graph}, does not match the checksum in "
-                                    f"{MANIFEST_NAME} (corrupt or replaced): export the model again")
+            _check_file(root / name, manifest["sha256"].get(name), verify, f", which holds the weights of {graph},",
+                        "copy the whole folder or ")
     if ("classes" in graphs) != bool(manifest.get("classes")):
         raise MedAdaptError(f"{path}: a classes graph needs class names and label values, and they need the graph")
     return manifest
+
+
+def _check_file(file: Path, sha256: str | None, verify: bool, what: str = "", fix: str = "") -> None:
+    """A file the manifest names must be there and, with ``verify``, match its recorded SHA-256 (``what``
+    describes the file after its path in the errors; ``fix`` comes before "export the model again")."""
+    if not file.is_file():
+        raise MedAdaptError(f"{file}{what} is missing: the export is incomplete; {fix}export the model again")
+    if verify and sha256_file(file) != sha256:
+        raise MedAdaptError(f"{file}{what} does not match the checksum in {MANIFEST_NAME} (corrupt or replaced): "
+                            "export the model again")
 
 
 def processor_from_manifest(manifest: dict[str, Any]) -> SamProcessor:

@@ -15,9 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import MedAdaptError
-from ..core.files import path_suffix
 from ..io.dicom_seg import write_dicom_seg
-from ..io.imaging import load_image, put_slice, save_mask, volume_shape
+from ..io.imaging import is_volume_path, load_image, put_slice, save_mask, volume_shape
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
 from .cleanup import check_cleanup
@@ -162,7 +161,7 @@ def segment_file(
                            refine=refine)
     labels = prediction_to_labels(pred, automatic=automatic, binary_value=255 if out.suffix == ".png" else 1)
     source = Path(image)
-    if out.suffix != ".png" and (source.is_dir() or path_suffix(source) in (".nii", ".nii.gz")):
+    if out.suffix != ".png" and is_volume_path(source):
         # a slice of a volume, written as NIfTI: a label volume on the scan's grid, the mask on that slice, so it
         # overlays the scan in any viewer (a lone slice would carry no position)
         full = np.zeros(volume_shape(source), labels.dtype)

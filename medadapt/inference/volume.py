@@ -29,7 +29,15 @@ import torch
 from ..core.errors import MedAdaptError
 from ..foundation.depth import neighbour_stack
 from ..foundation.processor import ImageMeta, check_boxes, check_points
-from ..io.imaging import apply_window, check_spacing, display_orientation, load_volume, volume_slice, voxel_size
+from ..io.imaging import (
+    apply_window,
+    check_spacing,
+    display_orientation,
+    load_volume,
+    put_slice,
+    volume_slice,
+    voxel_size,
+)
 from .embedding_cache import EmbeddingCache
 
 
@@ -99,7 +107,7 @@ class VolumeSession:
             # NaN outside the body (masked NIfTIs) reads as the darkest value, as a viewer shows it
             data = np.where(finite, data, data[finite].min()).astype(data.dtype, copy=False)
         if data.dtype.itemsize > 4 and np.issubdtype(data.dtype, np.floating) and data.size and \
-                np.abs(data).max() > np.finfo(np.float32).max:
+                max(data.max(), -data.min()) > np.finfo(np.float32).max:  # two passes, no copy of the volume
             raise MedAdaptError("the volume holds values beyond float32's range (about 3.4e38), which the model "
                                 "reads as infinite: rescale it first")
         self.seg = seg
@@ -218,9 +226,7 @@ class VolumeSession:
 
     def write_plane(self, out: np.ndarray, k: int, display_mask: np.ndarray) -> None:
         """Put a display-frame plane into a volume-shaped array at slice ``k``."""
-        index = [slice(None)] * 3
-        index[self.axis] = k
-        out[tuple(index)] = display_orientation(display_mask)
+        put_slice(out, k, display_mask, self.axis)
 
     # ------------------------------------------------------------------ embeddings
     @torch.inference_mode()

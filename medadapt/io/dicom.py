@@ -158,7 +158,7 @@ class DicomSeries:
             step = normal * float(first_ds.get("SliceThickness", 1) or 1)
         if not np.linalg.norm(step) > 0:
             raise MedAdaptError(f"the DICOM slices in {self.folder} all share one position; is this one series?")
-        row_spacing, col_spacing = (float(v) for v in first_ds.get("PixelSpacing", [1, 1]))
+        row_spacing, col_spacing = pixel  # every slice's, checked above
         lps = np.eye(4)
         lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * col_spacing, col_dir * row_spacing, step, first
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS

@@ -241,6 +241,12 @@ def volume_affine(path: PathLike) -> np.ndarray:
     return canonical_affine(series.shape, series.affine)
 
 
+def is_volume_path(path: PathLike) -> bool:
+    """Whether :func:`load_volume` reads ``path``: a NIfTI file or a folder (a DICOM series). Nothing is read."""
+    p = Path(path)
+    return p.is_dir() or path_suffix(p) in _NIFTI
+
+
 def volume_shape(path: PathLike) -> tuple[int, ...]:
     """:func:`load_volume`'s array shape, from the NIfTI header or the DICOM series' headers (no voxels read)."""
     p = _existing(path, "volume")
@@ -257,10 +263,10 @@ def put_slice(volume: np.ndarray, index: int, plane: np.ndarray, axis: int = 2) 
     index = _slice_position(index, volume.shape[axis], f"volume of shape {volume.shape} along axis={axis}", "index")
     cut = [slice(None)] * 3
     cut[axis] = index
-    target = volume[tuple(cut)]
-    plane = _display(np.asarray(plane))
-    if plane.shape != target.shape:
-        raise MedAdaptError(f"a plane of shape {_display(plane).shape} does not fit slice {index} along axis {axis} "
+    given = np.asarray(plane)
+    plane = _display(given)
+    if plane.shape != volume[tuple(cut)].shape:
+        raise MedAdaptError(f"a plane of shape {given.shape} does not fit slice {index} along axis {axis} "
                             f"of a volume of shape {volume.shape}")
     volume[tuple(cut)] = plane
     return volume
@@ -558,6 +564,7 @@ __all__ = [
     "WINDOW_PRESETS",
     "apply_window",
     "clip_percentiles",
+    "is_volume_path",
     "load_image",
     "load_mask",
     "load_volume",
