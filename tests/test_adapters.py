@@ -229,3 +229,28 @@ def test_context_adapter_is_skipped_by_another_decoder_and_survives_inference_op
 def test_context_adapter_config_errors_name_the_key(bad, match):
     with pytest.raises(MedAdaptError, match=match):
         AdapterConfig.from_dict({"context": bad})
+
+
+def test_a_trained_tinyvit_encoder_keeps_its_batchnorm_statistics_so_the_saved_adapter_is_the_trained_model(tmp_path):
+    """BatchNorm statistics are buffers, which an adapter checkpoint does not hold: training must not move them,
+    or the model validated in training and the model loaded from its adapter differ."""
+    model, _ = apply(build_backbone("tiny_litemedsam"), AdapterConfig(train=["image_encoder", "mask_decoder"]))
+    pixels, boxes = inputs(model)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    assert stats, "the tiny TinyViT should hold BatchNorm layers"
+    set_train_mode(model, True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        target = (torch.rand(1, 1, *forward(model, pixels, boxes).shape[-2:]) > 0.5).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(model, pixels, boxes)[:, :1], target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+    model.eval()
+    with torch.no_grad():
+        trained = forward(model, pixels, boxes)
+    save_adapter(model, tmp_path / "adapter")
+    loaded = load_adapter(build_backbone("tiny_litemedsam"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(forward(loaded, pixels, boxes), trained)

@@ -171,19 +171,20 @@ def summarize(model: nn.Module) -> AdapterSummary:
 
 
 def set_train_mode(model: nn.Module, training: bool = True) -> nn.Module:
-    """``model.train(training)``, but frozen normalisation layers stay in eval mode.
+    """``model.train(training)``, but every BatchNorm layer stays in eval mode.
 
-    TinyViT has BatchNorm layers: in train mode their running statistics
-    would drift even though their weights are frozen, silently changing the
-    "frozen" base model. Modules without any trainable parameter in their
-    subtree keep eval mode.
+    TinyViT has BatchNorm layers. In train mode their running statistics would
+    drift: a frozen base would silently change, and for a trained encoder the
+    statistics that validation saw would not be the ones an adapter checkpoint
+    holds (it saves parameters, not buffers). So the statistics stay the base
+    model's, and a trained BatchNorm learns only its scale and shift (the usual
+    choice when fine-tuning with a few images a batch).
     """
     model.train(training)
     if training:
         for module in model.modules():
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-                if not any(p.requires_grad for p in module.parameters()):
-                    module.eval()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     return model
 
 
