@@ -154,6 +154,10 @@ def test_refusals_that_keep_a_student_true_to_its_adapter(distilled, tmp_path):
         fh.write("\n")
     with pytest.raises(MedAdaptError, match="adapter .* changed after this distillation began"):
         _tiny_distill(run, resume=True)
+    # nor does the finished student answer for the new adapter: loading the run says so
+    with pytest.raises(MedAdaptError, match="distilled from an earlier adapter"):
+        Segmenter.from_pretrained("tiny_sam_vit", adapter=run)
+    assert Segmenter.from_pretrained("tiny_sam_vit", adapter=run, student=False).student is None
     shutil.rmtree(run / "distill")
     with pytest.raises(MedAdaptError, match="distill.unlabeled here"):
         _tiny_distill(run, "distill.unlabeled=['004']")  # a val case: refused before anything is written

@@ -116,6 +116,18 @@ def test_cached_views_add_augmented_samples(discs, tmp_path):
         assert (view.target > 0).any()  # the disc is still labelled after the transform
 
 
+def test_a_damaged_file_in_the_embedding_cache_is_encoded_again_with_a_warning(discs, tmp_path):
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "cache"
+    finetune(config_from_dict(config(discs, tmp_path / "a", epochs=1, cache_dir=str(cache))), log=lambda m: None)
+    files = sorted(cache.rglob("*.safetensors"))
+    files[0].write_bytes(files[0].read_bytes()[:100])  # a copy cut short
+    with pytest.warns(UserWarning, match=f"{files[0].name}.*damaged.*encoding the slice again"):
+        finetune(config_from_dict(config(discs, tmp_path / "b", epochs=1, cache_dir=str(cache))), log=lambda m: None)
+    assert load_file(str(files[0]))["embedding"].ndim == 3  # rewritten
+
+
 def test_kill_then_resume_continues_from_the_last_checkpoint(discs, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(config(discs, tmp_path, epochs=40)))
@@ -140,6 +152,33 @@ def test_kill_then_resume_continues_from_the_last_checkpoint(discs, tmp_path):
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 41))
     with pytest.raises(MedAdaptError, match="different data/adapter/prompt config"):
         finetune(load_config(cfg_path, ["adapter.train=[prompt_encoder]"]), resume=True, log=lambda m: None)
+
+
+def test_a_resume_onto_another_optimiser_or_other_base_weights_is_refused_before_anything_is_written(discs, tmp_path):
+    """The optimiser's state would bring back the recorded learning rate, and epochs trained on other base weights
+    would be compared with the earlier ones: both are refused, naming what changed, and the run is left as it was."""
+    from safetensors.torch import save_file
+
+    from medadapt.foundation import build_backbone
+
+    base = tmp_path / "base.safetensors"
+    weights = build_backbone("tiny_sam_vit").state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(base))
+    raw = {**config(discs, tmp_path, epochs=1), "checkpoint": str(base)}
+    run = finetune(config_from_dict(raw), log=lambda m: None)
+    recorded = (run / "config.yaml").read_text()
+    longer = {**raw, "train": {**raw["train"], "epochs": 2}}
+    for key, value in (("lr", 0.5), ("seed", 7), ("max_val_cases", 1)):
+        changed = {**longer, "train": {**longer["train"], key: value}}
+        with pytest.raises(MedAdaptError, match=f"cannot change train.{key}"):
+            finetune(config_from_dict(changed), resume=True, log=lambda m: None)
+    torch.manual_seed(1)  # the file at the same path now holds other weights (a newer release, say)
+    save_file({k: (v + torch.randn_like(v)).contiguous() if v.is_floating_point() else v.contiguous()
+               for k, v in weights.items()}, str(base))
+    with pytest.raises(MedAdaptError, match="other tiny_sam_vit base weights"):
+        finetune(config_from_dict(longer), resume=True, log=lambda m: None)
+    assert (run / "config.yaml").read_text() == recorded
+    assert len((run / "log.csv").read_text().strip().splitlines()) == 2  # the header and epoch 1
 
 
 def test_resume_drops_log_rows_ahead_of_the_checkpoint(tmp_path):

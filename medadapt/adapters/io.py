@@ -23,6 +23,7 @@ import torch
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json
 from ..foundation import Backbone, build_backbone
+from ..foundation.checkpoint import sha256_files
 from .apply import apply, trainable_state
 from .config import AdapterConfig
 
@@ -131,4 +132,11 @@ def load_adapted(path: str | os.PathLike, backbone: str | None = None, checkpoin
     return load_adapter(build_backbone(name, checkpoint), path).eval()
 
 
-__all__ = ["save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]
+def adapter_fingerprint(run: str | os.PathLike) -> str:
+    """SHA-256 of a run's adapter files (``RUN/adapter/``): which adapter a distillation's labels, and so its
+    student, came from."""
+    folder = Path(run) / "adapter"
+    return sha256_files((f.name, f) for f in sorted(folder.iterdir()) if f.is_file())
+
+
+__all__ = ["adapter_fingerprint", "save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..adapters import keeps_base_encoder, load_adapter
+from ..adapters.io import adapter_fingerprint
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone, ImageMeta, build_backbone
@@ -26,7 +27,7 @@ from ..prompts.scribbles import add_scribbles
 from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
-from ..student import Student, has_student, load_student
+from ..student import Student, has_student, load_student, read_student_info
 from .learned_text import match_text_to_classes
 from .onnx_runtime import load_exported
 from .optimize import optimize_for_inference
@@ -65,6 +66,18 @@ def _student_folder(adapter: str | os.PathLike):
         if (folder / "config.yaml").is_file():  # the run folder, without a student
             return None
     return None
+
+
+def _check_student_adapter(run) -> None:
+    """Refuse a student distilled from another adapter than the run's (fine-tuning went on after the
+    distillation): its answers would be an earlier model's. Students that recorded no adapter pass."""
+    recorded = read_student_info(run).get("adapter")
+    if recorded is not None and (run / "adapter").is_dir() and recorded != adapter_fingerprint(run):
+        raise MedAdaptError(
+            f"{run / 'student'} was distilled from an earlier adapter than {run / 'adapter'} now holds (the "
+            f"fine-tuning went on after the distillation): distil it again (delete {run / 'distill'} and "
+            f"{run / 'student'}, then run `medadapt distill {run}`), or load the run with student=False "
+            "to answer with the adapted decoder")
 
 
 class Segmenter(VolumeMethods):
@@ -164,6 +177,7 @@ class Segmenter(VolumeMethods):
                 seg.base_decoder = base.requires_grad_(False).to(device=seg.device, dtype=dtype)
         folder = _student_folder(adapter) if student and adapter is not None else None
         if folder is not None:
+            _check_student_adapter(folder)
             seg.set_student(load_student(folder))
         return seg
 

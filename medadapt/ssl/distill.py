@@ -35,10 +35,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..adapters.io import adapter_fingerprint
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..data import DataConfig, discover_cases, load_volume_case, split_cases
-from ..foundation.checkpoint import sha256_files
 from ..inference import Segmenter
 from ..student import Student, grey_stack, save_student
 from .distill_config import DistillConfig
@@ -164,7 +164,8 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
             del peer, peer_student
         previous, steps = student.network, trainer.step
         del pseudo, trainer  # the next round builds its own from the relabelled slices
-    save_student(student, out, metadata={"run": run.name, "steps": steps, "rounds": config.rounds,
+    save_student(student, out, metadata={"run": run.name, "adapter": settings["adapter"], "steps": steps,
+                                         "rounds": config.rounds,
                                          "seed": seed, "val_dice": last.get("val_dice_ema"),
                                          "distill": settings["distill"],
                                          **({"first_round": first_round} if first_round else {})})
@@ -179,11 +180,6 @@ def _train(trainer: StudentTrainer, resume: bool, log: Callable[[str], None]) ->
         log(f"resumed at step {trainer.step}")
     student = trainer.run()
     return student, (trainer.history[-1] if trainer.history else {})
-
-
-def adapter_fingerprint(run: Path) -> str:
-    """SHA-256 of the run's adapter files (``RUN/adapter/``): which adapter a distillation's labels came from."""
-    return sha256_files((f.name, f) for f in sorted((run / "adapter").iterdir()) if f.is_file())
 
 
 def _check_resumable(before: dict, settings: dict, config: DistillConfig, saved: Path) -> None:

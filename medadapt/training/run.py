@@ -64,9 +64,6 @@ def _train(config: TrainingConfig, extensions: Sequence[ExtensionFactory], resum
     run = world.agree(lambda: check_run_dir(config, resume) if world.main else run_folder(config))
     t0 = time.perf_counter()
     tr = world.agree(lambda: Trainer(config, run, log, extensions))  # reads the data and builds the model
-    if world.main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     log(f"{len(tr.train_slices)} labelled slices, {len(tr.val_slices)} validation slices from "
         f"{len(tr.val_cases)} cases; classes {tr.class_names}; device {tr.device}"
         + ("; embeddings cached (encoder frozen)" if tr.use_cache else "")
@@ -78,6 +75,9 @@ def _train(config: TrainingConfig, extensions: Sequence[ExtensionFactory], resum
         state = world.broadcast_object(world.agree(lambda: tr.read_state() if world.main else None))
         world.agree(lambda: tr.apply_state(state))
         log(f"resumed after epoch {tr.epoch} (best val Dice {tr.best:.4f} at epoch {tr.best_epoch})")
+    if world.main:  # after the checkpoint was accepted: a refused resume leaves the recorded config as it was
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     tr.distribute()
     tr.encode_all()
     writer = _tensorboard(run) if config.train.tensorboard and world.main else None

@@ -2,7 +2,7 @@
 
 A resumed run must keep the data, adapter and prompt settings it was started
 with (:func:`config_changes` names the keys that differ); a longer ``train``
-schedule may continue it.
+schedule, another batch split or device may continue it (:data:`RESUMABLE_TRAIN`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ from ..core.config import load_yaml
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_text, expand_path
 from .config import TrainingConfig, check_run_name
+
+# the train keys a resumed run may change: how long, in what batches, where and how it runs. The others (lr,
+# weight decay, seed, augmentation, validation cases, ...) would not take effect (the optimiser's state brings
+# back the recorded ones) or would change what earlier epochs were compared on.
+RESUMABLE_TRAIN = ("epochs", "batch_size", "grad_accum", "device", "amp", "val_every", "tensorboard", "cache_dir")
 
 
 def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
@@ -72,12 +77,20 @@ def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
         raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
     cfg_path = run / "config.yaml"
     if resume and cfg_path.exists():
-        # train: a longer schedule may continue a run; distill: checked by the distillation itself
-        changed = config_changes(config, run, ignore=("train", "distill"))
+        # distill: checked by the distillation itself
+        changed = config_changes(config, run, ignore=("distill",))
+        train = [k for k in changed if k.startswith("train.") and k.split(".")[1] not in RESUMABLE_TRAIN]
+        changed = [k for k in changed if k != "train" and not k.startswith("train.")]
         if changed:
             raise MedAdaptError(
                 f"--resume with a different data/adapter/prompt config than {cfg_path} "
                 f"(changed: {', '.join(changed)}); use the same config"
+            )
+        if train:
+            raise MedAdaptError(
+                f"--resume cannot change {', '.join(train)} (recorded in {cfg_path}): a resumed run continues "
+                f"with its recorded optimiser, seed and validation cases; only train.{', train.'.join(RESUMABLE_TRAIN)} "
+                "may change. Put the recorded values back, or start a new run (another name) with the new ones"
             )
     return run
 
@@ -100,4 +113,4 @@ def truncate_log(path: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-__all__ = ["check_run_dir", "config_changes", "logged_seconds", "run_folder", "truncate_log"]
+__all__ = ["RESUMABLE_TRAIN", "check_run_dir", "config_changes", "logged_seconds", "run_folder", "truncate_log"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -149,10 +150,16 @@ class EmbeddingCache:
                 self.memory[key] = e.clone()
 
     def _read(self, s: ModelSample) -> torch.Tensor | None:
-        from safetensors.torch import load_file
-
+        """The sample's embedding from the cache folder; None when it is not there or the file is damaged (a
+        copy cut short, a full disk): the sample is then encoded again and the file rewritten."""
         path = self.dir / f"{s.key}.safetensors" if self.dir else None
-        return load_file(str(path))["embedding"] if path is not None and path.is_file() else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return _load_embedding(path)
+        except MedAdaptError as exc:
+            warnings.warn(f"{exc}; encoding the slice again", stacklevel=2)
+            return None
 
     @torch.inference_mode()
     def _encode(self, chunk: Sequence[ModelSample]) -> list[torch.Tensor]:
@@ -194,13 +201,27 @@ class EmbeddingCache:
             return None
         if key in self.memory:
             return self.memory[key]
-        from safetensors.torch import load_file
-
         path = self.dir / f"{key}.safetensors" if self.dir else None
         if path is None or not path.is_file():
             raise MedAdaptError(f"the embedding of a neighbouring slice ({key[:12]}) was never encoded: "
                                 "encode the neighbour samples with fill() before reading stacks")
-        return load_file(str(path))["embedding"]
+        try:
+            return _load_embedding(path)
+        except MedAdaptError as exc:
+            raise MedAdaptError(f"{exc}: delete it and run again to encode the slice anew") from None
+
+
+def _load_embedding(path: Path) -> torch.Tensor:
+    """One cached embedding (C x h x w), or a MedAdaptError naming the file when it cannot be one."""
+    from safetensors.torch import load_file
+
+    try:
+        e = load_file(str(path)).get("embedding")
+    except Exception as exc:  # safetensors raises its own errors for a cut or foreign file
+        raise MedAdaptError(f"the cached embedding {path} is damaged ({' '.join(str(exc).split())[:120]})") from None
+    if e is None or e.ndim != 3 or not e.is_floating_point():
+        raise MedAdaptError(f"the cached embedding {path} holds no embedding (C x h x w floats)")
+    return e
 
 
 def _cast(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

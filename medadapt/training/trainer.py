@@ -342,6 +342,7 @@ class Trainer:
             "trainable": trainable_state(self.model), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "history": json.dumps(self.history),
             "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state),
+            "base": self.model.info.fingerprint,  # the base weights it trains on: a resume onto others is refused
         }
         if self.device.type == "cuda":  # feature dropout and any dropout in the model draw from it there
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -373,6 +374,12 @@ class Trainer:
         """Weights, optimiser, schedule, history, generators and extension states from :meth:`read_state`'s
         checkpoint (with one rank or several: nothing in it is per rank)."""
         path = self.run_dir / "checkpoints" / "last.pt"
+        base = state.get("base", self._recorded_base())
+        if base is not None and base != self.model.info.fingerprint:
+            raise MedAdaptError(
+                f"{path} was trained on other {self.cfg.backbone} base weights (fingerprint {base}) than "
+                f"{self.cfg.checkpoint or 'the built-in ones'} now holds ({self.model.info.fingerprint}): resume with "
+                "the base checkpoint the run started from, or start a new run")
         params = dict(self.model.named_parameters())
         missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(state["trainable"]))
         if missing:
@@ -395,6 +402,13 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.rng.bit_generator.state = json.loads(state["np_rng"])
+
+    def _recorded_base(self) -> str | None:
+        """The base fingerprint in the run's adapter.json, for checkpoints written before they held their own."""
+        try:
+            return json.loads((self.run_dir / "adapter" / "adapter.json").read_text()).get("base_fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def check_ranks(self) -> None:
         """Across ranks: raise unless every rank holds the same weights, optimiser state, generator and
