@@ -191,6 +191,21 @@ def split_pair(
     return left.strip(), right.strip()
 
 
+def _adapter_backbone(adapter: str | None) -> str | None:
+    """The backbone an adapter (a run folder, its adapter/ folder or file) was trained on; None when there is
+    no readable adapter there (loading it then says why)."""
+    if not adapter:
+        return None
+    from .adapters import read_adapter_info
+    from .inference.predictor import adapter_path
+
+    try:
+        name = read_adapter_info(adapter_path(adapter)).get("backbone")
+    except MedAdaptError:
+        return None
+    return name if isinstance(name, str) else None
+
+
 def _csv(value: str) -> list[str]:
     """``'dice, hd95'`` -> ``['dice', 'hd95']`` (empty items dropped; the library checks the names)."""
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -252,11 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", default=None, help="also write an overlay PNG here")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out / --overlay if they exist (the input image is never replaced)")
-    p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
+    p.add_argument("--model", default=None, help="backbone name (see `medadapt models`; default: the one the "
+                   "--adapter was trained on, else litemedsam)")
     p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
     p.add_argument("--slice", type=int, default=None, help="slice index for a 3D volume")
     p.add_argument("--axis", type=int, default=2, help="axis to slice a volume along (default 2)")
-    p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
+    p.add_argument("--window", default=None, help="CT window: a preset (e.g. abdomen, lung, bone) or LEVEL,WIDTH in HU (e.g. 40,400)")
     p.add_argument("--multimask", action="store_true", help="take the best of three candidate masks per prompt")
     p.add_argument("--adapter", default=None, metavar="RUN",
                    help="run folder or adapter file from `medadapt finetune`; with no prompt, segments every "
@@ -290,13 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, metavar="JSON",
                    help='JSON mapping each input (relative to IN) to {"boxes": [[x0, y0, x1, y1]], "points": '
                         '[[x, y]], "point_labels": [1]}; volumes {"slices": {"K": {...}}}')
-    p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
+    p.add_argument("--model", default=None, help="backbone name (see `medadapt models`; default: the one the "
+                   "--adapter was trained on, else litemedsam)")
     p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
     p.add_argument("--axis", type=int, default=2, help="axis volumes are segmented along, slice by slice (default 2)")
     p.add_argument("--series-format", choices=["nifti", "dicom-seg"], default="nifti",
                    help="what a DICOM series' mask is written as: NAME.nii.gz (default) or NAME.seg.dcm, a "
                         "DICOM-SEG on the series' images (needs highdicom: pip install medadapt[dicom-seg])")
-    p.add_argument("--window", default=None, help="CT window preset (e.g. abdomen, lung, bone)")
+    p.add_argument("--window", default=None, help="CT window: a preset (e.g. abdomen, lung, bone) or LEVEL,WIDTH in HU (e.g. 40,400)")
     p.add_argument("--refine", action="store_true", help="automatic mode: self-prompt each class (see predict)")
     p.add_argument("--cleanup", default=None, metavar="LIST",
                    help="automatic mode, comma-separated: largest (each class keeps its largest component, 3-D in a "
@@ -388,14 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "a dataset (imagesTr/ + labelsTr/, images/ + masks/)")
     p.add_argument("--adapter", default=None, metavar="RUN",
                    help="run folder from `medadapt finetune`: its classes, each slice opened with their proposal")
-    p.add_argument("--model", default="litemedsam", help="backbone name (see `medadapt models`)")
+    p.add_argument("--model", default=None, help="backbone name (see `medadapt models`; default: the one the "
+                   "--adapter was trained on, else litemedsam)")
     p.add_argument("--checkpoint", default=None, help="local weights for backbones that need them")
     p.add_argument("--labels", default=None, metavar="DIR", help="folder for the label files and the session file "
                    "(default: DATA/labels/, or the dataset's own label folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--axis", type=int, default=2, help="axis to slice volumes along (default 2)")
-    p.add_argument("--window", default=None, help="CT window preset for what the model sees (e.g. abdomen)")
+    p.add_argument("--window", default=None, help="CT window for what the model sees: a preset (e.g. abdomen) or LEVEL,WIDTH in HU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=True,
                    help="train the model online from every accepted mask (default; --no-learn serves it as loaded)")
@@ -419,7 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadapt`` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow an option (`finetune RECIPE --resume train.epochs=8`): argparse stops
+    # filling the overrides at the first option, so what it left over joins them
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "model", "") is None:
+        args.model = _adapter_backbone(getattr(args, "adapter", None)) or "litemedsam"
     if args.verbose:
         # in front of every filter, including the ones medadapt adds for known-harmless warnings
         warnings.simplefilter("default")

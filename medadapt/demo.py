@@ -102,6 +102,9 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
 
     out = Path(out_dir)
     run = out / "finetune"
+    cfg = config_from_dict(demo_finetune_config(out, epochs))  # checked before the last run is replaced
+    if device:
+        cfg.train.device = device
     if run.exists():  # the demo starts fresh, but removes only a run folder it wrote itself
         if not _written_by_demo(run):
             raise MedAdaptError(f"{run} exists and was not written by the demo: it is left alone; give the demo "
@@ -109,9 +112,6 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
         shutil.rmtree(run)
     run.mkdir(parents=True)
     (run / DEMO_MARKER).write_text("written by medadapt demo; the demo replaces this folder when it runs again\n")
-    cfg = config_from_dict(demo_finetune_config(out, epochs))
-    if device:
-        cfg.train.device = device
     held = sorted((demo_root() / "hc18" / "images").glob("1*_HC.png"))
     gts = [load_mask(demo_root() / "hc18" / "masks" / p.name) > 0 for p in held]
     images = [load_image(p) for p in held]
@@ -150,6 +150,8 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
 def run_demo(out_dir: str | Path = "medadapt-demo", device: str | None = None, model: str = "litemedsam",
              finetune: bool = True, epochs: int = 20) -> list[dict]:
     """Box-prompted segmentation of every bundled structure, then the fine-tuning demo."""
+    if finetune:  # a bad setting is refused before anything runs or is replaced
+        config_from_dict(demo_finetune_config(Path(out_dir), epochs))
     rows = run_prompted_demo(out_dir, device=device, model=model)
     if finetune:
         run_finetune_demo(out_dir, epochs=epochs, device=device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -418,3 +419,14 @@ def test_the_output_folder_is_never_the_input_folder(tmp_path):
     _pngs(tmp_path / "in", 1)
     with pytest.raises(MedAdaptError, match="is the input folder"):
         segment_batch(tmp_path / "in", tmp_path / "in", prompts={}, progress=False)
+
+
+def test_earlier_output_folders_inside_the_input_folder_are_not_inputs(tmp_path):
+    from medadapt.inference.batch_inputs import find_inputs
+
+    _pngs(tmp_path / "in", 2)
+    (tmp_path / "in" / "masks").mkdir()  # what an earlier `medadapt segment in in/masks` left
+    (tmp_path / "in" / "masks" / "segment.json").write_text("{}")
+    shutil.copy(next((tmp_path / "in").glob("*.png")), tmp_path / "in" / "masks")
+    names = sorted(item.name for item in find_inputs(tmp_path / "in", tmp_path / "in" / "masks_v2"))
+    assert len(names) == 2 and not any(n.startswith("masks/") for n in names)

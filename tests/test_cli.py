@@ -65,6 +65,13 @@ def test_predict_several_boxes_writes_a_label_map_to_nifti(disc_png, tmp_path):
         (["evaluate", "{tmp}", "--text", "LV cavity= "], "--text takes TEXT=CLASS"),
         (["evaluate", "{tmp}", "--limit", "-1"], "--limit must be a number of cases >= 1"),
         (["evaluate", "{tmp}", "--metrics", "hd95"], "choose dice or dice,hd95"),
+        (["predict", "{img}", "--box", "1", "1", "5", "5", "--out", "{tmp}/m.png", "--overlay", "{tmp}/o.jpg"],
+         "--overlay writes a PNG"),  # refused before the mask is written: m.png must not exist afterwards
+        (["predict", "{img}", "--box", "1", "1", "5", "5", "--out", "{tmp}/m.png", "--window", "40,-4"],
+         "window width must be a positive number"),
+        (["finetune", "{tmp}"], "is a folder"),
+        (["export", "litemedsam", "--out", "{tmp}/exp", "--tolerance", "0"], "tolerance must be a positive"),
+        (["demo", "--out", "{tmp}/demo", "--epochs", "-5"], "train.epochs"),  # before the 12 s prompted part
     ],
 )
 def test_user_errors_exit_2_with_one_line(disc_png, tmp_path, capsys, args, message):
@@ -73,6 +80,27 @@ def test_user_errors_exit_2_with_one_line(disc_png, tmp_path, capsys, args, mess
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("medadapt: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "m.png").exists() and not (tmp_path / "demo").exists()
+
+
+def test_a_device_that_is_not_there_is_one_line():
+    import torch
+
+    from medadapt.core.device import pick_device
+
+    if torch.cuda.is_available():
+        with pytest.raises(MedAdaptError, match="CUDA GPU"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(MedAdaptError, match="no usable CUDA GPU"):
+            pick_device("cuda")
+
+
+def test_a_level_width_window_is_read_from_the_command_line():
+    from medadapt.io.imaging import apply_window
+
+    clipped = apply_window(np.array([-1000.0, 40.0, 1000.0]), "40,400")
+    assert clipped.tolist() == [-160.0, 40.0, 240.0]
 
 
 def test_text_class_pairs_split_at_the_last_equals_sign():

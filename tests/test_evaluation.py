@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -574,9 +575,10 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     from medadapt.evaluation.evaluate import evaluate_run
 
     held = two_class_dataset(tmp_path / "held", n=3, seed=7)  # ids 000..002: not the run's split lists
-    report = evaluate_run(scored_run, data=held, split="all", modes=["automatic"], metrics=["dice"],
-                          out_dir=tmp_path / "ev")
+    report = evaluate_run(scored_run, data=held, split="all", modes=["automatic"], metrics=["dice"])
     assert sorted({r.case_id for r in report}) == ["000", "001", "002"]
+    assert (scored_run / "eval_held_all" / "evaluation.json").is_file()  # beside the run's own eval_all, never over it
+    shutil.rmtree(scored_run / "eval_held_all")
     # an unlabelled image in the folder is left out of --split all; a class absent from a case is scored in
     # automatic mode (an empty answer is right there) but not in box mode, which has no box to give for it
     from PIL import Image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image
 
 from medadapt import MedAdaptError, Segmenter
+from medadapt.io.imaging import load_mask
 from medadapt.recipes import config_from_dict, finetune, load_config
 
 
@@ -179,6 +181,28 @@ def test_a_resume_onto_another_optimiser_or_other_base_weights_is_refused_before
         finetune(config_from_dict(longer), resume=True, log=lambda m: None)
     assert (run / "config.yaml").read_text() == recorded
     assert len((run / "log.csv").read_text().strip().splitlines()) == 2  # the header and epoch 1
+
+
+def test_a_finished_run_is_never_trained_over_and_the_command_line_reads_overrides_after_its_options(discs, tmp_path,
+                                                                                                     capsys):
+    from medadapt.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config(discs, tmp_path, epochs=1)))
+    assert main(["finetune", str(cfg)]) == 0
+    assert main(["finetune", str(cfg), "--resume", "train.epochs=2"]) == 0  # key=value after an option
+    run = tmp_path / "run"
+    assert len((run / "log.csv").read_text().strip().splitlines()) == 3
+    kept = (run / "adapter" / "adapter.safetensors").read_bytes()
+    shutil.rmtree(run / "checkpoints")  # disk space back, the run kept
+    capsys.readouterr()
+    assert main(["finetune", str(cfg), "train.seed=3"]) == 2
+    assert "already holds adapter, config.yaml, log.csv, metrics.json" in capsys.readouterr().err
+    assert (run / "adapter" / "adapter.safetensors").read_bytes() == kept
+    # the run's own backbone, without --model
+    out = tmp_path / "mask.png"
+    assert main(["predict", str(discs / "images" / "010.png"), "--adapter", str(run), "--out", str(out)]) == 0
+    assert load_mask(out).shape == (96, 96)
 
 
 def test_resume_drops_log_rows_ahead_of_the_checkpoint(tmp_path):

@@ -113,6 +113,54 @@ def test_bad_prompts_are_explained(tiny_sam):
         tiny_sam.predict(boxes=[[1, 1, 9, 9], [2, 2, 9, 9], [3, 3, 9, 9]], points=[[[5, 5]], [[6, 6]]])
     with pytest.raises(MedAdaptError, match="mask_input"):
         tiny_sam.predict(boxes=[[1, 1, 9, 9]], mask_input=np.zeros((7, 7)))
+    with pytest.raises(MedAdaptError, match="mask_input contains NaN"):
+        tiny_sam.predict(boxes=[[1, 1, 9, 9]], mask_input=np.full((50, 60), np.nan))
+    with pytest.raises(MedAdaptError, match="zero area inside the image"):  # from the last column past the edge
+        tiny_sam.predict(boxes=[[59, 10, 90, 20]])
+    with pytest.raises(MedAdaptError, match="holds no box"):
+        tiny_sam.predict(boxes=np.zeros((0, 4)))
+    with pytest.raises(MedAdaptError, match="point_labels must be numbers"):
+        tiny_sam.predict(points=[[10, 10]], point_labels=["fg"])
+
+
+def test_odd_images_are_read_or_refused_and_a_refused_one_leaves_no_image(tiny_sam):
+    import torch
+
+    with pytest.raises(MedAdaptError, match="not an array of numbers"):
+        tiny_sam.set_image([[1, 2, 3], [4, 5]])
+    tiny_sam.set_image(torch.rand(40, 50, dtype=torch.bfloat16))
+    assert tiny_sam.image_size == (40, 50)
+    tiny_sam.set_image(np.linspace(0, 1, 600, dtype=np.float32)[None])  # one row: the model sees one row
+    assert tiny_sam.predict(points=[[300, 0]]).masks.shape == (1, 1, 600)
+    huge = np.zeros((32, 32), np.float32)
+    huge[8:24, 8:24], huge[0, 0] = 3e38, -3e38  # a range beyond float32
+    tiny_sam.set_image(huge)
+    assert np.isfinite(tiny_sam.predict(boxes=[[6, 6, 26, 26]]).logits).all()
+    with pytest.raises(MedAdaptError, match="constant"):
+        tiny_sam.set_image(np.zeros((32, 32)))
+    with pytest.raises(MedAdaptError, match="call set_image"):  # not an answer on the image before
+        tiny_sam.predict(boxes=[[1, 1, 5, 5]])
+
+
+def test_a_binary_mask_prompt_at_the_decoders_size_is_a_mask_not_logits(litemedsam):
+    """LiteMedSAM's decoder works at 256 x 256, a common image size: a 0/1 mask there must still be mapped to
+    mask-prompt logits, as at any other size."""
+    image, mask = disc_image(h=256, w=256, center=(128, 128), radius=40)
+    litemedsam.set_image(image)
+    seen = []
+    decode = litemedsam.predict_prompts
+
+    def spy(prompts, **kwargs):
+        seen.append({float(v) for v in np.unique(prompts.masks)})
+        return decode(prompts, **kwargs)
+
+    litemedsam.predict_prompts = spy
+    try:
+        for given in (mask, mask.astype(np.float32)):
+            litemedsam.predict(boxes=[[80, 80, 176, 176]], mask_input=given)
+    finally:
+        del litemedsam.predict_prompts
+    assert seen == [{-10.0, 10.0}] * 2
 
 
 def test_image_path_is_accepted(tmp_path, tiny_sam):

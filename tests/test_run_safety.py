@@ -170,6 +170,8 @@ def test_predict_never_writes_over_its_input_and_asks_before_replacing_a_file(tm
     ({"train": {"weight_decay": float("inf")}}, "inf", "train.weight_decay"),
     ({"prompts": {"box_jitter": float("nan")}}, "nan", "prompts.box_jitter"),
     ({"train": {"amp": "yes"}}, "'yes'", "train.amp"),
+    ({"train": {"seed": -1}}, "-1", "train.seed"),
+    ({"prompts": {"prompted": ["points"], "n_pos": 0}}, "n_pos", "prompts.prompted"),
     ({"prompts": {"automatic": "sure"}}, "'sure'", "prompts.automatic"),
     ({"ssl": {"threshold": "high"}}, "'high'", "ssl.threshold"),
     ({"adapter": {"lora": {"rank": "big"}}}, "'big'", "adapter.lora.rank"),
@@ -188,6 +190,8 @@ def test_yaml_numbers_and_bad_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {root: x, classes: [1]}\ntrain: {lr: 3e-4}\n")  # YAML reads 3e-4 as text
     assert load_config(path).train.lr == pytest.approx(3e-4)
+    listed = load_config(path, ["ssl.mix_area=[1e-1, 5e-1]", "data.unlabeled=[a]"])  # the same inside a list
+    assert listed.ssl.mix_area == pytest.approx([0.1, 0.5])
     with pytest.raises(MedAdaptError, match=r"train.epochs=\[1.*not valid YAML") as err:
         load_config(path, ["train.epochs=[1"])
     assert "\n" not in str(err.value)

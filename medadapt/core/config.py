@@ -129,16 +129,41 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _checked(value: Any, hint: Any, key: str) -> Any:
-    """``value`` if it fits ``hint`` (a numeric string becomes a float where a float is wanted), else an error."""
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    """``value`` if it fits ``hint`` (a numeric string becomes a float where a float is wanted, also as an item
+    of a list or a member of a union), else an error."""
+    value = _numbers_from_text(value, hint)
     if isinstance(value, str) and value.lower() in _WORDS and not _fits(value, hint) and _fits(True, hint):
         return _WORDS[value.lower()]  # `yes`/`no`/`on`/`off` where a boolean is wanted
     if not _fits(value, hint):
         raise MedAdaptError(f"{key}: {short_repr(value)} is not {_describe(hint)}")
+    return value
+
+
+def _numbers_from_text(value: Any, hint: Any) -> Any:
+    """``value`` with each text that YAML left unread as a number (``3e-4``: YAML 1.1 wants a dot) turned into a
+    float where ``hint`` wants a float there; anything else unchanged."""
+    if _fits(value, hint):
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(value, str) and hint is float:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if origin in (Union, types.UnionType):
+        for a in args:
+            converted = _numbers_from_text(value, a)
+            if converted is not value and _fits(converted, a):
+                return converted
+        return value
+    if isinstance(value, (list, tuple)) and (origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple)):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                return value
+            items = list(args)
+        else:
+            items = [args[0] if args else Any] * len(value)
+        return type(value)(_numbers_from_text(v, a) for v, a in zip(value, items))
     return value
 
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -307,7 +308,9 @@ def evaluate_run(
     if units not in UNITS:
         raise MedAdaptError(f"--units {units!r}: choose auto (mm where the data has a voxel spacing), mm or px")
     adapter, run_dir = _run_paths(run)
-    out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{split}"
+    # another dataset's scores get a folder of their own, so they never replace the run's own
+    where = "" if data is None else re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).stem).strip("._") + "_"
+    out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{where}{split}"
     if out.exists() and not out.is_dir():
         raise MedAdaptError(f"--out {out} is a file: give a folder for evaluation.json and evaluation.csv")
     info = read_adapter_info(adapter)

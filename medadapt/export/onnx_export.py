@@ -95,6 +95,9 @@ def export_onnx(
     A built backbone is changed in place (LoRA merged).
     """
     say = log or (lambda msg: None)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < float("inf"):
+        raise MedAdaptError(f"tolerance must be a positive number (the largest difference from PyTorch "
+                            f"accepted, e.g. 1e-3); got {tolerance!r}")
     try:
         import onnx  # noqa: F401  (torch.onnx needs it)
         import onnxscript  # noqa: F401

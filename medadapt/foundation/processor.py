@@ -71,7 +71,7 @@ class SamProcessor:
         if not self.keep_aspect:
             return (self.image_size, self.image_size)
         scale = self.image_size / max(h, w)
-        return (int(h * scale + 0.5), int(w * scale + 0.5))
+        return (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))  # a thin strip keeps one row
 
     def _scale(self, meta: ImageMeta) -> tuple[float, float]:
         (h, w), (nh, nw) = meta.original_size, meta.input_size
@@ -102,14 +102,14 @@ class SamProcessor:
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, ImageMeta]:
         """A validated HxW or HxWx3 array -> (1x3xSxS float tensor, geometry)."""
         arr = np.asarray(image, dtype=np.float32)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
         original = (arr.shape[0], arr.shape[1])
         meta = ImageMeta(original_size=original, input_size=self.input_size(original))
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+        # a grey image stays one channel until it is resized: three full-size copies would cost 3x its memory
+        x = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 2 else arr.transpose(2, 0, 1)))
+        x = x[None, None] if arr.ndim == 2 else x[None]
         if self.normalization == "imagenet" and not _is_8bit(arr):
             x = _minmax(x) * 255.0
-        x = self._resize(x, meta.input_size)
+        x = self._resize(x, meta.input_size).expand(1, 3, *meta.input_size)
         if self.normalization == "minmax":
             x = _minmax(x)
         else:
@@ -166,6 +166,9 @@ def _is_8bit(arr: np.ndarray) -> bool:
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
     lo, hi = x.amin(), x.amax()
+    if not torch.isfinite(hi - lo):  # a range beyond float32 (e.g. -3e38..3e38): scale into [-1, 1] first
+        x = x / torch.maximum(lo.abs(), hi.abs())
+        lo, hi = x.amin(), x.amax()
     return (x - lo) / torch.clamp(hi - lo, min=1e-8)
 
 
@@ -186,6 +189,8 @@ def check_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, original_size: tu
         b = b[None]
     if b.ndim != 2 or b.shape[1] != 4:
         raise MedAdaptError(f"boxes must be N x 4 [x0, y0, x1, y1]; got shape {tuple(b.shape)}")
+    if len(b) == 0:
+        raise MedAdaptError("boxes holds no box: give at least one [x0, y0, x1, y1], or leave boxes out")
     if not np.all(np.isfinite(b)):
         raise MedAdaptError("boxes contain NaN or infinite values")
     h, w = original_size
@@ -202,6 +207,12 @@ def check_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, original_size: tu
             )
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, w - 1)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, h - 1)
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        if x1 <= x0 or y1 <= y0:  # it started on the last column or row and reached past the edge
+            raise MedAdaptError(
+                f"box {i} has zero area inside the image (width {w}, height {h}): clipped to the image it is "
+                f"[{x0:g}, {y0:g}, {x1:g}, {y1:g}]; draw it over the structure, inside the image"
+            )
     return b.astype(np.float32)
 
 
@@ -219,7 +230,7 @@ def check_points(
     if labels is None:
         lab = np.ones(p.shape[:2], dtype=np.int64)
     else:
-        lab = np.asarray(labels)
+        lab = _numbers(labels, "point_labels", "1 (foreground) or 0 (background) for each point")
         if lab.ndim == 1:
             lab = lab[None]
         if lab.shape != p.shape[:2]:

@@ -49,11 +49,14 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path]]:
-    """Image files under ``root`` and DICOM-series folders (a folder holding DICOM files is one series)."""
+    """Image files under ``root`` and DICOM-series folders (a folder holding DICOM files is one series); the
+    output folders of ``medadapt segment`` runs inside it are left out."""
     found: list[tuple[str, Path]] = []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip)
+        # the output folder, and earlier ones (they hold a segment.json): masks are not inputs
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
+                         and not (here / d / "segment.json").is_file())
         files = sorted(f for f in files if not f.startswith("."))
         if any(_is_dicom(here / f) for f in files):
             found.append((here.relative_to(root).as_posix(), here))

@@ -199,7 +199,9 @@ class Segmenter(VolumeMethods):
     # ------------------------------------------------------------------ image
     @torch.inference_mode()
     def set_image(self, image: np.ndarray | str | os.PathLike) -> None:
-        """Encode one image (array or path); later ``predict`` calls reuse the embedding."""
+        """Encode one image (array or path); later ``predict`` calls reuse the embedding. An image that is
+        refused leaves no image set, so no later ``predict`` answers on the one before it."""
+        self.reset_image()
         if isinstance(image, (str, os.PathLike)):
             image = load_image(image)
         arr = validate_image(image)
@@ -490,11 +492,19 @@ class Segmenter(VolumeMethods):
         return probs
 
     def _mask_prompt(self, mask_input: ArrayLike, n: int, meta: ImageMeta) -> torch.Tensor:
-        m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32))
+        """``mask_input`` as the decoder's dense prompt (N x 1 x m x m): a mask at the image size (bool, or
+        0/1 values) goes through the processor; anything else of the decoder's size is read as its logits."""
+        raw = np.asarray(mask_input)
+        m = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+        if not torch.isfinite(m).all():
+            raise MedAdaptError("mask_input contains NaN or infinite values: give a mask (0/1) or the logits of "
+                                "an earlier answer (Prediction.logits)")
         size = self.backbone.processor.mask_size
         if m.ndim == 2:
             m = m[None]
-        if m.shape[-2:] == meta.original_size and meta.original_size != (size, size):
+        # at an image size equal to the decoder's, a binary mask is a mask, not logits of 0 and 1
+        binary = raw.dtype == bool or bool(((m == 0) | (m == 1)).all())
+        if m.shape[-2:] == meta.original_size and (meta.original_size != (size, size) or binary):
             m = self.backbone.processor.mask_to_low_res(m.numpy(), meta)
         elif m.ndim == 3 and m.shape[-2:] == (size, size):
             m = m[:, None]

@@ -125,6 +125,8 @@ def segment_file(
         raise MedAdaptError(f"--out must end in .png, .nii or .nii.gz; got {out}")
     for flag, target in (("--out", out), ("--overlay", overlay)):
         check_output(target, image, flag, overwrite)
+    if overlay is not None and Path(overlay).suffix.lower() != ".png":  # checked before anything is written
+        raise MedAdaptError(f"--overlay writes a PNG picture: give a path ending in .png, not {overlay}")
     if overlay is not None and Path(overlay).resolve() == out.resolve():
         raise MedAdaptError("--overlay and --out name the same file: give them different names")
     texts = [text] if isinstance(text, str) else list(text or [])

@@ -80,6 +80,8 @@ def _decode(
         for f in cfg.box_scales for a, b in dict.fromkeys([(bw, bh), (side, side)]) for dx, dy in shifts
     ])
     boxes = np.unique(boxes, axis=0)
+    if len(boxes) == 0:  # a component one pixel wide or high: no box with an area fits it
+        return segmenter.predict(multimask=multimask, **kwargs) if kwargs else None
     pred = segmenter.predict(boxes=boxes, multimask=multimask, **kwargs)  # the clicks go with every box
     k = _pick(pred, box, saliency)
     return Prediction(masks=pred.masks[k : k + 1], scores=pred.scores[k : k + 1], logits=pred.logits[k : k + 1])

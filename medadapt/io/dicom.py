@@ -65,10 +65,15 @@ def _geometry(ds: Any, path: Path) -> tuple[int, int, int, int]:
 
 
 def _rescale(ds: Any, pixels: np.ndarray) -> np.ndarray:
-    """Stored values -> modality values (HU for CT) via RescaleSlope/RescaleIntercept."""
+    """Stored values -> modality values (HU for CT) via RescaleSlope/RescaleIntercept. A MONOCHROME1 image
+    (radiographs: the lowest value shows white) is negated, so that it reads as a viewer shows it, brighter
+    where the viewer is brighter, with the same sign change on every slice of a series."""
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    out = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        out = np.negative(out, out=out)
+    return out
 
 
 def read_dicom_file(path: Path, pick: Callable[[int], int]) -> np.ndarray:

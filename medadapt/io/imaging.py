@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, path_suffix
@@ -142,6 +142,8 @@ def _decode_pil(path: Path, im: Any, slice_index: int | None, *, mask: bool) -> 
     frames = getattr(im, "n_frames", 1)
     im.seek(_slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path)))
     im.load()
+    if frames == 1 and im.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: read as viewers show it
+        im = ImageOps.exif_transpose(im)
     mode = im.mode
     if mode in ("1", "LA", "La"):
         return np.asarray(im.convert("L"))
@@ -499,7 +501,13 @@ def validate_image(array: Any, name: str = "image") -> np.ndarray:
     complex or non-numeric data, NaN/inf, empty arrays and constant images
     (usually a wrong slice or window).
     """
-    arr = np.asarray(array)
+    if hasattr(array, "detach") and hasattr(array, "dtype") and "bfloat16" in str(array.dtype):
+        array = array.detach().float()  # a torch bfloat16 tensor, which numpy cannot hold
+    try:
+        arr = np.asarray(array.detach().cpu() if hasattr(array, "detach") else array)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a ragged list, an object numpy cannot read
+        raise MedAdaptError(f"{name} is not an array of numbers ({' '.join(str(exc).split())[:120]}); pass a "
+                            "2-D (H x W) or H x W x 3 array") from None
     if arr.dtype.kind == "c":
         raise MedAdaptError(f"{name} is complex ({arr.dtype}); pass its magnitude (np.abs) or real part")
     if arr.dtype.kind not in "biuf":
@@ -525,12 +533,14 @@ def apply_window(array: np.ndarray, window: Window) -> np.ndarray:
     clip hides structures outside the tissue of interest so the model's own
     rescaling spends its range where it matters.
     """
+    if isinstance(window, str) and "," in window:  # "LEVEL,WIDTH", as a command line gives it
+        window = tuple(window.split(","))
     if isinstance(window, str):
         key = window.strip().lower().replace("-", "_").replace(" ", "_")
         if key not in WINDOW_PRESETS:
             raise MedAdaptError(
                 f"unknown window preset {window!r}; known presets: {', '.join(WINDOW_PRESETS)} "
-                "(or pass (level, width) in HU)"
+                "(or a level and width in HU: LEVEL,WIDTH such as 40,400)"
             )
         level, width = WINDOW_PRESETS[key]
     else:

@@ -143,6 +143,9 @@ def build_config(cls: type[C], raw: dict[str, Any]) -> C:
     bad = [m for m in cfg.prompts.prompted if m not in ("box", "points", "box+points")]
     if bad:
         raise MedAdaptError(f"prompts.prompted has unknown modes {bad}; use box, points, box+points")
+    if "points" in cfg.prompts.prompted and cfg.prompts.n_pos + cfg.prompts.n_neg < 1:
+        raise MedAdaptError("prompts.prompted has points, but prompts.n_pos and prompts.n_neg give no click: set "
+                            "n_pos >= 1 (clicks inside the object), or leave points out of prompts.prompted")
     return cfg
 
 
@@ -153,6 +156,7 @@ _RANGES = {
     ("train", "grad_accum"): (lambda v: v >= 1, ">= 1"),
     ("train", "lr"): (lambda v: 0 < v < 1, "a number in (0, 1), e.g. 3.0e-4"),
     ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "seed"): (lambda v: 0 <= v < 2**32, "a whole number in 0..2^32-1"),
     ("train", "warmup_epochs"): (lambda v: v >= 0, ">= 0"),
     ("train", "val_every"): (lambda v: v >= 1, ">= 1"),
     ("train", "cache_views"): (lambda v: v >= 0, ">= 0"),
@@ -232,6 +236,9 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
     variables in them are expanded, so configs carry no machine-specific paths.
     """
     p = Path(path)
+    if p.is_dir():
+        raise MedAdaptError(f"config {p} is a folder: give a recipe file in it (e.g. {p}/<name>.yaml), or a run "
+                            "folder's config.yaml")
     if not p.is_file():
         raise MedAdaptError(f"config not found: {p}")
     try:

@@ -24,6 +24,10 @@ from .config import TrainingConfig, check_run_name
 RESUMABLE_TRAIN = ("epochs", "batch_size", "grad_accum", "device", "amp", "val_every", "tensorboard", "cache_dir")
 
 
+# what a run writes besides its checkpoint: a new run does not write over them
+RUN_FILES = ("adapter", "config.yaml", "log.csv", "metrics.json")
+
+
 def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ, so a refusal says what to put back."""
     if isinstance(saved, dict) and isinstance(now, dict):
@@ -73,6 +77,10 @@ def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
         # a new adapter there would leave the old student answering automatic predictions for it
         raise MedAdaptError(f"run folder {run} holds the student of an earlier run (student/, distill/): choose "
                             "another name or output, or delete the folder to train there again")
+    held = [n for n in RUN_FILES if (run / n).exists()]
+    if not resume and held:  # a finished run whose checkpoint was deleted, or a folder of the user's own
+        raise MedAdaptError(f"run folder {run} already holds {', '.join(held)} (a run, or files of yours): it is "
+                            "left alone; choose another name or output, or delete the folder to train there again")
     if resume and not (run / "checkpoints" / "last.pt").is_file():
         raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
     cfg_path = run / "config.yaml"
@@ -113,4 +121,4 @@ def truncate_log(path: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-__all__ = ["RESUMABLE_TRAIN", "check_run_dir", "config_changes", "logged_seconds", "run_folder", "truncate_log"]
+__all__ = ["RESUMABLE_TRAIN", "RUN_FILES", "check_run_dir", "config_changes", "logged_seconds", "run_folder", "truncate_log"]
