@@ -70,6 +70,18 @@ def test_jpeg_and_tiff(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_image(tmp_path / "a.tif"), f)
 
 
+def test_a_photo_is_read_the_way_viewers_turn_it(tmp_path: Path) -> None:
+    """A camera JPEG stores its pixels sideways with an EXIF Orientation; prompts come from a viewer that turns it."""
+    a = np.zeros((40, 100), np.uint8)
+    a[:, :10] = 255  # a bright band on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to display
+    Image.fromarray(a).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    shown = load_image(tmp_path / "photo.jpg")
+    assert shown.shape == (100, 40)
+    assert shown[:10].mean() > 200 and shown[-10:].mean() < 50  # the band is on top, as displayed
+
+
 def test_npy_2d_and_rgb(tmp_path: Path) -> None:
     for a in (ramp() - 1000, RNG.random((5, 6, 3))):
         np.save(tmp_path / "a.npy", a)
@@ -258,6 +270,16 @@ def _dicom(path: Path, pixels: np.ndarray, z: float, instance: int, series: str,
            orientation=(1, 0, 0, 0, 1, 0)) -> None:
     write_dicom(path, pixels, z, series=series, instance=instance, orientation=orientation, origin=(-10.0, -20.0),
                 spacing=(0.5, 0.7), RescaleSlope=2, RescaleIntercept=-1024, SliceThickness=3)
+
+
+def test_a_monochrome1_radiograph_is_read_as_displayed(tmp_path: Path) -> None:
+    """MONOCHROME1: the lowest value shows white. Read as a viewer shows it: brighter is higher."""
+    px = np.array([[100, 3000], [3000, 3000]], dtype=np.uint16)
+    write_dicom(tmp_path / "cr.dcm", px, PhotometricInterpretation="MONOCHROME1")
+    out = load_image(tmp_path / "cr.dcm")
+    assert out[0, 0] > out[0, 1]  # stored low, shown bright
+    write_dicom(tmp_path / "ct.dcm", px)
+    assert load_image(tmp_path / "ct.dcm")[0, 0] < load_image(tmp_path / "ct.dcm")[0, 1]
 
 
 def test_dicom_file_in_hu(tmp_path: Path) -> None:
