@@ -25,6 +25,7 @@ from .core.errors import MedAdaptError
 from .data import DataConfig
 from .ssl import DistillConfig, SemiSupervised, SSLConfig, distill_run
 from .training import ExtensionFactory, Trainer, TrainingConfig, build_config, read_config, train
+from .training.run_folder import recorded_root
 
 
 @dataclass
@@ -55,6 +56,15 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
                             "set ssl: null and distill: null, or train on full masks")
     if cfg.ssl is not None and not cfg.data.get("unlabeled"):
         raise MedAdaptError("ssl: needs unlabelled cases; set data.unlabeled (ids, a split name, or 'rest:train')")
+    if cfg.ssl is not None and cfg.ssl.start_epoch >= cfg.train.epochs:
+        raise MedAdaptError(f"ssl.start_epoch {cfg.ssl.start_epoch:g} is not below train.epochs {cfg.train.epochs}: "
+                            "the semi-supervised loop would never start; lower it or train longer")
+    # checked now, not when the distillation begins after hours of fine-tuning
+    if cfg.distill is not None and not (cfg.data.get("unlabeled") or cfg.distill.unlabeled):
+        raise MedAdaptError("distill: needs unlabelled cases; set data.unlabeled or distill.unlabeled")
+    if cfg.distill is not None and cfg.distill.compare_peer and not cfg.data.get("val"):
+        raise MedAdaptError("distill.compare_peer chooses on the validation split, and this config has none: set "
+                            "data.val, or set distill.compare_peer: false")
     return cfg
 
 
@@ -101,7 +111,10 @@ def distill(run: str | os.PathLike, overrides: Sequence[str] = (), *, config: Fi
     bad = [o for o in overrides if not str(o).startswith("distill.") and not str(o).startswith("distill=")]
     if bad:
         raise MedAdaptError(f"medadapt distill changes only the distill section (distill.KEY=VALUE); got {bad}")
-    return _distill(run, load_config(run / "config.yaml", overrides), resume, log)
+    config = load_config(run / "config.yaml", overrides)
+    if "root" in config.data:  # a relative root, from wherever this runs
+        config.data["root"] = recorded_root(run, {"data": config.data, "output": config.output, "name": config.name})
+    return _distill(run, config, resume, log)
 
 
 def _distill(run: Path, config: FinetuneConfig, resume: bool, log: Callable[[str], None]) -> Path:

@@ -442,3 +442,17 @@ def test_a_label_on_another_voxel_grid_is_refused_and_large_label_values_stay_ex
     assert set(np.unique(load_mask(tmp_path / "labelsTr" / "case1.nii.gz", slice_index=k))) <= {
         0, 614454277, 614454278, 614454279}
     assert 614454277 in load_mask(tmp_path / "labelsTr" / "case1.nii.gz", slice_index=k)
+
+
+def test_a_mask_pairs_with_one_image_and_data_labels_names_imagesTr_labels_only(tmp_path: Path, nnunet: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    root = build_folder(tmp_path / "folder")
+    # image x has no mask; x_seg.png is image x_seg's own mask, not x's by the suffix rule
+    shutil.copy(root / "images" / "011_HC.png", root / "images" / "x.png")
+    shutil.copy(root / "images" / "011_HC.png", root / "images" / "x_seg.png")
+    shutil.copy(root / "masks" / "011_HC.png", root / "masks" / "x_seg.png")
+    found = {c.case_id: c.label_path for c in discover_cases(cfg(root, classes=[1], layout="folder"))}
+    assert found["x"] is None and found["x_seg"].name == "x_seg.png"
+    # data.labels spelt out as the default: imagesVal still pairs with labelsVal beside it
+    cases = discover_cases(cfg(nnunet, labels="labelsTr"))
+    assert {c.case_id: c.label_path.parent.name for c in cases}["pat3_frame01"] == "labelsVal"

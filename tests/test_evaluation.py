@@ -487,6 +487,20 @@ def test_evaluate_scores_the_held_out_test_split_with_or_without_hd95(scored_run
     assert (doc["hd95_unit"], doc["nsd_tolerance"], doc["metrics"]) == ("px", 2.0, ["dice", "hd95", "nsd"])
 
 
+def test_a_2d_image_is_scored_on_its_contour_not_as_a_one_slice_volume(scored_run, tmp_path, monkeypatch) -> None:
+    """As a one-slice volume every foreground pixel would be surface: HD95 low and NSD about doubled."""
+    import medadapt.evaluation.evaluate as ev
+
+    seen = []
+    for name in ("hd95_per_class", "surface_dice_per_class"):
+        real = getattr(ev, name)
+        monkeypatch.setattr(ev, name, lambda p, t, *a, real=real, **k: seen.append(p.shape) or real(p, t, *a, **k))
+    report = ev.evaluate_run(scored_run, split="test", modes=["automatic", "box"], limit=1, out_dir=tmp_path / "ev")
+    assert seen and all(len(shape) == 2 for shape in seen)
+    case = next(r for r in report if r.mode == "box" and r.class_name == "disc")
+    assert not math.isnan(case.nsd) and case.nsd < 1.0
+
+
 def _nifti_twin(root, n: int = 2, seed: int = 0):
     """An nnU-Net-layout dataset of ``n`` small volumes with the disc and square classes of
     ``two_class_dataset``, voxel size 0.75 x 1.25 x 2.5 mm (x, y, z: anisotropic on every axis)."""
@@ -577,8 +591,9 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     held = two_class_dataset(tmp_path / "held", n=3, seed=7)  # ids 000..002: not the run's split lists
     report = evaluate_run(scored_run, data=held, split="all", modes=["automatic"], metrics=["dice"])
     assert sorted({r.case_id for r in report}) == ["000", "001", "002"]
-    assert (scored_run / "eval_held_all" / "evaluation.json").is_file()  # beside the run's own eval_all, never over it
-    shutil.rmtree(scored_run / "eval_held_all")
+    written = sorted(scored_run.glob("eval_held-*_all"))  # beside the run's own eval_all, never over it
+    assert len(written) == 1 and (written[0] / "evaluation.json").is_file()
+    shutil.rmtree(written[0])
     # an unlabelled image in the folder is left out of --split all; a class absent from a case is scored in
     # automatic mode (an empty answer is right there) but not in box mode, which has no box to give for it
     from PIL import Image
@@ -643,3 +658,26 @@ def test_evaluate_command_metrics_dice_prints_no_hd95(scored_run, tmp_path, caps
     rows = {tuple(line.split()[:2]): line for line in captured.out.splitlines() if line.strip()}
     assert "±" not in rows[("automatic", "disc")] + rows[("automatic", "square")]  # one case: no std
     assert "±" in rows[("automatic", "mean")]  # two classes: the spread of their means
+
+
+def test_a_data_config_with_the_classes_in_another_order_is_refused(scored_run, tmp_path) -> None:
+    import yaml
+
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    data = yaml.safe_load((scored_run / "config.yaml").read_text())["data"]
+    names = data["classes"]
+    (tmp_path / "swapped.yaml").write_text(yaml.safe_dump({"data": {**data, "classes": names[::-1]}}))
+    with pytest.raises(MedAdaptError, match="in another order"):
+        evaluate_run(scored_run, data=tmp_path / "swapped.yaml", split="test", out_dir=tmp_path / "ev")
+
+
+@pytest.mark.parametrize("field, value", [("version", "2"), ("cleanup", "largest")])
+def test_a_hand_edited_report_is_one_line(tmp_path, field, value) -> None:
+    rep = EvaluationReport(hd95_unit="px", metrics=("dice",))
+    rep.add_case("a", "automatic", {1: "x"}, {1: 0.5}, {1: math.nan}, None)
+    path = rep.to_json(tmp_path / "r.json")
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, field: value}))
+    with pytest.raises(MedAdaptError, match="malformed evaluation report"):
+        EvaluationReport.from_json(path)

@@ -34,7 +34,7 @@ from medadapt.adapters import (  # noqa: E402
 from medadapt.cli import main  # noqa: E402
 from medadapt.export import export_onnx  # noqa: E402
 from medadapt.foundation import build_backbone  # noqa: E402
-from medadapt.inference.onnx_runtime import MANIFEST_NAME, read_manifest  # noqa: E402
+from medadapt.inference.onnx_runtime import MANIFEST_NAME, read_manifest, settings_digest  # noqa: E402
 
 TOL = 1e-3
 BOXES5 = [[75, 45, 165, 135], [10, 10, 100, 90], [120, 20, 230, 170], [60, 30, 180, 150], [0, 0, 239, 179]]
@@ -189,6 +189,13 @@ def test_foreign_incomplete_or_altered_folders_give_one_line_errors(exported, tm
     _one_line_error(copy, "does not describe a medadapt ONNX export")
     (copy / MANIFEST_NAME).write_text("{not json")
     _one_line_error(copy, "not valid JSON")
+    shutil.copy(exported / "decoder.onnx", copy / "decoder.onnx")
+    edited = {**manifest, "processor": {**manifest["processor"], "keep_aspect": not manifest["processor"]["keep_aspect"]}}
+    (copy / MANIFEST_NAME).write_text(json.dumps(edited))  # the graphs would be read another way: refused
+    _one_line_error(copy, "edited after the export")
+    for version in (True, 0, -7):
+        (copy / MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": version}))
+        _one_line_error(copy, "format version")
     assert read_manifest(exported)["format_version"] == 1
 
 
@@ -211,6 +218,7 @@ def test_weights_held_outside_a_graph_are_listed_checked_and_required(exported, 
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
     manifest["data_files"] = {"decoder.onnx": ["decoder.onnx.data"]}
     manifest["sha256"].update({n: sha256_file(copy / n) for n in ("decoder.onnx", "decoder.onnx.data")})
+    manifest["settings_sha256"] = settings_digest(manifest)  # as the exporter writes it
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     image, _ = disc_image(seed=3)
     answers = []

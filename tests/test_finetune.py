@@ -205,6 +205,17 @@ def test_a_finished_run_is_never_trained_over_and_the_command_line_reads_overrid
     assert load_mask(out).shape == (96, 96)
 
 
+def test_a_run_started_with_relative_paths_is_evaluated_from_any_folder(tmp_path, monkeypatch):
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    make_disc_dataset(tmp_path / "project" / "data", n=12)
+    monkeypatch.chdir(tmp_path / "project")
+    run = finetune(config_from_dict(config("data", "runs", epochs=1)), log=lambda m: None)  # data.root: data
+    monkeypatch.chdir(tmp_path)  # elsewhere, where ./data is not the dataset
+    report = evaluate_run(tmp_path / "project" / run, split="val", modes=["box"], metrics=["dice"])
+    assert len({r.case_id for r in report}) == 4
+
+
 def test_resume_drops_log_rows_ahead_of_the_checkpoint(tmp_path):
     """A kill after an epoch's log row but before its checkpoint must not leave that epoch twice in log.csv."""
     from medadapt.training.run_folder import truncate_log

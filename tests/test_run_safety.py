@@ -203,7 +203,7 @@ def test_yaml_on_and_off_read_as_the_setting_means_them(tmp_path):
     from medadapt.recipes import load_config
 
     path = tmp_path / "c.yaml"
-    path.write_text("data: {root: x, classes: [1]}\ntrain: {amp: off}\nprompts: {automatic: yes}\n"
+    path.write_text("data: {root: x, classes: [1], unlabeled: [a]}\ntrain: {amp: off}\nprompts: {automatic: yes}\n"
                     "distill: {amp: off, tta: no}\n")
     cfg = load_config(path)
     assert cfg.train.amp == "off" and cfg.distill.amp == "off"  # text settings keep the word
@@ -332,3 +332,14 @@ def test_a_file_is_on_disk_before_it_replaces_the_old_one_and_a_failed_sync_keep
     with pytest.raises(MedAdaptError, match="could not write .*state.json.*Input/output"):
         files.atomic_write_json(target, {"step": 3})
     assert '"step": 2' in target.read_text() and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_settings_that_could_never_take_effect_are_refused_before_training():
+    data = {"root": "x", "classes": [1], "unlabeled": ["a"]}
+    with pytest.raises(MedAdaptError, match="would never start"):
+        config_from_dict({"data": data, "ssl": {"start_epoch": 5}, "train": {"epochs": 5}})
+    with pytest.raises(MedAdaptError, match="distill: needs unlabelled cases"):
+        config_from_dict({"data": {"root": "x", "classes": [1]}, "distill": {}})
+    with pytest.raises(MedAdaptError, match="compare_peer chooses on the validation split"):
+        config_from_dict({"data": data, "distill": {"compare_peer": True}})
+    assert config_from_dict({"data": {**data, "val": ["b"]}, "distill": {"compare_peer": True}}).distill.compare_peer

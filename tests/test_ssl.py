@@ -284,6 +284,25 @@ def test_case_stream_reads_a_few_cases_at_a_time_and_reshuffles(tmp_path):
     assert len(stream) == 5
 
 
+def test_a_blank_case_leaves_the_stream_without_stopping_the_run(tmp_path):
+    """on_error: stop is for files that cannot be read; a volume whose slices are all blank is dropped, as the
+    in-memory datasets drop blank slices, even when a chunk holds nothing else."""
+    import nibabel as nib
+
+    from medadapt.data import CaseStream, DataConfig, discover_cases, split_cases
+
+    (tmp_path / "d" / "imagesTr").mkdir(parents=True)
+    for i in range(4):
+        v = np.zeros((16, 16, 3), np.float32) if i == 2 else \
+            (np.random.default_rng(i).random((16, 16, 3)) * 100).astype(np.float32)
+        nib.save(nib.Nifti1Image(v, np.eye(4)), str(tmp_path / "d" / "imagesTr" / f"c{i}.nii.gz"))
+    cfg = DataConfig.from_dict({"root": str(tmp_path / "d"), "layout": "nnunet", "classes": [1], "unlabeled": "all"})
+    cases = split_cases(cfg, discover_cases(cfg))["unlabeled"]
+    stream = CaseStream(cases, cfg, np.random.default_rng(0), cases_per_chunk=1)
+    taken = {s.case_id for _ in range(6) for s in stream.take(2)}
+    assert taken == {"c0", "c1", "c3"} and len(stream) == 3
+
+
 def test_streamed_unlabelled_cases_train_and_stay_out_of_memory(tmp_path):
     """ssl.stream: the run trains; unlabelled embeddings go to disk, not into the in-memory cache."""
     import csv
@@ -334,7 +353,7 @@ def test_warm_up_teacher_copies_the_student_or_averages_it(tmp_path):
     from medadapt.recipes import build_trainer
 
     for decay in (0.0, 0.5):
-        raw = _tiny_raw(tmp_path / str(decay), 6, ["3", "4", "5"], {"epochs": 2, "lr": 1e-2, "batch_size": 1},
+        raw = _tiny_raw(tmp_path / str(decay), 6, ["3", "4", "5"], {"epochs": 3, "lr": 1e-2, "batch_size": 1},
                         {"threshold": 0.5, "start_epoch": 2, "warmup_ema_decay": decay})
         tr = build_trainer(config_from_dict(raw), tmp_path / str(decay) / "run", log=lambda m: None)
         ssl = tr.extensions[0]

@@ -254,6 +254,14 @@ def test_templates_and_synonyms_are_averaged_into_one_embedding(random_clip):
     assert torch.allclose(got[0], want, atol=1e-6)
     assert torch.allclose(got.norm(dim=-1), torch.ones(2), atol=1e-6)
     assert not torch.allclose(got[0], random_clip.embed_texts(["circle"])[0], atol=1e-4)  # synonyms count
+    # as the tokenizer reads it: "Circle " is the text the synonyms were given for
+    assert torch.allclose(random_clip.embed_texts(["Circle "], cfg)[0],
+                          random_clip.embed_texts(["Circle "], TextPromptConfig(templates=("a {}", "{}"), synonyms={
+                              "Circle ": ["disc"]}))[0])
+    from medadapt.prompts.text.config import as_texts
+
+    with pytest.raises(MedAdaptError, match="distinct"):  # the same text to a tokenizer: each would cancel the other
+        as_texts(["circle", "Circle"])
 
 
 def _blobs(h=80, w=120):
@@ -316,6 +324,9 @@ def test_predict_text_returns_one_fused_mask_per_text(random_clip, decoder):
     "kwargs, message",
     [
         ({"templates": ("no placeholder",)}, "'{}'"),
+        ({"templates": ("the {} {x}",)}, "'{}'"),
+        ({"templates": ("a {} }",)}, "'{}'"),
+        ({"templates": ("{{}}",)}, "'{}'"),
         ({"saliency": "attention"}, "saliency"),
         ({"threshold": 1.5}, "threshold"),
         ({"fusion": "max"}, "fusion"),

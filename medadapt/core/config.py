@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 import reprlib
+import string
 import types
 import typing
 from dataclasses import fields
@@ -226,7 +227,17 @@ def _describe(hint: Any) -> str:
 def check_templates(templates: str | Sequence[str], where: str) -> tuple[str, ...]:
     """Sentence templates as a tuple; each must hold exactly one ``{}`` where the text goes."""
     out = (templates,) if isinstance(templates, str) else tuple(templates)
-    if not out or any(not isinstance(t, str) or t.count("{}") != 1 for t in out):
+
+    def one_slot(t: Any) -> bool:  # exactly one empty field; any other brace would fail or hide the text
+        if not isinstance(t, str):
+            return False
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError:
+            return False
+        return fields == [""] and t.format("x") != t
+
+    if not out or not all(one_slot(t) for t in out):
         raise MedAdaptError(
             f"{where} must be strings with exactly one '{{}}' where the text goes, e.g. 'the {{}}'; "
             f"got {short_repr(list(out))}"

@@ -86,7 +86,8 @@ def _folder_pairs(config: DataConfig, layout: str) -> list[tuple[Path, Path | No
             raise MedAdaptError(
                 f"image folder {images} not found (data.layout={layout}); set data.images to the folder holding the images"
             )
-        if config.labels is not None:
+        # in the nnU-Net layout data.labels names imagesTr's labels; imagesTs and the others keep labelsX beside them
+        if config.labels is not None and (layout != "nnunet" or config.images is not None or name == "imagesTr"):
             labels: Path | None = root / config.labels
             if not labels.is_dir():
                 raise MedAdaptError(f"label folder {labels} (data.labels) not found; fix data.labels")
@@ -172,11 +173,13 @@ def _strip_channels(images: dict[str, Path], labels: dict[str, Path], folder: Pa
     return {case_id: g["0000"] for case_id, g in groups.items()}
 
 
-def _label_for(stem: str, labels: dict[str, Path], layout: str) -> Path | None:
+def _label_for(stem: str, labels: dict[str, Path], layout: str, images: dict[str, Path]) -> Path | None:
+    """The label file of image ``stem``: the same stem, or in the folder layout the stem with a mask suffix
+    (``x_seg``), unless that is the exact-stem label of another image (image ``x_seg``'s own mask)."""
     if stem in labels:
         return labels[stem]
     if layout == "folder":
-        return next((labels[stem + s] for s in MASK_SUFFIXES if stem + s in labels), None)
+        return next((labels[stem + s] for s in MASK_SUFFIXES if stem + s in labels and stem + s not in images), None)
     return None
 
 
@@ -235,7 +238,7 @@ def discover_cases(config: DataConfig) -> list[Case]:
                 raise MedAdaptError(
                     f"case id {case_id!r} appears twice: {cases[case_id].image_path} and {path}; rename one of them"
                 )
-            label = _label_for(case_id, labels, layout)
+            label = _label_for(case_id, labels, layout, images)
             if label is not None:
                 used.add(label)
             cases[case_id] = Case(case_id, patient_of(case_id, config, known), path, label, image_dir.name)

@@ -123,7 +123,9 @@ class CaseStream:
             if not items:  # every case of the chunk was skipped or empty
                 msg = (f"no slices left from {len(chunk)} cases (skipped {len(skipped)}, constant {constant}); "
                        "check the unlabelled cases")
-                if self.config.on_error == "stop":
+                # cases whose slices are all blank leave the stream, as the in-memory datasets drop blank slices;
+                # only a file that cannot be read stops a run under on_error: stop
+                if self.config.on_error == "stop" and skipped:
                     raise MedAdaptError(msg)
                 self.skipped += [(str(c.image_path), msg) for c in chunk]
                 self.cases = [c for c in self.cases if c not in chunk]

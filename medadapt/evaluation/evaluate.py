@@ -47,6 +47,7 @@ caller says it names. No ground truth enters the prediction.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -58,13 +59,14 @@ import numpy as np
 
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
-from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
+from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, resolve_classes, split_cases
 from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
 from ..inference.student_answers import student_prediction
 from ..io.imaging import is_volume_path as _is_volume  # the tests replace _is_volume
 from ..prompts.simulate import prompts_from_prediction
 from ..training.config import read_config
+from ..training.run_folder import recorded_root
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
 from .report import EvaluationReport
 
@@ -95,6 +97,8 @@ def _data_config(data: str | os.PathLike | None, run_dir: Path | None) -> DataCo
         if not isinstance(saved.get("data"), dict):
             raise MedAdaptError(f"{run_dir / 'config.yaml'} has no data: section; pass --data to say what to score")
         base = dict(saved["data"])
+        if "root" in base:  # a relative root, from wherever this runs
+            base["root"] = recorded_root(run_dir, saved)
     if data is not None:
         d = Path(data).expanduser()
         if d.suffix in (".yaml", ".yml") and d.is_file():
@@ -168,6 +172,12 @@ def _load_model(adapter: Path, info: dict, config: DataConfig, device: str | Non
             f"the data config names {len(config.classes)} classes {config.classes} but the adapter has "
             f"{len(names)} {names}; data.classes must list the adapter's classes in the same order"
         )
+    given = [n for n, _ in resolve_classes(config)]
+    norm = [" ".join(str(n).lower().replace("_", " ").replace("-", " ").split()) for n in (*given, *names)]
+    mine, theirs = norm[: len(given)], norm[len(given):]
+    if sorted(mine) == sorted(theirs) and mine != theirs:  # the same classes in another order: scores under wrong names
+        raise MedAdaptError(f"the data config lists the adapter's classes in another order ({given}; the adapter has "
+                            f"{names}): data.classes must list them in the adapter's order")
     return seg, names
 
 
@@ -309,7 +319,9 @@ def evaluate_run(
         raise MedAdaptError(f"--units {units!r}: choose auto (mm where the data has a voxel spacing), mm or px")
     adapter, run_dir = _run_paths(run)
     # another dataset's scores get a folder of their own, so they never replace the run's own
-    where = "" if data is None else re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).stem).strip("._") + "_"
+    # (named and told apart by where the data is: two folders named held/ do not share one)
+    where = "" if data is None else re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).stem).strip("._") + "-" + \
+        hashlib.sha256(str(Path(data).expanduser().resolve()).encode()).hexdigest()[:6] + "_"
     out = Path(out_dir) if out_dir else (run_dir or Path(adapter).parent) / f"eval_{where}{split}"
     if out.exists() and not out.is_dir():
         raise MedAdaptError(f"--out {out} is a file: give a folder for evaluation.json and evaluation.csv")
@@ -341,11 +353,24 @@ def evaluate_run(
                               nsd_tolerance=tolerance if with_nsd else None, cleanup=cleanup)
     from tqdm import tqdm
 
+    def plane(pred: np.ndarray, target: np.ndarray, spacing):
+        """A 2-D case (a stack of one slice) as the image it is: its surface is its contour, where a one-slice
+        volume would count every pixel as surface (the slices above and below it being empty)."""
+        if pred.ndim == 3 and pred.shape[0] == 1:
+            return pred[0], target[0], None if spacing is None else tuple(spacing)[1:]
+        return pred, target, spacing
+
     def hd95(pred: np.ndarray, target: np.ndarray, classes: list[int], spacing) -> dict[int, float]:
-        return hd95_per_class(pred, target, classes, spacing) if with_hd95 else {v: math.nan for v in classes}
+        if not with_hd95:
+            return {v: math.nan for v in classes}
+        p, t, sp = plane(pred, target, spacing)
+        return hd95_per_class(p, t, classes, sp)
 
     def nsd(pred: np.ndarray, target: np.ndarray, classes: list[int], spacing) -> dict[int, float] | None:
-        return surface_dice_per_class(pred, target, classes, tolerance, spacing) if with_nsd else None
+        if not with_nsd:
+            return None
+        p, t, sp = plane(pred, target, spacing)
+        return surface_dice_per_class(p, t, classes, tolerance, sp)
 
     for case in tqdm(cases, desc="evaluating", unit="case"):
         volume, label = load_volume_case(case, config)

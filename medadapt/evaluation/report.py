@@ -485,7 +485,11 @@ class EvaluationReport:
             raise MedAdaptError(f"cannot read evaluation report {p}: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("cases"), list):
             raise MedAdaptError(f"{p} is not a medadapt evaluation report (written by to_json).")
-        if doc.get("version", _VERSION) > _VERSION:
+        version, cleanup = doc.get("version", _VERSION), doc.get("cleanup") or []
+        if isinstance(version, bool) or not isinstance(version, int) or not isinstance(cleanup, list):
+            raise MedAdaptError(f"malformed evaluation report {p}: 'version' must be a whole number and 'cleanup' a "
+                                f"list; got {version!r} and {cleanup!r}")
+        if version > _VERSION:
             raise MedAdaptError(
                 f"{p} has report format version {doc['version']}; this medadapt reads up to {_VERSION}."
             )

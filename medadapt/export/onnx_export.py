@@ -34,7 +34,14 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..foundation import Backbone, build_backbone, list_backbones
 from ..foundation.checkpoint import fingerprint_state, sha256_file
-from ..inference.onnx_runtime import FORMAT, FORMAT_VERSION, GRAPH_NAMES, MANIFEST_NAME, ExportedBackbone
+from ..inference.onnx_runtime import (
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH_NAMES,
+    MANIFEST_NAME,
+    ExportedBackbone,
+    settings_digest,
+)
 from ..io.imaging import load_image
 from ..prompts.types import Prompts
 from .graphs import ClassDecoderGraph, EncoderGraph, PromptDecoderGraph
@@ -125,6 +132,7 @@ def export_onnx(
     try:
         graphs = _write_graphs(backbone, staging, opset, say)
         manifest = _manifest(backbone, provenance, graphs, staging, opset)
+        manifest["settings_sha256"] = settings_digest(manifest)
         if manifest["not_exported"]:
             say(f"not exported: {', '.join(manifest['not_exported'])}; the exported model answers without them "
                 "(docs/export.md)")

@@ -102,14 +102,14 @@ class SamProcessor:
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, ImageMeta]:
         """A validated HxW or HxWx3 array -> (1x3xSxS float tensor, geometry)."""
         arr = np.asarray(image, dtype=np.float32)
+        if arr.ndim == 2:  # three channels before the resize: a one-channel resize rounds differently (1e-7)
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
         original = (arr.shape[0], arr.shape[1])
         meta = ImageMeta(original_size=original, input_size=self.input_size(original))
-        # a grey image stays one channel until it is resized: three full-size copies would cost 3x its memory
-        x = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 2 else arr.transpose(2, 0, 1)))
-        x = x[None, None] if arr.ndim == 2 else x[None]
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
         if self.normalization == "imagenet" and not _is_8bit(arr):
             x = _minmax(x) * 255.0
-        x = self._resize(x, meta.input_size).expand(1, 3, *meta.input_size)
+        x = self._resize(x, meta.input_size)
         if self.normalization == "minmax":
             x = _minmax(x)
         else:

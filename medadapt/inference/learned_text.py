@@ -10,6 +10,7 @@ classes the adapter learned; a new structure needs zero-shot text
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone
+from ..prompts.text.config import as_texts
 from ..prompts.text.learned import load_sentence_encoder
 
 
@@ -45,10 +47,15 @@ def match_text_to_classes(model: Backbone, texts: Sequence[str]) -> TextClassMat
             f"text encoder {encoder.name} gives {encoder.dim}-d embeddings; this adapter's text head was trained "
             f"on {head.proj.shape[0]}-d ones (encoder {cfg.text.encoder!r})"
         )
-    emb = encoder.embed(list(texts)).to(head.keys.device)
+    texts = as_texts(texts)
+    emb = encoder.embed(texts).to(head.keys.device)
+    # the refusal measures the structure's name, not a template's words around it ("segment the aorta" is near
+    # "segment the myocardium" by "segment the" alone)
+    cores = [_named(t, cfg.text.templates) for t in texts]
+    core_emb = emb if cores == texts else encoder.embed(cores).to(head.keys.device)
     with torch.no_grad():
         weights = head(emb).softmax(dim=-1).float().cpu().numpy()
-        sim = (emb @ F.normalize(head.phrases.float(), dim=-1).T).max(dim=1).values.cpu().numpy()
+        sim = (core_emb @ F.normalize(head.phrases.float(), dim=-1).T).max(dim=1).values.cpu().numpy()
     names = cfg.automatic.class_names
     best = [names[i] for i in weights.argmax(1)]
     far = [(t, float(s), b) for t, s, b in zip(texts, sim, best) if s < cfg.text.min_similarity]
@@ -60,6 +67,20 @@ def match_text_to_classes(model: Backbone, texts: Sequence[str]) -> TextClassMat
             "model (set_text_model) for zero-shot text"
         )
     return TextClassMatch(weights=weights, similarity=sim, classes=best)
+
+
+def _named(text: str, templates: Sequence[str]) -> str:
+    """What ``text`` names, without a template around it ("segment the aorta" -> "aorta"); the text itself when
+    no template fits it."""
+    plain = " ".join(text.split())
+    for tpl in templates:
+        if tpl.strip() == "{}":
+            continue
+        pattern = re.escape(" ".join(tpl.split())).replace(re.escape("{}"), "(.+)")
+        found = re.fullmatch(pattern, plain.rstrip(".!?"), flags=re.IGNORECASE)
+        if found and found.group(1).strip():
+            return found.group(1).strip()
+    return text
 
 
 __all__ = ["TextClassMatch", "match_text_to_classes"]

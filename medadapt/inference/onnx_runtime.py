@@ -22,6 +22,7 @@ the same :class:`~medadapt.foundation.SamProcessor`, rebuilt from the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -70,7 +71,7 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, A
         raise MedAdaptError(f"{path} does not describe a medadapt ONNX export (format "
                             f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise MedAdaptError(f"{path} has format version {version!r}; this medadapt reads version {FORMAT_VERSION} "
                             "(upgrade medadapt or export the model again)")
     missing = [k for k in ("backbone", "processor", "graphs", "embedding", "sha256") if not isinstance(manifest.get(k), dict)]
@@ -96,7 +97,22 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, A
                         "copy the whole folder or ")
     if ("classes" in graphs) != bool(manifest.get("classes")):
         raise MedAdaptError(f"{path}: a classes graph needs class names and label values, and they need the graph")
+    recorded = manifest.get("settings_sha256")  # exports written before it was recorded have none
+    if verify and recorded is not None and recorded != settings_digest(manifest):
+        raise MedAdaptError(f"{path}: its model settings ({', '.join(SETTINGS)}) were edited after the export, so "
+                            "the graphs would be read with other settings than they were written for: export the "
+                            "model again")
     return manifest
+
+
+# the manifest's sections that say how the graphs are read: a checksum over them refuses an edited manifest
+SETTINGS = ("backbone", "processor", "embedding", "classes", "graphs", "data_files")
+
+
+def settings_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's :data:`SETTINGS` sections, as canonical JSON."""
+    text = json.dumps({k: manifest.get(k) for k in SETTINGS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _check_file(file: Path, sha256: str | None, verify: bool, what: str = "", fix: str = "") -> None:
@@ -277,7 +293,11 @@ class ExportedBackbone(nn.Module):
 def load_exported(folder: str | os.PathLike, runtime: str = "onnxruntime", *, checkpoint=None, adapter=None,
                   precision: str = "auto", device=None, threads: int | None = None) -> ExportedBackbone:
     """What ``Segmenter.from_pretrained(DIR, runtime=...)`` builds: the export's backbone, arguments checked."""
-    if device is not None and pick_device(device).type != "cpu":
+    try:  # the kind asked for, whether or not this machine has it
+        kind = None if device is None else torch.device(device).type
+    except RuntimeError:
+        kind = pick_device(device).type  # says the name is unknown
+    if kind not in (None, "cpu"):
         raise MedAdaptError(f"runtime={runtime!r} runs on the CPU; for device={str(device)!r} use runtime='torch'")
     if checkpoint is not None or adapter is not None:
         raise MedAdaptError("an export folder already holds its weights and adapter: drop checkpoint= and adapter= "

@@ -8,6 +8,7 @@ schedule, another batch split or device may continue it (:data:`RESUMABLE_TRAIN`
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,28 @@ def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
     return run
 
 
+def recorded_root(run: Path, saved: dict[str, Any]) -> str | None:
+    """The run's ``data.root`` as the run saw it: a relative root is relative to the folder the run was started
+    in, which the run folder's place tells (``output/name`` below it), so that ``evaluate RUN`` and ``distill
+    RUN`` find the data from any folder. The root as recorded where it exists from here, or cannot be placed."""
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    root = data.get("root")
+    if not isinstance(root, str) or not isinstance(saved.get("output"), str):
+        return root
+    try:
+        text = expand_path(root, "data.root")
+        rel = Path(os.path.normpath(Path(expand_path(saved["output"], "output")) / (saved.get("name") or "")))
+    except MedAdaptError:
+        return root
+    if Path(text).is_absolute() or Path(text).exists() or rel.is_absolute() or ".." in rel.parts:
+        return root
+    here = run.resolve().parts
+    if len(here) <= len(rel.parts) or here[-len(rel.parts):] != rel.parts:
+        return root  # the run folder was moved: nothing tells where it started
+    started = Path(*here[: -len(rel.parts)])
+    return str(started / text) if (started / text).exists() else root
+
+
 def logged_seconds(path: Path) -> float:
     """The ``seconds`` of the last row of a run's ``log.csv`` (0 when it has none)."""
     with open(path, newline="") as fh:
@@ -121,4 +144,5 @@ def truncate_log(path: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-__all__ = ["RESUMABLE_TRAIN", "RUN_FILES", "check_run_dir", "config_changes", "logged_seconds", "run_folder", "truncate_log"]
+__all__ = ["RESUMABLE_TRAIN", "RUN_FILES", "check_run_dir", "config_changes", "logged_seconds", "recorded_root",
+           "run_folder", "truncate_log"]

@@ -32,6 +32,12 @@ _WEIGHT_FILES = (  # open_clip's own preference order inside a model folder
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
+def _synonyms(cfg: TextPromptConfig, text: str) -> list[str]:
+    """The synonyms given for ``text``, looked up as a text encoder reads it (case and spaces aside)."""
+    key = " ".join(text.split()).casefold()
+    return [a for name, more in cfg.synonyms.items() if " ".join(name.split()).casefold() == key for a in more]
+
+
 @dataclass
 class ClipTextModel:
     """An open_clip model with what it needs to read medadapt images and texts.
@@ -96,7 +102,7 @@ class ClipTextModel:
         cfg = config or self.config
         rows = []
         for text in texts:
-            phrases = [text, *cfg.synonyms.get(text, [])]
+            phrases = [text, *_synonyms(cfg, text)]
             sentences = [tpl.format(p) for p in phrases for tpl in cfg.templates]
             tokens = self.tokenizer(sentences)
             emb = F.normalize(self.model.encode_text(tokens.to(self.device)).float(), dim=-1)

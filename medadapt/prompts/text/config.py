@@ -127,8 +127,9 @@ def as_texts(text: str | Sequence[str]) -> list[str]:
     names = [text] if isinstance(text, str) else list(text) if text is not None else []
     if not names or any(not isinstance(t, str) or not t.strip() for t in names):
         raise MedAdaptError(f"text must be a non-empty string or a list of them, e.g. 'liver'; got {text!r}")
-    if len(set(names)) != len(names):
-        raise MedAdaptError(f"texts must be distinct; got {names}")
+    # text encoders read case and surrounding spaces alike: "Liver" and "liver" are one text
+    if len({" ".join(t.split()).casefold() for t in names}) != len(names):
+        raise MedAdaptError(f"texts must be distinct (case and spaces aside); got {names}")
     return names
 
 
