@@ -290,7 +290,7 @@ def test_bf16_autocast_trains_float32_weights_to_another_result(tmp_path):
     assert any(not torch.equal(a, b) for a, b in pairs)  # the forward passes did run in bf16
     from medadapt.core.config import load_yaml
 
-    raw = load_yaml("data: {root: x, classes: [1]}\ndistill: {amp: off}")  # a bare off stays text
+    raw = load_yaml("data: {root: x, classes: [1], unlabeled: [a]}\ndistill: {amp: off}")  # a bare off stays text
     assert config_from_dict(raw).distill.amp == "off"
     with pytest.raises(MedAdaptError, match=r"distill\.amp"):
         DistillConfig(amp="fp16")
