@@ -456,3 +456,12 @@ def test_a_mask_pairs_with_one_image_and_data_labels_names_imagesTr_labels_only(
     # data.labels spelt out as the default: imagesVal still pairs with labelsVal beside it
     cases = discover_cases(cfg(nnunet, labels="labelsTr"))
     assert {c.case_id: c.label_path.parent.name for c in cases}["pat3_frame01"] == "labelsVal"
+
+
+def test_a_sub_folder_of_pngs_is_not_taken_for_a_dicom_series(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    root = build_folder(tmp_path / "folder")
+    (root / "images" / "train").mkdir()
+    shutil.copy(root / "images" / "011_HC.png", root / "images" / "train" / "a.png")
+    with pytest.raises(MedAdaptError, match="read as one DICOM series"):
+        discover_cases(cfg(root, classes=[1], layout="folder"))

@@ -175,3 +175,11 @@ def test_image_path_is_accepted(tmp_path, tiny_sam):
 def test_prompt_free_prediction_needs_a_trained_adapter(tiny_sam):
     with pytest.raises(MedAdaptError, match="prompt-free prediction needs an adapter"):
         tiny_sam.predict_volume(np.random.default_rng(0).random((4, 32, 32)).astype(np.float32))
+
+
+def test_answers_go_to_full_size_in_chunks_that_fit_in_memory():
+    from medadapt.inference.predictor import prompts_per_chunk
+
+    assert prompts_per_chunk((256, 256), 3) == 32  # small images: 32 prompts at a time
+    assert prompts_per_chunk((8000, 8000), 3) == 1  # 768 MB of logits a prompt: one at a time
+    assert prompts_per_chunk((2048, 2048), 1) == 16  # 16 MB a prompt within 256 MB

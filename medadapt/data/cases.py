@@ -126,6 +126,7 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, series: bool) -> dict[st
             if not series:
                 ignored.append(p.name + "/")
                 continue
+            _check_series_folder(p)
             stem = p.name
         elif path_suffix(p) in extensions:
             stem = p.name[: len(p.name) - len(path_suffix(p))]
@@ -144,6 +145,18 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, series: bool) -> dict[st
             stacklevel=4,
         )
     return found
+
+
+def _check_series_folder(folder: Path) -> None:
+    """A sub-folder of an image folder is read as one DICOM series; one that holds only other image files
+    (PNG, JPEG, ...) is refused now, not when its first slice fails to read as DICOM."""
+    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+    flat = [f for f in files if path_suffix(f) in IMAGE_EXTENSIONS and path_suffix(f) not in (".dcm", ".dicom")]
+    if flat and len(flat) == len(files):
+        raise MedAdaptError(
+            f"{folder} holds {flat[0].suffix} images, but a sub-folder of the image folder is read as one DICOM "
+            f"series: put the images in {folder.parent} itself, or set data.images (and data.labels) to the "
+            "sub-folder")
 
 
 def _strip_channels(images: dict[str, Path], labels: dict[str, Path], folder: Path) -> dict[str, Path]:

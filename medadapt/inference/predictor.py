@@ -527,8 +527,9 @@ class Segmenter(VolumeMethods):
 
         def masks(logits: torch.Tensor) -> np.ndarray:
             # to full size a few prompts at a time: full-size float logits of every prompt at once would not fit
-            return np.concatenate([(proc.postprocess_logits(logits[i : i + 32], meta) > 0).cpu().numpy()
-                                   for i in range(0, logits.shape[0], 32)])
+            step = prompts_per_chunk(meta.original_size, logits[0].numel() // logits.shape[-1] // logits.shape[-2])
+            return np.concatenate([(proc.postprocess_logits(logits[i : i + step], meta) > 0).cpu().numpy()
+                                   for i in range(0, logits.shape[0], step)])
 
         pred = Prediction(masks=masks(low_best), scores=iou[rows, best].cpu().numpy(), logits=low_best.cpu().numpy())
         if multimask:
@@ -538,4 +539,11 @@ class Segmenter(VolumeMethods):
         return pred
 
 
-__all__ = ["Segmenter", "Prediction"]
+def prompts_per_chunk(size: tuple[int, int], candidates: int = 1, budget: int = 256 << 20) -> int:
+    """How many prompts' answers go to full size at once: at most 32, and no more than ``budget`` bytes of
+    full-size float32 logits (``candidates`` masks per prompt), so an 8000 x 8000 image takes one at a time."""
+    per_prompt = 4 * size[0] * size[1] * max(1, candidates)
+    return max(1, min(32, budget // per_prompt))
+
+
+__all__ = ["Segmenter", "Prediction", "prompts_per_chunk"]
