@@ -235,7 +235,7 @@ def check_templates(templates: str | Sequence[str], where: str) -> tuple[str, ..
             fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
         except ValueError:
             return False
-        return fields == [""] and t.format("x") != t
+        return fields == [""]
 
     if not out or not all(one_slot(t) for t in out):
         raise MedAdaptError(

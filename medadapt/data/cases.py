@@ -150,11 +150,16 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, series: bool) -> dict[st
 def _check_series_folder(folder: Path) -> None:
     """A sub-folder of an image folder is read as one DICOM series; one that holds only other image files
     (PNG, JPEG, ...) is refused now, not when its first slice fails to read as DICOM."""
-    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
-    flat = [f for f in files if path_suffix(f) in IMAGE_EXTENSIONS and path_suffix(f) not in (".dcm", ".dicom")]
-    if flat and len(flat) == len(files):
+    first = None
+    for f in folder.iterdir():  # stops at the first file that could be DICOM: a series is not listed whole
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        if path_suffix(f) not in IMAGE_EXTENSIONS or path_suffix(f) in (".dcm", ".dicom"):
+            return
+        first = first or f
+    if first is not None:
         raise MedAdaptError(
-            f"{folder} holds {flat[0].suffix} images, but a sub-folder of the image folder is read as one DICOM "
+            f"{folder} holds {first.suffix} images, but a sub-folder of the image folder is read as one DICOM "
             f"series: put the images in {folder.parent} itself, or set data.images (and data.labels) to the "
             "sub-folder")
 

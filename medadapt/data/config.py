@@ -355,7 +355,9 @@ def _is_int_text(text: Any) -> bool:
     return isinstance(text, str) and text.strip().lstrip("-").isdigit()
 
 
-def _norm(name: str) -> str:
+def class_key(name: str) -> str:
+    """A class name as names are compared: case, ``_``, ``-`` and spacing aside (``Left_Ventricle`` is
+    ``left ventricle``)."""
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
@@ -372,7 +374,7 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
     """
     table = label_table(config)
     by_value = {v: n for n, v in table.items() if isinstance(v, int)}
-    by_norm = {_norm(n): n for n in table}
+    by_norm = {class_key(n): n for n in table}
     objects = [n for n, v in table.items() if v != 0]
     out: list[tuple[str, int]] = []
     if isinstance(config.classes, dict):
@@ -386,22 +388,22 @@ def resolve_classes(config: DataConfig) -> list[tuple[str, int]]:
     for position, entry in enumerate(config.classes, start=1):
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
             raise MedAdaptError(f"data.classes entries must be class names or integer label values, got {short_repr(entry)}")
-        if isinstance(entry, int) or (_is_int_text(entry) and _norm(entry) not in by_norm):
+        if isinstance(entry, int) or (_is_int_text(entry) and class_key(entry) not in by_norm):
             value = int(entry)
             if by_value and value not in by_value and value > 0:
                 raise MedAdaptError(
                     f"data.classes entry {short_repr(entry)}: label value {value} is not in dataset.json labels {by_value}"
                 )
             name = by_value.get(value, FOREGROUND if value == 1 and not table else str(value))
-        elif _norm(entry) in by_norm:
-            name = by_norm[_norm(entry)]
+        elif class_key(entry) in by_norm:
+            name = by_norm[class_key(entry)]
             value = table[name]  # type: ignore[assignment]
             if isinstance(value, list):
                 raise MedAdaptError(
                     f"class {short_repr(entry)} is a region of label values {value} in dataset.json; medadapt trains one "
                     f"class per label value: list the values in data.classes instead, e.g. {value}"
                 )
-        elif _norm(entry) == FOREGROUND and len(objects) <= 1:
+        elif class_key(entry) == FOREGROUND and len(objects) <= 1:
             name, value = (objects[0], table[objects[0]]) if objects else (FOREGROUND, 1)  # type: ignore[assignment]
             if isinstance(value, list):
                 raise MedAdaptError(f"'foreground' is the region {short_repr(name)} (values {value}); list the values instead")
@@ -427,5 +429,5 @@ def _add_class(out: list[tuple[str, int]], name: str, value: int, entry: Any) ->
 
 __all__ = [
     "DataConfig", "FOREGROUND", "LAYOUTS", "ON_ERROR", "SELECTION_KEYS", "SLICE_FILTERS", "SPLITS",
-    "label_table", "natural_key", "read_dataset_json", "resolve_classes",
+    "class_key", "label_table", "natural_key", "read_dataset_json", "resolve_classes",
 ]

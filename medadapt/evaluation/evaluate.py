@@ -60,6 +60,7 @@ import numpy as np
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
 from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, resolve_classes, split_cases
+from ..data.config import class_key
 from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
 from ..inference.student_answers import student_prediction
@@ -173,8 +174,7 @@ def _load_model(adapter: Path, info: dict, config: DataConfig, device: str | Non
             f"{len(names)} {names}; data.classes must list the adapter's classes in the same order"
         )
     given = [n for n, _ in resolve_classes(config)]
-    norm = [" ".join(str(n).lower().replace("_", " ").replace("-", " ").split()) for n in (*given, *names)]
-    mine, theirs = norm[: len(given)], norm[len(given):]
+    mine, theirs = [class_key(str(n)) for n in given], [class_key(str(n)) for n in names]
     if sorted(mine) == sorted(theirs) and mine != theirs:  # the same classes in another order: scores under wrong names
         raise MedAdaptError(f"the data config lists the adapter's classes in another order ({given}; the adapter has "
                             f"{names}): data.classes must list them in the adapter's order")

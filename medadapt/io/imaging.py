@@ -501,10 +501,12 @@ def validate_image(array: Any, name: str = "image") -> np.ndarray:
     complex or non-numeric data, NaN/inf, empty arrays and constant images
     (usually a wrong slice or window).
     """
-    if hasattr(array, "detach") and hasattr(array, "dtype") and "bfloat16" in str(array.dtype):
-        array = array.detach().float()  # a torch bfloat16 tensor, which numpy cannot hold
+    if hasattr(array, "detach"):  # a torch tensor: on the host, bfloat16 (which numpy cannot hold) as float32
+        array = array.detach().cpu()
+        if "bfloat16" in str(array.dtype):
+            array = array.float()
     try:
-        arr = np.asarray(array.detach().cpu() if hasattr(array, "detach") else array)
+        arr = np.asarray(array)
     except (TypeError, ValueError, RuntimeError) as exc:  # a ragged list, an object numpy cannot read
         raise MedAdaptError(f"{name} is not an array of numbers ({' '.join(str(exc).split())[:120]}); pass a "
                             "2-D (H x W) or H x W x 3 array") from None

@@ -25,6 +25,7 @@ from ..adapters import (
     AdapterConfig,
     AutomaticConfig,
     apply,
+    read_adapter_info,
     set_train_mode,
     trainable_state,
 )
@@ -374,7 +375,7 @@ class Trainer:
         """Weights, optimiser, schedule, history, generators and extension states from :meth:`read_state`'s
         checkpoint (with one rank or several: nothing in it is per rank)."""
         path = self.run_dir / "checkpoints" / "last.pt"
-        base = state.get("base", self._recorded_base())
+        base = state["base"] if "base" in state else self._recorded_base()
         if base is not None and base != self.model.info.fingerprint:
             raise MedAdaptError(
                 f"{path} was trained on other {self.cfg.backbone} base weights (fingerprint {base}) than "
@@ -406,8 +407,8 @@ class Trainer:
     def _recorded_base(self) -> str | None:
         """The base fingerprint in the run's adapter.json, for checkpoints written before they held their own."""
         try:
-            return json.loads((self.run_dir / "adapter" / "adapter.json").read_text()).get("base_fingerprint")
-        except (OSError, ValueError, AttributeError):
+            return read_adapter_info(self.run_dir / "adapter").get("base_fingerprint")
+        except (MedAdaptError, OSError):  # no adapter yet, or an unreadable one: nothing recorded to compare
             return None
 
     def check_ranks(self) -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ...core.device import pick_device
 from ...core.errors import MedAdaptError
 from ...io.imaging import validate_image
-from .config import BIOMEDCLIP, BIOMEDCLIP_TEXT, TextPromptConfig
+from .config import BIOMEDCLIP, BIOMEDCLIP_TEXT, TextPromptConfig, text_key
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's default normalisation
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,8 +34,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 def _synonyms(cfg: TextPromptConfig, text: str) -> list[str]:
     """The synonyms given for ``text``, looked up as a text encoder reads it (case and spaces aside)."""
-    key = " ".join(text.split()).casefold()
-    return [a for name, more in cfg.synonyms.items() if " ".join(name.split()).casefold() == key for a in more]
+    return [a for name, more in cfg.synonyms.items() if text_key(name) == text_key(text) for a in more]
 
 
 @dataclass

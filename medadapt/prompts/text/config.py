@@ -122,13 +122,17 @@ def _methods(saliency: str | Sequence[str]) -> tuple[str, ...]:
     return methods
 
 
+def text_key(text: str) -> str:
+    """A text as a text encoder reads it: case and spacing aside ("Liver " is "liver")."""
+    return " ".join(text.split()).casefold()
+
+
 def as_texts(text: str | Sequence[str]) -> list[str]:
     """One text or a list of them as a list of distinct, non-empty strings (else a clear error)."""
     names = [text] if isinstance(text, str) else list(text) if text is not None else []
     if not names or any(not isinstance(t, str) or not t.strip() for t in names):
         raise MedAdaptError(f"text must be a non-empty string or a list of them, e.g. 'liver'; got {text!r}")
-    # text encoders read case and surrounding spaces alike: "Liver" and "liver" are one text
-    if len({" ".join(t.split()).casefold() for t in names}) != len(names):
+    if len({text_key(t) for t in names}) != len(names):  # "Liver" and "liver" are one text to an encoder
         raise MedAdaptError(f"texts must be distinct (case and spaces aside); got {names}")
     return names
 
