@@ -24,7 +24,7 @@ from .core.config import build_dataclass
 from .core.errors import MedAdaptError
 from .data import DataConfig
 from .ssl import DistillConfig, SemiSupervised, SSLConfig, distill_run
-from .training import ExtensionFactory, Trainer, TrainingConfig, build_config, read_config, train
+from .training import ExtensionFactory, Trainer, TrainingConfig, build_config, distributed, read_config, train
 from .training.run_folder import recorded_root
 
 
@@ -91,8 +91,16 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str
     """Fine-tune as ``config`` says (semi-supervised when it has an ``ssl:`` section, then distilled
     into a student when it has a ``distill:`` section); returns the run folder."""
     run = train(config, extensions=extensions_for(config), resume=resume, log=log)
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-        return run  # torchrun: the distillation (one process) runs on rank 0 once the ranks are done
+    if config.distill is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # torchrun: the distillation is one process, on rank 0. Every rank has finished training; they leave
+        # the process group together now, so that no rank waits (and times out) for hours at a final barrier
+        # while rank 0 distils.
+        rank = dist.get_rank()
+        distributed.stop(wait=True)
+        if rank != 0:
+            return run
+    elif dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return run
     if config.distill is not None:
         distill(run, config=config, resume=resume or (Path(run) / "distill" / "settings.json").is_file(), log=log)
     return run

@@ -145,6 +145,18 @@ def test_distill_refuses_to_overwrite_or_resume_with_other_settings(distilled):
         distill(distilled / "student", **QUIET)
 
 
+def test_distill_unlabeled_takes_all_its_cases_whatever_the_loops_limit(distilled, tmp_path):
+    """``data.limit_unlabeled`` sizes the semi-supervised loop; the cases ``distill.unlabeled`` names are all
+    pseudo-labelled."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(distilled / "adapter", run / "adapter")
+    (run / "config.yaml").write_text(
+        (distilled / "config.yaml").read_text().replace("data:\n", "data:\n  limit_unlabeled: 1\n", 1))
+    _tiny_distill(run, "distill.iterations=2", "distill.val_every=2", "distill.unlabeled=['006','007','008','009']")
+    assert sorted(p.stem for p in (run / "distill" / "pseudo").glob("*.npz")) == ["006", "007", "008", "009"]
+
+
 def test_refusals_that_keep_a_student_true_to_its_adapter(distilled, tmp_path):
     run = shutil.copytree(distilled, tmp_path / "run")
     shutil.rmtree(run / "checkpoints")  # no checkpoint: a new fine-tuning there is not a resume
@@ -205,6 +217,12 @@ def test_predict_volume_with_the_student_matches_its_slices(distilled):
     for m, v in zip(seg.predict().masks, [1, 2]):
         lab[m] = v
     assert np.array_equal(out[:, :, 0], display_orientation(lab))
+    # One class asked for: the same pixels in 2-D and in a volume (a class left out does not hand its pixels
+    # to the one asked for), with or without self-prompting.
+    one = seg.predict(classes=["disc"]).masks[0]
+    for refine in (False, True):
+        sub = seg.predict_volume(vol, axis=2, classes=["disc"], refine=refine)[:, :, 0]
+        assert np.array_equal(sub, display_orientation(one).astype(sub.dtype))
 
 
 def test_a_25d_students_refined_answers_read_each_slice_with_its_neighbours(distilled, monkeypatch):

@@ -210,6 +210,37 @@ def test_a_killed_two_rank_run_resumes_to_the_same_end_on_two_ranks_or_continues
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 5
 
 
+SLOW_DISTILLATION = """
+import sys, time
+import medadapt.recipes as recipes
+import medadapt.training.distributed as distributed
+distributed.start.__defaults__ = (0.2,)  # the ranks' timeout: 12 s instead of an hour
+real = recipes.distill_run
+def slow(*args, **kwargs):  # a distillation that outlasts the timeout, as a real one outlasts the hour
+    time.sleep(20)
+    return real(*args, **kwargs)
+recipes.distill_run = slow
+from medadapt.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_distillation_longer_than_the_ranks_timeout_finishes_on_rank_0(data, tmp_path):
+    """Fine-tuning on 2 ranks with a ``distill:`` section: the student is one process on rank 0. The other
+    ranks must not wait for it at a barrier, where they would time out and torchrun would stop rank 0."""
+    raw = _raw(data, tmp_path, "distilled", 2, epochs=1)
+    raw["distill"] = {"student": {"channels": [4, 8, 16], "size": 64, "res_units": 1}, "iterations": 4,
+                      "val_every": 2, "batch_size": 2, "unlabeled_batch_size": 2, "tta": False}
+    (tmp_path / "run.py").write_text(SLOW_DISTILLATION)
+    (tmp_path / "distilled.yaml").write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(tmp_path / "run.py"), "finetune", str(tmp_path / "distilled.yaml")]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "distilled" / "student" / "student.json").is_file()
+
+
 def test_an_error_on_every_rank_is_printed_once(data, tmp_path):
     """Data that fails its checks fails on both ranks before anything is written; rank 0 prints it, once."""
     raw = _raw(data, tmp_path, "bad", 2)

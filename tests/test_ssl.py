@@ -407,6 +407,36 @@ def _one_step_trainer(tmp_path, ssl: dict, encoder_runs: bool):
     return tr, unlabeled, raw
 
 
+def test_an_unlabelled_batch_larger_than_the_unlabelled_slices_repeats_them(tmp_path):
+    """One unlabelled slice and ``unlabeled_batch_size: 4``: every step still has 4 unlabelled rows."""
+    from medadapt.recipes import build_trainer
+
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {"unlabeled_batch_size": 4})
+    tr = build_trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    ext = tr.extensions[0]
+    assert len(ext.samples) == 1
+    assert [len(ext.next_batch()) for _ in range(3)] == [4, 4, 4]
+
+
+def test_the_student_as_its_own_teacher_leaves_the_frozen_encoders_batchnorm_statistics_alone(tmp_path):
+    """With ``ssl.teacher: student`` the teacher's labels come from the training model itself: putting it back
+    in train mode afterwards must keep BatchNorm and the frozen encoder in eval, or the TinyViT statistics
+    drift and the adapter a run saves (parameters, not buffers) is not the model it validated."""
+    from medadapt.recipes import build_trainer
+
+    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1, "augment": False},
+                    {"teacher": "student", "threshold": 0.3, "refine": "none"})
+    raw["backbone"], raw["adapter"] = "tiny_litemedsam", {"lora": {"rank": 2}}
+    tr = build_trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    assert tr.cache is None  # the encoder runs in every step
+    norms = [m for m in tr.model.image_encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms, "the tiny TinyViT should hold BatchNorm layers"
+    before = [m.running_mean.clone() for m in norms]
+    tr.train_epoch()
+    assert not any(m.training for m in norms)
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+
+
 @pytest.mark.parametrize("encoder_runs", [False, True], ids=["cached-embeddings", "encoder-runs"])
 def test_the_semi_supervised_step_never_reads_a_value_on_the_host(tmp_path, encoder_runs):
     """No host synchronisation inside the step: the loss, its backward and the teacher update, on both paths

@@ -80,12 +80,14 @@ def refine_student(seg, pred: Prediction, probs: np.ndarray, idx: Sequence[int],
 
 def student_volume(seg, volume: np.ndarray, axis: int, idx: Sequence[int], dtype) -> np.ndarray:
     """A label map of ``volume`` from the student alone: each plane with its neighbours, a few at a time.
-    Only the classes ``idx`` compete with the background; constant planes (padding) stay background."""
+    Each pixel goes to the student's most probable class, as in 2-D, and is kept where that is one of ``idx``
+    (a class left out takes its pixels to the background, not to a neighbour); constant planes (padding)
+    stay background."""
     student: Student = seg.student
     planes = [volume_slice(volume, k, axis) for k in range(volume.shape[axis])]
     todo = [k for k, p in enumerate(planes) if np.isfinite(p).all() and p.max() != p.min()]
-    rows = [0] + [i + 1 for i in idx]
-    values = np.array([0] + [student.label_values[i] for i in idx], dtype=dtype)
+    values = np.zeros(len(student.class_names) + 1, dtype=dtype)  # the value each winning row writes
+    values[[i + 1 for i in idx]] = [student.label_values[i] for i in idx]
     out = np.zeros(volume.shape, dtype=dtype)
     for s in range(0, len(todo), student.batch_size):
         ks = todo[s : s + student.batch_size]
@@ -93,7 +95,7 @@ def student_volume(seg, volume: np.ndarray, axis: int, idx: Sequence[int], dtype
         for k, probs in zip(ks, student.probabilities(stacks)):
             index = [slice(None)] * 3
             index[axis] = k
-            out[tuple(index)] = display_orientation(values[probs[rows].argmax(0)])
+            out[tuple(index)] = display_orientation(values[probs.argmax(0)])
     return out
 
 

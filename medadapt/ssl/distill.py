@@ -99,7 +99,9 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         raise MedAdaptError(f"{work} holds a distillation already: add --resume to continue it, or delete {work}")
     if resume and saved.is_file():
         _check_resumable(json.loads(saved.read_text()), settings, config, saved)
-    unl_data = data if config.unlabeled is None else DataConfig.from_dict({**asdict(data), "unlabeled": config.unlabeled})
+    # distill.unlabeled names its own cases: the run's limit_unlabeled sized the semi-supervised loop, not them
+    unl_data = data if config.unlabeled is None else DataConfig.from_dict(
+        {**asdict(data), "unlabeled": config.unlabeled, "limit_unlabeled": None})
     try:
         splits = split_cases(unl_data, discover_cases(unl_data))
     except MedAdaptError as exc:

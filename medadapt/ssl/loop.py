@@ -98,7 +98,7 @@ class SemiSupervised:
         n = self.cfg.unlabeled_batch_size * self.ctx.world.size
         if hasattr(self.samples, "take"):  # streamed: the stream shuffles and reads cases as needed
             return self.samples.take(n)
-        if len(self.order) < n:
+        while len(self.order) < n:  # fewer slices than a batch: the batch repeats them, it is never short
             self.order += self.ctx.rng.permutation(len(self.samples)).tolist()
         idx, self.order = self.order[:n], self.order[n:]
         return [self.samples[i] for i in idx]
@@ -114,8 +114,8 @@ class SemiSupervised:
         """Teacher's labels on the weak view and the mask of pixels that count (``reduce``: see
         :func:`~medadapt.ssl.pseudo.confident_labels`)."""
         model = model or self.teacher_model()
-        was_training = model.training
-        model.eval()
+        modes = [m.training for m in model.modules()]  # per module: the trainer keeps BatchNorm and a frozen
+        model.eval()                                    # encoder in eval while the rest trains
         ids = torch.arange(self.num_classes, device=embeddings.device)
         logits = model.decode_classes(embeddings, ids).float()
         labels, passed = confident_labels(logits, self.cfg.threshold, self.cfg.adaptive_threshold, reduce)
@@ -126,7 +126,8 @@ class SemiSupervised:
                                                  margin=self.cfg.refine_margin,
                                                  largest=self.cfg.refine_box == "largest",
                                                  iterations=self.cfg.refine_iterations)
-        model.train(was_training)
+        for module, training in zip(model.modules(), modes):
+            module.training = training
         return labels, passed
 
     # ------------------------------------------------------------------ the loss
