@@ -11,7 +11,7 @@ import pytest
 from medadapt import MedAdaptError
 from medadapt.inference.embedding_cache import EmbeddingCache
 from medadapt.inference.propagation import PropagationConfig
-from medadapt.io.imaging import load_mask, load_volume, volume_slice
+from medadapt.io.imaging import display_orientation, load_mask, load_volume, volume_slice
 
 
 def two_blobs(depth: int = 12, h: int = 64, w: int = 80, seed: int = 0):
@@ -53,8 +53,8 @@ def test_one_box_gives_the_whole_structure_and_only_it(blobs_session):
 
 def test_overlap_keeps_the_chosen_candidate_and_its_own_logits(blobs_session):
     seg, vol, a, b = blobs_session
-    seg.show_plane(seg.volume, 5)
-    pred = seg.predict(boxes=[tight_box(a[5])], multimask=True)
+    seg.show_plane(seg.volume, 5)  # 2-D calls on a shown plane take the display frame
+    pred = seg.predict(boxes=[tight_box(display_orientation(a[5]))], multimask=True)
     m = seg.backbone.processor.mask_size
     assert pred.all_logits.shape == (1, 3, m, m)
     best = int(np.argmax(pred.all_scores[0]))
@@ -92,6 +92,22 @@ def test_a_correction_walks_again_from_its_slice_only(blobs_session):
     assert np.array_equal(after[:4], first[:4])  # below the walk from slice 8: untouched
     assert obj.answer(4) is not None and kept[4] is not None
     assert dice(after, a) > 0.85
+
+
+def test_clicks_on_a_slice_the_walk_reached_keep_a_box_around_its_answer(blobs_session):
+    """A click that changes little (background far from the object, or the object's centre) changes little:
+    the slice keeps a box around the walk's answer, as a box stays under clicks in 2-D. Given with the first
+    prompts on a slice without a box, the same click is applied after the walks, not as a slice they stop at."""
+    seg, vol, a, b = blobs_session
+    first = seg.predict_volume(boxes={5: tight_box(a[5])})
+    assert dice(first, a) > 0.9
+    after = seg.correct_volume(7, points=[[5, 5]], point_labels=[0])  # background, in a corner
+    assert dice(after, a) > dice(first, a) - 0.03 and dice(after[7], a[7]) > 0.9
+    ys, xs = np.nonzero(a[7])
+    assert dice(seg.correct_volume(7, points=[[xs.mean(), ys.mean()]], point_labels=[1]), a) > 0.9
+    together = seg.predict_volume(boxes={5: tight_box(a[5])}, points={7: [[5, 5]]}, point_labels={7: [0]})
+    assert np.array_equal(together, after)
+    assert dice(together[8:], a[8:]) > 0.85  # the walk goes on past the clicked slice
 
 
 def test_between_two_prompted_slices_the_walks_go_through_and_keep_what_either_sees(blobs_session):
@@ -269,8 +285,18 @@ def test_no_volume_and_bad_volumes_are_refused(tiny_sam):
         tiny_sam.predict_volume(boxes={0: [1, 1, 5, 5]})
     with pytest.raises(MedAdaptError, match="3-D"):
         tiny_sam.set_volume(np.zeros((4, 4)))
-    with pytest.raises(MedAdaptError, match="axis"):
-        tiny_sam.set_volume(np.zeros((4, 4, 4)), axis=3)
+    for axis in (3, "0", 1.5):
+        with pytest.raises(MedAdaptError, match="axis"):
+            tiny_sam.set_volume(np.zeros((4, 4, 4)), axis=axis)
+    tiny_sam.set_volume(np.random.default_rng(0).random((4, 5, 6)).astype(np.float32))
+    assert tiny_sam.volume.axis == 2  # the default, as predict_volume's, --axis and the data config's
+    with pytest.raises(MedAdaptError, match="axis must be 0, 1 or 2"):
+        tiny_sam.predict_volume(axis=5, boxes={0: [1, 1, 3, 3]})
+    tiny_sam.reset_volume()
+    for planes, message in (([], "at least one plane"), ([np.zeros((4, 5)), np.zeros((4, 6))], "one size"),
+                            ([np.zeros((4, 5, 3))], "2-D grey planes")):
+        with pytest.raises(MedAdaptError, match=message):
+            tiny_sam.set_planes(planes)
     with pytest.raises(MedAdaptError, match="spacing"):
         tiny_sam.set_volume(np.zeros((4, 4, 4)), spacing=(1, 0, 1))
     for budget in (-1, float("nan"), "x", True):
@@ -369,6 +395,19 @@ def test_patience_carries_a_walk_past_a_slice_that_fails(litemedsam):
         PropagationConfig(base_patience=True)
     with pytest.raises(MedAdaptError, match="base_threshold"):
         PropagationConfig(base_threshold=1.0)
+
+
+def test_a_blank_slice_inside_the_structure_does_not_end_the_walk(litemedsam):
+    """A dropped (zero-filled) slice has no answer, and the walk carries on past it."""
+    vol, a, _ = two_blobs()
+    vol[7] = 0.0
+    litemedsam.set_volume(vol, axis=0)
+    try:
+        mask = litemedsam.predict_volume(boxes={5: tight_box(a[5])})
+    finally:
+        litemedsam.reset_volume()
+    assert not mask[7].any()
+    assert dice(mask[8:], a[8:]) > 0.8 and dice(mask[:7], a[:7]) > 0.85
 
 
 def test_box_threshold_reaches_into_the_unsure_rim_connected_to_the_mask(tiny_sam):

@@ -50,6 +50,11 @@ the walk from the correction answers the rest, so that a correction which
 removes a leak is not undone by the other walk; every other slice keeps its
 answer. Where a correction says the object is absent (an empty answer), a
 neighbour's walk that went through to that slice walks again with the rules.
+Clicks on a slice that a walk answered keep a box around that answer, as a box
+stays under later clicks in 2-D; clicks given with the first prompts on a
+slice without a box are applied the same way, after the walks. A blank
+(constant) slice has no answer; walks pass it without counting it against
+``patience``.
 """
 
 from __future__ import annotations
@@ -222,7 +227,8 @@ class Propagation:
             if self.config.base and decoder is None and base is not None else None
         self.prompts: dict[int, SlicePrompts] = {}
         self.answers: dict[int, SliceAnswer] = {}  # the prompted slices
-        self.chains: dict[tuple[int, int], list[SliceAnswer]] = {}  # (start, +1/-1) -> answers at start +- 1, 2, ...
+        # (start, +1/-1) -> answers at start +- 1, 2, ... (None: a blank slice the walk passed)
+        self.chains: dict[tuple[int, int], list[SliceAnswer | None]] = {}
         self.through: set[tuple[int, int]] = set()  # the walks that went on to the next prompt without the rules
         self.decoded = 0  # decoder passes so far
         self.guide: str | None = None  # the learned class whose proposals guide the walks (see proposals)
@@ -333,6 +339,10 @@ class Propagation:
         through = self.config.through and end is not None and prev.mask.any() and self.answers[end].mask.any()
         (self.through.add if through else self.through.discard)((start, direction))
         while 0 <= k < len(self.session) and k not in self.prompts:
+            if self.session.is_blank(k):  # a dropped or zero-filled slice: no answer there, and no sign of an end
+                (chain if through or not skipped else skipped).append(None)
+                k += direction
+                continue
             answer, passes = self._step(k, direction, prev, best)
             if through:  # the object reaches the next prompted slice: no rule ends the walk before it
                 if answer is None:
@@ -342,7 +352,7 @@ class Propagation:
                 k += direction
                 continue
             if not passes:
-                if answer is None or len(skipped) >= self.config.patience:
+                if answer is None or sum(a is not None for a in skipped) >= self.config.patience:
                     break
                 skipped.append(answer)  # the next slice is prompted from the last answer that passed
                 k += direction
@@ -354,8 +364,13 @@ class Propagation:
 
     # ------------------------------------------------------------------ prompts
     def start(self, prompts: dict[int, dict]) -> None:
-        """The first prompts (``{z: {box, points, labels, mask}}``, display frame): every prompted slice is
-        decoded, then the walks run between and beyond them."""
+        """The first prompts (``{z: {box, points, labels, mask}}``, display frame): every slice with a box or a
+        mask is decoded, then the walks run between and beyond them. Clicks on a slice without a box or mask
+        (when another slice has one) then refine what the walks gave that slice, as :meth:`add` does: clicks
+        alone would make it a prompted slice that every walk stops at, answered from the clicks only."""
+        anchors = {z: g for z, g in prompts.items() if g.get("box") is not None or g.get("mask") is not None}
+        clicks = {z: g for z, g in prompts.items() if z not in anchors} if anchors else {}
+        prompts = anchors or prompts
         for z, given in prompts.items():
             p = SlicePrompts(box=given.get("box"), mask=given.get("mask"))
             if given.get("points") is not None:
@@ -370,6 +385,8 @@ class Propagation:
             self._walk(z, -1)
         if self.partner is not None:
             self.partner.start(prompts)
+        for z in sorted(clicks):
+            self.add(z, points=clicks[z]["points"], labels=clicks[z]["labels"])
 
     def add(self, z: int, box=None, points=None, labels=None, mask=None) -> None:
         """Prompts on slice ``z`` (display frame), added to what the slice already has; walks again from ``z``."""
@@ -377,6 +394,10 @@ class Propagation:
             self.partner.add(z, box=box, points=points, labels=labels, mask=mask)
         current = self._own(z)
         p = self.prompts.get(z, SlicePrompts())
+        if z not in self.prompts and box is None and mask is None and current is not None and current.mask.any():
+            # clicks on a slice a walk answered: keep a box around that answer, as the box stays in 2-D, or the
+            # decoder would answer the clicks alone (LiteMedSAM reads a click alone poorly)
+            p.box = np.asarray(mask_box(current.mask, self.config.margin), np.float32)
         if box is not None:
             p.box = np.asarray(box, np.float32)
         if mask is not None:
@@ -441,7 +462,7 @@ class Propagation:
                 continue
             chain = self.chains.get((start, direction), [])
             i = abs(k - start) - 1
-            if i < len(chain):
+            if i < len(chain) and chain[i] is not None:
                 found.append((abs(k - start), chain[i]))
         if not found:
             return None

@@ -41,6 +41,13 @@ from ..io.imaging import (
 from .embedding_cache import EmbeddingCache
 
 
+def check_axis(axis) -> int:
+    """``axis`` (0, 1 or 2, or -1..-3) as 0, 1 or 2, or an error that says so."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis not in (0, 1, 2, -1, -2, -3):
+        raise MedAdaptError(f"axis must be 0, 1 or 2 (the axis to slice the volume along); got {axis!r}")
+    return int(axis) % 3
+
+
 @dataclass(frozen=True)
 class VolumeGeometry:
     """Where a volume came from: its voxel size and, for a file, its affine."""
@@ -72,14 +79,12 @@ class VolumeSession:
         volume: np.ndarray | str | os.PathLike,
         *,
         spacing=None,
-        axis: int = 0,
+        axis: int = 2,
         cache_bytes: int | None = None,
         encode_batch: int | None = None,
         window=None,
     ) -> None:
-        if isinstance(axis, bool) or axis not in (0, 1, 2, -1, -2, -3):
-            raise MedAdaptError(f"axis must be 0, 1 or 2 (the axis to slice the volume along); got {axis!r}")
-        axis = int(axis) % 3
+        axis = check_axis(axis)
         affine = source = None
         if isinstance(volume, (str, os.PathLike)):
             data, affine = load_volume(volume)
@@ -266,4 +271,4 @@ class VolumeSession:
         self.cache.close()
 
 
-__all__ = ["VolumeGeometry", "VolumeSession"]
+__all__ = ["VolumeGeometry", "VolumeSession", "check_axis"]

@@ -17,7 +17,7 @@ from ..core.errors import MedAdaptError
 from ..io.imaging import display_orientation
 from .cleanup import check_cleanup, clean_labels
 from .propagation import Propagation, PropagationConfig
-from .volume import VolumeSession
+from .volume import VolumeSession, check_axis
 from .volume_answers import automatic_volume
 
 
@@ -43,12 +43,13 @@ class VolumeMethods:
         self,
         volume: np.ndarray | str | os.PathLike,
         spacing: Sequence[float] | None = None,
-        axis: int = 0,
+        axis: int = 2,
         *,
         cache_mb: float | None = None,
         window=None,
     ) -> None:
-        """Take a volume for :meth:`predict_volume`: slices along ``axis``, encoded when first needed.
+        """Take a volume for :meth:`predict_volume`: slices along ``axis`` (default 2, as in
+        :meth:`predict_volume`, ``--axis`` and the data config), encoded when first needed.
 
         ``volume`` is a 3-D array (slice ``z`` is ``np.take(volume, z, axis)``; a box's x runs along that
         slice's columns) or a NIfTI file / DICOM series folder (slices as ``load_image(path,
@@ -65,6 +66,13 @@ class VolumeMethods:
         """Take a stack of display planes (N x H x W, as ``load_volume_case`` gives a case's slices) as the volume
         along axis 0: slice ``k`` is ``planes[k]`` as it stands, for :meth:`show_plane` and :meth:`predict_volume`
         (prompts in the planes' frame: x along columns, y along rows; masks come back N x H x W)."""
+        planes = [np.asarray(p) for p in planes]
+        if not planes:
+            raise MedAdaptError("set_planes needs at least one plane")
+        shapes = {p.shape for p in planes}
+        if any(p.ndim != 2 for p in planes) or len(shapes) > 1:
+            raise MedAdaptError(f"set_planes takes 2-D grey planes of one size (H x W each); got shapes "
+                                f"{sorted(shapes, key=str)[:4]}: give one channel of each plane, all the same size")
         self.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0)
         self._volume.geometry = replace(self._volume.geometry, frame="planes")
 
@@ -85,7 +93,10 @@ class VolumeMethods:
         return self._object
 
     def show_plane(self, session: VolumeSession, k: int) -> None:
-        """Make slice ``k`` of ``session`` the current image, with its cached embedding (2-D calls then apply)."""
+        """Make slice ``k`` of ``session`` the current image, with its cached embedding. 2-D calls then answer
+        on it in the display frame, the plane as ``session.plane(k)`` returns it and viewers show it: for a
+        raw array that is ``display_orientation(np.take(volume, k, axis))``, not the array frame that
+        :meth:`predict_volume` takes prompts in."""
         self._embedding = session.embedding(k)
         self._meta, self._image, self._pixels, self._auto_cache = session.meta, session.plane(k), None, None
 
@@ -124,7 +135,7 @@ class VolumeMethods:
         session = self._volume
         if session is None:
             raise MedAdaptError("no volume set: call set_volume(volume) or pass the volume to predict_volume")
-        if axis is not None and volume is None and int(axis) % 3 != session.axis:
+        if axis is not None and volume is None and check_axis(axis) != session.axis:
             raise MedAdaptError(f"the volume was set with axis={session.axis}; call set_volume(..., axis={axis}) "
                                 "to slice it along another axis")
         steps = check_cleanup(cleanup)
