@@ -286,6 +286,14 @@ def test_student_training_resumes_exactly(tmp_path):
     second.run()
     for a, b in zip(whole.ema.state_dict().values(), second.ema.state_dict().values()):
         assert torch.equal(a, b)
+    # killed after its last state was saved but before its log was written: the resumed run writes the log
+    log = tmp_path / "b" / "log.csv"
+    rows = log.read_text()
+    log.unlink()
+    third = StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET)
+    third.load_state()
+    third.run()
+    assert log.read_text() == rows and rows.splitlines()[-1].startswith("6,")  # the last step's row
     (tmp_path / "b" / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(MedAdaptError, match="cannot resume"):
         StudentTrainer(cfg, ["x"], [1], lab, pse, tmp_path / "b", seed=0, **QUIET).load_state()

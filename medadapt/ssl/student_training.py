@@ -173,6 +173,8 @@ class StudentTrainer:
         state = {"step": self.step, "seconds": self.seconds, "net": self.net.state_dict(),
                  "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                  "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history}
+        if self.device.type == "cuda":  # dropout draws from the device's own stream
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(self.state_path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
@@ -189,6 +191,8 @@ class StudentTrainer:
             self.sched.load_state_dict(state["sched"])
             self.gen.set_state(state["gen"].cpu())
             torch.set_rng_state(state["torch_rng"].cpu())
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
             self.step, self.seconds, self.history = state["step"], state["seconds"], list(state["history"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise MedAdaptError(f"{self.state_path} does not fit this student ({str(exc).splitlines()[0]}); "
@@ -297,6 +301,7 @@ class StudentTrainer:
                 self.write_log()
                 sums, n = {}, 0
         bar.close()
+        self.write_log()  # from the saved history: a run killed between its state and its log gets its last row
         return self.student("ema")
 
     def write_log(self) -> None:
