@@ -218,7 +218,11 @@ def test_a_run_killed_part_way_resumes_where_it_stopped(tmp_path):
     done = read_manifest(tmp_path / "out")
     assert len(done) == 5 and {r["status"] for r in done.values()} == {"ok"}
     assert len(list((tmp_path / "out").glob("img*.png"))) == 5
-    seg = CountingSegmenter(Segmenter.from_pretrained("tiny_sam_vit", device="cpu").backbone)
+    from medadapt.foundation import build_backbone
+
+    # the killed run's model, built as it was (float32, as given): a Segmenter is recorded by its weights, and
+    # Segmenter.from_pretrained would have optimised them (bfloat16 where that is fast), i.e. other weights
+    seg = CountingSegmenter(build_backbone("tiny_sam_vit"), device="cpu")
     CountingSegmenter.encoded = 0
     result = segment_batch(tmp_path / "in", tmp_path / "out", seg, prompts=tmp_path / "p.json", workers=1,
                            progress=False)
@@ -430,3 +434,244 @@ def test_earlier_output_folders_inside_the_input_folder_are_not_inputs(tmp_path)
     shutil.copy(next((tmp_path / "in").glob("*.png")), tmp_path / "in" / "masks")
     names = sorted(item.name for item in find_inputs(tmp_path / "in", tmp_path / "in" / "masks_v2"))
     assert len(names) == 2 and not any(n.startswith("masks/") for n in names)
+
+
+# --------------------------------------------------------------------------- what the review of batch runs found
+def _tiny_float32() -> Segmenter:
+    from medadapt.foundation import build_backbone
+
+    return Segmenter(build_backbone("tiny_sam_vit"), device="cpu")
+
+
+def test_a_segmenter_with_other_weights_is_refused_in_the_same_output_folder(tmp_path):
+    """A Segmenter passed in (or an exported model) is recorded by a fingerprint of its weights: a second model's
+    masks never join the first one's in one folder, and its run does not take them for done."""
+    import torch
+
+    prompts = _pngs(tmp_path / "in", 2)
+    first, other = _tiny_float32(), _tiny_float32()
+    with torch.no_grad():
+        next(other.backbone.mask_decoder.parameters()).add_(0.5)
+    assert segment_batch(tmp_path / "in", tmp_path / "out", first, prompts=prompts, workers=0, progress=False).ok == 2
+    assert segment_batch(tmp_path / "in", tmp_path / "out", _tiny_float32(), prompts=prompts, workers=0,
+                         progress=False).skipped == 2  # the same weights, built again: resumed
+    with pytest.raises(MedAdaptError, match="weights_used: .* holds other weights"):
+        segment_batch(tmp_path / "in", tmp_path / "out", other, prompts=prompts, workers=0, progress=False)
+    redone = segment_batch(tmp_path / "in", tmp_path / "out", other, prompts=prompts, workers=0, progress=False,
+                           overwrite=True)
+    assert (redone.ok, redone.skipped) == (2, 0)
+    # a run that built its model from names (the command line) and one given the same model resume each other
+    built = tmp_path / "built"
+    named = dict(prompts=prompts, model="tiny_sam_vit", device="cpu", workers=0, progress=False)
+    assert segment_batch(tmp_path / "in", built, **named).ok == 2
+    tiny = Segmenter.from_pretrained("tiny_sam_vit", device="cpu")
+    assert segment_batch(tmp_path / "in", built, tiny, prompts=prompts, workers=0, progress=False).skipped == 2
+    # built from the same names on a machine whose precision differs: the names say which model it is
+    settings = json.loads((built / "segment.json").read_text())
+    (built / "segment.json").write_text(json.dumps({**settings, "weights_used": "f00d", "weights_from": "built"}))
+    assert segment_batch(tmp_path / "in", built, **named).skipped == 2
+    # an exported model by the weights its manifest records; a student and a base decoder count too
+    from types import SimpleNamespace
+
+    from medadapt.inference.batch import _weights_fingerprint
+
+    def fake(fingerprint, student=None):
+        return SimpleNamespace(backbone=SimpleNamespace(manifest={"weights_fingerprint": fingerprint}),
+                               base_decoder=None, student=student)
+
+    assert _weights_fingerprint(fake("a")) == _weights_fingerprint(fake("a")) != _weights_fingerprint(fake("b"))
+    student = SimpleNamespace(network=torch.nn.Linear(2, 2))
+    assert _weights_fingerprint(fake("a", student)) != _weights_fingerprint(fake("a"))
+
+
+def test_an_output_folder_holding_files_it_did_not_write_is_refused(tmp_path, tiny_sam):
+    """Pointing OUT at a dataset's own masks/ neither takes the ground truth for finished outputs nor replaces it."""
+    prompts = _pngs(tmp_path / "data" / "images", 2)
+    (tmp_path / "data" / "masks").mkdir()
+    for name in prompts:
+        Image.fromarray(np.full((48, 48), 7, np.uint8)).save(tmp_path / "data" / "masks" / name)
+    for overwrite in (False, True):
+        with pytest.raises(MedAdaptError, match="did not write .*choose a new or empty output folder"):
+            segment_batch(tmp_path / "data" / "images", tmp_path / "data" / "masks", tiny_sam, prompts=prompts,
+                          workers=0, progress=False, overwrite=overwrite)
+    assert sorted(p.name for p in (tmp_path / "data" / "masks").iterdir()) == sorted(prompts)
+    assert all(set(np.unique(load_mask(tmp_path / "data" / "masks" / n))) == {7} for n in prompts)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_text("")  # an empty folder (hidden files aside) is fine
+    assert segment_batch(tmp_path / "data" / "images", tmp_path / "empty", tiny_sam, prompts=prompts, workers=0,
+                         progress=False).ok == 2
+
+
+def test_a_file_that_fails_in_an_overwrite_pass_loses_its_earlier_mask_and_is_not_retried_unasked(tmp_path,
+                                                                                                   tiny_sam):
+    prompts = _pngs(tmp_path / "in", 2)
+    assert segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0,
+                         progress=False).ok == 2
+    (tmp_path / "in" / "img01.png").write_bytes(b"truncated")  # being copied again when the new pass reads it
+    other = {name: {"boxes": [[1, 1, 20, 20]]} for name in prompts}
+    again = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=other, workers=0, progress=False,
+                          overwrite=True)
+    assert (again.ok, again.failed) == (1, 1)
+    assert not (tmp_path / "out" / "img01.png").exists()  # the earlier settings' mask is not left as this run's
+    plain = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=other, workers=0, progress=False)
+    assert (plain.ok, plain.skipped, plain.not_retried, plain.failed) == (0, 1, 1, 0)
+    _pngs(tmp_path / "fixed", 2)
+    shutil.copy(tmp_path / "fixed" / "img01.png", tmp_path / "in" / "img01.png")
+    retried = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=other, workers=0, progress=False,
+                            retry_failed=True)
+    assert (retried.ok, retried.skipped) == (1, 1) and (tmp_path / "out" / "img01.png").is_file()
+
+
+def test_a_subfolder_named_images_makes_a_dataset_only_with_masks_or_labels_beside_it(tmp_path):
+    from medadapt.inference.batch_inputs import find_inputs
+
+    for name in ("images/a.png", "patient1/b.png", "c.png"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 50, np.uint8)).save(tmp_path / "in" / name)
+    names = [item.name for item in find_inputs(tmp_path / "in", tmp_path / "out")]
+    assert names == ["c.png", "images/a.png", "patient1/b.png"]  # an ordinary folder: every input
+    (tmp_path / "in" / "labels").mkdir()
+    assert [item.name for item in find_inputs(tmp_path / "in", tmp_path / "out")] == ["images/a.png"]  # a dataset
+
+
+def test_a_file_name_that_is_not_utf8_is_segmented_recorded_and_resumed(tmp_path, tiny_sam):
+    from medadapt.inference.batch import _append
+
+    prompts = _pngs(tmp_path / "in", 2)
+    latin1 = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name from an old archive: 'caf\udce9.png'
+    try:
+        shutil.copy(tmp_path / "in" / "img00.png", tmp_path / "in" / latin1)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    prompts[latin1] = prompts["img00.png"]
+    first = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (first.ok, first.failed) == (3, 0)
+    assert (tmp_path / "out" / latin1).is_file() and read_manifest(tmp_path / "out")[latin1]["status"] == "ok"
+    again = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (again.ok, again.skipped) == (0, 3)
+    _append(tmp_path / "out" / "manifest.csv", {"file": "odd\ud800.png", "status": "failed", "finished": "9"})
+    assert "odd\\ud800.png" in read_manifest(tmp_path / "out")  # recorded escaped rather than ending the run
+
+
+UNREADABLE = textwrap.dedent("""
+    import json, sys
+    from medadapt.inference import read_manifest, segment_batch
+    segment_batch({src!r}, {out!r}, prompts={{"a.png": {{"boxes": [[2, 2, 30, 30]]}}}}, model="tiny_sam_vit",
+                  device="cpu", workers=0, progress=False)
+    print(json.dumps({{k: [r["status"], r["error"]] for k, r in read_manifest({out!r}).items()}}))
+""")
+
+
+def test_unreadable_entries_are_failed_lines_not_a_crash_or_a_silent_gap(tmp_path):
+    """A sub-folder that may not be listed (mode 000 or 0311), or an extension-less file that may not be read to
+    tell whether it is DICOM, is a failed line saying so; the other inputs are segmented. Run without root's
+    permission override (setpriv), as permissions mean nothing to it."""
+    import shutil as sh
+
+    src = tmp_path / "in"
+    _pngs(src, 1)
+    shutil.move(src / "img00.png", src / "a.png")
+    for name in ("locked", "listless"):
+        _pngs(src / name, 1)
+    (src / "LOCK").write_text("another user's lock file")
+    command = [sys.executable, "-c", UNREADABLE.format(src=str(src), out=str(tmp_path / "out"))]
+    if os.geteuid() == 0:
+        if sh.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    os.chmod(src / "locked", 0o000)
+    os.chmod(src / "listless", 0o311)
+    os.chmod(src / "LOCK", 0o000)
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        for name, mode in (("locked", 0o755), ("listless", 0o755), ("LOCK", 0o644)):
+            os.chmod(src / name, mode)
+    if proc.returncode and "setpriv" in proc.stderr:
+        pytest.skip(f"setpriv cannot drop the override here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rows["a.png"] == ["ok", ""]
+    assert set(rows) == {"a.png", "locked", "listless", "LOCK"}, rows
+    assert all(rows[n][0] == "failed" and "cannot list this folder" in rows[n][1] for n in ("locked", "listless"))
+    assert rows["LOCK"][0] == "failed" and "cannot read it to tell whether it is a DICOM image" in rows["LOCK"][1]
+
+
+def test_blank_images_and_blank_prompted_slices_are_written_empty(tmp_path, tiny_sam):
+    """A blank (constant) prompted slice is left empty and the volume's other slices are kept, as automatic mode
+    leaves a blank slice empty; a blank 2-D image gets an empty mask. Either way a warning names it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    disc, mask = _disc(48, 48, 24, 24, r=9)
+    vol = np.stack([np.zeros((48, 48), np.float32), disc, disc], -1)  # slice 0: padding
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), src / "v.nii.gz")
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(src / "blank.png")
+    box = [_box(volume_slice(load_volume(src / "v.nii.gz")[0], 1) > 100)]
+    prompts = {"v.nii.gz": {"slices": {"0": {"boxes": box}, "1": {"boxes": box}}},
+               "blank.png": {"boxes": [[2, 2, 20, 20]]}}
+    with pytest.warns(UserWarning) as caught:
+        result = segment_batch(src, tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    rows = read_manifest(tmp_path / "out")
+    assert (result.ok, result.failed) == (2, 0), {k: r["error"] for k, r in rows.items()}
+    text = " ".join(str(w.message) for w in caught)
+    assert "v.nii.gz: prompted slice(s) 0 along axis 2 are blank" in text and "blank.png is blank" in text
+    labels = load_volume(tmp_path / "out" / "v.nii.gz")[0]
+    assert labels[..., 0].max() == 0 and labels[..., 1].max() > 0  # the other slice is kept
+    blank = load_mask(tmp_path / "out" / "blank.png")
+    assert blank.shape == (30, 40) and blank.max() == 0
+
+
+def test_a_bad_axis_is_refused_before_anything_is_written(tmp_path, tiny_sam):
+    prompts = _pngs(tmp_path / "in", 1)
+    with pytest.raises(MedAdaptError, match="axis must be 0, 1 or 2"):
+        segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, axis=3, workers=0, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, axis=-1, workers=0,
+                         progress=False).ok == 1
+    assert json.loads((tmp_path / "out" / "segment.json").read_text())["axis"] == 2  # -1 is axis 2
+    assert segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, axis=2, workers=0,
+                         progress=False).skipped == 1
+
+
+def _series(folder: Path, n: int = 3) -> None:
+    folder.mkdir(parents=True)
+    uid = generate_uid()
+    for k in range(n):
+        img, _ = _disc(40, 44, 20, 22, r=8, seed=k)
+        _dicom(folder / f"im{k}", (img * 5).astype(np.uint16), 2.5 * k, k + 1, uid)  # extension-less, as from PACS
+
+
+def test_a_dicom_series_given_as_dot_is_named_after_its_folder(tmp_path, monkeypatch):
+    from medadapt.inference.batch_inputs import find_inputs
+
+    _series(tmp_path / "series_3")
+    monkeypatch.chdir(tmp_path / "series_3")
+    (item,) = find_inputs(".", tmp_path / "out")
+    assert item.out == (tmp_path / "out" / "series_3.nii.gz").resolve()
+
+
+def test_upper_case_npy_inputs_are_written(tmp_path, tiny_sam):
+    img, mask = _disc(48, 48, 24, 24, r=9)
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "lower.npy", img)
+    shutil.copy(tmp_path / "in" / "lower.npy", tmp_path / "in" / "UPPER.NPY")
+    prompts = {name: {"boxes": [_box(mask)]} for name in ("lower.npy", "UPPER.NPY")}
+    result = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (result.ok, result.failed) == (2, 0), read_manifest(tmp_path / "out")["UPPER.NPY"]["error"]
+    assert np.array_equal(np.load(tmp_path / "out" / "UPPER.NPY"), np.load(tmp_path / "out" / "lower.npy"))
+
+
+def test_a_dicom_series_mask_is_stored_as_medadapt_predict_stores_it(tmp_path, tiny_sam):
+    from medadapt.io.imaging import save_mask
+
+    _series(tmp_path / "in" / "s1")
+    prompts = {"s1": {"slices": {"1": {"boxes": [[10, 10, 34, 30]]}}}}
+    assert segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0,
+                         progress=False).ok == 1
+    written = nib.load(tmp_path / "out" / "s1.nii.gz")
+    like_predict = nib.load(save_mask(np.asarray(written.dataobj), tmp_path / "predict.nii.gz",
+                                      reference=tmp_path / "in" / "s1"))  # what `medadapt predict` writes
+    for key in ("qform_code", "sform_code", "xyzt_units"):
+        assert int(written.header[key]) == int(like_predict.header[key]), key
+    assert int(written.header["qform_code"]) == int(written.header["sform_code"]) == 1  # scanner
+    np.testing.assert_allclose(written.affine, load_volume(tmp_path / "in" / "s1")[1], atol=1e-5)

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +31,8 @@ import numpy as np
 import torch
 
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write, atomic_write_json
-from ..foundation.checkpoint import sha256_files
+from ..core.files import atomic_write, atomic_write_json, path_suffix
+from ..foundation.checkpoint import fingerprint_state, sha256_files
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
     display_orientation,
@@ -43,6 +44,7 @@ from .batch_reading import one_line, read_ahead
 from .cleanup import check_cleanup, clean_labels
 from .predictor import Segmenter
 from .segment import prediction_to_labels
+from .volume import check_axis
 
 PathLike = str | os.PathLike
 COLUMNS = ("file", "status", "seconds", "read_seconds", "error", "output", "finished")
@@ -73,14 +75,17 @@ def read_manifest(out_dir: PathLike) -> dict[str, dict[str, str]]:
     (a line cut short by a kill is ignored)."""
     rows: list[dict[str, str]] = []
     for path in sorted(Path(out_dir).glob("manifest*.csv")):
-        with path.open(newline="", encoding="utf-8") as fh:
+        # a file name that is not UTF-8 was written as its own bytes (see _append) and reads back as os.fsdecode does
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
             rows += [r for r in csv.DictReader(fh) if None not in r and all(r.get(c) is not None for c in COLUMNS)]
     rows.sort(key=lambda r: r["finished"])
     return {r["file"]: r for r in rows}
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    """One whole line per call, written and flushed to disk before the next item starts."""
+    """One whole line per call, written and flushed to disk before the next item starts. A file name that is not
+    UTF-8 (``os.fsdecode`` gives it surrogate escapes) is written as its own bytes, so :func:`read_manifest` gives
+    the name back; text no encoding can hold is written escaped (backslashreplace) rather than failing the run."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     new = not path.exists() or path.stat().st_size == 0
@@ -91,7 +96,11 @@ def _append(path: Path, row: dict[str, Any]) -> None:
     try:
         if not new and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
             os.write(fd, b"\n")  # a line cut short by a kill stays alone on its line
-        os.write(fd, buf.getvalue().encode("utf-8"))
+        try:
+            data = buf.getvalue().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (e.g. from a prompts file)
+            data = buf.getvalue().encode("utf-8", "backslashreplace")
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -114,19 +123,27 @@ def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png:
 
 
 def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, axis: int, refine: bool,
-                    multimask: bool, cleanup: tuple[str, ...] = ()) -> np.ndarray:
+                    multimask: bool, cleanup: tuple[str, ...] = (), name: str = "volume") -> np.ndarray:
     if prompts is None:
         return seg.predict_volume(volume, axis=axis, refine=refine, cleanup=cleanup)
     labels = np.zeros(volume.shape, dtype=np.uint16)
+    blank = []
     for k, entry in sorted(prompts.items()):
         if k >= volume.shape[axis]:
             raise MedAdaptError(f"prompts for slice {k}, but the volume has {volume.shape[axis]} slices along "
                                 f"axis {axis}")
+        image = volume_slice(volume, k, axis)
+        if image.min() == image.max():  # a blank slice (padding): nothing there to find; empty, as automatic mode
+            blank.append(k)
+            continue
         index = [slice(None)] * 3
         index[axis] = k
-        plane = _predict_image(seg, volume_slice(volume, k, axis), entry, False, False, multimask)
+        plane = _predict_image(seg, image, entry, False, False, multimask)
         labels[tuple(index)] = display_orientation(plane)
     seg.reset_image()
+    if blank:
+        warnings.warn(f"{name}: prompted slice(s) {', '.join(map(str, blank))} along axis {axis} are blank (every "
+                      "voxel the same value); they were left empty", stacklevel=4)
     return labels
 
 
@@ -148,21 +165,13 @@ def _segments(seg: Segmenter, labels: np.ndarray, entry: dict | None) -> tuple[l
     return (["object"] if top == 1 else [f"object {v}" for v in range(1, top + 1)]), list(range(1, top + 1))
 
 
-def _save(labels: np.ndarray, item: BatchItem, affine: np.ndarray | None,
-          segments: tuple[list[str], list[int]] | None = None) -> None:
-    if item.out.name.endswith(".npy"):
-        atomic_write(item.out, lambda tmp: np.save(tmp, labels))
-    elif item.path.is_dir() and item.out.name.endswith(".dcm"):  # a DICOM-SEG on the series' own images
+def _save(labels: np.ndarray, item: BatchItem, segments: tuple[list[str], list[int]] | None = None) -> None:
+    if path_suffix(item.out) == ".npy":  # x.NPY as well as x.npy
+        atomic_write(item.out, lambda tmp: np.save(tmp, labels))  # tmp ends in .npy: np.save adds no suffix
+    elif item.path.is_dir() and path_suffix(item.out) == ".dcm":  # a DICOM-SEG on the series' own images
         names, values = segments
         write_dicom_seg(labels, item.path, item.out, names, values, allow_empty=True)
-    elif item.path.is_dir():  # DICOM series: the series' own geometry (load_volume's RAS affine)
-        import nibabel as nib
-
-        dtype = np.uint8 if labels.max() <= 255 else np.int32
-        img = nib.Nifti1Image(labels.astype(dtype), affine)
-        img.header.set_xyzt_units("mm")
-        atomic_write(item.out, lambda tmp: nib.save(img, tmp))
-    else:  # PNG, or NIfTI with the input's affine and header
+    else:  # PNG; NIfTI with the input's affine and header; a DICOM series' geometry (as `medadapt predict` writes)
         save_mask(labels, item.out, reference=item.path if item.volume else None)
 
 
@@ -181,9 +190,28 @@ def distributed_rank() -> tuple[int, int]:
 _SETTING_DEFAULTS = {"series_format": "nifti", "cleanup": []}
 
 
-def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> str | None:
+def _check_out(out_dir: Path) -> None:
+    """Refuse an output folder that holds files but no ``segment.json``: they were not written by a batch run (it
+    may be a dataset's own ``masks/``), so none of them may be taken for a finished output, or replaced."""
+    if (out_dir / "segment.json").exists() or not out_dir.is_dir():
+        return
+    try:
+        foreign = sorted(e.name for e in os.scandir(out_dir) if not e.name.startswith("."))
+    except OSError as exc:
+        raise MedAdaptError(f"cannot list the output folder {out_dir} ({exc.strerror or exc}); make it readable "
+                            "or choose another one") from None
+    if foreign:
+        raise MedAdaptError(f"the output folder {out_dir} already holds files (e.g. {foreign[0]!r}) that "
+                            "`medadapt segment` did not write (it has no segment.json); choose a new or empty "
+                            "output folder")
+
+
+def _check_settings(out_dir: Path, settings: dict, overwrite: bool, built: bool = False) -> str | None:
     """Refuse to resume into a folder whose masks came from another model, adapter or prompts file. Returns when
-    an ``--overwrite`` pass over the folder began (None: there was none): outputs older than that are redone."""
+    an ``--overwrite`` pass over the folder began (None: there was none): outputs older than that are redone.
+    ``built``: the segmenter was built from the model, checkpoint and adapter named; if the folder's was too, those
+    settings say which model it is, and ``weights_used`` (which differs with the precision that
+    ``Segmenter.from_pretrained`` picks for the machine) is not compared, so a run resumes on another machine."""
     path = out_dir / "segment.json"
     if not path.exists() or overwrite:
         return None
@@ -191,14 +219,38 @@ def _check_settings(out_dir: Path, settings: dict, overwrite: bool) -> str | Non
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = {}
-    if "adapter_sha256" not in old:  # written before the adapter's files were recorded: its path stands for it
-        old["adapter_sha256"] = settings.get("adapter_sha256")
+    for key in ("adapter_sha256", "weights_used"):  # written before these were recorded: accept what there is now
+        if key not in old or (key == "weights_used" and built and old.get("weights_from") == "built"):
+            old[key] = settings.get(key)
     old = {**_SETTING_DEFAULTS, **old}  # a folder written before a setting existed had its default
+    if isinstance(old.get("axis"), int) and -3 <= old["axis"] < 0:  # recorded as given before axes were checked
+        old["axis"] %= 3
     changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
     if changed:
-        raise MedAdaptError(f"{out_dir} holds masks made with other settings ({'; '.join(changed)}); choose "
+        hint = (" (the Segmenter passed holds other weights: another model or adapter, or the same one at another "
+                "precision)") if any(c.startswith("weights_used:") for c in changed) else ""
+        raise MedAdaptError(f"{out_dir} holds masks made with other settings ({'; '.join(changed)}){hint}; choose "
                             "another output folder, or pass --overwrite to redo every file")
     return old.get("overwrite_started")
+
+
+def _weights_fingerprint(seg: Segmenter) -> str:
+    """A fingerprint of the weights a segmenter runs: its backbone's (or, for an exported model, the weights its
+    manifest records), the base decoder it keeps beside an adapter, and its student, if any."""
+    backbone = seg.backbone
+    manifest = getattr(backbone, "manifest", None)
+    if isinstance(manifest, dict):  # an export folder (runtime="onnxruntime" / "openvino")
+        parts = ["export:" + str(manifest.get("weights_fingerprint")
+                                 or hashlib.sha256(json.dumps(manifest.get("sha256"), sort_keys=True).encode())
+                                 .hexdigest()[:16])]
+    else:
+        parts = ["backbone:" + fingerprint_state(backbone.state_dict())]
+    if getattr(seg, "base_decoder", None) is not None:
+        parts.append("base_decoder:" + fingerprint_state(seg.base_decoder.state_dict()))
+    student = getattr(seg, "student", None)
+    if student is not None:
+        parts.append("student:" + fingerprint_state(student.network.state_dict()))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _adapter_digest(adapter: Path) -> str:
@@ -246,8 +298,9 @@ def segment_batch(
     slice by slice along ``axis``); ``prompts`` (a JSON file or mapping, see
     :func:`medadapt.inference.batch_inputs.read_prompts`) prompts the files it
     names, and the adapter's classes, if any, segment the rest. ``segmenter`` is used as
-    given; otherwise one is built from ``model``, ``checkpoint``, ``adapter``
-    and ``device`` (under torchrun, ``cuda:LOCAL_RANK`` when CUDA is there).
+    given (and recorded by a fingerprint of its weights); otherwise one is built from ``model``, ``checkpoint``,
+    ``adapter`` and ``device`` (under torchrun, ``cuda:LOCAL_RANK`` when CUDA is there). ``out_dir`` must be new,
+    empty, or written by an earlier run with the same settings and weights (``overwrite`` redoes such a folder).
 
     ``workers`` processes read ahead (default min(2, CPUs); 0 reads
     in this process). ``OUT/manifest.csv`` gets one line per file: ``file``,
@@ -265,6 +318,7 @@ def segment_batch(
         rank, world_size = distributed_rank()
     if not 0 <= rank < world_size:
         raise MedAdaptError(f"rank {rank} must lie in 0..world_size-1 (world_size={world_size})")
+    axis = check_axis(axis)  # before anything is written: a bad axis must not be recorded in segment.json
     cleanup = check_cleanup(cleanup)
     if series_format not in SERIES_FORMATS:
         raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
@@ -276,6 +330,8 @@ def segment_batch(
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise MedAdaptError(f"workers must be an integer >= 0, got {workers!r}")
+    _check_out(out)
+    given = segmenter is not None
     if segmenter is None:
         local = os.environ.get("LOCAL_RANK")
         if device is None and local is not None and torch.cuda.is_available():
@@ -290,16 +346,20 @@ def segment_batch(
                 "adapter": None if adapter is None else str(Path(adapter).resolve()),
                 "adapter_sha256": None if adapter is None else _adapter_digest(Path(adapter)),
                 "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
-                "refine": refine, "multimask": multimask}
+                "refine": refine, "multimask": multimask,
+                # a Segmenter the caller built (or an exported model) is known by the weights it runs; one built here
+                # by the model, base weights and adapter (with its student) above as well (see _check_settings)
+                "weights_used": _weights_fingerprint(segmenter)}
     if any(item.path.is_dir() for item in items):  # only a DICOM series' output depends on it
         settings["series_format"] = series_format
     settings["cleanup"] = list(cleanup)  # a folder written before clean-ups existed reads as [] (none)
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
-    since = _check_settings(out, settings, overwrite)
+    since = _check_settings(out, settings, overwrite, built=not given)
     if overwrite:  # until every file is redone, an output older than this pass may be the old model's
         since = _now()
     if since is not None:
         settings["overwrite_started"] = since
+    settings["weights_from"] = "given" if given else "built"
     atomic_write_json(out / "segment.json", settings)
     mine = [item for i, item in enumerate(items) if i % world_size == rank]  # on the full list: same on every rank
     done, manifest = read_manifest(out), _manifest_path(out, rank, world_size)
@@ -307,26 +367,44 @@ def segment_batch(
     for item in mine:
         row = done.get(item.name, {})
         last = row.get("status")
-        if item.error:  # an output name another input takes: recorded as failed on every run
+        reached = since is not None and row.get("finished", "") >= since  # by the --overwrite pass begun at since
+        if item.error or overwrite:  # an error: an output name another input takes, an unreadable entry
             pending.append(item)
-        elif since is not None and item.out.exists() and not overwrite and not (
-                last in ("ok", "skipped") and row.get("finished", "") >= since):
+        elif since is not None and item.out.exists() and not reached:
             pending.append(item)  # written before an interrupted --overwrite pass reached it: redo it
-        elif item.out.exists() and not overwrite:
+        elif last == "failed" and reached:  # failed in that pass, which removed its earlier output
+            if retry_failed:
+                pending.append(item)
+            else:
+                not_retried += 1
+        elif item.out.exists():
             skipped += 1
             if last not in ("ok", "skipped"):  # made by an earlier run whose line was lost, or by hand
-                _append(manifest, {"file": item.name, "status": "skipped", "seconds": "0", "read_seconds": "0", "output": str(item.out),
-                                   "finished": _now()})
-        elif last == "failed" and not (retry_failed or overwrite):
+                _append(manifest, {"file": item.name, "status": "skipped", "seconds": "0", "read_seconds": "0",
+                                   "output": str(item.out), "finished": _now()})
+        elif last == "failed" and not retry_failed:
             not_retried += 1
         else:
             pending.append(item)
     for item in pending:  # temporary files a killed run left beside its outputs
-        for stale in glob.glob(os.path.join(glob.escape(str(item.out.parent)), glob.escape("." + item.out.name) + ".*")):
+        pattern = os.path.join(glob.escape(str(item.out.parent)), glob.escape("." + item.out.name) + ".*")
+        for stale in glob.glob(pattern):
             os.unlink(stale)
     return _run(segmenter, pending, table, out, manifest, axis=axis, window=window, refine=refine,
                 multimask=multimask, workers=workers, progress=progress and rank == 0,
                 counts=(skipped, not_retried), cleanup=cleanup)
+
+
+def _remove_stale(item: BatchItem) -> str:
+    """Remove the output a file that has just failed still has from an earlier run (an ``--overwrite`` pass redoes
+    it with other settings, so it is no longer this folder's mask); what to add to its error if that fails."""
+    if item.error or not (item.out.is_file() or item.out.is_symlink()):  # item.error: the output is not its own
+        return ""
+    try:
+        item.out.unlink()
+    except OSError as exc:
+        return f"; its earlier output {item.out} could not be removed ({exc.strerror or exc}): delete it by hand"
+    return ""
 
 
 def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifest: Path, *, axis: int, window: Any,
@@ -348,18 +426,23 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
             if entry is None and not seg.classes:
                 raise MedAdaptError("the prompts file has no prompts for it, and the model learned no classes to "
                                     "segment it automatically")
-            if item.volume:
-                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask, cleanup)
+            if record.get("blank"):  # a blank image: nothing to find there, as on a blank slice of a volume
+                labels = np.zeros(pixels.shape[:2], np.uint8)
+                warnings.warn(f"{item.name} is blank (every pixel the same value{' after --window' * bool(window)}); "
+                              "an empty mask was written", stacklevel=3)
+            elif item.volume:
+                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask, cleanup, item.name)
             else:
-                labels = _predict_image(seg, pixels, entry, item.out.name.endswith(".png"), refine, multimask, cleanup)
-            segments = _segments(seg, labels, entry) if item.out.name.endswith(".dcm") else None
-            _save(labels, item, record["affine"] if "affine" in record else None, segments)
+                labels = _predict_image(seg, pixels, entry, path_suffix(item.out) == ".png", refine, multimask,
+                                        cleanup)
+            segments = _segments(seg, labels, entry) if path_suffix(item.out) == ".dcm" else None
+            _save(labels, item, segments)
             row.update(status="ok", error="")
             result.ok += 1
             result.volumes += item.volume
             result.images += not item.volume
         except Exception as exc:  # one bad file is recorded and the rest go on
-            row.update(status="failed", error=one_line(exc), output="")
+            row.update(status="failed", error=one_line(exc) + _remove_stale(item), output="")
             result.failed += 1
         row.update(read_seconds=f"{float(record['read_seconds']):.3f}", finished=_now())
         _append(manifest, {**row, "seconds": f"{time.perf_counter() - last:.3f}"})  # what this file added to the run

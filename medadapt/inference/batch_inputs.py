@@ -39,37 +39,79 @@ class BatchItem:
 
 # --------------------------------------------------------------------------- inputs
 def _is_dicom(path: Path) -> bool:
+    """A DICOM file by its extension or, without one, by its signature (an unreadable file raises OSError)."""
     ext = path_suffix(path)
     if ext in (".dcm", ".dicom"):
         return True
-    if ext or not path.is_file():
+    if ext or not _is_file(path):
         return False
     with path.open("rb") as fh:
         return fh.read(132)[128:] == b"DICM"
 
 
-def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path]]:
-    """Image files under ``root`` and DICOM-series folders (a folder holding DICOM files is one series); the
-    output folders of ``medadapt segment`` runs inside it are left out."""
-    found: list[tuple[str, Path]] = []
-    for folder, dirs, files in os.walk(root):
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where it may not be looked at (a folder without search permission)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path, str]]:
+    """(name, path, error) of the image files under ``root`` and its DICOM-series folders (a folder holding DICOM
+    files is one series); the output folders of ``medadapt segment`` runs inside it are left out. A folder that
+    cannot be listed, and an extension-less file that cannot be read to tell whether it is DICOM, come back with
+    an error, to be recorded as failed rather than left out unseen."""
+    found: list[tuple[str, Path, str]] = []
+
+    def unlisted(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        if where == root:
+            raise MedAdaptError(f"cannot list the input folder {root} ({exc.strerror or exc}); make it readable")
+        found.append((where.relative_to(root).as_posix(), where,
+                      f"cannot list this folder ({exc.strerror or exc}), so its files were not segmented; make it "
+                      "readable (chmod) and run again"))
+
+    for folder, dirs, files in os.walk(root, onerror=unlisted):
         here = Path(folder)
         # the output folder, and earlier ones (they hold a segment.json): masks are not inputs
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
-                         and not (here / d / "segment.json").is_file())
+                         and not _is_file(here / d / "segment.json"))
         files = sorted(f for f in files if not f.startswith("."))
-        if any(_is_dicom(here / f) for f in files):
-            found.append((here.relative_to(root).as_posix(), here))
-        found += [((here / f).relative_to(root).as_posix(), here / f) for f in files
-                  if path_suffix(here / f) in IMAGE_EXTENSIONS and not _is_dicom(here / f)]
+        dicom, unreadable = [], []
+        for f in files:
+            try:
+                dicom.append(_is_dicom(here / f))
+            except OSError as exc:
+                dicom.append(False)
+                unreadable.append((f, exc))
+        if any(dicom):  # a series: an unreadable file in it fails the series when it is read
+            found.append((here.relative_to(root).as_posix(), here, ""))
+        else:
+            found += [((here / f).relative_to(root).as_posix(), here / f,
+                       f"cannot read it to tell whether it is a DICOM image ({exc.strerror or exc}); make it "
+                       "readable, or move it out of the input folder") for f, exc in unreadable]
+        found += [((here / f).relative_to(root).as_posix(), here / f, "") for f, d in zip(files, dicom)
+                  if path_suffix(here / f) in IMAGE_EXTENSIONS and not d]
     return found
 
 
 SERIES_FORMATS = ("nifti", "dicom-seg")
 
 
+def _is_dataset(root: Path) -> bool:
+    """A dataset medadapt.data reads: nnU-Net's ``imagesTr/``, or ``images/`` with ``masks/`` or ``labels/`` beside
+    it (a folder that merely holds a sub-folder named ``images`` is an ordinary folder)."""
+    try:
+        return (root / "imagesTr").is_dir() or (
+            (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels").is_dir()))
+    except OSError as exc:
+        raise MedAdaptError(f"cannot look into the input folder {root} ({exc.strerror or exc}); make it "
+                            "readable") from None
+
+
 def _output_name(name: str, path: Path, volume: bool, series_format: str = "nifti") -> str:
-    base = Path(path).name if name == "." else name
+    base = (Path(path).resolve().name or "input") if name == "." else name  # "." names the input folder itself
     if path.is_dir():  # a DICOM series -> a NIfTI label volume with the series' geometry, or a DICOM-SEG on it
         return base + (".seg.dcm" if series_format == "dicom-seg" else ".nii.gz")
     ext = path_suffix(path)
@@ -78,7 +120,8 @@ def _output_name(name: str, path: Path, volume: bool, series_format: str = "nift
     return base[: len(base) - len(ext)] + ".png"  # JPEG, TIFF, BMP and 2-D DICOM -> a lossless PNG label map
 
 
-def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike, series_format: str = "nifti") -> list[BatchItem]:
+def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
+                series_format: str = "nifti") -> list[BatchItem]:
     """The items of a batch: a folder (searched recursively), a dataset (nnU-Net ``imagesTr/...`` or
     ``images/`` + ``masks/``: its images only), a list file (``.txt``, one path a line, relative to the
     list's folder), a list of paths, or one file. Names are relative to the folder, or to the deepest folder
@@ -98,13 +141,13 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike, series
         if root.resolve() == out:
             raise MedAdaptError(f"the output folder {out} is the input folder: write the masks to another folder")
         if root.is_file():
-            pairs = [(root.name, root)]
-        elif (root / "imagesTr").is_dir() or (root / "images").is_dir():
+            pairs = [(root.name, root, "")]
+        elif _is_dataset(root):
             with warnings.catch_warnings():  # missing label folders do not matter here
                 warnings.simplefilter("ignore")
                 layout = "nnunet" if (root / "imagesTr").is_dir() else "folder"
                 cases = discover_cases(DataConfig(root=str(root), classes=[1], layout=layout))
-            pairs = [(c.image_path.relative_to(root).as_posix(), c.image_path) for c in cases]
+            pairs = [(c.image_path.relative_to(root).as_posix(), c.image_path, "") for c in cases]
         else:
             pairs = _scan_folder(root, out)
     else:
@@ -115,15 +158,18 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike, series
         if missing:
             raise MedAdaptError(f"{len(missing)} listed input(s) not found, e.g. {missing[0]}")
         common = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-        pairs = [(p.resolve().relative_to(common).as_posix(), p) for p in paths]
+        pairs = [(p.resolve().relative_to(common).as_posix(), p, "") for p in paths]
     if not pairs:
         raise MedAdaptError(f"no images found in {inputs}; supported: {', '.join(IMAGE_EXTENSIONS)} files and "
                             "DICOM-series folders")
     items, owner = [], {}
-    for name, path in pairs:
+    for name, path, error in pairs:
         volume = path.is_dir() or path_suffix(path) in _VOLUME
         target = out / _output_name(name, path, volume, series_format)
-        item = BatchItem(name, path, volume, target)
+        item = BatchItem(name, path, volume, target, error)
+        if error:  # found but not readable: it has no output to claim
+            items.append(item)
+            continue
         if target in owner:
             item.error = f"its output {target.name} is also the output of {owner[target]}; rename one of them"
         elif path.resolve() == target:

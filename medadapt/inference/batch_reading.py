@@ -55,7 +55,9 @@ class Reader:
                 data = apply_window(data, self.window) if self.window is not None else data
                 record = {"pixels": np.ascontiguousarray(data), "affine": np.ascontiguousarray(affine)}
             else:
-                record = {"pixels": np.ascontiguousarray(load_image(item.path, window=self.window))}
+                image = load_image(item.path, window=self.window, constant_ok=True)
+                # a blank image: nothing to find there; answered with an empty mask, as a blank slice of a volume
+                record = {"pixels": np.ascontiguousarray(image), "blank": bool(image.min() == image.max())}
         except Exception as exc:  # any reader's failure is this file's failure, recorded in the manifest
             record = {"error": one_line(exc)}
         return {"index": i, "read_seconds": time.perf_counter() - start, **record}

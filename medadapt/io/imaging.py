@@ -316,6 +316,7 @@ def load_image(
     axis: int = 2,
     window: Window | None = None,
     percentiles: tuple[float, float] | None = None,
+    constant_ok: bool = False,
 ) -> np.ndarray:
     """Load one 2-D image as float32 HxW (gray) or HxWx3 (RGB), ready for a model's processor.
 
@@ -327,7 +328,7 @@ def load_image(
     slices from :func:`load_mask` line up). Intensities are not rescaled; only
     ``window`` (a :data:`WINDOW_PRESETS` name or (level, width) in HU, for CT)
     or ``percentiles`` (low, high, for MR) clip them. The result passes
-    :func:`validate_image`.
+    :func:`validate_image` (``constant_ok``: a blank image is returned, not refused).
     """
     if window is not None and percentiles is not None:
         raise MedAdaptError("pass either window= (CT) or percentiles= (MR) to load_image, not both")
@@ -341,11 +342,12 @@ def load_image(
         array = _read_dicom(p, slice_index)
     else:
         array = _read_pil(p, slice_index, mask=False)
-    array = validate_image(array, name=str(p))
+    array = validate_image(array, name=str(p), constant_ok=constant_ok)
     if window is not None:
-        array = validate_image(apply_window(array, window), name=f"{p} (window {window!r})")
+        array = validate_image(apply_window(array, window), name=f"{p} (window {window!r})", constant_ok=constant_ok)
     if percentiles is not None:
-        array = validate_image(clip_percentiles(array, *percentiles), name=f"{p} (percentiles {percentiles})")
+        array = validate_image(clip_percentiles(array, *percentiles), name=f"{p} (percentiles {percentiles})",
+                               constant_ok=constant_ok)
     return array
 
 
@@ -493,13 +495,14 @@ def image_shape(arr: np.ndarray, name: str) -> np.ndarray:
     )
 
 
-def validate_image(array: Any, name: str = "image") -> np.ndarray:
+def validate_image(array: Any, name: str = "image", constant_ok: bool = False) -> np.ndarray:
     """Check a user-supplied image and return it as float32 HxW or HxWx3.
 
     Catches, with a message saying what to fix, what otherwise fails deep in a
     model or silently yields garbage: wrong shapes (volumes, channel-first),
     complex or non-numeric data, NaN/inf, empty arrays and constant images
-    (usually a wrong slice or window).
+    (usually a wrong slice or window; ``constant_ok`` lets those through, for a caller that answers a blank
+    image itself).
     """
     if hasattr(array, "detach"):  # a torch tensor: on the host, bfloat16 (which numpy cannot hold) as float32
         array = array.detach().cpu()
@@ -521,7 +524,7 @@ def validate_image(array: Any, name: str = "image") -> np.ndarray:
     if n_nan or n_inf:
         found = " and ".join([f"{n_nan} NaN"] * bool(n_nan) + [f"{n_inf} infinite"] * bool(n_inf))
         raise MedAdaptError(f"{name} contains {found} values; replace them first, e.g. with np.nan_to_num")
-    if out.min() == out.max():
+    if out.min() == out.max() and not constant_ok:
         raise MedAdaptError(
             f"{name} is constant (all values = {out.flat[0]:g}); nothing to segment — check the window/slice"
         )
