@@ -154,6 +154,41 @@ def test_foreign_backbone_or_base_weights_are_refused(tmp_path):
     other = build_sam("tiny", "tiny_sam_vit", None, seed=1)  # same architecture, other weights
     with pytest.raises(MedAdaptError, match="different tiny_sam_vit base weights"):
         load_adapter(other, tmp_path / "a")
+    changed = build_backbone("tiny_sam_vit")  # the same base, changed after it was built
+    with torch.no_grad():
+        next(changed.mask_decoder.parameters()).add_(0.1)
+    with pytest.raises(MedAdaptError, match="different tiny_sam_vit base weights"):
+        load_adapter(changed, tmp_path / "a")
+
+
+def test_a_failed_load_leaves_the_backbone_as_it_was_and_frozen_models_are_not_saved_empty(tmp_path):
+    model, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(lora=LoraConfig(rank=2)))
+    save_adapter(model, tmp_path / "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter.json").write_bytes((tmp_path / "good" / "adapter.json").read_bytes())
+    (tmp_path / "bad" / "adapter.safetensors").write_bytes(b"truncated")
+    base = build_backbone("tiny_sam_vit")
+    with pytest.raises(MedAdaptError, match="could not read adapter weights"):
+        load_adapter(base, tmp_path / "bad")
+    assert base.adapter_config is None and not any(p.requires_grad for p in base.parameters())
+    load_adapter(base, tmp_path / "good")  # the same backbone takes the good file
+    with pytest.raises(MedAdaptError, match="no parameter of this model is trainable"):
+        save_adapter(model.requires_grad_(False), tmp_path / "frozen")
+    from medadapt.inference.optimize import optimize_for_inference
+
+    with pytest.raises(MedAdaptError, match="optimised for inference"):
+        save_adapter(optimize_for_inference(base), tmp_path / "optimised")
+    assert not (tmp_path / "frozen").exists() and not (tmp_path / "optimised").exists()
+
+
+def test_spatial_adapters_are_made_on_the_models_device_and_their_config_is_taken_as_written():
+    model = build_backbone("tiny_sam_vit").to("meta")  # a device other than the CPU, as a GPU is
+    apply(model, AdapterConfig(spatial=SpatialAdapterConfig(blocks=[0])))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    for bad in ({"bottleneck": 1.5}, {"blocks": [0, 0]}):
+        with pytest.raises(MedAdaptError, match="adapter.spatial"):
+            SpatialAdapterConfig(**bad)
+    assert SpatialAdapterConfig(bottleneck=8).bottleneck == 8
 
 
 def test_segmenter_loads_an_adapter(tmp_path):
@@ -251,6 +286,6 @@ def test_a_trained_tinyvit_encoder_keeps_its_batchnorm_statistics_so_the_saved_a
     with torch.no_grad():
         trained = forward(model, pixels, boxes)
     save_adapter(model, tmp_path / "adapter")
-    loaded = load_adapter(build_backbone("tiny_litemedsam"), tmp_path / "adapter").eval()
-    with torch.no_grad():
+    loaded = load_adapter(build_backbone("tiny_litemedsam"), tmp_path / "adapter")  # as built: in eval mode
+    with torch.no_grad():  # (TinyViT caches its attention biases in eval mode: the cache holds the trained ones)
         assert torch.equal(forward(loaded, pixels, boxes), trained)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -10,6 +11,7 @@ import torch
 from transformers import SamConfig, SamModel
 
 from medadapt.core.errors import MedAdaptError
+from medadapt.foundation import build_backbone
 from medadapt.foundation.hf_sam import convert_hf_sam_state_dict, load_hf_sam, sam_modules_from_hf_config
 
 IMAGE_SIZE = 128  # 8x8 image embedding, 32x32 low-res masks
@@ -149,6 +151,27 @@ def test_unrepresentable_config_names_field() -> None:
     bad.vision_config.num_pos_feats = 8
     with pytest.raises(MedAdaptError, match="vision_config.num_pos_feats"):
         sam_modules_from_hf_config(bad)
+
+
+@pytest.mark.parametrize("index, config_edit, message", [
+    ("{}", None, "not a sharded-checkpoint index"),
+    ('{"weight_map": {"a": "model-0', None, "not a sharded-checkpoint index"),
+    ('{"weight_map": {"a": "../elsewhere.safetensors"}}', None, "outside its folder"),
+    (None, ("vision_config", "num_hidden_layers", "2"), "not a config transformers can read"),
+])
+def test_a_damaged_folder_gives_one_line_naming_the_file(hf_folder, tmp_path, index, config_edit, message) -> None:
+    folder = tmp_path / "sam"
+    shutil.copytree(hf_folder, folder)
+    if index is not None:
+        (folder / "model.safetensors").unlink()
+        (folder / "model.safetensors.index.json").write_text(index)
+    if config_edit is not None:
+        section, key, value = config_edit
+        config = json.loads((folder / "config.json").read_text())
+        config[section][key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MedAdaptError, match=message):
+        build_backbone("sam_hf", str(folder))
 
 
 def test_bin_folder_loads_with_tied_duplicate(hf_model, tmp_path) -> None:

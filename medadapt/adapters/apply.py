@@ -90,9 +90,10 @@ def add_spatial(model: Backbone, config: AdapterConfig) -> list[str]:
         dim = block_width(block)
         hidden = int(sc.bottleneck) if sc.bottleneck > 1 else max(1, round(dim * sc.bottleneck))
         if "attention" in sc.positions:
-            block.attn = SerialAdapted(block.attn, SpatialAdapter(dim, hidden, sc.depthwise_conv))
+            block.attn = SerialAdapted(block.attn, SpatialAdapter(dim, hidden, sc.depthwise_conv).to(model.device))
         if "mlp" in sc.positions:
-            block.mlp = ParallelAdapted(block.mlp, SpatialAdapter(dim, hidden, sc.depthwise_conv), sc.scale)
+            block.mlp = ParallelAdapted(block.mlp, SpatialAdapter(dim, hidden, sc.depthwise_conv).to(model.device),
+                                        sc.scale)
         done.append(name)
     return done
 

@@ -52,10 +52,11 @@ class SpatialAdapterConfig:
 
     def __post_init__(self) -> None:
         _check(self, "adapter.spatial", {
-            "bottleneck": (lambda v: v > 0, "a share of the block width in (0, 1], or a width > 1"),
+            "bottleneck": (lambda v: 0 < v <= 1 or float(v).is_integer(),
+                           "a share of the block width in (0, 1], or a whole width > 1"),
             "scale": (lambda v: v >= 0, "a number >= 0"),
-            "blocks": (lambda v: v is None or (len(v) > 0 and all(b >= 0 for b in v)),
-                       "a non-empty list of block indices >= 0, or null for all"),
+            "blocks": (lambda v: v is None or (len(v) > 0 and all(b >= 0 for b in v) and len(set(v)) == len(v)),
+                       "a non-empty list of distinct block indices >= 0, or null for all"),
             "positions": (lambda v: len(v) > 0 and set(v) <= {"attention", "mlp"},
                           "a non-empty subset of [attention, mlp]"),
         })

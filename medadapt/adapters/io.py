@@ -23,8 +23,8 @@ import torch
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json
 from ..foundation import Backbone, build_backbone
-from ..foundation.checkpoint import sha256_files
-from .apply import apply, trainable_state
+from ..foundation.checkpoint import fingerprint_state, sha256_files
+from .apply import apply, is_adapter_param, trainable_state
 from .config import AdapterConfig
 
 WEIGHTS_NAME = "adapter.safetensors"
@@ -52,8 +52,15 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
     config: AdapterConfig | None = model.adapter_config
     if config is None:
         raise MedAdaptError("this model has no adapter config: call medadapt.adapters.apply(model, config) first")
+    if model.inference_only:
+        raise MedAdaptError("this model was optimised for inference (BatchNorm folded, bf16, frozen); save the "
+                            "adapter of the model as trained, or load it again with load_adapter")
     if model.lora_merged:
         raise MedAdaptError("LoRA was merged into the base weights; save the adapter before merge_lora()")
+    state = trainable_state(model)
+    if not state and any(is_adapter_param(n) or n.split(".", 1)[0] in config.train for n, _ in model.named_parameters()):
+        raise MedAdaptError("no parameter of this model is trainable (requires_grad is off everywhere), so the adapter "
+                            "would be saved without its weights; save it before freezing the model")
     weights, desc = _paths(path)
     info = {
         "format_version": FORMAT_VERSION,
@@ -62,7 +69,7 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
         "adapter": config.to_dict(),
         "metadata": metadata or {},
     }
-    atomic_write(weights, lambda tmp: save_file(trainable_state(model), str(tmp)))
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write_json(desc, info)
     return weights
 
@@ -96,31 +103,39 @@ def load_adapter(model: Backbone, path: str | os.PathLike) -> Backbone:
             f"adapter {desc} was trained on backbone {info.get('backbone')!r}, not {model.info.name!r}; "
             f"use Segmenter.from_pretrained({info.get('backbone')!r}, adapter=...)"
         )
-    if info.get("base_fingerprint") != model.info.fingerprint:
+    if model.adapter_config is not None:
+        raise MedAdaptError("this model already has adapters; build a fresh backbone to load another adapter")
+    # the weights the model holds now (not the fingerprint taken when it was built: they may have changed since)
+    base = fingerprint_state(model.state_dict())
+    if info.get("base_fingerprint") != base:
         raise MedAdaptError(
             f"adapter {desc} was trained on different {model.info.name} base weights "
-            f"(fingerprint {info.get('base_fingerprint')} vs {model.info.fingerprint}); load the same base checkpoint"
+            f"(fingerprint {info.get('base_fingerprint')} vs {base}); load the same base checkpoint"
         )
     if not weights.is_file():
         raise MedAdaptError(f"adapter weights not found: {weights}")
     config = AdapterConfig.from_dict(info["adapter"])
-    apply(model, config)
-    try:
+    try:  # read before the model is changed: a damaged file leaves the backbone as it was
         state = load_file(str(weights), device="cpu")
     except Exception as exc:
         raise MedAdaptError(f"could not read adapter weights {weights}: {exc}") from None
-    expected = set(trainable_state(model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
+    apply(model, config)
+    expected = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k])})" for k, v in state.items()
+             if k in expected and v.shape != expected[k]]
+    if missing or unexpected or wrong:
         raise MedAdaptError(
-            f"adapter weights {weights} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"adapter weights {weights} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shapes {wrong[:3]}; this backbone now holds the adapter's layers untrained: build a fresh one "
+            "before loading another adapter"
         )
     with torch.no_grad():
         params = dict(model.named_parameters())
         for k, v in state.items():
-            if params[k].shape != v.shape:
-                raise MedAdaptError(f"adapter tensor {k} has shape {tuple(v.shape)}, model expects {tuple(params[k].shape)}")
             params[k].copy_(v)
+    if not model.training:
+        model.eval()  # modules that cache weights for evaluation (TinyViT's attention biases) compute them again
     model.adapter_metadata = info.get("metadata", {})
     return model
 

@@ -29,6 +29,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     often wrap them as ``{"model": ...}``, which is unwrapped here.
     """
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise MedAdaptError(f"checkpoint {p} is a folder; pass the weights file (.pth, .pt, .bin or .safetensors) "
+                            "in it, or for a Hugging Face SAM folder use the backbone sam_hf")
     if not p.is_file():
         raise MedAdaptError(f"checkpoint not found: {p}")
     try:

@@ -286,7 +286,8 @@ def _resolve_folder(path_or_repo_id: str | os.PathLike) -> Path:
         return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
     except HFValidationError:
         raise MedAdaptError(
-            f"{repo_id!r} is neither an existing folder (no folder at {path.resolve()}) nor a Hugging Face repo id"
+            f"{repo_id!r} is neither an existing folder (no folder at {os.path.abspath(path)}) nor a Hugging Face "
+            "repo id"
         ) from None
     except LocalEntryNotFoundError:
         raise MedAdaptError(
@@ -310,7 +311,11 @@ def _read_config(folder: Path) -> SamConfig:
         raise MedAdaptError(f"{file} is not a valid config.json: {exc}") from None
     if model_type != "sam":
         raise MedAdaptError(f"{file} has model_type={model_type!r}; only transformers SamModel ('sam') is supported")
-    return SamConfig.from_pretrained(str(folder), local_files_only=True)
+    try:
+        return SamConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # a value of the wrong type or range, a field transformers does not know ...
+        raise MedAdaptError(f"{file} is not a config transformers can read: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:300]}") from None
 
 
 def _load_file(file: Path) -> dict[str, torch.Tensor]:
@@ -327,6 +332,20 @@ def _load_file(file: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def _shards(index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names (plain names inside its folder), or an error."""
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise MedAdaptError(f"{index} is not a sharded-checkpoint index (a JSON object with a 'weight_map' of "
+                            f"tensor -> file): {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+    bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
+    if bad:
+        raise MedAdaptError(f"{index} names shard files outside its folder ({bad[0]!r}); only plain file names "
+                            "in the same folder are read")
+    return sorted(shards)
+
+
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     for single in ("model.safetensors", "pytorch_model.bin"):  # safetensors preferred
         if (folder / single).is_file():
@@ -334,7 +353,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         index = folder / f"{single}.index.json"
         if index.is_file():  # sharded checkpoint
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            for shard in _shards(index):
                 state.update(_load_file(folder / shard))
             return state
     found = sorted(p.name for p in folder.iterdir())

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from ..core.errors import MedAdaptError
 from .backbone import Backbone
+from .checkpoint import fingerprint_state
 
 Builder = Callable[[Optional[str]], Backbone]
 
@@ -65,6 +66,8 @@ def build_backbone(name: str, checkpoint: str | None = None) -> Backbone:
         )
     model = spec.builder(checkpoint)
     model.requires_grad_(False)
+    if not model.info.fingerprint:  # a registered builder that set none: adapters must still refuse other weights
+        model.info.fingerprint = fingerprint_state(model.state_dict())
     return model.eval()
 
 
