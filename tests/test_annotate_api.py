@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import socket
@@ -185,7 +186,8 @@ def test_volume_slices_accumulate_in_a_nifti_with_the_input_affine(volume, litem
 
 def test_a_restarted_server_resumes_where_it_was(images, litemedsam):
     folder, truth = images
-    api = client(Annotator(litemedsam, folder, prefetch=False))
+    first = Annotator(litemedsam, folder, prefetch=False)
+    api = client(first)
     c = ids(api)["c.png"]
     api.post(url(c, 0, "open"), json={})
     api.post(url(c, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(truth["c.png"][0])})
@@ -193,6 +195,7 @@ def test_a_restarted_server_resumes_where_it_was(images, litemedsam):
     session = json.loads((folder / "labels" / "annotate-session.json").read_text())
     assert session["accepted"] == {"c.png": {"slices": [0], "classes": ["foreground"]}}
 
+    first.close()  # the server stops (its lock on the labels folder goes with it)
     again = client(Annotator(litemedsam, folder, prefetch=False))  # a new server on the same folder
     state = again.get("/api/state").json()
     assert state["position"] == {"item": c, "slice": 0}
@@ -617,3 +620,297 @@ def test_strokes_on_a_volume_slice_go_into_a_stroke_volume_in_its_geometry(volum
     drawn = rasterize_strokes([(stroke["points"], 1)], disc.shape)
     assert np.array_equal(plane == 1, drawn == 1) and (plane[drawn == -1] == 255).all()
     assert (volume_slice(data, 3, 2) == 255).all()  # untouched slices: nobody drew there
+
+
+# ------------------------------------------------------------------------------------------ refusals and repairs
+def test_a_label_file_that_is_an_input_image_is_refused_at_startup(tmp_path):
+    """``--labels`` naming the images' own folder would make Accept overwrite the image: refused in every layout."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(scans / "scan.png")
+    with pytest.raises(MedAdaptError, match="scan.png, the image itself: accepting would overwrite the image; give "
+                                            "another --labels folder"):
+        find_items(scans / "scan.png", labels=scans)  # one image file, --labels its folder
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(ds / "images" / "case1.png")
+    with pytest.raises(MedAdaptError, match="the image itself"):
+        find_items(ds, labels=ds / "images")  # a dataset, --labels its images folder
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "scan.png").hardlink_to(scans / "scan.png")  # the same file under another path
+    with pytest.raises(MedAdaptError, match="the image itself"):
+        find_items(scans / "scan.png", labels=tmp_path / "linked")
+    assert find_items(scans / "scan.png").items[0].label_path == (scans / "labels" / "scan.png").resolve()
+
+
+def test_a_binary_0_255_mask_stays_binary_and_keeps_its_foreground(tmp_path, litemedsam):
+    """A dataset of 0/255 masks (read by training as foreground): Accept paints 255 beside the 255s, the page
+    shows them as the foreground class, and the learner is taught the old annotation as foreground too."""
+    from medadapt.data.datasets import remap_labels
+
+    ds = tmp_path / "kvasir"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    image, disc, square = two_objects((60, 70), (100, 140), 0)
+    Image.fromarray(image).save(ds / "images" / "case1.png")
+    Image.fromarray((square * 255).astype(np.uint8)).save(ds / "masks" / "case1.png")
+    taught = []
+    api = client(Annotator(litemedsam, ds, prefetch=False, on_accept=lambda *a: taught.append(a[1])))
+    i = list(ids(api).values())[0]
+    opened = api.post(url(i, 0, "open"), json={}).json()
+    assert [label["value"] for label in opened["labels"]] == [1]  # the existing square, as the foreground class
+    api.post(url(i, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(disc)})
+    assert api.post(url(i, 0, "accept"), json={"class_name": "foreground"}).json()["saved"]["value"] == 1
+    stored = np.asarray(Image.open(ds / "masks" / "case1.png")).astype(np.int64)
+    assert set(np.unique(stored)) == {0, 255} and (stored[square] == 255).all()
+    target = remap_labels(stored, [("foreground", 1)], binary_255=True)
+    assert target[square].all() and dice(target[disc] == 1, np.ones(disc.sum(), bool)) > 0.85
+    assert set(np.unique(taught[0])) == {0, 1} and taught[0][square].all()
+
+
+def test_classes_whose_label_values_clash_are_refused_naming_them(tmp_path, litemedsam):
+    """An adapter's classes and dataset.json's (or classes made in an earlier session) sharing a label value, or
+    one name with two values, are refused when the app starts: label files could not tell them apart."""
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.foundation import build_backbone
+
+    ds = tmp_path / "ds"
+    (ds / "imagesTr").mkdir(parents=True)
+    Image.fromarray(two_objects((60, 70), (100, 140), 0)[0]).save(ds / "imagesTr" / "case1.png")
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
+    backbone, _ = apply(build_backbone("litemedsam"),
+                        AdapterConfig(automatic=AutomaticConfig(["kidney", "tumour"], [1, 3])))
+    seg = Segmenter(backbone, device="cpu")
+    with pytest.raises(MedAdaptError, match=r"classes 'kidney' \(the adapter\) and 'liver' \(dataset.json\) both "
+                                            "have label value 1.*give an --adapter trained with dataset.json"):
+        Annotator(seg, ds, prefetch=False)
+    backbone.adapter_config.automatic.class_names = ["liver"]
+    backbone.adapter_config.automatic.label_values = [3]
+    with pytest.raises(MedAdaptError, match="class 'liver' has label value 3 in the adapter but 1 in dataset.json"):
+        Annotator(seg, ds, prefetch=False)
+    backbone.adapter_config.automatic.label_values = [1]
+    assert Annotator(seg, ds, prefetch=False).classes() == {"liver": 1, "spleen": 2}  # agreeing classes: fine
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    Image.fromarray(two_objects((60, 70), (100, 140), 0)[0]).save(folder / "a.png")
+    first = Annotator(litemedsam, folder, prefetch=False)
+    assert first.add_class("organ") == {"name": "organ", "value": 2}  # foreground is 1
+    first.close()
+    backbone.adapter_config.automatic.class_names = ["kidney", "tumour"]
+    backbone.adapter_config.automatic.label_values = [1, 2]
+    with pytest.raises(MedAdaptError, match=r"classes 'tumour' \(the adapter\) and 'organ' \(made in the app.*give "
+                                            "another --labels folder"):
+        Annotator(seg, folder, prefetch=False)
+    Annotator(litemedsam, folder, prefetch=False).close()  # the refusal left the labels folder free
+
+
+def test_a_failing_autosave_keeps_the_worker_training_and_the_state_says_why(images, tmp_path, monkeypatch):
+    """A save that fails (a full disk for a moment) is logged and shown in the state, and training goes on; a
+    worker that died on an error is shown in the state and in the answer of the next Accept."""
+    import medadapt.training.online as online
+
+    folder, truth = images
+    seg, learner = online_segmenter("litemedsam", tmp_path / "online", device="cpu",
+                                    config={"steps_per_sample": 1, "batch_size": 1, "prompted": []})
+    annotator = Annotator(seg, folder, lock=learner.lock, model_version=lambda: learner.version, prefetch=False)
+    annotator.on_accept = accept_hook(learner, annotator.classes)
+    api = client(annotator)
+    real, fails = online.save_adapter, [1]
+
+    def flaky(*args, **kwargs):
+        if fails:
+            fails.pop()
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(online, "save_adapter", flaky)
+
+    def accept(name: str) -> dict:
+        item = ids(api)[name]
+        api.post(url(item, 0, "open"), json={"class_name": "foreground"})
+        api.post(url(item, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(truth[name][0])})
+        return api.post(url(item, 0, "accept"), json={"class_name": "foreground"}).json()
+
+    try:
+        assert api.get("/api/state").json()["learning"]["running"]
+        assert "on_accept_error" not in accept("a.png") and learner.wait_idle(timeout=240)
+        state = api.get("/api/state").json()["learning"]
+        assert state["running"] and state["error"] is None and "No space left on device" in state["save_error"]
+        assert "on_accept_error" not in accept("b.png") and learner.wait_idle(timeout=240)
+        state = api.get("/api/state").json()["learning"]
+        assert state["running"] and state["steps"] == 2 and state["save_error"] is None  # trained, and saved
+
+        monkeypatch.setattr(learner, "_step", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+        accept("c.png")  # the worker dies on this sample's step (its answer may say so already)
+        assert learner.wait_idle(timeout=60)
+        state = api.get("/api/state").json()["learning"]
+        assert not state["running"] and "stopped on an error: RuntimeError: boom" in state["error"]
+        answer = accept("a.png")
+        assert answer["accepted"] and "stopped on an error" in answer["on_accept_error"]
+        assert "restart the app to train on it" in answer["on_accept_error"]
+    finally:
+        annotator.close()
+        with contextlib.suppress(MedAdaptError):  # stop() says what stopped the worker (tested elsewhere)
+            learner.stop()
+
+
+def test_an_adapter_other_than_the_one_the_online_checkpoint_started_from_is_refused(images, tmp_path):
+    """``--adapter RUN`` on labels whose online checkpoint started elsewhere is refused, not silently dropped; the
+    same RUN again resumes the checkpoint."""
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply, save_adapter
+    from medadapt.foundation import build_backbone
+
+    folder, truth = images
+    for run, names in (("run_a", ["disc"]), ("run_b", ["liver", "spleen"])):
+        auto = AutomaticConfig(names, [1, 2][: len(names)])
+        backbone, _ = apply(build_backbone("litemedsam"), AdapterConfig(train=["mask_decoder"], automatic=auto))
+        save_adapter(backbone, tmp_path / run / "adapter")
+    image = np.asarray(Image.open(folder / "a.png"))
+
+    def session(online, adapter=None, **log):
+        seg, learner = online_segmenter("litemedsam", online, adapter=adapter, device="cpu",
+                                        config={"steps_per_sample": 0}, **log)
+        seg.set_image(image)
+        emb, meta = seg.embedding()
+        learner.add(emb, meta, truth["a.png"][0], ["disc"], image_id="a")
+        learner.stop()
+        learner.save()
+        return seg
+
+    session(tmp_path / "online", tmp_path / "run_a")
+    with pytest.raises(MedAdaptError, match="--adapter .*run_b was given, but .*online holds the model learned in an "
+                                            "earlier session.*started from .*run_a.*drop --adapter to resume it, or "
+                                            "rename or remove"):
+        online_segmenter("litemedsam", tmp_path / "online", adapter=tmp_path / "run_b", device="cpu")
+    said = []
+    again = session(tmp_path / "online", tmp_path / "run_a", log=said.append)  # the same command again: resumes
+    assert again.classes == ["disc"] and any("resuming the online learner" in line for line in said)
+    session(tmp_path / "bare")  # started without an adapter
+    with pytest.raises(MedAdaptError, match="started without that adapter"):
+        online_segmenter("litemedsam", tmp_path / "bare", adapter=tmp_path / "run_a", device="cpu")
+
+
+def test_a_second_server_on_the_same_labels_folder_is_refused(images, litemedsam, tmp_path):
+    """Two servers on one labels folder would overwrite each other's session file and replay buffer: the second,
+    in this process or another, is refused until the first stops."""
+    import subprocess
+    import sys
+
+    from medadapt.app.store import LabelsLock
+
+    folder, _ = images
+    first = Annotator(litemedsam, folder, prefetch=False)
+    with pytest.raises(MedAdaptError, match="another medadapt annotate .*is using the labels folder .*labels: stop "
+                                            "it first, or give another --labels folder"):
+        Annotator(litemedsam, folder, prefetch=False)
+    Annotator(litemedsam, folder, labels=tmp_path / "mine", prefetch=False).close()  # other labels: fine
+    first.close()
+    Annotator(litemedsam, folder, prefetch=False).close()
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from medadapt.app.store import LabelsLock; "
+                               "held = LabelsLock(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+                               str(folder / "labels")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MedAdaptError, match=f"another medadapt annotate \\(process {holder.pid}\\)"):
+            Annotator(litemedsam, folder, prefetch=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with pytest.raises(MedAdaptError, match="another medadapt annotate"):
+            annotate(folder, port=port, log=lambda line: None)  # refused before the model loads
+    finally:
+        holder.kill()
+        holder.wait()
+    LabelsLock(folder / "labels").release()  # the lock went with the process
+
+
+def test_a_session_annotated_along_one_axis_refuses_another(volume, litemedsam):
+    """Slices are recorded by number: a restart with another --axis would mark and train the wrong planes."""
+    path, truth, _ = volume
+    first = Annotator(litemedsam, path, prefetch=False)
+    api = client(first)
+    vid = list(ids(api).values())[0]
+    api.post(url(vid, 2, "open"), json={})
+    disc = volume_slice(truth[::-1], 2, 2)  # load_volume's RAS+ layout flips the stored x axis
+    api.post(url(vid, 2, "prompts"), json={"class_name": "foreground", "prompt": box_around(disc)})
+    assert api.post(url(vid, 2, "accept"), json={"class_name": "foreground"}).status_code == 200
+    first.close()
+    assert json.loads((path.parent / "labels" / "annotate-session.json").read_text())["axis"] == 2
+    with pytest.raises(MedAdaptError, match="annotated slice by slice along --axis 2: start with --axis 2, or give "
+                                            "another --labels folder"):
+        Annotator(litemedsam, path, axis=0, prefetch=False)
+    Annotator(litemedsam, path, axis=2, prefetch=False).close()
+
+
+@pytest.mark.parametrize("bad", [{"classes": {"organ": "two"}}, {"classes": {"organ": None}},
+                                 {"classes": {"organ": True}}, {"accepted": {"a.png": ["0"]}},
+                                 {"accepted": {"a.png": {"slices": ["x"]}}}, {"accepted": {"a.png": {"classes": [1]}}},
+                                 {"axis": 5}])
+def test_a_session_file_with_bad_entries_is_refused_at_startup(images, litemedsam, bad):
+    folder, _ = images
+    (folder / "labels").mkdir()
+    (folder / "labels" / "annotate-session.json").write_text(json.dumps(bad))
+    with pytest.raises(MedAdaptError, match="annotate-session.json holds .*; fix it or delete it"):
+        Annotator(litemedsam, folder, prefetch=False)
+
+
+def test_label_values_no_class_has_are_taught_as_background():
+    """A negative value (-1 'ignore' in a NIfTI label volume) or an unknown one is background, not the last
+    class by wrap-around."""
+    seen = {}
+
+    class Capture:
+        def add(self, emb, meta, label, names, **kw):
+            seen.update(label=label, names=names)
+
+    hook = accept_hook(Capture(), lambda: {"liver": 1, "tumour": 2})
+    hook("case:3", np.array([[0, 1, 2], [-1, -2, 0]]), None, None, [])
+    assert seen["names"] == ["liver", "tumour"] and seen["label"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    hook("case:4", np.array([[0, 1, 2], [-1, 5, 7]]), None, None, [])
+    assert seen["label"].tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_a_dataset_whose_label_files_the_app_cannot_write_is_refused(tmp_path):
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    for case in ("case1", "case2"):
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(ds / "images" / f"{case}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(ds / "masks" / "case1.tif")
+    with pytest.raises(MedAdaptError, match=r"case1.tif is a \.tif file, which the app cannot write back .*convert "
+                                            "the dataset's label files to PNG.*or give --labels DIR"):
+        find_items(ds)
+    assert [it.label_path.name for it in find_items(ds, labels=tmp_path / "new").items] == ["case1.png", "case2.png"]
+
+
+def test_prompts_per_object_are_bounded(images, litemedsam, monkeypatch):
+    """Every prompt decodes the object with all of its prompts: past the limits a prompt gets 400 saying to
+    accept the object or start it again, and undo makes room."""
+    import medadapt.app.session as session
+
+    folder, truth = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    a = ids(api)["a.png"]
+    api.post(url(a, 0, "open"), json={})
+    rng = np.random.default_rng(0)
+    stroke = {"kind": "scribble", "points": rng.uniform([0, 0], [199, 159], (20000, 2)).round(1).tolist()}
+    for _ in range(5):  # 100000 points
+        assert api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": stroke}).status_code == 200
+    refused = api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": stroke})
+    assert refused.status_code == 400 and "100000 points" in refused.json()["detail"]
+    assert "accept it, or undo or clear it and start again" in refused.json()["detail"]
+    click = {"class_name": "foreground", "prompt": {"kind": "point", "x": 70, "y": 60, "label": 1}}
+    assert api.post(url(a, 0, "prompts"), json=click).status_code == 200  # clicks still fit
+    monkeypatch.setattr(session, "MAX_PROMPTS", 6)
+    monkeypatch.setattr(session, "MAX_SCRIBBLES", 1)
+    assert api.post(url(a, 0, "prompts"), json=click).status_code == 400  # 6 prompts held
+    api.post(url(a, 0, "clear"))
+    short = {"class_name": "foreground", "prompt": {"kind": "scribble", "points": [[60, 60], [80, 70]]}}
+    assert api.post(url(a, 0, "prompts"), json=short).status_code == 200
+    assert "1 scribbles" in api.post(url(a, 0, "prompts"), json=short).json()["detail"]
+    api.post(url(a, 0, "undo"))
+    assert api.post(url(a, 0, "prompts"), json=short).status_code == 200

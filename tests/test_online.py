@@ -347,3 +347,99 @@ def test_proposal_clicks_train_the_correction_of_the_automatic_proposal(base, sc
                                                                           "prompted": [], "proposal_clicks": 1}))
     only.add(s["embedding"], s["meta"], s["label"] == 1, ["disc"], image_id="a")
     assert only.step(1) > 0
+
+
+# ---------------------------------------------------------------------------------------------------- repairs
+def test_a_restart_trains_the_samples_the_last_session_did_not(base, scenes, tmp_path):
+    """Samples accepted while the user kept working, then the app stopped: the next start trains on them (the
+    checkpoint lists the samples the worker trained on)."""
+    learner = OnlineLearner(serving(base), tmp_path / "run", OnlineConfig(**FAST, steps_per_sample=2))
+    learner.pause = lambda: True  # the user is working: no step starts
+    learner.start()
+    for i, s in enumerate(scenes):
+        learner.add(s["embedding"], s["meta"], s["label"] == 1, ["disc"], image_id=f"img{i}")
+    learner.stop()
+    learner.save()
+    assert learner.steps == 0
+
+    again = OnlineLearner(serving(base), tmp_path / "run", OnlineConfig(**FAST, steps_per_sample=2))
+    again.start()
+    try:
+        assert again.wait_idle(timeout=300) and again.steps == 4 and again.untrained() == []
+    finally:
+        again.stop(timeout=120)
+    info = json.loads((tmp_path / "run" / "adapter" / "adapter.json").read_text())["metadata"]["online"]
+    assert len(info["trained"]) == 2 and info["steps"] == 4  # autosaved after the burst
+    third = OnlineLearner(serving(base), tmp_path / "run", OnlineConfig(**FAST, steps_per_sample=2))
+    third.start()
+    try:
+        assert third.wait_idle(timeout=60) and third.steps == 4  # nothing left to train
+    finally:
+        third.stop(timeout=120)
+
+
+def test_an_add_does_not_wait_for_a_running_step(base, scenes, tmp_path):
+    """Accepting a sample of a known class takes no training lock: it never waits for a step (a new class waits,
+    once, to be registered before its sample can be drawn)."""
+    learner = OnlineLearner(serving(base), tmp_path / "run", OnlineConfig(**FAST))
+    s = scenes[0]
+    learner.add(s["embedding"], s["meta"], s["label"] == 1, ["disc"], image_id="a")
+    held, release = threading.Event(), threading.Event()
+
+    def step_running():  # stands in for a long background step
+        with learner._train:
+            held.set()
+            release.wait(60)
+
+    threading.Thread(target=step_running, daemon=True).start()
+    assert held.wait(10)
+    done = threading.Event()
+    other = scenes[1]
+    threading.Thread(target=lambda: (learner.add(other["embedding"], other["meta"], other["label"] == 1, ["disc"],
+                                                 image_id="b"), done.set()), daemon=True).start()
+    try:
+        assert done.wait(20), "add() waited for the running step"
+        assert len(learner.buffer) == 2
+    finally:
+        release.set()
+    learner.step(1)  # the step draws the new sample with the rest
+    assert sorted(learner.last_batch) == [1]
+
+
+def test_the_replay_index_stays_compact_and_prompts_stay_with_their_sample(tmp_path):
+    buf = ReplayBuffer(tmp_path / "buf")
+    stroke = np.random.default_rng(0).uniform(0, 500, (2000, 2)).round(1).tolist()
+    for i in range(3):
+        buf.add(*_sample(i), ["disc", "square"], prompts={"scribbles": [[1, stroke]], "labels": []}, image_id=f"i{i}")
+    text = (tmp_path / "buf" / "index.json").read_text()
+    assert "prompts" not in text and "\n" not in text and len(text) < 2000
+    assert "prompts" not in buf.records[0]
+    for b in (buf, ReplayBuffer(tmp_path / "buf")):  # in memory and read back from the sample's own file
+        assert b.get(1).record["prompts"] == {"scribbles": [[1, stroke]], "labels": []}
+        assert b.get(1).record["image_id"] == "i1"
+
+    # a buffer written before (prompts in the index, pretty-printed) reads as it was and is written compactly
+    old = ReplayBuffer(tmp_path / "old")
+    old.add(*_sample(0), ["disc", "square"], prompts={"points": [[1.0, 2.0]], "labels": [1]}, image_id="x")
+    index = json.loads((tmp_path / "old" / "index.json").read_text())
+    index["samples"][0]["prompts"] = {"points": [[1.0, 2.0]], "labels": [1]}
+    (tmp_path / "old" / "index.json").write_text(json.dumps(index, indent=1))
+    reopened = ReplayBuffer(tmp_path / "old")
+    assert reopened.get(0).record["prompts"] == {"points": [[1.0, 2.0]], "labels": [1]}
+    reopened.add(*_sample(1), ["disc", "square"], image_id="y")
+    assert "prompts" not in (tmp_path / "old" / "index.json").read_text()
+    assert [r["image_id"] for r in ReplayBuffer(tmp_path / "old").records] == ["x", "y"]
+
+
+def test_a_second_writer_of_a_replay_buffer_is_refused_and_loses_nothing(tmp_path):
+    """Two buffers on one folder (two learners): the one whose index is out of date is refused, instead of
+    writing an index without the other's sample, whose file the next opening would delete."""
+    first, second = ReplayBuffer(tmp_path / "buf"), ReplayBuffer(tmp_path / "buf")
+    first.add(*_sample(0), ["disc", "square"], image_id="a")
+    with pytest.raises(MedAdaptError, match="rewritten by another learner since this one read it.*stop the other"):
+        second.add(*_sample(1), ["disc", "square"], image_id="b")
+    assert len(list((tmp_path / "buf" / "samples").iterdir())) == 1
+    reopened = ReplayBuffer(tmp_path / "buf")
+    assert [r["image_id"] for r in reopened.records] == ["a"] and reopened.get(0).record["image_id"] == "a"
+    reopened.add(*_sample(1), ["disc", "square"], image_id="b")  # the buffer opened last writes
+    assert [r["image_id"] for r in ReplayBuffer(tmp_path / "buf").records] == ["a", "b"]

@@ -7,7 +7,8 @@ replay buffer and the adapter checkpoint); :func:`accept_hook` is the
 saves what it learned when the app stops. The page
 never waits for training: the learner trains a private copy and publishes its
 weights between two prompts, and the next proposal comes from the new weights.
-A restarted app resumes from the checkpoint and the buffer.
+A restarted app resumes from the checkpoint and the buffer, and trains on the
+samples accepted but not trained yet when it stopped.
 """
 
 from __future__ import annotations
@@ -17,23 +18,52 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..adapters import load_adapter
+from ..adapters import load_adapter, read_adapter_info
+from ..adapters.io import CONFIG_NAME
+from ..core.errors import MedAdaptError
 from ..foundation import build_backbone
+from ..foundation.checkpoint import sha256_files
 from ..inference import Segmenter
 from ..inference.predictor import adapter_path
 from ..training import OnlineConfig, OnlineLearner
+from ..training.online import _recover
+
+
+def _fingerprint(path: Path) -> str:
+    """SHA-256 of an adapter's files (a folder's, or a weights file and its description)."""
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path, path.with_suffix(".json")]
+    return sha256_files((f.name, f) for f in files if f.is_file())
 
 
 def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint=None, device=None,
-                     config: OnlineConfig | dict | None = None) -> tuple[Segmenter, OnlineLearner]:
-    """A trainable (float32) segmenter and the learner serving it. The learner's own checkpoint in
-    ``folder`` wins over ``adapter``, which only seeds a new folder."""
+                     config: OnlineConfig | dict | None = None,
+                     log: Callable[[str], Any] | None = None) -> tuple[Segmenter, OnlineLearner]:
+    """A trainable (float32) segmenter and the learner serving it. ``adapter`` seeds a new ``folder``; a folder
+    that holds a checkpoint resumes from it, with ``adapter`` only when the checkpoint started from that very
+    adapter (its files' SHA-256 is kept with the checkpoint): another adapter is refused, not silently dropped."""
+    folder = Path(folder)
     backbone = build_backbone(model, None if checkpoint is None else str(checkpoint))
-    resuming = (Path(folder) / "adapter").exists()
-    if adapter is not None and not resuming:
-        backbone = load_adapter(backbone, adapter_path(adapter))
+    resuming = (_recover(folder / "adapter") / CONFIG_NAME).is_file()
+    origin = None
+    if adapter is not None:
+        path = Path(adapter_path(adapter)).resolve()
+        origin = {"adapter": str(path), "sha256": _fingerprint(path)}
+        if not resuming:
+            backbone = load_adapter(backbone, path)
+        else:
+            saved = (read_adapter_info(folder / "adapter").get("metadata") or {}).get("online") or {}
+            saved = saved.get("origin") if isinstance(saved, dict) else None
+            if not isinstance(saved, dict) or saved.get("sha256") != origin["sha256"]:
+                began = f"from {saved.get('adapter')}" if isinstance(saved, dict) else "without that adapter"
+                raise MedAdaptError(f"--adapter {adapter} was given, but {folder} holds the model learned in an "
+                                    f"earlier session on these labels (it started {began}): drop --adapter to resume "
+                                    f"it, or rename or remove {folder} to start again from {adapter}")
+            if log is not None:
+                log(f"resuming the online learner in {folder} (it started from {adapter})")
     seg = Segmenter(backbone, device=device)
     learner = OnlineLearner(seg, folder, config)
+    if learner.origin is None:
+        learner.origin = origin
     learner.start()
     return seg, learner
 
@@ -44,12 +74,21 @@ def accept_hook(learner: OnlineLearner, classes: Callable[[], dict[str, int]]):
 
     def on_accept(image_id, label_map, meta, embedding, prompts) -> None:
         named = sorted(classes().items(), key=lambda kv: kv[1])
-        index = np.zeros(int(max(int(label_map.max()), max(v for _, v in named))) + 1, np.int64)
+        values = np.asarray(label_map, np.int64)
+        index = np.zeros(int(max(int(values.max()), max(v for _, v in named))) + 1, np.int64)
         for k, (_, value) in enumerate(named, start=1):
             index[value] = k
-        learner.add(embedding, meta, index[np.asarray(label_map, np.int64)], [n for n, _ in named],
+        # a value no class has is taught as background: also a negative one (-1 "ignore" in some NIfTI label
+        # volumes), which indexing would otherwise wrap around to the last class
+        label = np.where(values > 0, index[np.clip(values, 0, None)], 0)
+        learner.add(embedding, meta, label, [n for n, _ in named],
                     prompts=plain_prompts(prompts), image_id=str(image_id), label_values=[v for _, v in named])
+        if getattr(learner, "error", None) is not None:  # the sample is kept; nothing trains on it before a restart
+            raise MedAdaptError(f"{learner.status()['error']}; the accepted sample is kept in {learner.buffer.folder}"
+                                ": restart the app to train on it")
 
+    if hasattr(learner, "status"):
+        on_accept.status = learner.status  # what Annotator.state() shows about the learner
     return on_accept
 
 

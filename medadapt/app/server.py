@@ -38,6 +38,7 @@ from ..training import OnlineConfig
 from .learning import accept_hook, online_segmenter, stop_learning
 from .session import Annotator, OnAccept
 from .sources import UnknownItem, find_items
+from .store import LabelsLock
 
 STATIC = Path(str(resources.files("medadapt") / "app" / "static"))
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -317,17 +318,26 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
             raise MedAdaptError("online learner settings (--online) need the app's online learner: drop --no-learn "
                                 "(learn=False) and on_accept")
         online = online if isinstance(online, OnlineConfig) else OnlineConfig.from_dict(online)  # typos fail here
+    hold = LabelsLock(source.labels_dir)  # a second server on these labels fails here, before the model loads
     learner = None
-    if learn and on_accept is None:
-        seg, learner = online_segmenter(model, Path(source.labels_dir) / "online", adapter=adapter,
-                                        checkpoint=checkpoint, device=device, config=online)
-        model_version = lambda: learner.version  # noqa: E731
-    else:
-        seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
-    annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
-                          model_version=model_version, model_name=model, local=local,
-                          lock=None if learner is None else learner.lock,
-                          threads=None if learner is None else threads_beside(learner))
+    try:
+        if learn and on_accept is None:
+            seg, learner = online_segmenter(model, Path(source.labels_dir) / "online", adapter=adapter,
+                                            checkpoint=checkpoint, device=device, config=online, log=log)
+            model_version = lambda: learner.version  # noqa: E731
+        else:
+            seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
+        annotator = Annotator(seg, data, labels=labels, axis=axis, window=window, on_accept=on_accept,
+                              model_version=model_version, model_name=model, local=local, labels_lock=hold,
+                              lock=None if learner is None else learner.lock,
+                              threads=None if learner is None else threads_beside(learner))
+    except BaseException:
+        try:
+            if learner is not None:
+                learner.stop()
+        finally:
+            hold.release()
+        raise
     if learner is not None:
         annotator.on_accept = accept_hook(learner, annotator.classes)
         learner.pause = annotator.busy  # the learner's steps wait until the user pauses
@@ -336,7 +346,10 @@ def annotate(data, *, adapter=None, model: str = "litemedsam", checkpoint=None, 
     try:
         serve(annotator, host, port, log=log)
     finally:
-        problems = [p for p in (_close(annotator), None if learner is None else stop_learning(learner, log)) if p]
+        try:
+            problems = [p for p in (_close(annotator), None if learner is None else stop_learning(learner, log)) if p]
+        finally:
+            hold.release()  # only once the learner has saved into LABELS/online
         for p in problems:
             log(f"error: {p}")
     if problems:

@@ -36,11 +36,17 @@ from .encoding import EmbeddingLRU, Encoded, Prefetcher, encode_image, show_enco
 from .objects import AnnotatedObject, Answer, Scribble, check_prompt, decode, prompt_from_dict, prompt_to_dict
 from .rle import encode_labels, encode_rle
 from .sources import Item, UnknownItem, find_items
-from .store import UNMARKED, LabelStore
+from .store import BINARY, UNMARKED, LabelsLock, LabelStore
 
 log = logging.getLogger("medadapt.app")
 OnAccept = Callable[[str, np.ndarray, Any, Any, list], Any]
 MAX_CLASS_NAME = 64
+MADE_IN_APP = "made in the app, kept in the session file"
+# every prompt decodes the object with all of its prompts (each scribble adds clicks along it and is drawn again),
+# so one object's prompts are bounded: at these limits a click still decodes in about 0.12 s (LiteMedSAM, 2 cores)
+MAX_PROMPTS = 64
+MAX_SCRIBBLES = 16
+MAX_SCRIBBLE_POINTS = 100_000
 
 
 class Annotator:
@@ -54,23 +60,36 @@ class Annotator:
     leaves free, so that the two never share a core.
     ``local``: a click changes the mask only near it (local corrections,
     :mod:`medadapt.inference.local`), not the whole object.
+    ``labels_lock``: the :class:`~medadapt.app.store.LabelsLock` on the labels folder, when the caller took it
+    already (the caller releases it); by default the annotator takes it, and :meth:`close` releases it (a second
+    annotator on the same labels folder is refused until then).
     """
 
     def __init__(self, segmenter, data, *, labels=None, axis: int = 2, window=None,
                  on_accept: OnAccept | None = None, model_version: Callable[[], Any] | None = None,
                  lock=None, cache_size: int = 16, prefetch: bool = True, prefetch_idle_s: float = 0.5,
-                 model_name: str = "", threads: int | None = None, local: bool = False) -> None:
+                 model_name: str = "", threads: int | None = None, local: bool = False,
+                 labels_lock: LabelsLock | None = None) -> None:
         if threads is not None and not callable(threads) and (isinstance(threads, bool) or not isinstance(threads, int)
                                                               or threads < 1):
             raise MedAdaptError(f"threads must be a whole number >= 1, a callable giving one, or None (torch's "
                                 f"default); got {threads!r}")
         self.threads = threads
         self.local = bool(local)
-        self.seg = segmenter
-        self.source = find_items(data, labels, axis)
-        self.store = LabelStore(self.source)
         if window is not None:
             apply_window(np.zeros((1, 1), np.float32), window)  # a bad preset fails here, not on the first image
+        self.seg = segmenter
+        self.source = find_items(data, labels, axis)
+        self._own_lock = labels_lock is None
+        self.labels_lock = LabelsLock(self.source.labels_dir) if labels_lock is None else labels_lock
+        try:
+            self.store = LabelStore(self.source)
+            self._check_classes()
+        except BaseException:
+            if self._own_lock:
+                self.labels_lock.release()
+            raise
+        self.store.binary_255 = BINARY not in self.classes().values()  # a class of value 255: 255 is that class
         self.window = window
         self.on_accept = on_accept
         self.model_version = model_version
@@ -88,23 +107,57 @@ class Annotator:
         self.prefetcher = Prefetcher(self._prefetch, prefetch_idle_s) if prefetch else None
 
     def close(self) -> None:
-        if self.prefetcher is not None:
-            self.prefetcher.stop()
+        """Stop the background encoding and let another server use the labels folder (when the annotator took
+        its lock itself)."""
+        try:
+            if self.prefetcher is not None:
+                self.prefetcher.stop()
+        finally:
+            if self._own_lock:
+                self.labels_lock.release()
 
     # ------------------------------------------------------------------ classes
-    def classes(self) -> dict[str, int]:
-        """Class name -> label value: the adapter's learned classes and ``dataset.json``'s (``foreground`` = 1
-        when neither names one), then those made in the app."""
-        out: dict[str, int] = {}
+    def _named_classes(self) -> list[tuple[str, int, str]]:
+        """(name, label value, where it comes from) of the adapter's classes, ``dataset.json``'s and the app's."""
+        named: list[tuple[str, int, str]] = []
         if self.seg.classes:
             auto = self.seg.backbone.adapter_config.automatic
-            out.update(zip(auto.class_names, (int(v) for v in auto.label_values)))
-        for name, value in self.source.classes.items():
+            named += [(n, int(v), "the adapter") for n, v in zip(auto.class_names, auto.label_values)]
+        named += [(n, int(v), "dataset.json") for n, v in self.source.classes.items()]
+        return named + [(n, v, MADE_IN_APP) for n, v in self.store.classes.items()]
+
+    def _check_classes(self) -> None:
+        """Refuse classes that a label file could not tell apart: two names with one label value, or one name
+        with two values. Each value comes from a file the user wrote (an adapter, dataset.json) or from label
+        files already painted with it (a class made in an earlier session), so renumbering one of them would
+        silently change what existing files or the adapter's answers mean; the user chooses instead."""
+        by_name: dict[str, tuple[int, str]] = {}
+        by_value: dict[int, tuple[str, str]] = {}
+        for name, value, origin in self._named_classes():
+            seen = by_name.setdefault(name, (value, origin))
+            other = by_value.setdefault(value, (name, origin))
+            session = MADE_IN_APP in (origin, seen[1], other[1])
+            fix = (f"the label files in {self.source.labels_dir} already use these values: give another --labels "
+                   "folder, or an adapter whose classes agree" if session else
+                   "give an --adapter trained with dataset.json's classes and label values, or edit dataset.json")
+            if seen[0] != value:
+                raise MedAdaptError(f"class {name!r} has label value {seen[0]} in {seen[1]} but {value} in {origin}; "
+                                    f"{fix}")
+            if other[0] != name:
+                raise MedAdaptError(f"classes {other[0]!r} ({other[1]}) and {name!r} ({origin}) both have label value "
+                                    f"{value}, so label files could not tell them apart; {fix}")
+
+    def classes(self) -> dict[str, int]:
+        """Class name -> label value: the adapter's learned classes and ``dataset.json``'s (``foreground`` = 1
+        when neither names one), then those made in the app (clashes are refused when the app starts)."""
+        out: dict[str, int] = {}
+        named = self._named_classes()
+        for name, value, origin in named:
+            if origin == MADE_IN_APP and not out:  # no class named anywhere: start with one
+                out["foreground"] = 1
             out.setdefault(name, value)
-        if not out:  # no class named anywhere: start with one
+        if not out:
             out["foreground"] = 1
-        for name, value in self.store.classes.items():
-            out.setdefault(name, value)
         return out
 
     def class_value(self, name: str) -> int:
@@ -146,8 +199,15 @@ class Annotator:
                 "position": None if pos is None else {"item": pos[0].id, "slice": pos[1]},
                 "model": self.model_name, "model_version": self.version(),
                 "automatic": bool(self.seg.classes), "labels_dir": str(self.source.labels_dir),
-                "last_decode_ms": self.last_decode_ms,
+                "last_decode_ms": self.last_decode_ms, "learning": self.learning(),
             }
+
+    def learning(self) -> dict[str, Any] | None:
+        """What the online learner says about itself (``on_accept.status()``, as
+        :func:`~medadapt.app.learning.accept_hook` gives it: whether its worker runs, the error that stopped it
+        or a failed save); None without one."""
+        status = getattr(self.on_accept, "status", None)
+        return None if status is None else status()
 
     def _locate(self, item_id: str, k: int) -> Item:
         item = self.source.item(item_id)
@@ -390,6 +450,7 @@ class Annotator:
             check_prompt(p, encoded.meta.original_size)
             if obj is None:
                 obj = self._object(item, k, class_name, encoded)
+            _check_room(obj, p)
             obj.class_name = class_name
             start = time.perf_counter()
             show_encoded(self.seg, encoded)
@@ -453,6 +514,21 @@ class Annotator:
                 log.exception("on_accept failed for %s", image_id)
                 out["on_accept_error"] = f"{type(exc).__name__}: {exc}"
         return out
+
+
+def _check_room(obj: AnnotatedObject, p) -> None:
+    """Refuse a prompt past the limits of one object (:data:`MAX_PROMPTS`, :data:`MAX_SCRIBBLES`,
+    :data:`MAX_SCRIBBLE_POINTS`)."""
+    held = [q for q in obj.prompts if isinstance(q, Scribble)]
+    before = sum(len(q.points) for q in held)
+    new = len(p.points) if isinstance(p, Scribble) else 0
+    full = (f"{len(obj.prompts)} prompts" if len(obj.prompts) >= MAX_PROMPTS else
+            f"{len(held)} scribbles" if new and len(held) >= MAX_SCRIBBLES else
+            f"scribbles of {before} points" if new and before + new > MAX_SCRIBBLE_POINTS else None)
+    if full is not None:
+        raise MedAdaptError(f"this object already has {full}, as many as one object takes ({MAX_PROMPTS} prompts, "
+                            f"{MAX_SCRIBBLES} scribbles, {MAX_SCRIBBLE_POINTS} scribble points): accept it, or undo or "
+                            "clear it and start again")
 
 
 __all__ = ["Annotator", "OnAccept"]

@@ -30,7 +30,7 @@ from ..core.errors import MedAdaptError
 from ..core.files import path_suffix
 from ..data import DataConfig, detect_layout, discover_cases, label_table
 from ..io.dicom import is_dicom
-from ..io.imaging import IMAGE_EXTENSIONS, volume_shape
+from ..io.imaging import IMAGE_EXTENSIONS, SAVE_MASK_EXTENSIONS, volume_shape
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
 SESSION_FILE = "annotate-session.json"
@@ -152,6 +152,11 @@ def _dataset(root: Path, labels: Path | None, axis: int) -> Source:
             target = labels / _label_name(case.case_id, volume)
         elif case.label_path is not None:
             target = case.label_path
+            if path_suffix(target) not in SAVE_MASK_EXTENSIONS:  # accepting rewrites the file: PNG or NIfTI only
+                raise MedAdaptError(f"the label file {target} is a {path_suffix(target) or 'extension-less'} file, "
+                                    "which the app cannot write back (it writes PNG or NIfTI): convert the dataset's "
+                                    "label files to PNG (NIfTI for volumes), or give --labels DIR to write new label "
+                                    "files there")
         else:
             folder = root / (case.subset.replace("images", "labels", 1) if layout == "nnunet" else default)
             target = folder / _label_name(case.case_id, volume)
@@ -163,8 +168,34 @@ def _dataset(root: Path, labels: Path | None, axis: int) -> Source:
     return Source(root, items, labels_dir, classes, "dataset", axis)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_targets(source: Source) -> Source:
+    """Refuse a listing in which accepting would write over an image (``--labels`` naming the images' own
+    folder): a label file that is an item's image, by path, link or hard link."""
+    images = {it.path.resolve(): it for it in source.items}
+    for it in source.items:
+        other = images.get(it.label_path.resolve())
+        if other is None and _same_file(it.label_path, it.path):
+            other = it
+        if other is not None:
+            whose = "the image itself" if other is it else f"the image of {other.name}"
+            raise MedAdaptError(f"the label file of {it.name} would be {it.label_path}, {whose}: accepting would "
+                                "overwrite the image; give another --labels folder")
+    return source
+
+
 def find_items(data: str | os.PathLike, labels: str | os.PathLike | None = None, axis: int = 2) -> Source:
     """The items of DATA and where each one's labels go (see the module docstring)."""
+    return _check_targets(_find_items(data, labels, axis))
+
+
+def _find_items(data: str | os.PathLike, labels: str | os.PathLike | None, axis: int) -> Source:
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise MedAdaptError(f"axis must be 0, 1 or 2 (the volume axis to slice along); got {axis!r}")
     root = Path(data).expanduser().resolve()

@@ -34,6 +34,7 @@ back, so that the serving thread and threads started later are unaffected.
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import tempfile
 import threading
@@ -59,6 +60,7 @@ from .replay import ReplayBuffer, check_classes, check_label_map
 from .samples import to_model_frame
 
 TOKENS = ("class_prompts.tokens", "class_prompts.mask_tokens")
+log = logging.getLogger("medadapt.online")
 
 
 def _new_values(new: Sequence[str], taken: Sequence[int], wanted: dict[str, int] | None) -> list[int]:
@@ -80,7 +82,8 @@ class OnlineLearner:
     thread that must never decode with half-copied weights holds it around its decoding (and calls no method
     of the learner while it holds it: the learner takes its own training lock first, then ``lock``).
     ``version`` counts changes to the serving model (publications, new classes); ``steps`` training steps;
-    ``last_batch`` the buffer indices of the last step's batch; ``error`` what stopped the background worker.
+    ``last_batch`` the buffer indices of the last step's batch; ``error`` what stopped the background worker;
+    ``save_error`` why its last save failed (it goes on training); :meth:`status` all of it for a page.
     ``pause``: a callable the background worker asks before each step; while it returns True (the user is
     working, e.g. :meth:`medadapt.app.session.Annotator.busy`) no step starts. ``training``: a background step
     is running now (a serving thread may then use fewer torch threads).
@@ -102,9 +105,11 @@ class OnlineLearner:
         self._train = threading.RLock()  # the training copy, optimiser and every change to the serving model
         self._wake = threading.Condition()
         self._pending, self._busy = 0, False
+        self._queued: list[str] = []  # keys of the samples the worker's next burst trains on (see sample_key)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.error: BaseException | None = None  # what stopped the background worker; stop() raises it
+        self.save_error: str | None = None  # why the worker's last save failed (it goes on training), or None
         self.pause: Callable[[], bool] | None = None  # True while the serving side wants the CPU: no step starts
         self.training = False  # a background step is running now
         self.version = self.steps = 0
@@ -114,6 +119,8 @@ class OnlineLearner:
         self._trained: dict[str, nn.Parameter] = {}
         self._dirty = False
         self.buffer = ReplayBuffer(self.folder / "buffer")
+        self.origin: dict[str, Any] | None = None  # the adapter a new folder started from, kept with the checkpoint
+        self._trained_samples: set[str] = set()  # samples whose steps the worker ran (their sample_key)
         checkpoint = _recover(self.folder / "adapter")
         if (checkpoint / CONFIG_NAME).is_file():
             if backbone.adapter_config is not None:
@@ -122,7 +129,15 @@ class OnlineLearner:
                                     "precision=None)) and the learner loads the checkpoint onto it")
             with self.lock:
                 load_adapter(backbone, checkpoint).eval()
-            self.steps = int(getattr(backbone, "adapter_metadata", {}).get("online", {}).get("steps", 0))
+            online = getattr(backbone, "adapter_metadata", {}).get("online", {})
+            online = online if isinstance(online, dict) else {}
+            self.steps = int(online.get("steps", 0))
+            self.origin = online.get("origin") if isinstance(online.get("origin"), dict) else None
+            trained = online.get("trained")
+            if isinstance(trained, list):
+                self._trained_samples = {str(k) for k in trained}
+            else:  # a checkpoint from before samples were counted: every sample it had was trained
+                self._trained_samples = {sample_key(r) for r in self.buffer.records}
         self.rng = np.random.default_rng([self.config.seed, self.steps])
         grid = tuple(backbone.prompt_encoder.image_embedding_size)
         for r in self.buffer.records:
@@ -257,10 +272,16 @@ class OnlineLearner:
                                 f"classes {sorted(set(names) - set(self.class_names))} online")
         proc = backbone.processor
         target = to_model_frame(label, meta, proc.image_size, proc.mask_size)
-        with self._train:
-            index = self.buffer.add(embedding, target, names, prompts, image_id)
-            self._register(names, None if values is None else dict(zip(names, values)))
+        sample = self.buffer.prepare(embedding, target, names, prompts, image_id)  # a bad sample creates nothing
+        if self.model is None or set(names) - set(self.class_names):
+            # a class the model does not know yet (or no training copy yet): registered before the sample is in
+            # the buffer, so that a step never draws a sample of an unknown class; this waits for a running step,
+            # once per new class. Otherwise the training lock is not taken: an accept never waits for a step.
+            with self._train:
+                self._register(names, None if values is None else dict(zip(names, values)))
+        index, record = self.buffer.commit(sample)
         with self._wake:
+            self._queued.append(sample_key(record))
             self._pending += 1
             self._wake.notify_all()
         return index
@@ -356,8 +377,12 @@ class OnlineLearner:
                 raise MedAdaptError("nothing to save yet: the model has no adapter until a mask is accepted")
             if self._dirty:
                 self.publish()
-            meta = {"class_names": self.class_names, "label_values": self.label_values,
-                    "online": {"steps": self.steps, "samples": len(self.buffer), "version": self.version}}
+            records = self.buffer.records
+            trained = [k for k in map(sample_key, records) if k in self._trained_samples]
+            online = {"steps": self.steps, "samples": len(records), "version": self.version, "trained": trained}
+            if self.origin is not None:
+                online["origin"] = self.origin
+            meta = {"class_names": self.class_names, "label_values": self.label_values, "online": online}
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new.", dir=final.parent))
             try:
@@ -372,13 +397,21 @@ class OnlineLearner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def untrained(self) -> list[str]:
+        """Keys (:func:`sample_key`) of the buffer's samples the background worker has not trained on yet:
+        accepted while the user kept working and the app stopped, or before a crash or a failed save."""
+        return [k for k in map(sample_key, self.buffer.records) if k not in self._trained_samples]
+
     def start(self) -> None:
-        """Train in a background thread: ``steps_per_sample`` steps per sample added from now on, then publish
+        """Train in a background thread: ``steps_per_sample`` steps per sample not trained on yet (see
+        :meth:`untrained`: also those of an earlier session) and per sample added from now on, then publish
         (and save, with ``autosave``), then wait for more. Does nothing when already running."""
         if self.running:
             return
         self._stopping.clear()
-        self._pending, self._busy = 0, False
+        with self._wake:
+            self._queued = self.untrained() if self.model is not None else []
+            self._pending, self._busy = len(self._queued), False
         ready = threading.Event()
         before = torch.get_num_threads()
         self._thread = threading.Thread(target=self._work, args=(ready,), name="medadapt-online-learner", daemon=True)
@@ -403,6 +436,26 @@ class OnlineLearner:
         if error is not None:
             raise MedAdaptError(f"the online learner's worker stopped on an error: {error}") from error
 
+    def _autosave(self) -> None:
+        """The worker's save after a burst: a failure (a full disk for a moment) is logged and kept in
+        :attr:`save_error` for the page, and training goes on; the next burst or the app's stop saves again."""
+        try:
+            self.save()
+        except Exception as exc:
+            self.save_error = f"could not save the online learner's model to {self.folder / 'adapter'}: {exc}"
+            log.warning("%s; training goes on", self.save_error)
+        else:
+            self.save_error = None
+
+    def status(self) -> dict[str, Any]:
+        """What the serving side shows about the learner: whether its worker runs, the error that stopped it
+        (or that a save failed), its steps and samples."""
+        error = self.error
+        return {"running": self.running, "training": self.training, "steps": self.steps, "samples": len(self.buffer),
+                "error": None if error is None else f"the online learner stopped on an error: "
+                                                    f"{type(error).__name__}: {error}",
+                "save_error": self.save_error}
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the worker has trained on every sample added (or stopped); False on timeout."""
         with self._wake:
@@ -421,6 +474,7 @@ class OnlineLearner:
                     if self._stopping.is_set():
                         break
                     todo, self._pending, self._busy = self._pending * self.config.steps_per_sample, 0, True
+                    keys, self._queued = self._queued, []
                 for _ in range(todo):
                     while self.pause is not None and self.pause() and not self._stopping.is_set():
                         time.sleep(0.05)  # the user is working: the next step waits for a quiet moment
@@ -432,18 +486,28 @@ class OnlineLearner:
                             self._step()
                         finally:
                             self.training = False
+                else:  # every step of the burst ran: its samples are trained (a stop leaves them to the next start)
+                    with self._train:
+                        self._trained_samples.update(keys)
                 self.publish()
                 if self.config.autosave:
-                    self.save()
+                    self._autosave()
                 with self._wake:
                     self._busy = False
                     self._wake.notify_all()
         except BaseException as exc:  # kept for stop() to raise; the serving side goes on with the last weights
             self.error = exc
+            log.error("the online learner's worker stopped: %s: %s", type(exc).__name__, exc)
         finally:
             with self._wake:
                 self._busy = False
                 self._wake.notify_all()
+
+
+def sample_key(record: dict[str, Any]) -> str:
+    """A replay record's key in the checkpoint's list of trained samples: its file's uuid (a sample accepted
+    again gets a new file, so it counts as untrained again)."""
+    return str(record["file"])[:16]
 
 
 def decoder_input(embedding: torch.Tensor, slices: int) -> torch.Tensor:

@@ -7,15 +7,23 @@ classes the label values stand for, the prompts that produced it, the time).
 
 Layout of the folder::
 
-    index.json                  the records, in order (oldest first)
+    index.json                  the records, in order (oldest first), without their prompts (compact JSON)
     samples/<uid>.safetensors   embedding (C x h x w float16, or S x C x h x w: a volume slice with its
                                 neighbours, for a depth adapter) + target (m x m int16),
-                                the record in the file's metadata
+                                the whole record, prompts included, in the file's metadata
+
+The index is rewritten on every add, so it keeps only what sampling and
+training read; a sample's prompts (a freehand stroke is thousands of points)
+are read from its own file with the sample. An index that still holds prompts
+(written before) reads as it is and is written without them next time.
 
 Every file is written atomically and flushed to the disk, a sample's file
 before the index that names it: a buffer reopened after a crash holds every
 sample whose :meth:`ReplayBuffer.add` returned, and files the index never
-named are removed. One process writes a folder at a time.
+named are removed. One buffer object writes a folder at a time: an ``add``
+finding that another one rewrote the index since this one read or wrote it
+is refused (opening and adding hold a lock on ``.lock`` in the folder for
+their few milliseconds, so neither sees the other half done).
 """
 
 from __future__ import annotations
@@ -28,16 +36,23 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
 
 INDEX_NAME = "index.json"
 SAMPLES_DIR = "samples"
@@ -59,6 +74,15 @@ class ReplaySample:
         return list(self.record["classes"])
 
 
+@dataclass(frozen=True)
+class PreparedSample:
+    """A sample checked and ready to be stored (:meth:`ReplayBuffer.prepare`)."""
+
+    embedding: torch.Tensor
+    target: torch.Tensor
+    record: dict[str, Any]
+
+
 class ReplayBuffer:
     """Accepted samples kept in ``folder``; see the module docstring for the layout and guarantees.
 
@@ -74,8 +98,10 @@ class ReplayBuffer:
         self.cache_size = int(cache_size)
         self._lock = threading.RLock()
         self._memory: OrderedDict[str, ReplaySample] = OrderedDict()
-        self._records = self._read_index()
-        self._remove_unlisted()
+        with self._locked():
+            self._records = self._read_index()
+            self._stamp = self._index_stamp()
+            self._remove_unlisted()
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -83,7 +109,8 @@ class ReplayBuffer:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """Copies of the records, oldest first."""
+        """Copies of the records, oldest first, without their prompts (:meth:`get` gives a sample's whole
+        record)."""
         with self._lock:
             return [json.loads(json.dumps(r)) for r in self._records]
 
@@ -135,6 +162,7 @@ class ReplayBuffer:
     def add(self, embedding: torch.Tensor, target: torch.Tensor | np.ndarray, classes: Sequence[str],
             prompts: dict[str, Any] | None = None, image_id: str | None = None) -> int:
         """Store one accepted sample; returns its index (the newest: ``len(self) - 1``).
+        (:meth:`prepare` then :meth:`commit` also gives its record.)
 
         ``embedding``: the encoder's 1 x C x h x w (or C x h x w) output, or 1 x S x C x h x w for a volume
         slice with its neighbours (what a depth adapter reads); ``target``: the m x m label map on
@@ -143,6 +171,11 @@ class ReplayBuffer:
         for training). A sample with the ``image_id`` of an earlier one replaces it (a corrected mask
         accepted again) and becomes the newest.
         """
+        return self.commit(self.prepare(embedding, target, classes, prompts, image_id))[0]
+
+    def prepare(self, embedding: torch.Tensor, target: torch.Tensor | np.ndarray, classes: Sequence[str],
+                prompts: dict[str, Any] | None = None, image_id: str | None = None) -> PreparedSample:
+        """Check a sample as :meth:`add` does and make it ready to :meth:`commit` (nothing is written yet)."""
         emb = _check_embedding(embedding)
         names = check_classes(classes)
         tgt = torch.from_numpy(check_label_map(target, len(names)))
@@ -158,33 +191,73 @@ class ReplayBuffer:
             "embedding_shape": list(emb.shape),
             "target_shape": list(tgt.shape),
         }
+        return PreparedSample(emb, tgt, record)
+
+    def commit(self, sample: PreparedSample) -> tuple[int, dict[str, Any]]:
+        """Store a sample :meth:`prepare` made; returns its index and (a copy of) its record."""
+        emb, tgt, record = sample.embedding, sample.target, sample.record
         path = self.folder / SAMPLES_DIR / record["file"]
         tensors = {"embedding": emb, "target": tgt.to(torch.int16).contiguous()}
-        _write_durably(path, lambda tmp: save_file(tensors, tmp, metadata={"record": json.dumps(record)}))
-        with self._lock:
-            old = [r for r in self._records if r["image_id"] == record["image_id"]]
-            records = [r for r in self._records if r["image_id"] != record["image_id"]] + [record]
-            try:
-                self._write_index(records)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
-            self._records = records
-            self._memory[record["file"]] = ReplaySample(emb, tgt.long(), record)
-            while len(self._memory) > self.cache_size:
-                self._memory.popitem(last=False)
-            for r in old:
-                self._memory.pop(r["file"], None)
-                (self.folder / SAMPLES_DIR / r["file"]).unlink(missing_ok=True)
-            return len(records) - 1
+        with self._locked():  # adds of this buffer one at a time, and none while another one opens the folder
+            if self._index_stamp() != self._stamp:
+                raise MedAdaptError(f"the replay index {self.index_path} was rewritten by another learner since this "
+                                    "one read it (two apps or learners on one folder?): stop the other one; this "
+                                    "sample was not added")
+            _write_durably(path, lambda tmp: save_file(tensors, tmp, metadata={"record": json.dumps(record)}))
+            with self._lock:  # readers (a training step) wait only for the index
+                old = [r for r in self._records if r["image_id"] == record["image_id"]]
+                records = [r for r in self._records if r["image_id"] != record["image_id"]] + [record]
+                try:
+                    self._write_index(records)
+                except BaseException:
+                    path.unlink(missing_ok=True)
+                    raise
+                self._records, self._stamp = [*records[:-1], _indexed(record)], self._index_stamp()
+                self._memory[record["file"]] = ReplaySample(emb, tgt.long(), record)
+                while len(self._memory) > self.cache_size:
+                    self._memory.popitem(last=False)
+                for r in old:
+                    self._memory.pop(r["file"], None)
+                    (self.folder / SAMPLES_DIR / r["file"]).unlink(missing_ok=True)
+                return len(records) - 1, json.loads(json.dumps(record))
 
     # ------------------------------------------------------------------ files
     @property
     def index_path(self) -> Path:
         return self.folder / INDEX_NAME
 
+    def _index_stamp(self) -> tuple[int, int, int] | None:
+        """What tells this buffer's index file from one another writer put in its place (each write is a new
+        file, renamed over the old one)."""
+        try:
+            st = self.index_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    @contextmanager
+    def _locked(self):
+        """Hold the folder's lock file (``.lock``) while opening or adding."""
+        if fcntl is None:
+            yield
+            return
+        try:
+            f = open(self.folder / ".lock", "a+b")
+        except OSError:  # a folder this process cannot write: nothing is written here either
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            except OSError:  # no locks on this file system
+                pass
+            yield
+        finally:
+            f.close()  # releases the lock
+
     def _write_index(self, records: list[dict[str, Any]]) -> None:
-        text = json.dumps({"format_version": FORMAT_VERSION, "samples": records}, indent=1)
+        samples = [_indexed(r) for r in records]
+        text = json.dumps({"format_version": FORMAT_VERSION, "samples": samples}, separators=(",", ":"))
         _write_durably(self.index_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def _read_index(self) -> list[dict[str, Any]]:
@@ -200,9 +273,9 @@ class ReplayBuffer:
                                                      for r in samples):
             raise MedAdaptError(f"{self.index_path} is not a replay index medadapt writes (no 'samples' list of "
                                 "records); give another folder")
-        kept = [r for r in samples if (self.folder / SAMPLES_DIR / r["file"]).is_file()]
+        kept = [_indexed(r) for r in samples if (self.folder / SAMPLES_DIR / r["file"]).is_file()]
         if len(kept) != len(samples):
-            lost = [r["image_id"] for r in samples if r not in kept]
+            lost = [r["image_id"] for r in samples if not (self.folder / SAMPLES_DIR / r["file"]).is_file()]
             warnings.warn(f"replay buffer {self.folder}: the files of {len(lost)} sample(s) are missing and were "
                           f"left out ({', '.join(lost[:5])})", stacklevel=3)
         return kept
@@ -217,10 +290,18 @@ class ReplayBuffer:
     def _load(self, record: dict[str, Any]) -> ReplaySample:
         path = self.folder / SAMPLES_DIR / record["file"]
         try:
-            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                tensors = {k: f.get_tensor(k) for k in ("embedding", "target")}
+                stored = json.loads((f.metadata() or {}).get("record") or "{}")
         except Exception as exc:
             raise MedAdaptError(f"could not read replay sample {path}: {' '.join(str(exc).split())[:300]}") from None
-        return ReplaySample(tensors["embedding"], tensors["target"].long(), record)
+        prompts = stored.get("prompts") if isinstance(stored, dict) else None
+        return ReplaySample(tensors["embedding"], tensors["target"].long(), {**record, "prompts": prompts})
+
+
+def _indexed(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the index keeps it: without its prompts (they are in the sample's file)."""
+    return {k: v for k, v in record.items() if k != "prompts"}
 
 
 def _write_durably(path: Path, write) -> None:
@@ -324,4 +405,4 @@ def check_label_map(label: Any, n_classes: int, size: tuple[int, int] | None = N
     return a
 
 
-__all__ = ["ReplayBuffer", "ReplaySample", "check_classes", "check_label_map", "plain_prompts"]
+__all__ = ["PreparedSample", "ReplayBuffer", "ReplaySample", "check_classes", "check_label_map", "plain_prompts"]
