@@ -122,14 +122,13 @@ def load_adapter(model: Backbone, path: str | os.PathLike) -> Backbone:
     apply(model, config)
     expected = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k])})" for k, v in state.items()
-             if k in expected and v.shape != expected[k]]
+    wrong = [f"adapter tensor {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k])}"
+             for k, v in state.items() if k in expected and v.shape != expected[k]]
     if missing or unexpected or wrong:
-        raise MedAdaptError(
-            f"adapter weights {weights} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"other shapes {wrong[:3]}; this backbone now holds the adapter's layers untrained: build a fresh one "
-            "before loading another adapter"
-        )
+        problem = (f"adapter weights {weights} do not match its config: missing {missing[:5]}, unexpected "
+                   f"{unexpected[:5]}") if missing or unexpected else "; ".join(wrong[:3])
+        raise MedAdaptError(f"{problem}; this backbone now holds the adapter's layers untrained: build a fresh one "
+                            "before loading another adapter")
     with torch.no_grad():
         params = dict(model.named_parameters())
         for k, v in state.items():
