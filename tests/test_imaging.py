@@ -307,6 +307,14 @@ def test_dicom_series_sorted_and_consistent(tmp_path: Path) -> None:
         np.testing.assert_array_equal(load_image(tmp_path, slice_index=k), volume_slice(vol, k))
     np.testing.assert_allclose(np.abs(np.diag(aff)[:3]), [0.7, 0.5, 3.0])
     np.testing.assert_allclose(aff[2, 3], 0.0)
+    # one slice without a position among positioned ones: placing it would be a guess, so the series is refused
+    import pydicom
+
+    ds = pydicom.dcmread(tmp_path / "b.dcm")
+    del ds.ImagePositionPatient
+    ds.save_as(tmp_path / "b.dcm")
+    with pytest.raises(MedAdaptError, match="has no ImagePositionPatient while other slices"):
+        load_volume(tmp_path)
 
 
 @pytest.mark.parametrize("orientation", [(0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1), (0.8, 0.6, 0, 0, 0, -1)],

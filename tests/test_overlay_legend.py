@@ -39,6 +39,15 @@ def test_legend_swatches_are_the_overlay_colours_in_mask_order() -> None:
         legend(["disc"], 10)
 
 
+def test_a_label_map_paints_each_class_in_its_legend_colour_whichever_classes_are_present() -> None:
+    image = np.zeros((40, 60), np.float32)
+    labels = np.zeros((40, 60), np.int64)
+    labels[2:12, 2:12], labels[20:30, 40:50] = 2, 3  # class 1 absent from this image
+    picture = overlay(image, labels, alpha=0.5)
+    assert tuple(int(v) for v in picture[2, 2]) == mask_color(1)  # class 2: the legend's second entry
+    assert tuple(int(v) for v in picture[20, 40]) == mask_color(2)
+
+
 def test_val_overlays_png_has_a_legend_strip_in_the_class_colours(tmp_path) -> None:
     from conftest import tiny_run, two_class_dataset
 

@@ -137,7 +137,12 @@ class DicomSeries:
         iop = [float(v) for v in first_ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
         row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
         normal = np.cross(row_dir, col_dir)
-        positioned = all("ImagePositionPatient" in ds for _, ds in slices)
+        lacking = [f for f, ds in slices if "ImagePositionPatient" not in ds]
+        if lacking and len(lacking) < len(slices):  # the order and spacing would mix positions with guesses
+            raise MedAdaptError(f"{lacking[0]} has no ImagePositionPatient while other slices of the series have one "
+                                f"({len(lacking)} of {len(slices)} lack it): the slices cannot be placed; repair or "
+                                "remove those files, or is this one series?")
+        positioned = not lacking
         pixel = [float(v) for v in first_ds.get("PixelSpacing", [1, 1])]
         for f, ds in slices[1:]:
             other = [float(v) for v in ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]

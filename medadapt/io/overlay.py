@@ -22,17 +22,19 @@ COLORS: tuple[tuple[int, int, int], ...] = (
 POSITIVE, NEGATIVE = (0, 255, 0), (255, 0, 0)
 
 
-def _mask_stack(masks: Any, h: int, w: int) -> np.ndarray:
-    """N x H x W bool. A 2-D integer label map gives one mask per non-zero label."""
+def _mask_stack(masks: Any, h: int, w: int) -> list[tuple[int, np.ndarray]]:
+    """(colour index, H x W bool) per mask: mask i of an N x H x W stack is drawn in colour i; a 2-D integer
+    label map gives one mask per positive label v, in colour v - 1, so a class has the colour of its legend
+    entry (``legend(names)``, names in label order) whichever classes an image holds."""
     if masks is None:
-        return np.zeros((0, h, w), dtype=bool)
+        return []
     m = np.asarray(masks)
     if m.ndim < 2 or m.shape[-2:] != (h, w):
         raise MedAdaptError(f"masks have shape {m.shape}; expected HxW or NxHxW with HxW = {h}x{w} (the image's size)")
     if m.ndim == 2 and m.dtype.kind in "iu":
-        return np.stack([m == v for v in np.unique(m) if v != 0] or [np.zeros((h, w), bool)])
+        return [(int(v) - 1, m == v) for v in np.unique(m) if v > 0]
     m = m.reshape(-1, h, w)
-    return m if m.dtype == bool else m > 0
+    return list(enumerate(m if m.dtype == bool else m > 0))
 
 
 def _outline(m: np.ndarray) -> np.ndarray:
@@ -67,7 +69,8 @@ def overlay(
 ) -> np.ndarray:
     """An RGB uint8 HxWx3 picture: ``image`` min-max scaled to 0..255, each mask
     (HxW or NxHxW; bool, or non-zero = inside; a 2-D integer label map gives one
-    mask per label) tinted with ``alpha`` in its own colour and outlined, boxes
+    mask per label, label v in ``mask_color(v - 1)``, as ``legend`` colours the
+    v-th name) tinted with ``alpha`` in its own colour and outlined, boxes
     (x0, y0, x1, y1) as rectangles in the matching mask colour, points (x, y)
     as dots: green for label 1 (positive, the default), red for 0 (negative)."""
     if not 0.0 <= alpha <= 1.0:
@@ -81,7 +84,7 @@ def overlay(
     scaled = (np.where(finite, img, lo) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
     rgb = np.repeat(scaled[..., None], 3, axis=-1) if scaled.ndim == 2 else scaled
     h, w = rgb.shape[:2]
-    for i, m in enumerate(_mask_stack(masks, h, w)):
+    for i, m in _mask_stack(masks, h, w):
         color = np.array(mask_color(i), dtype=np.float64)
         rgb[m] = (1 - alpha) * rgb[m] + alpha * color
         rgb[_outline(m)] = color
