@@ -52,6 +52,16 @@ def test_simulate_clicks_stops_at_the_target_and_pads_the_curve():
     assert all(c[2] in (0, 1) for c in s.clicks)
 
 
+def test_a_click_that_changes_nothing_is_not_repeated_on_the_same_pixel():
+    target = _disc(64, 64, 32, 32, 10)
+    stuck = target.copy()
+    stuck[:, 32:] = False  # a model that never gives the right half
+
+    s = simulate_clicks(lambda points, labels, previous, box: (stuck, None), target, max_clicks=6, stop_at=0.99)
+    positions = {(c[0], c[1]) for c in s.clicks}
+    assert len(s.clicks) == 6 and len(positions) == 6
+
+
 def test_a_session_that_never_gets_there_counts_max_clicks():
     s = ClickSession(dice=[0.1] * 21)
     assert s.noc(0.9) == 20

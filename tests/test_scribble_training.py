@@ -149,6 +149,19 @@ def test_padding_and_outside_pixels_are_unmarked_in_scribbles_but_background_in_
     assert set(np.unique(view)) <= {-1, 1} and (view == -1).mean() > 0.9  # nothing became a background stroke
 
 
+def test_thin_strokes_on_a_large_image_reach_the_decoder_grid_and_a_class_stroke_beats_a_background_one():
+    from medadapt.training.samples import to_model_frame
+
+    proc = build_backbone("tiny_litemedsam").processor  # input 256, grid 256: a 1024 image shrinks 4x at once
+    _, meta = proc.preprocess(np.zeros((1024, 1024), np.float32))
+    strokes = np.full((1024, 1024), -1)
+    strokes[101:104, 100:900] = 1  # a 3-pixel stroke between the rows nearest sampling takes
+    strokes[202, 100:900] = 2  # a 1-pixel class stroke ...
+    strokes[203, 100:900] = 0  # ... beside a background stroke, in the same grid cells
+    grid = to_model_frame(strokes, meta, proc.image_size, proc.mask_size)
+    assert (grid == 1).sum() >= 190 and (grid == 2).sum() >= 190
+
+
 def test_pseudo_label_and_affinity_terms_train_end_to_end(tmp_path):
     """The optional terms (pseudo-labels gated by agreement with the automatic head, affinity) run a whole
     epoch on the tiny model and give a finite loss."""

@@ -66,6 +66,8 @@ def test_rasterize_draws_a_brush_of_the_given_width_and_later_strokes_win():
     assert np.array_equal(canvas, expected)
     dot = rasterize_strokes([([[3, 4]], 0)], (6, 6), width=1)
     assert np.argwhere(dot == 0).tolist() == [[4, 3]] and (dot == -1).sum() == 35
+    between = rasterize_strokes([([[3.5, 3.4]], 1)], (6, 6), width=1)  # between pixel centres: still a dot
+    assert (between == 1).sum() >= 1
 
 
 def test_clicks_are_spread_evenly_along_each_stroke():

@@ -38,7 +38,8 @@ FOCUS_SHARE = 0.25  # a guided user clicks inside the shown region if its error 
 THRESHOLDS = (0.85, 0.90)
 
 
-def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = None,
+               clicked: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
     """The click that fixes most: at the most interior pixel of the largest connected wrong region.
 
     Missed object pixels and spurious ones compete as regions (one region of
@@ -48,7 +49,10 @@ def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = 
     points at): a user who follows guidance looks there first, and clicks on
     the largest wrong region inside it when it is worth a click (at least a
     quarter the size of the largest wrong region anywhere); otherwise the user
-    looks elsewhere, as without guidance.
+    looks elsewhere, as without guidance. ``clicked`` (H x W bool, the pixels
+    clicked so far): a user whose click changed nothing does not click the same
+    pixel again, but the most interior pixel of the region that is not one of
+    them.
     """
     p, t = np.asarray(pred, bool), np.asarray(target, bool)
     if p.shape != t.shape or p.ndim != 2:
@@ -58,10 +62,12 @@ def next_click(pred: np.ndarray, target: np.ndarray, focus: np.ndarray | None = 
         if f.shape != t.shape:
             raise MedAdaptError(f"focus must be an H x W mask like the target; got {f.shape} and {t.shape}")
         if (f & (p != t)).any() and _largest_error(p & f, t & f)[1] >= FOCUS_SHARE * _largest_error(p, t)[1]:
-            return next_click(p & f, t & f)
+            return next_click(p & f, t & f, clicked=clicked)
     best, best_size, label = _largest_error(p, t)
     if best is None:
         return None
+    if clicked is not None and (best & ~clicked).any():
+        best = best & ~np.asarray(clicked, bool)  # a clicked pixel counts as the region's border
     return most_interior(best), label  # the image edge counts as the region's border
 
 
@@ -129,6 +135,7 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
     mask, logits = proposal if proposal is not None else (np.zeros_like(t), None)
     scores = [dice(mask, t)]
     points, labels, clicks = [], [], []
+    clicked = np.zeros_like(t)
     before = None
     if box is not None and scores[-1] < stop_at:
         mask, logits = decode(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), logits, box)
@@ -136,10 +143,11 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
         clicks.append((float("nan"), float("nan"), -1))  # the box, in the click count
     while scores[-1] < stop_at and len(clicks) < max_clicks:
         shown = guidance(guide(logits, before)) if guide is not None and logits is not None else None
-        click = next_click(mask, t, None if shown is None else shown.region)
+        click = next_click(mask, t, None if shown is None else shown.region, clicked)
         if click is None:
             break
         xy, lab = click
+        clicked[int(round(float(xy[1]))), int(round(float(xy[0])))] = True
         points.append(xy)
         labels.append(lab)
         clicks.append((float(xy[0]), float(xy[1]), int(lab)))

@@ -109,6 +109,10 @@ def _stroke_pixels(xy: np.ndarray, shape: tuple[int, int], radius: float) -> np.
         t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / max(float(d @ d), 1e-12), 0.0, 1.0)
         near = np.hypot(xs - a[0] - t * d[0], ys - a[1] - t * d[1]) <= radius + 1e-6
         out[y0 : y1 + 1, x0 : x1 + 1] |= near
+    # every vertex marks the pixel it falls in, however thin the brush: a dot between pixel centres stays a dot
+    vx = np.clip(np.rint(xy[:, 0]), 0, w - 1).astype(np.int64)
+    vy = np.clip(np.rint(xy[:, 1]), 0, h - 1).astype(np.int64)
+    out[vy, vx] = True
     return out
 
 
@@ -116,7 +120,8 @@ def rasterize_strokes(strokes: Any, size: Any, width: float = WIDTH) -> np.ndarr
     """Draw strokes with a brush ``width`` pixels wide: H x W int8, 1 positive, 0 negative, -1 untouched.
 
     A pixel is drawn when its centre lies within ``width / 2`` (at least half
-    a pixel) of the polyline; where strokes cross, later strokes win.
+    a pixel) of the polyline, and so is the pixel each vertex falls in; where
+    strokes cross, later strokes win.
     """
     h, w = _check_size(size)
     radius = max(_check_width(width), 1.0) / 2

@@ -43,21 +43,32 @@ class ModelSample:
     neighbours: tuple[str | None, ...] = ()  # with a depth adapter: cache keys of slices k-n..k+n (None: absent)
 
 
+def _keep_strokes(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Scribbles (-1 unlabelled) resized down to ``out`` by nearest: a thin stroke must survive the coarser
+    grid, so a cell that came out unlabelled takes a stroke value found anywhere in it, a class's before the
+    background's (a class stroke beside a background stroke is not lost to it)."""
+    size = tuple(out.shape[-2:])
+    for v in sorted(torch.unique(source[source >= 0]).tolist(), reverse=True):
+        hit = F.adaptive_max_pool2d((source == v).float(), size) > 0
+        out = torch.where((out < 0) & hit, torch.full_like(out, v), out)
+    return out
+
+
 def to_model_frame(label: np.ndarray, meta: ImageMeta, image_size: int, mask_size: int) -> torch.Tensor:
-    """An H x W label map -> the decoder's m x m grid (nearest), padded like the image."""
-    t = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
-    t = F.interpolate(t, size=meta.input_size, mode="nearest")
+    """An H x W label map -> the decoder's m x m grid (nearest), padded like the image; scribbles keep every
+    stroke through both resizes (see :func:`_keep_strokes`)."""
+    source = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
+    scribbles = bool((source < 0).any())
+    t = F.interpolate(source, size=meta.input_size, mode="nearest")
+    if scribbles and tuple(meta.input_size) != tuple(source.shape[-2:]):
+        t = _keep_strokes(source, t)
     # padding is background in a mask; in scribbles (-1 unlabelled) it is unlabelled: nobody drew there, and
     # thousands of trivially easy padded "strokes" would swamp the real ones
-    fill = -1.0 if bool((t < 0).any()) else 0.0
+    fill = -1.0 if scribbles else 0.0
     t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]), value=fill)
     out = F.interpolate(t, size=(mask_size, mask_size), mode="nearest")
-    if mask_size < image_size and bool((t < 0).any()):
-        # scribbles (-1 unlabelled): a thin stroke must survive the coarser grid, so a cell that came out
-        # unlabelled takes a stroke value found anywhere in it
-        for v in torch.unique(t[t >= 0]).tolist():
-            hit = F.adaptive_max_pool2d((t == v).float(), mask_size) > 0
-            out = torch.where((out < 0) & hit, torch.full_like(out, v), out)
+    if scribbles and mask_size != image_size:
+        out = _keep_strokes(t, out)
     return out[0, 0].long()
 
 
