@@ -670,7 +670,7 @@ def test_a_binary_0_255_mask_stays_binary_and_keeps_its_foreground(tmp_path, lit
 
 
 def test_classes_whose_label_values_clash_are_refused_naming_them(tmp_path, litemedsam):
-    """An adapter's classes and dataset.json's (or classes made in an earlier session) sharing a label value, or
+    """An adapter's classes and dataset.json's (or classes made in an earlier run of the app) sharing a label value, or
     one name with two values, are refused when the app starts: label files could not tell them apart."""
     from medadapt import Segmenter
     from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
@@ -782,7 +782,7 @@ def test_an_adapter_other_than_the_one_the_online_checkpoint_started_from_is_ref
 
     session(tmp_path / "online", tmp_path / "run_a")
     with pytest.raises(MedAdaptError, match="--adapter .*run_b was given, but .*online holds the model learned in an "
-                                            "earlier session.*started from .*run_a.*drop --adapter to resume it, or "
+                                            "earlier run of the app.*started from .*run_a.*drop --adapter to resume it, or "
                                             "rename or remove"):
         online_segmenter("litemedsam", tmp_path / "online", adapter=tmp_path / "run_b", device="cpu")
     said = []

@@ -146,6 +146,18 @@ def load_adapted(path: str | os.PathLike, backbone: str | None = None, checkpoin
     return load_adapter(build_backbone(name, checkpoint), path).eval()
 
 
+def adapter_digest(adapter: str | os.PathLike) -> str:
+    """SHA-256 over the weights and descriptions of an adapter (a run folder, an adapter folder or file) and of
+    a run's student: which model a batch's masks or an online learner came from (a model trained again in the
+    same folder is another model)."""
+    adapter = Path(adapter)
+    folders = [d for d in (adapter / "adapter", adapter / "student") if d.is_dir()] if adapter.is_dir() else []
+    files = ([adapter.with_suffix(".safetensors"), adapter.with_suffix(".json")] if adapter.is_file() else
+             [f for d in (folders or [adapter]) for f in sorted(d.iterdir())])
+    return sha256_files((f"{f.parent.name}/{f.name}", f) for f in files
+                        if f.is_file() and f.suffix in (".safetensors", ".json"))
+
+
 def adapter_fingerprint(run: str | os.PathLike) -> str:
     """SHA-256 of a run's adapter files (``RUN/adapter/``): which adapter a distillation's labels, and so its
     student, came from."""
@@ -153,4 +165,4 @@ def adapter_fingerprint(run: str | os.PathLike) -> str:
     return sha256_files((f.name, f) for f in sorted(folder.iterdir()) if f.is_file())
 
 
-__all__ = ["adapter_fingerprint", "save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["adapter_digest", "adapter_fingerprint", "save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]

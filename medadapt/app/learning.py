@@ -19,20 +19,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ..adapters import load_adapter, read_adapter_info
-from ..adapters.io import CONFIG_NAME
+from ..adapters.io import CONFIG_NAME, adapter_digest
 from ..core.errors import MedAdaptError
 from ..foundation import build_backbone
-from ..foundation.checkpoint import sha256_files
 from ..inference import Segmenter
 from ..inference.predictor import adapter_path
 from ..training import OnlineConfig, OnlineLearner
 from ..training.online import _recover
-
-
-def _fingerprint(path: Path) -> str:
-    """SHA-256 of an adapter's files (a folder's, or a weights file and its description)."""
-    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path, path.with_suffix(".json")]
-    return sha256_files((f.name, f) for f in files if f.is_file())
 
 
 def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint=None, device=None,
@@ -47,7 +40,7 @@ def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint
     origin = None
     if adapter is not None:
         path = Path(adapter_path(adapter)).resolve()
-        origin = {"adapter": str(path), "sha256": _fingerprint(path)}
+        origin = {"adapter": str(path), "sha256": adapter_digest(path)}
         if not resuming:
             backbone = load_adapter(backbone, path)
         else:
@@ -56,7 +49,7 @@ def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint
             if not isinstance(saved, dict) or saved.get("sha256") != origin["sha256"]:
                 began = f"from {saved.get('adapter')}" if isinstance(saved, dict) else "without that adapter"
                 raise MedAdaptError(f"--adapter {adapter} was given, but {folder} holds the model learned in an "
-                                    f"earlier session on these labels (it started {began}): drop --adapter to resume "
+                                    f"earlier run of the app on these labels (it started {began}): drop --adapter to resume "
                                     f"it, or rename or remove {folder} to start again from {adapter}")
             if log is not None:
                 log(f"resuming the online learner in {folder} (it started from {adapter})")

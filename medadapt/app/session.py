@@ -129,7 +129,7 @@ class Annotator:
     def _check_classes(self) -> None:
         """Refuse classes that a label file could not tell apart: two names with one label value, or one name
         with two values. Each value comes from a file the user wrote (an adapter, dataset.json) or from label
-        files already painted with it (a class made in an earlier session), so renumbering one of them would
+        files already painted with it (a class made in an earlier run of the app), so renumbering one of them would
         silently change what existing files or the adapter's answers mean; the user chooses instead."""
         by_name: dict[str, tuple[int, str]] = {}
         by_value: dict[int, tuple[str, str]] = {}
@@ -150,14 +150,16 @@ class Annotator:
     def classes(self) -> dict[str, int]:
         """Class name -> label value: the adapter's learned classes and ``dataset.json``'s (``foreground`` = 1
         when neither names one), then those made in the app (clashes are refused when the app starts)."""
-        out: dict[str, int] = {}
         named = self._named_classes()
+        out: dict[str, int] = {}
         for name, value, origin in named:
-            if origin == MADE_IN_APP and not out:  # no class named anywhere: start with one
-                out["foreground"] = 1
-            out.setdefault(name, value)
-        if not out:
+            if origin != MADE_IN_APP:
+                out.setdefault(name, value)
+        if not out:  # no class named anywhere: start with one
             out["foreground"] = 1
+        for name, value, origin in named:
+            if origin == MADE_IN_APP:
+                out.setdefault(name, value)
         return out
 
     def class_value(self, name: str) -> int:

@@ -30,9 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..adapters.io import adapter_digest
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json, path_suffix
-from ..foundation.checkpoint import fingerprint_state, sha256_files
+from ..foundation.checkpoint import fingerprint_state
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
     display_orientation,
@@ -253,16 +254,6 @@ def _weights_fingerprint(seg: Segmenter) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _adapter_digest(adapter: Path) -> str:
-    """SHA-256 over the weights and descriptions of an adapter (a run folder, an adapter folder or file) and of
-    a run's student: a model trained again in the same folder is another model."""
-    folders = [d for d in (adapter / "adapter", adapter / "student") if d.is_dir()] if adapter.is_dir() else []
-    files = ([adapter.with_suffix(".safetensors"), adapter.with_suffix(".json")] if adapter.is_file() else
-             [f for d in (folders or [adapter]) for f in sorted(d.iterdir())])
-    return sha256_files((f"{f.parent.name}/{f.name}", f) for f in files
-                        if f.is_file() and f.suffix in (".safetensors", ".json"))
-
-
 def segment_batch(
     inputs: PathLike | Sequence[PathLike],
     out_dir: PathLike,
@@ -344,7 +335,7 @@ def segment_batch(
     settings = {"model": getattr(info, "name", type(segmenter.backbone).__name__),
                 "weights": getattr(info, "fingerprint", ""), "classes": segmenter.classes,
                 "adapter": None if adapter is None else str(Path(adapter).resolve()),
-                "adapter_sha256": None if adapter is None else _adapter_digest(Path(adapter)),
+                "adapter_sha256": None if adapter is None else adapter_digest(Path(adapter)),
                 "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
                 "refine": refine, "multimask": multimask,
                 # a Segmenter the caller built (or an exported model) is known by the weights it runs; one built here

@@ -404,7 +404,7 @@ class OnlineLearner:
 
     def start(self) -> None:
         """Train in a background thread: ``steps_per_sample`` steps per sample not trained on yet (see
-        :meth:`untrained`: also those of an earlier session) and per sample added from now on, then publish
+        :meth:`untrained`: also those of an earlier run of the app) and per sample added from now on, then publish
         (and save, with ``autosave``), then wait for more. Does nothing when already running."""
         if self.running:
             return
