@@ -377,13 +377,19 @@ def test_a_click_is_answered_while_the_next_image_encodes_and_opening_it_waits_f
         annotator.close()
 
 
-def test_datasets_and_series_keep_labels_where_their_layout_does(tmp_path):
-    root = tmp_path / "set"
+def _png_dataset(root, cases, masks: dict[str, str] | None = None):
+    """``root/images/CASE.png`` (8 x 8 ramps) and ``root/masks/NAME`` (blank) for each ``masks`` CASE: NAME."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
-    for name in ("p1", "p2"):
-        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "images" / f"{name}.png")
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "p1_mask.png")
+    for case in cases:
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "images" / f"{case}.png")
+    for name in (masks or {}).values():
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / name)
+    return root
+
+
+def test_datasets_and_series_keep_labels_where_their_layout_does(tmp_path):
+    root = _png_dataset(tmp_path / "set", ("p1", "p2"), {"p1": "p1_mask.png"})
     source = find_items(root)
     assert source.layout == "dataset" and source.labels_dir == root.resolve() / "masks"
     assert [it.label_path.name for it in source.items] == ["p1_mask.png", "p2.png"]
@@ -631,10 +637,7 @@ def test_a_label_file_that_is_an_input_image_is_refused_at_startup(tmp_path):
     with pytest.raises(MedAdaptError, match="scan.png, the image itself: accepting would overwrite the image; give "
                                             "another --labels folder"):
         find_items(scans / "scan.png", labels=scans)  # one image file, --labels its folder
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "masks").mkdir()
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(ds / "images" / "case1.png")
+    ds = _png_dataset(tmp_path / "ds", ("case1",))
     with pytest.raises(MedAdaptError, match="the image itself"):
         find_items(ds, labels=ds / "images")  # a dataset, --labels its images folder
     (tmp_path / "linked").mkdir()
@@ -875,12 +878,7 @@ def test_label_values_no_class_has_are_taught_as_background():
 
 
 def test_a_dataset_whose_label_files_the_app_cannot_write_is_refused(tmp_path):
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "masks").mkdir()
-    for case in ("case1", "case2"):
-        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(ds / "images" / f"{case}.png")
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(ds / "masks" / "case1.tif")
+    ds = _png_dataset(tmp_path / "ds", ("case1", "case2"), {"case1": "case1.tif"})
     with pytest.raises(MedAdaptError, match=r"case1.tif is a \.tif file, which the app cannot write back .*convert "
                                             "the dataset's label files to PNG.*or give --labels DIR"):
         find_items(ds)

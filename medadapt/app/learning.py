@@ -19,13 +19,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ..adapters import load_adapter, read_adapter_info
-from ..adapters.io import CONFIG_NAME, adapter_digest
+from ..adapters.io import adapter_digest
 from ..core.errors import MedAdaptError
 from ..foundation import build_backbone
 from ..inference import Segmenter
 from ..inference.predictor import adapter_path
 from ..training import OnlineConfig, OnlineLearner
-from ..training.online import _recover
+from ..training.online import holds_checkpoint
 
 
 def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint=None, device=None,
@@ -36,7 +36,7 @@ def online_segmenter(model: str, folder: str | Path, *, adapter=None, checkpoint
     adapter (its files' SHA-256 is kept with the checkpoint): another adapter is refused, not silently dropped."""
     folder = Path(folder)
     backbone = build_backbone(model, None if checkpoint is None else str(checkpoint))
-    resuming = (_recover(folder / "adapter") / CONFIG_NAME).is_file()
+    resuming = holds_checkpoint(folder)
     origin = None
     if adapter is not None:
         path = Path(adapter_path(adapter)).resolve()

@@ -546,4 +546,10 @@ def _recover(final: Path) -> Path:
     return final
 
 
-__all__ = ["OnlineConfig", "OnlineLearner"]
+def holds_checkpoint(folder: str | Path) -> bool:
+    """Whether the online learner's ``folder`` holds a saved model to resume (a save interrupted between its
+    two renames is completed first, as the learner itself would on start)."""
+    return (_recover(Path(folder) / "adapter") / CONFIG_NAME).is_file()
+
+
+__all__ = ["OnlineConfig", "OnlineLearner", "holds_checkpoint"]
