@@ -710,6 +710,29 @@ def test_classes_whose_label_values_clash_are_refused_naming_them(tmp_path, lite
     Annotator(litemedsam, folder, prefetch=False).close()  # the refusal left the labels folder free
 
 
+def test_objects_accepted_as_the_implicit_foreground_hold_its_value_against_a_later_adapter(images, litemedsam):
+    """With no class named anywhere the app offers ``foreground`` = 1; once a label file holds it, an adapter that
+    gives value 1 to another class is refused (it would read those objects as its own class)."""
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.foundation import build_backbone
+
+    folder, truth = images
+    first = Annotator(litemedsam, folder, prefetch=False)
+    api = client(first)
+    a = ids(api)["a.png"]
+    api.post(url(a, 0, "prompts"), json={"class_name": "foreground", "prompt": box_around(truth["a.png"][0])})
+    assert api.post(url(a, 0, "accept"), json={"class_name": "foreground"}).json()["saved"]["value"] == 1
+    first.close()
+    backbone, _ = apply(build_backbone("litemedsam"), AdapterConfig(automatic=AutomaticConfig(["kidney"], [1])))
+    with pytest.raises(MedAdaptError, match=r"classes 'foreground' \(made in the app.*and 'kidney' \(the adapter\)|"
+                                            r"classes 'kidney' \(the adapter\) and 'foreground' \(made in the app"):
+        Annotator(Segmenter(backbone, device="cpu"), folder, prefetch=False)
+    again = Annotator(litemedsam, folder, prefetch=False)
+    assert again.classes() == {"foreground": 1}
+    again.close()
+
+
 def test_a_failing_autosave_keeps_the_worker_training_and_the_state_says_why(images, tmp_path, monkeypatch):
     """A save that fails (a full disk for a moment) is logged and shown in the state, and training goes on; a
     worker that died on an error is shown in the state and in the answer of the next Accept."""

@@ -501,6 +501,8 @@ class Annotator:
                 after = self.store.slice_labels(item, k, current.mask.shape).copy()
                 after[current.mask] = value
                 self.store.accept_strokes(item, k, strokes, value, after)
+            if all(n != class_name for n, _, _ in self._named_classes()):  # the implicit class: label files now
+                self.store.add_class(class_name, value)  # hold its value, so a later adapter must agree with it
             labels = self.store.accept(item, k, current.mask, value, class_name)
             prompts = [prompt_to_dict(p) for p in obj.prompts]
             self._objects.pop((item.id, k), None)
