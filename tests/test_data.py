@@ -465,3 +465,55 @@ def test_a_sub_folder_of_pngs_is_not_taken_for_a_dicom_series(tmp_path: Path) ->
     shutil.copy(root / "images" / "011_HC.png", root / "images" / "train" / "a.png")
     with pytest.raises(MedAdaptError, match="read as one DICOM series"):
         discover_cases(cfg(root, classes=[1], layout="folder"))
+
+
+# --------------------------------------------------------------------------- patients nobody named
+def test_cases_that_look_like_one_patients_exams_warn_without_a_case_pattern(tmp_path: Path) -> None:
+    """``010_HC`` and ``010_2HC`` with no ``case_pattern`` and no split naming ``010`` are two patients to the
+    splits (a test frame's twin could be trained on): a warning says to set ``data.case_pattern``."""
+    root = build_exams(tmp_path / "hc", ["010", "011", "012", "013"], twins=("010", "011", "012", "013"))
+    plain = DataConfig.from_dict({"root": str(root), "classes": [1], "labeled": {"every": 2}})
+    with pytest.warns(UserWarning, match=r"4 case-id prefixes \('010', '011', '012', \.\.\.\).*data.case_pattern"):
+        split_cases(plain, discover_cases(plain))
+    for quiet in ({"case_pattern": r"^(\d+)_"}, {"labeled": ["010", "011"], "val": ["012", "013"]}):
+        c = DataConfig.from_dict({"root": str(root), "classes": [1], "labeled": {"every": 2}, **quiet})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # named patients, or a pattern: nothing to warn about
+            split_cases(c, discover_cases(c))
+    one_each = build_exams(tmp_path / "brats", [], twins=())
+    for k in range(8):  # ids that share only the dataset's name are one patient each
+        shutil.copy(root / "images" / "010_HC.png", one_each / "images" / f"BraTS2021_{k:05d}.png")
+        shutil.copy(root / "masks" / "010_HC.png", one_each / "masks" / f"BraTS2021_{k:05d}.png")
+    c = DataConfig.from_dict({"root": str(one_each), "classes": [1], "labeled": {"every": 2}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_cases(c, discover_cases(c))
+
+
+def test_every_orders_ids_that_differ_only_in_zero_padding_the_same_way_each_time(tmp_path: Path) -> None:
+    root = build_exams(tmp_path, ["p9", "p09", "p10", "p010"])  # p9 == p09 and p10 == p010 as numbers
+    c = DataConfig.from_dict({"root": str(root), "classes": [1], "labeled": {"every": 2}})
+    assert ids(split_cases(c, discover_cases(c))["labeled"]) == ["p010_HC", "p09_HC"]  # p09, p9, p010, p10
+
+
+def test_an_unlabelled_nnunet_folder_of_numbered_scans_is_not_read_as_one_multichannel_case(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    image, label = synth_volume(0)
+    save_nifti(image, root / "imagesTr" / "pat1_0000.nii.gz")
+    save_nifti(label, root / "labelsTr" / "pat1.nii.gz")
+    for k in range(4):  # no labelsTs: six scans named scan_0000 ... scan_0003
+        save_nifti(image, root / "imagesTs" / f"scan_{k:04d}.nii.gz")
+    c = cfg(root, layout="nnunet")
+    assert ids(discover_cases(c)) == ["pat1", "scan_0000", "scan_0001", "scan_0002", "scan_0003"]
+    (root / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {str(k): f"MR{k}" for k in
+                                                                                         range(4)}}))
+    with pytest.warns(UserWarning, match="4 channels"):  # dataset.json says four channels: one case of four
+        assert ids(discover_cases(c)) == ["pat1", "scan"]
+
+
+def test_a_blank_2d_image_is_dropped_as_constant_like_a_blank_slice(tmp_path: Path) -> None:
+    root = build_exams(tmp_path, ["001", "002", "003"])
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "images" / "002_HC.png")  # a blank frame
+    c = DataConfig.from_dict({"root": str(root), "classes": [1], "labeled": "all"})
+    ds = SliceDataset(split_cases(c, discover_cases(c))["labeled"], c)
+    assert len(ds) == 2 and ds.dropped["constant"] == 1 and not ds.skipped

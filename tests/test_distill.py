@@ -560,3 +560,35 @@ def test_compare_peer_goes_on_from_the_first_round_that_scores_higher_on_val(dis
     (bare / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(MedAdaptError, match="compare_peer chooses on the validation split"):
         _tiny_distill(bare, *steps)
+
+
+def test_distillation_carves_the_test_split_the_run_is_scored_on(tmp_path):
+    """``distill.unlabeled`` listing other ids than the run's ``unlabeled`` must not regroup cases into other
+    patients: the ``every``-carved test split is the run's, and none of its cases is distilled on."""
+    import warnings
+
+    import nibabel as nib
+
+    from medadapt.data import DataConfig, discover_cases, split_cases
+    from medadapt.ssl import distillation_splits
+
+    root = tmp_path / "acdc"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for p in range(1, 13):
+        for frame in ("frame01", "frame12"):
+            nib.save(nib.Nifti1Image(rng.random((8, 8, 2)).astype(np.float32), np.eye(4)),
+                     root / "imagesTr" / f"patient{p:03d}_{frame}_0000.nii.gz")
+            nib.save(nib.Nifti1Image(np.ones((8, 8, 2), np.uint8), np.eye(4)),
+                     root / "labelsTr" / f"patient{p:03d}_{frame}.nii.gz")
+    data = DataConfig.from_dict({"root": str(root), "classes": [1], "labeled": ["patient001"], "val": ["patient002"],
+                                 "test": {"split": "imagesTr", "exclude": ["patient001", "patient002"], "every": 3},
+                                 "unlabeled": ["patient004"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # patients named nowhere: the frames' warning is tested in test_data
+        run = split_cases(data, discover_cases(data))
+        splits = distillation_splits(data, DistillConfig(unlabeled="rest:imagesTr"))
+    test = {c.case_id for c in run["test"]}
+    assert {c.case_id for c in splits["test"]} == test
+    assert not test & {c.case_id for c in splits["unlabeled"]} and len(splits["unlabeled"]) > 2

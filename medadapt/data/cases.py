@@ -164,12 +164,17 @@ def _check_series_folder(folder: Path) -> None:
             "sub-folder")
 
 
-def _strip_channels(images: dict[str, Path], labels: dict[str, Path], folder: Path) -> dict[str, Path]:
+def _strip_channels(images: dict[str, Path], labels: dict[str, Path], folder: Path,
+                    channels: int | None = None) -> dict[str, Path]:
     """nnU-Net names images ``ID_0000``; strip that channel suffix when the folder follows it.
 
     Only when every file has a 4-digit suffix and every case has a ``_0000``
     file, and the labels (if any) pair better with the stripped names - so that
-    MSD-style ``case_0001.nii.gz`` files keep their full id.
+    MSD-style ``case_0001.nii.gz`` files keep their full id. A folder without
+    labels must look like nnU-Net's in itself: ``channels`` files a case where
+    ``dataset.json`` says how many, else the same channels in every case and
+    one channel or several cases (``scan_0000`` ... ``scan_0005`` alone are
+    six scans, not one case of six channels).
     """
     groups: dict[str, dict[str, Path]] = {}
     for stem, path in images.items():
@@ -181,6 +186,13 @@ def _strip_channels(images: dict[str, Path], labels: dict[str, Path], folder: Pa
         return images
     if labels and sum(s in labels for s in groups) < sum(s in labels for s in images):
         return images
+    if not labels:
+        kinds = {frozenset(g) for g in groups.values()}
+        if channels is not None:
+            if any(len(g) != channels for g in groups.values()):
+                return images
+        elif len(kinds) > 1 or (len(groups) == 1 and len(next(iter(kinds))) > 1):
+            return images
     extra = sorted({c for g in groups.values() for c in g} - {"0000"})
     if extra:
         warnings.warn(
@@ -240,6 +252,9 @@ def discover_cases(config: DataConfig) -> list[Case]:
     """Every case of the dataset, sorted by case id (deterministic on every machine)."""
     layout = detect_layout(config)
     known = _known_patients(config)
+    declared = (read_dataset_json(config) or {}) if layout == "nnunet" else {}
+    declared = declared.get("channel_names", declared.get("modality")) if isinstance(declared, dict) else None
+    channels = len(declared) if isinstance(declared, dict) and declared else None
     cases: dict[str, Case] = {}
     for image_dir, label_dir in _folder_pairs(config, layout):
         images = _scan(image_dir, IMAGE_EXTENSIONS, series=True)
@@ -249,7 +264,7 @@ def discover_cases(config: DataConfig) -> list[Case]:
                 f"no images found in {image_dir}; supported: {', '.join(IMAGE_EXTENSIONS)} files or DICOM-series folders"
             )
         if layout == "nnunet":
-            images = _strip_channels(images, labels, image_dir)
+            images = _strip_channels(images, labels, image_dir, channels)
         used: set[Path] = set()
         for case_id, path in images.items():
             if case_id in cases:
@@ -337,7 +352,7 @@ def _selected(key: str, spec: dict, cases: list[Case], config: DataConfig, taken
         picked = [c for c in picked if c.patient_id not in drop]
         steps.append(f"exclude: {len(picked)}")
     if "every" in spec:
-        patients = sorted({c.patient_id for c in picked}, key=natural_key)
+        patients = sorted({c.patient_id for c in picked}, key=lambda p: (natural_key(p), p))  # p9 before p09
         keep = set(patients[:: spec["every"]])
         picked = [c for c in picked if c.patient_id in keep]
     if not picked:
@@ -361,6 +376,32 @@ def _spec_cases(key: str, spec: object, cases: list[Case], config: DataConfig, t
     return _named(key, spec, cases, config)
 
 
+def _warn_unnamed_patients(cases: list[Case], config: DataConfig) -> None:
+    """Warn when cases counted as patients of their own look like frames or exams of one patient: their ids
+    share a prefix with a digit in it (``patient003`` of ``patient003_frame01`` and ``patient003_frame12``;
+    ``amos_0004`` of ``amos_0004_75``), and no split or ``case_pattern`` names that prefix a patient."""
+    if config.case_pattern is not None:
+        return
+    groups: dict[str, set[str]] = {}
+    for c in cases:
+        if c.patient_id != c.case_id:
+            continue
+        parts = c.case_id.split("_")
+        for i in range(1, len(parts)):
+            prefix = "_".join(parts[:i])
+            if any(ch.isdigit() for ch in prefix):
+                groups.setdefault(prefix, set()).add(c.case_id)
+    # a prefix shared by most cases is the dataset's name (BraTS2021_...), not a patient
+    shared = sorted((p for p, ids in groups.items() if 2 <= len(ids) <= max(2, len(cases) // 4)), key=natural_key)
+    if len(shared) >= 2:
+        warnings.warn(
+            f"{len(shared)} case-id prefixes ({', '.join(map(repr, shared[:3]))}, ...) each hold several cases that "
+            "are split as different patients; if each is one patient (frames, exams, slices), set data.case_pattern "
+            "(e.g. '^([^_]+)_' or '^(.+?_\\d+)_') so that a patient's cases stay in one split",
+            stacklevel=3,
+        )
+
+
 def split_cases(config: DataConfig, cases: list[Case]) -> dict[str, list[Case]]:
     """Cases of each split (``labeled``, ``unlabeled``, ``val``, ``test``), sorted by case id.
 
@@ -371,6 +412,7 @@ def split_cases(config: DataConfig, cases: list[Case]) -> dict[str, list[Case]]:
     evaluation images, even without their labels, inflates the score), or if a
     labeled/val/test case has no label file.
     """
+    _warn_unnamed_patients(cases, config)
     out: dict[str, list[Case]] = {}
     for key in ("labeled", "val", "test"):
         out[key] = _spec_cases(key, getattr(config, key), cases, config, set())

@@ -122,7 +122,7 @@ def _read_case(
             data, grid = load_volume(case.image_path)
             image = _stack(data, config.axis)
         else:
-            image = load_image(case.image_path)[None]
+            image = load_image(case.image_path, constant_ok=True)[None]  # dropped below, counted as constant
     except MedAdaptError as exc:
         raise _FileError(case.image_path, str(exc)) from exc
     if label_path is None:

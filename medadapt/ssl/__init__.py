@@ -18,7 +18,7 @@ shadow the standard library.)
 from __future__ import annotations
 
 from .config import SSLConfig
-from .distill import distill_run, score_student
+from .distill import distill_run, distillation_splits, score_student
 from .distill_config import DistillConfig
 from .foundation_labels import label_cases, label_slice, load_pseudo_labels
 from .geometry import dihedral, dihedral_boxes, dihedral_each, dihedral_points
@@ -35,7 +35,8 @@ from .student_training import SliceBank, StudentTrainer, slice_bank
 from .teacher import EMATeacher
 
 __all__ = [
-    "DistillConfig", "EMATeacher", "SSLConfig", "SliceBank", "StudentTrainer", "distill_run", "label_cases",
+    "DistillConfig", "EMATeacher", "SSLConfig", "SliceBank", "StudentTrainer", "distill_run", "distillation_splits",
+    "label_cases",
     "label_slice", "load_pseudo_labels", "score_student", "slice_bank", "SemiSupervised", "box_masks", "boxes_from_labels",
     "confident_labels", "dihedral", "dihedral_boxes", "dihedral_each", "dihedral_points", "drop_small_classes",
     "feature_dropout", "intensity",

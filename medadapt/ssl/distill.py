@@ -38,7 +38,7 @@ import torch
 from ..adapters.io import adapter_fingerprint
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
-from ..data import DataConfig, discover_cases, load_volume_case, split_cases
+from ..data import Case, DataConfig, discover_cases, load_volume_case, split_cases
 from ..inference import Segmenter
 from ..student import Student, grey_stack, save_student
 from .distill_config import DistillConfig
@@ -81,6 +81,20 @@ def recorded_settings(distill: dict | None) -> dict:
     return {**_RECORDED_DEFAULTS, **(distill or {})}
 
 
+def distillation_splits(data: DataConfig, config: DistillConfig) -> dict[str, list[Case]]:
+    """The run's splits with ``distill.unlabeled``'s cases as the unlabelled ones (all of them: the run's
+    ``limit_unlabeled`` sized its semi-supervised loop, not them). Patients are those the run's own config
+    makes: the ids ``distill.unlabeled`` lists do not regroup cases into other patients, so the test split
+    carved here is the one the run is scored on."""
+    if config.unlabeled is None:
+        return split_cases(data, discover_cases(data))
+    unl_data = DataConfig.from_dict({**asdict(data), "unlabeled": config.unlabeled, "limit_unlabeled": None})
+    try:
+        return split_cases(unl_data, discover_cases(data))
+    except MedAdaptError as exc:
+        raise MedAdaptError(f"{exc} (the unlabelled cases are distill.unlabeled here: {config.unlabeled!r})") from exc
+
+
 def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig, *, seed: int,
                 backbone: str, checkpoint: str | None = None, resume: bool = False,
                 log: Callable[[str], None] = print) -> Path:
@@ -99,15 +113,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         raise MedAdaptError(f"{work} holds a distillation already: add --resume to continue it, or delete {work}")
     if resume and saved.is_file():
         _check_resumable(json.loads(saved.read_text()), settings, config, saved)
-    # distill.unlabeled names its own cases: the run's limit_unlabeled sized the semi-supervised loop, not them
-    unl_data = data if config.unlabeled is None else DataConfig.from_dict(
-        {**asdict(data), "unlabeled": config.unlabeled, "limit_unlabeled": None})
-    try:
-        splits = split_cases(unl_data, discover_cases(unl_data))
-    except MedAdaptError as exc:
-        if config.unlabeled is None:
-            raise
-        raise MedAdaptError(f"{exc} (the unlabelled cases are distill.unlabeled here: {config.unlabeled!r})") from exc
+    splits = distillation_splits(data, config)
     if not splits["unlabeled"]:
         raise MedAdaptError("distillation needs unlabelled cases: set data.unlabeled or distill.unlabeled")
     if config.compare_peer and not splits["val"]:
@@ -210,4 +216,4 @@ def _plain(value):
     return value
 
 
-__all__ = ["distill_run", "recorded_settings", "score_student", "volume_dice"]
+__all__ = ["distill_run", "distillation_splits", "recorded_settings", "score_student", "volume_dice"]
