@@ -81,7 +81,7 @@ def machine() -> dict:
     except Exception:
         info["commit"] = "unknown"
     try:  # the code that ran is not the commit alone (the reports under benchmarks/results do not count)
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "medadapt",
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "medadapt",
                                   "benchmarks", ":(exclude)benchmarks/results"],
                                  cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         if changed:

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     md = (
         "**What was measured.** `medadapt demo` as the README runs it: the pretrained LiteMedSAM answering a tight "
         "box around each bundled expert mask, then LiteMedSAM's decoder and class tokens fine-tuned on 12 labelled "
-        f"HC18 images (4 of them for validation; {args.epochs} epochs) and scored in automatic mode, with no prompt, "
+        f"HC18 images, with 4 more (012-015) to choose the epoch on ({args.epochs} epochs), and scored in automatic "
+        "mode, with no prompt, "
         "on 8 held-aside exams before and after, and self-prompted (boxes drawn from the tuned model's own masks). "
         "Dice per image; the bundled images are CC BY 4.0 (HC18: van den Heuvel et al., PLoS ONE 2018; AMOS and "
         "TotalSegmentator CT).\n\n"

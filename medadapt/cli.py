@@ -169,15 +169,16 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.evaluate import evaluate_run
+    from .evaluation.evaluate import describe_evaluation, evaluate_run
 
     report = evaluate_run(
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
         metrics=_csv(args.metrics), student=not args.no_student, tolerance=args.nsd_tolerance, units=args.units,
-        cleanup=_cleanup(args.cleanup),
+        cleanup=_cleanup(args.cleanup), overwrite=args.overwrite,
     )
     print(report.table())
+    print(describe_evaluation(report.settings))
     return 0
 
 
@@ -381,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "largest (each class keeps its largest 3-D component), holes (holes filled slice by slice)")
     p.add_argument("--no-student", action="store_true",
                    help="score the adapted decoder in automatic mode even when the run holds a distilled student")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an evaluation in the output folder made with other settings (refused without it)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", parents=[common],

@@ -129,7 +129,7 @@ def run_finetune_demo(out_dir: str | Path = "medadapt-demo", epochs: int = 20, d
         automatic=AutomaticConfig(["fetal head"], [1], cfg.prompts.tokens_per_class)))
     (before,) = automatic_dice(Segmenter(untrained, device=device))
     print(f"\nFine-tuning LiteMedSAM (decoder + class tokens) on 12 labelled HC18 images "
-          f"(4 for validation), {epochs} epochs ...")
+          f"(4 more to choose the epoch on), {epochs} epochs ...")
     finetune(cfg, log=lambda msg: None)
     tuned = Segmenter.from_pretrained("litemedsam", adapter=run, device=device)
     # self-prompted: still no prompts from anyone, boxes drawn from the tuned model's own masks

@@ -623,7 +623,35 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     data["classes"] = ["disc"]
     (tmp_path / "one_class.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(MedAdaptError, match="adapter has 2"):
-        evaluate_run(scored_run, data=tmp_path / "one_class.yaml", split="test", out_dir=tmp_path / "ev")
+        evaluate_run(scored_run, data=tmp_path / "one_class.yaml", split="test", out_dir=tmp_path / "ev_one")
+
+
+def test_an_evaluation_records_what_it_scored_and_another_setting_does_not_replace_it(scored_run, tmp_path) -> None:
+    """A quick ``--limit 1`` (or another split, modes, data...) into the folder of a full evaluation is refused
+    unless ``overwrite``; the same settings replace it (after more training, say); the JSON says what was
+    scored, and the CLI's line says it too."""
+    from medadapt.evaluation.evaluate import describe_evaluation, evaluate_run
+
+    out = tmp_path / "ev"
+    full = evaluate_run(scored_run, split="test", modes=["automatic", "box"], metrics=["dice"], out_dir=out)
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["settings"]["split"] == "test" and doc["settings"]["limit"] is None and doc["settings"]["cases"] == 3
+    assert doc["settings"]["prompts_from_ground_truth"] == ["box"] and doc["settings"]["student"] is False
+    assert EvaluationReport.from_json(out / "evaluation.json").settings == full.settings == doc["settings"]
+    for other in ({"limit": 1}, {"modes": ["box"]}, {"split": "val"}):
+        with pytest.raises(MedAdaptError, match=r"holds an evaluation made with other settings \(.*\); give --out "
+                                                r"DIR to keep both, or --overwrite"):
+            evaluate_run(scored_run, **{"split": "test", "modes": ["automatic", "box"], "metrics": ["dice"],
+                                        **other}, out_dir=out)
+    assert len(EvaluationReport.from_json(out / "evaluation.json")) == len(full)  # the full one is still there
+    evaluate_run(scored_run, split="test", modes=["automatic", "box"], metrics=["dice"], out_dir=out)  # the same
+    quick = evaluate_run(scored_run, split="test", modes=["box"], metrics=["dice"], limit=1, out_dir=out,
+                         overwrite=True)
+    assert json.loads((out / "evaluation.json").read_text())["settings"]["limit"] == 1
+    line = describe_evaluation(quick.settings)
+    assert "split test (1 cases)" in line and "box: prompts drawn from the ground truth" in line
+    assert str(out.resolve()) in line and "automatic mode" not in line
+    assert "report a held-out test split" in describe_evaluation({**quick.settings, "split": "val"})
 
 
 @pytest.mark.parametrize(

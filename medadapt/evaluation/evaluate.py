@@ -48,6 +48,7 @@ caller says it names. No ground truth enters the prediction.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -66,6 +67,7 @@ from ..inference.predictor import Segmenter
 from ..inference.student_answers import student_prediction
 from ..io.imaging import is_volume_path as _is_volume  # the tests replace _is_volume
 from ..prompts.simulate import prompts_from_prediction
+from ..student import has_student
 from ..training.config import read_config
 from ..training.run_folder import recorded_root
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
@@ -254,6 +256,44 @@ def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_stu
                 out["1-click"][k, z] = p
 
 
+# settings that do not make another evaluation: the number of cases follows from the others
+_SAME_EVALUATION_WHATEVER = {"cases", "out"}
+
+
+def _check_replacing(path: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to replace ``path``, an evaluation made with other settings, unless ``overwrite``."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        before = None
+    if not isinstance(before, dict):  # an evaluation that recorded no settings: as before, it is replaced
+        return
+    changed = [k for k in settings if k not in _SAME_EVALUATION_WHATEVER and before.get(k) != settings[k]]
+    if changed:
+        detail = "; ".join(f"{k}: {before.get(k)!r} there, {settings[k]!r} now" for k in changed[:3])
+        raise MedAdaptError(f"{path.parent} holds an evaluation made with other settings ({detail}); give --out DIR "
+                            "to keep both, or --overwrite to replace it")
+
+
+def describe_evaluation(settings: dict) -> str:
+    """One line on what an evaluation scored: split, data, who answered automatic mode, which modes were
+    prompted from the ground truth, and where the files are."""
+    if not settings:
+        return ""
+    parts = [f"split {settings.get('split')} ({settings.get('cases')} cases) of {settings.get('data')}"]
+    if settings.get("split") == "val":
+        parts.append("val is where a run makes its choices (epochs, levers): report a held-out test split")
+    if "automatic" in settings.get("modes", []) or "self-prompted" in settings.get("modes", []):
+        parts.append("automatic mode answered by " + ("the distilled student" if settings.get("student")
+                                                      else "the adapted decoder"))
+    prompted = settings.get("prompts_from_ground_truth") or []
+    if prompted:
+        parts.append(f"{', '.join(prompted)}: prompts drawn from the ground truth")
+    return "; ".join(parts) + (f"; written to {settings['out']}" if settings.get("out") else "")
+
+
 def evaluate_run(
     run: str | os.PathLike,
     *,
@@ -269,6 +309,7 @@ def evaluate_run(
     units: str = "auto",
     student: bool = True,
     cleanup: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> EvaluationReport:
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
 
@@ -299,6 +340,14 @@ def evaluate_run(
         cleanup: clean-ups of each case's automatic and self-prompted label maps before
             scoring: any of ``"largest"`` (each class's largest 3-D component) and
             ``"holes"`` (holes filled slice by slice); see :mod:`medadapt.inference.cleanup`.
+        overwrite: replace an evaluation in the output folder made with other settings
+            (another split, data, ``limit``, modes...); without it that is refused, so a quick
+            check never silently replaces a full evaluation. One made with the same settings
+            (after more training, say) is always replaced.
+
+    The settings are recorded in ``evaluation.json`` (``settings``): the split and data
+    scored, the adapter, whether a distilled student answered automatic mode, and which
+    modes took their prompts from the ground truth.
     """
     try:
         cleanup = check_cleanup(cleanup)
@@ -328,6 +377,15 @@ def evaluate_run(
     info = read_adapter_info(adapter)
     config = _data_config(data, run_dir)
     cases = _cases(config, split, data)[:limit]  # found before the model loads: a wrong split fails fast
+    settings = {"split": split, "data": str(Path(config.root).expanduser().resolve()),
+                "data_config": "the run's" if data is None else str(Path(data).expanduser().resolve()),
+                "adapter": str(Path(adapter).resolve()), "limit": limit, "cases": len(cases), "modes": list(modes),
+                "texts": dict(texts or {}), "metrics": metrics, "units": units, "cleanup": list(cleanup),
+                "student": bool(student) and run_dir is not None and has_student(run_dir),
+                "prompts_from_ground_truth": [m for m in modes if m not in LABEL_MODES] + [f"text:{t}" for t in
+                                                                                          (texts or {})]}
+    settings["out"] = str(out.expanduser().resolve())
+    _check_replacing(out / "evaluation.json", settings, overwrite)
     with_hd95, with_nsd = "hd95" in metrics, "nsd" in metrics
     spaced = [_is_volume(case.image_path) for case in cases]  # volumes carry a voxel size, 2-D files none
     in_mm = units != "px" and bool(spaced) and all(spaced)
@@ -349,8 +407,9 @@ def evaluate_run(
     wrong = {t: c for t, c in texts.items() if c not in names}
     if wrong:
         raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
+    settings["student"] = seg.student is not None  # whether a distilled student answered automatic mode
     report = EvaluationReport(hd95_unit="mm" if in_mm else "px", metrics=metrics,
-                              nsd_tolerance=tolerance if with_nsd else None, cleanup=cleanup)
+                              nsd_tolerance=tolerance if with_nsd else None, cleanup=cleanup, settings=settings)
     from tqdm import tqdm
 
     def plane(pred: np.ndarray, target: np.ndarray, spacing):
@@ -416,4 +475,4 @@ def evaluate_run(
     return report
 
 
-__all__ = ["LABEL_MODES", "METRICS", "MODES", "SPLITS", "UNITS", "evaluate_run"]
+__all__ = ["LABEL_MODES", "METRICS", "MODES", "SPLITS", "UNITS", "describe_evaluation", "evaluate_run"]

@@ -161,6 +161,8 @@ class EvaluationReport:
             ignored (stored as ``None``) without it.
         cleanup: the clean-ups applied to the automatic label maps before scoring
             (see :mod:`medadapt.inference.cleanup`); stored in the JSON file.
+        settings: what was scored and how (split, data, adapter, modes, ...), as
+            :func:`~medadapt.evaluation.evaluate_run` records it; stored in the JSON file.
 
     Results keep insertion order; summaries list modes and classes in the order
     they were first added, so the table follows the order the run used.
@@ -173,8 +175,10 @@ class EvaluationReport:
         metrics: Iterable[str] = _METRICS,
         nsd_tolerance: float | None = None,
         cleanup: Iterable[str] = (),
+        settings: dict | None = None,
     ) -> None:
         self.hd95_unit = str(hd95_unit)
+        self.settings = dict(settings or {})
         self.cleanup = tuple(str(c) for c in cleanup)
         self.metrics = tuple(dict.fromkeys(str(m) for m in metrics))
         if "dice" not in self.metrics or any(m not in _ALL_METRICS for m in self.metrics):
@@ -448,6 +452,7 @@ class EvaluationReport:
             "metrics": list(self.metrics),
             "nsd_tolerance": self.nsd_tolerance,
             "cleanup": list(self.cleanup),
+            "settings": self.settings,
             "cases": [r.to_row() for r in self._results],
             "summary": summary,
         }
@@ -501,7 +506,10 @@ class EvaluationReport:
         if not isinstance(metrics, list):
             raise MedAdaptError(f"malformed evaluation report {p}: 'metrics' must be a list, got {metrics!r}")
         try:
+            settings = doc.get("settings") or {}
+            if not isinstance(settings, dict):
+                raise MedAdaptError(f"'settings' must be an object, got {settings!r}")
             return cls(results, hd95_unit=str(doc.get("hd95_unit", "mm")), metrics=metrics,
-                       nsd_tolerance=doc.get("nsd_tolerance"), cleanup=doc.get("cleanup") or ())
+                       nsd_tolerance=doc.get("nsd_tolerance"), cleanup=doc.get("cleanup") or (), settings=settings)
         except MedAdaptError as exc:
             raise MedAdaptError(f"malformed evaluation report {p}: {exc}") from exc
