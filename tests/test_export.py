@@ -161,6 +161,61 @@ def test_export_refuses_to_replace_without_overwrite(exported, tmp_path, capsys)
     assert "neither a backbone" in capsys.readouterr().err
 
 
+def test_replacing_an_export_keeps_the_users_files_its_link_and_the_old_export_if_interrupted(exported, tmp_path,
+                                                                                            monkeypatch):
+    import os
+
+    from medadapt.export import onnx_export
+
+    notes = tmp_path / "with_notes"
+    shutil.copytree(exported, notes)
+    (notes / "NOTES.md").write_text("mine")
+    with pytest.raises(MedAdaptError, match=r"holds an export and also \['NOTES.md'\]: move them out"):
+        export_onnx("tiny_sam_vit", notes, overwrite=True)
+    assert (notes / "NOTES.md").read_text() == "mine"
+    # a link to an earlier export stays a link; the folder it names gets the new export
+    shutil.copytree(exported, tmp_path / "releases" / "v1")
+    (tmp_path / "current").symlink_to(tmp_path / "releases" / "v1")
+    before = (tmp_path / "releases" / "v1" / MANIFEST_NAME).stat().st_mtime_ns
+    export_onnx("tiny_sam_vit", tmp_path / "current", overwrite=True)
+    assert (tmp_path / "current").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "current", "releases", "with_notes"]
+    assert (tmp_path / "releases" / "v1" / MANIFEST_NAME).stat().st_mtime_ns != before
+    # interrupted between moving the old export aside and the new one in: the old one is put back
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real, calls = os.replace, []
+
+    def interrupted(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(onnx_export.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export._move_into_place(staging, out)
+    assert (out / "old.txt").read_text() == "old"
+
+
+def test_a_folder_named_like_a_backbone_does_not_hide_it_and_a_runs_student_is_named_from_its_adapter(
+        adapted, tmp_path, monkeypatch):
+    from medadapt.export.onnx_export import load_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny_sam_vit").mkdir()  # e.g. left by `medadapt export tiny_sam_vit --out tiny_sam_vit`
+    assert load_source("tiny_sam_vit")[1] == {"backbone": "tiny_sam_vit", "checkpoint": None, "adapter": None}
+    run, _ = adapted
+    distilled = tmp_path / "distilled"
+    shutil.copytree(run, distilled)
+    (distilled / "student").mkdir()
+    (distilled / "student" / "student.json").write_text("{}")  # only its presence is read here
+    for given in (distilled, distilled / "adapter"):
+        assert load_source(given)[1]["student"] == str(distilled / "student")
+
+
 def _one_line_error(folder, match):
     with pytest.raises(MedAdaptError, match=match) as info:
         Segmenter.from_pretrained(folder, runtime="onnxruntime")

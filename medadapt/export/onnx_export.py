@@ -17,6 +17,7 @@ more than ``tolerance``; the differences are recorded in the manifest.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -67,20 +68,25 @@ def load_source(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
     path = Path(source)
     ckpt = None if checkpoint is None else str(checkpoint)
     names = [s.name for s in list_backbones()]
-    if not path.exists():
-        if str(source) not in names:
-            raise MedAdaptError(f"{source!r} is neither a backbone ({', '.join(names)}) nor an existing run folder")
-        return build_backbone(str(source), ckpt).eval(), {"backbone": str(source), "checkpoint": ckpt, "adapter": None}
     adapter = path / "adapter" if (path / "adapter" / "adapter.json").is_file() else path
-    if adapter.is_dir() and not (adapter / "adapter.json").is_file():
+    holds_adapter = adapter.is_file() or (adapter / "adapter.json").is_file()
+    if not holds_adapter and str(source) in names:  # a backbone, also where a folder of that name is here
+        return build_backbone(str(source), ckpt).eval(), {"backbone": str(source), "checkpoint": ckpt, "adapter": None}
+    if not path.exists():
+        raise MedAdaptError(f"{source!r} is neither a backbone ({', '.join(names)}) nor an existing run folder")
+    if not holds_adapter:
         raise MedAdaptError(f"{path} is neither a run folder (with adapter/adapter.json) nor an adapter folder")
     info = read_adapter_info(adapter)
     backbone = load_adapter(build_backbone(str(info.get("backbone")), ckpt), adapter).eval()
     weights = adapter / "adapter.safetensors" if adapter.is_dir() else adapter.with_suffix(".safetensors")
     provenance = {"backbone": backbone.info.name, "checkpoint": ckpt, "adapter": str(adapter),
                   "adapter_sha256": sha256_file(weights)}
-    if (path / "student" / "student.json").is_file():  # a distilled run: its student answers automatic mode
-        provenance["student"] = str(path / "student")
+    for folder in (path, path.parent, path.parent.parent):  # the run of RUN, RUN/adapter or its adapter file
+        if (folder / "student" / "student.json").is_file():  # a distilled run: its student answers automatic mode
+            provenance["student"] = str(folder / "student")
+            break
+        if (folder / "config.yaml").is_file():  # the run folder, without a student
+            break
     return backbone, provenance
 
 
@@ -107,10 +113,13 @@ def export_onnx(
                             f"accepted, e.g. 1e-3); got {tolerance!r}")
     try:
         import onnx  # noqa: F401  (torch.onnx needs it)
+        import onnxruntime  # noqa: F401  (the check against PyTorch runs it: missing, say so before exporting)
         import onnxscript  # noqa: F401
     except ImportError:
         raise MedAdaptError(f"medadapt export needs the packages onnx, onnxscript and onnxruntime: {_INSTALL}") from None
     out = Path(out)
+    if out.is_symlink():  # a link to an earlier export (current -> releases/v1): the folder it names is replaced
+        out = out.resolve()
     _check_out(out, overwrite)
     if isinstance(source, Backbone):
         backbone, provenance = source.eval(), {"backbone": source.info.name, "checkpoint": None, "adapter": None}
@@ -169,14 +178,35 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise MedAdaptError(f"--out {out} is a folder that holds other files: give a new or empty folder")
         if not overwrite:
             raise MedAdaptError(f"--out {out} holds an export: pass --overwrite to replace it, or choose another folder")
+        extra = sorted({p.name for p in out.iterdir()} - _export_files(out))
+        if extra:  # replacing the folder would delete them
+            raise MedAdaptError(f"--out {out} holds an export and also {extra[:5]}: move them out of it, or choose "
+                                "another folder")
+
+
+def _export_files(out: Path) -> set[str]:
+    """The files an earlier export in ``out`` wrote (its manifest names them); only the manifest if unreadable."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        graphs = list((manifest.get("graphs") or {}).values())
+        data = [f for files in (manifest.get("data_files") or {}).values() for f in files]
+        return {MANIFEST_NAME, *map(str, graphs), *map(str, data)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {MANIFEST_NAME}
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
+    """``staging`` becomes ``out``; an earlier export there is put back if the swap is interrupted."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
-    os.replace(staging, out)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
