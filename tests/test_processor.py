@@ -72,6 +72,23 @@ def test_mask_prompt_from_a_full_size_mask():
     assert low[0, 0, 60, 60] > 0 and low[0, 0, 60, 200] < 0 and low[0, 0, 200, 60] < 0
 
 
+def test_a_thin_structure_in_a_mask_prompt_does_not_vanish_and_a_blob_keeps_its_edge():
+    """A one-pixel line in a 512-pixel image covers half a cell of the 256 grid: it stays in the prompt, as the
+    cells it touches; a blob's cells are those it covers mostly, as before."""
+    proc = SamProcessor(1024)
+    _, meta = proc.preprocess(np.random.rand(512, 512).astype(np.float32))
+    line = np.zeros((512, 512), bool)
+    line[100:400, 201] = True  # a vessel one pixel wide
+    blob = np.zeros((512, 512), bool)
+    blob[300:420, 300:421] = True
+    low = proc.mask_to_low_res(np.stack([line, blob, line | blob]), meta)[:, 0] > 0
+    rows, cols = np.nonzero(low[0].numpy())
+    assert set(range(50, 200)) <= set(rows) and set(cols) <= {100, 101}  # every cell row the line crosses, near it
+    assert 150 <= low[0].sum() <= 2 * 152
+    assert low[1].sum() == 60 * 60 and not low[1, :, 210].any()  # 120 x 121 pixels: the last half cell stays out
+    assert (low[2] == (low[0] | low[1])).all()  # apart from the blob, the line is still its own part
+
+
 @pytest.mark.parametrize(
     "boxes, message",
     [

@@ -149,6 +149,9 @@ class SamProcessor:
 
         Lets a user give a full-size mask as a prompt; a mask is mapped to
         +/-``mask_logit`` the way a previous prediction's logits would look.
+        A cell is inside where the mask covers most of it; a thin structure
+        (a vessel, a contour line) that covers no cell that much is kept as
+        the cells it touches, rather than vanishing from the prompt.
         """
         m = torch.as_tensor(np.asarray(masks, dtype=np.float32))
         if m.ndim == 2:
@@ -156,8 +159,27 @@ class SamProcessor:
         m = m[:, None]
         m = F.interpolate(m, size=meta.input_size, mode="bilinear", align_corners=False)
         m = F.pad(m, (0, self.image_size - meta.input_size[1], 0, self.image_size - meta.input_size[0]))
-        m = F.interpolate(m, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
-        return (m > 0.5).float() * 20.0 - 10.0
+        low = F.interpolate(m, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=False) > 0.5
+        if self.image_size % self.mask_size == 0:
+            cell = self.image_size // self.mask_size
+            touched = F.max_pool2d((m > 0).float(), cell) > 0
+            low = low | _lost_parts(touched, low)
+        return low.float() * 20.0 - 10.0
+
+
+def _lost_parts(touched: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The connected parts of ``touched`` (N x 1 x m x m bool, 8-connected) that hold no ``kept`` cell."""
+    from scipy import ndimage
+
+    out = torch.zeros_like(touched)
+    for i in range(touched.shape[0]):
+        if not bool((touched[i] & ~kept[i]).any()):
+            continue
+        parts, n = ndimage.label(touched[i, 0].numpy(), structure=np.ones((3, 3), bool))
+        holding = np.unique(parts[kept[i, 0].numpy()])
+        lost = np.isin(parts, np.setdiff1d(np.arange(1, n + 1), holding))
+        out[i, 0] = torch.from_numpy(lost)
+    return out
 
 
 def _is_8bit(arr: np.ndarray) -> bool:
