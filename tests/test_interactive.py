@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import disc_image
@@ -67,6 +69,17 @@ def test_a_session_that_never_gets_there_counts_max_clicks():
     assert s.noc(0.9) == 20
     summary = summarize_sessions([s, ClickSession(dice=[0.95] * 21)])
     assert summary["noc@90"] == 10.0 and summary["failed@90"] == 1 and summary["dice@1"] == pytest.approx(0.525)
+
+
+def test_thresholds_above_where_the_user_stopped_are_not_told_as_failures():
+    """A user who stops at Dice 0.85 never clicks on to 0.90: NoC@90 and failed@90 are unknown, not the budget."""
+    target = _disc(64, 64, 32, 32, 10)
+    almost = target.copy()
+    almost[22:25] = False  # Dice about 0.87
+    s = simulate_clicks(lambda points, labels, previous, box: (almost, None), target, max_clicks=4, stop_at=0.85)
+    assert s.stop_at == 0.85 and s.noc(0.85) == 1
+    summary = summarize_sessions([s])
+    assert summary["noc@85"] == 1.0 and math.isnan(summary["noc@90"]) and math.isnan(summary["failed@90"])
 
 
 def test_errors():

@@ -17,6 +17,7 @@ fixes what is left by hand) is handed to the learner before the next image.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -101,6 +102,7 @@ class ClickSession:
     clicks: list[tuple[float, float, int]] = field(default_factory=list)
     seconds: float = 0.0
     image_id: str = ""
+    stop_at: float = 0.90  # the Dice at which the user stopped clicking
 
     def noc(self, threshold: float) -> int:
         """Clicks until Dice reached ``threshold``; ``max_clicks`` when it never did (the usual convention)."""
@@ -155,7 +157,7 @@ def simulate_clicks(decode: Decode, target: np.ndarray, proposal: tuple[np.ndarr
         mask, logits = decode(np.stack(points), np.array(labels, np.int64), logits, box)
         scores.append(dice(mask, t))
     scores += [scores[-1]] * (max_clicks + 1 - len(scores))
-    return ClickSession(dice=scores, clicks=clicks)
+    return ClickSession(dice=scores, clicks=clicks, stop_at=stop_at)
 
 
 def _decoder(seg: Segmenter, local: bool = False) -> Decode:
@@ -242,16 +244,20 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
 
 
 def summarize_sessions(sessions: Sequence[ClickSession], last: int | None = None) -> dict:
-    """NoC@85, NoC@90 and Dice after 1, 3 and 5 clicks, mean over the sessions (the ``last`` ones if given)."""
+    """NoC@85, NoC@90 and Dice after 1, 3 and 5 clicks, mean over the sessions (the ``last`` ones if given).
+
+    A threshold above where a session's user stopped clicking (``stop_at``) cannot be told: its NoC (and for
+    90, ``failed@90``) is nan, not the click budget."""
     chosen = list(sessions)[-last:] if last else list(sessions)
     if not chosen:
         raise MedAdaptError("no sessions to summarise")
+    stopped = min(s.stop_at for s in chosen)
     out = {"images": len(chosen)}
     for th in THRESHOLDS:
-        out[f"noc@{round(th * 100)}"] = float(np.mean([s.noc(th) for s in chosen]))
+        out[f"noc@{round(th * 100)}"] = float(np.mean([s.noc(th) for s in chosen])) if th <= stopped else math.nan
     for k in (0, *REPORTED_CLICKS):
         out[f"dice@{k}"] = float(np.mean([s.dice[min(k, len(s.dice) - 1)] for s in chosen]))
-    out["failed@90"] = int(sum(s.dice[-1] < 0.90 for s in chosen))
+    out["failed@90"] = int(sum(s.dice[-1] < 0.90 for s in chosen)) if stopped >= 0.90 else math.nan
     return out
 
 
