@@ -5,6 +5,8 @@ Families: a tiny SAM ViT and the real pretrained LiteMedSAM (TinyViT).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -168,7 +170,22 @@ def test_a_failed_load_leaves_the_backbone_as_it_was_and_frozen_models_are_not_s
     (tmp_path / "bad" / "adapter.json").write_bytes((tmp_path / "good" / "adapter.json").read_bytes())
     (tmp_path / "bad" / "adapter.safetensors").write_bytes(b"truncated")
     base = build_backbone("tiny_sam_vit")
+    with pytest.raises(MedAdaptError, match="is not the weights file .* was saved with"):
+        load_adapter(base, tmp_path / "bad")  # the description names its weights' digest
+    info = json.loads((tmp_path / "good" / "adapter.json").read_text())
+    del info["weights_sha256"]  # as written before the digest was kept: the file itself is read
+    (tmp_path / "bad" / "adapter.json").write_text(json.dumps(info))
     with pytest.raises(MedAdaptError, match="could not read adapter weights"):
+        load_adapter(base, tmp_path / "bad")
+    other, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(lora=LoraConfig(rank=2)))
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    save_adapter(other, tmp_path / "other")  # a save of another model, cut after its weights
+    (tmp_path / "bad" / "adapter.json").write_bytes((tmp_path / "good" / "adapter.json").read_bytes())
+    (tmp_path / "bad" / "adapter.safetensors").write_bytes((tmp_path / "other" / "adapter.safetensors").read_bytes())
+    with pytest.raises(MedAdaptError, match="a save interrupted between the two files"):
         load_adapter(base, tmp_path / "bad")
     assert base.adapter_config is None and not any(p.requires_grad for p in base.parameters())
     load_adapter(base, tmp_path / "good")  # the same backbone takes the good file

@@ -205,6 +205,18 @@ def _adapter_section(run, **section):
     _json(run, json.dumps(info))
 
 
+def _weights_as_described(run):
+    """adapter.json names the weights file now there (a pair put together by hand, not a save cut short)."""
+    from medadapt.foundation.checkpoint import sha256_file
+
+    _adapter_field(run, weights_sha256=sha256_file(run / "adapter" / "adapter.safetensors"))
+
+
+def _adapter_field(run, **fields):
+    info = json.loads((run / "adapter" / "adapter.json").read_text())
+    _json(run, json.dumps({**info, **fields}))
+
+
 def _reshaped(run):
     from safetensors.torch import load_file, save_file
 
@@ -212,6 +224,7 @@ def _reshaped(run):
     key = sorted(state)[0]
     state[key] = torch.zeros(*[n + 1 for n in state[key].shape])
     save_file(state, str(run / "adapter" / "adapter.safetensors"))
+    _weights_as_described(run)
 
 
 def _other_base(run):
@@ -232,8 +245,10 @@ ADAPTERS = {
     "section_out_of_range": (lambda r: _adapter_section(r, context={"hidden": 8, "dilations": [0]}),
                              r"adapter.context.dilations: \[0\] is out of range"),
     "weights_of_other_shapes": (_reshaped, r"adapter tensor .* has shape \(\d+,?.*\), model expects"),
-    "weights_not_safetensors": (lambda r: _written(r / "adapter", "adapter.safetensors", b"\xff" * 32) and None,
-                                "could not read adapter weights"),
+    "weights_not_safetensors": (lambda r: _written(r / "adapter", "adapter.safetensors", b"\xff" * 32)
+                                and _weights_as_described(r), "could not read adapter weights"),
+    "weights_of_another_save": (lambda r: _written(r / "adapter", "adapter.safetensors", b"\xff" * 32) and None,
+                                "is not the weights file .* was saved with"),
     "weights_missing": (lambda r: (r / "adapter" / "adapter.safetensors").unlink(), "adapter weights not found"),
     "another_backbone": (lambda r: ["--model", "tiny_litemedsam"], "was trained on backbone 'tiny_sam_vit'"),
     "other_base_weights": (_other_base, "different tiny_sam_vit base weights"),

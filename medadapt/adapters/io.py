@@ -23,7 +23,7 @@ import torch
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json
 from ..foundation import Backbone, build_backbone
-from ..foundation.checkpoint import fingerprint_state, sha256_files
+from ..foundation.checkpoint import fingerprint_state, sha256_file, sha256_files
 from .apply import apply, is_adapter_param, trainable_state
 from .config import AdapterConfig
 
@@ -70,6 +70,7 @@ def save_adapter(model: Backbone, path: str | os.PathLike, metadata: dict[str, A
         "metadata": metadata or {},
     }
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    info["weights_sha256"] = sha256_file(weights)  # the pair is two files: a save cut between them is told on load
     atomic_write_json(desc, info)
     return weights
 
@@ -114,6 +115,9 @@ def load_adapter(model: Backbone, path: str | os.PathLike) -> Backbone:
         )
     if not weights.is_file():
         raise MedAdaptError(f"adapter weights not found: {weights}")
+    if info.get("weights_sha256") not in (None, sha256_file(weights)):
+        raise MedAdaptError(f"{weights} is not the weights file {desc} was saved with (a save interrupted between "
+                            "the two files, or files from two saves): save the adapter again, or restore the pair")
     config = AdapterConfig.from_dict(info["adapter"])
     try:  # read before the model is changed: a damaged file leaves the backbone as it was
         state = load_file(str(weights), device="cpu")
