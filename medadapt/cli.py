@@ -56,6 +56,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                 "without --slice (or give --slice K and 2-D prompts to segment one slice)")
         if args.text or args.overlay or args.multimask:
             raise MedAdaptError("--text, --overlay and --multimask apply to one image or slice (--slice K)")
+        if args.clip or args.clip_weights or args.text_encoder:
+            raise MedAdaptError("--clip, --clip-weights and --text-encoder go with --text, which applies to one "
+                                "image or slice (--slice K)")
         result = segment_volume_file(
             args.image, out=args.out, boxes=[[float(v) for v in b] for b in boxes],
             points=[[_coordinate(v) for v in p[:3]] + [_label(p[3])] for p in points], model=args.model,
@@ -91,11 +94,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         clip_weights=args.clip_weights,
         adapter=args.adapter,
         refine=args.refine,
+        text_encoder=args.text_encoder,
     )
     kind = "text" if args.text else "class"
     names = [f"{kind} {t!r}" for t in result.labels] or [f"prompt {i + 1}" for i in range(len(result.areas))]
     for name, area, score in zip(names, result.areas, result.scores):
-        print(f"{name}: {area} pixels, predicted IoU {score:.3f}")
+        print(f"{name}: {area} pixels, {result.score_name} {score:.3f}")
     print(f"mask written to {result.out}" + (f"; overlay to {result.overlay}" if result.overlay else ""))
     return 0
 
@@ -292,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vit_base_patch16_224 from the Hugging Face cache, a model folder, or an open_clip name")
     p.add_argument("--clip-weights", default=None, metavar="FILE",
                    help="weights file when --clip is an open_clip architecture name")
+    p.add_argument("--text-encoder", default=None, metavar="FOLDER",
+                   help="with --adapter and --text: the folder of the text encoder the adapter's learned text "
+                        "prompts were trained with, when it is not where the adapter recorded it (another machine)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.set_defaults(func=_cmd_predict)
 

@@ -10,6 +10,7 @@ the other alone.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -176,13 +177,19 @@ def decoder(litemedsam):
 
 @pytest.fixture()
 def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
+    """Every way to reach the network (a name lookup included) raises and is recorded; any attempt fails the
+    test, even one a library caught and retried."""
+    attempts: list = []
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:2]}")
+        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
+        raise OSError("the network is switched off in this test")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
+    yield attempts
+    assert attempts == [], f"network access attempted: {attempts[:3]}"
 
 
 @pytest.fixture()
@@ -275,7 +282,8 @@ def _blobs(h=80, w=120):
 
 def test_prompts_from_saliency_boxes_components_and_clicks():
     sal = _blobs()
-    cfg = TextPromptConfig(max_components=3, n_positive_points=2, n_negative_points=2, min_component_area=0.005)
+    cfg = TextPromptConfig(max_components=3, n_positive_points=2, n_negative_points=2, min_component_area=0.005,
+                           prompt_kinds=("box+points",))
     p = prompts_from_saliency(sal, cfg)
     assert isinstance(p, Prompts) and len(p) == 2  # the speck is dropped
     x0, y0, x1, y1 = p.boxes[0]
@@ -340,6 +348,17 @@ def test_predict_text_returns_one_fused_mask_per_text(random_clip, decoder):
 def test_config_mistakes_are_reported(kwargs, message):
     with pytest.raises(MedAdaptError, match=re.escape(message)):
         TextPromptConfig(**kwargs)
+
+
+@pytest.mark.parametrize("clicks", [{"n_positive_points": 3}, {"n_negative_points": 1},
+                                    {"n_positive_points": 2, "n_negative_points": 2}])
+def test_clicks_without_a_prompt_kind_that_decodes_them_are_refused(clicks):
+    for kinds in (("box",), "box"):  # the default decodes boxes alone: the clicks would change nothing
+        with pytest.raises(MedAdaptError, match=re.escape("add 'box+points'")):
+            TextPromptConfig(**clicks, prompt_kinds=kinds)
+    for kinds in (("box", "box+points"), ("points",)):
+        assert TextPromptConfig(**clicks, prompt_kinds=kinds).prompt_kinds == kinds
+    assert TextPromptConfig(n_positive_points=0).prompt_kinds == ("box",)  # no clicks at all: nothing is lost
 
 
 # ------------------------------------------------------------------ loading, offline
@@ -444,6 +463,110 @@ def test_architecture_names_need_a_local_weights_file(tmp_path, no_network):
         load_clip(torch.nn.Linear(2, 2))
 
 
+def _bert_files(folder, config: bool):
+    """A Hugging Face repository's tokenizer files (and a tiny text model config) as a cache snapshot holds them."""
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "liver"]) + "\n")
+    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    if config:
+        transformers.RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64).save_pretrained(folder)
+
+
+def test_architectures_with_a_hugging_face_text_side_are_read_from_the_cache_or_refused_at_once(
+    empty_hf_home, no_network, tmp_path
+):
+    """ViT-B-16-SigLIP reads its tokenizer, roberta-ViT-B-32 its text model and tokenizer, from Hugging Face
+    repositories: not cached, they are refused at once, naming the repository and the folder looked in, and
+    the network is never tried (no_network fails the test on any attempt)."""
+    weights = tmp_path / "w.pt"
+    torch.save({}, weights)
+    start = time.perf_counter()
+    with pytest.raises(MedAdaptError, match="text model from the Hugging Face repository roberta-base"):
+        load_clip("roberta-ViT-B-32", weights=weights)
+    with pytest.raises(MedAdaptError, match="tokenizer from the Hugging Face repository timm/ViT-B-16-SigLIP") as info:
+        load_clip("ViT-B-16-SigLIP", weights=weights)
+    assert str(empty_hf_home / "models--timm--ViT-B-16-SigLIP") in str(info.value)
+    assert "huggingface-cli download timm/ViT-B-16-SigLIP" in str(info.value) and "\n" not in str(info.value)
+    assert time.perf_counter() - start < 10  # no retries, no timeouts
+
+    # cached: the text model's config and the tokenizer come from the cache; the model is built without the
+    # network, and only the (empty) checkpoint is refused
+    _bert_files(empty_hf_home / "models--roberta-base" / "snapshots" / "r1", config=True)
+    torch.save({"not_a_clip_weight": torch.zeros(1)}, weights)
+    with pytest.raises(MedAdaptError, match="(?s)could not load roberta-ViT-B-32 from .*Missing key.*text.transformer"):
+        load_clip("roberta-ViT-B-32", weights=weights)
+
+
+def test_hugging_face_libraries_stay_offline_while_a_clip_model_is_built(no_network, tmp_path, monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE when it is imported (long before a model is loaded), so the guard
+    switches its own flag too: a file it would fetch is refused at once, and everything is restored after."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from medadapt.prompts.text.hub import offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as in a process started without the variable
+    start = time.perf_counter()
+    with offline():
+        assert huggingface_hub.is_offline_mode()
+        with pytest.raises(OSError, match="local cache"):  # what a file missing offline raises
+            huggingface_hub.hf_hub_download("timm/ViT-B-16-SigLIP", "tokenizer.json", cache_dir=tmp_path)
+    assert time.perf_counter() - start < 10
+    assert constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_the_legacy_hub_cache_variable_is_honoured(tmp_path, monkeypatch, no_network):
+    """HUGGINGFACE_HUB_CACHE, the older name huggingface_hub still reads, places the cache after HF_HUB_CACHE
+    and before HF_HOME."""
+    from medadapt.prompts import hf_cache_dir
+
+    for var in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "legacy"))
+    assert hf_cache_dir() == tmp_path / "legacy"
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                          "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    _save_folder(tmp_path / "legacy" / "models--someone--tiny-clip" / "snapshots" / "r", cfg, open_clip.CLIP(**cfg).state_dict())
+    assert load_clip("hf-hub:someone/tiny-clip", device="cpu").image_size == (32, 32)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hf_cache_dir() == tmp_path / "legacy"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "new"))
+    assert hf_cache_dir() == tmp_path / "new"
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE")
+    assert hf_cache_dir() == tmp_path / "home" / "hub"
+
+
+def _tiny_clip_folder(folder):
+    """A small random open_clip model saved as a CLIP folder (seeded); returns its config."""
+    torch.manual_seed(3)
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                          "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    _save_folder(folder, cfg, open_clip.CLIP(**cfg).state_dict())
+    return cfg
+
+
+def test_weights_are_refused_where_the_model_holds_its_own(random_clip, tmp_path, empty_hf_home):
+    """weights= (--clip-weights) is for an architecture name; a folder or hf-hub model would silently keep its
+    own weights."""
+    cfg = _tiny_clip_folder(tmp_path / "clip")
+    other = tmp_path / "finetuned.pt"
+    torch.save(open_clip.CLIP(**cfg).state_dict(), other)
+    for name, kind in ((tmp_path / "clip", "CLIP model folder"), (f"local-dir:{tmp_path / 'clip'}", "CLIP model folder"),
+                       ("hf-hub:someone/tiny-clip", "Hugging Face model")):
+        with pytest.raises(MedAdaptError, match=f"weights= \\(--clip-weights\\).*{kind}"):
+            load_clip(name, weights=other)
+    for built in (random_clip, random_clip.model):
+        with pytest.raises(MedAdaptError, match="already-built"):
+            load_clip(built, weights=other)
+    assert load_clip(tmp_path / "clip").image_size == (32, 32)  # without weights=, the folder loads
+
+
 def test_predict_text_without_a_text_model_says_how_to_attach_one(decoder):
     decoder.set_image(disc_image()[0])
     with pytest.raises(MedAdaptError) as info:
@@ -485,14 +608,34 @@ def test_cli_text_with_an_uncached_clip_names_the_cache_folder(disc_png, tmp_pat
 
 
 def test_cli_text_writes_a_mask_with_a_local_clip_folder(disc_png, tmp_path, capsys, no_network):
-    torch.manual_seed(3)
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
-                                          "head_width": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
-    _save_folder(tmp_path / "clip", cfg, open_clip.CLIP(**cfg).state_dict())
+    _tiny_clip_folder(tmp_path / "clip")
     out = tmp_path / "m.png"
     code = main(["predict", str(disc_png), "--text", "disc", "--text", "background", "--clip", str(tmp_path / "clip"),
                  "--out", str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "text 'disc'" in printed and "text 'background'" in printed and out.exists()
+
+
+def test_cli_refuses_clip_options_it_would_not_use(disc_png, tmp_path, capsys, no_network):
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                          "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    _save_folder(tmp_path / "clip", cfg, open_clip.CLIP(**cfg).state_dict())
+    other = tmp_path / "finetuned.pt"
+    torch.save(open_clip.CLIP(**cfg).state_dict(), other)
+    out = tmp_path / "m.png"
+    cases = [
+        (["--box", "10", "10", "100", "100", "--clip", "/does/not/exist", "--clip-weights", "/nope.pt"],
+         "--clip and --clip-weights apply to --text prompts only"),
+        (["--box", "10", "10", "100", "100", "--text-encoder", str(tmp_path)], "--text-encoder apply to --text"),
+        (["--text", "disc", "--clip-weights", str(other)], "add --clip ARCH"),
+        (["--text", "disc", "--clip", str(tmp_path / "clip"), "--clip-weights", str(other)],
+         "is a CLIP model folder, which holds its own weights"),
+        (["--text", "disc", "--clip", str(tmp_path / "clip"), "--text-encoder", str(tmp_path)], "drop one of them"),
+    ]
+    for extra, message in cases:
+        assert main(["predict", str(disc_png), *extra, "--out", str(out), "--device", "cpu"]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, (extra, err)
+        assert not out.exists()

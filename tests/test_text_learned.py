@@ -26,20 +26,24 @@ WORDS = ["right", "left", "ventricle", "myocardium", "the", "in", "a", "medical"
          "myo", "liver", "heart", "muscle"]
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A random 2-layer BERT with a word-level vocabulary, saved as a transformers folder."""
+def tiny_bert(folder, seed: int = 0):
+    """A random 2-layer BERT with a word-level vocabulary, saved as a transformers folder (32-d for every seed)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
+    folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     BertTokenizer(str(vocab)).save_pretrained(str(folder))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=32)
     BertModel(cfg).save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    return tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def adapted(classes=ACDC, values=(1, 2, 3)):
@@ -132,13 +136,91 @@ def test_cli_predicts_learned_text_and_automatic_labels(tiny_encoder, tmp_path, 
     code = main(["predict", str(png), "--model", "tiny_sam_vit", "--adapter", str(tmp_path / "adapter"),
                  "--text", "LV", "--out", str(tmp_path / "lv.png")])
     assert code == 0, capsys.readouterr().err
-    assert "text 'LV'" in capsys.readouterr().out and (tmp_path / "lv.png").exists()
+    printed = capsys.readouterr().out
+    assert "text 'LV'" in printed and (tmp_path / "lv.png").exists()
+    # the score of a learned text is the weight of the class it selected, not a decoder's predicted IoU
+    assert "class weight 0.9" in printed and "IoU" not in printed
     code = main(["predict", str(png), "--model", "tiny_sam_vit", "--adapter", str(tmp_path / "adapter"),
                  "--out", str(tmp_path / "labels.png")])
     assert code == 0
     labels = np.asarray(Image.open(tmp_path / "labels.png"))
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
-    assert "class 'left ventricle'" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "class 'left ventricle'" in printed and "mean probability" in printed and "IoU" not in printed
+
+
+def test_cli_text_with_an_adapter_without_learned_text_says_what_to_add(tmp_path, capsys):
+    from PIL import Image
+
+    save_adapter(adapted(), tmp_path / "adapter")
+    png = tmp_path / "img.png"
+    Image.fromarray(disc_image()[0].astype(np.uint8)).save(png)
+    code = main(["predict", str(png), "--model", "tiny_sam_vit", "--adapter", str(tmp_path / "adapter"),
+                 "--text", "LV", "--out", str(tmp_path / "lv.png")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "was not trained with learned text prompts" in err and str(ACDC) in err
+    assert "--clip" in err and "drop --text" in err and "set_text_model" not in err and "\n" not in err
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=tmp_path / "adapter", device="cpu")
+    seg.set_image(disc_image()[0])
+    with pytest.raises(MedAdaptError, match=r"this adapter \(classes .*left ventricle.*\) was not trained") as info:
+        seg.predict(text="LV")
+    assert "set_text_model" in str(info.value) and "classes=[...]" in str(info.value)
+
+
+@pytest.fixture()
+def moved_run(tiny_encoder, tmp_path):
+    """An adapter trained with the encoder in tmp_path/encoder, which is then moved to tmp_path/moved (as on
+    another machine): returns the adapter folder and where the encoder is now."""
+    import shutil
+
+    encoder = shutil.copytree(tiny_encoder, tmp_path / "encoder")
+    model = adapted()
+    train_text_prompts(model, LearnedTextConfig(encoder=str(encoder), aliases=ACDC_ALIASES, min_similarity=-1.0))
+    save_adapter(model, tmp_path / "adapter")
+    return tmp_path / "adapter", shutil.move(encoder, tmp_path / "moved")
+
+
+def test_a_moved_text_encoder_is_given_to_the_segmenter_or_the_cli(moved_run, tmp_path, capsys):
+    from PIL import Image
+
+    adapter, moved = moved_run
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=adapter, device="cpu", precision="float32")
+    seg.set_image(disc_image()[0])
+    with pytest.raises(MedAdaptError, match="not on this machine") as info:
+        seg.predict(text="LV")
+    for way in (str(tmp_path / "encoder"), "--text-encoder FOLDER", "segmenter.set_text_encoder(FOLDER)"):
+        assert way in str(info.value), way
+    seg.set_text_encoder(moved)
+    assert np.array_equal(seg.predict(text="LV").masks[0], seg.predict().masks[2])
+
+    png = tmp_path / "img.png"
+    Image.fromarray(disc_image()[0].astype(np.uint8)).save(png)
+    args = ["predict", str(png), "--model", "tiny_sam_vit", "--adapter", str(adapter), "--text", "LV"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 2
+    assert "--text-encoder FOLDER" in capsys.readouterr().err
+    assert main([*args, "--text-encoder", str(moved), "--out", str(tmp_path / "b.png")]) == 0
+    assert "text 'LV'" in capsys.readouterr().out and (tmp_path / "b.png").exists()
+
+
+def test_another_encoder_of_the_same_width_is_refused(moved_run, tmp_path):
+    """The recorded folder now holds another 32-d encoder: its embeddings would be read by a head trained on
+    the first one's, and every text would land on an arbitrary class. The stored training-phrase embeddings
+    tell them apart, whether the encoder is found where the adapter recorded it or given later."""
+    adapter, moved = moved_run
+    other = tiny_bert(tmp_path / "encoder", seed=1)  # where the adapter recorded its encoder
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=adapter, device="cpu", precision="float32")
+    seg.set_image(disc_image()[0])
+    with pytest.raises(MedAdaptError, match="is not the one this adapter's text head was trained with") as info:
+        seg.predict(text="LV")
+    assert str(other) in str(info.value) and "--text-encoder" in str(info.value)
+
+    from medadapt.inference.learned_text import set_text_encoder
+
+    with pytest.raises(MedAdaptError, match="is not the one this adapter's text head was trained with"):
+        set_text_encoder(seg, other)
+    set_text_encoder(seg.backbone, moved)  # the right one, under its new name; a backbone works as well
+    assert np.array_equal(seg.predict(text="LV").masks[0], seg.predict().masks[2])
 
 
 def test_finetune_trains_the_text_head_with_the_adapter(tiny_encoder, tmp_path):
@@ -162,7 +244,7 @@ def test_finetune_trains_the_text_head_with_the_adapter(tiny_encoder, tmp_path):
     rows = {r["mode"]: r["dice_mean"] for r in report.summary() if r["class"] == name}
     assert rows["text:round thing"] == rows["automatic"]  # one class: every text selects it
     with pytest.raises(MedAdaptError, match="does not have"):
-        evaluate_run(run, split="val", modes=["automatic"], texts={"x": "liver"}, out_dir=tmp_path / "ev")
+        evaluate_run(run, split="val", modes=["automatic"], texts={"x": "liver"}, out_dir=tmp_path / "ev2")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
 from ..student import Student, has_student, load_student, read_student_info
-from .learned_text import match_text_to_classes
+from .learned_text import match_text_to_classes, set_text_encoder
 from .onnx_runtime import load_exported
 from .optimize import optimize_for_inference
 from .prediction import Prediction, _copy_prediction
@@ -401,15 +401,23 @@ class Segmenter(VolumeMethods):
         """
         self._text_model = load_clip(clip, device=self.device, config=config)
 
+    def set_text_encoder(self, encoder) -> None:
+        """Read the adapter's learned text prompts with the text encoder in folder ``encoder`` (for an adapter
+        moved to a machine where that encoder sits elsewhere); refused unless it is the encoder the text head
+        was trained with. See :func:`medadapt.inference.learned_text.set_text_encoder`."""
+        set_text_encoder(self, encoder)
+
     def _predict_text(self, text, boxes, points, point_labels, mask_input, classes, multimask) -> Prediction:
         if any(v is not None for v in (boxes, points, point_labels, mask_input, classes)):
             raise MedAdaptError("text= is a prompt of its own; do not combine it with boxes, points, mask_input or classes")
         if self._text_model is None and self.backbone.text_head is not None:
             return self._predict_learned_text(text)
         if self._text_model is None:
+            learned = (f"this adapter (classes {self.classes}) was not trained with learned text prompts "
+                       "(prompts.text in its recipe)" if self.classes else "predict(text=...) needs learned text "
+                       "prompts (an adapter fine-tuned with prompts.text, see `medadapt finetune`)")
             raise MedAdaptError(
-                "predict(text=...) needs learned text prompts (an adapter fine-tuned with prompts.text, see "
-                "`medadapt finetune`) or a CLIP model for zero-shot text: seg.set_text_model(medadapt.prompts."
+                f"{learned}; for zero-shot text attach a CLIP model: seg.set_text_model(medadapt.prompts."
                 "load_clip('hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224')), read offline "
                 "from the local Hugging Face cache; a learned class can also be asked for with classes=[...]"
             )

@@ -20,6 +20,7 @@ from ..io.imaging import is_volume_path, load_image, put_slice, save_mask, volum
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
 from .cleanup import check_cleanup
+from .learned_text import set_text_encoder
 from .prediction import Prediction, paint_labels
 from .predictor import Segmenter
 
@@ -31,6 +32,9 @@ class SegmentFileResult:
     areas: list[int]
     scores: list[float]
     labels: list[str] = field(default_factory=list)  # the texts (text prompts) or class names (automatic)
+    # what ``scores`` are: the decoder's predicted IoU (prompts, zero-shot text), the weight of the class a learned
+    # text selected, or the mean foreground probability inside each class's mask (automatic mode)
+    score_name: str = "predicted IoU"
 
 
 def masks_to_labels(masks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
@@ -99,6 +103,7 @@ def segment_file(
     adapter: str | os.PathLike | None = None,
     refine: bool = False,
     overwrite: bool = False,
+    text_encoder: str | os.PathLike | None = None,
 ) -> SegmentFileResult:
     """Segment one image file from prompts and write the mask (PNG or NIfTI).
 
@@ -116,7 +121,10 @@ def segment_file(
     through the adapted decoder, no prompt at all segments every learned class
     (a label map with the training data's label values), and ``text`` without
     ``clip`` uses the adapter's learned text prompts. ``refine`` self-prompts
-    that automatic answer (see :meth:`Segmenter.predict`). An existing ``out``
+    that automatic answer (see :meth:`Segmenter.predict`). ``text_encoder`` is the
+    folder of the text encoder the adapter's learned text prompts were trained
+    with, where it is not where the adapter recorded it (another machine; see
+    :func:`~medadapt.inference.learned_text.set_text_encoder`). An existing ``out``
     or ``overlay`` file is replaced only with ``overwrite``; the input image
     never is.
     """
@@ -130,19 +138,9 @@ def segment_file(
     if overlay is not None and Path(overlay).resolve() == out.resolve():
         raise MedAdaptError("--overlay and --out name the same file: give them different names")
     texts = [text] if isinstance(text, str) else list(text or [])
-    clip_model = None
-    if texts:
-        if boxes or points:
-            raise MedAdaptError("give either --text or --box/--point prompts, not both")
-        if clip is None and adapter is None:
-            raise MedAdaptError(
-                "--text needs learned text prompts (--adapter RUN of a model fine-tuned with prompts.text) or a "
-                "CLIP model for zero-shot text: add --clip hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
-                "(read from the local Hugging Face cache), --clip FOLDER, or --clip ARCH --clip-weights FILE"
-            )
-        if clip is not None:
-            clip_model = load_clip(clip, weights=clip_weights, device=device)  # before the image: fail fast
-    elif not boxes and not points and adapter is None:
+    _check_text_options(texts, boxes, points, clip, clip_weights, adapter, text_encoder)
+    clip_model = load_clip(clip, weights=clip_weights, device=device) if clip is not None else None  # fail fast
+    if not texts and not boxes and not points and adapter is None:
         raise MedAdaptError(
             "give at least one prompt: --box X0 Y0 X1 Y1, --point X Y LABEL or --text NAME with --clip "
             "(or --adapter RUN for automatic segmentation)"
@@ -151,11 +149,15 @@ def segment_file(
         raise MedAdaptError("--refine refines automatic segmentation: use it with --adapter RUN and no --box, "
                             "--point or --text")
     seg = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
+    learned_text = bool(texts) and clip_model is None
+    if learned_text:
+        _use_learned_text(seg, adapter, text_encoder)
     arr = load_image(image, slice_index=slice_index, axis=axis, window=window)
     seg.set_image(arr)
     if clip_model is not None:
         seg.set_text_model(clip_model)
     automatic = not texts and not boxes and not points
+    score_name = "class weight" if learned_text else "mean probability" if automatic else "predicted IoU"
     if texts:
         pred = seg.predict(text=texts, multimask=multimask)
     else:
@@ -176,8 +178,46 @@ def segment_file(
         ov = Path(overlay)
         save_overlay(ov, arr, pred.masks, boxes=boxes, points=points, point_labels=point_labels)
     return SegmentFileResult(
-        out, ov, [int(m.sum()) for m in pred.masks], [float(s) for s in pred.scores], list(pred.labels or [])
+        out, ov, [int(m.sum()) for m in pred.masks], [float(s) for s in pred.scores], list(pred.labels or []),
+        score_name,
     )
+
+
+def _check_text_options(texts, boxes, points, clip, clip_weights, adapter, text_encoder) -> None:
+    """--clip, --clip-weights and --text-encoder go with --text, each where it is read; never silently dropped."""
+    given = [flag for flag, v in (("--clip", clip), ("--clip-weights", clip_weights), ("--text-encoder", text_encoder))
+             if v is not None]
+    if not texts:
+        if given:
+            raise MedAdaptError(f"{' and '.join(given)} apply to --text prompts only: add --text NAME, or drop them")
+        return
+    if boxes or points:
+        raise MedAdaptError("give either --text or --box/--point prompts, not both")
+    if clip_weights is not None and clip is None:
+        raise MedAdaptError("--clip-weights is the weights file of --clip ARCH (an open_clip architecture name such "
+                            "as ViT-B-16): add --clip ARCH, or drop --clip-weights")
+    if text_encoder is not None and clip is not None:
+        raise MedAdaptError("--text-encoder reads an adapter's learned text prompts; with --clip the CLIP model reads "
+                            "the text instead: drop one of them")
+    if clip is None and adapter is None:
+        raise MedAdaptError(
+            "--text needs learned text prompts (--adapter RUN of a model fine-tuned with prompts.text) or a "
+            "CLIP model for zero-shot text: add --clip hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
+            "(read from the local Hugging Face cache), --clip FOLDER, or --clip ARCH --clip-weights FILE"
+        )
+
+
+def _use_learned_text(seg: Segmenter, adapter, text_encoder) -> None:
+    """Check that the adapter answers text before any image is read, and read it with ``text_encoder``."""
+    if seg.backbone.text_head is None:
+        raise MedAdaptError(
+            f"--text: the adapter {adapter} (classes {seg.classes}) was not trained with learned text prompts "
+            "(prompts.text in its recipe): add --clip NAME_OR_PATH for zero-shot text (e.g. --clip "
+            "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224), or drop --text to segment every "
+            "learned class"
+        )
+    if text_encoder is not None:
+        set_text_encoder(seg, text_encoder)
 
 
 def _volume_prompts(boxes, points) -> tuple[dict, dict, dict]:

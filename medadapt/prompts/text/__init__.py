@@ -25,14 +25,16 @@ any already-built open_clip model works too, which is how the tests use a
 small model trained in seconds.
 
 Modules: :mod:`.config` (:class:`TextPromptConfig`), :mod:`.clip` (offline
-loading), :mod:`.saliency` (steps 1 and 2), :mod:`.learned` (the sentence
-encoder of learned text prompts).
+loading), :mod:`.hub` (the local Hugging Face cache, and the guard that keeps
+Hugging Face libraries offline), :mod:`.saliency` (steps 1 and 2),
+:mod:`.learned` (the sentence encoder of learned text prompts).
 """
 
 from __future__ import annotations
 
-from .clip import ClipTextModel, hf_cache_dir, load_clip
+from .clip import ClipTextModel, load_clip
 from .config import BIOMEDCLIP, DEFAULT_TEMPLATES, TextPromptConfig
+from .hub import hf_cache_dir
 from .learned import MINILM, SentenceEncoder, load_sentence_encoder, training_phrases
 from .saliency import prompts_from_saliency, text_saliency
 

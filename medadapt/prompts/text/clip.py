@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from ...core.device import pick_device
 from ...core.errors import MedAdaptError
 from ...io.imaging import validate_image
 from .config import BIOMEDCLIP, BIOMEDCLIP_TEXT, TextPromptConfig, text_key
+from .hub import cached_text_parts, find_snapshot, has_tokenizer, hf_cache_dir, offline, text_parts, where
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's default normalisation
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,7 +29,6 @@ _WEIGHT_FILES = (  # open_clip's own preference order inside a model folder
     "model.safetensors",
     "pytorch_model.bin",
 )
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 def _synonyms(cfg: TextPromptConfig, text: str) -> list[str]:
@@ -114,64 +113,6 @@ class ClipTextModel:
         return 100.0 if scale is None else float(min(scale.detach().exp().max().item(), 100.0))
 
 
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """Hugging Face libraries may not touch the network while a model is built here."""
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def hf_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The Hugging Face hub cache that ``hf-hub:`` names are read from (nothing is downloaded).
-
-    ``cache_dir`` if given, else ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
-    ``$XDG_CACHE_HOME/huggingface/hub`` or ``~/.cache/huggingface/hub``, as
-    huggingface_hub resolves it -- read when called, so a changed environment
-    is honoured.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
-
-
-def _repo_folder(cache: Path, repo_id: str) -> Path:
-    return cache / ("models--" + repo_id.replace("/", "--"))
-
-
-def _find_snapshot(repo_id: str, cache: Path, needs: Callable[[Path], bool]) -> Path | None:
-    """The cached snapshot of ``repo_id`` that has the files ``needs`` checks; refs/main first."""
-    repo = _repo_folder(cache, repo_id)
-    snaps = repo / "snapshots"
-    if not snaps.is_dir():
-        return None
-    ref = repo / "refs" / "main"
-    candidates = [snaps / ref.read_text().strip()] if ref.is_file() else []
-    candidates += sorted((p for p in snaps.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((snap for snap in candidates if snap.is_dir() and needs(snap)), None)
-
-
-def _where(repo_id: str, cache: Path) -> str:
-    return str(_repo_folder(cache, repo_id) / "snapshots" / "<revision>")
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
-
-
 def _weights_in(folder: Path) -> Path | None:
     for name in _WEIGHT_FILES:
         if (folder / name).is_file():
@@ -185,7 +126,7 @@ def _missing_hub_model(repo_id: str, cache: Path) -> MedAdaptError:
     text_files = f" plus config.json of {BIOMEDCLIP_TEXT}" if biomed else ""
     return MedAdaptError(
         f"CLIP model hf-hub:{repo_id} is not in the local Hugging Face cache and nothing is downloaded; "
-        f"looked in {_where(repo_id, cache)}. On a machine with internet run `huggingface-cli download {repo_id}`"
+        f"looked in {where(repo_id, cache)}. On a machine with internet run `huggingface-cli download {repo_id}`"
         f"{text_dl}, then copy the models--* folders it fills into {cache} (or set HF_HOME / HF_HUB_CACHE, "
         f"or pass cache_dir); or put open_clip_config.json, open_clip_pytorch_model.bin (or "
         f"open_clip_model.safetensors) and the tokenizer files (vocab.txt, tokenizer_config.json) of {repo_id}"
@@ -226,11 +167,11 @@ def _build_from_folder(folder: Path, cache: Path, device: torch.device, label: s
         if not (local / "config.json").is_file():  # the text model's config may sit next to the CLIP files
             local = folder if (folder / "config.json").is_file() else None
         if local is None:
-            local = _find_snapshot(hf_name, cache, lambda p: (p / "config.json").is_file())
+            local = find_snapshot(hf_name, cache, lambda p: (p / "config.json").is_file())
         if local is None:
             raise MedAdaptError(
                 f"{label} needs the config of its text model {hf_name}, which is not in the local Hugging Face "
-                f"cache; looked in {_where(hf_name, cache)}. Copy config.json, vocab.txt and tokenizer_config.json "
+                f"cache; looked in {where(hf_name, cache)}. Copy config.json, vocab.txt and tokenizer_config.json "
                 f"of {hf_name} there (`huggingface-cli download {hf_name} config.json vocab.txt "
                 "tokenizer_config.json` on a machine with internet), or set HF_HOME / HF_HUB_CACHE"
             )
@@ -238,16 +179,16 @@ def _build_from_folder(folder: Path, cache: Path, device: torch.device, label: s
         text_cfg["hf_model_pretrained"] = False  # the CLIP checkpoint holds the text weights
     tok_name = text_cfg.get("hf_tokenizer_name")
     if tok_name:
-        if _has_tokenizer(folder):
+        if has_tokenizer(folder):
             tok_source = folder
         elif Path(tok_name).is_dir():
             tok_source = Path(tok_name)
         else:
-            tok_source = _find_snapshot(tok_name, cache, _has_tokenizer)
+            tok_source = find_snapshot(tok_name, cache, has_tokenizer)
         if tok_source is None:
             raise MedAdaptError(
                 f"{label} needs the tokenizer files of {tok_name} (vocab.txt, tokenizer_config.json or "
-                f"tokenizer.json); looked in {folder} and {_where(tok_name, cache)}. Copy them into {folder}"
+                f"tokenizer.json); looked in {folder} and {where(tok_name, cache)}. Copy them into {folder}"
             )
         text_cfg["hf_tokenizer_name"] = str(tok_source)
     model_cfg["text_cfg"], model_cfg["vision_cfg"] = text_cfg, vision_cfg
@@ -256,7 +197,7 @@ def _build_from_folder(folder: Path, cache: Path, device: torch.device, label: s
         raise MedAdaptError(f"{label} is a captioning (CoCa) model; text saliency needs a CLIP model")
     cls = open_clip.CustomTextCLIP if custom else open_clip.CLIP
     try:
-        with _offline():
+        with offline():
             model = cls(**model_cfg)
             open_clip.load_checkpoint(model, str(weights), strict=True)
             ctx = text_cfg.get("context_length", 77)
@@ -299,7 +240,10 @@ def load_clip(
     * a folder holding ``open_clip_config.json``, the weights file and, for
       Hugging Face text towers, the tokenizer files (``local-dir:`` prefix allowed);
     * an open_clip architecture name (``"ViT-B-16"``) with ``weights`` = a local
-      checkpoint file;
+      checkpoint file (the only case ``weights`` is for; elsewhere it is
+      refused). A Hugging Face text model or tokenizer the architecture names
+      (``ViT-B-16-SigLIP``: ``timm/ViT-B-16-SigLIP``'s tokenizer) is read from
+      the local cache;
     * an already-built open_clip model (give ``tokenizer`` unless it uses
       open_clip's own BPE vocabulary), or a :class:`ClipTextModel`.
 
@@ -307,6 +251,12 @@ def load_clip(
     the folders searched and the files to put there.
     """
     dev = pick_device(device)
+    if weights is not None and isinstance(name_or_path, torch.nn.Module | ClipTextModel):
+        raise MedAdaptError(
+            "weights= (--clip-weights) is the checkpoint file of an open_clip architecture name such as 'ViT-B-16'; "
+            f"got an already-built {type(name_or_path).__name__}: load the weights into it yourself, or pass the "
+            "architecture name with weights="
+        )
     if isinstance(name_or_path, ClipTextModel):
         clip = name_or_path.to(dev)
         return clip if config is None else replace(clip, config=config)
@@ -352,15 +302,22 @@ def _wrap_model(model: torch.nn.Module, tokenizer: Callable | None) -> ClipTextM
 
 def _load_named(name: str, weights: str | os.PathLike | None, cache_dir, dev: torch.device) -> ClipTextModel:
     cache = hf_cache_dir(cache_dir)
+    folder = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name).expanduser()
+    if weights is not None and (name.startswith("hf-hub:") or folder.is_dir()):
+        raise MedAdaptError(
+            f"weights= (--clip-weights) is the checkpoint file of an open_clip architecture name such as 'ViT-B-16'; "
+            f"{name} is {'a Hugging Face model' if name.startswith('hf-hub:') else 'a CLIP model folder'}, which "
+            "holds its own weights (open_clip_pytorch_model.bin or open_clip_model.safetensors): drop weights=, or "
+            "copy the model folder and put the other weights file in the copy under that name"
+        )
     if name.startswith("hf-hub:"):
         repo_id = name[len("hf-hub:"):].strip("/")
         if repo_id.count("/") != 1:
             raise MedAdaptError(f"hf-hub names are 'hf-hub:ORG/NAME'; got {name!r}")
-        snap = _find_snapshot(repo_id, cache, lambda p: (p / "open_clip_config.json").is_file())
+        snap = find_snapshot(repo_id, cache, lambda p: (p / "open_clip_config.json").is_file())
         if snap is None or _weights_in(snap) is None:
             raise _missing_hub_model(repo_id, cache)
         return _build_from_folder(snap, cache, dev, name)
-    folder = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name).expanduser()
     if folder.is_dir():
         if not (folder / "open_clip_config.json").is_file():
             raise MedAdaptError(
@@ -368,10 +325,11 @@ def _load_named(name: str, weights: str | os.PathLike | None, cache_dir, dev: to
                 "the weights (open_clip_pytorch_model.bin or open_clip_model.safetensors) and tokenizer files"
             )
         return _build_from_folder(folder, cache, dev, str(folder))
-    return _load_architecture(name, weights, dev)
+    return _load_architecture(name, weights, cache, dev)
 
 
-def _load_architecture(name: str, weights: str | os.PathLike | None, dev: torch.device) -> ClipTextModel:
+def _architecture_weights(name: str, weights: str | os.PathLike | None) -> Path:
+    """The local checkpoint file of open_clip architecture ``name`` (else a MedAdaptError saying what to give)."""
     import open_clip
 
     if name not in open_clip.list_models():
@@ -388,16 +346,45 @@ def _load_architecture(name: str, weights: str | os.PathLike | None, dev: torch.
     path = Path(weights).expanduser()
     if not path.is_file():
         raise MedAdaptError(f"CLIP weights file not found: {path} (looked in {path.parent}); give an existing file")
+    return path
+
+
+def _load_architecture(name: str, weights: str | os.PathLike | None, cache: Path, dev: torch.device) -> ClipTextModel:
+    """open_clip architecture ``name`` with a local checkpoint. A Hugging Face text tower or tokenizer it names
+    (``ViT-B-16-SigLIP``, ``roberta-ViT-B-32`` ...) is read from the local cache, or refused at once."""
+    import open_clip
+
+    path = _architecture_weights(name, weights)
+    text_cfg = dict((open_clip.get_model_config(name) or {}).get("text_cfg", {}))
+    local = cached_text_parts(f"open_clip architecture {name!r}", text_cfg, cache)
+    overrides = {}
+    if "hf_model_name" in local:  # its config from the cache; its weights from the checkpoint
+        overrides["text_cfg"] = {**text_cfg, "hf_model_name": str(local["hf_model_name"]), "hf_model_pretrained": False}
     try:
-        with _offline():
-            model = open_clip.create_model(name, pretrained=str(path), device=dev)
-            tokenizer = open_clip.get_tokenizer(name)
+        with offline():
+            model = open_clip.create_model(name, pretrained=str(path), device=dev, **overrides)
+            tokenizer = _architecture_tokenizer(name, text_cfg, local.get("hf_tokenizer_name"))
+    except OSError as exc:  # a file the Hugging Face libraries did not find locally, or an unreadable checkpoint
+        repos = "; ".join(f"its {role}: {repo} in {where(repo, cache)}" for _, role, repo in text_parts(text_cfg))
+        hint = f" (it reads from the local Hugging Face cache {repos}; put the missing files there)" if repos else ""
+        raise MedAdaptError(f"could not load {name} from {path} offline{hint}: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
         raise MedAdaptError(f"could not load {name} from {path}: {type(exc).__name__}: {exc}") from exc
     clip = _wrap_model(model, tokenizer)
     clip.name = f"{name} ({path.name})"
     return clip
 
+
+def _architecture_tokenizer(name: str, text_cfg: dict, local: Path | None) -> Callable[[list[str]], torch.Tensor]:
+    """open_clip's tokenizer for ``name``; a Hugging Face one from its local folder ``local``."""
+    import open_clip
+
+    if local is None:
+        return open_clip.get_tokenizer(name)
+    kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+    if text_cfg.get("tokenizer_mode"):
+        kwargs["tokenizer_mode"] = text_cfg["tokenizer_mode"]
+    return open_clip.tokenizer.HFTokenizer(str(local), context_length=text_cfg.get("context_length", 77), **kwargs)
 
 
 __all__ = ["ClipTextModel", "hf_cache_dir", "load_clip"]

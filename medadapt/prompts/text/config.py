@@ -45,7 +45,9 @@ class TextPromptConfig:
             with the most saliency mass (2 for paired organs).
         n_positive_points / n_negative_points: clicks per component, at the
             saliency peaks inside it / at the least salient pixels of the
-            surrounding box, outside every thresholded region.
+            surrounding box, outside every thresholded region. Only the prompt
+            kinds with points decode them, so more clicks than the defaults
+            without ``"box+points"`` or ``"points"`` in ``prompt_kinds`` are refused.
         prompt_kinds: which of ``"box"``, ``"box+points"``, ``"points"`` are
             decoded for every component; several kinds are fused by ``fusion``.
             Box prompts are the default because box-trained medical decoders
@@ -108,11 +110,23 @@ class TextPromptConfig:
         bad = [k for k in kinds if k not in PROMPT_KINDS]
         if not kinds or bad:
             raise MedAdaptError(f"prompt_kinds must be a non-empty list of {PROMPT_KINDS}; got {list(kinds)!r}")
-        if any("points" in k for k in kinds) and self.n_positive_points == 0:
-            raise MedAdaptError("prompt kinds with points need n_positive_points >= 1")
         self.prompt_kinds = kinds
+        self._check_points()
         if self.fusion not in FUSIONS:
             raise MedAdaptError(f"fusion must be one of {FUSIONS}; got {self.fusion!r}")
+
+    def _check_points(self) -> None:
+        """Clicks are decoded only by the prompt kinds with points; asking for more of them without one is refused."""
+        with_points = [k for k in self.prompt_kinds if "points" in k]
+        if with_points and self.n_positive_points == 0:
+            raise MedAdaptError("prompt kinds with points need n_positive_points >= 1")
+        if not with_points and (self.n_positive_points > 1 or self.n_negative_points > 0):
+            raise MedAdaptError(
+                f"n_positive_points={self.n_positive_points} / n_negative_points={self.n_negative_points} set clicks, "
+                f"but prompt_kinds={list(self.prompt_kinds)} decodes boxes alone, so they would do nothing: add "
+                "'box+points' (a box with its clicks) or 'points' (clicks alone), e.g. prompt_kinds=('box', "
+                "'box+points'), or leave the clicks at their defaults"
+            )
 
 
 def _methods(saliency: str | Sequence[str]) -> tuple[str, ...]:

