@@ -482,14 +482,12 @@ def test_architectures_with_a_hugging_face_text_side_are_read_from_the_cache_or_
     the network is never tried (no_network fails the test on any attempt)."""
     weights = tmp_path / "w.pt"
     torch.save({}, weights)
-    start = time.perf_counter()
     with pytest.raises(MedAdaptError, match="text model from the Hugging Face repository roberta-base"):
         load_clip("roberta-ViT-B-32", weights=weights)
     with pytest.raises(MedAdaptError, match="tokenizer from the Hugging Face repository timm/ViT-B-16-SigLIP") as info:
         load_clip("ViT-B-16-SigLIP", weights=weights)
     assert str(empty_hf_home / "models--timm--ViT-B-16-SigLIP") in str(info.value)
     assert "huggingface-cli download timm/ViT-B-16-SigLIP" in str(info.value) and "\n" not in str(info.value)
-    assert time.perf_counter() - start < 10  # no retries, no timeouts
 
     # cached: the text model's config and the tokenizer come from the cache; the model is built without the
     # network, and only the (empty) checkpoint is refused
@@ -509,12 +507,10 @@ def test_hugging_face_libraries_stay_offline_while_a_clip_model_is_built(no_netw
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as in a process started without the variable
-    start = time.perf_counter()
     with offline():
         assert huggingface_hub.is_offline_mode()
         with pytest.raises(OSError, match="local cache"):  # what a file missing offline raises
             huggingface_hub.hf_hub_download("timm/ViT-B-16-SigLIP", "tokenizer.json", cache_dir=tmp_path)
-    assert time.perf_counter() - start < 10
     assert constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ
 
 
