@@ -216,6 +216,21 @@ def test_a_folder_named_like_a_backbone_does_not_hide_it_and_a_runs_student_is_n
         assert load_source(given)[1]["student"] == str(distilled / "student")
 
 
+def test_an_export_loaded_without_its_runtime_or_asked_for_learned_text_says_what_to_do(exported, tmp_path):
+    from medadapt.adapters.config import LearnedTextConfig
+
+    with pytest.raises(MedAdaptError, match="written by `medadapt export`: load it with runtime='onnxruntime'"):
+        Segmenter.from_pretrained(exported)
+    cfg = AdapterConfig(automatic=AutomaticConfig(["disc"], [1]), text=LearnedTextConfig(embed_dim=8), train=[])
+    model, _ = apply(build_backbone("tiny_sam_vit"), cfg)
+    save_adapter(model, tmp_path / "run" / "adapter")
+    assert "text_head" in export_onnx(tmp_path / "run", tmp_path / "onnx").manifest["not_exported"]
+    seg = Segmenter.from_pretrained(tmp_path / "onnx", runtime="onnxruntime")
+    seg.set_image(disc_image()[0])
+    with pytest.raises(MedAdaptError, match="this export leaves the adapter's learned text prompts out.*torch runtime"):
+        seg.predict(text="disc")
+
+
 def _one_line_error(folder, match):
     with pytest.raises(MedAdaptError, match=match) as info:
         Segmenter.from_pretrained(folder, runtime="onnxruntime")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
 from ..student import Student, has_student, load_student, read_student_info
 from .learned_text import match_text_to_classes, set_text_encoder
-from .onnx_runtime import load_exported
+from .onnx_runtime import MANIFEST_NAME, load_exported
 from .optimize import optimize_for_inference
 from .prediction import Prediction, _copy_prediction
 from .propagation import Propagation
@@ -167,6 +168,9 @@ class Segmenter(VolumeMethods):
             seg = cls(load_exported(name, runtime, checkpoint=checkpoint, adapter=adapter, precision=precision,
                                     device=device), device="cpu")
         else:
+            if isinstance(name, (str, os.PathLike)) and (Path(name) / MANIFEST_NAME).is_file():
+                raise MedAdaptError(f"{name} is a folder written by `medadapt export`: load it with "
+                                    "runtime='onnxruntime' (or 'openvino')")
             backbone = build_backbone(name, None if checkpoint is None else str(checkpoint))
             base = copy.deepcopy(backbone.mask_decoder).eval() if adapter is not None else None
             if adapter is not None:
@@ -412,6 +416,11 @@ class Segmenter(VolumeMethods):
             raise MedAdaptError("text= is a prompt of its own; do not combine it with boxes, points, mask_input or classes")
         if self._text_model is None and self.backbone.text_head is not None:
             return self._predict_learned_text(text)
+        if self._text_model is None and "text_head" in (getattr(self.backbone, "manifest", None) or {}).get(
+                "not_exported", []):
+            raise MedAdaptError("this export leaves the adapter's learned text prompts out (its manifest lists "
+                                "text_head under not_exported): load the run with the torch runtime for text=, or "
+                                "ask for a learned class with classes=[...]")
         if self._text_model is None:
             learned = (f"this adapter (classes {self.classes}) was not trained with learned text prompts "
                        "(prompts.text in its recipe)" if self.classes else "predict(text=...) needs learned text "
