@@ -1,4 +1,5 @@
-"""The bottom layer: the one error type, device choice, atomic files and strict config helpers.
+"""The bottom layer: the one error type, device choice, atomic files, strict config helpers and centred
+resampling of label maps.
 
 Nothing here imports any other part of medadapt.
 """

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_text
+from ..core.resample import resize_weights
 from ..inference.optimize import bf16_is_fast
 from ..student import Student, StudentConfig, build_network, context_stack, to_input, to_target
 from .distill_config import DistillConfig
@@ -68,8 +69,8 @@ def slice_bank(volumes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None
             xs.append(to_input(context_stack(images, k, config.context), size).half())
             ys.append(to_target(labels[k], size).to(torch.uint8))
             w = np.ones(labels[k].shape, np.float32) if conf is None else conf[k]
-            ws.append((F.interpolate(torch.from_numpy(np.ascontiguousarray(w, np.float32))[None, None], size=(size, size),
-                                     mode="nearest")[0, 0] * 255).round().to(torch.uint8))
+            ws.append((resize_weights(torch.from_numpy(np.ascontiguousarray(w, np.float32)), (size, size)) * 255)
+                      .round().clamp(0, 255).to(torch.uint8))
     if not xs:
         return SliceBank(torch.zeros(0, config.in_channels, size, size, dtype=torch.float16),
                          torch.zeros(0, size, size, dtype=torch.uint8), torch.zeros(0, size, size, dtype=torch.uint8))

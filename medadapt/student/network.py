@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import MedAdaptError
+from ..core.resample import resize_labels
 from .config import StudentConfig
 
 
@@ -87,9 +88,9 @@ def to_input(stack: np.ndarray, size: int) -> torch.Tensor:
 
 
 def to_target(label: np.ndarray, size: int) -> torch.Tensor:
-    """An H x W label map -> size x size (nearest)."""
-    y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
-    return F.interpolate(y[None, None], size=(size, size), mode="nearest")[0, 0].long()
+    """An H x W label map -> size x size, on the grid :func:`to_input` puts the image on (each pixel the label
+    covering most of it; see :mod:`medadapt.core.resample`)."""
+    return resize_labels(torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)), (size, size))
 
 
 class Student:
