@@ -49,3 +49,24 @@ def test_labels_keep_their_values_and_weights_their_range():
     assert torch.equal(resize_labels(lab, (40, 30)), lab)
     w = resize_weights(torch.rand(40, 30), (17, 23))
     assert w.shape == (17, 23) and float(w.min()) >= 0 and float(w.max()) <= 1
+
+
+def test_decoder_targets_sit_on_the_image_and_class_strokes_beat_background_strokes():
+    """SAM's 1024/256 frame shrinks a 1024-pixel slice 4x: the target grid must hold the mask where the
+    processor's own mapping (mask_to_low_res) puts it, and a class stroke keeps its cells beside a background
+    stroke whichever of the two nearest sampling hits."""
+    from medadapt.foundation import build_backbone
+    from medadapt.training.samples import to_model_frame
+
+    proc = build_backbone("tiny_litemedsam").processor
+    _, meta = proc.preprocess(np.zeros((1024, 1024), np.float32))
+    disc = _ring(1024, 1024, 90, 0) == 2
+    target = to_model_frame(disc.astype(np.int64), meta, proc.image_size, proc.mask_size).numpy() == 1
+    low = (proc.mask_to_low_res(disc, meta)[0, 0] > 0).numpy()
+    assert _dice(target, low) > 0.995
+    for background_row, class_row in ((203, 202), (200, 201)):
+        strokes = np.full((1024, 1024), -1)
+        strokes[class_row, 100:900] = 2
+        strokes[background_row, 100:900] = 0
+        grid = to_model_frame(strokes, meta, proc.image_size, proc.mask_size)
+        assert int((grid == 2).sum()) == 200

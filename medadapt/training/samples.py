@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, expand_path
+from ..core.resample import resize_labels
 from ..foundation import Backbone, ImageMeta
 from ..foundation.depth import neighbour_stack
 from ..inference.optimize import optimize_for_inference, resolve_precision
@@ -45,29 +46,34 @@ class ModelSample:
 
 def _keep_strokes(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Scribbles (-1 unlabelled) resized down to ``out`` by nearest: a thin stroke must survive the coarser
-    grid, so a cell that came out unlabelled takes a stroke value found anywhere in it, a class's before the
-    background's (a class stroke beside a background stroke is not lost to it)."""
+    grid, so a cell that came out unlabelled takes a stroke value found anywhere in it, and a class's stroke
+    takes a cell that nearest gave the background (a class stroke beside a background stroke is not lost)."""
     size = tuple(out.shape[-2:])
     for v in sorted(torch.unique(source[source >= 0]).tolist(), reverse=True):
         hit = F.adaptive_max_pool2d((source == v).float(), size) > 0
-        out = torch.where((out < 0) & hit, torch.full_like(out, v), out)
+        free = (out < 0) | ((out == 0) & (v > 0)) if v > 0 else (out < 0)
+        out = torch.where(free & hit, torch.full_like(out, v), out)
     return out
 
 
 def to_model_frame(label: np.ndarray, meta: ImageMeta, image_size: int, mask_size: int) -> torch.Tensor:
-    """An H x W label map -> the decoder's m x m grid (nearest), padded like the image; scribbles keep every
-    stroke through both resizes (see :func:`_keep_strokes`)."""
+    """An H x W label map -> the decoder's m x m grid, padded like the image. A mask is resampled centred, as
+    the image is (each cell the label covering most of it: :mod:`medadapt.core.resample`); scribbles go by
+    nearest and keep every stroke through both resizes (see :func:`_keep_strokes`)."""
     source = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
     scribbles = bool((source < 0).any())
+    if not scribbles:
+        t = resize_labels(source[0, 0].long(), meta.input_size)
+        t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]), value=0)
+        return resize_labels(t, (mask_size, mask_size))
     t = F.interpolate(source, size=meta.input_size, mode="nearest")
-    if scribbles and tuple(meta.input_size) != tuple(source.shape[-2:]):
+    if tuple(meta.input_size) != tuple(source.shape[-2:]):
         t = _keep_strokes(source, t)
     # padding is background in a mask; in scribbles (-1 unlabelled) it is unlabelled: nobody drew there, and
     # thousands of trivially easy padded "strokes" would swamp the real ones
-    fill = -1.0 if scribbles else 0.0
-    t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]), value=fill)
+    t = F.pad(t, (0, image_size - meta.input_size[1], 0, image_size - meta.input_size[0]), value=-1.0)
     out = F.interpolate(t, size=(mask_size, mask_size), mode="nearest")
-    if scribbles and mask_size != image_size:
+    if mask_size != image_size:
         out = _keep_strokes(t, out)
     return out[0, 0].long()
 
