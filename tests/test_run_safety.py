@@ -343,3 +343,32 @@ def test_settings_that_could_never_take_effect_are_refused_before_training():
     with pytest.raises(MedAdaptError, match="compare_peer chooses on the validation split"):
         config_from_dict({"data": data, "distill": {"compare_peer": True}})
     assert config_from_dict({"data": {**data, "val": ["b"]}, "distill": {"compare_peer": True}}).distill.compare_peer
+
+
+def test_a_run_resumed_with_another_batch_size_follows_the_new_schedule(tmp_path, monkeypatch):
+    """batch_size may change on resume; the learning rate then goes on from where the stopped epoch ends on the
+    new schedule (it counted the old steps: the cosine stalled and never reached zero)."""
+    def raw(folder, name, batch):
+        r = _tiny_raw(folder, 8, [], {"epochs": 4, "batch_size": batch, "lr": 1e-3, "warmup_epochs": 0}, {})
+        r.pop("ssl")
+        r["data"].pop("unlabeled")
+        r["data"]["labeled"] = ["0", "1", "3", "4", "5", "6"]
+        return {**r, "name": name}
+
+    small = finetune(config_from_dict(raw(tmp_path / "a", "small", 2)), log=lambda m: None)
+    epoch = trainer_module.Trainer.train_epoch
+
+    def stop_at_the_third_epoch(self, bar=None):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return epoch(self, bar)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_at_the_third_epoch)
+    stopped = raw(tmp_path / "b", "changed", 6)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config_from_dict(stopped), log=lambda m: None)
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", epoch)
+    stopped["train"]["batch_size"] = 2
+    changed = finetune(config_from_dict(stopped), resume=True, log=lambda m: None)
+    lrs = [float(r["lr"]) for r in _rows(changed)]
+    assert lrs == pytest.approx([float(r["lr"]) for r in _rows(small)]) and lrs[-1] == pytest.approx(0.0, abs=1e-9)

@@ -371,6 +371,18 @@ class Trainer:
                                 "start the run again without --resume, in a new run folder")
         return state
 
+    def _realign_schedule(self) -> None:
+        """The schedule counts optimiser steps; a run resumed with another batch size, gradient accumulation or
+        number of ranks takes another number of steps per epoch, so it goes on from where this epoch starts on
+        the new schedule (checkpoints are written at epoch ends), not from the old step count."""
+        step = self.epoch * self.steps_per_epoch
+        if self.sched.last_epoch == step:
+            return
+        self.sched.last_epoch = step
+        for group, base, f in zip(self.opt.param_groups, self.sched.base_lrs, self.sched.lr_lambdas):
+            group["lr"] = base * f(step)
+        self.sched._last_lr = [group["lr"] for group in self.opt.param_groups]
+
     def apply_state(self, state: dict) -> None:
         """Weights, optimiser, schedule, history, generators and extension states from :meth:`read_state`'s
         checkpoint (with one rank or several: nothing in it is per rank)."""
@@ -391,6 +403,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self._realign_schedule()
         self.history = json.loads(state["history"])
         saved = state.get("extensions")
         if saved is None:  # written before extensions had their own entry: the teacher stood at the top level
