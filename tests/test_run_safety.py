@@ -52,6 +52,19 @@ def _rows(run):
         return list(csv.DictReader(fh))
 
 
+def _stop_at_the_third_epoch(monkeypatch):
+    """Make runs stop (KeyboardInterrupt) as their third epoch starts; returns the real train_epoch."""
+    epoch = trainer_module.Trainer.train_epoch
+
+    def stop(self, bar=None):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return epoch(self, bar)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop)
+    return epoch
+
+
 def test_a_stopped_semi_supervised_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """Stopped after its second epoch's checkpoint and resumed, a run ends with the weights and the log rows
     (wall seconds apart, which keep counting) of a run that was never stopped: every random generator the
@@ -62,14 +75,7 @@ def test_a_stopped_semi_supervised_run_resumes_to_the_same_weights(tmp_path, mon
                                        "adapter": lora, "name": "whole"}), log=lambda m: None)
 
     raw = {**_tiny_raw(tmp_path / "b", 6, ["3", "4", "5"], {"epochs": 3}, ssl), "adapter": lora, "name": "stopped"}
-    epoch = trainer_module.Trainer.train_epoch
-
-    def stop_at_the_third_epoch(self, bar=None):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return epoch(self, bar)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_at_the_third_epoch)
+    epoch = _stop_at_the_third_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune(config_from_dict(raw), log=lambda m: None)
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", epoch)
@@ -356,14 +362,7 @@ def test_a_run_resumed_with_another_batch_size_follows_the_new_schedule(tmp_path
         return {**r, "name": name}
 
     small = finetune(config_from_dict(raw(tmp_path / "a", "small", 2)), log=lambda m: None)
-    epoch = trainer_module.Trainer.train_epoch
-
-    def stop_at_the_third_epoch(self, bar=None):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return epoch(self, bar)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_at_the_third_epoch)
+    epoch = _stop_at_the_third_epoch(monkeypatch)
     stopped = raw(tmp_path / "b", "changed", 6)
     with pytest.raises(KeyboardInterrupt):
         finetune(config_from_dict(stopped), log=lambda m: None)
