@@ -18,6 +18,7 @@ from medadapt.ssl import (
     drop_small_classes,
     paste,
     rampup,
+    random_boxes,
 )
 from medadapt.training import LabeledBatch
 
@@ -416,6 +417,36 @@ def test_an_unlabelled_batch_larger_than_the_unlabelled_slices_repeats_them(tmp_
     ext = tr.extensions[0]
     assert len(ext.samples) == 1
     assert [len(ext.next_batch()) for _ in range(3)] == [4, 4, 4]
+
+
+def test_random_mixing_boxes_cover_one_region_on_the_embedding_and_label_grids():
+    g = torch.Generator().manual_seed(0)
+    boxes = random_boxes(200, (0.25, 0.5), g, "cpu", cells=64)
+    small, big = box_masks(boxes, (64, 64)), box_masks(boxes, (256, 256))
+    assert torch.equal(torch.nn.functional.interpolate(small[:, None], size=(256, 256), mode="nearest")[:, 0], big)
+
+
+def test_the_student_as_its_own_teacher_labels_without_its_dropout(tmp_path):
+    """``ssl.teacher: student`` encodes the weak view with the training model: its LoRA dropout must be off for
+    the labels (and the model's modes as they were afterwards)."""
+    from medadapt.recipes import build_trainer
+    from medadapt.ssl.loop import _encode_in_eval
+
+    raw = _tiny_raw(tmp_path, 6, ["3", "4", "5"], {"epochs": 1, "augment": False},
+                    {"teacher": "student", "threshold": 0.3, "refine": "none"})
+    raw["adapter"] = {"lora": {"rank": 2, "dropout": 0.5, "targets": ["encoder_attention"]}}
+    tr = build_trainer(config_from_dict(raw), tmp_path / "run", log=lambda m: None)
+    with torch.no_grad():  # LoRA's B starts at zero, where dropout before A changes nothing
+        for name, p in tr.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    tr.model.train()
+    pixels, _ = tr.augmented([0, 1])
+    with torch.no_grad():
+        assert not torch.equal(tr.model.encode(pixels), tr.model.encode(pixels))  # dropout is on in training
+    modes = [m.training for m in tr.model.modules()]
+    assert torch.equal(_encode_in_eval(tr.model, pixels), _encode_in_eval(tr.model, pixels))
+    assert [m.training for m in tr.model.modules()] == modes
 
 
 def test_the_student_as_its_own_teacher_leaves_the_frozen_encoders_batchnorm_statistics_alone(tmp_path):

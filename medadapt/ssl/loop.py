@@ -51,6 +51,19 @@ def rampup(progress_epochs: float, length: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
+
+def _encode_in_eval(model, rows: torch.Tensor) -> torch.Tensor:
+    """The weak view's embeddings for the teacher's labels: with ``ssl.teacher: student`` the model is the one
+    training, so dropout (LoRA's) is switched off while it encodes and each module's mode is put back after."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model.encode(rows)
+    finally:
+        for module, training in zip(model.modules(), modes):
+            module.training = training
+
 class SemiSupervised:
     """State of the semi-supervised part of a run: unlabelled samples, teacher, statistics."""
 
@@ -193,7 +206,7 @@ class SemiSupervised:
         (of the weak pixels, encoded by ``encoder``, when the encoder runs), and the rows are gathered."""
         rows = part.take(inputs)
         world = self.ctx.world
-        labels, passed = self.pseudo_labels(rows if encoder is None else encoder.encode(rows), encoder,
+        labels, passed = self.pseudo_labels(rows if encoder is None else _encode_in_eval(encoder, rows), encoder,
                                             reduce=world.all_reduce_sum if world.size > 1 else None)
         return part.gather(labels), part.gather(passed)
 
@@ -244,18 +257,20 @@ class SemiSupervised:
         return list(self.samples) + self.cached_views()
 
     def _mix(self, x, labels, passed, labeled_x, labeled_target):
-        """CutMix among unlabelled items and bidirectional copy-paste with labelled ones (on x's grid)."""
+        """CutMix among unlabelled items and bidirectional copy-paste with labelled ones. The boxes are snapped to
+        the coarser of x's grid and the labels' (64-cell embeddings, 256-cell labels), so both mix one region."""
         cfg, b = self.cfg, x.shape[0]
+        cells = min(x.shape[-1], labels.shape[-1])
         if cfg.cutmix > 0 and b > 1 and self.ctx.rng.random() < cfg.cutmix:
             perm = torch.roll(torch.arange(b, device=x.device), 1)
-            boxes = random_boxes(b, cfg.mix_area, self.gen, x.device)
+            boxes = random_boxes(b, cfg.mix_area, self.gen, x.device, cells)
             x = paste(x, x[perm], boxes)
             labels, passed = paste(labels, labels[perm], boxes), paste(passed, passed[perm], boxes)
         if cfg.copy_paste > 0 and labeled_x is not None and self.ctx.rng.random() < cfg.copy_paste:
             k = min(b, labeled_x.shape[0])
             lx, lt = labeled_x[:k].to(x.dtype), labeled_target[:k]
             ones = torch.ones_like(passed[:k])
-            boxes = random_boxes(k, cfg.mix_area, self.gen, x.device)
+            boxes = random_boxes(k, cfg.mix_area, self.gen, x.device, cells)
             inward = paste(x[:k], lx, boxes)  # labelled foreground into unlabelled background
             outward = paste(lx, x[:k], boxes)  # and the other way round (BCP)
             x = torch.cat([inward, outward, x[k:]])

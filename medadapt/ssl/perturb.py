@@ -11,8 +11,11 @@ import torch
 import torch.nn.functional as F
 
 
-def random_boxes(n: int, area: tuple[float, float], generator: torch.Generator, device) -> torch.Tensor:
-    """n boxes ``[y0, x0, y1, x1]`` in [0, 1] covering a share of the image drawn from ``area``.
+def random_boxes(n: int, area: tuple[float, float], generator: torch.Generator, device,
+                 cells: int | None = None) -> torch.Tensor:
+    """n boxes ``[y0, x0, y1, x1]`` in [0, 1] covering a share of the image drawn from ``area``; with ``cells``,
+    snapped to a grid of that many cells a side, so that they cover one region on it and on every finer grid
+    whose size is a multiple of it (a 64-cell embedding and its 256-cell label map).
 
     The numbers are drawn on the generator's device: a generator on the
     step's device (as :class:`medadapt.ssl.SemiSupervised` makes it) means no
@@ -25,7 +28,8 @@ def random_boxes(n: int, area: tuple[float, float], generator: torch.Generator, 
     w = (share / aspect).sqrt().clamp(max=0.95)
     y0 = r[:, 2] * (1 - h)
     x0 = r[:, 3] * (1 - w)
-    return torch.stack([y0, x0, y0 + h, x0 + w], dim=1)
+    boxes = torch.stack([y0, x0, y0 + h, x0 + w], dim=1)
+    return boxes if cells is None else (boxes * cells).round() / cells
 
 
 def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
