@@ -438,3 +438,62 @@ def test_overlay(tmp_path: Path) -> None:
         overlay(image, np.zeros((10, 10), bool))
     saved = save_overlay(tmp_path / "o.png", image, mask)
     np.testing.assert_array_equal(np.asarray(Image.open(saved)), overlay(image, mask))
+
+
+# --------------------------------------------------------------------------- phone photos, drawn masks, odd files
+def test_a_phone_jpeg_with_a_second_picture_is_the_photo_as_viewers_show_it(tmp_path):
+    photo = np.zeros((40, 60, 3), np.uint8)
+    photo[:, :30] = 200
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(photo).save(tmp_path / "phone.jpg", format="MPO", save_all=True, quality=100,
+                                append_images=[Image.fromarray(photo // 2)], exif=exif.tobytes())
+    with Image.open(tmp_path / "phone.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    image = load_image(tmp_path / "phone.jpg")
+    assert image.shape == (60, 40, 3) and image[:30].mean() > image[30:].mean() + 100  # bright half on top
+
+
+def test_masks_drawn_on_a_transparent_layer_read_as_drawn(tmp_path):
+    truth = np.zeros((20, 30), bool)
+    truth[5:10, 8:20] = True
+    white = np.full((20, 30, 4), 255, np.uint8)
+    white[..., 3] = truth * 255  # white strokes, transparent elsewhere (stored white)
+    Image.fromarray(white, "RGBA").save(tmp_path / "white.png")
+    black = np.zeros((20, 30, 2), np.uint8)
+    black[..., 1] = truth * 255  # black strokes on a transparent layer
+    Image.fromarray(black, "LA").save(tmp_path / "black.png")
+    for name in ("white.png", "black.png"):
+        assert np.array_equal(load_mask(tmp_path / name) > 0, truth), name
+
+
+def test_a_16_bit_colour_png_is_refused_rather_than_read_at_8_bits(tmp_path):
+    import struct
+    import zlib
+
+    grey = (np.arange(20 * 30).reshape(20, 30) * 97).astype(np.uint16)
+    raw = b"".join(b"\x00" + np.stack([grey[y]] * 3, -1).astype(">u2").tobytes() for y in range(20))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    (tmp_path / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30, 20, 16, 2, 0, 0, 0))
+                                         + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    with pytest.raises(MedAdaptError, match="16-bit colour PNG, which would be read at 8 bits"):
+        load_image(tmp_path / "rgb16.png")
+
+
+def test_one_sagittal_plane_stored_as_nifti_is_that_image(tmp_path):
+    from medadapt.data import DataConfig, SliceDataset, discover_cases
+
+    affine = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])  # its one voxel runs left-right
+    plane = np.random.default_rng(0).normal(size=(64, 48, 1)).astype(np.float32)
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(plane, affine), tmp_path / "imagesTr" / "sag.nii.gz")
+    nib.save(nib.Nifti1Image((plane > 0).astype(np.uint8), affine), tmp_path / "labelsTr" / "sag.nii.gz")
+    assert load_image(tmp_path / "imagesTr" / "sag.nii.gz").shape == (48, 64)  # not 48 strips of 64 x 1
+    config = DataConfig(root=str(tmp_path), layout="nnunet", classes=[1], labeled="all")
+    with pytest.raises(MedAdaptError, match="one plane across axis 0 .* set data.axis: 0"):
+        SliceDataset(discover_cases(config), config)
+    assert len(SliceDataset(discover_cases(config), DataConfig(**{**config.__dict__, "axis": 0}))) == 1

@@ -120,11 +120,16 @@ def _read_case(
     try:
         if volume:
             data, grid = load_volume(case.image_path)
-            image = _stack(data, config.axis)
         else:
             image = load_image(case.image_path, constant_ok=True)[None]  # dropped below, counted as constant
     except MedAdaptError as exc:
         raise _FileError(case.image_path, str(exc)) from exc
+    if volume:
+        flat = [a for a, n in enumerate(data.shape) if n == 1 and a != config.axis]
+        if flat and data.shape[config.axis] > 1:
+            raise MedAdaptError(f"{case.image_path} is one plane across axis {flat[0]} (shape {data.shape}), so its "
+                                f"slices along data.axis {config.axis} would be one pixel wide: set data.axis: {flat[0]}")
+        image = _stack(data, config.axis)
     if label_path is None:
         return image, None, volume
     try:

@@ -139,17 +139,24 @@ def _read_pil(path: Path, slice_index: int | None, *, mask: bool) -> np.ndarray:
 
 def _decode_pil(path: Path, im: Any, slice_index: int | None, *, mask: bool) -> np.ndarray:
     check_declared_size(path, (*im.size, len(im.getbands())), "an image")
-    frames = getattr(im, "n_frames", 1)
+    # a phone or camera JPEG often carries a second picture (MPO: a depth or gain map): the photo is the first
+    frames = 1 if im.format == "MPO" else getattr(im, "n_frames", 1)
     im.seek(_slice_position(slice_index, frames, f"{path} (multi-frame)" if frames > 1 else str(path)))
+    if im.mode in ("RGB", "RGBA") and any(str(_tile_mode(t)).endswith(";16B") for t in (im.tile or ())):
+        raise MedAdaptError(f"{path} is a 16-bit colour PNG, which would be read at 8 bits: save it as a 16-bit "
+                            "grey PNG, a TIFF or a .npy array")
     im.load()
     if frames == 1 and im.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: read as viewers show it
         im = ImageOps.exif_transpose(im)
     mode = im.mode
+    alpha = np.asarray(im.getchannel("A")) if mask and "A" in im.getbands() else None
     if mode in ("1", "LA", "La"):
-        return np.asarray(im.convert("L"))
+        return _with_alpha(np.asarray(im.convert("L")), alpha)
     if mode in ("L", "I", "F") or mode.startswith("I;16") or (mask and mode == "P"):
         return np.asarray(im)  # palette indices are the labels of a palette mask
     rgb = np.asarray(im.convert("RGB"))  # RGBA drops alpha; palette/CMYK/YCbCr -> RGB
+    if alpha is not None and (alpha < 255).any():
+        return _with_alpha(_grey_mask(path, rgb), alpha)
     gray = rgb[..., 0]
     same = bool((rgb == gray[..., None]).all())
     if mask and not same:
@@ -158,6 +165,29 @@ def _decode_pil(path: Path, im: Any, slice_index: int | None, *, mask: bool) -> 
             "(gray 0/255 or 0..K, or a palette PNG)"
         )
     return gray if same and (mask or mode in ("P", "PA")) else rgb
+
+
+def _tile_mode(tile: Any) -> str:
+    """The raw mode a Pillow tile decodes (``RGB;16B`` for a 16-bit colour PNG)."""
+    args = getattr(tile, "args", None) if not isinstance(tile, tuple) else tile[3]
+    return args[0] if isinstance(args, tuple) and args else args or ""
+
+
+def _grey_mask(path: Path, rgb: np.ndarray) -> np.ndarray:
+    if not (rgb == rgb[..., :1]).all():
+        raise MedAdaptError(f"mask {path} is a colour image; save masks as single-channel label images "
+                            "(gray 0/255 or 0..K, or a palette PNG)")
+    return rgb[..., 0]
+
+
+def _with_alpha(gray: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """A mask drawn with transparency: transparent pixels are background; where the grey is one colour
+    throughout (white, or black, strokes on a transparent layer), the alpha channel is the mask."""
+    if alpha is None or not (alpha < 255).any():
+        return gray
+    if gray.min() == gray.max():
+        return np.where(alpha > 0, 255, 0).astype(np.uint8)
+    return np.where(alpha == 0, 0, gray).astype(gray.dtype)
 
 
 def _read_npy(path: Path, slice_index: int | None) -> np.ndarray:
@@ -195,6 +225,9 @@ def _read_slice(path: Path, slice_index: int | None, axis: int, dtype=np.float32
     axis = _check_axis(axis)
     series = DicomSeries(path) if path.is_dir() else None
     shape = series.canonical_shape() if series is not None else nifti_shape(path)
+    single = [a for a, n in enumerate(shape) if n == 1]
+    if slice_index is None and shape[axis] > 1 and len(single) == 1:  # one sagittal or coronal plane: that image
+        axis = single[0]
     index = _slice_position(slice_index, shape[axis], f"{path} (volume of shape {shape}, axis={axis})")
     plane = series.slice(index, axis) if series is not None else nifti_slice(path, index, axis, dtype)
     return _display(plane)
@@ -353,7 +386,8 @@ def load_image(
 
 def load_mask(path: PathLike, *, slice_index: int | None = None, axis: int = 2) -> np.ndarray:
     """Load a 2-D label mask as int64 HxW, values kept as stored (a 0/255 PNG stays 0/255,
-    palette PNGs give their indices). NIfTI label volumes are sliced exactly like
+    palette PNGs give their indices; on a transparent layer, transparent pixels are 0 and strokes of one
+    colour are 255). NIfTI label volumes are sliced exactly like
     :func:`load_image` slices the image, so the two line up pixel for pixel."""
     p = _existing(path, "mask file")
     if path_suffix(p) in (".jpg", ".jpeg"):
