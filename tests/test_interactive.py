@@ -95,8 +95,12 @@ def test_frozen_litemedsam_from_a_box_then_clicks_on_discs(litemedsam):
     from medadapt.evaluation.interactive import annotate_stream
 
     stream = [(f"disc{i}", *disc_image(center=(80 + 10 * i, 110), radius=35, seed=i)) for i in range(2)]
-    sessions = annotate_stream(litemedsam, stream, "disc", max_clicks=10, first="box")
-    assert [s.image_id for s in sessions] == ["disc0", "disc1"]
+    blank = ("blank", stream[0][1], np.zeros_like(stream[0][2]))  # no target: skipped, the stream goes on
+    seen = []
+    with pytest.warns(UserWarning, match="1 images without any 'disc'.*blank"):
+        sessions = annotate_stream(litemedsam, [stream[0], blank, stream[1]], "disc", max_clicks=10, first="box",
+                                   on_image=lambda i, s: seen.append((i, s.image_id)))
+    assert [s.image_id for s in sessions] == ["disc0", "disc1"] and seen == [(0, "disc0"), (1, "disc1")]
     for s in sessions:
         assert s.dice[0] == 0.0  # no learned class: the image opens empty
         assert s.clicks[0][2] == -1 and s.dice[1] > 0.85  # LiteMedSAM answers a box well

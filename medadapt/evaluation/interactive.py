@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -211,13 +212,17 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
     follows the app's guidance (:mod:`medadapt.inference.guidance`: the answer's own margin and its
     disagreement with the automatic proposal). ``local``: each click changes the answer only near it
     (:func:`~medadapt.inference.local.local_update`), as the app does with local corrections on.
+    An image whose target is empty has nothing to annotate: it is skipped with a warning.
     """
     if first not in ("click", "box"):
         raise MedAdaptError(f"first must be 'click' or 'box'; got {first!r}")
     if learner is not None and learner.segmenter is not seg:
         raise MedAdaptError("the learner must serve the segmenter being annotated (OnlineLearner(seg, ...))")
-    sessions = []
-    for i, (image_id, image, target) in enumerate(stream):
+    sessions, skipped = [], []
+    for image_id, image, target in stream:
+        if not np.asarray(target).any():  # nothing to click on: the stream goes on with the next image
+            skipped.append(str(image_id))
+            continue
         start = time.perf_counter()
         seg.set_image(image)
         proposal = _proposal(seg, class_name)
@@ -239,7 +244,10 @@ def annotate_stream(seg: Segmenter, stream: Iterable[tuple[str, np.ndarray, np.n
                 learner.publish()
         sessions.append(session)
         if on_image is not None:
-            on_image(i, session)
+            on_image(len(sessions) - 1, session)
+    if skipped:
+        warnings.warn(f"{len(skipped)} images without any {class_name!r} were skipped (nothing to annotate): "
+                      f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}", stacklevel=2)
     return sessions
 
 

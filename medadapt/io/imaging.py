@@ -157,14 +157,10 @@ def _decode_pil(path: Path, im: Any, slice_index: int | None, *, mask: bool) -> 
     rgb = np.asarray(im.convert("RGB"))  # RGBA drops alpha; palette/CMYK/YCbCr -> RGB
     if alpha is not None and (alpha < 255).any():
         return _with_alpha(_grey_mask(path, rgb), alpha)
+    if mask:
+        return _grey_mask(path, rgb)
     gray = rgb[..., 0]
-    same = bool((rgb == gray[..., None]).all())
-    if mask and not same:
-        raise MedAdaptError(
-            f"mask {path} is a colour image; save masks as single-channel label images "
-            "(gray 0/255 or 0..K, or a palette PNG)"
-        )
-    return gray if same and (mask or mode in ("P", "PA")) else rgb
+    return gray if mode in ("P", "PA") and (rgb == gray[..., None]).all() else rgb
 
 
 def _tile_mode(tile: Any) -> str:
