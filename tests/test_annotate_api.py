@@ -129,7 +129,32 @@ def test_prompts_redraw_the_mask_and_undo_redecodes(images, litemedsam):
     assert np.array_equal(decode_rle(undone["mask"]), decode_rle(first["mask"]))  # the same inputs, decoded again
     cleared = api.post(url(a, 0, "clear")).json()
     assert cleared["source"] == "empty" and cleared["mask"] is None and cleared["prompts"] == []
+    restored = api.post(url(a, 0, "undo")).json()  # a stray Escape is undone like any prompt
+    assert [p["kind"] for p in restored["prompts"]] == ["box"]
+    assert np.array_equal(decode_rle(restored["mask"]), decode_rle(first["mask"]))
+    assert api.post(url(a, 0, "undo")).json()["prompts"] == []
     assert api.post(url(a, 0, "undo")).json()["prompts"] == []  # nothing left to undo: no error
+
+
+def test_another_class_relabels_the_object_and_keeps_its_prompts(images, litemedsam):
+    folder, truth = images
+    api = client(Annotator(litemedsam, folder, prefetch=False))
+    a = ids(api)["a.png"]
+    api.post(url(a, 0, "open"), json={"class_name": "foreground"})
+    drawn = api.post(url(a, 0, "prompts"), json={"class_name": "foreground",
+                                                  "prompt": box_around(truth["a.png"][0])}).json()
+    api.post("/api/classes", json={"name": "tumour"})
+    changed = api.post(url(a, 0, "open"), json={"class_name": "tumour"}).json()  # the user picked another class
+    assert changed["class_name"] == "tumour" and [p["kind"] for p in changed["prompts"]] == ["box"]
+    assert changed["mask"] == drawn["mask"]
+    # coming back to the slice (or reloading the page) with the list on another class: the object keeps its own
+    for body in ({"class_name": "foreground", "keep": True}, {}):
+        back = api.post(url(a, 0, "open"), json=body).json()
+        assert back["class_name"] == "tumour" and back["mask"] == drawn["mask"]
+    saved = api.post(url(a, 0, "accept"), json={"class_name": "tumour"}).json()["saved"]
+    assert saved["class_name"] == "tumour"
+    labels = np.asarray(Image.open(folder / "labels" / "a.png"))
+    assert np.array_equal(labels == saved["value"], decode_rle(drawn["mask"]))
 
 
 def test_accept_writes_a_label_png_and_keeps_earlier_classes(images, litemedsam):

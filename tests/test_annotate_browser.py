@@ -39,6 +39,7 @@ from selenium.common.exceptions import StaleElementReferenceException  # noqa: E
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from medadapt.demo import demo_root  # noqa: E402
@@ -206,13 +207,18 @@ def shot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(SHOTS) / f"annotate-{name}.png"))
 
 
+def box_on(server, driver, truth, name: str) -> None:
+    """A fresh page with ``name`` open and a box drawn around its disc."""
+    server.ensure()
+    load(driver, server.url)
+    open_item(driver, name)
+    drag_box(driver, bbox(truth[name]))
+
+
 def test_box_then_clicks_redraw_the_mask_and_accept_saves_it(server, browser, data):
     folder, truth = data
-    server.ensure()
-    load(browser, server.url)
-    open_item(browser, "a.png")
+    box_on(server, browser, truth, "a.png")
     mask = truth["a.png"]
-    drag_box(browser, bbox(mask))
     assert int(attr(browser, "mask", "data-mask-pixels")) > 0.8 * mask.sum()
     cy, cx = DISCS["a.png"]["center"]
     latencies = [click(browser, cx + dx, cy + dy) for dx, dy in ((0, 0), (8, 4), (-8, -4), (4, -8), (-4, 8))]
@@ -240,10 +246,7 @@ def test_box_then_clicks_redraw_the_mask_and_accept_saves_it(server, browser, da
 
 def test_a_killed_server_restarts_with_every_accepted_mask(server, browser, data):
     folder, truth = data
-    server.ensure()
-    load(browser, server.url)
-    open_item(browser, "b.png")
-    drag_box(browser, bbox(truth["b.png"]))
+    box_on(server, browser, truth, "b.png")
     accept(browser, "b.png")
     open_item(browser, "a.png")
     drag_box(browser, [10, 10, 60, 50])  # work in progress, never accepted
@@ -262,3 +265,18 @@ def test_a_killed_server_restarts_with_every_accepted_mask(server, browser, data
         open_item(browser, name)
         assert int(attr(browser, "mask", "data-label-pixels")) == (saved > 0).sum()
         assert int(attr(browser, "mask", "data-mask-pixels")) == 0  # the unaccepted box died with the server
+
+
+def test_enter_then_next_marks_the_image_saved_and_a_focused_list_keeps_its_keys(server, browser, data):
+    folder, truth = data
+    box_on(server, browser, truth, "b.png")
+    browser.execute_script("document.activeElement && document.activeElement.blur()")
+    ActionChains(browser).send_keys(Keys.ENTER).send_keys("n").perform()  # accept, and on before the answer
+    wait(browser, lambda d: d.find_element(By.XPATH, "//li[text()='b.png']").get_attribute("data-accepted") == "true",
+         "b.png marked saved after the page moved on")
+    current = "return document.querySelector('#items li.current').textContent"
+    wait(browser, lambda d: d.execute_script(current) == "c_ct.png", "the next image")
+    assert dice(load_mask(folder / "labels" / "b.png") == 1, truth["b.png"]) > 0.9
+    browser.find_element(By.ID, "class-select").send_keys("p")  # typed into the class list, not a shortcut
+    time.sleep(1)
+    assert browser.execute_script(current) == "c_ct.png"

@@ -110,6 +110,7 @@ class AnnotatedObject:
     version: Any = None  # model version the proposal came from
     prompts: list[Prompt] = field(default_factory=list)
     steps: list[Answer] = field(default_factory=list)
+    cleared: tuple | None = None  # (prompts, steps, proposal) before the last clear: undo brings them back
 
     def current(self) -> Answer | None:
         return self.steps[-1] if self.steps else self.proposal

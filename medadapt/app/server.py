@@ -80,6 +80,7 @@ class PromptRequest(_Body):
 
 class ClassChoice(_Body):
     class_name: str | None = None
+    keep: bool = False  # class_name is for a new object only: an object on the slice keeps its own class
 
 
 class AcceptRequest(_Body):
@@ -216,7 +217,7 @@ def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) 
 
     @app.post(base + "/open")
     def open_slice(item_id: str, k: int, body: ClassChoice) -> dict[str, Any]:
-        return annotator.open(item_id, k, body.class_name)
+        return annotator.open(item_id, k, body.class_name, keep=body.keep)
 
     @app.get(base + "/pixels")
     def pixels(item_id: str, k: int) -> Response:

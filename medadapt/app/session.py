@@ -338,7 +338,9 @@ class Annotator:
         key = (item.id, k)
         obj = self._objects.get(key)
         version = self.version()
-        if obj is None or obj.class_name != class_name or (not obj.prompts and obj.version != version):
+        if obj is not None and obj.prompts:
+            obj.class_name = class_name  # the user's prompts stay: another class relabels the object
+        elif obj is None or obj.class_name != class_name or obj.version != version:
             obj = AnnotatedObject(class_name, self._proposal(encoded, class_name), version)
             self._objects[key] = obj
         self._objects.move_to_end(key)
@@ -399,12 +401,16 @@ class Annotator:
         next step waits for a quiet moment."""
         return self._in_use > 0 or time.monotonic() - self._last_activity < quiet_s
 
-    def open(self, item_id: str, k: int, class_name: str | None = None) -> dict[str, Any]:
+    def open(self, item_id: str, k: int, class_name: str | None = None, keep: bool = False) -> dict[str, Any]:
         """Show slice ``k`` of an item: its pixel geometry, its saved labels and the object being annotated
-        (the adapter's automatic proposal for ``class_name`` when the slice is new)."""
+        (the adapter's automatic proposal for ``class_name`` when the slice is new). An object the slice holds
+        is relabelled ``class_name``, its prompts kept; with ``keep`` (or no ``class_name``) it keeps its class."""
         self._touch()
         with self._using():
             item = self._locate(item_id, k)
+            held = self._objects.get((item.id, k))
+            if held is not None and (keep or not class_name):
+                class_name = held.class_name
             class_name = class_name or next(iter(self.classes()))
             self.class_value(class_name)
             raw = self._raw(item, k)
@@ -470,7 +476,9 @@ class Annotator:
         self._touch()
         with self._using():
             item, encoded, obj = self._working(item_id, k)
-            if obj is not None and obj.prompts:
+            if obj is not None and not obj.prompts and obj.cleared is not None:  # undo the clear
+                (obj.prompts, obj.steps, obj.proposal), obj.cleared = obj.cleared, None
+            elif obj is not None and obj.prompts:
                 obj.prompts.pop()
                 obj.steps.pop()
                 if obj.prompts:
@@ -479,10 +487,11 @@ class Annotator:
             return self._answer(item, k, obj, encoded)
 
     def clear(self, item_id: str, k: int) -> dict[str, Any]:
-        """Drop the object's prompts and its proposal: an empty object."""
+        """Drop the object's prompts and its proposal: an empty object (:meth:`undo` brings them back)."""
         with self.lock:
             item, _, obj = self._working(item_id, k)
-            if obj is not None:
+            if obj is not None and (obj.prompts or obj.proposal is not None):
+                obj.cleared = (obj.prompts, obj.steps, obj.proposal)
                 obj.prompts, obj.steps, obj.proposal = [], [], None
             return self._answer(item, k, obj)
 

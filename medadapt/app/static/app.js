@@ -81,8 +81,11 @@ async function openItem(id, k) {
   await openSlice(id, k === undefined ? defaultSlice(it) : k);
 }
 
-async function openSlice(id, k) {
+// classChange: the user chose another class for this slice (its object is relabelled, prompts kept);
+// otherwise an object the slice already holds keeps its own class and the class list follows it.
+async function openSlice(id, k, classChange = false) {
   const seq = ++S.openSeq;
+  S.want = { item: id, slice: k };  // where repeated n/p and arrow keys step from before the pixels arrive
   busy(true);
   try {
     const it = itemById(id);
@@ -93,20 +96,24 @@ async function openSlice(id, k) {
     const pixels = new Float32Array(await r.arrayBuffer());
     if (seq !== S.openSeq) return;
     const fresh = S.item !== id || S.w !== w || S.h !== h;
-    Object.assign(S, { item: id, slice: k, pixels, w, h, c, pending: [] });
+    // the slice shows at once; prompts wait for its encoding (S.info), and nothing of the last slice stays
+    Object.assign(S, { item: id, slice: k, pixels, w, h, c, pending: [], info: null, object: null,
+      objectMask: null, labels: [], guide: null, guidePoint: null });
     for (const cid of ["image", "mask"]) { $(cid).width = w; $(cid).height = h; }
     $("slice-control").hidden = it.kind !== "volume";
     $("slice").max = String(it.slices - 1);
     $("slice").value = String(k);
     $("slice-label").textContent = `${k} / ${it.slices - 1}`;
     renderItems();
+    if (fresh) S.windowSet = false;  // one window for all slices of an item: brightness holds while scrolling
+    if (S.windowSet) drawImage();
     layout();
-    const info = await api("POST", sliceUrl(id, k, "open"), { class_name: currentClass() });
+    const info = await api("POST", sliceUrl(id, k, "open"), { class_name: currentClass(), keep: !classChange });
     if (seq !== S.openSeq) return;
     S.info = info;
-    if (fresh) S.windowSet = false;
-    if (!S.windowSet) setWindow(info.window, info.range);
+    if (!S.windowSet) { setWindow(info.window, info.range); S.windowSet = true; }
     drawImage();
+    if (info.class_name) renderClasses(info.class_name);
     S.labels = info.labels.map((l) => ({ value: l.value, mask: decodeRle(l.mask) }));
     showObject(info);
     status(info.blank ? `slice ${k} is blank: nothing to segment` :
@@ -140,14 +147,19 @@ function send(what, body) {
     const t0 = performance.now();
     try {
       const obj = await api("POST", sliceUrl(id, k, what), body);
-      if (id !== S.item || k !== S.slice) return;
-      if (what === "prompts") S.pending.shift();
-      if (what === "accept") {
-        S.labels = obj.labels.map((l) => ({ value: l.value, mask: decodeRle(l.mask) }));
-        const it = itemById(id);
-        Object.assign(it, obj.item_state);
+      const here = id === S.item && k === S.slice;
+      if (what === "accept") {  // saved wherever the user is now: the list and the message follow
+        Object.assign(itemById(id), obj.item_state);
         renderItems();
+        if (!here) {
+          const it = itemById(id);
+          status(`${acceptMessage(obj)} (${it.name}${it.kind === "volume" ? ` slice ${k}` : ""})`, !!obj.on_accept_error);
+          return;
+        }
+        S.labels = obj.labels.map((l) => ({ value: l.value, mask: decodeRle(l.mask) }));
       }
+      if (!here) return;
+      if (what === "prompts") S.pending.shift();
       showObject(obj);
       const ms = performance.now() - t0;
       $("marks").dataset.latencyMs = ms.toFixed(1);
@@ -156,16 +168,29 @@ function send(what, body) {
       const decoder = obj.decode_ms == null ? "" : ` (decoder ${obj.decode_ms.toFixed(0)} ms)`;
       const empty = what === "prompts" && !obj.mask ? "; the mask is empty: box-trained models such as " +
         "LiteMedSAM answer boxes, not lone clicks; drag a box around the object, then click to refine" : "";
-      const saved = obj.saved ? `saved ${obj.saved.class_name} (label ${obj.saved.value}) to ${obj.saved.file}` : "";
-      status(what === "accept" ? `${saved}${obj.on_accept_error ?
-        `; on_accept failed: ${obj.on_accept_error}` : ""}` : `mask in ${ms.toFixed(0)} ms${decoder}${empty}`);
+      status(what === "accept" ? acceptMessage(obj) : `mask in ${ms.toFixed(0)} ms${decoder}${empty}`,
+        what === "accept" && !!obj.on_accept_error);
     } catch (e) {
+      if (id !== S.item || k !== S.slice) { if (what === "accept") status(e.message, true); return; }
       if (what === "prompts") S.pending.shift();
       drawMarks();
       status(e.message, true);
+    } finally {
+      if (what === "accept") S.accepting = false;
     }
   });
   return S.chain;
+}
+
+function acceptMessage(obj) {
+  const saved = obj.saved ? `saved ${obj.saved.class_name} (label ${obj.saved.value}) to ${obj.saved.file}` : "";
+  return `${saved}${obj.on_accept_error ? `; on_accept failed: ${obj.on_accept_error}` : ""}`;
+}
+
+function accept() {
+  if (S.accepting || !S.info) return;  // one accept at a time (a second Enter would find the object gone)
+  S.accepting = true;
+  send("accept", { class_name: currentClass() });
 }
 
 function addPrompt(p) {
@@ -217,7 +242,7 @@ function onUp() {
 
 // ------------------------------------------------------------------ wiring
 function nextItem(step) {
-  const i = S.items.findIndex((it) => it.id === S.item);
+  const i = S.items.findIndex((it) => it.id === (S.want ? S.want.item : S.item));
   const j = Math.max(0, Math.min(S.items.length - 1, i + step));
   if (j !== i) openItem(S.items[j].id);
 }
@@ -230,8 +255,8 @@ function wire() {
   marks.addEventListener("contextmenu", (ev) => ev.preventDefault());
   $("undo").addEventListener("click", () => send("undo"));
   $("clear").addEventListener("click", () => { S.pending = []; send("clear"); });
-  $("accept").addEventListener("click", () => send("accept", { class_name: currentClass() }));
-  $("class-select").addEventListener("change", () => S.item && openSlice(S.item, S.slice));
+  $("accept").addEventListener("click", accept);
+  $("class-select").addEventListener("change", () => S.item && openSlice(S.item, S.slice, true));
   $("add-class").addEventListener("click", async () => {
     const name = $("new-class").value.trim();
     if (!name) return;
@@ -240,7 +265,7 @@ function wire() {
       await loadState();
       renderClasses(c.name);
       $("new-class").value = "";
-      if (S.item) openSlice(S.item, S.slice);
+      if (S.item) openSlice(S.item, S.slice, true);
     } catch (e) { status(e.message, true); }
   });
   $("new-class").addEventListener("keydown", (ev) => { if (ev.key === "Enter") $("add-class").click(); });
@@ -262,20 +287,25 @@ function wire() {
   $("opacity").addEventListener("input", drawMask);
   $("guide").addEventListener("change", () => { drawMask(); drawMarks(); });
   window.addEventListener("resize", layout);
+  new ResizeObserver(layout).observe($("stage"));  // a status line that wraps shrinks the stage too
   document.addEventListener("keydown", (ev) => {
-    if (ev.target instanceof HTMLInputElement && ev.target.type === "text") return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;  // the browser's own shortcuts (Ctrl+P, Ctrl+X, ...)
+    const t = ev.target;
+    if (t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement || t.isContentEditable ||
+      (t instanceof HTMLInputElement && !["radio", "checkbox", "button"].includes(t.type))) return;
     const tools = { 1: "point", 2: "box", 3: "scribble" };
     if (tools[ev.key]) document.querySelector(`input[value="${tools[ev.key]}"]`).checked = true;
     else if (ev.key === "x") $("negative").checked = !$("negative").checked;
     else if (ev.key === "g") { $("guide").checked = !$("guide").checked; drawMask(); drawMarks(); }
     else if (ev.key === "z") send("undo");
     else if (ev.key === "Escape") send("clear");
-    else if (ev.key === "Enter") send("accept", { class_name: currentClass() });
+    else if (ev.key === "Enter") accept();
     else if (ev.key === "n") nextItem(1);
     else if (ev.key === "p") nextItem(-1);
     else if ((ev.key === "ArrowUp" || ev.key === "ArrowDown") && itemById(S.item)?.kind === "volume") {
-      const k = Math.max(0, Math.min(Number($("slice").max), S.slice + (ev.key === "ArrowUp" ? 1 : -1)));
-      if (k !== S.slice) openSlice(S.item, k);
+      const from = S.want && S.want.item === S.item ? S.want.slice : S.slice;
+      const k = Math.max(0, Math.min(Number($("slice").max), from + (ev.key === "ArrowUp" ? 1 : -1)));
+      if (k !== from) openSlice(S.item, k);
     } else return;
     ev.preventDefault();
   });
