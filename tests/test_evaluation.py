@@ -607,6 +607,14 @@ def test_evaluate_a_separate_folder_or_data_yaml(scored_run, tmp_path) -> None:
     assert {r.case_id for r in report} == {"000", "001"}
     assert ("001", "automatic", "square") in rows and ("001", "box", "square") not in rows
     assert ("001", "box", "disc") in rows and ("000", "box", "square") in rows
+    # a one-pixel-wide structure on the image's last column still gets a box (at least a pixel wide, inside)
+    mask = np.array(Image.open(held / "masks" / "000.png"))
+    mask = np.where(mask == 2, 0, mask).astype(np.uint8)
+    mask[5:15, -1] = 2
+    Image.fromarray(mask).save(held / "masks" / "000.png")
+    edge = evaluate_run(scored_run, data=held, split="all", modes=["box"], metrics=["dice"], limit=1,
+                        out_dir=tmp_path / "ev_edge")
+    assert ("000", "box", "square") in {(r.case_id, r.mode, r.class_name) for r in edge}
     with pytest.raises(MedAdaptError, match="--split all scores every labelled case"):
         evaluate_run(scored_run, data=held, split="val", modes=["automatic"], out_dir=tmp_path / "ev")
     data = yaml.safe_load((scored_run / "config.yaml").read_text())["data"]

@@ -46,8 +46,23 @@ def test_box_of_rectangle_is_exact():
     np.testing.assert_array_equal(box_from_mask(rect()), [10, 20, 39, 44])
     one = np.zeros((5, 5), bool)
     one[2, 3] = True
-    np.testing.assert_array_equal(box_from_mask(one), [3, 2, 3, 2])
+    np.testing.assert_array_equal(box_from_mask(one), [3, 2, 4, 3])  # widened to a pixel: the decoder needs area
     assert box_from_mask(rect()).dtype == np.float32
+
+
+def test_a_one_pixel_wide_object_gets_a_box_the_predictor_accepts():
+    from medadapt.foundation.processor import check_boxes
+
+    for col in (20, 39):  # inside, and on the last column (the box cannot grow right)
+        line = np.zeros((40, 40), bool)
+        line[10:30, col] = True
+        box = box_from_mask(line)
+        assert box[2] - box[0] == 1 and box[1] == 10 and box[3] == 29 and box[0] <= col <= box[2]
+        np.testing.assert_array_equal(check_boxes([box], (40, 40))[0], box)
+        for s in range(20):  # jittered boxes too
+            jittered = box_from_mask(line, 0.3, np.random.default_rng(s))
+            assert jittered[2] - jittered[0] >= 1 and jittered[3] - jittered[1] >= 1
+            check_boxes([jittered], (40, 40))
 
 
 def test_box_jitter_bounds_and_determinism():
@@ -266,6 +281,23 @@ def test_prompts_from_prediction_negatives_and_extra_positives():
     d = np.hypot(p.points[0, 3:, 0] - 32, p.points[0, 3:, 1] - 32)
     assert np.all(d <= 10 + 3 + 1.5)  # just outside the object
     assert len({tuple(q) for q in p.points[0]}) == 7
+
+
+def test_prompts_from_prediction_keeps_a_diagonal_vessel_whole():
+    vessel = np.zeros((64, 64), bool)
+    for i in range(30):
+        vessel[10 + i, 10 + i] = True  # 8-connected only, as regions.largest_component counts it
+    p = prompts_from_prediction(vessel, min_size=20)
+    assert len(p) == 1
+    np.testing.assert_array_equal(p.boxes[0], [10, 10, 39, 39])
+
+
+def test_most_interior_refuses_an_empty_mask():
+    from medadapt.prompts.simulate import most_interior
+
+    np.testing.assert_array_equal(most_interior(rect()), [22, 32])  # first of the deepest, in raster order
+    with pytest.raises(MedAdaptError, match="empty"):
+        most_interior(np.zeros((5, 5), bool))
 
 
 def test_prompts_from_prediction_empty():

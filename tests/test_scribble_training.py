@@ -53,7 +53,8 @@ def test_stroke_clicks_sample_only_scribbled_pixels():
     target[0, :] = 0
     pts, lab = stroke_clicks(target, 1, 3, 4, np.random.default_rng(0))
     assert lab.tolist() == [1, 1, 1, 0, 0, 0, 0]
-    rows, cols = (pts[:, 1] - 0.5).astype(int), (pts[:, 0] - 0.5).astype(int)
+    assert np.array_equal(pts, np.round(pts))  # pixel coordinates, as every other click (sample_points, the user's)
+    rows, cols = pts[:, 1].astype(int), pts[:, 0].astype(int)
     assert (target[rows[:3], cols[:3]] == 1).all() and (target[rows[3:], cols[3:]] != 1).all()
     assert (target[rows, cols] >= 0).all()
 

@@ -62,6 +62,15 @@ def test_largest_component_drops_specks_and_the_smaller_blob():
     assert boxes_from_labels(labels, 1)[0][0, 0].tolist() == [5, 20, 229, 252]
 
 
+def test_largest_component_counts_pixels_in_the_partial_cells_of_the_last_row_and_column():
+    masks = torch.zeros(130, 130, dtype=torch.bool)  # 130 px: the last column of 4-px cells holds 2 pixels
+    masks[1:130, 129] = True  # a 129-pixel strip on the last column
+    masks[10:28, 10:25] = True  # a 270-pixel blob
+    out = largest_components(masks)
+    assert out[10:28, 10:25].all() and not out[:, 129].any()
+    assert torch.equal(out, largest_components(masks, grid=None))
+
+
 def test_padded_boxes_grow_by_the_margin_and_stay_on_the_grid():
     boxes = torch.tensor([[[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 63.0, 10.0]]])  # 1 image x 2 classes
     out = pad_boxes(boxes, 0.1, (64, 64))

@@ -587,5 +587,9 @@ def test_an_adapted_model_walks_with_the_base_decoder_too_and_answers_their_aver
         both.add(5, points=[[tight_box(a[5])[0] + 3, 24]], labels=[0])  # a correction reaches both walks
         assert len(both.prompts[5].points) == len(both.partner.prompts[5].points) == 1
         assert both.volume().shape == vol.shape
+        drawn = np.zeros(vol.shape[1:], bool)
+        drawn[8:40, 20] = True  # a one-pixel line and a block, given as a mask alone: kept as drawn
+        drawn[10:20, 25:35] = True
+        assert np.array_equal(seg.predict_volume(masks={3: drawn}, propagation=loose)[3], drawn)
     finally:
         seg.reset_volume()

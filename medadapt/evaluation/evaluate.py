@@ -66,6 +66,7 @@ from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
 from ..inference.student_answers import student_prediction
 from ..io.imaging import is_volume_path as _is_volume  # the tests replace _is_volume
+from ..prompts.regions import mask_box
 from ..prompts.simulate import prompts_from_prediction
 from ..student import has_student
 from ..training.config import read_config
@@ -242,11 +243,7 @@ def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_stu
             continue
         masks = [lab == v for _, v in present]
         if "box" in modes:
-            boxes = []
-            for m in masks:
-                ys, xs = np.nonzero(m)
-                boxes.append([float(xs.min()), float(ys.min()), float(max(xs.max(), xs.min() + 1)),
-                              float(max(ys.max(), ys.min() + 1))])
+            boxes = [mask_box(m).tolist() for m in masks]  # at least a pixel wide, inside the image
             for (k, _), p in zip(present, seg.predict(boxes=boxes).masks):
                 out["box"][k, z] = p
         if "1-click" in modes:

@@ -440,8 +440,10 @@ class Propagation:
         """Slice ``k``'s answer: its own prompts', or the walks' that reach it (fused), or None; with a base
         walk (``base``), the average of both walks' probabilities."""
         own = self._own(k)
-        if self.partner is None:
-            return own
+        given = self.prompts.get(k)
+        if self.partner is None or (given is not None and given.mask is not None and given.box is None
+                                    and not given.points):
+            return own  # a slice the user gave a mask alone keeps that mask as drawn
         found = [a for a in (own, self.partner.answer(k)) if a is not None]
         if not found:
             return None

@@ -110,7 +110,8 @@ def largest_components(masks: torch.Tensor, grid: int | None = 64, iterations: i
         ids = F.max_pool2d(ids, 3, stride=1, padding=1) * cells
     n = flat.shape[0]
     ids = ids.reshape(n, gh * gw).long()
-    weight = (F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x).reshape(n, gh * gw)  # set pixels per cell
+    # set pixels per cell (a sum: an average would weigh the partial cells of the last row and column up)
+    weight = (F.avg_pool2d(x, f, ceil_mode=True, divisor_override=1) if f > 1 else x).reshape(n, gh * gw)
     sizes = torch.zeros(n, gh * gw + 1, device=masks.device).scatter_add_(1, ids, weight)
     sizes[:, 0].zero_()  # (not "= 0.0": that makes a tensor from a host number first)
     best = sizes.argmax(dim=1, keepdim=True)

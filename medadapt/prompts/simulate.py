@@ -124,6 +124,8 @@ def _pad(points: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 def most_interior(mask: np.ndarray) -> np.ndarray:
     """(x, y) of the foreground pixel farthest from the background (first in raster order on ties)."""
+    if not np.asarray(mask).any():
+        raise MedAdaptError("most_interior: the mask is empty; there is no foreground pixel to pick")
     dist = _interior_distance(mask)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return np.array([x, y], dtype=np.float32)
@@ -158,16 +160,20 @@ def box_from_mask(mask: np.ndarray, jitter: float = 0.0, rng: np.random.Generato
     if tight is None:
         raise MedAdaptError("cannot make a box from an empty mask; drop empty masks first (see nonempty())")
     box = np.array(tight, dtype=np.float64)
+    h, w = m.shape
     if jitter > 0:
         x0, y0, x1, y1 = tight
         extent = np.array([x1 - x0 + 1, y1 - y0 + 1] * 2, dtype=np.float64)
         box += _rng(rng).uniform(-1.0, 1.0, size=4) * jitter * extent
-        h, w = m.shape
         box[[0, 2]] = np.clip(box[[0, 2]], 0, w - 1)
         box[[1, 3]] = np.clip(box[[1, 3]], 0, h - 1)
         # Large jitter on a small box can cross the sides; keep the box well-formed.
         box[[0, 2]] = np.sort(box[[0, 2]])
         box[[1, 3]] = np.sort(box[[1, 3]])
+    for lo, hi, size in ((0, 2, w), (1, 3, h)):  # a box of positive area, as the decoder needs (see mask_box)
+        if box[hi] - box[lo] < 1.0 and size > 1:
+            box[hi] = min(box[lo] + 1.0, size - 1.0)
+            box[lo] = box[hi] - 1.0
     return box.astype(np.float32)
 
 
@@ -382,7 +388,7 @@ def prompts_from_prediction(
     n_pos, n_neg = _count(n_pos, "n_pos"), _count(n_neg, "n_neg")
     k = n_pos + n_neg
 
-    components, count = ndimage.label(fg)
+    components, count = ndimage.label(fg, structure=np.ones((3, 3)))  # 8-connected, as regions.py
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     order = [int(i) for i in order if sizes[i] >= max(min_size, 1)]

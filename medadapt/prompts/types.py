@@ -17,7 +17,8 @@ Conventions (shared with :mod:`medadapt.prompts.simulate`):
 * coordinates are ``(x, y)`` pixels of the grid the prompts were made on;
   :meth:`Prompts.scale` moves them to another grid (e.g. the model input);
 * boxes are ``[x0, y0, x1, y1]`` with inclusive pixel extents (``x1`` is the
-  last column of the object), so a one-pixel-wide object has ``x1 == x0``;
+  last column of the object); a one-pixel-wide object's box is widened to one
+  pixel (``x1 == x0 + 1``: the decoder needs a box of positive area);
 * point labels are 1 (foreground), 0 (background) or -1 (padding). -1 is SAM's
   own "not a point" label: the prompt encoder replaces its embedding by the
   learned not-a-point token, so padded slots carry no position. Padding exists

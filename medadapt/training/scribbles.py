@@ -47,7 +47,7 @@ def stroke_clicks(target: torch.Tensor, k: int, n_pos: int, n_neg: int,
     neg = np.argwhere((t >= 0) & (t != k))
     pick = lambda a, n: a[rng.choice(len(a), size=min(n, len(a)), replace=False)] if n and len(a) else a[:0]  # noqa: E731
     p, q = pick(pos, n_pos), pick(neg, n_neg)
-    pts = np.concatenate([p, q])[:, ::-1].astype(np.float32) + 0.5  # (row, col) -> pixel-centre (x, y)
+    pts = np.concatenate([p, q])[:, ::-1].astype(np.float32)  # (row, col) -> (x, y), as every other click
     lab = np.concatenate([np.ones(len(p), np.int64), np.zeros(len(q), np.int64)])
     return pts, lab
 
