@@ -115,7 +115,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     )
     parts = [f"{r.ok} written ({r.images} images, {r.volumes} volumes) in {r.seconds:.1f} s", f"{r.failed} failed",
              f"{r.skipped} already done"] + [f"{r.not_retried} failed before (--retry-failed retries them)"] * bool(
-                 r.not_retried)
+                 r.not_retried) + [f"{r.elsewhere} left to the other ranks (this is rank {r.rank[0]} of {r.rank[1]}, "
+                                   "from RANK / WORLD_SIZE)"] * bool(r.elsewhere)
     print(", ".join(parts) + f"; manifest: {r.manifest}")
     return 1 if r.failed or r.not_retried else 0
 

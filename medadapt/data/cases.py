@@ -259,6 +259,10 @@ def discover_cases(config: DataConfig) -> list[Case]:
     for image_dir, label_dir in _folder_pairs(config, layout):
         images = _scan(image_dir, IMAGE_EXTENSIONS, series=True)
         labels = _scan(label_dir, _LABEL_EXTENSIONS, series=False) if label_dir is not None else {}
+        if not images and layout == "nnunet" and config.images is None and image_dir.name != "imagesTr":
+            warnings.warn(f"{image_dir} is empty (its images withheld or not copied); the dataset's other folders are "
+                          "read", stacklevel=2)
+            continue
         if not images:
             raise MedAdaptError(
                 f"no images found in {image_dir}; supported: {', '.join(IMAGE_EXTENSIONS)} files or DICOM-series folders"

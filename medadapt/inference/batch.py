@@ -64,6 +64,8 @@ class BatchResult:
     seconds: float  # wall time of the loop over the pending files
     waited: float  # of which the model waited for data (the reader processes keep this near zero)
     manifest: Path
+    elsewhere: int = 0  # inputs left to the other ranks (rank / world_size, or torchrun's RANK / WORLD_SIZE)
+    rank: tuple[int, int] = (0, 1)  # (rank, world_size)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -125,6 +127,9 @@ def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png:
 
 def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, axis: int, refine: bool,
                     multimask: bool, cleanup: tuple[str, ...] = (), name: str = "volume") -> np.ndarray:
+    single = [a for a, n in enumerate(volume.shape) if n == 1]
+    if volume.shape[axis] > 1 and len(single) == 1:  # one sagittal or coronal plane (a radiograph): that image,
+        axis = single[0]  # as load_image reads it, not strips one pixel wide
     if prompts is None:
         return seg.predict_volume(volume, axis=axis, refine=refine, cleanup=cleanup)
     labels = np.zeros(volume.shape, dtype=np.uint16)
@@ -313,7 +318,9 @@ def segment_batch(
     cleanup = check_cleanup(cleanup)
     if series_format not in SERIES_FORMATS:
         raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
-    items = find_inputs(inputs, out, series_format)
+    recorded = {row["output"]: name for name, row in read_manifest(out).items()
+                if row.get("status") in ("ok", "skipped") and row.get("output")}
+    items = find_inputs(inputs, out, series_format, recorded)
     table = read_prompts(prompts, items) if prompts is not None else {}
     if segmenter is None and adapter is None and prompts is None:
         raise MedAdaptError("the pretrained model needs prompts: pass --prompts prompts.json (boxes or points per "
@@ -341,7 +348,7 @@ def segment_batch(
                 # a Segmenter the caller built (or an exported model) is known by the weights it runs; one built here
                 # by the model, base weights and adapter (with its student) above as well (see _check_settings)
                 "weights_used": _weights_fingerprint(segmenter)}
-    if any(item.path.is_dir() for item in items):  # only a DICOM series' output depends on it
+    if any(item.volume and not item.error and item.path.is_dir() for item in items):  # only a series' output
         settings["series_format"] = series_format
     settings["cleanup"] = list(cleanup)  # a folder written before clean-ups existed reads as [] (none)
     settings = json.loads(json.dumps(settings))  # as segment.json gives them back: tuples become lists
@@ -354,6 +361,8 @@ def segment_batch(
     atomic_write_json(out / "segment.json", settings)
     mine = [item for i, item in enumerate(items) if i % world_size == rank]  # on the full list: same on every rank
     done, manifest = read_manifest(out), _manifest_path(out, rank, world_size)
+    if overwrite and rank == 0:
+        _remove_orphans(out, done, {item.name for item in items}, manifest)
     pending, skipped, not_retried = [], 0, 0
     for item in mine:
         row = done.get(item.name, {})
@@ -381,9 +390,31 @@ def segment_batch(
         pattern = os.path.join(glob.escape(str(item.out.parent)), glob.escape("." + item.out.name) + ".*")
         for stale in glob.glob(pattern):
             os.unlink(stale)
-    return _run(segmenter, pending, table, out, manifest, axis=axis, window=window, refine=refine,
-                multimask=multimask, workers=workers, progress=progress and rank == 0,
-                counts=(skipped, not_retried), cleanup=cleanup)
+    result = _run(segmenter, pending, table, out, manifest, axis=axis, window=window, refine=refine,
+                  multimask=multimask, workers=workers, progress=progress and rank == 0,
+                  counts=(skipped, not_retried), cleanup=cleanup)
+    result.elsewhere, result.rank = len(items) - len(mine), (rank, world_size)
+    return result
+
+
+def _remove_orphans(out: Path, done: dict[str, dict[str, str]], names: set[str], manifest: Path) -> None:
+    """An ``--overwrite`` pass removes the outputs of inputs that are gone (made with the earlier settings, they
+    would stay beside the new masks), each with a ``removed`` line in the manifest."""
+    gone = []
+    for name, row in done.items():
+        path = Path(row.get("output") or "")
+        if name in names or row.get("status") not in ("ok", "skipped") or not path.is_file():
+            continue
+        if out.resolve() not in path.resolve().parents:  # only what this folder holds
+            continue
+        path.unlink()
+        gone.append(name)
+        _append(manifest, {"file": name, "status": "removed", "seconds": "0", "read_seconds": "0", "output": "",
+                           "error": "its input is no longer among the inputs; --overwrite removed its earlier output",
+                           "finished": _now()})
+    if gone:
+        warnings.warn(f"--overwrite removed the outputs of {len(gone)} inputs that are gone: "
+                      f"{', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}", stacklevel=3)
 
 
 def _remove_stale(item: BatchItem) -> str:

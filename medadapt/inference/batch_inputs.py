@@ -43,7 +43,7 @@ def _is_dicom(path: Path) -> bool:
     ext = path_suffix(path)
     if ext in (".dcm", ".dicom"):
         return True
-    if ext or not _is_file(path):
+    if ext or path.name.upper() == "DICOMDIR" or not _is_file(path):  # DICOMDIR: a CD's index, no image
         return False
     with path.open("rb") as fh:
         return fh.read(132)[128:] == b"DICM"
@@ -72,11 +72,20 @@ def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path, str]]:
                       f"cannot list this folder ({exc.strerror or exc}), so its files were not segmented; make it "
                       "readable (chmod) and run again"))
 
-    for folder, dirs, files in os.walk(root, onerror=unlisted):
+    seen = {root.resolve()}  # linked folders are followed, each real folder once (a link back up is no loop)
+
+    def first_visit(d: Path) -> bool:
+        real = d.resolve()
+        if real in seen:
+            return False
+        seen.add(real)
+        return True
+
+    for folder, dirs, files in os.walk(root, onerror=unlisted, followlinks=True):
         here = Path(folder)
         # the output folder, and earlier ones (they hold a segment.json): masks are not inputs
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
-                         and not _is_file(here / d / "segment.json"))
+                         and not _is_file(here / d / "segment.json") and first_visit(here / d))
         files = sorted(f for f in files if not f.startswith("."))
         dicom, unreadable = [], []
         for f in files:
@@ -121,19 +130,22 @@ def _output_name(name: str, path: Path, volume: bool, series_format: str = "nift
 
 
 def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
-                series_format: str = "nifti") -> list[BatchItem]:
+                series_format: str = "nifti", recorded: Mapping[str, str] | None = None) -> list[BatchItem]:
     """The items of a batch: a folder (searched recursively), a dataset (nnU-Net ``imagesTr/...`` or
     ``images/`` + ``masks/``: its images only), a list file (``.txt``, one path a line, relative to the
     list's folder), a list of paths, or one file. Names are relative to the folder, or to the deepest folder
     holding every listed file. A DICOM series' output is ``NAME.nii.gz``, or ``NAME.seg.dcm`` with
-    ``series_format="dicom-seg"``."""
+    ``series_format="dicom-seg"``. Where two inputs would write one output, the first by name writes it, unless
+    ``recorded`` (output path -> input name, from an earlier run's manifest) says the other one wrote it."""
+    recorded = dict(recorded or {})
     if series_format not in SERIES_FORMATS:
         raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
     out = Path(out_dir).expanduser().resolve()
-    if isinstance(inputs, (str, os.PathLike)) and path_suffix(inputs) == ".txt" and Path(inputs).is_file():
-        base = Path(inputs).parent
-        lines = Path(inputs).read_text(encoding="utf-8").splitlines()
-        inputs = [base / s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if isinstance(inputs, (str, os.PathLike)) and path_suffix(inputs) == ".txt" and Path(inputs).expanduser().is_file():
+        listed = Path(inputs).expanduser()
+        lines = listed.read_text(encoding="utf-8-sig").splitlines()  # utf-8-sig: a byte-order mark is no name
+        inputs = [listed.parent / Path(s.strip()).expanduser() for s in lines
+                  if s.strip() and not s.lstrip().startswith("#")]
     if isinstance(inputs, (str, os.PathLike)):
         root = Path(inputs).expanduser()
         if not root.exists():
@@ -151,31 +163,41 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
         else:
             pairs = _scan_folder(root, out)
     else:
-        paths = [Path(p).expanduser() for p in inputs]
+        # names as listed (a link keeps its own name, not its target's), relative to the deepest common folder
+        paths = [Path(os.path.abspath(Path(p).expanduser())) for p in inputs]
         if not paths:
             raise MedAdaptError("the list of inputs is empty")
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
-            raise MedAdaptError(f"{len(missing)} listed input(s) not found, e.g. {missing[0]}")
-        common = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-        pairs = [(p.resolve().relative_to(common).as_posix(), p, "") for p in paths]
+        missing = [p for p in paths if not os.path.lexists(p)]
+        if len(missing) == len(paths):
+            raise MedAdaptError(f"none of the {len(paths)} listed inputs exists, e.g. {missing[0]}; paths in a .txt "
+                                "list are relative to the list's folder")
+        common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        pairs = [(p.relative_to(common).as_posix(), p, "" if os.path.lexists(p) else
+                  "not found: it is listed but no such file exists") for p in paths]
     if not pairs:
         raise MedAdaptError(f"no images found in {inputs}; supported: {', '.join(IMAGE_EXTENSIONS)} files and "
                             "DICOM-series folders")
-    items, owner = [], {}
+    items, owner, itself = [], {}, set()
     for name, path, error in pairs:
-        volume = path.is_dir() or path_suffix(path) in _VOLUME
-        target = out / _output_name(name, path, volume, series_format)
-        item = BatchItem(name, path, volume, target, error)
-        if error:  # found but not readable: it has no output to claim
-            items.append(item)
+        try:
+            volume = path.is_dir() or path_suffix(path) in _VOLUME
+            target = out / _output_name(name, path, volume, series_format)
+            if path.resolve() == target:
+                itself.add(name)
+        except OSError as exc:  # e.g. in a folder that can be listed but not entered
+            error = error or f"cannot look at it ({exc.strerror or exc}); make it and its folder readable"
+            volume, target = False, out / name
+        items.append(BatchItem(name, path, volume, target, error))
+    for item in items:  # an output some input already wrote, by the manifest, stays that input's
+        if not item.error and recorded.get(str(item.out)) == item.name:
+            owner[item.out] = item.name
+    for item in items:
+        if item.error:  # found but not readable: it has no output to claim
             continue
-        if target in owner:
-            item.error = f"its output {target.name} is also the output of {owner[target]}; rename one of them"
-        elif path.resolve() == target:
-            item.error = f"its output would replace the input {path}; choose another output folder"
-        owner.setdefault(target, name)
-        items.append(item)
+        if owner.setdefault(item.out, item.name) != item.name:
+            item.error = f"its output {item.out.name} is also the output of {owner[item.out]}; rename one of them"
+        elif item.name in itself:
+            item.error = f"its output would replace the input {item.path}; choose another output folder"
     return items
 
 
@@ -248,6 +270,9 @@ def read_prompts(source: PathLike | Mapping[str, Any], items: Sequence[BatchItem
             if not str(k).isdigit():
                 raise MedAdaptError(f"{where}[{name!r}].slices key {k!r} is not a slice index (0, 1, ...)")
             slices[int(k)] = _check_prompt(e, f"{where}[{name!r}].slices[{k!r}]")
+        if not slices:
+            raise MedAdaptError(f"{where}[{name!r}].slices is empty: give prompts on at least one slice, or leave "
+                                f"{name!r} out of the prompts file (the adapter's classes then segment it)")
         out[name] = slices
     return out
 

@@ -106,7 +106,13 @@ def read_ahead(items: Sequence[BatchItem], window: Any, workers: int) -> Iterato
                 while submitted < len(items) and len(pending) < workers * PREFETCH:
                     pending.append(pool.submit(_read, submitted))
                     submitted += 1
-                record = pending.popleft().result()
+                try:
+                    record = pending.popleft().result()
+                except BrokenProcessPool:
+                    raise
+                except Exception as exc:  # the record could not come back (e.g. no memory to send it): this file fails
+                    record = {"index": done, "read_seconds": 0.0,
+                              "error": f"its pixels could not be passed back from the reader process ({one_line(exc)})"}
                 done += 1
                 yield record
             pool.shutdown()
