@@ -81,6 +81,11 @@ def test_student_round_trip_and_refusals(tmp_path):
     img = np.random.default_rng(0).random((30, 30)).astype(np.float32)
     assert np.array_equal(back.predict_planes([img])[0], student.predict_planes([img])[0])
     assert back.info["seed"] == 3 and back.class_names == ["disc"]
+    save_student(student, tmp_path / "mixed")
+    save_student(Student(cfg, ["disc"], [1]), tmp_path / "other")  # the same network, other weights
+    shutil.copy(tmp_path / "other" / "student.safetensors", tmp_path / "mixed" / "student.safetensors")
+    with pytest.raises(MedAdaptError, match="not the weights file student.json was saved with"):
+        load_student(tmp_path / "mixed")
     desc = json.loads((tmp_path / "s" / "student.json").read_text())
     desc["config"]["channels"] = [8, 16, 32]
     (tmp_path / "s" / "student.json").write_text(json.dumps(desc))
@@ -157,6 +162,21 @@ def test_distill_unlabeled_takes_all_its_cases_whatever_the_loops_limit(distille
     assert sorted(p.stem for p in (run / "distill" / "pseudo").glob("*.npz")) == ["006", "007", "008", "009"]
 
 
+def test_a_stray_file_beside_the_adapter_changes_nothing_and_a_reordered_config_is_refused(distilled, tmp_path):
+    run = shutil.copytree(distilled, tmp_path / "run")
+    (run / "adapter" / ".DS_Store").write_bytes(b"\0\1")  # a file browser's
+    assert Segmenter.from_pretrained("tiny_sam_vit", adapter=run, device="cpu").student is not None
+    shutil.rmtree(run / "distill")
+    shutil.rmtree(run / "student")
+    cfg = (run / "config.yaml").read_text()
+    assert "classes: [disc, square]" in cfg or "- disc" in cfg
+    reordered = cfg.replace("classes: [disc, square]", "classes: [square, disc]") if "classes: [disc, square]" in cfg \
+        else cfg.replace("- disc\n  - square", "- square\n  - disc")
+    (run / "config.yaml").write_text(reordered)
+    with pytest.raises(MedAdaptError, match="in another order"):  # labelled targets would disagree with the labels
+        _tiny_distill(run)
+
+
 def test_refusals_that_keep_a_student_true_to_its_adapter(distilled, tmp_path):
     run = shutil.copytree(distilled, tmp_path / "run")
     shutil.rmtree(run / "checkpoints")  # no checkpoint: a new fine-tuning there is not a resume
@@ -170,6 +190,11 @@ def test_refusals_that_keep_a_student_true_to_its_adapter(distilled, tmp_path):
     with pytest.raises(MedAdaptError, match="distilled from an earlier adapter"):
         Segmenter.from_pretrained("tiny_sam_vit", adapter=run)
     assert Segmenter.from_pretrained("tiny_sam_vit", adapter=run, student=False).student is None
+    # another adapter file in the run folder is not the student's adapter either
+    for ext in (".safetensors", ".json"):
+        shutil.copy(run / "adapter" / f"adapter{ext}", run / f"adapter_continued{ext}")
+    with pytest.raises(MedAdaptError, match="is not the one .* was distilled from"):
+        Segmenter.from_pretrained("tiny_sam_vit", adapter=run / "adapter_continued.safetensors")
     shutil.rmtree(run / "distill")
     with pytest.raises(MedAdaptError, match="distill.unlabeled here"):
         _tiny_distill(run, "distill.unlabeled=['004']")  # a val case: refused before anything is written
@@ -249,6 +274,19 @@ def test_a_25d_students_refined_answers_read_each_slice_with_its_neighbours(dist
     assert np.array_equal(out["self-prompted"], out["automatic"])
     single = np.stack([student.predict_planes([p])[0].argmax(0) for p in planes])
     assert not np.array_equal(single, out["automatic"])  # the neighbours matter to this student
+    from medadapt.io.imaging import volume_slice
+
+    seg.set_volume(vol, axis=0)  # a plane shown from a volume is answered with its real neighbours
+    for k in range(5):
+        seg.show_plane(seg.volume, k)
+        pred, shown = seg.predict(), np.zeros((64, 64), np.uint8)
+        for m, v in zip(pred.masks, pred.label_values):
+            shown[m] = v
+        assert np.array_equal(shown, volume_slice(auto, k, 0))
+    seg.reset_volume()
+    seg.set_image(planes[2])
+    with pytest.warns(UserWarning, match="reads 1 neighbouring slice"):  # a lone image: said, not hidden
+        seg.predict()
 
 
 def test_a_student_for_other_classes_is_refused(distilled, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -217,6 +218,30 @@ def test_new_classes_keep_the_label_values_of_the_users_files(base, scenes, tmp_
     assert learner.label_values == [255, 7, 256]
     with pytest.raises(MedAdaptError, match="one distinct value >= 1"):
         learner.add(s0["embedding"], s0["meta"], s0["label"] == 1, ["disc"], label_values=[0])
+    learner.stop()
+    # killed before any save: a learner restarted from the buffer alone gives the classes the files' values
+    shutil.rmtree(tmp_path / "run" / "adapter", ignore_errors=True)
+    restarted = OnlineLearner(serving(base), tmp_path / "run", OnlineConfig(**FAST))
+    assert restarted.class_names == ["disc", "square", "ring"] and restarted.label_values == [255, 7, 256]
+
+
+def test_a_sample_accepted_again_while_a_step_reads_it_gives_its_replacement(tmp_path, monkeypatch):
+    buf = ReplayBuffer(tmp_path / "buf", cache_size=0)  # nothing kept in memory: every get reads the file
+    emb, tgt = _sample(0)
+    buf.add(emb, tgt, ["disc", "square"], image_id="x")
+    new_emb, new_tgt = _sample(1)
+    load = ReplayBuffer._load
+
+    def accepted_meanwhile(self, record):  # the user accepts "x" again while a training step reads it
+        if not accepted:
+            accepted.append(self.add(new_emb, new_tgt, ["disc", "square"], image_id="x"))
+        return load(self, record)
+
+    accepted = []
+
+    monkeypatch.setattr(ReplayBuffer, "_load", accepted_meanwhile)
+    got = buf.get(0)
+    assert torch.equal(got.target, new_tgt.long()) and len(buf) == 1
 
 
 def test_background_worker_publishes_and_saves(base, scenes, tmp_path):

@@ -165,8 +165,14 @@ def adapter_digest(adapter: str | os.PathLike) -> str:
 def adapter_fingerprint(run: str | os.PathLike) -> str:
     """SHA-256 of a run's adapter files (``RUN/adapter/``): which adapter a distillation's labels, and so its
     student, came from."""
-    folder = Path(run) / "adapter"
-    return sha256_files((f.name, f) for f in sorted(folder.iterdir()) if f.is_file())
+    return folder_fingerprint(Path(run) / "adapter")
 
 
-__all__ = ["adapter_digest", "adapter_fingerprint", "save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 of the weights and descriptions in an adapter folder (:func:`adapter_fingerprint` of the folder a
+    run keeps it in): a stray file beside them (``.DS_Store``) is no change."""
+    return sha256_files((f.name, f) for f in sorted(Path(folder).iterdir())
+                        if f.is_file() and f.suffix in (".safetensors", ".json") and not f.name.startswith("."))
+
+
+__all__ = ["adapter_digest", "adapter_fingerprint", "folder_fingerprint", "save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]

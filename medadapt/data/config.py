@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -427,7 +427,21 @@ def _add_class(out: list[tuple[str, int]], name: str, value: int, entry: Any) ->
     out.append((name, value))
 
 
+
+def check_class_order(config: DataConfig, names: Sequence[str], model: str = "the adapter") -> None:
+    """Refuse a data config that lists ``names`` (the model's classes, in its order) in another order or count:
+    its label values would be read under the wrong names."""
+    if len(config.classes) != len(names):
+        raise MedAdaptError(f"the data config names {len(config.classes)} classes {config.classes} but {model} has "
+                            f"{len(names)} {list(names)}; data.classes must list {model}'s classes in the same order")
+    given = [n for n, _ in resolve_classes(config)]
+    mine, theirs = [class_key(str(n)) for n in given], [class_key(str(n)) for n in names]
+    if sorted(mine) == sorted(theirs) and mine != theirs:
+        raise MedAdaptError(f"the data config lists {model}'s classes in another order ({given}; {model} has "
+                            f"{list(names)}): data.classes must list them in {model}'s order")
+
+
 __all__ = [
-    "DataConfig", "FOREGROUND", "LAYOUTS", "ON_ERROR", "SELECTION_KEYS", "SLICE_FILTERS", "SPLITS",
+    "check_class_order", "DataConfig", "FOREGROUND", "LAYOUTS", "ON_ERROR", "SELECTION_KEYS", "SLICE_FILTERS", "SPLITS",
     "class_key", "label_table", "natural_key", "read_dataset_json", "resolve_classes",
 ]

@@ -60,8 +60,8 @@ import numpy as np
 
 from ..adapters import read_adapter_info
 from ..core.errors import MedAdaptError
-from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, resolve_classes, split_cases
-from ..data.config import class_key
+from ..data import DataConfig, case_spacing, discover_cases, load_volume_case, split_cases
+from ..data.config import check_class_order
 from ..inference.cleanup import check_cleanup, clean_labels
 from ..inference.predictor import Segmenter
 from ..inference.student_answers import student_prediction
@@ -171,16 +171,7 @@ def _load_model(adapter: Path, info: dict, config: DataConfig, device: str | Non
     names = list(info.get("metadata", {}).get("class_names") or seg.classes)
     if not names:
         raise MedAdaptError(f"adapter {adapter} has no class names in its metadata")
-    if len(config.classes) != len(names):
-        raise MedAdaptError(
-            f"the data config names {len(config.classes)} classes {config.classes} but the adapter has "
-            f"{len(names)} {names}; data.classes must list the adapter's classes in the same order"
-        )
-    given = [n for n, _ in resolve_classes(config)]
-    mine, theirs = [class_key(str(n)) for n in given], [class_key(str(n)) for n in names]
-    if sorted(mine) == sorted(theirs) and mine != theirs:  # the same classes in another order: scores under wrong names
-        raise MedAdaptError(f"the data config lists the adapter's classes in another order ({given}; the adapter has "
-                            f"{names}): data.classes must list them in the adapter's order")
+    check_class_order(config, names)  # the same classes in another order would be scored under wrong names
     return seg, names
 
 

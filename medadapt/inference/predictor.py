@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..adapters import keeps_base_encoder, load_adapter
-from ..adapters.io import adapter_fingerprint
+from ..adapters.io import adapter_fingerprint, folder_fingerprint
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone, ImageMeta, build_backbone
@@ -69,11 +69,23 @@ def _student_folder(adapter: str | os.PathLike):
     return None
 
 
-def _check_student_adapter(run) -> None:
-    """Refuse a student distilled from another adapter than the run's (fine-tuning went on after the
-    distillation): its answers would be an earlier model's. Students that recorded no adapter pass."""
+def _check_student_adapter(run, loaded: str) -> None:
+    """Refuse a student distilled from another adapter than the one ``loaded`` (fine-tuning went on after the
+    distillation, or another adapter file was given): its answers would be another model's. Students that
+    recorded no adapter pass."""
+    from pathlib import Path
+
     recorded = read_student_info(run).get("adapter")
-    if recorded is not None and (run / "adapter").is_dir() and recorded != adapter_fingerprint(run):
+    if recorded is None:
+        return
+    path = Path(loaded)
+    folder = path if path.is_dir() else path.parent
+    if folder.resolve() != (run / "adapter").resolve():
+        if recorded != folder_fingerprint(folder):
+            raise MedAdaptError(
+                f"the adapter {loaded} is not the one {run / 'student'} was distilled from ({run / 'adapter'}): "
+                "load it with student=False (--no-student) to answer with its own decoder, or give the run folder")
+    elif recorded != adapter_fingerprint(run):
         raise MedAdaptError(
             f"{run / 'student'} was distilled from an earlier adapter than {run / 'adapter'} now holds (the "
             f"fine-tuning went on after the distillation): distil it again (delete {run / 'distill'} and "
@@ -116,6 +128,7 @@ class Segmenter(VolumeMethods):
         self._pixels: torch.Tensor | None = None  # preprocessed, not yet encoded (a student answers without it)
         self._meta: ImageMeta | None = None
         self._image: np.ndarray | None = None  # text prompts need the pixels, not only the embedding
+        self._plane_source: tuple | None = None  # (volume session, k) of a plane show_plane made current
         self._text_model = None  # a medadapt.prompts.ClipTextModel, see set_text_model
         self._auto_cache: Prediction | None = None  # the all-class automatic answer for the current image
         self.student: Student | None = None  # answers automatic predictions when set (see set_student)
@@ -181,7 +194,7 @@ class Segmenter(VolumeMethods):
                 seg.base_decoder = base.requires_grad_(False).to(device=seg.device, dtype=dtype)
         folder = _student_folder(adapter) if student and adapter is not None else None
         if folder is not None:
-            _check_student_adapter(folder)
+            _check_student_adapter(folder, adapter_path(adapter))
             seg.set_student(load_student(folder))
         return seg
 
@@ -220,7 +233,7 @@ class Segmenter(VolumeMethods):
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         self._embedding, self._meta, self._image, self._pixels = None, None, None, None
-        self._auto_cache = None
+        self._auto_cache, self._plane_source = None, None
 
     @property
     def image_size(self) -> tuple[int, int]:

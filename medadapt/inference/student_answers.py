@@ -9,6 +9,7 @@ each slice with its neighbours (2.5-D students) and needs no image encoding.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -50,9 +51,37 @@ def student_prediction(seg, image: np.ndarray, idx: Sequence[int], refine: bool,
     image's neighbours in a volume); by default it reads the image alone."""
     student: Student = seg.student
     meta = seg._require_meta()
-    probs = student.predict_planes([image])[0] if probs is None else probs
+    if probs is None:
+        probs = _probabilities(student, image, getattr(seg, "_plane_source", None))
     pred = _prediction(student, probs, idx, lambda m: seg.backbone.processor.mask_to_low_res(m, meta)[:, 0].numpy())
     return refine_student(seg, pred, probs, idx) if refine else pred
+
+
+class _Planes:
+    """The display planes of a volume session, read as a sequence (only the neighbours asked for)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __len__(self) -> int:
+        return len(self.session)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.session.plane(k)
+
+
+def _probabilities(student: Student, image: np.ndarray, source) -> np.ndarray:
+    """The student's probabilities for one image: a plane of a volume (``source``: its session and index, from
+    ``show_plane``) with its real neighbours; a lone image as its own neighbours, with a warning where the
+    student reads neighbours (a 2.5-D student)."""
+    c = student.config.context
+    if c and source is not None and hasattr(source[0], "__len__") and len(source[0]) > 1:
+        return student.probabilities([context_stack(_Planes(source[0]), source[1], c)])[0]
+    if c:
+        warnings.warn(f"this student reads {c} neighbouring slice(s) on each side; a lone image stands in for its "
+                      "own neighbours here: predict_volume, or show_plane on a volume, gives it the real ones",
+                      stacklevel=4)
+    return student.predict_planes([image])[0]
 
 
 def refine_student(seg, pred: Prediction, probs: np.ndarray, idx: Sequence[int], min_iou: float = 0.5) -> Prediction:

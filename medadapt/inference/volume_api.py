@@ -99,6 +99,7 @@ class VolumeMethods:
         :meth:`predict_volume` takes prompts in."""
         self._embedding = session.embedding(k)
         self._meta, self._image, self._pixels, self._auto_cache = session.meta, session.plane(k), None, None
+        self._plane_source = (session, k)  # a 2.5-D student reads the plane's neighbours from there
 
     def predict_volume(
         self,

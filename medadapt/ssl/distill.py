@@ -39,6 +39,7 @@ from ..adapters.io import adapter_fingerprint
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..data import Case, DataConfig, discover_cases, load_volume_case, split_cases
+from ..data.config import check_class_order
 from ..inference import Segmenter
 from ..student import Student, grey_stack, save_student
 from .distill_config import DistillConfig
@@ -123,6 +124,7 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
         f"{len(splits['val'])} validation cases")
     seg = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
     names, values = seg.classes, seg.backbone.adapter_config.automatic.label_values
+    check_class_order(data, names)  # the labelled targets follow the config, the pseudo-labels the adapter
     atomic_write_json(saved, settings)  # recorded once the run is known to start: a failed check locks nothing
     files = label_cases(seg, splits["unlabeled"], data, work / "pseudo", refine=config.refine, tta=config.tta, log=log)
     del seg

@@ -10,6 +10,7 @@ from typing import Any
 from ..core.config import build_dataclass
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json
+from ..foundation.checkpoint import sha256_file
 from .config import StudentConfig
 from .network import Student
 
@@ -27,7 +28,9 @@ def save_student(student: Student, folder: str | os.PathLike, metadata: dict[str
     # the description goes first and comes back last, so a folder caught between the two holds no student
     (folder / DESCRIPTION).unlink(missing_ok=True)
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
-    atomic_write_json(folder / DESCRIPTION, {"format": FORMAT, **student.metadata(), **(metadata or {})})
+    # the pair is two files: weights copied in from another run or round are told on load
+    atomic_write_json(folder / DESCRIPTION, {"format": FORMAT, **student.metadata(), **(metadata or {}),
+                                             "weights_sha256": sha256_file(folder / WEIGHTS)})
     return folder
 
 
@@ -64,6 +67,9 @@ def load_student(folder: str | os.PathLike, device: str = "cpu") -> Student:
         raise MedAdaptError(f"{info['folder']}/{DESCRIPTION}: class_names and label_values must be lists of one length")
     student = Student(config, names, values)
     path = Path(info["folder"]) / WEIGHTS
+    if path.is_file() and info.get("weights_sha256") not in (None, sha256_file(path)):
+        raise MedAdaptError(f"{path} is not the weights file {DESCRIPTION} was saved with (files from two saves, "
+                            "or weights copied in from another run): restore the pair, or distil again")
     try:
         state = load_file(str(path), device=str(device))
     except (OSError, SafetensorError) as exc:

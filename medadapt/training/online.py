@@ -148,8 +148,9 @@ class OnlineLearner:
             if len(shape) == 4 and backbone.depth_slices > 1 and shape[0] != backbone.depth_slices:
                 raise MedAdaptError(f"the replay buffer in {self.folder} holds slices with {shape[0]} slices each; "
                                     f"this model's depth adapter reads {backbone.depth_slices}: give another folder")
-        with self._train:
-            self._register([c for r in self.buffer.records for c in r["classes"]])
+        with self._train:  # the values the samples were labelled with, for classes no checkpoint holds yet
+            values = {c: int(v) for r in self.buffer.records for c, v in zip(r["classes"], r.get("label_values") or ())}
+            self._register([c for r in self.buffer.records for c in r["classes"]], values or None)
 
     # ------------------------------------------------------------------ classes
     @property
@@ -272,7 +273,7 @@ class OnlineLearner:
                                 f"classes {sorted(set(names) - set(self.class_names))} online")
         proc = backbone.processor
         target = to_model_frame(label, meta, proc.image_size, proc.mask_size)
-        sample = self.buffer.prepare(embedding, target, names, prompts, image_id)  # a bad sample creates nothing
+        sample = self.buffer.prepare(embedding, target, names, prompts, image_id, values)  # a bad one creates nothing
         if self.model is None or set(names) - set(self.class_names):
             # a class the model does not know yet (or no training copy yet): registered before the sample is in
             # the buffer, so that a step never draws a sample of an unknown class; this waits for a running step,

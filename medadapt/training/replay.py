@@ -133,7 +133,16 @@ class ReplayBuffer:
             if cached is not None:
                 self._memory.move_to_end(record["file"])
                 return cached
-        sample = self._load(record)
+        try:
+            sample = self._load(record)
+        except MedAdaptError:
+            # accepted again meanwhile: commit removed this file; the sample's replacement answers instead
+            newer = self.index_of(record["image_id"])
+            with self._lock:
+                replaced = all(r["file"] != record["file"] for r in self._records)
+            if newer is None or not replaced:
+                raise
+            return self.get(newer)
         with self._lock:
             self._memory[record["file"]] = sample
             while len(self._memory) > self.cache_size:
@@ -174,8 +183,11 @@ class ReplayBuffer:
         return self.commit(self.prepare(embedding, target, classes, prompts, image_id))[0]
 
     def prepare(self, embedding: torch.Tensor, target: torch.Tensor | np.ndarray, classes: Sequence[str],
-                prompts: dict[str, Any] | None = None, image_id: str | None = None) -> PreparedSample:
-        """Check a sample as :meth:`add` does and make it ready to :meth:`commit` (nothing is written yet)."""
+                prompts: dict[str, Any] | None = None, image_id: str | None = None,
+                label_values: Sequence[int] | None = None) -> PreparedSample:
+        """Check a sample as :meth:`add` does and make it ready to :meth:`commit` (nothing is written yet).
+        ``label_values``: the value each class has in the user's label files, kept in the record (a learner
+        restarted from the buffer alone gives its classes those values)."""
         emb = _check_embedding(embedding)
         names = check_classes(classes)
         tgt = torch.from_numpy(check_label_map(target, len(names)))
@@ -191,6 +203,8 @@ class ReplayBuffer:
             "embedding_shape": list(emb.shape),
             "target_shape": list(tgt.shape),
         }
+        if label_values is not None:
+            record["label_values"] = [int(v) for v in label_values]
         return PreparedSample(emb, tgt, record)
 
     def commit(self, sample: PreparedSample) -> tuple[int, dict[str, Any]]:
