@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     fit = train_text_prompts(model, cfg)
     save_adapter(model, run / "adapter_text", metadata=info.get("metadata"))
     t_fit = time.perf_counter() - t0
-    report = evaluate_run(run / "adapter_text", split="val", modes=["automatic"], texts=texts,
+    report = evaluate_run(run / "adapter_text", split="val", modes=["automatic"], texts=texts, student=False,
                           out_dir=run / "eval_val_text", limit=args.limit, units="px")
     t_eval = time.perf_counter() - t0 - t_fit
     summary = report.summary()

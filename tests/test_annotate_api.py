@@ -960,3 +960,38 @@ def test_prompts_per_object_are_bounded(images, litemedsam, monkeypatch):
     assert "1 scribbles" in api.post(url(a, 0, "prompts"), json=short).json()["detail"]
     api.post(url(a, 0, "undo"))
     assert api.post(url(a, 0, "prompts"), json=short).status_code == 200
+
+
+def test_a_relabelled_object_falls_back_to_its_new_class_proposal(tmp_path):
+    from medadapt import Segmenter
+    from medadapt.adapters import AdapterConfig, AutomaticConfig, apply
+    from medadapt.app.objects import Answer
+    from medadapt.foundation import build_backbone
+
+    (tmp_path / "img").mkdir()
+    img = (np.random.default_rng(0).random((64, 64)) * 50).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "img" / "a.png")
+    backbone, _ = apply(build_backbone("tiny_sam_vit"), AdapterConfig(train=["mask_decoder"], automatic=AutomaticConfig(
+        ["A", "B"], [1, 2])))
+    seg = Segmenter(backbone, device="cpu")
+    ann = Annotator(seg, tmp_path / "img", labels=tmp_path / "labels", prefetch=False)
+    half = {"A": np.s_[:, :32], "B": np.s_[:, 32:]}  # each class's proposal: a half of the image
+
+    def proposal(encoded, name):
+        m = np.zeros((64, 64), bool)
+        m[half[name]] = True
+        return Answer(m, np.zeros((seg.backbone.processor.mask_size,) * 2, np.float32), 1.0)
+
+    ann._proposal = proposal
+    item = ann.source.items[0].id
+    try:
+        ann.open(item, 0, "A")
+        ann.prompt(item, 0, "A", {"kind": "point", "x": 20, "y": 20, "label": 1})
+        assert ann.open(item, 0, "B")["prompts"]  # relabelled, prompts kept
+        undone = ann.undo(item, 0)
+        assert undone["source"] == "proposal" and decode_rle(undone["mask"])[half["B"]].all()
+        ann.accept(item, 0, "B")
+        labels = np.asarray(Image.open(next((tmp_path / "labels").rglob("a*.png"))))
+        assert (labels[half["B"]] == 2).all() and not (labels[half["A"]] == 2).any()
+    finally:
+        ann.close()

@@ -36,6 +36,13 @@ def test_linked_folders_are_followed_once_each(tmp_path):
     os.symlink(tmp_path / "store" / "more", tmp_path / "in" / "linked")
     os.symlink(tmp_path / "in", tmp_path / "in" / "loop")  # a link back up: no endless walk, no second a.png
     assert [i.name for i in find_inputs(tmp_path / "in", tmp_path / "out")] == ["a.png", "linked/b.png"]
+    _png(tmp_path / "in" / "zreal" / "c.png")
+    os.symlink(tmp_path / "in" / "zreal", tmp_path / "in" / "alink")  # sorts first; the real folder names it
+    assert [i.name for i in find_inputs(tmp_path / "in", tmp_path / "out")] == ["a.png", "zreal/c.png",
+                                                                                "linked/b.png"]
+    (tmp_path / "twice.txt").write_text("in/a.png\nin/./a.png\n")
+    with pytest.warns(UserWarning, match="listed more than once"):
+        assert [i.name for i in find_inputs(tmp_path / "twice.txt", tmp_path / "out")] == ["a.png"]
 
 
 def test_a_list_names_its_files_as_listed_and_fails_the_missing_ones_alone(tmp_path, monkeypatch, tiny_sam):
@@ -124,6 +131,12 @@ def test_a_nifti_of_one_coronal_plane_is_segmented_as_that_image(tmp_path, tiny_
     tiny_sam.set_image(shown)
     expected = tiny_sam.predict(boxes=[[8, 10, 40, 50]]).masks[0]
     assert 0 < expected.sum() == (written > 0).sum()  # the box answered on the plane, not on 1-pixel strips
+    from medadapt.inference.segment import segment_volume_file
+
+    segment_volume_file(tmp_path / "in" / "xray.nii.gz", out=tmp_path / "one.nii.gz", boxes=[[0, 8, 10, 40, 50]],
+                        model="tiny_sam_vit", device="cpu")
+    alone = np.asarray(nib.load(tmp_path / "one.nii.gz").dataobj)  # `medadapt predict` on the file: the same plane
+    assert alone.shape == (64, 1, 48) and (alone > 0).any()
 
 
 def test_overwrite_removes_the_outputs_of_inputs_that_are_gone(tmp_path, tiny_sam):

@@ -195,6 +195,9 @@ def test_refusals_that_keep_a_student_true_to_its_adapter(distilled, tmp_path):
         shutil.copy(run / "adapter" / f"adapter{ext}", run / f"adapter_continued{ext}")
     with pytest.raises(MedAdaptError, match="is not the one .* was distilled from"):
         Segmenter.from_pretrained("tiny_sam_vit", adapter=run / "adapter_continued.safetensors")
+    for ext in (".safetensors", ".json"):  # a copy of the student's own adapter, under another name, is it
+        shutil.copy(distilled / "adapter" / f"adapter{ext}", run / f"best{ext}")
+    assert Segmenter.from_pretrained("tiny_sam_vit", adapter=run / "best.safetensors").student is not None
     shutil.rmtree(run / "distill")
     with pytest.raises(MedAdaptError, match="distill.unlabeled here"):
         _tiny_distill(run, "distill.unlabeled=['004']")  # a val case: refused before anything is written

@@ -168,11 +168,13 @@ def adapter_fingerprint(run: str | os.PathLike) -> str:
     return folder_fingerprint(Path(run) / "adapter")
 
 
-def folder_fingerprint(folder: str | os.PathLike) -> str:
-    """SHA-256 of the weights and descriptions in an adapter folder (:func:`adapter_fingerprint` of the folder a
-    run keeps it in): a stray file beside them (``.DS_Store``) is no change."""
-    return sha256_files((f.name, f) for f in sorted(Path(folder).iterdir())
-                        if f.is_file() and f.suffix in (".safetensors", ".json") and not f.name.startswith("."))
+def folder_fingerprint(adapter: str | os.PathLike) -> str:
+    """SHA-256 of an adapter's description and weights (an adapter folder, or the weights or description file
+    of a pair saved elsewhere), named as in an adapter folder: a copy of the pair under another name, or a
+    stray file beside it (``.DS_Store``), is no change."""
+    p = Path(adapter)
+    pair = [p / CONFIG_NAME, p / WEIGHTS_NAME] if p.is_dir() else [p.with_suffix(".json"), p.with_suffix(".safetensors")]
+    return sha256_files((name, f) for name, f in zip((CONFIG_NAME, WEIGHTS_NAME), pair) if f.is_file())
 
 
 __all__ = ["adapter_digest", "adapter_fingerprint", "folder_fingerprint", "save_adapter", "load_adapter", "load_adapted", "read_adapter_info", "WEIGHTS_NAME", "CONFIG_NAME"]

@@ -339,7 +339,7 @@ class Annotator:
         obj = self._objects.get(key)
         version = self.version()
         if obj is not None and obj.prompts:
-            obj.class_name = class_name  # the user's prompts stay: another class relabels the object
+            self._relabel(obj, class_name, encoded, version)  # the user's prompts stay
         elif obj is None or obj.class_name != class_name or obj.version != version:
             obj = AnnotatedObject(class_name, self._proposal(encoded, class_name), version)
             self._objects[key] = obj
@@ -347,6 +347,13 @@ class Annotator:
         while len(self._objects) > 32:
             self._objects.popitem(last=False)
         return obj
+
+    def _relabel(self, obj: AnnotatedObject, class_name: str, encoded: Encoded | None, version) -> None:
+        """Another class for an object: its prompts stay, and the proposal it falls back to (undo) and is
+        measured against (guidance) becomes the new class's."""
+        if obj.class_name != class_name:
+            obj.class_name, obj.proposal, obj.version = class_name, self._proposal(encoded, class_name), version
+            obj.cleared = None
 
     def _guidance(self, obj: AnnotatedObject | None, encoded: Encoded | None) -> dict[str, Any] | None:
         """Where the model is least sure about the object: its answer's margin, and where it disagrees with
@@ -459,7 +466,7 @@ class Annotator:
             if obj is None:
                 obj = self._object(item, k, class_name, encoded)
             _check_room(obj, p)
-            obj.class_name = class_name
+            self._relabel(obj, class_name, encoded, self.version())
             start = time.perf_counter()
             show_encoded(self.seg, encoded)
             answer = decode(self.seg, [*obj.prompts, p], obj.current(), self.local)

@@ -37,6 +37,7 @@ from ..foundation.checkpoint import fingerprint_state
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
     display_orientation,
+    plane_axis,
     save_mask,
     volume_slice,
 )
@@ -127,9 +128,7 @@ def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png:
 
 def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, axis: int, refine: bool,
                     multimask: bool, cleanup: tuple[str, ...] = (), name: str = "volume") -> np.ndarray:
-    single = [a for a, n in enumerate(volume.shape) if n == 1]
-    if volume.shape[axis] > 1 and len(single) == 1:  # one sagittal or coronal plane (a radiograph): that image,
-        axis = single[0]  # as load_image reads it, not strips one pixel wide
+    axis = plane_axis(volume.shape, axis)  # one sagittal or coronal plane (a radiograph): that image
     if prompts is None:
         return seg.predict_volume(volume, axis=axis, refine=refine, cleanup=cleanup)
     labels = np.zeros(volume.shape, dtype=np.uint16)

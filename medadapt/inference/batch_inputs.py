@@ -84,8 +84,9 @@ def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path, str]]:
     for folder, dirs, files in os.walk(root, onerror=unlisted, followlinks=True):
         here = Path(folder)
         # the output folder, and earlier ones (they hold a segment.json): masks are not inputs
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
-                         and not _is_file(here / d / "segment.json") and first_visit(here / d))
+        kept = sorted((d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
+                       and not _is_file(here / d / "segment.json")), key=lambda d: ((here / d).is_symlink(), d))
+        dirs[:] = [d for d in kept if first_visit(here / d)]  # a real folder before a link to it, whatever the order
         files = sorted(f for f in files if not f.startswith("."))
         dicom, unreadable = [], []
         for f in files:
@@ -191,6 +192,14 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
     for item in items:  # an output some input already wrote, by the manifest, stays that input's
         if not item.error and recorded.get(str(item.out)) == item.name:
             owner[item.out] = item.name
+    first: dict[str, BatchItem] = {}
+    for item in items:
+        first.setdefault(item.name, item)
+    if len(first) < len(items):  # one file listed twice (in/a.png, in/./a.png): segmented once
+        twice = sorted({item.name for item in items if first[item.name] is not item})
+        warnings.warn(f"{len(twice)} inputs are listed more than once and are segmented once: "
+                      f"{', '.join(twice[:5])}{', ...' if len(twice) > 5 else ''}", stacklevel=2)
+        items = list(first.values())
     for item in items:
         if item.error:  # found but not readable: it has no output to claim
             continue

@@ -81,7 +81,7 @@ def _check_student_adapter(run, loaded: str) -> None:
     path = Path(loaded)
     folder = path if path.is_dir() else path.parent
     if folder.resolve() != (run / "adapter").resolve():
-        if recorded != folder_fingerprint(folder):
+        if recorded != folder_fingerprint(path):
             raise MedAdaptError(
                 f"the adapter {loaded} is not the one {run / 'student'} was distilled from ({run / 'adapter'}): "
                 "load it with student=False (--no-student) to answer with its own decoder, or give the run folder")

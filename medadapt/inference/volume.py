@@ -34,6 +34,7 @@ from ..io.imaging import (
     check_spacing,
     display_orientation,
     load_volume,
+    plane_axis,
     put_slice,
     volume_slice,
     voxel_size,
@@ -88,6 +89,7 @@ class VolumeSession:
         affine = source = None
         if isinstance(volume, (str, os.PathLike)):
             data, affine = load_volume(volume)
+            axis = plane_axis(data.shape, axis)  # a file of one sagittal or coronal plane is that image
             source, frame = str(volume), "display"
             if spacing is None:
                 spacing = voxel_size(affine)

@@ -215,15 +215,22 @@ def _read_dicom(path: Path, slice_index: int | None) -> np.ndarray:
     )
 
 
+def plane_axis(shape: Sequence[int], axis: int) -> int:
+    """The axis a file's volume is sliced along: ``axis``, unless the file holds one sagittal or coronal plane
+    (one axis of length 1, ``axis`` longer): then that plane's axis, so the file is the one image viewers show
+    and not strips one pixel wide."""
+    single = [a for a, n in enumerate(shape) if n == 1]
+    return single[0] if shape[axis] > 1 and len(single) == 1 else axis
+
+
 def _read_slice(path: Path, slice_index: int | None, axis: int, dtype=np.float32) -> np.ndarray:
     """One slice of a NIfTI file or DICOM series folder, reading only what that slice needs (a NIfTI slice as
     ``dtype``: float64 for labels, whose whole values float32 holds exactly only up to 2^24)."""
     axis = _check_axis(axis)
     series = DicomSeries(path) if path.is_dir() else None
     shape = series.canonical_shape() if series is not None else nifti_shape(path)
-    single = [a for a, n in enumerate(shape) if n == 1]
-    if slice_index is None and shape[axis] > 1 and len(single) == 1:  # one sagittal or coronal plane: that image
-        axis = single[0]
+    if slice_index is None:  # one sagittal or coronal plane: that image
+        axis = plane_axis(shape, axis)
     index = _slice_position(slice_index, shape[axis], f"{path} (volume of shape {shape}, axis={axis})")
     plane = series.slice(index, axis) if series is not None else nifti_slice(path, index, axis, dtype)
     return _display(plane)
@@ -603,6 +610,7 @@ def clip_percentiles(array: np.ndarray, low: float = 0.5, high: float = 99.5) ->
 
 
 __all__ = [
+    "plane_axis",
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
     "SAVE_MASK_EXTENSIONS",

@@ -111,7 +111,7 @@ async function openSlice(id, k, classChange = false) {
     const info = await api("POST", sliceUrl(id, k, "open"), { class_name: currentClass(), keep: !classChange });
     if (seq !== S.openSeq) return;
     S.info = info;
-    if (!S.windowSet) { setWindow(info.window, info.range); S.windowSet = true; }
+    if (!S.windowSet) { setWindow(info.window, info.range); S.windowSet = !info.blank; }  // a blank slice sets none
     drawImage();
     if (info.class_name) renderClasses(info.class_name);
     S.labels = info.labels.map((l) => ({ value: l.value, mask: decodeRle(l.mask) }));
@@ -176,7 +176,7 @@ function send(what, body) {
       drawMarks();
       status(e.message, true);
     } finally {
-      if (what === "accept") S.accepting = false;
+      if (what === "accept" && S.accepting === `${id}:${k}`) S.accepting = null;
     }
   });
   return S.chain;
@@ -188,8 +188,9 @@ function acceptMessage(obj) {
 }
 
 function accept() {
-  if (S.accepting || !S.info) return;  // one accept at a time (a second Enter would find the object gone)
-  S.accepting = true;
+  const key = `${S.item}:${S.slice}`;
+  if (S.accepting === key || !S.info) return;  // one accept a slice at a time (a second would find it gone)
+  S.accepting = key;
   send("accept", { class_name: currentClass() });
 }
 
@@ -212,6 +213,7 @@ function tool() { return document.querySelector('input[name="tool"]:checked').va
 function onDown(ev) {
   if (!S.item || ev.button === 1) return;
   ev.preventDefault();
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();  // keys are the page's again
   const label = ev.button === 2 || $("negative").checked ? 0 : 1;
   const [x, y] = imageXY(ev);
   const t = tool();
@@ -302,10 +304,12 @@ function wire() {
     else if (ev.key === "Enter") accept();
     else if (ev.key === "n") nextItem(1);
     else if (ev.key === "p") nextItem(-1);
-    else if ((ev.key === "ArrowUp" || ev.key === "ArrowDown") && itemById(S.item)?.kind === "volume") {
-      const from = S.want && S.want.item === S.item ? S.want.slice : S.slice;
-      const k = Math.max(0, Math.min(Number($("slice").max), from + (ev.key === "ArrowUp" ? 1 : -1)));
-      if (k !== from) openSlice(S.item, k);
+    else if ((ev.key === "ArrowUp" || ev.key === "ArrowDown") &&
+      itemById(S.want ? S.want.item : S.item)?.kind === "volume") {
+      const want = S.want || { item: S.item, slice: S.slice };  // where the last key asked to be
+      const last = itemById(want.item).slices - 1;
+      const k = Math.max(0, Math.min(last, want.slice + (ev.key === "ArrowUp" ? 1 : -1)));
+      if (k !== want.slice) openSlice(want.item, k);
     } else return;
     ev.preventDefault();
   });

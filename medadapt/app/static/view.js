@@ -7,7 +7,7 @@ const PALETTE = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [2
 const S = {
   items: [], classes: [], item: null, slice: 0, info: null, pixels: null, w: 0, h: 0, c: 1, scale: 1,
   level: 0, width: 1, labels: [], object: null, objectMask: null, pending: [], chain: Promise.resolve(),
-  drag: null, openSeq: 0, guide: null, guidePoint: null, want: null, accepting: false, windowSet: false,
+  drag: null, openSeq: 0, guide: null, guidePoint: null, want: null, accepting: null, windowSet: false,
 };
 
 function decodeRle(rle) {
