@@ -427,7 +427,6 @@ def _add_class(out: list[tuple[str, int]], name: str, value: int, entry: Any) ->
     out.append((name, value))
 
 
-
 def check_class_order(config: DataConfig, names: Sequence[str], model: str = "the adapter") -> None:
     """Refuse a data config that lists ``names`` (the model's classes, in its order) in another order or count:
     its label values would be read under the wrong names."""

@@ -317,7 +317,8 @@ def segment_batch(
     cleanup = check_cleanup(cleanup)
     if series_format not in SERIES_FORMATS:
         raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
-    recorded = {row["output"]: name for name, row in read_manifest(out).items()
+    done = read_manifest(out)  # what earlier runs wrote: who owns an output, and what is left to do
+    recorded = {row["output"]: name for name, row in done.items()
                 if row.get("status") in ("ok", "skipped") and row.get("output")}
     items = find_inputs(inputs, out, series_format, recorded)
     table = read_prompts(prompts, items) if prompts is not None else {}
@@ -359,7 +360,7 @@ def segment_batch(
     settings["weights_from"] = "given" if given else "built"
     atomic_write_json(out / "segment.json", settings)
     mine = [item for i, item in enumerate(items) if i % world_size == rank]  # on the full list: same on every rank
-    done, manifest = read_manifest(out), _manifest_path(out, rank, world_size)
+    manifest = _manifest_path(out, rank, world_size)
     if overwrite and rank == 0:
         _remove_orphans(out, done, {item.name for item in items}, manifest)
     pending, skipped, not_retried = [], 0, 0

@@ -138,7 +138,7 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
     holding every listed file. A DICOM series' output is ``NAME.nii.gz``, or ``NAME.seg.dcm`` with
     ``series_format="dicom-seg"``. Where two inputs would write one output, the first by name writes it, unless
     ``recorded`` (output path -> input name, from an earlier run's manifest) says the other one wrote it."""
-    recorded = dict(recorded or {})
+    recorded = recorded or {}
     if series_format not in SERIES_FORMATS:
         raise MedAdaptError(f"series_format must be one of {', '.join(SERIES_FORMATS)}; got {series_format!r}")
     out = Path(out_dir).expanduser().resolve()
@@ -168,13 +168,13 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
         paths = [Path(os.path.abspath(Path(p).expanduser())) for p in inputs]
         if not paths:
             raise MedAdaptError("the list of inputs is empty")
-        missing = [p for p in paths if not os.path.lexists(p)]
-        if len(missing) == len(paths):
-            raise MedAdaptError(f"none of the {len(paths)} listed inputs exists, e.g. {missing[0]}; paths in a .txt "
+        exists = [os.path.lexists(p) for p in paths]
+        if not any(exists):
+            raise MedAdaptError(f"none of the {len(paths)} listed inputs exists, e.g. {paths[0]}; paths in a .txt "
                                 "list are relative to the list's folder")
         common = Path(os.path.commonpath([str(p.parent) for p in paths]))
-        pairs = [(p.relative_to(common).as_posix(), p, "" if os.path.lexists(p) else
-                  "not found: it is listed but no such file exists") for p in paths]
+        pairs = [(p.relative_to(common).as_posix(), p, "" if found else
+                  "not found: it is listed but no such file exists") for p, found in zip(paths, exists)]
     if not pairs:
         raise MedAdaptError(f"no images found in {inputs}; supported: {', '.join(IMAGE_EXTENSIONS)} files and "
                             "DICOM-series folders")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..adapters import keeps_base_encoder, load_adapter
-from ..adapters.io import adapter_fingerprint, folder_fingerprint
+from ..adapters.io import folder_fingerprint
 from ..core.device import pick_device
 from ..core.errors import MedAdaptError
 from ..foundation import Backbone, ImageMeta, build_backbone
@@ -79,18 +79,17 @@ def _check_student_adapter(run, loaded: str) -> None:
     if recorded is None:
         return
     path = Path(loaded)
-    folder = path if path.is_dir() else path.parent
-    if folder.resolve() != (run / "adapter").resolve():
-        if recorded != folder_fingerprint(path):
-            raise MedAdaptError(
-                f"the adapter {loaded} is not the one {run / 'student'} was distilled from ({run / 'adapter'}): "
-                "load it with student=False (--no-student) to answer with its own decoder, or give the run folder")
-    elif recorded != adapter_fingerprint(run):
+    if recorded == folder_fingerprint(path):
+        return
+    if (path if path.is_dir() else path.parent).resolve() != (run / "adapter").resolve():
         raise MedAdaptError(
-            f"{run / 'student'} was distilled from an earlier adapter than {run / 'adapter'} now holds (the "
-            f"fine-tuning went on after the distillation): distil it again (delete {run / 'distill'} and "
-            f"{run / 'student'}, then run `medadapt distill {run}`), or load the run with student=False "
-            "to answer with the adapted decoder")
+            f"the adapter {loaded} is not the one {run / 'student'} was distilled from ({run / 'adapter'}): "
+            "load it with student=False (--no-student) to answer with its own decoder, or give the run folder")
+    raise MedAdaptError(
+        f"{run / 'student'} was distilled from an earlier adapter than {run / 'adapter'} now holds (the "
+        f"fine-tuning went on after the distillation): distil it again (delete {run / 'distill'} and "
+        f"{run / 'student'}, then run `medadapt distill {run}`), or load the run with student=False "
+        "to answer with the adapted decoder")
 
 
 class Segmenter(VolumeMethods):
