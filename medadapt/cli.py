@@ -180,7 +180,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.run, data=args.data, split=args.split, modes=_csv(args.modes), out_dir=args.out,
         device=args.device, limit=args.limit, texts=dict(split_pair(t) for t in args.text or []),
         metrics=_csv(args.metrics), student=not args.no_student, tolerance=args.nsd_tolerance, units=args.units,
-        cleanup=_cleanup(args.cleanup), overwrite=args.overwrite,
+        cleanup=_cleanup(args.cleanup), overwrite=args.overwrite, student_tta=args.student_tta,
     )
     print(report.table())
     print(describe_evaluation(report.settings))
@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "largest (each class keeps its largest 3-D component), holes (holes filled slice by slice)")
     p.add_argument("--no-student", action="store_true",
                    help="score the adapted decoder in automatic mode even when the run holds a distilled student")
+    p.add_argument("--student-tta", default=None, choices=["none", "flip", "dihedral"],
+                   help="the student's test-time augmentation: none, flip (the mirrored slice) or dihedral (all 8 "
+                        "flips and quarter turns); default: the one the student was saved with")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an evaluation in the output folder made with other settings (refused without it)")
     p.set_defaults(func=_cmd_evaluate)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import tiny_run, two_class_dataset
 
+from medadapt.core.dihedral import dihedral, undo_dihedral
 from medadapt.core.errors import MedAdaptError
 from medadapt.inference import Segmenter
 from medadapt.recipes import config_from_dict, distill, finetune, load_config
@@ -72,6 +73,39 @@ def test_every_network_maps_a_stack_to_class_scores_at_its_size(network):
     assert np.allclose(probs[1].sum(0), 1.0, atol=1e-4)
 
 
+def test_undo_dihedral_inverts_each_of_the_8_views():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    views = [dihedral(x, k) for k in range(8)]
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8  # 8 different views of a generic grid
+    for k, v in enumerate(views):
+        assert torch.equal(undo_dihedral(v, k), x)
+    with pytest.raises(ValueError, match="0..7"):
+        undo_dihedral(x, 8)
+
+
+def test_student_tta_averages_its_views_turned_back():
+    """With ``dihedral`` the answer to a turned slice is the turned answer (the 8 views are averaged, each
+    turned back); ``flip`` and ``none`` are not turn-equivariant for a network that is not."""
+    torch.manual_seed(0)
+    cfg = StudentConfig(channels=[4, 8, 16], size=32, res_units=1)
+    student = Student(cfg, ["a", "b"], [1, 2])
+    img = np.random.default_rng(1).random((32, 32)).astype(np.float32)
+    turned = np.ascontiguousarray(np.rot90(img))
+    answers = {}
+    for tta in ("none", "flip", "dihedral"):
+        student.tta = tta
+        p, q = student.predict_planes([img])[0], student.predict_planes([turned])[0]
+        answers[tta] = p
+        assert np.allclose(p.sum(0), 1.0, atol=1e-5)
+        equivariant = np.allclose(np.rot90(p, axes=(1, 2)), q, atol=1e-5)
+        assert equivariant == (tta == "dihedral"), tta
+    assert not np.allclose(answers["none"], answers["flip"]) and not np.allclose(answers["flip"], answers["dihedral"])
+    with pytest.raises(MedAdaptError, match="none | flip | dihedral"):
+        student.tta = "rot"
+    with pytest.raises(MedAdaptError, match="tta"):
+        StudentConfig(tta="eight")
+
+
 # --------------------------------------------------------------------------- files
 def test_student_round_trip_and_refusals(tmp_path):
     cfg = StudentConfig(channels=[4, 8, 16], size=32, res_units=1)
@@ -80,7 +114,14 @@ def test_student_round_trip_and_refusals(tmp_path):
     back = load_student(tmp_path / "s")
     img = np.random.default_rng(0).random((30, 30)).astype(np.float32)
     assert np.array_equal(back.predict_planes([img])[0], student.predict_planes([img])[0])
-    assert back.info["seed"] == 3 and back.class_names == ["disc"]
+    assert back.info["seed"] == 3 and back.class_names == ["disc"] and back.tta == "flip"
+    student.tta = "dihedral"
+    save_student(student, tmp_path / "d8")
+    assert load_student(tmp_path / "d8").tta == "dihedral"
+    desc = json.loads((tmp_path / "d8" / "student.json").read_text())
+    del desc["config"]["tta"]  # a student saved before test-time augmentation was a setting: the flip it used
+    (tmp_path / "d8" / "student.json").write_text(json.dumps(desc))
+    assert load_student(tmp_path / "d8").tta == "flip"
     save_student(student, tmp_path / "mixed")
     save_student(Student(cfg, ["disc"], [1]), tmp_path / "other")  # the same network, other weights
     shutil.copy(tmp_path / "other" / "student.safetensors", tmp_path / "mixed" / "student.safetensors")
@@ -633,3 +674,20 @@ def test_distillation_carves_the_test_split_the_run_is_scored_on(tmp_path):
     test = {c.case_id for c in run["test"]}
     assert {c.case_id for c in splits["test"]} == test
     assert not test & {c.case_id for c in splits["unlabeled"]} and len(splits["unlabeled"]) > 2
+
+
+def test_evaluate_scores_the_students_tta_asked_for_and_records_it(distilled, tmp_path):
+    from medadapt.evaluation.evaluate import describe_evaluation, evaluate_run
+
+    out = tmp_path / "eval"
+    report = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="dihedral",
+                          metrics=["dice"])
+    assert report.settings["student"] and report.settings["student_tta"] == "dihedral"
+    assert "dihedral test-time augmentation" in describe_evaluation(report.settings)
+    with pytest.raises(MedAdaptError, match="student_tta: 'dihedral' there, 'flip' now"):
+        evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, metrics=["dice"])
+    with pytest.raises(MedAdaptError, match="--student-tta 'all'"):
+        evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="all")
+    plain = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=tmp_path / "e2", metrics=["dice"],
+                         student=False)
+    assert plain.settings["student_tta"] is None

@@ -68,7 +68,7 @@ from ..inference.student_answers import student_prediction
 from ..io.imaging import is_volume_path as _is_volume  # the tests replace _is_volume
 from ..prompts.regions import mask_box
 from ..prompts.simulate import prompts_from_prediction
-from ..student import has_student
+from ..student import TTA, has_student, read_student_info
 from ..training.config import read_config
 from ..training.run_folder import recorded_root
 from .metrics import _check_tolerance, dice_per_class, hd95_per_class, surface_dice_per_class
@@ -258,11 +258,18 @@ def _check_replacing(path: Path, settings: dict, overwrite: bool) -> None:
         before = None
     if not isinstance(before, dict):  # an evaluation that recorded no settings: as before, it is replaced
         return
-    changed = [k for k in settings if k not in _SAME_EVALUATION_WHATEVER and before.get(k) != settings[k]]
+    # a setting the earlier evaluation did not record (it predates it) is not counted as changed
+    changed = [k for k in settings if k not in _SAME_EVALUATION_WHATEVER and k in before and before[k] != settings[k]]
     if changed:
         detail = "; ".join(f"{k}: {before.get(k)!r} there, {settings[k]!r} now" for k in changed[:3])
         raise MedAdaptError(f"{path.parent} holds an evaluation made with other settings ({detail}); give --out DIR "
                             "to keep both, or --overwrite to replace it")
+
+
+def _saved_tta(run_dir: Path) -> str:
+    """The test-time augmentation the run's student was saved with (students saved without one flip)."""
+    config = read_student_info(run_dir).get("config") or {}
+    return config.get("tta", "flip") if isinstance(config, dict) else "flip"
 
 
 def describe_evaluation(settings: dict) -> str:
@@ -274,7 +281,8 @@ def describe_evaluation(settings: dict) -> str:
     if settings.get("split") == "val":
         parts.append("val is where a run makes its choices (epochs, levers): report a held-out test split")
     if "automatic" in settings.get("modes", []) or "self-prompted" in settings.get("modes", []):
-        parts.append("automatic mode answered by " + ("the distilled student" if settings.get("student")
+        tta = f" ({settings['student_tta']} test-time augmentation)" if settings.get("student_tta") else ""
+        parts.append("automatic mode answered by " + (f"the distilled student{tta}" if settings.get("student")
                                                       else "the adapted decoder"))
     prompted = settings.get("prompts_from_ground_truth") or []
     if prompted:
@@ -298,6 +306,7 @@ def evaluate_run(
     student: bool = True,
     cleanup: Sequence[str] | None = None,
     overwrite: bool = False,
+    student_tta: str | None = None,
 ) -> EvaluationReport:
     """Evaluate a fine-tuned run on a split; writes ``evaluation.json`` and ``.csv``.
 
@@ -325,6 +334,9 @@ def evaluate_run(
             spacings); ``"mm"``: mm, refusing cases without a spacing.
         student: a run distilled by ``medadapt distill`` answers automatic mode with its
             student; ``False`` scores the adapted decoder instead.
+        student_tta: the student's test-time augmentation (``"none"``, ``"flip"``,
+            ``"dihedral"``; see :class:`medadapt.student.StudentConfig`); ``None`` (default)
+            keeps the one the student was saved with.
         cleanup: clean-ups of each case's automatic and self-prompted label maps before
             scoring: any of ``"largest"`` (each class's largest 3-D component) and
             ``"holes"`` (holes filled slice by slice); see :mod:`medadapt.inference.cleanup`.
@@ -342,6 +354,8 @@ def evaluate_run(
     except MedAdaptError as exc:
         raise MedAdaptError(f"--cleanup: {exc}") from exc
     _check_request(modes, limit)
+    if student_tta is not None and student_tta not in TTA:
+        raise MedAdaptError(f"--student-tta {student_tta!r}: choose {' | '.join(TTA)}")
     metrics = list(dict.fromkeys(metrics))
     if any(m not in METRICS for m in metrics) or "dice" not in metrics:
         raise MedAdaptError(
@@ -372,6 +386,8 @@ def evaluate_run(
                 "student": bool(student) and run_dir is not None and has_student(run_dir),
                 "prompts_from_ground_truth": [m for m in modes if m not in LABEL_MODES] + [f"text:{t}" for t in
                                                                                           (texts or {})]}
+    # the student's test-time augmentation: the one asked for, else the one it was saved with
+    settings["student_tta"] = (student_tta or _saved_tta(run_dir)) if settings["student"] else None
     settings["out"] = str(out.expanduser().resolve())
     _check_replacing(out / "evaluation.json", settings, overwrite)
     with_hd95, with_nsd = "hd95" in metrics, "nsd" in metrics
@@ -395,7 +411,8 @@ def evaluate_run(
     wrong = {t: c for t, c in texts.items() if c not in names}
     if wrong:
         raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
-    settings["student"] = seg.student is not None  # whether a distilled student answered automatic mode
+    if seg.student is not None and student_tta is not None:
+        seg.student.tta = student_tta
     report = EvaluationReport(hd95_unit="mm" if in_mm else "px", metrics=metrics,
                               nsd_tolerance=tolerance if with_nsd else None, cleanup=cleanup, settings=settings)
     from tqdm import tqdm

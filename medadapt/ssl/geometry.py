@@ -19,17 +19,8 @@ from typing import Sequence
 
 import torch
 
+from ..core.dihedral import NUM_VIEWS, dihedral
 from ..training.samples import ModelSample
-
-NUM_VIEWS = 8
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``x`` (... x H x W) turned ``k % 4`` quarter turns, then flipped left-right if ``k >= 4``."""
-    if not 0 <= k < NUM_VIEWS:
-        raise ValueError(f"k is one of the 8 views 0..7; got {k}")
-    x = torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
 def dihedral_each(x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:

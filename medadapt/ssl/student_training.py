@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.device import pick_device
+from ..core.dihedral import dihedral
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_text
 from ..core.resample import resize_weights
@@ -83,10 +84,8 @@ def dihedral_batch(tensors: Sequence[torch.Tensor], gen: torch.Generator) -> lis
     r = torch.randint(0, 8, (b,), generator=gen)
     out = [t.clone() for t in tensors]
     for i in range(b):
-        k, flip = int(r[i]) % 4, int(r[i]) >= 4
         for t in out:
-            v = torch.rot90(t[i], k, (-2, -1))
-            t[i] = v.flip(-1) if flip else v
+            t[i] = dihedral(t[i], int(r[i]))
     return out
 
 

@@ -8,11 +8,11 @@
 :class:`medadapt.inference.Segmenter` then answers automatic predictions with it.
 """
 
-from .config import NETWORKS, StudentConfig
+from .config import NETWORKS, TTA, StudentConfig
 from .io import has_student, load_student, read_student_info, save_student
 from .network import Student, build_network, context_stack, grey_stack, normalise, to_input, to_target
 
 __all__ = [
-    "NETWORKS", "Student", "StudentConfig", "build_network", "context_stack", "grey_stack", "has_student", "load_student",
+    "NETWORKS", "Student", "StudentConfig", "TTA", "build_network", "context_stack", "grey_stack", "has_student", "load_student",
     "normalise", "read_student_info", "save_student", "to_input", "to_target",
 ]

@@ -8,6 +8,7 @@ from ..core.config import Ranges, check_fields, check_ranges
 from ..core.errors import MedAdaptError
 
 NETWORKS = ("unet", "segresnet", "dynunet")
+TTA = ("none", "flip", "dihedral")
 
 
 @dataclass
@@ -21,7 +22,10 @@ class StudentConfig:
     multiple of 16). ``context``: neighbouring slices on each side given as
     extra input channels (2.5-D; 0 is 2-D), read from the volume along
     ``data.axis``; a 2-D image repeats itself. ``res_units``: residual units
-    per UNet level.
+    per UNet level. ``tta``: how the student answers: ``flip`` (the default)
+    averages its answer with that on the left-right mirrored slice;
+    ``dihedral`` averages all 8 flips and quarter turns (the views it trained
+    on; 4x the work); ``none`` reads the slice once.
     """
 
     network: str = "unet"
@@ -30,6 +34,7 @@ class StudentConfig:
     size: int = 256
     context: int = 0
     dropout: float = 0.0
+    tta: str = "flip"
 
     def __post_init__(self) -> None:
         check_fields(self, "distill.student")
@@ -57,6 +62,7 @@ RANGES: Ranges = {
     "size": (lambda v: 32 <= v <= 2048 and v % 16 == 0, "a multiple of 16 in 32..2048"),
     "context": (lambda v: 0 <= v <= 4, "neighbouring slices per side, 0..4"),
     "dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
+    "tta": (lambda v: v in TTA, " | ".join(TTA)),
 }
 
-__all__ = ["NETWORKS", "StudentConfig"]
+__all__ = ["NETWORKS", "TTA", "StudentConfig"]

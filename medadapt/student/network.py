@@ -2,8 +2,9 @@
 
 :class:`Student` owns every step between an image (or a volume's slices) and
 a label map: grey levels, robust intensity normalisation, resizing to the
-network's square input, 2.5-D context channels, optional flip test-time
-augmentation, and resizing the class probabilities back to the slice.
+network's square input, 2.5-D context channels, test-time augmentation
+(``config.tta``: none, the mirrored slice, or all 8 flips and quarter
+turns), and resizing the class probabilities back to the slice.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.dihedral import NUM_VIEWS, dihedral, undo_dihedral
 from ..core.errors import MedAdaptError
 from ..core.resample import resize_labels
-from .config import StudentConfig
+from .config import TTA, StudentConfig
 
 
 def build_network(config: StudentConfig, num_classes: int) -> nn.Module:
@@ -97,13 +99,31 @@ class Student:
     """A trained student and the classes it answers (``class_names``, ``label_values``)."""
 
     def __init__(self, config: StudentConfig, class_names: Sequence[str], label_values: Sequence[int],
-                 network: nn.Module | None = None, flip_tta: bool = True) -> None:
+                 network: nn.Module | None = None) -> None:
         self.config = config
         self.class_names = list(class_names)
         self.label_values = [int(v) for v in label_values]
         self.network = network if network is not None else build_network(config, len(self.class_names))
-        self.flip_tta = flip_tta
         self.batch_size = 8
+
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation: ``"none"``, ``"flip"`` (the answer averaged with that on the left-right
+        mirrored slice) or ``"dihedral"`` (averaged over all 8 flips and quarter turns; 4x the work of flip)."""
+        return self.config.tta
+
+    @tta.setter
+    def tta(self, value: str) -> None:
+        if value not in TTA:
+            raise MedAdaptError(f"student tta {value!r}: choose {' | '.join(TTA)}")
+        self.config.tta = value
+
+    def _views(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities of the batch ``x`` (square slices), averaged over the test-time views, each
+        turned back."""
+        ks = {"none": (0,), "flip": (0, 4), "dihedral": range(NUM_VIEWS)}[self.tta]
+        total = sum(undo_dihedral(self.network(dihedral(x, k)).float().softmax(1), k) for k in ks)
+        return total / len(ks)
 
     @property
     def device(self) -> torch.device:
@@ -122,9 +142,7 @@ class Student:
         for s in range(0, len(stacks), self.batch_size):
             chunk = stacks[s : s + self.batch_size]
             x = torch.stack([to_input(st, size) for st in chunk]).to(self.device)
-            p = self.network(x).float().softmax(1)
-            if self.flip_tta:
-                p = (p + self.network(x.flip(-1)).float().softmax(1).flip(-1)) / 2
+            p = self._views(x)
             for st, pi in zip(chunk, p):
                 full = F.interpolate(pi[None], size=st.shape[-2:], mode="bilinear", align_corners=False)[0]
                 out.append(full.cpu().numpy())
