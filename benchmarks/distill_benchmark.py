@@ -50,14 +50,19 @@ def _evaluate(run: Path, split: str, answer: str) -> tuple[dict, float | None]:
     through the decoder) or ``decoder`` (automatic and self-prompted, one encoding)."""
     from medadapt.evaluation.evaluate import evaluate_run
     from medadapt.evaluation.report import EvaluationReport
+    from medadapt.student import read_student_info
 
     out = run / f"eval_{split}_{answer}"
     student, modes = {"student": (True, ["automatic"]), "refined": (True, ["self-prompted"]),
                       "decoder": (False, ["automatic", "self-prompted"])}[answer]
     t0 = time.perf_counter()
+    report, seconds = None, None
     if (out / "evaluation.json").is_file():
-        report, seconds = EvaluationReport.from_json(out / "evaluation.json"), None
-    else:
+        report = EvaluationReport.from_json(out / "evaluation.json")
+        made_by = report.settings.get("student_weights")
+        if student and made_by is not None and made_by != read_student_info(run).get("weights_sha256"):
+            report = None  # scores of another student (an earlier round): score this one
+    if report is None:
         report = evaluate_run(run, split=split, modes=modes, out_dir=out, student=student, units="px")
         seconds = time.perf_counter() - t0
     if answer == "student":

@@ -683,6 +683,9 @@ def test_evaluate_scores_the_students_tta_asked_for_and_records_it(distilled, tm
     report = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="dihedral",
                           metrics=["dice"])
     assert report.settings["student"] and report.settings["student_tta"] == "dihedral"
+    from medadapt.student import read_student_info
+
+    assert report.settings["student_weights"] == read_student_info(distilled)["weights_sha256"]
     assert "dihedral test-time augmentation" in describe_evaluation(report.settings)
     with pytest.raises(MedAdaptError, match="student_tta: 'dihedral' there, 'flip' now"):
         evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, metrics=["dice"])
@@ -690,4 +693,11 @@ def test_evaluate_scores_the_students_tta_asked_for_and_records_it(distilled, tm
         evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="all")
     plain = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=tmp_path / "e2", metrics=["dice"],
                          student=False)
-    assert plain.settings["student_tta"] is None
+    assert plain.settings["student_tta"] is None and plain.settings["student_weights"] is None
+    # another student's scores (an earlier round) are replaced without a refusal: more training, same settings
+    saved = json.loads((out / "evaluation.json").read_text())
+    saved["settings"]["student_weights"] = "0" * 64
+    (out / "evaluation.json").write_text(json.dumps(saved))
+    again = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="dihedral",
+                         metrics=["dice"])
+    assert again.settings["student_weights"] == report.settings["student_weights"]

@@ -245,7 +245,7 @@ def _slice_answers(seg, image_slices, label_slices, values, modes, texts, by_stu
 
 
 # settings that do not make another evaluation: the number of cases follows from the others
-_SAME_EVALUATION_WHATEVER = {"cases", "out"}
+_SAME_EVALUATION_WHATEVER = {"cases", "out", "student_weights"}  # more training replaces its scores
 
 
 def _check_replacing(path: Path, settings: dict, overwrite: bool) -> None:
@@ -388,6 +388,8 @@ def evaluate_run(
                                                                                           (texts or {})]}
     # the student's test-time augmentation: the one asked for, else the one it was saved with
     settings["student_tta"] = (student_tta or _saved_tta(run_dir)) if settings["student"] else None
+    # which student answered (its weights' hash): the scores of one round are never taken for another's
+    settings["student_weights"] = read_student_info(run_dir).get("weights_sha256") if settings["student"] else None
     settings["out"] = str(out.expanduser().resolve())
     _check_replacing(out / "evaluation.json", settings, overwrite)
     with_hd95, with_nsd = "hd95" in metrics, "nsd" in metrics
