@@ -186,3 +186,36 @@ def test_a_rank_says_how_many_inputs_it_left_to_the_others(tmp_path, monkeypatch
             "--model", "tiny_sam_vit", "--workers", "0", "--no-progress", "--device", "cpu"]
     assert main(args) == 0
     assert "2 written" in (out := capsys.readouterr().out) and "6 left to the other ranks (this is rank 0 of 4" in out
+
+
+def test_a_folder_of_radiographs_is_one_image_per_file_and_a_series_stays_one_volume(tmp_path, tiny_sam):
+    """DICOM files that are each a series of their own (radiographs, exported one per study) are 2-D images; the
+    files of one series are its slices; a report without pixels beside the radiographs is left out."""
+    from pydicom.uid import generate_uid
+
+    from dicom_files import write_dicom
+
+    rng = np.random.default_rng(0)
+    xr = tmp_path / "in" / "xrays"
+    xr.mkdir(parents=True)
+    for name in ("chest_a.dcm", "chest_b"):  # extension-less, as from a PACS export
+        write_dicom(xr / name, rng.integers(0, 900, (40, 40)))
+    report = write_dicom(xr / "report.dcm", rng.integers(0, 9, (4, 4)))
+    import pydicom
+
+    ds = pydicom.dcmread(report)
+    del ds.PixelData
+    ds.save_as(report)
+    uid = generate_uid()
+    (tmp_path / "in" / "ct").mkdir()
+    for k in range(3):
+        write_dicom(tmp_path / "in" / "ct" / f"s{k}", rng.integers(0, 900, (40, 40)), 2.0 * k, series=uid,
+                    instance=k + 1)
+    items = {i.name: i for i in find_inputs(tmp_path / "in", tmp_path / "out")}
+    assert set(items) == {"xrays/chest_a.dcm", "xrays/chest_b", "ct"}
+    assert not items["xrays/chest_b"].volume and items["ct"].volume
+    prompts = {"xrays/chest_a.dcm": BOX, "xrays/chest_b": BOX, "ct": {"slices": {"1": BOX}}}
+    result = segment_batch(tmp_path / "in", tmp_path / "out", tiny_sam, prompts=prompts, workers=0, progress=False)
+    assert (result.ok, result.failed) == (3, 0), read_manifest(tmp_path / "out")
+    assert load_image(tmp_path / "out" / "xrays" / "chest_b.png").shape == (40, 40)
+    assert (tmp_path / "out" / "ct.nii.gz").is_file()

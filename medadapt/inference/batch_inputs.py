@@ -19,6 +19,7 @@ import numpy as np
 from ..core.errors import MedAdaptError
 from ..core.files import path_suffix
 from ..data import DataConfig, discover_cases
+from ..io.dicom import separate_images
 from ..io.imaging import IMAGE_EXTENSIONS
 
 PathLike = str | os.PathLike
@@ -59,7 +60,7 @@ def _is_file(path: Path) -> bool:
 
 def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path, str]]:
     """(name, path, error) of the image files under ``root`` and its DICOM-series folders (a folder holding DICOM
-    files is one series); the output folders of ``medadapt segment`` runs inside it are left out. A folder that
+    files is one series, unless each file is a series of its own: then each is a 2-D image); the output folders of ``medadapt segment`` runs inside it are left out. A folder that
     cannot be listed, and an extension-less file that cannot be read to tell whether it is DICOM, come back with
     an error, to be recorded as failed rather than left out unseen."""
     found: list[tuple[str, Path, str]] = []
@@ -95,9 +96,12 @@ def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path, str]]:
             except OSError as exc:
                 dicom.append(False)
                 unreadable.append((f, exc))
-        if any(dicom):  # a series: an unreadable file in it fails the series when it is read
+        singles = separate_images([here / f for f, d in zip(files, dicom) if d]) if any(dicom) else []
+        if singles:  # DICOM images that are each a series of their own (radiographs): one 2-D image each
+            found += [(p.relative_to(root).as_posix(), p, "") for p in singles]
+        elif any(dicom):  # a series: an unreadable file in it fails the series when it is read
             found.append((here.relative_to(root).as_posix(), here, ""))
-        else:
+        if singles or not any(dicom):
             found += [((here / f).relative_to(root).as_posix(), here / f,
                        f"cannot read it to tell whether it is a DICOM image ({exc.strerror or exc}); make it "
                        "readable, or move it out of the input folder") for f, exc in unreadable]

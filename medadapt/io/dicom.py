@@ -9,7 +9,7 @@ modality units (HU for CT) via RescaleSlope / RescaleIntercept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,27 @@ def read_header(path: Path) -> Any:
                 f"{path} is not a DICOM file (no 'DICM' marker after its 128-byte preamble); "
                 "point at a DICOM image or convert the file first"
             ) from None
+
+
+def image_series(path: Path) -> str | None:
+    """The SeriesInstanceUID of the DICOM image ``path`` (``""`` when it names none); ``None`` for a DICOM
+    file without pixels (a report, an index) or one whose header cannot be read."""
+    try:
+        ds = read_header(path)
+    except MedAdaptError:
+        return None
+    return str(ds.get("SeriesInstanceUID", "")) if any(k in ds for k in _PIXELS) else None
+
+
+def separate_images(paths: Sequence[Path]) -> list[Path]:
+    """The DICOM images among ``paths`` when they are separate images, each the only file of its series (a
+    folder of radiographs or photographs), else ``[]``: the files of one series are its slices."""
+    series = [image_series(p) for p in paths]
+    images = [(p, s) for p, s in zip(paths, series) if s is not None]
+    uids = [s for _, s in images]
+    if len(images) < 2 or "" in uids or len(set(uids)) < len(uids):
+        return []
+    return [p for p, _ in images]
 
 
 def _whole(ds: Any, key: str, default: int | None, path: Path) -> int:
@@ -219,4 +240,4 @@ class DicomSeries:
         return canonical_slice(read_slab, self.shape, self.affine, index, axis).astype(np.float32)
 
 
-__all__ = ["DicomSeries", "is_dicom", "read_dicom_file", "read_header"]
+__all__ = ["DicomSeries", "image_series", "is_dicom", "read_dicom_file", "read_header", "separate_images"]
