@@ -191,9 +191,8 @@ def test_a_rank_says_how_many_inputs_it_left_to_the_others(tmp_path, monkeypatch
 def test_a_folder_of_radiographs_is_one_image_per_file_and_a_series_stays_one_volume(tmp_path, tiny_sam):
     """DICOM files that are each a series of their own (radiographs, exported one per study) are 2-D images; the
     files of one series are its slices; a report without pixels beside the radiographs is left out."""
-    from pydicom.uid import generate_uid
-
     from dicom_files import write_dicom
+    from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(0)
     xr = tmp_path / "in" / "xrays"
