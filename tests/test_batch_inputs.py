@@ -218,3 +218,21 @@ def test_a_folder_of_radiographs_is_one_image_per_file_and_a_series_stays_one_vo
     assert (result.ok, result.failed) == (3, 0), read_manifest(tmp_path / "out")
     assert load_image(tmp_path / "out" / "xrays" / "chest_b.png").shape == (40, 40)
     assert (tmp_path / "out" / "ct.nii.gz").is_file()
+
+
+def test_outputs_that_differ_in_case_only_clash_where_the_file_system_cannot_keep_both(tmp_path, monkeypatch):
+    from medadapt.inference import batch_inputs
+
+    _png(tmp_path / "in" / "Scan.png")
+    _png(tmp_path / "in" / "sub" / "scan.png", seed=1)
+    _png(tmp_path / "in" / "scan.PNG", seed=2)  # -> scan.png, as Scan.png's output on a case-blind disk
+    made = tmp_path / "probe_a"
+    made.write_text("")
+    assert batch_inputs.case_blind(tmp_path) == (tmp_path / "PROBE_A").exists()  # the probe tells what the disk does
+    assert not list(tmp_path.glob(".medadapt-case-*"))  # and leaves nothing behind
+    if not batch_inputs.case_blind(tmp_path):
+        assert not [i.error for i in find_inputs(tmp_path / "in", tmp_path / "out") if i.error]
+    monkeypatch.setattr(batch_inputs, "case_blind", lambda folder: True)
+    items = {i.name: i for i in find_inputs(tmp_path / "in", tmp_path / "out")}
+    assert not items["Scan.png"].error and not items["sub/scan.png"].error
+    assert "also the output of Scan.png (this file system does not tell names apart by case)" in items["scan.PNG"].error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,30 @@ def _scan_folder(root: Path, skip: Path) -> list[tuple[str, Path, str]]:
 SERIES_FORMATS = ("nifti", "dicom-seg")
 
 
+def case_blind(folder: Path) -> bool:
+    """Whether ``folder`` (or its nearest existing parent) is on a file system that does not tell upper from
+    lower case (macOS and Windows by default): a file made there is found under its name in capitals. Where
+    that cannot be tried (a read-only folder), it is taken to be so."""
+    here = folder
+    while not here.is_dir() and here.parent != here:
+        here = here.parent
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".medadapt-case-", dir=here) as fh:
+            made = Path(fh.name)
+            return (made.parent / made.name.upper()).exists()
+    except OSError:
+        return True
+
+
+def _output_key(out: Path, targets: Sequence[Path]):
+    """How outputs are told apart: by their names, or by their names whatever the case where two differ in
+    case only and ``out`` is on a file system that cannot keep both."""
+    names = {str(t) for t in targets}
+    if len({n.casefold() for n in names}) < len(names) and case_blind(out):
+        return lambda p: str(p).casefold()
+    return str
+
+
 def _is_dataset(root: Path) -> bool:
     """A dataset medadapt.data reads: nnU-Net's ``imagesTr/``, or ``images/`` with ``masks/`` or ``labels/`` beside
     it (a folder that merely holds a sub-folder named ``images`` is an ordinary folder)."""
@@ -193,9 +218,10 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
             error = error or f"cannot look at it ({exc.strerror or exc}); make it and its folder readable"
             volume, target = False, out / name
         items.append(BatchItem(name, path, volume, target, error))
+    key = _output_key(out, [item.out for item in items if not item.error])
     for item in items:  # an output some input already wrote, by the manifest, stays that input's
         if not item.error and recorded.get(str(item.out)) == item.name:
-            owner[item.out] = item.name
+            owner[key(item.out)] = item.name
     first: dict[str, BatchItem] = {}
     for item in items:
         first.setdefault(item.name, item)
@@ -207,8 +233,9 @@ def find_inputs(inputs: PathLike | Sequence[PathLike], out_dir: PathLike,
     for item in items:
         if item.error:  # found but not readable: it has no output to claim
             continue
-        if owner.setdefault(item.out, item.name) != item.name:
-            item.error = f"its output {item.out.name} is also the output of {owner[item.out]}; rename one of them"
+        if owner.setdefault(key(item.out), item.name) != item.name:
+            blind = " (this file system does not tell names apart by case)" if key is not str else ""
+            item.error = f"its output {item.out.name} is also the output of {owner[key(item.out)]}{blind}; rename one of them"
         elif item.name in itself:
             item.error = f"its output would replace the input {item.path}; choose another output folder"
     return items
