@@ -164,6 +164,8 @@ def test_accept_writes_a_label_png_and_keeps_earlier_classes(images, litemedsam)
                           on_accept=lambda *args: calls.append(args))
     api = client(annotator)
     assert api.get("/api/state").json()["model_version"] == 7
+    model = api.get("/api/model").json()
+    assert model["model_version"] == 7 and model["learning"] is None and "items" not in model
     assert api.post("/api/classes", json={"name": "square"}).json() == {"name": "square", "value": 2}
     b = ids(api)["b.png"]
     disc, square = truth["b.png"]
@@ -793,6 +795,8 @@ def test_a_failing_autosave_keeps_the_worker_training_and_the_state_says_why(ima
         assert "on_accept_error" not in accept("b.png") and learner.wait_idle(timeout=240)
         state = api.get("/api/state").json()["learning"]
         assert state["running"] and state["steps"] == 2 and state["save_error"] is None  # trained, and saved
+        model = api.get("/api/model").json()  # what the page polls: the same, without the item listing
+        assert model["learning"] == state and model["model_version"] == learner.version
 
         monkeypatch.setattr(learner, "_step", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
         accept("c.png")  # the worker dies on this sample's step (its answer may say so already)

@@ -218,6 +218,7 @@ def box_on(server, driver, truth, name: str) -> None:
 def test_box_then_clicks_redraw_the_mask_and_accept_saves_it(server, browser, data):
     folder, truth = data
     box_on(server, browser, truth, "a.png")
+    wait(browser, lambda d: d.find_element(By.ID, "model").text.startswith("Model: litemedsam"), "the model line")
     mask = truth["a.png"]
     assert int(attr(browser, "mask", "data-mask-pixels")) > 0.8 * mask.sum()
     cy, cx = DISCS["a.png"]["center"]

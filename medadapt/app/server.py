@@ -209,6 +209,10 @@ def create_app(annotator: Annotator, *, allowed_hosts: list[str] | None = None) 
     def state() -> dict[str, Any]:
         return annotator.state()
 
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        return annotator.model_state()
+
     @app.post("/api/classes")
     def add_class(body: NewClass) -> dict[str, Any]:
         return annotator.add_class(body.name)

@@ -204,6 +204,12 @@ class Annotator:
                 "last_decode_ms": self.last_decode_ms, "learning": self.learning(),
             }
 
+    def model_state(self) -> dict[str, Any]:
+        """What the page shows about the model, cheaply (no item listing): its name and version, the classes
+        it proposes, and the online learner's own status (None without one)."""
+        return {"model": self.model_name, "model_version": self.version(), "learned": list(self.seg.classes),
+                "learning": self.learning()}
+
     def learning(self) -> dict[str, Any] | None:
         """What the online learner says about itself (``on_accept.status()``, as
         :func:`~medadapt.app.learning.accept_hook` gives it: whether its worker runs, the error that stopped it

@@ -70,6 +70,30 @@ async function loadState() {
   return st;
 }
 
+// ------------------------------------------------------------------ the model and its learner
+function modelLine(m) {
+  const version = m.model_version == null ? "" : `, version ${m.model_version}`;
+  const L = m.learning;
+  if (!L) return { text: `Model: ${m.model}${version}`, error: false };
+  const error = L.error || L.save_error;
+  const doing = error ? error : !L.running ? "learner stopped" :
+    `learner ${L.training ? "training" : "waiting"}: ${L.steps} steps on ${L.samples} accepted sample${L.samples === 1 ? "" : "s"}`;
+  return { text: `Model: ${m.model}${version}; ${doing}`, error: !!error };
+}
+
+async function refreshModel() {
+  try {
+    const line = modelLine(await api("GET", "/api/model"));
+    $("model").textContent = line.text;
+    $("model").classList.toggle("error", line.error);
+  } catch (e) { /* the next poll tries again; the status line reports request errors */ }
+}
+
+function watchModel() {
+  refreshModel();
+  setInterval(() => { if (!document.hidden) refreshModel(); }, 3000);
+}
+
 function defaultSlice(it) {
   if (it.accepted.length) return it.accepted[it.accepted.length - 1];
   return Math.floor(it.slices / 2);
@@ -151,6 +175,7 @@ function send(what, body) {
       if (what === "accept") {  // saved wherever the user is now: the list and the message follow
         Object.assign(itemById(id), obj.item_state);
         renderItems();
+        refreshModel();  // the learner has a new sample
         if (!here) {
           const it = itemById(id);
           status(`${acceptMessage(obj)} (${it.name}${it.kind === "volume" ? ` slice ${k}` : ""})`, !!obj.on_accept_error);
@@ -317,6 +342,7 @@ function wire() {
 
 async function main() {
   wire();
+  watchModel();
   try {
     const st = await loadState();
     if (!S.items.length) { status("no images"); return; }
