@@ -23,9 +23,9 @@ import torch.distributed as dist
 from .core.config import build_dataclass
 from .core.errors import MedAdaptError
 from .data import DataConfig
-from .ssl import DistillConfig, SemiSupervised, SSLConfig, distill_run
+from .ssl import DistillConfig, SemiSupervised, SSLConfig, distill_run, distillation_splits
 from .training import ExtensionFactory, Trainer, TrainingConfig, build_config, distributed, read_config, train
-from .training.run_folder import recorded_root
+from .training.run_folder import recorded_path, recorded_root
 
 
 @dataclass
@@ -51,6 +51,9 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
     cfg = build_config(FinetuneConfig, raw)
     if cfg.ssl is not None and not cfg.prompts.automatic:
         raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
+    if cfg.distill is not None and not cfg.prompts.automatic:
+        raise MedAdaptError("distill: the student learns from the adapted model's automatic answers; set "
+                            "prompts.automatic: true")
     if cfg.data.get("scribbles", "none") != "none" and (cfg.ssl is not None or cfg.distill is not None):
         raise MedAdaptError("data.scribbles: training from scribbles runs without ssl or distill sections; "
                             "set ssl: null and distill: null, or train on full masks")
@@ -90,6 +93,9 @@ def build_trainer(config: FinetuneConfig, run_dir: str | os.PathLike, log: Calla
 def finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Fine-tune as ``config`` says (semi-supervised when it has an ``ssl:`` section, then distilled
     into a student when it has a ``distill:`` section); returns the run folder."""
+    if config.distill is not None and config.distill.unlabeled is not None:
+        # the student's unlabelled cases are found now, not after hours of fine-tuning
+        distillation_splits(DataConfig.from_dict(config.data), config.distill)
     run = train(config, extensions=extensions_for(config), resume=resume, log=log)
     if config.distill is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # torchrun: the distillation is one process, on rank 0. Every rank has finished training; they leave
@@ -116,12 +122,18 @@ def distill(run: str | os.PathLike, overrides: Sequence[str] = (), *, config: Fi
         return _distill(run, config, resume, log)
     if not (run / "config.yaml").is_file():
         raise MedAdaptError(f"{run} is not a run folder (no config.yaml): give the folder medadapt finetune wrote")
-    bad = [o for o in overrides if not str(o).startswith("distill.") and not str(o).startswith("distill=")]
+    places = ("data.root=", "checkpoint=")  # where files are: a moved dataset or weights file, no setting
+    bad = [o for o in overrides if not str(o).startswith(("distill.", "distill=", *places))]
     if bad:
-        raise MedAdaptError(f"medadapt distill changes only the distill section (distill.KEY=VALUE); got {bad}")
+        raise MedAdaptError(f"medadapt distill changes only the distill section (distill.KEY=VALUE), and where the "
+                            f"data and weights are (data.root=..., checkpoint=...); got {bad}")
     config = load_config(run / "config.yaml", overrides)
-    if "root" in config.data:  # a relative root, from wherever this runs
-        config.data["root"] = recorded_root(run, {"data": config.data, "output": config.output, "name": config.name})
+    given = {str(o).split("=", 1)[0] for o in overrides}
+    saved = {"data": config.data, "output": config.output, "name": config.name}
+    if "root" in config.data and "data.root" not in given:  # a relative root, from wherever this runs
+        config.data["root"] = recorded_root(run, saved)
+    if "checkpoint" not in given:
+        config.checkpoint = recorded_path(run, saved, config.checkpoint, "checkpoint")
     return _distill(run, config, resume, log)
 
 

@@ -701,3 +701,11 @@ def test_evaluate_scores_the_students_tta_asked_for_and_records_it(distilled, tm
     again = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="dihedral",
                          metrics=["dice"])
     assert again.settings["student_weights"] == report.settings["student_weights"]
+
+
+def test_distill_run_takes_where_the_data_is_and_nothing_else_outside_its_section(distilled, tmp_path):
+    with pytest.raises(MedAdaptError, match=r"only the distill section .*data\.root=\.\.\..*\['train.lr=0.1'\]"):
+        distill(distilled, ["train.lr=0.1"])
+    moved = tmp_path / "moved_data"
+    with pytest.raises(MedAdaptError, match="moved_data"):  # taken as given: here, a folder that is not there
+        _tiny_distill(distilled, f"data.root={moved}", resume=True)

@@ -371,3 +371,79 @@ def test_a_run_resumed_with_another_batch_size_follows_the_new_schedule(tmp_path
     changed = finetune(config_from_dict(stopped), resume=True, log=lambda m: None)
     lrs = [float(r["lr"]) for r in _rows(changed)]
     assert lrs == pytest.approx([float(r["lr"]) for r in _rows(small)]) and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_yaml_numbers_are_decimal_and_leading_zeros_stay_text(tmp_path):
+    from medadapt.core.config import load_yaml
+    from medadapt.recipes import load_config
+
+    assert load_yaml("[001, 008, 12, 1:30, 2024-01-01, 1e-3]") == ["001", "008", 12, "1:30", "2024-01-01", 0.001]
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: x, classes: [1], labeled: [001, 002]}\ntrain: {epochs: 010}\n")
+    with pytest.raises(MedAdaptError, match=r"train\.epochs: '010' is not"):  # YAML 1.1 read octal 8
+        load_config(path)
+    assert load_config(path, ["train.epochs=10"]).data["labeled"] == ["001", "002"]  # case ids keep their zeros
+    with pytest.raises(MedAdaptError, match=r"name: 2024 is not .*write '2024' in quotes"):
+        load_config(path, ["train.epochs=10", "name=2024"])
+    with pytest.raises(MedAdaptError, match=r"train\.amp: True is not .*YAML reads true as a boolean"):
+        load_config(path, ["train.epochs=10", "train.amp=true"])
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path):
+    from medadapt.recipes import load_config
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("data: {root: x, classes: [caf\u00e9]}\n".encode("latin-1"))
+    with pytest.raises(MedAdaptError, match="not a text \\(UTF-8\\) YAML file") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_distill_section_is_checked_before_training(tmp_path):
+    raw = _tiny_raw(tmp_path, 6, ["3"], {"epochs": 1}, {})
+    raw["ssl"], raw["output"] = None, str(tmp_path / "runs")
+    raw["prompts"]["automatic"] = False
+    with pytest.raises(MedAdaptError, match="prompts.automatic: true"):
+        config_from_dict({**raw, "distill": {}})
+    raw["prompts"]["automatic"] = True
+    with pytest.raises(MedAdaptError, match="rest:trian"):  # a typo in the student's cases, found before training
+        finetune(config_from_dict({**raw, "distill": {"unlabeled": "rest:trian"}}), log=lambda m: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_reads_its_relative_paths_from_where_it_started_and_resume_keeps_its_epochs(tmp_path, monkeypatch):
+    """A run started in project A, looked at from project B (which has a data/ of its own): A's data; a run
+    resumed with fewer epochs than it trained is refused; one stopped before its first checkpoint says to
+    delete it."""
+    import shutil
+    import warnings
+
+    from medadapt.training.run_folder import recorded_root
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    raw = _tiny_raw(a, 4, ["3"], {"epochs": 1}, {})
+    shutil.copytree(a / "d", b / "d")
+    (b / "d" / "extra").mkdir()
+    raw["data"]["root"], raw["ssl"], raw["output"] = "d", None, "../runs"  # relative, and output outside A
+    monkeypatch.chdir(a)
+    run = finetune(config_from_dict(raw), log=lambda m: None).resolve()
+    saved = {"data": {"root": "d"}, "output": "../runs", "name": "run"}
+    monkeypatch.chdir(b)
+    assert recorded_root(run, saved) == str(a / "d")  # not B's d/
+    (run / "started_in.json").unlink()  # a run from before the record: the run folder's place cannot tell
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert recorded_root(run, saved) == "d"
+    assert "taken from the current folder" in str(said[0].message)
+    monkeypatch.chdir(a)
+    raw["train"]["epochs"] = 2
+    finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    raw["train"]["epochs"] = 1
+    with pytest.raises(MedAdaptError, match="train.epochs 1 is below the 2 epochs this run has trained"):
+        finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2  # as trained
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(MedAdaptError, match="no checkpoint .*delete the folder"):
+        finetune(config_from_dict(raw), resume=True, log=lambda m: None)

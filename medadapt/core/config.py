@@ -24,8 +24,10 @@ T = TypeVar("T")
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """YAML as configs mean it: only ``true`` and ``false`` are booleans (YAML 1.2). YAML 1.1 also reads
-    ``yes``, ``no``, ``on`` and ``off`` as booleans, so ``amp: off`` would reach a text setting as false.
+    """YAML as configs mean it, as YAML 1.2 reads it: only ``true`` and ``false`` are booleans (YAML 1.1 also
+    reads ``yes``, ``no``, ``on`` and ``off`` as booleans, so ``amp: off`` would reach a text setting as false);
+    numbers are decimal, and a number written with a leading zero is text (YAML 1.1 reads ``010`` as octal 8
+    and ``1:30`` as 90, so case ids ``[001, 008]`` became ``[1, '008']``); dates stay text.
     A key written twice in one mapping is an error (YAML keeps the last and drops the first silently)."""
 
     def construct_mapping(self, node, deep=False):
@@ -44,11 +46,15 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_BOOL = "tag:yaml.org,2002:bool"
+_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_ConfigLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
+_ConfigLoader.add_implicit_resolver(_FLOAT, re.compile(
+    r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+.0123456789"))
 
 #: the YAML 1.1 booleans that :func:`load_yaml` leaves as text, read as booleans where a setting is one
 _WORDS = {"yes": True, "on": True, "no": False, "off": False}
@@ -136,7 +142,12 @@ def _checked(value: Any, hint: Any, key: str) -> Any:
     if isinstance(value, str) and value.lower() in _WORDS and not _fits(value, hint) and _fits(True, hint):
         return _WORDS[value.lower()]  # `yes`/`no`/`on`/`off` where a boolean is wanted
     if not _fits(value, hint):
-        raise MedAdaptError(f"{key}: {short_repr(value)} is not {_describe(hint)}")
+        quote = ""
+        if isinstance(value, (bool, int, float)) and _fits("text", hint):  # YAML read a word or number
+            written = str(value).lower() if isinstance(value, bool) else str(value)
+            quote = (f"; YAML reads {written} as a {'boolean' if isinstance(value, bool) else 'number'}: write "
+                     f"'{written}' in quotes for the text")
+        raise MedAdaptError(f"{key}: {short_repr(value)} is not {_describe(hint)}{quote}")
     return value
 
 

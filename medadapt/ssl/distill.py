@@ -123,6 +123,9 @@ def distill_run(run: str | os.PathLike, data: DataConfig, config: DistillConfig,
     log(f"distillation: {len(splits['labeled'])} labelled, {len(splits['unlabeled'])} unlabelled, "
         f"{len(splits['val'])} validation cases")
     seg = Segmenter.from_pretrained(backbone, checkpoint=checkpoint, adapter=run, student=False)
+    if seg.backbone.adapter_config.automatic is None:
+        raise MedAdaptError(f"{run} was trained without automatic mode (prompts.automatic: false), and the student "
+                            "learns from its automatic answers: fine-tune with prompts.automatic: true, then distil")
     names, values = seg.classes, seg.backbone.adapter_config.automatic.label_values
     check_class_order(data, names)  # the labelled targets follow the config, the pseudo-labels the adapter
     atomic_write_json(saved, settings)  # recorded once the run is known to start: a failed check locks nothing

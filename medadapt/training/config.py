@@ -242,7 +242,14 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[
     if not p.is_file():
         raise MedAdaptError(f"config not found: {p}")
     try:
-        raw = load_yaml(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MedAdaptError(f"config {p} is not a text (UTF-8) YAML file: give the recipe's .yaml, saved as "
+                            "UTF-8") from None
+    except OSError as exc:
+        raise MedAdaptError(f"cannot read config {p} ({exc.strerror or exc})") from None
+    try:
+        raw = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise MedAdaptError(f"config {p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):

@@ -31,7 +31,7 @@ from ..io.overlay import legend, overlay
 from .config import TrainingConfig
 from .distributed import World, current, launched, start, stop
 from .extension import ExtensionFactory
-from .run_folder import check_run_dir, logged_seconds, run_folder, truncate_log
+from .run_folder import check_run_dir, logged_seconds, record_start, run_folder, truncate_log
 from .trainer import Trainer, automatic_labels
 
 
@@ -74,10 +74,14 @@ def _train(config: TrainingConfig, extensions: Sequence[ExtensionFactory], resum
     if resume:  # rank 0 reads the checkpoint, every rank continues from it
         state = world.broadcast_object(world.agree(lambda: tr.read_state() if world.main else None))
         world.agree(lambda: tr.apply_state(state))
+        if tr.epoch > config.train.epochs:  # config.yaml would record a schedule shorter than the run's
+            raise MedAdaptError(f"train.epochs {config.train.epochs} is below the {tr.epoch} epochs this run has "
+                                f"trained: resume with train.epochs={tr.epoch} or more")
         log(f"resumed after epoch {tr.epoch} (best val Dice {tr.best:.4f} at epoch {tr.best_epoch})")
     if world.main:  # after the checkpoint was accepted: a refused resume leaves the recorded config as it was
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        record_start(run)  # where its relative data.root and checkpoint are relative to
     tr.distribute()
     tr.encode_all()
     writer = _tensorboard(run) if config.train.tensorboard and world.main else None

@@ -8,7 +8,9 @@ schedule, another batch split or device may continue it (:data:`RESUMABLE_TRAIN`
 from __future__ import annotations
 
 import csv
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import yaml
 
 from ..core.config import load_yaml
 from ..core.errors import MedAdaptError
-from ..core.files import atomic_write_text, expand_path
+from ..core.files import atomic_write_json, atomic_write_text, expand_path
 from .config import TrainingConfig, check_run_name
 
 # the train keys a resumed run may change: how long, in what batches, where and how it runs. The others (lr,
@@ -26,7 +28,8 @@ RESUMABLE_TRAIN = ("epochs", "batch_size", "grad_accum", "device", "amp", "val_e
 
 
 # what a run writes besides its checkpoint: a new run does not write over them
-RUN_FILES = ("adapter", "config.yaml", "log.csv", "metrics.json")
+STARTED_IN = "started_in.json"  # the folder a run was (last) started from: its relative paths are relative to it
+RUN_FILES = ("adapter", "config.yaml", "log.csv", "metrics.json", STARTED_IN)
 
 
 def _changed_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
@@ -83,6 +86,9 @@ def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
         raise MedAdaptError(f"run folder {run} already holds {', '.join(held)} (a run, or files of yours): it is "
                             "left alone; choose another name or output, or delete the folder to train there again")
     if resume and not (run / "checkpoints" / "last.pt").is_file():
+        if held:  # stopped before its first checkpoint: nothing to continue, and a new run would not write there
+            raise MedAdaptError(f"nothing to resume: {run} holds {', '.join(held)} but no checkpoint (the run stopped "
+                                "before its first epoch ended); delete the folder and run again without --resume")
         raise MedAdaptError(f"nothing to resume: {run / 'checkpoints' / 'last.pt'} does not exist; run without --resume")
     cfg_path = run / "config.yaml"
     if resume and cfg_path.exists():
@@ -104,26 +110,56 @@ def check_run_dir(config: TrainingConfig, resume: bool) -> Path:
     return run
 
 
-def recorded_root(run: Path, saved: dict[str, Any]) -> str | None:
-    """The run's ``data.root`` as the run saw it: a relative root is relative to the folder the run was started
-    in, which the run folder's place tells (``output/name`` below it), so that ``evaluate RUN`` and ``distill
-    RUN`` find the data from any folder. The root as recorded where it exists from here, or cannot be placed."""
-    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
-    root = data.get("root")
-    if not isinstance(root, str) or not isinstance(saved.get("output"), str):
-        return root
+def record_start(run: Path) -> None:
+    """Write ``RUN/started_in.json``: the working folder of this start, so that ``evaluate RUN`` and
+    ``distill RUN`` read the run's relative ``data.root`` and ``checkpoint`` from any folder."""
+    atomic_write_json(run / STARTED_IN, {"folder": os.getcwd()})
+
+
+def _started_in(run: Path) -> Path | None:
     try:
-        text = expand_path(root, "data.root")
-        rel = Path(os.path.normpath(Path(expand_path(saved["output"], "output")) / (saved.get("name") or "")))
+        folder = json.loads((run / STARTED_IN).read_text(encoding="utf-8")).get("folder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(folder) if isinstance(folder, str) and Path(folder).is_absolute() else None
+
+
+def recorded_path(run: Path, saved: dict[str, Any], value: Any, what: str) -> Any:
+    """A relative path of the run's config (``data.root``, ``checkpoint``) as the run saw it, from any folder:
+    relative to the folder the run was started in (``RUN/started_in.json``), else to the one the run folder's
+    place tells (``output/name`` below it); from the current folder only where neither holds it (a run moved
+    and started elsewhere), with a warning. Absolute paths, and paths found nowhere, come back as recorded."""
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        text = expand_path(value, what)
     except MedAdaptError:
-        return root
-    if Path(text).is_absolute() or Path(text).exists() or rel.is_absolute() or ".." in rel.parts:
-        return root
-    here = run.resolve().parts
-    if len(here) <= len(rel.parts) or here[-len(rel.parts):] != rel.parts:
-        return root  # the run folder was moved: nothing tells where it started
-    started = Path(*here[: -len(rel.parts)])
-    return str(started / text) if (started / text).exists() else root
+        return value
+    if Path(text).is_absolute():
+        return value
+    places = [_started_in(run)]
+    if isinstance(saved.get("output"), str):
+        try:
+            rel = Path(os.path.normpath(Path(expand_path(saved["output"], "output")) / (saved.get("name") or "")))
+        except MedAdaptError:
+            rel = None
+        here = run.resolve().parts
+        if rel is not None and not rel.is_absolute() and ".." not in rel.parts and len(here) > len(rel.parts) \
+                and here[-len(rel.parts):] == rel.parts:
+            places.append(Path(*here[: -len(rel.parts)]))
+    for place in places:
+        if place is not None and (place / text).exists():
+            return str(place / text)
+    if Path(text).exists():
+        warnings.warn(f"{what} {value} of {run} is taken from the current folder ({Path(text).resolve()}): the "
+                      "folder the run started in does not hold it", stacklevel=3)
+    return value
+
+
+def recorded_root(run: Path, saved: dict[str, Any]) -> str | None:
+    """The run's ``data.root`` as the run saw it (see :func:`recorded_path`)."""
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    return recorded_path(run, saved, data.get("root"), "data.root")
 
 
 def logged_seconds(path: Path) -> float:
@@ -144,5 +180,5 @@ def truncate_log(path: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-__all__ = ["RESUMABLE_TRAIN", "RUN_FILES", "check_run_dir", "config_changes", "logged_seconds", "recorded_root",
-           "run_folder", "truncate_log"]
+__all__ = ["RESUMABLE_TRAIN", "RUN_FILES", "STARTED_IN", "check_run_dir", "config_changes", "logged_seconds",
+           "record_start", "recorded_path", "recorded_root", "run_folder", "truncate_log"]
