@@ -40,12 +40,13 @@ def two_class_dataset(root, n: int = 10, size: int = 64, seed: int = 0):
     return root
 
 
-def tiny_run(root, out, *, labeled, val, test=None, classes=("disc", "square")):
-    """One epoch of the tiny random SAM on a folder dataset (seconds on a CPU); returns the run folder."""
+def tiny_run(root, out, *, labeled, val, test=None, classes=("disc", "square"), data_extra=None):
+    """One epoch of the tiny random SAM on a folder dataset (seconds on a CPU); returns the run folder.
+    ``data_extra``: more ``data:`` settings (e.g. ``{"window": "abdomen"}``)."""
     from medadapt.recipes import config_from_dict, finetune
 
     data = {"root": str(root), "layout": "folder", "classes": list(classes), "labeled": list(labeled),
-            "val": list(val)}
+            "val": list(val), **(data_extra or {})}
     if test is not None:
         data["test"] = list(test)
     cfg = {

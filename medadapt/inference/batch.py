@@ -36,6 +36,7 @@ from ..core.files import atomic_write, atomic_write_json, path_suffix
 from ..foundation.checkpoint import fingerprint_state
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
+    clip_percentiles,
     display_orientation,
     plane_axis,
     save_mask,
@@ -44,6 +45,7 @@ from ..io.imaging import (
 from .batch_inputs import SERIES_FORMATS, BatchItem, find_inputs, read_prompts
 from .batch_reading import one_line, read_ahead
 from .cleanup import check_cleanup, clean_labels
+from .intensity import percentiles_of, window_of
 from .predictor import Segmenter
 from .segment import prediction_to_labels
 from .volume import check_axis
@@ -116,8 +118,8 @@ def _now() -> str:
 
 # --------------------------------------------------------------------------- the model
 def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png: bool, refine: bool,
-                   multimask: bool, cleanup: tuple[str, ...] = ()) -> np.ndarray:
-    seg.set_image(image)
+                   multimask: bool, cleanup: tuple[str, ...] = (), percentiles=None) -> np.ndarray:
+    seg.set_image(image if percentiles is None else clip_percentiles(image, *percentiles))
     if prompts is None:
         pred = seg.predict(refine=refine)
         return clean_labels(prediction_to_labels(pred, automatic=True, binary_value=255 if png else 1), cleanup)
@@ -127,10 +129,12 @@ def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png:
 
 
 def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, axis: int, refine: bool,
-                    multimask: bool, cleanup: tuple[str, ...] = (), name: str = "volume") -> np.ndarray:
+                    multimask: bool, cleanup: tuple[str, ...] = (), name: str = "volume", window=None,
+                    percentiles=None) -> np.ndarray:
     axis = plane_axis(volume.shape, axis)  # one sagittal or coronal plane (a radiograph): that image
-    if prompts is None:
-        return seg.predict_volume(volume, axis=axis, refine=refine, cleanup=cleanup)
+    if prompts is None:  # the window (applied already: again changes nothing), else the adapter's per-slice clip
+        seg.set_volume(volume, axis=axis, window=window)
+        return seg.predict_volume(refine=refine, cleanup=cleanup)
     labels = np.zeros(volume.shape, dtype=np.uint16)
     blank = []
     for k, entry in sorted(prompts.items()):
@@ -143,7 +147,7 @@ def _predict_volume(seg: Segmenter, volume: np.ndarray, prompts: dict | None, ax
             continue
         index = [slice(None)] * 3
         index[axis] = k
-        plane = _predict_image(seg, image, entry, False, False, multimask)
+        plane = _predict_image(seg, image, entry, False, False, multimask, percentiles=percentiles)
         labels[tuple(index)] = display_orientation(plane)
     seg.reset_image()
     if blank:
@@ -337,6 +341,9 @@ def segment_batch(
         segmenter = Segmenter.from_pretrained(model, checkpoint=checkpoint, adapter=adapter, device=device)
     if prompts is None and not segmenter.classes:
         raise MedAdaptError("this model learned no classes, so it needs prompts: pass --prompts prompts.json")
+    # the adapter's intensity settings unless a window is given: its window, else its per-slice percentile clip
+    percentiles = percentiles_of(getattr(segmenter, "intensity", None), window)
+    window = window_of(getattr(segmenter, "intensity", None), window)
     digest = hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:16]
     info = getattr(segmenter.backbone, "info", None)  # what a backbone says it is; absent on other runtimes
     settings = {"model": getattr(info, "name", type(segmenter.backbone).__name__),
@@ -344,6 +351,7 @@ def segment_batch(
                 "adapter": None if adapter is None else str(Path(adapter).resolve()),
                 "adapter_sha256": None if adapter is None else adapter_digest(Path(adapter)),
                 "prompts": digest if prompts is not None else None, "axis": axis, "window": window,
+                **({"percentiles": list(percentiles)} if percentiles is not None else {}),
                 "refine": refine, "multimask": multimask,
                 # a Segmenter the caller built (or an exported model) is known by the weights it runs; one built here
                 # by the model, base weights and adapter (with its student) above as well (see _check_settings)
@@ -390,8 +398,8 @@ def segment_batch(
         pattern = os.path.join(glob.escape(str(item.out.parent)), glob.escape("." + item.out.name) + ".*")
         for stale in glob.glob(pattern):
             os.unlink(stale)
-    result = _run(segmenter, pending, table, out, manifest, axis=axis, window=window, refine=refine,
-                  multimask=multimask, workers=workers, progress=progress and rank == 0,
+    result = _run(segmenter, pending, table, out, manifest, axis=axis, window=window, percentiles=percentiles,
+                  refine=refine, multimask=multimask, workers=workers, progress=progress and rank == 0,
                   counts=(skipped, not_retried), cleanup=cleanup)
     result.elsewhere, result.rank = len(items) - len(mine), (rank, world_size)
     return result
@@ -430,7 +438,7 @@ def _remove_stale(item: BatchItem) -> str:
 
 
 def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifest: Path, *, axis: int, window: Any,
-         refine: bool, multimask: bool, workers: int, progress: bool, counts: tuple[int, int],
+         percentiles: tuple[float, float] | None, refine: bool, multimask: bool, workers: int, progress: bool, counts: tuple[int, int],
          cleanup: tuple[str, ...] = ()) -> BatchResult:
     from tqdm.auto import tqdm
 
@@ -453,10 +461,11 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
                 warnings.warn(f"{item.name} is blank (every pixel the same value{' after --window' * bool(window)}); "
                               "an empty mask was written", stacklevel=3)
             elif item.volume:
-                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask, cleanup, item.name)
+                labels = _predict_volume(seg, pixels, entry, axis, refine, multimask, cleanup, item.name, window,
+                                         percentiles)
             else:
                 labels = _predict_image(seg, pixels, entry, path_suffix(item.out) == ".png", refine, multimask,
-                                        cleanup)
+                                        cleanup, percentiles)
             segments = _segments(seg, labels, entry) if path_suffix(item.out) == ".dcm" else None
             _save(labels, item, segments)
             row.update(status="ok", error="")

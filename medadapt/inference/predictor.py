@@ -29,6 +29,7 @@ from ..prompts.text import load_clip
 from ..prompts.text.config import as_texts
 from ..prompts.types import Prompts
 from ..student import Student, has_student, load_student, read_student_info
+from .intensity import recorded_intensity
 from .learned_text import match_text_to_classes, set_text_encoder
 from .onnx_runtime import MANIFEST_NAME, load_exported
 from .optimize import optimize_for_inference
@@ -121,6 +122,9 @@ class Segmenter(VolumeMethods):
         shared with whoever else holds it, e.g. a trainer); any other value
         optimises it for inference in place (see :meth:`from_pretrained`)."""
         self.backbone = backbone.to(pick_device(device)).eval()
+        # the window / percentile clip the adapter was trained with (see medadapt.inference.intensity): set_volume,
+        # medadapt predict and medadapt segment apply it unless given a window; None: images are taken as given
+        self.intensity: dict | None = None
         if precision is not None:
             optimize_for_inference(self.backbone, precision)
         self._embedding: torch.Tensor | None = None
@@ -188,6 +192,7 @@ class Segmenter(VolumeMethods):
             if adapter is not None:
                 backbone = load_adapter(backbone, adapter_path(adapter)).eval()
             seg = cls(backbone, device=device, precision=precision)
+            seg.intensity = None if adapter is None else recorded_intensity(adapter_path(adapter))
             if base is not None and keeps_base_encoder(backbone):
                 dtype = next(backbone.mask_decoder.parameters()).dtype
                 seg.base_decoder = base.requires_grad_(False).to(device=seg.device, dtype=dtype)

@@ -32,6 +32,7 @@ from ..foundation.processor import ImageMeta, check_boxes, check_points
 from ..io.imaging import (
     apply_window,
     check_spacing,
+    clip_percentiles,
     display_orientation,
     load_volume,
     plane_axis,
@@ -84,6 +85,7 @@ class VolumeSession:
         cache_bytes: int | None = None,
         encode_batch: int | None = None,
         window=None,
+        percentiles: tuple[float, float] | None = None,
     ) -> None:
         axis = check_axis(axis)
         affine = source = None
@@ -119,6 +121,7 @@ class VolumeSession:
                                 "reads as infinite: rescale it first")
         self.seg = seg
         self.data = data
+        self.percentiles = percentiles  # clipped per plane, as training clipped its slices
         self.geometry = VolumeGeometry(tuple(data.shape), axis, check_spacing(spacing, 3), affine, source, frame)
         self.cache = EmbeddingCache(cache_bytes)
         self.encode_batch = encode_batch or (1 if seg.device.type == "cpu" else 16)  # a CPU gains nothing from batches
@@ -142,7 +145,8 @@ class VolumeSession:
 
     def plane(self, k: int) -> np.ndarray:
         """Slice ``k`` as the model sees it (display orientation), float32."""
-        return volume_slice(self.data, k, self.axis).astype(np.float32, copy=False)
+        plane = volume_slice(self.data, k, self.axis).astype(np.float32, copy=False)
+        return plane if self.percentiles is None else clip_percentiles(plane, *self.percentiles)
 
     def is_blank(self, k: int) -> bool:
         """A constant plane (padding): nothing to segment there. (Non-finite voxels were replaced on loading.)"""

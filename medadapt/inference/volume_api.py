@@ -16,6 +16,7 @@ import numpy as np
 from ..core.errors import MedAdaptError
 from ..io.imaging import display_orientation
 from .cleanup import check_cleanup, clean_labels
+from .intensity import percentiles_of, window_of
 from .propagation import Propagation, PropagationConfig
 from .volume import VolumeSession, check_axis
 from .volume_answers import automatic_volume
@@ -47,6 +48,7 @@ class VolumeMethods:
         *,
         cache_mb: float | None = None,
         window=None,
+        intensity: bool = True,
     ) -> None:
         """Take a volume for :meth:`predict_volume`: slices along ``axis`` (default 2, as in
         :meth:`predict_volume`, ``--axis`` and the data config), encoded when first needed.
@@ -57,10 +59,15 @@ class VolumeMethods:
         layout). ``spacing``: mm per voxel along each array axis (read from the file when not given).
         Embeddings are cached in memory up to ``cache_mb`` MiB (default ``MEDADAPT_EMBEDDING_CACHE_MB``
         or 1024) and on disk in a temporary folder beyond it. ``window``: a CT window preset or (level, width).
+        Without one, an adapted model's recorded intensity settings (``seg.intensity``: the ``data.window``
+        or per-slice ``data.percentiles`` it was trained with) are applied; ``intensity=False`` takes the
+        volume as given.
         """
         self.reset_volume()
         budget = None if cache_mb is None else int(_megabytes(cache_mb) * 2**20)
-        self._volume = VolumeSession(self, volume, spacing=spacing, axis=axis, cache_bytes=budget, window=window)
+        recorded = self.intensity if intensity else None
+        self._volume = VolumeSession(self, volume, spacing=spacing, axis=axis, cache_bytes=budget,
+                                     window=window_of(recorded, window), percentiles=percentiles_of(recorded, window))
 
     def set_planes(self, planes: np.ndarray | Sequence[np.ndarray]) -> None:
         """Take a stack of display planes (N x H x W, as ``load_volume_case`` gives a case's slices) as the volume
@@ -73,7 +80,8 @@ class VolumeMethods:
         if any(p.ndim != 2 for p in planes) or len(shapes) > 1:
             raise MedAdaptError(f"set_planes takes 2-D grey planes of one size (H x W each); got shapes "
                                 f"{sorted(shapes, key=str)[:4]}: give one channel of each plane, all the same size")
-        self.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0)
+        self.set_volume(np.stack([display_orientation(np.ascontiguousarray(p)) for p in planes]), axis=0,
+                        intensity=False)  # planes as they stand: prepared already
         self._volume.geometry = replace(self._volume.geometry, frame="planes")
 
     def reset_volume(self) -> None:

@@ -439,6 +439,8 @@ class Trainer:
         return {
             "class_names": self.class_names, "label_values": self.label_values,
             "axis": self.data_cfg.axis, "best_epoch": self.best_epoch, "val_dice": self.best,
+            # how its images were seen: inference applies the same (medadapt.inference.intensity)
+            "intensity": {"window": self.data_cfg.window, "percentiles": self.data_cfg.percentiles},
         }
 
 
