@@ -232,3 +232,50 @@ def test_segmenter_from_hf_folder_matches_transformers(hf_model, hf_folder) -> N
         ref = hf_model(pixel_values=pixels, input_boxes=box_in[None], multimask_output=False)
     assert np.abs(out.logits[0] - ref.pred_masks[0, 0, 0].numpy()).max() < 1e-4
     assert abs(out.scores[0] - ref.iou_scores[0, 0, 0].item()) < 1e-4
+
+
+@pytest.mark.parametrize("mean", [None, 0.5])
+def test_images_reach_the_encoder_as_the_checkpoints_own_image_processor_makes_them(hf_model, tmp_path, mean) -> None:
+    """A large image is shrunk with antialiasing, as transformers' SamImageProcessor (PIL) shrinks it, and a
+    folder's own processor settings (here mean and std 0.5) are used, not SAM's ImageNet ones."""
+    import numpy as np
+    from transformers import SamImageProcessor
+
+    from medadapt import Segmenter
+
+    folder = tmp_path / "sam"
+    hf_model.save_pretrained(folder)
+    kwargs = {} if mean is None else {"image_mean": [mean] * 3, "image_std": [mean] * 3}
+    processor = SamImageProcessor(size={"longest_edge": IMAGE_SIZE}, pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                  **kwargs)
+    if mean is not None:
+        processor.save_pretrained(folder)
+    seg = Segmenter.from_pretrained("sam_hf", checkpoint=folder, device="cpu", precision="float32")
+    yy, xx = np.mgrid[:300, :400]
+    image = np.stack([(xx * 0.6 + yy * 0.3) % 256, (yy * 0.8) % 256, (xx * 0.5) % 256], -1).astype(np.uint8)
+    ours, _ = seg.backbone.processor.preprocess(image.astype(np.float32))
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() < 0.05  # PIL rounds to 8 bits after resizing; a plain bilinear is off by ~0.4
+
+    processor.save_pretrained(folder)
+    cfg = folder / "preprocessor_config.json"
+    cfg.write_text(cfg.read_text().replace(f'"longest_edge": {IMAGE_SIZE}', '"longest_edge": 64'))
+    with pytest.raises(MedAdaptError, match="longest edge of 64"):
+        Segmenter.from_pretrained("sam_hf", checkpoint=folder, device="cpu", precision="float32")
+
+
+def test_a_config_that_is_not_utf8_or_places_prompts_on_another_size_is_one_line(hf_folder, tmp_path) -> None:
+    import shutil
+
+    from medadapt.foundation import build_backbone
+
+    bad = tmp_path / "latin1"
+    shutil.copytree(hf_folder, bad)
+    (bad / "config.json").write_bytes((bad / "config.json").read_bytes().replace(b'"sam"', b'"s\xe9m"'))
+    with pytest.raises(MedAdaptError, match="is not a valid config.json"):
+        build_backbone("sam_hf", str(bad))
+    config = tiny_config()
+    config.prompt_encoder_config.image_size = 1024  # transformers' default: boxes would land at 1/8 of the place
+    with pytest.raises(MedAdaptError, match=r"prompt_encoder_config\.image_size \(1024\) must equal"):
+        sam_modules_from_hf_config(config)

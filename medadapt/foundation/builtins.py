@@ -122,7 +122,7 @@ def build_sam(variant: str, name: str, checkpoint: str | None, medsam: bool = Fa
     processor = (
         SamProcessor(size, normalization="minmax", keep_aspect=False, mask_size=mask_size)
         if medsam
-        else SamProcessor(size, normalization="imagenet", keep_aspect=True, mask_size=mask_size)
+        else SamProcessor(size, normalization="imagenet", keep_aspect=True, mask_size=mask_size, resize="antialias")
     )
     state = read_state_dict(checkpoint) if checkpoint else None
     if state is not None:  # official files also carry the pixel mean/std buffers of Sam
@@ -176,12 +176,14 @@ def build_tiny_litemedsam(checkpoint: str | None = None, seed: int = 0) -> Backb
 def build_sam_hf(checkpoint: str | None) -> Backbone:
     """A Hugging Face-format SAM (folder or cached hub id), converted to the official modules."""
 
-    from .hf_sam import load_hf_sam  # lazy: imports transformers, needed only for Hugging Face checkpoints
+    from .hf_sam import _side, hf_processor_settings, load_hf_sam  # lazy: imports transformers
 
     encoder, prompt, decoder, config = load_hf_sam(checkpoint)
-    size = int(config.vision_config.image_size)
+    size = _side(config.vision_config.image_size, "vision_config.image_size")
     grid = int(config.prompt_encoder_config.image_embedding_size)
-    processor = SamProcessor(size, normalization="imagenet", keep_aspect=True, mask_size=grid * 4)
+    # antialiased, as transformers' SamImageProcessor and SAM's own ResizeLongestSide shrink a large image (PIL)
+    processor = SamProcessor(size, normalization="imagenet", keep_aspect=True, mask_size=grid * 4, resize="antialias",
+                             **hf_processor_settings(checkpoint, size))
     return _assemble("sam_hf", "vit", (encoder, prompt, decoder), processor, f"Hugging Face SamModel {checkpoint}")
 
 

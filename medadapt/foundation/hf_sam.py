@@ -53,6 +53,7 @@ from torch import nn
 from transformers import SamConfig
 
 from ..core.errors import MedAdaptError
+from .processor import IMAGENET_MEAN, IMAGENET_STD
 
 _PREFIXES = ("image_encoder", "prompt_encoder", "mask_decoder")
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -137,6 +138,11 @@ def sam_modules_from_hf_config(config: SamConfig) -> tuple[ImageEncoderViT, Prom
         f"vision_config.num_pos_feats ({vis.num_pos_feats}) must be half of prompt_encoder_config.hidden_size ({dim})",
     )
     grid = image_size // patch_size
+    _require(
+        _side(pe.image_size, "prompt_encoder_config.image_size") == image_size,
+        f"prompt_encoder_config.image_size ({pe.image_size}) must equal vision_config.image_size ({image_size}): "
+        "the prompt encoder places boxes and points on the encoder's input",
+    )
     _require(
         pe.image_embedding_size == grid,
         f"prompt_encoder_config.image_embedding_size ({pe.image_embedding_size}) must equal "
@@ -306,9 +312,11 @@ def _read_config(folder: Path) -> SamConfig:
     if not file.is_file():
         raise MedAdaptError(f"no config.json in {folder}: not a Hugging Face SAM checkpoint folder")
     try:
-        model_type = json.loads(file.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as exc:
+        model_type = json.loads(file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise MedAdaptError(f"{file} is not a valid config.json: {exc}") from None
+    except OSError as exc:
+        raise MedAdaptError(f"cannot read {file} ({exc.strerror or exc})") from None
     if model_type != "sam":
         raise MedAdaptError(f"{file} has model_type={model_type!r}; only transformers SamModel ('sam') is supported")
     try:
@@ -360,6 +368,43 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise MedAdaptError(f"no model.safetensors or pytorch_model.bin in {folder} (found: {found})")
 
 
+def hf_processor_settings(path_or_repo_id: str | os.PathLike, image_size: int) -> dict[str, tuple[float, ...]]:
+    """The pixel mean and std (per channel, on 0-255) that a checkpoint folder's own image processor settings
+    (``preprocessor_config.json``, or ``processor_config.json`` as transformers 5 writes it) ask for; ImageNet's
+    (SAM's) when it has none. A longest edge other than the encoder's input is refused: the model would see
+    images at another scale than its checkpoint was made for."""
+    folder = _resolve_folder(path_or_repo_id)
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            cfg = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise MedAdaptError(f"{file} is not a readable JSON file: {exc}") from None
+        cfg = cfg.get("image_processor", cfg) if isinstance(cfg, dict) else {}
+        if not isinstance(cfg, dict):
+            raise MedAdaptError(f"{file} holds no image processor settings (a JSON object)")
+        edge = (cfg.get("size") or {}).get("longest_edge") if isinstance(cfg.get("size"), dict) else None
+        if edge is not None and edge != image_size:
+            raise MedAdaptError(f"{file} resizes images to a longest edge of {edge}, but the encoder's input is "
+                                f"{image_size}: medadapt feeds the encoder images of its own input size")
+        # transformers: (x * r - m) / s on 0-255 pixels x, r the rescale factor; that is (x - m / r) / (s / r)
+        try:
+            r = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+            mean, std = cfg.get("image_mean", [0.485, 0.456, 0.406]), cfg.get("image_std", [0.229, 0.224, 0.225])
+            mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(m) for m in mean]
+            std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
+        except (TypeError, ValueError):
+            raise MedAdaptError(f"{file}: rescale_factor, image_mean and image_std must be numbers") from None
+        if not cfg.get("do_normalize", True):
+            mean, std = [0.0] * 3, [1.0] * 3
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or r <= 0:
+            raise MedAdaptError(f"{file}: image_mean and image_std need 3 values each, std and rescale_factor > 0")
+        return {"mean": tuple(m / r for m in mean), "std": tuple(v / r for v in std)}
+    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
 def load_hf_sam(
     path_or_repo_id: str | os.PathLike,
 ) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder, SamConfig]:
@@ -384,4 +429,4 @@ def load_hf_sam(
     return encoder, prompt, decoder, config
 
 
-__all__ = ["convert_hf_sam_state_dict", "load_hf_sam", "sam_modules_from_hf_config"]
+__all__ = ["convert_hf_sam_state_dict", "hf_processor_settings", "load_hf_sam", "sam_modules_from_hf_config"]

@@ -50,7 +50,8 @@ class SamProcessor:
 
     Args:
         image_size: side of the square model input (256 for LiteMedSAM, 1024 for SAM).
-        normalization: ``"minmax"`` (to [0, 1]) or ``"imagenet"`` (0-255, then mean/std).
+        normalization: ``"minmax"`` (to [0, 1]) or ``"imagenet"`` (0-255, then ``mean``/``std``: ImageNet's
+            unless a checkpoint's own processor settings say otherwise).
         keep_aspect: resize the longest side and pad (True) or stretch to a square (False).
         mask_size: side of the decoder's low-resolution logits (4x the embedding grid).
         resize: image interpolation: ``"bilinear"`` (like OpenCV's INTER_LINEAR),
@@ -63,6 +64,8 @@ class SamProcessor:
     keep_aspect: bool = True
     mask_size: int = 256
     resize: Literal["bilinear", "area", "antialias"] = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per channel, on 0-255 (normalization "imagenet")
+    std: tuple[float, float, float] = IMAGENET_STD
 
     # ------------------------------------------------------------------ geometry
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -113,8 +116,8 @@ class SamProcessor:
         if self.normalization == "minmax":
             x = _minmax(x)
         else:
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
             x = (x - mean) / std
         pad_h = self.image_size - meta.input_size[0]
         pad_w = self.image_size - meta.input_size[1]
