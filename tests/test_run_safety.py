@@ -447,3 +447,12 @@ def test_a_run_reads_its_relative_paths_from_where_it_started_and_resume_keeps_i
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(MedAdaptError, match="no checkpoint .*delete the folder"):
         finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+
+
+def test_a_typo_in_the_data_section_is_named_when_the_recipe_is_read(tmp_path):
+    from medadapt.recipes import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: x, classes: [1], lables: masks}\n")
+    with pytest.raises(MedAdaptError, match=r"unknown key\(s\) \['lables'\] in the data config"):
+        load_config(path)

@@ -384,8 +384,8 @@ def evaluate_run(
                 "adapter": str(Path(adapter).resolve()), "limit": limit, "cases": len(cases), "modes": list(modes),
                 "texts": dict(texts or {}), "metrics": metrics, "units": units, "cleanup": list(cleanup),
                 "student": bool(student) and run_dir is not None and has_student(run_dir),
-                "prompts_from_ground_truth": [m for m in modes if m not in LABEL_MODES] + [f"text:{t}" for t in
-                                                                                          (texts or {})]}
+                # a text prompt is the user's phrase: no ground truth makes it (only which class it is scored on)
+                "prompts_from_ground_truth": [m for m in modes if m not in LABEL_MODES]}
     # the student's test-time augmentation: the one asked for, else the one it was saved with
     settings["student_tta"] = (student_tta or _saved_tta(run_dir)) if settings["student"] else None
     # which student answered (its weights' hash): the scores of one round are never taken for another's
