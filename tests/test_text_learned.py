@@ -243,6 +243,7 @@ def test_finetune_trains_the_text_head_with_the_adapter(tiny_encoder, tmp_path):
     report = evaluate_run(run, split="val", modes=["automatic"], texts={"round thing": name}, out_dir=tmp_path / "ev")
     rows = {r["mode"]: r["dice_mean"] for r in report.summary() if r["class"] == name}
     assert rows["text:round thing"] == rows["automatic"]  # one class: every text selects it
+    assert report.settings["prompts_from_ground_truth"] == []  # the phrase is the user's, not the ground truth's
     with pytest.raises(MedAdaptError, match="does not have"):
         evaluate_run(run, split="val", modes=["automatic"], texts={"x": "liver"}, out_dir=tmp_path / "ev2")
 
