@@ -456,3 +456,15 @@ def test_a_typo_in_the_data_section_is_named_when_the_recipe_is_read(tmp_path):
     path.write_text("data: {root: x, classes: [1], lables: masks}\n")
     with pytest.raises(MedAdaptError, match=r"unknown key\(s\) \['lables'\] in the data config"):
         load_config(path)
+
+
+def test_resume_takes_a_data_section_written_out_differently_but_refuses_a_changed_one(tmp_path):
+    raw = _tiny_raw(tmp_path, 4, ["3"], {"epochs": 1}, {})
+    raw["ssl"] = None
+    finetune(config_from_dict(raw), log=lambda m: None)
+    raw["train"]["epochs"] = 2
+    raw["data"] = {**raw["data"], "root": raw["data"]["root"] + "/", "on_error": "stop"}  # the default, written out
+    finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+    raw["data"]["labeled"] = ["0"]
+    with pytest.raises(MedAdaptError, match=r"changed: data\.labeled"):
+        finetune(config_from_dict(raw), resume=True, log=lambda m: None)

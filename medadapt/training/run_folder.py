@@ -19,6 +19,7 @@ import yaml
 from ..core.config import load_yaml
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json, atomic_write_text, expand_path
+from ..data import DataConfig
 from .config import TrainingConfig, check_run_name
 
 # the train keys a resumed run may change: how long, in what batches, where and how it runs. The others (lr,
@@ -56,6 +57,20 @@ def run_folder(config: TrainingConfig) -> Path:
     return run
 
 
+def _as_read(data: Any) -> Any:
+    """A ``data:`` section as the data config reads it (defaults filled in, a root without a trailing ``/``), so
+    that writing out a default, or ``data/`` for ``data``, is no change; as it stands where it does not read."""
+    if not isinstance(data, dict):
+        return data
+    try:
+        full = DataConfig.from_dict(dict(data)).to_dict()
+    except MedAdaptError:
+        return data
+    if isinstance(full.get("root"), str):
+        full["root"] = os.path.normpath(full["root"])
+    return load_yaml(yaml.safe_dump(full, sort_keys=False))
+
+
 def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys where ``config`` differs from the one saved in ``run/config.yaml`` (top-level ``ignore`` skipped).
 
@@ -67,6 +82,7 @@ def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = 
     # a section added to the recipe after the run was written counts as its defaults
     defaults = load_yaml(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    saved["data"], now["data"] = _as_read(saved.get("data")), _as_read(now.get("data"))
     return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
                          {k: v for k, v in now.items() if k not in ignore})
 
