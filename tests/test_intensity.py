@@ -91,3 +91,16 @@ def test_predict_and_segment_give_the_adapter_its_window(runs, tmp_path, monkeyp
     assert result.ok == 6 and all(s.min() >= 50 and s.max() <= 150 for s in seen[-6:])
     settings = json.loads((tmp_path / "out" / "segment.json").read_text())
     assert settings["window"] == WINDOW
+
+
+def test_an_exported_adapter_keeps_its_intensity(runs, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the exported graphs run in onnxruntime (medadapt[export])")
+    from medadapt.export.onnx_export import export_model
+
+    _, windowed, _, _ = runs
+    result = export_model(windowed, tmp_path / "exported")
+    assert result.manifest["source"]["intensity"] == {"window": WINDOW, "percentiles": None}
+    seg = Segmenter.from_pretrained(str(tmp_path / "exported"), runtime="onnxruntime")
+    assert seg.intensity == {"window": WINDOW, "percentiles": None}
+    seg.set_volume(_volume(), axis=2)
+    assert seg._volume.plane(0).max() == 150

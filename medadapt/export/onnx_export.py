@@ -35,6 +35,7 @@ from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json
 from ..foundation import Backbone, build_backbone, list_backbones
 from ..foundation.checkpoint import fingerprint_state, sha256_file
+from ..inference.intensity import recorded_intensity
 from ..inference.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -80,7 +81,8 @@ def load_source(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
     backbone = load_adapter(build_backbone(str(info.get("backbone")), ckpt), adapter).eval()
     weights = adapter / "adapter.safetensors" if adapter.is_dir() else adapter.with_suffix(".safetensors")
     provenance = {"backbone": backbone.info.name, "checkpoint": ckpt, "adapter": str(adapter),
-                  "adapter_sha256": sha256_file(weights)}
+                  "adapter_sha256": sha256_file(weights),
+                  "intensity": recorded_intensity(adapter)}  # what the exported model's images get, as in training
     for folder in (path, path.parent, path.parent.parent):  # the run of RUN, RUN/adapter or its adapter file
         if (folder / "student" / "student.json").is_file():  # a distilled run: its student answers automatic mode
             provenance["student"] = str(folder / "student")

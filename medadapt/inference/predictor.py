@@ -183,6 +183,7 @@ class Segmenter(VolumeMethods):
         if runtime != "torch":
             seg = cls(load_exported(name, runtime, checkpoint=checkpoint, adapter=adapter, precision=precision,
                                     device=device), device="cpu")
+            seg.intensity = (seg.backbone.manifest.get("source") or {}).get("intensity")  # the exported adapter's
         else:
             if isinstance(name, (str, os.PathLike)) and (Path(name) / MANIFEST_NAME).is_file():
                 raise MedAdaptError(f"{name} is a folder written by `medadapt export`: load it with "
