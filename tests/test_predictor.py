@@ -107,6 +107,8 @@ def test_bad_prompts_are_explained(tiny_sam):
         tiny_sam.predict(boxes=[[100, 100, 120, 120]])
     with pytest.raises(MedAdaptError, match="zero or negative area"):
         tiny_sam.predict(boxes=[[10, 10, 5, 20]])
+    with pytest.raises(MedAdaptError, match=r"the 2nd box \[500, 5, 600, 9\] lies outside"):  # counted as a person
+        tiny_sam.predict(boxes=[[1, 1, 9, 9], [500, 5, 600, 9]])
     with pytest.raises(MedAdaptError, match="foreground"):
         tiny_sam.predict(points=[[10, 10]], point_labels=[3])
     with pytest.raises(MedAdaptError, match="one point set per box"):

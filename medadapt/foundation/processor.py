@@ -207,6 +207,13 @@ def _numbers(value: Any, name: str, form: str) -> np.ndarray:
         raise MedAdaptError(f"{name} must be numbers, {form}; got {value!r}") from None
 
 
+def _nth(i: int) -> str:
+    """``"the 3rd "`` for index 2: which box, the same whether counted from a Python list or a command line."""
+    n = i + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"the {n}{suffix} "
+
+
 def check_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
     """Validate user boxes (N x 4, pixel coordinates) against the image size."""
     b = _numbers(boxes, "boxes", "[x0, y0, x1, y1] (or N of them)")
@@ -222,12 +229,12 @@ def check_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, original_size: tu
     for i, (x0, y0, x1, y1) in enumerate(b):
         if x1 <= x0 or y1 <= y0:
             raise MedAdaptError(
-                f"box {i} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] has zero or negative area; "
+                f"{_nth(i)}box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] has zero or negative area; "
                 "give [x0, y0, x1, y1] with x1 > x0 and y1 > y0"
             )
         if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
             raise MedAdaptError(
-                f"box {i} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] lies outside the image "
+                f"{_nth(i)}box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] lies outside the image "
                 f"(width {w}, height {h}); coordinates are pixels of the original image"
             )
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, w - 1)
@@ -235,7 +242,7 @@ def check_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, original_size: tu
     for i, (x0, y0, x1, y1) in enumerate(b):
         if x1 <= x0 or y1 <= y0:  # it started on the last column or row and reached past the edge
             raise MedAdaptError(
-                f"box {i} has zero area inside the image (width {w}, height {h}): clipped to the image it is "
+                f"{_nth(i)}box has zero area inside the image (width {w}, height {h}): clipped to the image it is "
                 f"[{x0:g}, {y0:g}, {x1:g}, {y1:g}]; draw it over the structure, inside the image"
             )
     return b.astype(np.float32)
