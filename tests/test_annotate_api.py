@@ -999,3 +999,18 @@ def test_a_relabelled_object_falls_back_to_its_new_class_proposal(tmp_path):
         assert (labels[half["B"]] == 2).all() and not (labels[half["A"]] == 2).any()
     finally:
         ann.close()
+
+
+def test_the_app_shows_the_model_its_images_as_the_adapter_was_trained_to_see_them(images, tiny_sam):
+    folder, _ = images
+    tiny_sam.intensity = {"window": [100, 100], "percentiles": None}  # as an adapter trained on a window records
+    annotator = Annotator(tiny_sam, folder, prefetch=False)
+    try:
+        assert annotator._model_image(np.array([[0.0, 255.0]], np.float32)).tolist() == [[50.0, 150.0]]
+    finally:
+        annotator.close()
+    annotator = Annotator(tiny_sam, folder, prefetch=False, window=[100, 20])  # a window given wins
+    try:
+        assert annotator._model_image(np.array([[0.0, 255.0]], np.float32)).tolist() == [[90.0, 110.0]]
+    finally:
+        annotator.close()

@@ -203,7 +203,10 @@ def test_a_folder_of_radiographs_is_one_image_per_file_and_a_series_stays_one_vo
     import pydicom
 
     ds = pydicom.dcmread(report)
-    del ds.PixelData
+    for tag in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                "SamplesPerPixel", "PhotometricInterpretation"):
+        delattr(ds, tag)
+    ds.Modality, ds.SOPClassUID = "SR", "1.2.840.10008.5.1.4.1.1.88.11"  # a basic text structured report
     ds.save_as(report)
     uid = generate_uid()
     (tmp_path / "in" / "ct").mkdir()
@@ -236,3 +239,20 @@ def test_outputs_that_differ_in_case_only_clash_where_the_file_system_cannot_kee
     items = {i.name: i for i in find_inputs(tmp_path / "in", tmp_path / "out")}
     assert not items["Scan.png"].error and not items["sub/scan.png"].error
     assert "also the output of Scan.png (this file system does not tell names apart by case)" in items["scan.PNG"].error
+
+
+def test_a_damaged_file_beside_radiographs_is_not_left_out_unseen(tmp_path):
+    from dicom_files import write_dicom
+
+    rng = np.random.default_rng(0)
+    xr = tmp_path / "in" / "xrays"
+    xr.mkdir(parents=True)
+    for name in ("a.dcm", "b.dcm", "c.dcm"):
+        write_dicom(xr / name, rng.integers(0, 900, (40, 40)))
+    data = (xr / "c.dcm").read_bytes()
+    (xr / "c.dcm").write_bytes(data[:200])  # the header cut short
+    items = find_inputs(tmp_path / "in", tmp_path / "out")
+    assert [i.name for i in items] == ["xrays"]  # read as a series, whose reading names the damaged file
+    (xr / "c.dcm").write_bytes(data[: len(data) - 400])  # the pixels cut short: an image of its own, to fail alone
+    assert [i.name for i in find_inputs(tmp_path / "in", tmp_path / "out")] == ["xrays/a.dcm", "xrays/b.dcm",
+                                                                                 "xrays/c.dcm"]

@@ -691,6 +691,9 @@ def test_evaluate_scores_the_students_tta_asked_for_and_records_it(distilled, tm
         evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, metrics=["dice"])
     with pytest.raises(MedAdaptError, match="--student-tta 'all'"):
         evaluate_run(distilled, split="val", modes=["automatic"], out_dir=out, student_tta="all")
+    with pytest.warns(UserWarning, match="no distilled student answers here"):
+        evaluate_run(distilled, split="val", modes=["automatic"], out_dir=tmp_path / "e3", metrics=["dice"],
+                     student=False, student_tta="dihedral")
     plain = evaluate_run(distilled, split="val", modes=["automatic"], out_dir=tmp_path / "e2", metrics=["dice"],
                          student=False)
     assert plain.settings["student_tta"] is None and plain.settings["student_weights"] is None
@@ -709,3 +712,51 @@ def test_distill_run_takes_where_the_data_is_and_nothing_else_outside_its_sectio
     moved = tmp_path / "moved_data"
     with pytest.raises(MedAdaptError, match="moved_data"):  # taken as given: here, a folder that is not there
         _tiny_distill(distilled, f"data.root={moved}", resume=True)
+
+
+def test_a_student_in_a_volume_reads_the_planes_as_the_adapter_was_trained_to_see_them(distilled):
+    """An adapter trained with data.percentiles: the student answers each plane of a volume clipped as the
+    decoder sees it, the same answer as the clipped plane given alone."""
+    from medadapt.io.imaging import clip_percentiles, display_orientation, volume_slice
+
+    seg = Segmenter.from_pretrained("tiny_sam_vit", adapter=distilled, device="cpu")
+    seg.intensity = {"window": None, "percentiles": [20, 80]}  # as an adapter trained with them records
+    vol = (np.random.default_rng(3).random((64, 64, 2)) * 255).astype(np.float32)
+    out = seg.predict_volume(vol, axis=2)
+    plane = clip_percentiles(volume_slice(vol, 0, 2), 20, 80)
+    seg.set_image(plane)
+    lab = np.zeros(plane.shape, np.uint8)
+    for m, v in zip(seg.predict().masks, [1, 2]):
+        lab[m] = v
+    assert np.array_equal(out[:, :, 0], display_orientation(lab))
+    seg.intensity = None
+    assert not np.array_equal(seg.predict_volume(vol, axis=2), out)  # raw planes answer otherwise
+
+
+def test_flip_tta_still_switches_the_mirrored_view():
+    student = Student(StudentConfig(channels=[4, 8, 16], size=32, res_units=1), ["a"], [1])
+    with pytest.warns(DeprecationWarning, match="Student.tta"):
+        student.flip_tta = False
+    assert student.tta == "none" and student.flip_tta is False
+
+
+def test_an_evaluation_records_the_student_that_answered_also_for_a_run_copied_without_its_config(distilled,
+                                                                                                   tmp_path):
+    import yaml
+
+    from medadapt.evaluation.evaluate import evaluate_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(distilled, copy, ignore=shutil.ignore_patterns("config.yaml", "eval_*", "distill"))
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"data": {"root": str(distilled.parent.parent / "data"), "layout": "folder",
+                                             "classes": ["disc", "square"], "val": ["004", "005"]}}))
+    report = evaluate_run(copy, data=data, split="val", modes=["automatic"], metrics=["dice"], out_dir=tmp_path / "e")
+    assert report.settings["student"] and report.settings["student_tta"] == "flip"
+    assert report.settings["student_weights"] == json.loads((copy / "student" / "student.json").read_text())[
+        "weights_sha256"]
+    # an evaluation written when text prompts were listed among the ground truth's is replaced, not refused
+    saved = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    saved["settings"]["prompts_from_ground_truth"] = ["text:round thing"]
+    (tmp_path / "e" / "evaluation.json").write_text(json.dumps(saved))
+    evaluate_run(copy, data=data, split="val", modes=["automatic"], metrics=["dice"], out_dir=tmp_path / "e")

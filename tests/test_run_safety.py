@@ -383,9 +383,9 @@ def test_yaml_numbers_are_decimal_and_leading_zeros_stay_text(tmp_path):
     with pytest.raises(MedAdaptError, match=r"train\.epochs: '010' is not"):  # YAML 1.1 read octal 8
         load_config(path)
     assert load_config(path, ["train.epochs=10"]).data["labeled"] == ["001", "002"]  # case ids keep their zeros
-    with pytest.raises(MedAdaptError, match=r"name: 2024 is not .*write '2024' in quotes"):
+    with pytest.raises(MedAdaptError, match=r"name: 2024 is not .*YAML reads it as a number: put the value in quotes"):
         load_config(path, ["train.epochs=10", "name=2024"])
-    with pytest.raises(MedAdaptError, match=r"train\.amp: True is not .*YAML reads true as a boolean"):
+    with pytest.raises(MedAdaptError, match=r"train\.amp: True is not .*YAML reads it as true or false"):
         load_config(path, ["train.epochs=10", "train.amp=true"])
 
 
@@ -468,3 +468,17 @@ def test_resume_takes_a_data_section_written_out_differently_but_refuses_a_chang
     raw["data"]["labeled"] = ["0"]
     with pytest.raises(MedAdaptError, match=r"changed: data\.labeled"):
         finetune(config_from_dict(raw), resume=True, log=lambda m: None)
+
+
+def test_a_run_reads_its_own_config_back_as_it_was_given(tmp_path):
+    """Case ids that YAML could read as numbers ('1e3', '010') come back from RUN/config.yaml as the text they were."""
+    from medadapt.core.config import dump_yaml, load_yaml
+    from medadapt.recipes import load_config
+
+    raw = {"data": {"root": "x", "classes": [1], "labeled": ["1e3", "010", "yes"]}, "name": "2024"}
+    assert load_yaml(dump_yaml(raw)) == raw
+    import yaml
+
+    assert yaml.safe_load(dump_yaml(raw)) == raw  # and so does any YAML 1.1 reader
+    (tmp_path / "config.yaml").write_text(dump_yaml(raw))
+    assert load_config(tmp_path / "config.yaml").data["labeled"] == ["1e3", "010", "yes"]

@@ -56,6 +56,21 @@ _ConfigLoader.add_implicit_resolver(_FLOAT, re.compile(
     r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+.0123456789"))
 
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes configs that read back as written, by :func:`load_yaml` and by YAML 1.1 readers alike: a text that
+    either would read as a number or a boolean (``'1e3'``, ``'010'``, ``'yes'``) is quoted."""
+
+
+_ConfigDumper.yaml_implicit_resolvers = {
+    first: list(_ConfigLoader.yaml_implicit_resolvers.get(first, [])) + list(yaml.SafeDumper.yaml_implicit_resolvers.get(first, []))
+    for first in set(_ConfigLoader.yaml_implicit_resolvers) | set(yaml.SafeDumper.yaml_implicit_resolvers)}
+
+
+def dump_yaml(data: Any) -> str:
+    """A config as YAML text that :func:`load_yaml` reads back unchanged (keys in their order)."""
+    return yaml.dump(data, Dumper=_ConfigDumper, sort_keys=False)
+
+
 #: the YAML 1.1 booleans that :func:`load_yaml` leaves as text, read as booleans where a setting is one
 _WORDS = {"yes": True, "on": True, "no": False, "off": False}
 
@@ -144,9 +159,8 @@ def _checked(value: Any, hint: Any, key: str) -> Any:
     if not _fits(value, hint):
         quote = ""
         if isinstance(value, (bool, int, float)) and _fits("text", hint):  # YAML read a word or number
-            written = str(value).lower() if isinstance(value, bool) else str(value)
-            quote = (f"; YAML reads {written} as a {'boolean' if isinstance(value, bool) else 'number'}: write "
-                     f"'{written}' in quotes for the text")
+            kind = "true or false" if isinstance(value, bool) else "a number"
+            quote = f"; YAML reads it as {kind}: put the value in quotes, as written, for the text"
         raise MedAdaptError(f"{key}: {short_repr(value)} is not {_describe(hint)}{quote}")
     return value
 

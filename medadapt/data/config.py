@@ -251,7 +251,8 @@ def _text_ids(key: str, value: Any) -> list[str]:
     bad = [v for v in value if not isinstance(v, str)]
     if bad:
         raise MedAdaptError(
-            f"data.{key} has non-text ids {short_repr(bad)}; quote them in YAML (e.g. '010': an unquoted 010 is read as a number)"
+            f"data.{key} has non-text ids {short_repr(bad)}; quote them in YAML (e.g. '12' or '1e3': unquoted, "
+            "YAML reads them as numbers)"
         )
     return list(value)
 

@@ -258,6 +258,9 @@ def _check_replacing(path: Path, settings: dict, overwrite: bool) -> None:
         before = None
     if not isinstance(before, dict):  # an evaluation that recorded no settings: as before, it is replaced
         return
+    if isinstance(before.get("prompts_from_ground_truth"), list):  # text prompts were listed there once
+        before = {**before, "prompts_from_ground_truth": [m for m in before["prompts_from_ground_truth"]
+                                                          if not str(m).startswith("text:")]}
     # a setting the earlier evaluation did not record (it predates it) is not counted as changed
     changed = [k for k in settings if k not in _SAME_EVALUATION_WHATEVER and k in before and before[k] != settings[k]]
     if changed:
@@ -415,6 +418,14 @@ def evaluate_run(
         raise MedAdaptError(f"texts name classes {sorted(set(wrong.values()))} this adapter does not have; it has {names}")
     if seg.student is not None and student_tta is not None:
         seg.student.tta = student_tta
+    elif student_tta is not None:
+        warnings.warn(f"--student-tta {student_tta}: no distilled student answers here (the run has none, or "
+                      "--no-student), so it changes nothing", stacklevel=2)
+    # who answered, as loaded (the guess above reads the run folder; a copied run without its config differs)
+    settings.update(student=seg.student is not None, student_tta=None if seg.student is None else seg.student.tta,
+                    student_weights=None if seg.student is None else
+                    (getattr(seg.student, "info", None) or {}).get("weights_sha256"))
+    _check_replacing(out / "evaluation.json", settings, overwrite)
     report = EvaluationReport(hd95_unit="mm" if in_mm else "px", metrics=metrics,
                               nsd_tolerance=tolerance if with_nsd else None, cleanup=cleanup, settings=settings)
     from tqdm import tqdm

@@ -57,7 +57,7 @@ def student_prediction(seg, image: np.ndarray, idx: Sequence[int], refine: bool,
     return refine_student(seg, pred, probs, idx) if refine else pred
 
 
-class _Planes:
+class Planes:
     """The display planes of a volume session, read as a sequence (only the neighbours asked for)."""
 
     def __init__(self, session) -> None:
@@ -76,7 +76,7 @@ def _probabilities(student: Student, image: np.ndarray, source) -> np.ndarray:
     student reads neighbours (a 2.5-D student)."""
     c = student.config.context
     if c and source is not None and hasattr(source[0], "__len__") and len(source[0]) > 1:
-        return student.probabilities([context_stack(_Planes(source[0]), source[1], c)])[0]
+        return student.probabilities([context_stack(Planes(source[0]), source[1], c)])[0]
     if c:
         warnings.warn(f"this student reads {c} neighbouring slice(s) on each side; a lone image stands in for its "
                       "own neighbours here: predict_volume, or show_plane on a volume, gives it the real ones",
@@ -107,14 +107,16 @@ def refine_student(seg, pred: Prediction, probs: np.ndarray, idx: Sequence[int],
                       labels=list(pred.labels), label_values=list(pred.label_values))
 
 
-def student_volume(seg, volume: np.ndarray, axis: int, idx: Sequence[int], dtype) -> np.ndarray:
+def student_volume(seg, volume: np.ndarray, axis: int, idx: Sequence[int], dtype, planes=None) -> np.ndarray:
     """A label map of ``volume`` from the student alone: each plane with its neighbours, a few at a time.
     Each pixel goes to the student's most probable class, as in 2-D, and is kept where that is one of ``idx``
     (a class left out takes its pixels to the background, not to a neighbour); constant planes (padding)
-    stay background."""
+    stay background. ``planes``: the planes as the model sees them (a volume session's, with its per-plane
+    intensity clip), by default ``volume``'s own."""
     student: Student = seg.student
-    planes = [volume_slice(volume, k, axis) for k in range(volume.shape[axis])]
-    todo = [k for k, p in enumerate(planes) if np.isfinite(p).all() and p.max() != p.min()]
+    if planes is None:
+        planes = [volume_slice(volume, k, axis) for k in range(volume.shape[axis])]
+    todo = [k for k in range(len(planes)) if np.isfinite(planes[k]).all() and planes[k].max() != planes[k].min()]
     values = np.zeros(len(student.class_names) + 1, dtype=dtype)  # the value each winning row writes
     values[[i + 1 for i in idx]] = [student.label_values[i] for i in idx]
     out = np.zeros(volume.shape, dtype=dtype)
@@ -128,4 +130,4 @@ def student_volume(seg, volume: np.ndarray, axis: int, idx: Sequence[int], dtype
     return out
 
 
-__all__ = ["check_student_classes", "refine_student", "student_prediction", "student_volume"]
+__all__ = ["Planes", "check_student_classes", "refine_student", "student_prediction", "student_volume"]

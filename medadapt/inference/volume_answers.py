@@ -15,7 +15,7 @@ import numpy as np
 
 from ..student import context_stack
 from .prediction import label_dtype, paint_labels
-from .student_answers import student_prediction, student_volume
+from .student_answers import Planes, student_prediction, student_volume
 from .volume import VolumeSession
 
 
@@ -33,7 +33,8 @@ def automatic_volume(seg, session: VolumeSession, classes: Sequence[str | int] |
     values = seg.backbone.adapter_config.automatic.label_values
     dtype = label_dtype(values)
     if seg.student is not None and not refine:
-        return student_volume(seg, session.data, session.axis, seg._class_indices(classes), dtype)
+        return student_volume(seg, session.data, session.axis, seg._class_indices(classes), dtype,
+                              planes=Planes(session))  # as the session gives them (its intensity clip)
     out = np.zeros(session.data.shape, dtype=dtype)
     student = seg.student  # refining a student's masks: it reads each plane with its neighbours, as above
     planes = [session.plane(k) for k in range(len(session))] if student is not None else []

@@ -44,18 +44,25 @@ def read_header(path: Path) -> Any:
 
 def image_series(path: Path) -> str | None:
     """The SeriesInstanceUID of the DICOM image ``path`` (``""`` when it names none); ``None`` for a DICOM
-    file without pixels (a report, an index) or one whose header cannot be read."""
-    try:
-        ds = read_header(path)
-    except MedAdaptError:
-        return None
-    return str(ds.get("SeriesInstanceUID", "")) if any(k in ds for k in _PIXELS) else None
+    file without pixels that says what it is (a report, an index: it names its SOP class). A header that cannot
+    be read, or one cut short before it says so, raises :class:`MedAdaptError`."""
+    ds = read_header(path)
+    if any(k in ds for k in _PIXELS):
+        return str(ds.get("SeriesInstanceUID", ""))
+    if "Rows" in ds or ("SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds):
+        raise MedAdaptError(f"{path} is a DICOM file cut short (an image without its pixels, or a header without "
+                            "its SOP class): a damaged file?")
+    return None
 
 
 def separate_images(paths: Sequence[Path]) -> list[Path]:
     """The DICOM images among ``paths`` when they are separate images, each the only file of its series (a
-    folder of radiographs or photographs), else ``[]``: the files of one series are its slices."""
-    series = [image_series(p) for p in paths]
+    folder of radiographs or photographs), else ``[]``: the files of one series are its slices. A folder with
+    a file whose header cannot be read is taken for a series, whose reading then says which file fails."""
+    try:
+        series = [image_series(p) for p in paths]
+    except MedAdaptError:
+        return []
     images = [(p, s) for p, s in zip(paths, series) if s is not None]
     uids = [s for _, s in images]
     if len(images) < 2 or "" in uids or len(set(uids)) < len(uids):

@@ -10,6 +10,7 @@ turns), and resizing the class probabilities back to the slice.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -99,12 +100,25 @@ class Student:
     """A trained student and the classes it answers (``class_names``, ``label_values``)."""
 
     def __init__(self, config: StudentConfig, class_names: Sequence[str], label_values: Sequence[int],
-                 network: nn.Module | None = None) -> None:
+                 network: nn.Module | None = None, flip_tta: bool | None = None) -> None:
         self.config = config
         self.class_names = list(class_names)
         self.label_values = [int(v) for v in label_values]
         self.network = network if network is not None else build_network(config, len(self.class_names))
         self.batch_size = 8
+        if flip_tta is not None:
+            self.flip_tta = flip_tta
+
+    @property
+    def flip_tta(self) -> bool:
+        """Whether the answer is averaged with the mirrored slice's (older name: ``tta`` says more)."""
+        return self.tta != "none"
+
+    @flip_tta.setter
+    def flip_tta(self, value: bool) -> None:
+        warnings.warn("Student.flip_tta is Student.tta now: 'flip' (True), 'none' (False) or 'dihedral'",
+                      DeprecationWarning, stacklevel=2)
+        self.tta = "flip" if value else "none"
 
     @property
     def tta(self) -> str:

@@ -19,11 +19,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
 from ..adapters import load_adapter, save_adapter
+from ..core.config import dump_yaml
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text
 from ..foundation import build_backbone
@@ -80,7 +80,7 @@ def _train(config: TrainingConfig, extensions: Sequence[ExtensionFactory], resum
         log(f"resumed after epoch {tr.epoch} (best val Dice {tr.best:.4f} at epoch {tr.best_epoch})")
     if world.main:  # after the checkpoint was accepted: a refused resume leaves the recorded config as it was
         run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write_text(run / "config.yaml", dump_yaml(config.to_dict()))
         record_start(run)  # where its relative data.root and checkpoint are relative to
     tr.distribute()
     tr.encode_all()

@@ -14,9 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..core.config import load_yaml
+from ..core.config import dump_yaml, load_yaml
 from ..core.errors import MedAdaptError
 from ..core.files import atomic_write_json, atomic_write_text, expand_path
 from ..data import DataConfig
@@ -68,7 +66,7 @@ def _as_read(data: Any) -> Any:
         return data
     if isinstance(full.get("root"), str):
         full["root"] = os.path.normpath(full["root"])
-    return load_yaml(yaml.safe_dump(full, sort_keys=False))
+    return load_yaml(dump_yaml(full))
 
 
 def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -78,9 +76,9 @@ def config_changes(config: TrainingConfig, run: Path, ignore: tuple[str, ...] = 
     equals the list it was saved as.
     """
     saved = load_yaml((run / "config.yaml").read_text())
-    now = load_yaml(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    now = load_yaml(dump_yaml(config.to_dict()))
     # a section added to the recipe after the run was written counts as its defaults
-    defaults = load_yaml(yaml.safe_dump(type(config)(data=config.data).to_dict(), sort_keys=False))
+    defaults = load_yaml(dump_yaml(type(config)(data=config.data).to_dict()))
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     saved["data"], now["data"] = _as_read(saved.get("data")), _as_read(now.get("data"))
     return _changed_keys({k: v for k, v in saved.items() if k not in ignore},
