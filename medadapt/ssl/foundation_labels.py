@@ -41,10 +41,19 @@ def label_slice(seg, image: np.ndarray, *, refine: bool = True, tta: bool = True
     probs = None
     for mirror in views:
         seg.set_image(np.ascontiguousarray(image[:, ::-1]) if mirror else image)
-        p = seg.probabilities(seg.predict(refine=refine))
+        pred = seg.predict(refine=refine)
+        p = seg.probabilities(pred)
         p = p[:, :, ::-1] if mirror else p
         probs = p if probs is None else probs + p
-    return _from_probabilities(probs / len(views))
+    if tta:
+        return _from_probabilities(probs / len(views))
+    # one view: the answer's own masks (decided on the logits; two classes whose probabilities round to one float
+    # are told apart there), the confidence from its probabilities
+    label = np.zeros(probs.shape[1:], np.uint8)
+    for k, m in enumerate(np.asarray(pred.masks, bool)):
+        label[m] = k + 1
+    best = probs.max(0)
+    return label, np.where(label > 0, best, 1.0 - best).astype(np.float32)
 
 
 def label_volume(seg, images: np.ndarray, *, refine: bool = True, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
