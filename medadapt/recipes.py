@@ -49,7 +49,6 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
         section = dict(raw["distill"]) if isinstance(raw["distill"], dict) else {}
         raw["distill"] = build_dataclass(DistillConfig, section, "distill")
     cfg = build_config(FinetuneConfig, raw)
-    DataConfig.from_dict(cfg.data)  # a typo or a bad value in data: is named now, not when training reads the data
     if cfg.ssl is not None and not cfg.prompts.automatic:
         raise MedAdaptError("ssl: pseudo-labels come from automatic mode; set prompts.automatic: true")
     if cfg.distill is not None and not cfg.prompts.automatic:
@@ -69,6 +68,7 @@ def config_from_dict(raw: dict[str, Any]) -> FinetuneConfig:
     if cfg.distill is not None and cfg.distill.compare_peer and not cfg.data.get("val"):
         raise MedAdaptError("distill.compare_peer chooses on the validation split, and this config has none: set "
                             "data.val, or set distill.compare_peer: false")
+    DataConfig.from_dict(cfg.data)  # a typo or a bad value in data: is named now, not when training reads the data
     return cfg
 
 

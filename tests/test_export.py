@@ -344,5 +344,5 @@ def test_exported_runtimes_run_offline_and_agree(exported, runtime, no_network):
     for s in (ref, seg):
         s.set_image(image)
     for boxes in (BOXES5[:1], BOXES5):
-        _assert_same(ref.predict(boxes=boxes), seg.predict(boxes=boxes))
+        _assert_same(ref.predict(boxes=boxes), seg.predict(boxes=boxes), ref)  # masks may differ at the threshold
     assert no_network == []
