@@ -458,7 +458,7 @@ def _run(seg: Segmenter, items: list[BatchItem], table: dict, out: Path, manifes
                                     "segment it automatically")
             if record.get("blank"):  # a blank image: nothing to find there, as on a blank slice of a volume
                 labels = np.zeros(pixels.shape[:2], np.uint8)
-                warnings.warn(f"{item.name} is blank (every pixel the same value{' after --window' * bool(window)}); "
+                warnings.warn(f"{item.name} is blank (every pixel the same value{' after the window' * bool(window)}); "
                               "an empty mask was written", stacklevel=3)
             elif item.volume:
                 labels = _predict_volume(seg, pixels, entry, axis, refine, multimask, cleanup, item.name, window,

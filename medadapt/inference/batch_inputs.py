@@ -133,8 +133,8 @@ def _output_key(out: Path, targets: Sequence[Path]):
     """How outputs are told apart: by their names, or by their names whatever the case where two differ in
     case only and ``out`` is on a file system that cannot keep both."""
     names = {str(t) for t in targets}
-    if len({n.casefold() for n in names}) < len(names) and case_blind(out):
-        return lambda p: str(p).casefold()
+    if len({n.lower() for n in names}) < len(names) and case_blind(out):
+        return lambda p: str(p).lower()
     return str
 
 

@@ -59,15 +59,19 @@ def separate_images(paths: Sequence[Path]) -> list[Path]:
     """The DICOM images among ``paths`` when they are separate images, each the only file of its series (a
     folder of radiographs or photographs), else ``[]``: the files of one series are its slices. A folder with
     a file whose header cannot be read is taken for a series, whose reading then says which file fails."""
-    try:
-        series = [image_series(p) for p in paths]
-    except MedAdaptError:
-        return []
-    images = [(p, s) for p, s in zip(paths, series) if s is not None]
-    uids = [s for _, s in images]
-    if len(images) < 2 or "" in uids or len(set(uids)) < len(uids):
-        return []
-    return [p for p, _ in images]
+    images, seen = [], set()
+    for p in paths:  # stops at the first series seen twice: a series folder of many slices reads two headers
+        try:
+            uid = image_series(p)
+        except MedAdaptError:
+            return []
+        if uid is None:
+            continue
+        if uid == "" or uid in seen:
+            return []
+        seen.add(uid)
+        images.append(p)
+    return images if len(images) > 1 else []
 
 
 def _whole(ds: Any, key: str, default: int | None, path: Path) -> int:
