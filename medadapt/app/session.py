@@ -31,8 +31,8 @@ import torch
 from ..core.errors import MedAdaptError
 from ..foundation.depth import neighbour_stack
 from ..inference.guidance import guidance, uncertainty_map
-from ..inference.intensity import percentiles_of, window_of
-from ..io.imaging import apply_window, clip_percentiles, load_image, load_volume, volume_slice
+from ..inference.intensity import apply_intensity, resolve_intensity
+from ..io.imaging import apply_window, load_image, load_volume, volume_slice
 from .encoding import EmbeddingLRU, Encoded, Prefetcher, encode_image, show_encoded
 from .objects import AnnotatedObject, Answer, Scribble, check_prompt, decode, prompt_from_dict, prompt_to_dict
 from .rle import encode_labels, encode_rle
@@ -93,9 +93,7 @@ class Annotator:
         self.store.binary_255 = BINARY not in self.classes().values()  # a class of value 255: 255 is that class
         # what the model sees: the window given, else the one its adapter was trained with, else that adapter's
         # per-slice percentile clip (see medadapt.inference.intensity); the page's sliders only change the display
-        recorded = getattr(segmenter, "intensity", None)
-        self.percentiles = percentiles_of(recorded, window)
-        self.window = window_of(recorded, window)
+        self.window, self.percentiles = resolve_intensity(getattr(segmenter, "intensity", None), window)
         self.on_accept = on_accept
         self.model_version = model_version
         self.model_name = model_name
@@ -248,9 +246,7 @@ class Annotator:
             return volume_slice(self._volumes[item.id], k, self.source.axis)
 
     def _model_image(self, raw: np.ndarray) -> np.ndarray:
-        if self.window is not None:
-            return apply_window(raw, self.window)
-        return raw if self.percentiles is None else clip_percentiles(raw, *self.percentiles)
+        return apply_intensity(raw, self.window, self.percentiles)
 
     def pixels(self, item_id: str, k: int) -> tuple[bytes, tuple[int, int, int]]:
         """Slice ``k`` as little-endian float32 bytes (H x W x C, C = 1 or 3) and its shape, for the page."""

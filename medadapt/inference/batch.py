@@ -36,7 +36,6 @@ from ..core.files import atomic_write, atomic_write_json, path_suffix
 from ..foundation.checkpoint import fingerprint_state
 from ..io.dicom_seg import write_dicom_seg
 from ..io.imaging import (
-    clip_percentiles,
     display_orientation,
     plane_axis,
     save_mask,
@@ -45,7 +44,7 @@ from ..io.imaging import (
 from .batch_inputs import SERIES_FORMATS, BatchItem, find_inputs, read_prompts
 from .batch_reading import one_line, read_ahead
 from .cleanup import check_cleanup, clean_labels
-from .intensity import percentiles_of, window_of
+from .intensity import apply_intensity, resolve_intensity
 from .predictor import Segmenter
 from .segment import prediction_to_labels
 from .volume import check_axis
@@ -119,7 +118,7 @@ def _now() -> str:
 # --------------------------------------------------------------------------- the model
 def _predict_image(seg: Segmenter, image: np.ndarray, prompts: dict | None, png: bool, refine: bool,
                    multimask: bool, cleanup: tuple[str, ...] = (), percentiles=None) -> np.ndarray:
-    seg.set_image(image if percentiles is None else clip_percentiles(image, *percentiles))
+    seg.set_image(apply_intensity(image, None, percentiles))  # windowed already, by the reader
     if prompts is None:
         pred = seg.predict(refine=refine)
         return clean_labels(prediction_to_labels(pred, automatic=True, binary_value=255 if png else 1), cleanup)
@@ -342,8 +341,7 @@ def segment_batch(
     if prompts is None and not segmenter.classes:
         raise MedAdaptError("this model learned no classes, so it needs prompts: pass --prompts prompts.json")
     # the adapter's intensity settings unless a window is given: its window, else its per-slice percentile clip
-    percentiles = percentiles_of(getattr(segmenter, "intensity", None), window)
-    window = window_of(getattr(segmenter, "intensity", None), window)
+    window, percentiles = resolve_intensity(getattr(segmenter, "intensity", None), window)
     digest = hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:16]
     info = getattr(segmenter.backbone, "info", None)  # what a backbone says it is; absent on other runtimes
     settings = {"model": getattr(info, "name", type(segmenter.backbone).__name__),

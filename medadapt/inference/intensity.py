@@ -42,25 +42,20 @@ def recorded_intensity(adapter: str | os.PathLike) -> dict[str, Any] | None:
     return {"window": found.get("window"), "percentiles": found.get("percentiles")}
 
 
-def window_of(intensity: dict[str, Any] | None, window: Any) -> Any:
-    """The window to apply: the one given, else the recorded one."""
-    return window if window is not None else (intensity or {}).get("window")
-
-
-def percentiles_of(intensity: dict[str, Any] | None, window: Any) -> tuple[float, float] | None:
-    """The recorded per-slice percentile clip, unless a window was given (a window replaces it)."""
+def resolve_intensity(intensity: dict[str, Any] | None, window: Any = None) -> tuple[Any, tuple[float, float] | None]:
+    """``(window, percentiles)`` to apply: the window given, else the recorded one; the recorded per-slice
+    percentile clip only where no window is given (a window replaces it)."""
     p = (intensity or {}).get("percentiles")
-    return None if window is not None or p is None else (float(p[0]), float(p[1]))
+    if window is not None:
+        return window, None
+    return (intensity or {}).get("window"), None if p is None else (float(p[0]), float(p[1]))
 
 
-def prepare_plane(image: np.ndarray, intensity: dict[str, Any] | None, window: Any = None) -> np.ndarray:
-    """A 2-D image (or H x W x C) as the adapter saw its training slices: the window given or recorded, else
-    the recorded percentile clip."""
-    w = window_of(intensity, window)
-    if w is not None:
-        return apply_window(image, w)
-    p = percentiles_of(intensity, window)
-    return clip_percentiles(image, *p) if p is not None else image
+def apply_intensity(image: np.ndarray, window: Any = None, percentiles: tuple[float, float] | None = None) -> np.ndarray:
+    """A 2-D image (or H x W x C) as :func:`resolve_intensity`'s settings say: windowed, else percentile-clipped."""
+    if window is not None:
+        return apply_window(image, window)
+    return image if percentiles is None else clip_percentiles(image, *percentiles)
 
 
-__all__ = ["percentiles_of", "prepare_plane", "recorded_intensity", "window_of"]
+__all__ = ["apply_intensity", "recorded_intensity", "resolve_intensity"]

@@ -16,11 +16,11 @@ import numpy as np
 
 from ..core.errors import MedAdaptError
 from ..io.dicom_seg import write_dicom_seg
-from ..io.imaging import clip_percentiles, is_volume_path, load_image, put_slice, save_mask, volume_shape
+from ..io.imaging import is_volume_path, load_image, put_slice, save_mask, volume_shape
 from ..io.overlay import save_overlay
 from ..prompts.text import load_clip
 from .cleanup import check_cleanup
-from .intensity import percentiles_of, window_of
+from .intensity import apply_intensity, resolve_intensity
 from .learned_text import set_text_encoder
 from .prediction import Prediction, paint_labels
 from .predictor import Segmenter
@@ -153,9 +153,10 @@ def segment_file(
     learned_text = bool(texts) and clip_model is None
     if learned_text:
         _use_learned_text(seg, adapter, text_encoder)
-    arr = load_image(image, slice_index=slice_index, axis=axis, window=window_of(seg.intensity, window))
-    p = percentiles_of(seg.intensity, window)  # the adapter's per-slice clip, as it was trained
-    seg.set_image(arr if p is None else clip_percentiles(arr, *p))
+    # the window given, else the adapter's (or its per-slice percentile clip), as it was trained
+    window, percentiles = resolve_intensity(seg.intensity, window)
+    arr = load_image(image, slice_index=slice_index, axis=axis, window=window)
+    seg.set_image(apply_intensity(arr, None, percentiles))
     if clip_model is not None:
         seg.set_text_model(clip_model)
     automatic = not texts and not boxes and not points

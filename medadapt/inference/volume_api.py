@@ -16,7 +16,7 @@ import numpy as np
 from ..core.errors import MedAdaptError
 from ..io.imaging import display_orientation
 from .cleanup import check_cleanup, clean_labels
-from .intensity import percentiles_of, window_of
+from .intensity import resolve_intensity
 from .propagation import Propagation, PropagationConfig
 from .volume import VolumeSession, check_axis
 from .volume_answers import automatic_volume
@@ -65,9 +65,9 @@ class VolumeMethods:
         """
         self.reset_volume()
         budget = None if cache_mb is None else int(_megabytes(cache_mb) * 2**20)
-        recorded = self.intensity if intensity else None
-        self._volume = VolumeSession(self, volume, spacing=spacing, axis=axis, cache_bytes=budget,
-                                     window=window_of(recorded, window), percentiles=percentiles_of(recorded, window))
+        window, percentiles = resolve_intensity(self.intensity if intensity else None, window)
+        self._volume = VolumeSession(self, volume, spacing=spacing, axis=axis, cache_bytes=budget, window=window,
+                                     percentiles=percentiles)
 
     def set_planes(self, planes: np.ndarray | Sequence[np.ndarray]) -> None:
         """Take a stack of display planes (N x H x W, as ``load_volume_case`` gives a case's slices) as the volume
