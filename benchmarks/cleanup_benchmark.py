@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import parse_result, result_name, write_result  # noqa: E402
+from benchmarks.common import write_run_result  # noqa: E402
 
 VARIANTS = {"none": (), "largest": ("largest",), "holes": ("holes",), "largest + holes": ("largest", "holes")}
 
@@ -92,12 +92,8 @@ def main(argv: list[str] | None = None) -> None:
           f"`{choose}` marked. Prediction time per split (s): "
           + ", ".join(f"{s} {t}" for s, t in seconds.items()) + ".\n" + (f"\n{args.about}\n" if args.about else "")
           + "\n".join(lines) + "\n")
-    dataset, experiment = parse_result(args.result) if args.result else result_name(run.name.rsplit("_s", 1)[0],
-                                                                                    "cleanup")
-    path = write_result(dataset, experiment, {"run": str(run), "chosen_on": choose, "chosen": chosen,
-                                              "splits": results, "seconds": seconds}, md)
-    print(md)
-    print(f"written to {path}")
+    write_run_result(args.result, run, "cleanup", {"run": str(run), "chosen_on": choose, "chosen": chosen,
+                                                   "splits": results, "seconds": seconds}, md)
 
 
 if __name__ == "__main__":

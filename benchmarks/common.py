@@ -177,6 +177,39 @@ def write_result(dataset: str, experiment: str, payload: dict, markdown: str, *,
     return atomic_write_text(folder / "summary.md", md)
 
 
+def mode_summary(report, mode: str) -> dict:
+    """One mode of an :class:`~medadapt.evaluation.report.EvaluationReport`: per-class and mean Dice, HD95, cases."""
+    rows = [r for r in report.summary() if r["mode"] == mode]
+    mean = next(r for r in rows if r["value"] is None)
+    return {"per_class": {r["class"]: r["dice_mean"] for r in rows if r["value"] is not None},
+            "mean": mean["dice_mean"], "hd95": mean["hd95_mean"], "cases": mean["n"]}
+
+
+def cached_report(out: Path, run: Path, student: bool):
+    """The evaluation kept in ``out`` when it still stands (None otherwise): for the student, only while the
+    run's student is the one that made it (a later round's student is scored again)."""
+    from medadapt.evaluation.report import EvaluationReport
+    from medadapt.student import read_student_info
+
+    if not (out / "evaluation.json").is_file():
+        return None
+    report = EvaluationReport.from_json(out / "evaluation.json")
+    made_by = report.settings.get("student_weights")
+    if student and made_by is not None and made_by != read_student_info(run).get("weights_sha256"):
+        return None
+    return report
+
+
+def write_run_result(result: str | None, run: Path, kind: str, payload: dict, markdown: str) -> Path:
+    """Write a run's result to ``--result DATASET/EXPERIMENT`` (default: the run's dataset, ``KIND_<rest of its
+    name>``, a ``_sN`` seed suffix dropped), print it and where it went; returns the summary's path."""
+    dataset, experiment = parse_result(result) if result else result_name(run.name.rsplit("_s", 1)[0], kind)
+    path = write_result(dataset, experiment, payload, markdown)
+    print(markdown)
+    print(f"written to {path}")
+    return path
+
+
 def copy_for_distillation(run: Path, twin: Path) -> None:
     """Make ``twin`` a distillable copy of the distilled run ``run``: its config, adapter and foundation
     pseudo-labels (not its student), unless ``twin`` holds a config already (a resumed copy)."""

@@ -32,44 +32,39 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import copy_for_distillation, has_student, parse_result, result_dir, timed_stage, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cached_report,
+    copy_for_distillation,
+    has_student,
+    mode_summary,
+    parse_result,
+    result_dir,
+    timed_stage,
+    write_result,
+)
 
 ARMS = ("student", "student, self-prompted", "UNet peer (no pseudo-labels)", "decoder", "decoder, self-prompted")
 STUDENT_ANSWERS = ("student", "student, self-prompted")  # the student's automatic answers; one is chosen on val
-
-
-def _summary(report, mode: str) -> dict:
-    rows = [r for r in report.summary() if r["mode"] == mode]
-    mean = next(r for r in rows if r["value"] is None)
-    return {"per_class": {r["class"]: r["dice_mean"] for r in rows if r["value"] is not None},
-            "mean": mean["dice_mean"], "hd95": mean["hd95_mean"], "cases": mean["n"]}
 
 
 def _evaluate(run: Path, split: str, answer: str) -> tuple[dict, float | None]:
     """{arm: summary} for ``answer``: ``student`` (automatic), ``refined`` (the student's masks self-prompted
     through the decoder) or ``decoder`` (automatic and self-prompted, one encoding)."""
     from medadapt.evaluation.evaluate import evaluate_run
-    from medadapt.evaluation.report import EvaluationReport
-    from medadapt.student import read_student_info
 
     out = run / f"eval_{split}_{answer}"
     student, modes = {"student": (True, ["automatic"]), "refined": (True, ["self-prompted"]),
                       "decoder": (False, ["automatic", "self-prompted"])}[answer]
     t0 = time.perf_counter()
-    report, seconds = None, None
-    if (out / "evaluation.json").is_file():
-        report = EvaluationReport.from_json(out / "evaluation.json")
-        made_by = report.settings.get("student_weights")
-        if student and made_by is not None and made_by != read_student_info(run).get("weights_sha256"):
-            report = None  # scores of another student (an earlier round): score this one
+    report, seconds = cached_report(out, run, student), None
     if report is None:
         report = evaluate_run(run, split=split, modes=modes, out_dir=out, student=student, units="px")
         seconds = time.perf_counter() - t0
     if answer == "student":
-        return {"student": _summary(report, "automatic")}, seconds
+        return {"student": mode_summary(report, "automatic")}, seconds
     if answer == "refined":
-        return {"student, self-prompted": _summary(report, "self-prompted")}, seconds
-    return {"decoder": _summary(report, "automatic"), "decoder, self-prompted": _summary(report, "self-prompted")}, seconds
+        return {"student, self-prompted": mode_summary(report, "self-prompted")}, seconds
+    return {"decoder": mode_summary(report, "automatic"), "decoder, self-prompted": mode_summary(report, "self-prompted")}, seconds
 
 
 def _chosen(results: dict, splits: list[str]) -> list[str]:

@@ -19,34 +19,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import parse_result, result_name, write_result  # noqa: E402
+from benchmarks.common import cached_report, mode_summary, write_run_result  # noqa: E402
 
 VARIANTS = ("none", "flip", "dihedral")
 
 
 def _score(run: Path, split: str, tta: str) -> tuple[dict, float | None]:
-    """({"per_class": {...}, "mean": ..., "cases": n}, seconds or None when the scores were reused)."""
+    """(summary of automatic mode, seconds or None when the scores were reused)."""
     from medadapt.evaluation.evaluate import evaluate_run
-    from medadapt.evaluation.report import EvaluationReport
-    from medadapt.student import read_student_info
 
     out = run / f"eval_{split}_student_tta_{tta}"
-    cached = out / "evaluation.json"
-    if cached.is_file():
-        report = EvaluationReport.from_json(cached)
-        if report.settings.get("student_weights") == read_student_info(run).get("weights_sha256"):
-            return _summary(report), None
+    report = cached_report(out, run, student=True)
+    if report is not None:
+        return mode_summary(report, "automatic"), None
     t0 = time.perf_counter()
     report = evaluate_run(run, split=split, modes=["automatic"], out_dir=out, units="px", metrics=["dice"],
                           student_tta=tta)
-    return _summary(report), round(time.perf_counter() - t0, 1)
-
-
-def _summary(report) -> dict:
-    rows = [r for r in report.summary() if r["mode"] == "automatic"]
-    mean = next(r for r in rows if r["value"] is None)
-    return {"per_class": {r["class"]: r["dice_mean"] for r in rows if r["value"] is not None},
-            "mean": mean["dice_mean"], "cases": mean["n"]}
+    return mode_summary(report, "automatic"), round(time.perf_counter() - t0, 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,12 +74,8 @@ def main(argv: list[str] | None = None) -> None:
           f"every variant, the one chosen on `{choose}` marked. Seconds: the split's evaluation (prediction and "
           f"scoring), `reused` where the scores of this student were already in the run folder.\n"
           + (f"\n{args.about}\n" if args.about else "") + "\n".join(lines) + "\n")
-    dataset, experiment = parse_result(args.result) if args.result else result_name(run.name.rsplit("_s", 1)[0],
-                                                                                    "student_tta")
-    path = write_result(dataset, experiment, {"run": str(run), "chosen_on": choose, "chosen": chosen,
-                                              "splits": results, "seconds": seconds}, md)
-    print(md)
-    print(f"written to {path}")
+    write_run_result(args.result, run, "student_tta", {"run": str(run), "chosen_on": choose, "chosen": chosen,
+                                                       "splits": results, "seconds": seconds}, md)
 
 
 if __name__ == "__main__":
