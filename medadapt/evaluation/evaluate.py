@@ -269,12 +269,6 @@ def _check_replacing(path: Path, settings: dict, overwrite: bool) -> None:
                             "to keep both, or --overwrite to replace it")
 
 
-def _saved_tta(run_dir: Path) -> str:
-    """The test-time augmentation the run's student was saved with (students saved without one flip)."""
-    config = read_student_info(run_dir).get("config") or {}
-    return config.get("tta", "flip") if isinstance(config, dict) else "flip"
-
-
 def describe_evaluation(settings: dict) -> str:
     """One line on what an evaluation scored: split, data, who answered automatic mode, which modes were
     prompted from the ground truth, and where the files are."""
@@ -389,10 +383,12 @@ def evaluate_run(
                 "student": bool(student) and run_dir is not None and has_student(run_dir),
                 # a text prompt is the user's phrase: no ground truth makes it (only which class it is scored on)
                 "prompts_from_ground_truth": [m for m in modes if m not in LABEL_MODES]}
-    # the student's test-time augmentation: the one asked for, else the one it was saved with
-    settings["student_tta"] = (student_tta or _saved_tta(run_dir)) if settings["student"] else None
-    # which student answered (its weights' hash): the scores of one round are never taken for another's
-    settings["student_weights"] = read_student_info(run_dir).get("weights_sha256") if settings["student"] else None
+    # the student's test-time augmentation (the one asked for, else the one it was saved with; students saved
+    # without one flip), and which student answers (its weights' hash): one round's scores are never another's
+    saved = read_student_info(run_dir) if settings["student"] else {}
+    saved_config = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    settings["student_tta"] = (student_tta or saved_config.get("tta", "flip")) if settings["student"] else None
+    settings["student_weights"] = saved.get("weights_sha256")
     settings["out"] = str(out.expanduser().resolve())
     _check_replacing(out / "evaluation.json", settings, overwrite)
     with_hd95, with_nsd = "hd95" in metrics, "nsd" in metrics
